@@ -1,0 +1,38 @@
+# Two commands: `make run` starts the relay, `make test` runs every check.
+# Both bootstrap .venv from the hash-pinned lock file on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run demo test lint types unit bench clean
+
+$(STAMP): requirements/dev.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/apns-relay serve
+
+demo: $(STAMP)
+	$(BIN)/apns-relay demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay tests bench
+	$(BIN)/ruff format --check relay tests bench
+
+types: $(STAMP)
+	$(BIN)/mypy relay
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+test: lint types unit
+
+bench: $(STAMP)
+	$(BIN)/apns-relay bench
+
+clean:
+	rm -rf $(VENV) .relay-dev .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,51 @@
+"""The `apns-relay` command: one sub-command per role, each defined in the module that runs it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from relay import __version__
+
+
+class CommandModule(Protocol):
+    def configure(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+# name -> (module holding configure() and run(), one-line help). Imported only when chosen,
+# so `apns-relay apns-sim` does not pay for the relay's imports and vice versa.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "apns-sim": ("relay.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),
+}
+
+
+def build_parser(
+    chosen: str | None,
+) -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
+    parser = argparse.ArgumentParser(prog="apns-relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules: dict[str, CommandModule] = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module: CommandModule = importlib.import_module(module_name)
+            module.configure(sub)
+            modules[name] = module
+    return parser, modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser, modules = build_parser(next((a for a in arguments if a in COMMANDS), None))
+    args = parser.parse_args(arguments)
+    return modules[args.command].run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Plain typed data shared by ingest, queue and delivery: notifications, states, outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class DeliveryState(StrEnum):
+    """Where one notification stands; the last four are final."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    RETRYING = "retrying"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
+
+
+FINAL_STATES = frozenset(
+    {
+        DeliveryState.DELIVERED,
+        DeliveryState.FAILED,
+        DeliveryState.EXPIRED,
+        DeliveryState.SUPERSEDED,
+    }
+)
+
+# Apple's apns-push-type values (reference/apns.md).
+PUSH_TYPES = frozenset(
+    {
+        "alert",
+        "background",
+        "voip",
+        "complication",
+        "fileprovider",
+        "mdm",
+        "liveactivity",
+        "location",
+        "pushtotalk",
+        "widgets",
+        "controls",
+    }
+)
+PRIORITIES = frozenset({1, 5, 10})
+MAX_PAYLOAD_BYTES = 4096
+MAX_VOIP_PAYLOAD_BYTES = 5120
+MAX_COLLAPSE_ID_BYTES = 64
+
+
+def payload_limit(push_type: str) -> int:
+    """The APNs body size limit for a push type."""
+    return MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One APNs request as ingest hands it to the queue: validated and ready to send."""
+
+    app: str
+    device_token: str  # lower-case hex
+    payload: bytes  # the APNs JSON body, built once at ingest
+    push_type: str
+    priority: int
+    expires_at: int  # UNIX seconds, sent as apns-expiration
+    collapse_id: str | None = None
+    service_id: str | None = None  # GMS _id: thread-id, collapse id and supersede key
+    action: str | None = None  # GMS _action
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedNotification:
+    """A device's head notification, leased to one worker for one send attempt."""
+
+    id: str
+    notification: Notification
+    attempts: int  # attempts made before this one
+    accepted_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsResponse:
+    """What one send attempt produced: an APNs answer, or a transport failure (status 0)."""
+
+    status: int
+    reason: str | None = None
+    apns_id: str | None = None
+    timestamp_ms: int | None = None  # 410 only: when APNs learned the token went invalid
+
+
+# The outcome of one attempt: a small closed set, so that policy is a type decision.
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    apns_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    reason: str
+    delay_ms: int
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+    status: int
+    dead_token: bool = False
+    token_invalid_since_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PauseApp:
+    """Credentials or configuration are wrong: stop the app, keep its queue, probe later."""
+
+    reason: str
+    status: int
+
+
+DeliveryOutcome = Delivered | Retry | Failed | Expired | PauseApp
