@@ -49,6 +49,16 @@ MAX_VOIP_PAYLOAD_BYTES = 5120
 MAX_COLLAPSE_ID_BYTES = 64
 
 
+class InvalidInput(ValueError):
+    """Bad input, said as the field it concerns and the rule it broke (problem+json material)."""
+
+    def __init__(self, field: str, rule: str, status: int = 400) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+        self.rule = rule
+        self.status = status
+
+
 def payload_limit(push_type: str) -> int:
     """The APNs body size limit for a push type."""
     return MAX_VOIP_PAYLOAD_BYTES if push_type == "voip" else MAX_PAYLOAD_BYTES
@@ -103,6 +113,7 @@ class Retry:
     reason: str
     delay_ms: int
     status: int = 0
+    refresh_jwt: bool = False  # 403 ExpiredProviderToken: sign a fresh token first
 
 
 @dataclass(frozen=True, slots=True)
