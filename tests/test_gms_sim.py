@@ -1,0 +1,523 @@
+"""The GMS simulator answers the seed's dialogs over HTTP and pushes to a relay like customhttp."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.gms_sim import command
+from relay.gms_sim.dialogs import (
+    SEED_DIALOGS,
+    DialogContext,
+    JsonObject,
+    JsonValue,
+    fill_placeholders,
+    seed_dialog,
+)
+from relay.gms_sim.scenarios import (
+    CustomHttpPusher,
+    PushRefused,
+    ScenarioOptions,
+    TranscriptLine,
+    basic_authorization,
+    callback_with_user_confirmation,
+    chat_delayed,
+    chat_event,
+    chat_session,
+)
+from relay.gms_sim.server import GmsSimServer, GmsSimulator
+
+SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
+EXT = "http://135.34.145.123:8080/genesys"
+EXPIRES = datetime(2014, 5, 2, 16, 57, 38, tzinfo=UTC)
+CONTEXT = DialogContext(EXT, SERVICE_ID, "alice", EXPIRES)
+TOKEN = "a1" * 32
+SERVICE_URL = f"{EXT}/1/service/{SERVICE_ID}"
+
+# The seed's dialogs, transcribed independently of relay/gms_sim/dialogs.py and filled for CONTEXT.
+_MENU_TAIL: list[JsonValue] = [
+    {
+        "_dialog_id": "2",
+        "_label": "No, try again in 5 minutes",
+        "_action": "MenuItem",
+        "_user_action_url": f"{SERVICE_URL}/snooze",
+        "_method": "POST",
+        "_id_to_jump_before": "exit://",
+    },
+    {
+        "_dialog_id": "3",
+        "_label": "Cancel, my problem has been solved",
+        "_action": "MenuItem",
+        "_user_action_url": f"{SERVICE_URL}/snooze",
+        "_method": "POST",
+        "_id_to_jump_before": "exit://",
+    },
+]
+_YES: JsonObject = {
+    "_dialog_id": "1",
+    "_label": "Yes, I'm ready to talk",
+    "_action": "MenuItem",
+    "_user_action_url": f"{SERVICE_URL}/connect",
+    "_method": "POST",
+    "_id_to_jump_before": "exit://",
+}
+
+
+def _menu(yes: JsonObject) -> JsonObject:
+    return {
+        "_dialog_id": "0",
+        "_label": "Agent is available right now",
+        "_user_action_url": f"{SERVICE_URL}/not-used",
+        "_method": "POST",
+        "_action": "DisplayMenu",
+        "_expires": "2014-05-02T16:57:38Z",
+        "_resource_url": f"{SERVICE_URL}/get-dialog-user-confirmation",
+        "_content": [{"_group_name": "Are you ready?", "_group_content": [yes, *_MENU_TAIL]}],
+    }
+
+
+EXPECTED: dict[str, JsonObject] = {
+    "get-dialog-user-confirmation-provide_code-true": _menu(
+        {
+            **_YES,
+            "confirmation_dialog": {
+                "_text": "You will hear tones immediately after call is connected. This is normal.",
+                "_dialog_type": "Notification",
+                "_dismiss_timeout": 2,
+            },
+        }
+    ),
+    "get-dialog-user-confirmation-provide_code-false": _menu(_YES),
+    "get-dialog-start-chat": {
+        "_dialog_id": "1",
+        "_action": "StartChat",
+        "_label": "Start Chat",
+        "_start_chat_url": f"{SERVICE_URL}/ixn/chat",
+        "_comet_url": f"{EXT}/cometd",
+        "_user_header": "alice",
+        "_id_to_jump_before": "exit://",
+        "_chat_parameters": {"subject": "None"},
+        "_id": SERVICE_ID,
+    },
+    "connect-inbound": {
+        "_dialog_id": "0",
+        "_label": "Connecting ...",
+        "_action": "DialNumber",
+        "_tel_url": "n/a",
+        "_access_code": "n/a",
+        "_id": SERVICE_ID,
+    },
+    "connect-outbound": {
+        "_dialog_id": "0",
+        "_action": "ConfirmationDialog",
+        "_text": "You will receive the call shortly",
+        "_ok_title": "Ok",
+        "_id": SERVICE_ID,
+    },
+    "wait-for-agent": {
+        "_dialog_id": "0",
+        "_action": "ConfirmationDialog",
+        "_text": "We will notify you when agent is available",
+        "_ok_title": "Ok",
+        "_id": SERVICE_ID,
+    },
+}
+
+
+# Pure: the dialogs as data.
+
+
+def test_the_six_seed_actions_and_no_others() -> None:
+    assert set(SEED_DIALOGS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("action", sorted(EXPECTED))
+def test_seed_dialog_is_the_seeds_json_with_placeholders_filled(action: str) -> None:
+    dialog = seed_dialog(action, CONTEXT)
+    assert dialog == EXPECTED[action]
+    # Key order is part of "faithful": the seed's order, as the sample app's JSON printer shows.
+    assert dialog is not None
+    assert list(dialog) == list(EXPECTED[action])
+    assert "$(" not in json.dumps(dialog)
+
+
+def test_unknown_action_has_no_seed_dialog() -> None:
+    assert seed_dialog("get-dialog-something-else", CONTEXT) is None
+
+
+def test_a_placeholder_without_a_value_is_an_error_naming_it() -> None:
+    with pytest.raises(KeyError, match=r"\$\(Nope\)"):
+        fill_placeholders({"a": ["x $(Nope) y"]}, {"ServiceID": SERVICE_ID})
+
+
+def test_filling_leaves_numbers_and_the_template_alone() -> None:
+    template: JsonObject = {"n": 2, "s": "$(ServiceID)/x", "l": [True, None]}
+    assert fill_placeholders(template, {"ServiceID": "S"}) == {
+        "n": 2,
+        "s": "S/x",
+        "l": [True, None],
+    }
+    assert template["s"] == "$(ServiceID)/x"
+
+
+def test_chat_event_has_the_seeds_message_receipt_shape() -> None:
+    started = datetime(2014, 5, 2, 16, 27, 38, tzinfo=UTC)
+    line = TranscriptLine("Message.Text", "Stan", "Hello.", "CLIENT")
+    event = chat_event("3SQIS3S1693JL9L3R00506T40C000UL4", "000FRa9NYM9A001K", 2, line, started)
+    data = event["data"]
+    assert isinstance(data, dict)
+    assert re.fullmatch(r"[0-9a-f]{32}", str(data.pop("id")))
+    assert event == {
+        "data": {
+            "message": {
+                "startedAt": "2014-05-02T16:27:38Z",
+                "chatIxnState": "TRANSCRIPT",
+                "chatSessionId": "000FRa9NYM9A001K",
+                "transcriptToShow": [["Message.Text", "Stan", "Hello.", "2", "CLIENT"]],
+                "transcriptPosition": "2",
+                "chatServiceMessage": "Chat service is available",
+            },
+            "tag": "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4",
+        },
+        "channel": "/_genesys",
+    }
+
+
+# Over HTTP on loopback.
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+@pytest.fixture
+async def gms() -> AsyncIterator[GmsSimServer]:
+    async with GmsSimServer(GmsSimulator()) as server:
+        yield server
+
+
+async def _post_json(http: aiohttp.ClientSession, url: str) -> tuple[int, JsonObject]:
+    async with http.post(url) as response:
+        return response.status, await response.json()
+
+
+async def test_each_action_answers_the_seed_dialog_for_the_service(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    service = gms.simulator.create_service(gms_user="alice")
+    ext = f"{gms.base_url}/genesys"
+    for action in SEED_DIALOGS:
+        status, dialog = await _post_json(
+            http, f"{gms.base_url}/genesys/1/service/{service.service_id}/{action}"
+        )
+        assert status == 200, action
+        expected = json.loads(
+            json.dumps(EXPECTED[action]).replace(EXT, ext).replace(SERVICE_ID, service.service_id)
+        )
+        # $(Date) is the confirmation deadline: the request time plus GMS's 30 s default.
+        if "_expires" in dialog:
+            expires = datetime.strptime(str(dialog.pop("_expires")), "%Y-%m-%dT%H:%M:%SZ")
+            delta = expires.replace(tzinfo=UTC) - datetime.now(UTC)
+            assert timedelta(seconds=25) < delta <= timedelta(seconds=30)
+            expected.pop("_expires")
+        assert dialog == expected, action
+
+
+async def test_ext_url_base_when_configured_is_used_verbatim(http: aiohttp.ClientSession) -> None:
+    simulator = GmsSimulator(ext_url_base="https://gms.example.com/genesys")
+    async with GmsSimServer(simulator) as server:
+        service = simulator.create_service()
+        _, dialog = await _post_json(
+            http, f"{server.base_url}/genesys/1/service/{service.service_id}/get-dialog-start-chat"
+        )
+    assert dialog["_comet_url"] == "https://gms.example.com/genesys/cometd"
+    assert dialog["_start_chat_url"] == (
+        f"https://gms.example.com/genesys/1/service/{service.service_id}/ixn/chat"
+    )
+
+
+@pytest.mark.parametrize(
+    ("direction", "connect_action"),
+    [("USERTERMINATED", "ConfirmationDialog"), ("USERORIGINATED", "DialNumber")],
+)
+async def test_menu_items_lead_to_connect_and_snooze_dialogs(
+    gms: GmsSimServer, http: aiohttp.ClientSession, direction: str, connect_action: str
+) -> None:
+    async with http.post(
+        f"{gms.base_url}/genesys/1/service/callback/samples", data={"_call_direction": direction}
+    ) as response:
+        assert response.status == 200
+        service_id = str((await response.json())["_id"])
+    assert re.fullmatch(r"[A-Z0-9]{32}", service_id)
+    _, menu = await _post_json(
+        http,
+        f"{gms.base_url}/genesys/1/service/{service_id}/get-dialog-user-confirmation-provide_code-true",
+    )
+    content = menu["_content"]
+    assert isinstance(content, list)
+    assert isinstance(content[0], dict)
+    items = content[0]["_group_content"]
+    assert isinstance(items, list)
+    answers = []
+    for item in items:
+        assert isinstance(item, dict)
+        status, answer = await _post_json(http, str(item["_user_action_url"]))
+        assert status == 200
+        answers.append(answer)
+    assert [a["_action"] for a in answers] == [
+        connect_action,
+        "ConfirmationDialog",
+        "ConfirmationDialog",
+    ]
+    assert all(a["_id"] == service_id for a in answers)
+    assert answers[1]["_text"] == "We will notify you again in 5 minutes"
+    _, again = await _post_json(http, str(menu["_resource_url"]))
+    assert again["_action"] == "DisplayMenu"
+
+
+async def test_start_chat_url_answers_with_the_chat_identifiers(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    service = gms.simulator.create_service()
+    _, start = await _post_json(
+        http, f"{gms.base_url}/genesys/1/service/{service.service_id}/get-dialog-start-chat"
+    )
+    status, chat = await _post_json(http, str(start["_start_chat_url"]))
+    assert status == 200
+    assert chat["chatId"] == service.chat_id
+    assert chat["chatEnded"] is False
+    assert chat["_comet_url"] == start["_comet_url"]
+    assert chat["tag"] == f"service.chat.refresh.{service.service_id}"
+    for key in ("userId", "secureKey"):
+        assert isinstance(chat[key], str)
+        assert chat[key]
+
+
+async def test_unknown_service_unknown_action_and_wrong_method_are_refused(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    service = gms.simulator.create_service()
+    base = f"{gms.base_url}/genesys/1/service"
+    status, body = await _post_json(http, f"{base}/{'X' * 32}/wait-for-agent")
+    assert status == 404
+    assert "X" * 32 in str(body["message"])
+    status, body = await _post_json(http, f"{base}/{service.service_id}/not-used")
+    assert status == 404
+    assert "not-used" in str(body["message"])
+    async with http.get(f"{base}/{service.service_id}/wait-for-agent") as response:
+        assert response.status == 405
+    async with http.post(
+        f"{base}/callback/samples", data={"_call_direction": "SIDEWAYS"}
+    ) as response:
+        assert response.status == 400
+        assert "_call_direction" in (await response.json())["message"]
+
+
+async def test_requests_are_logged_with_their_answers(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    service = gms.simulator.create_service()
+    url = f"{gms.base_url}/genesys/1/service/{service.service_id}/wait-for-agent"
+    async with http.post(url, data=b"hello", headers={"gms_user": "bob"}):
+        pass
+    await _post_json(http, f"{gms.base_url}/genesys/1/service/{'Z' * 32}/wait-for-agent")
+    logged = list(gms.simulator.requests)
+    assert [(r.method, r.path, r.status) for r in logged] == [
+        ("POST", f"/genesys/1/service/{service.service_id}/wait-for-agent", 200),
+        ("POST", f"/genesys/1/service/{'Z' * 32}/wait-for-agent", 404),
+    ]
+    assert logged[0].body == b"hello"
+    assert logged[0].headers["gms_user"] == "bob"
+    assert gms.simulator.requests_to("/wait-for-agent") == logged
+
+
+def test_url_path_must_fit_the_seeds_dialog_urls() -> None:
+    with pytest.raises(ValueError, match="url_path"):
+        GmsSimulator(url_path="/gms/api/")
+
+
+# Scenarios against a stand-in relay endpoint.
+
+
+@dataclass
+class StandInRelay:
+    """Answers POST /gms/push like the relay's webhook; records exactly what arrived."""
+
+    status: int = 200
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    async def push(self, request: web.Request) -> web.Response:
+        self.received.append((dict(request.headers), await request.read()))
+        if self.status != 200:
+            return web.json_response({"title": "refused"}, status=self.status)
+        return web.json_response({"id": f"n{len(self.received)}"})
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.received]
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[StandInRelay]:
+    stand_in = StandInRelay()
+    app = web.Application()
+    app.router.add_post("/gms/push", stand_in.push)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    stand_in.url = f"http://{host}:{port}"
+    try:
+        yield stand_in
+    finally:
+        await runner.cleanup()
+
+
+def _pusher(http: aiohttp.ClientSession, relay: StandInRelay) -> CustomHttpPusher:
+    return CustomHttpPusher(http, relay.url, basic_authorization("gms", "s3cret"))
+
+
+async def test_callback_scenario_posts_customhttp_bodies_with_basic_auth(
+    http: aiohttp.ClientSession, relay: StandInRelay
+) -> None:
+    simulator = GmsSimulator()
+    run = await callback_with_user_confirmation(
+        _pusher(http, relay), simulator, ScenarioOptions(f"demo:{TOKEN}")
+    )
+    expected_actions = [
+        "wait-for-agent",
+        "get-dialog-user-confirmation-provide_code-true",
+        "get-dialog-user-confirmation-provide_code-false",
+        "connect-outbound",
+    ]
+    assert relay.bodies() == [
+        {"deviceId": f"demo:{TOKEN}", "message": {"_id": run.service_id, "_action": action}}
+        for action in expected_actions
+    ]
+    basic = "Basic " + base64.b64encode(b"gms:s3cret").decode()
+    for headers, _ in relay.received:
+        assert headers["Authorization"] == basic
+        assert headers["Content-Type"] == "application/json"
+    assert [push.answer for push in run.pushes] == [{"id": f"n{i}"} for i in range(1, 5)]
+    assert [push.body for push in run.pushes] == relay.bodies()
+    assert run.service_id in simulator.services
+
+
+async def test_callback_scenario_can_send_message_as_a_json_string_and_connect_inbound(
+    http: aiohttp.ClientSession, relay: StandInRelay
+) -> None:
+    simulator = GmsSimulator()
+    options = ScenarioOptions(TOKEN, message_as_string=True, connect_mode="inbound")
+    run = await callback_with_user_confirmation(_pusher(http, relay), simulator, options)
+    messages = [body["message"] for body in relay.bodies()]
+    assert all(isinstance(message, str) for message in messages)
+    assert json.loads(str(messages[-1])) == {"_id": run.service_id, "_action": "connect-inbound"}
+    assert simulator.services[run.service_id].connect_mode == "inbound"
+
+
+async def test_chat_delayed_pushes_start_chat(
+    http: aiohttp.ClientSession, relay: StandInRelay
+) -> None:
+    run = await chat_delayed(_pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN))
+    assert relay.bodies() == [
+        {"deviceId": TOKEN, "message": {"_id": run.service_id, "_action": "get-dialog-start-chat"}}
+    ]
+
+
+async def test_chat_session_pushes_the_comet_events_in_order(
+    http: aiohttp.ClientSession, relay: StandInRelay
+) -> None:
+    run = await chat_session(_pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN))
+    events = [body["message"] for body in relay.bodies()]
+    assert all(isinstance(event, dict) and event["channel"] == "/_genesys" for event in events)
+    messages = [event["data"]["message"] for event in events]
+    assert [m["transcriptPosition"] for m in messages] == [str(p) for p in range(2, 9)]
+    lines = [(m["chatIxnState"], [tuple(line) for line in m["transcriptToShow"]]) for m in messages]
+    kinds = [(state, [(line[0], line[4]) for line in shown]) for state, shown in lines]
+    assert kinds == [
+        ("TRANSCRIPT", [("Notice.Joined", "AGENT")]),
+        ("TRANSCRIPT", [("Message.Text", "AGENT")]),
+        ("TRANSCRIPT", [("Notice.TypingStarted", "AGENT")]),
+        ("TRANSCRIPT", [("Notice.TypingStopped", "AGENT")]),
+        ("TRANSCRIPT", [("Message.Text", "CLIENT")]),
+        ("TRANSCRIPT", [("Notice.Left", "AGENT")]),
+        ("DISCONNECTED", []),
+    ]
+    assert {event["data"]["tag"] for event in events} == {f"service.chat.refresh.{run.service_id}"}
+    assert len({m["chatSessionId"] for m in messages}) == 1
+
+
+async def test_a_refused_push_stops_the_scenario_with_the_status(
+    http: aiohttp.ClientSession, relay: StandInRelay
+) -> None:
+    relay.status = 401
+    with pytest.raises(PushRefused) as refused:
+        await callback_with_user_confirmation(
+            _pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN)
+        )
+    assert refused.value.status == 401
+    assert len(relay.received) == 1
+
+
+async def _start_command(*arguments: str) -> asyncio.subprocess.Process:
+    """`apns-relay gms-sim` as its own process: it owns its event loop and signal handlers."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay.cli",
+        "gms-sim",
+        *arguments,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_command_serves_and_runs_a_scenario_once(relay: StandInRelay) -> None:
+    process = await _start_command(
+        "--port=0",
+        f"--relay-url={relay.url}",
+        "--basic-auth=gms:s3cret",
+        "--scenario=chat-delayed",
+        f"--device-id={TOKEN}",
+        "--once",
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=20)
+    assert process.returncode == 0, err.decode()
+    records = [json.loads(line) for line in out.decode().splitlines()]
+    assert records[0]["gms_sim"].startswith("http://127.0.0.1:")
+    assert records[1]["scenario"] == "chat-delayed"
+    assert records[1]["pushes"][0]["body"] == relay.bodies()[0]
+    assert relay.received[0][0]["Authorization"] == basic_authorization("gms", "s3cret")
+
+
+async def test_command_serves_dialogs_until_sigterm(http: aiohttp.ClientSession) -> None:
+    process = await _start_command("--port=0")
+    assert process.stdout is not None
+    ready = json.loads(await asyncio.wait_for(process.stdout.readline(), timeout=20))
+    async with http.post(f"{ready['gms_sim']}/genesys/1/service/callback/samples") as response:
+        assert response.status == 200
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+
+
+def test_command_refuses_a_scenario_without_a_relay(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    command.configure(parser)
+    assert command.run(parser.parse_args(["--scenario=chat-delayed"])) == 2
+    assert "--relay-url" in capsys.readouterr().err
