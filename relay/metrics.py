@@ -1,0 +1,100 @@
+"""Prometheus metrics: every metric the relay exports, declared once here."""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from relay import __version__
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_E2E_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+# Ingest
+EVENTS_RECEIVED = Counter(
+    "apns_relay_events_received_total",
+    "Push events received, by source (gms, api, batch), outcome and refusal reason",
+    ["source", "outcome", "reason"],
+)
+NOTIFICATIONS_ENQUEUED = Counter(
+    "apns_relay_notifications_enqueued_total", "Notifications durably queued", ["app"]
+)
+
+# Delivery
+NOTIFICATIONS_DELIVERED = Counter(
+    "apns_relay_notifications_delivered_total", "Notifications accepted by APNs (200)", ["app"]
+)
+NOTIFICATIONS_FAILED = Counter(
+    "apns_relay_notifications_failed_total",
+    "Notifications that reached the failed state, by APNs reason",
+    ["app", "reason"],
+)
+NOTIFICATIONS_EXPIRED = Counter(
+    "apns_relay_notifications_expired_total", "Notifications dropped unsent at expiry", ["app"]
+)
+NOTIFICATIONS_SUPERSEDED = Counter(
+    "apns_relay_notifications_superseded_total",
+    "Queued notifications replaced by a newer one for the same device and service",
+    ["app"],
+)
+NOTIFICATIONS_RETRIED = Counter(
+    "apns_relay_notifications_retried_total",
+    "Attempts scheduled for retry, by reason",
+    ["app", "reason"],
+)
+APNS_RESPONSES = Counter(
+    "apns_relay_apns_responses_total",
+    "APNs answers (status 0: no answer: timeout or connection failure)",
+    ["app", "status", "reason"],
+)
+APNS_REQUEST_DURATION = Histogram(
+    "apns_relay_apns_request_duration_seconds",
+    "Time from sending a request to APNs to its answer",
+    ["app"],
+    buckets=_LATENCY_BUCKETS,
+)
+DELIVERY_LATENCY = Histogram(
+    "apns_relay_delivery_latency_seconds",
+    "End-to-end latency: accepted at ingest to APNs 200",
+    ["app"],
+    buckets=_E2E_BUCKETS,
+)
+APNS_IN_FLIGHT = Gauge(
+    "apns_relay_apns_in_flight_requests", "Requests sent to APNs awaiting an answer", ["app"]
+)
+APNS_CONNECTIONS = Gauge("apns_relay_apns_connections", "Open HTTP/2 connections to APNs", ["app"])
+DEAD_TOKENS_MARKED = Counter(
+    "apns_relay_dead_tokens_marked_total",
+    "Device tokens marked dead, by APNs reason",
+    ["app", "reason"],
+)
+APP_PAUSED = Gauge(
+    "apns_relay_app_paused", "1 while sending for an app is paused on a credential error", ["app"]
+)
+JWT_REFRESHES = Counter("apns_relay_jwt_refreshes_total", "Provider tokens (JWT) signed", ["app"])
+
+# Queue state, read from Redis so that every replica reports the same truth.
+QUEUE_PENDING = Gauge(
+    "apns_relay_queue_pending_notifications", "Accepted notifications not yet in a final state"
+)
+QUEUE_DEVICES_PENDING = Gauge(
+    "apns_relay_queue_devices_pending", "Devices with at least one pending notification"
+)
+QUEUE_OLDEST_AGE = Gauge(
+    "apns_relay_queue_oldest_pending_age_seconds", "Age of the oldest pending notification"
+)
+
+# HTTP
+HTTP_REQUESTS = Counter(
+    "apns_relay_http_requests_total", "HTTP requests served", ["route", "method", "status"]
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "apns_relay_http_request_duration_seconds",
+    "HTTP request handling time",
+    ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+BUILD_INFO = Gauge("apns_relay_build_info", "Build information (always 1)", ["version", "python"])
+BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
