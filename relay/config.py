@@ -1,0 +1,557 @@
+"""Settings: a YAML file plus RELAY_* environment overrides, validated into typed models."""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from relay.model import PUSH_TYPES, InvalidInput
+from relay.policy import RetryPolicy
+
+CONFIG_PATH_ENV = "RELAY_CONFIG"
+ENV_PREFIX = "RELAY_"
+API_TOKENS_ENV = "RELAY_API_TOKENS"
+BASIC_AUTH_ENV = "RELAY_BASIC_AUTH"
+REDIS_URL_FALLBACK_ENV = "REDIS_URL"
+
+APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Apple's bundle id alphabet: letters, digits, hyphens and periods.
+BUNDLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*$"
+APPLE_ID_PATTERN = r"^[A-Z0-9]{10}$"
+MAX_PORT = 65535
+
+# The context key through which relative paths in a file are resolved against its directory.
+_BASE_DIR = "base_dir"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _readable_file(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a path against the config file's directory and insist it can be read now,
+    so a wrong mount fails at start-up rather than at the first push."""
+    base_dir = (info.context or {}).get(_BASE_DIR)
+    path = value if value.is_absolute() or base_dir is None else Path(base_dir) / value
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file is not readable: {path}")
+    return path
+
+
+Port = Annotated[int, Field(ge=0, le=MAX_PORT)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class RedisSettings(_Section):
+    url: str | None = None  # None: start the embedded Valkey (development only)
+    shards: PositiveInt = 16
+
+    @field_validator("url")
+    @classmethod
+    def _empty_means_embedded(cls, value: str | None) -> str | None:
+        return value or None
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: PositiveInt = 1024 * 1024
+    metrics_port: Port | None = None
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class AuthSettings(_Section):
+    api_tokens: list[SecretStr] = []
+    basic: list[SecretStr] = []  # "user:password"
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_not_empty(cls, tokens: list[SecretStr]) -> list[SecretStr]:
+        if any(not token.get_secret_value() for token in tokens):
+            raise ValueError("an API token must not be empty")
+        return tokens
+
+    @field_validator("basic")
+    @classmethod
+    def _user_colon_password(cls, pairs: list[SecretStr]) -> list[SecretStr]:
+        for pair in pairs:
+            user, colon, _ = pair.get_secret_value().partition(":")
+            if not user or not colon:
+                raise ValueError('each entry must be "user:password" with a non-empty user')
+        return pairs
+
+    def basic_users(self) -> dict[str, SecretStr]:
+        """Basic-auth user name -> password."""
+        users: dict[str, SecretStr] = {}
+        for pair in self.basic:
+            user, _, password = pair.get_secret_value().partition(":")
+            users[user] = SecretStr(password)
+        return users
+
+
+class QueueSettings(_Section):
+    max_per_device: PositiveInt = 100
+    max_pending: PositiveInt = 1_000_000
+    retention_seconds: PositiveInt = 86_400
+    lease_seconds: PositiveInt = 30
+    default_ttl_seconds: PositiveInt = 3_600
+    max_ttl_seconds: PositiveInt = 30 * 86_400
+    supersede: bool = True
+    dead_token_ttl_seconds: PositiveInt = 30 * 86_400
+
+    @model_validator(mode="after")
+    def _default_ttl_within_max(self) -> QueueSettings:
+        if self.default_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError(
+                f"default_ttl_seconds ({self.default_ttl_seconds}) must not exceed "
+                f"max_ttl_seconds ({self.max_ttl_seconds})"
+            )
+        return self
+
+
+class RetrySettings(_Section):
+    base_ms: PositiveInt = 500
+    cap_ms: PositiveInt = 60_000
+    max_attempts: PositiveInt = 8
+
+    @model_validator(mode="after")
+    def _cap_at_least_base(self) -> RetrySettings:
+        if self.cap_ms < self.base_ms:
+            raise ValueError(f"cap_ms ({self.cap_ms}) must be >= base_ms ({self.base_ms})")
+        return self
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(base_ms=self.base_ms, cap_ms=self.cap_ms, max_attempts=self.max_attempts)
+
+
+class DeliverySettings(_Section):
+    request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    batch_size: PositiveInt = 256
+    pause_probe_seconds: PositiveInt = 30
+
+
+class LoggingSettings(_Section):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+
+    @field_validator("format", "level", mode="before")
+    @classmethod
+    def _lower_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class AlertTemplate(_Section):
+    """An alert for one action; `{field}` in title/subtitle/body is filled from the message."""
+
+    title: str | None = None
+    subtitle: str | None = None
+    body: str | None = None
+    loc_key: str | None = None
+    loc_args: list[str] | None = None
+
+    @field_validator("title", "subtitle", "body")
+    @classmethod
+    def _plain_placeholders(cls, text: str | None) -> str | None:
+        if text is not None:
+            template_fields(text)
+        return text
+
+    def render(self, fields: Mapping[str, object]) -> AlertTemplate:
+        """The template with placeholders replaced; a field the message lacks becomes ''."""
+        return self.model_copy(
+            update={
+                name: render_template(text, fields)
+                for name, text in (
+                    ("title", self.title),
+                    ("subtitle", self.subtitle),
+                    ("body", self.body),
+                )
+                if text is not None
+            }
+        )
+
+
+def template_fields(text: str) -> list[str]:
+    """The placeholder names in a template; only plain `{name}` is allowed, because str.format's
+    attribute and index syntax would let a template reach into Python objects."""
+    names: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as error:
+        raise ValueError(f"bad template {text!r}: {error}") from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name) or spec or conversion:
+            raise ValueError(
+                f"bad placeholder {{{name}}} in {text!r}: only {{field}} with a message key "
+                "(letters, digits, _ and -) is allowed"
+            )
+        names.append(name)
+    return names
+
+
+def render_template(text: str, fields: Mapping[str, object]) -> str:
+    parts: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(text):
+        parts.append(literal)
+        if name is not None:
+            value = fields.get(name)
+            parts.append("" if value is None else str(value))
+    return "".join(parts)
+
+
+# Used when an app does not override an action: one English alert per action the seed names.
+DEFAULT_ALERTS: Mapping[str, AlertTemplate] = {
+    "get-dialog-user-confirmation-provide_code-true": AlertTemplate(
+        title="An agent is available", body="Tap to confirm you are ready to talk."
+    ),
+    "get-dialog-user-confirmation-provide_code-false": AlertTemplate(
+        title="An agent is available", body="Tap to confirm you are ready to talk."
+    ),
+    "get-dialog-start-chat": AlertTemplate(
+        title="Your chat is ready", body="Tap to start chatting with an agent."
+    ),
+    "connect-inbound": AlertTemplate(
+        title="An agent is ready for your call", body="Tap to call us now."
+    ),
+    "connect-outbound": AlertTemplate(
+        title="We are calling you", body="You will receive the call shortly."
+    ),
+    "wait-for-agent": AlertTemplate(
+        title="You are in the queue", body="We will notify you when an agent is available."
+    ),
+}
+GENERIC_ALERT = AlertTemplate(body="You have a new notification.")
+
+
+class TokenCredentials(_Section):
+    key_file: Path
+    key_id: Annotated[str, Field(pattern=APPLE_ID_PATTERN)]
+    team_id: Annotated[str, Field(pattern=APPLE_ID_PATTERN)]
+
+    _key_file_readable = field_validator("key_file")(_readable_file)
+
+
+class CertificateCredentials(_Section):
+    cert_file: Path  # PEM holding the client certificate and its private key
+
+    _cert_file_readable = field_validator("cert_file")(_readable_file)
+
+
+class AppAuth(_Section):
+    token: TokenCredentials | None = None
+    certificate: CertificateCredentials | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AppAuth:
+        if (self.token is None) == (self.certificate is None):
+            raise ValueError("give exactly one of token: {...} or certificate: {...}")
+        return self
+
+
+class Endpoint(_Section):
+    """Where to reach APNs instead of Apple (the simulator, in development and tests)."""
+
+    host: str
+    port: Annotated[int, Field(gt=0, le=MAX_PORT)]
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _readable_file(value, info)
+
+
+class ChatSettings(_Section):
+    typing: Literal["none", "background"] = "none"
+
+
+class App(_Section):
+    name: Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=64)]
+    topic: Annotated[str, Field(pattern=BUNDLE_ID_PATTERN, max_length=255)]
+    environment: Literal["production", "sandbox"]
+    default: bool = False
+    auth: AppAuth
+    message_encoding: Literal["object", "string"] = "object"
+    alerts: dict[str, AlertTemplate] = {}
+    sound: str | None = "default"
+    priority: Literal[1, 5, 10] = 10
+    push_type: str = "alert"
+    max_connections: PositiveInt = 4
+    endpoint: Endpoint | None = None
+    chat: ChatSettings = ChatSettings()
+    supersede: bool | None = None  # None: queue.supersede
+
+    @field_validator("push_type")
+    @classmethod
+    def _known_push_type(cls, value: str) -> str:
+        if value not in PUSH_TYPES:
+            raise ValueError(f"must be one of {', '.join(sorted(PUSH_TYPES))} (got {value!r})")
+        return value
+
+    def alert_template(self, action: str | None) -> AlertTemplate:
+        """This app's alert for an action: its own, else the shipped default, else generic."""
+        if action is not None:
+            if action in self.alerts:
+                return self.alerts[action]
+            if action in DEFAULT_ALERTS:
+                return DEFAULT_ALERTS[action]
+        return GENERIC_ALERT
+
+
+class Settings(_Section):
+    redis: RedisSettings = RedisSettings()
+    http: HttpSettings = HttpSettings()
+    auth: AuthSettings = AuthSettings()
+    queue: QueueSettings = QueueSettings()
+    retry: RetrySettings = RetrySettings()
+    delivery: DeliverySettings = DeliverySettings()
+    logging: LoggingSettings = LoggingSettings()
+    apps: list[App] = []
+
+    @field_validator("apps")
+    @classmethod
+    def _apps_consistent(cls, apps: list[App]) -> list[App]:
+        names = [app.name for app in apps]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"names must be unique (repeated: {', '.join(duplicates)})")
+        defaults = [app.name for app in apps if app.default]
+        if len(defaults) > 1:
+            raise ValueError(f"at most one app may be default (got {', '.join(defaults)})")
+        return apps
+
+    def app(self, name: str | None) -> App:
+        """The app by name; None means the default app (the only one, or the one marked default).
+        Raises InvalidInput, as the name comes from a request."""
+        if name is None:
+            marked = [app for app in self.apps if app.default]
+            if marked:
+                return marked[0]
+            if len(self.apps) == 1:
+                return self.apps[0]
+            raise InvalidInput(
+                "app",
+                "no default app is configured: name the app, or mark one app `default: true`",
+            )
+        for app in self.apps:
+            if app.name == name:
+                return app
+        configured = ", ".join(app.name for app in self.apps) or "none"
+        raise InvalidInput("app", f"unknown app {name!r} (configured: {configured})")
+
+    def supersede_for(self, app: App) -> bool:
+        return self.queue.supersede if app.supersede is None else app.supersede
+
+
+# Sections whose scalars can be overridden as RELAY_<SECTION>_<KEY>; auth is overridden only as a
+# whole, by the two comma lists.
+_ENV_SECTIONS: Mapping[str, type[_Section]] = {
+    "redis": RedisSettings,
+    "http": HttpSettings,
+    "queue": QueueSettings,
+    "retry": RetrySettings,
+    "delivery": DeliverySettings,
+    "logging": LoggingSettings,
+}
+_NOT_SECTION_KEYS = frozenset({CONFIG_PATH_ENV, API_TOKENS_ENV, BASIC_AUTH_ENV})
+
+
+def env_override_names() -> dict[str, tuple[str, str]]:
+    """Every RELAY_<SECTION>_<KEY> variable -> (section, key)."""
+    return {
+        f"{ENV_PREFIX}{section.upper()}_{key.upper()}": (section, key)
+        for section, model in _ENV_SECTIONS.items()
+        for key in model.model_fields
+    }
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+    """Settings from `path` (else $RELAY_CONFIG, else built-in defaults) and the environment."""
+    if path is None and env.get(CONFIG_PATH_ENV):
+        path = env[CONFIG_PATH_ENV]
+    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    file_label = "built-in defaults" if path is None else f"file {path}"
+    env_sources = _apply_env(raw, env)
+    base_dir = None if path is None else Path(path).resolve().parent
+    try:
+        return Settings.model_validate(raw, context={_BASE_DIR: base_dir})
+    except ValidationError as error:
+        raise ConfigError(
+            [_describe(detail, env_sources, file_label) for detail in error.errors()]
+        ) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: must hold a mapping of sections (got {type(data).__name__})"])
+    return data
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Overlay the environment on the file's data; returns the dotted key -> variable it came
+    from, so errors can name the variable rather than the file."""
+    sources: dict[tuple[str, ...], str] = {}
+    overrides = env_override_names()
+    unknown: list[str] = []
+    for variable, value in sorted(env.items()):
+        if variable in overrides:
+            section, key = overrides[variable]
+            _section_of(raw, section)[key] = value
+            sources[(section, key)] = variable
+        elif variable not in _NOT_SECTION_KEYS and (addressed := _env_section(variable)):
+            known = ", ".join(name for name, (s, _) in overrides.items() if s == addressed)
+            unknown.append(f"env {variable}: unknown setting (known: {known})")
+    if unknown:
+        raise ConfigError(unknown)
+    for variable, key in ((API_TOKENS_ENV, "api_tokens"), (BASIC_AUTH_ENV, "basic")):
+        if variable in env:
+            _section_of(raw, "auth")[key] = [
+                item.strip() for item in env[variable].split(",") if item.strip()
+            ]
+            sources[("auth", key)] = variable
+    if not _section_of(raw, "redis").get("url") and env.get(REDIS_URL_FALLBACK_ENV):
+        _section_of(raw, "redis")["url"] = env[REDIS_URL_FALLBACK_ENV]
+        sources[("redis", "url")] = REDIS_URL_FALLBACK_ENV
+    return sources
+
+
+def _env_section(variable: str) -> str | None:
+    """The section a RELAY_<SECTION>_... variable addresses, if any: a typo there is an error."""
+    return next(
+        (s for s in _ENV_SECTIONS if variable.startswith(f"{ENV_PREFIX}{s.upper()}_")), None
+    )
+
+
+def _section_of(raw: dict[str, Any], section: str) -> dict[str, Any]:
+    value = raw.setdefault(section, {})
+    if value is None:
+        value = raw[section] = {}
+    if not isinstance(value, dict):
+        raise ConfigError([f"{section}: must be a mapping (got {type(value).__name__})"])
+    return value
+
+
+def _dotted(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+# Values never echoed in errors: credentials, and a Redis URL that may carry a password.
+_SECRET_LOCATIONS = (("auth",), ("redis", "url"))
+
+
+def _describe(
+    detail: ErrorDetails, env_sources: Mapping[tuple[str, ...], str], file_label: str
+) -> str:
+    location = tuple(detail["loc"])
+    variable = next((var for key, var in env_sources.items() if location[: len(key)] == key), None)
+    source = f"env {variable}" if variable else file_label
+    secret = any(location[: len(prefix)] == prefix for prefix in _SECRET_LOCATIONS)
+    return f"{_dotted(location) or '(top level)'}: {_rule(detail, secret)} [{source}]"
+
+
+def _rule(detail: ErrorDetails, secret: bool) -> str:
+    """Pydantic's error said as the rule and, unless the value is a secret, what was given."""
+    kind = detail["type"]
+    context = detail.get("ctx", {})
+    got = "" if secret else f" (got {detail['input']!r})"
+    match kind:
+        case "missing":
+            return "field required"
+        case "extra_forbidden":
+            allowed = _allowed_keys(tuple(detail["loc"][:-1]))
+            return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
+        case "int_parsing" | "int_type" | "int_from_float":
+            return f"must be an integer{got}"
+        case "float_parsing" | "float_type":
+            return f"must be a number{got}"
+        case "bool_parsing" | "bool_type":
+            return f"must be true or false{got}"
+        case "greater_than":
+            return f"must be > {context['gt']}{got}"
+        case "greater_than_equal":
+            return f"must be >= {context['ge']}{got}"
+        case "less_than_equal":
+            return f"must be <= {context['le']}{got}"
+        case "string_pattern_mismatch":
+            return f"must match {context['pattern']}{got}"
+        case "literal_error":
+            return f"must be one of {context['expected']}{got}"
+        case "value_error":
+            return str(context.get("error", detail["msg"]))
+        case _:
+            return f"{detail['msg'].lower()}{got}"
+
+
+def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at `location` accepts, found by walking Settings' annotations."""
+    annotation: Any = Settings
+    for part in location:
+        annotation = _strip_optional(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        elif get_origin(annotation) in (list, dict):
+            annotation = get_args(annotation)[-1]
+        else:
+            return []
+    annotation = _strip_optional(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not NoneType]
+        if len(members) == 1:
+            return members[0]
+    return annotation

@@ -1,0 +1,305 @@
+"""APNs request building: a validated push request -> JSON body and headers within limits."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import orjson
+
+from relay.model import (
+    MAX_COLLAPSE_ID_BYTES,
+    PRIORITIES,
+    PUSH_TYPES,
+    InvalidInput,
+    Notification,
+    payload_limit,
+)
+
+if TYPE_CHECKING:
+    from relay.config import App
+
+MIN_TOKEN_HEX = 8
+MAX_TOKEN_HEX = 200
+MAX_SERVICE_ID_CHARS = 128
+MAX_ACTION_CHARS = 128
+MAX_KEY_CHARS = 256  # an idempotency key becomes part of a Redis key
+ACTION_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+_HEX = re.compile(r"[0-9a-f]*")
+BACKGROUND = "background"
+BACKGROUND_PRIORITY = 5
+RESERVED_KEYS = frozenset({"aps", "message"})
+# Refusals that are well-formed but cannot be served: one status for "expired on arrival"
+# everywhere, distinct from the 400 of a malformed request so callers can tell them apart.
+EXPIRED_ON_ARRIVAL_STATUS = 422
+PAYLOAD_TOO_LARGE_STATUS = 413
+
+
+class ChatEventKind(StrEnum):
+    """What a chat push reports; TYPING is relayed only to apps that ask for it."""
+
+    MESSAGE = "message"
+    JOINED = "joined"
+    LEFT = "left"
+    TYPING = "typing"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLine:
+    """The chat transcript event a push reports, kept so the caller can order and de-duplicate
+    chat pushes per device by position."""
+
+    kind: ChatEventKind
+    session_id: str
+    position: int | None  # GMS transcriptPosition; None only for an end without one
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFields:
+    """An alert as a dictionary (Apple's keys in snake case)."""
+
+    title: str | None = None
+    subtitle: str | None = None
+    body: str | None = None
+    loc_key: str | None = None
+    loc_args: tuple[str, ...] | None = None
+    title_loc_key: str | None = None
+    title_loc_args: tuple[str, ...] | None = None
+
+    def as_aps(self) -> dict[str, object]:
+        fields = {
+            "title": self.title,
+            "subtitle": self.subtitle,
+            "body": self.body,
+            "loc-key": self.loc_key,
+            "loc-args": list(self.loc_args) if self.loc_args is not None else None,
+            "title-loc-key": self.title_loc_key,
+            "title-loc-args": list(self.title_loc_args)
+            if self.title_loc_args is not None
+            else None,
+        }
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class PushSpec:
+    """One validated push request, from either ingest path (GMS customhttp or the JSON API)."""
+
+    device_token: str  # lower-case hex
+    app: str | None = None  # None: the default app
+    service_id: str | None = None
+    action: str | None = None
+    alert: str | AlertFields | None = None  # None: the app's template for the action
+    sound: str | None = None
+    badge: int | None = None
+    ttl_s: int | None = None  # at most one of ttl_s and expires_at; neither: the default ttl
+    expires_at: int | None = None
+    priority: int | None = None
+    push_type: str | None = None
+    collapse_id: str | None = None
+    idempotency_key: str | None = None
+    message_fields: dict[str, object] = field(default_factory=dict)  # beside _id/_action
+    extra: dict[str, object] = field(default_factory=dict)  # top-level keys beside aps/message
+    thread_id: str | None = None  # None: the service id
+    chat: ChatLine | None = None  # set when the push reports a chat transcript event
+
+
+def normalize_device_token(raw: str, field_name: str = "device_token") -> str:
+    """A device token as lower-case hex; Apple says not to assume its length, so only bounds."""
+    token = raw.lower()
+    if not MIN_TOKEN_HEX <= len(token) <= MAX_TOKEN_HEX:
+        raise InvalidInput(
+            field_name,
+            f"must be {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} hex digits (got {len(token)})",
+        )
+    if not _HEX.fullmatch(token) or len(token) % 2:
+        raise InvalidInput(field_name, "must be hex digits (0-9, a-f), an even number of them")
+    return token
+
+
+def validate_service_id(raw: object, field_name: str = "service_id") -> str:
+    """A GMS service id: any non-empty string of bounded length (GMS's own are 32 A-Z0-9)."""
+    if not isinstance(raw, str) or not raw:
+        raise InvalidInput(field_name, "must be a non-empty string")
+    if len(raw) > MAX_SERVICE_ID_CHARS:
+        raise InvalidInput(field_name, f"must be at most {MAX_SERVICE_ID_CHARS} characters")
+    return raw
+
+
+def validate_action(raw: object, field_name: str = "action") -> str:
+    """A GMS action name; the set is open, so only its alphabet and length are checked."""
+    if not isinstance(raw, str) or not ACTION_PATTERN.fullmatch(raw):
+        raise InvalidInput(field_name, "must be a non-empty string of A-Z, a-z, 0-9, '_', '.', '-'")
+    if len(raw) > MAX_ACTION_CHARS:
+        raise InvalidInput(field_name, f"must be at most {MAX_ACTION_CHARS} characters")
+    return raw
+
+
+def build_notification(
+    spec: PushSpec, app: App, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+) -> Notification:
+    """The APNs request for `spec` sent through `app`, or InvalidInput naming what is wrong."""
+    token = normalize_device_token(spec.device_token)
+    if spec.service_id is not None:
+        validate_service_id(spec.service_id)
+    if spec.action is not None:
+        validate_action(spec.action)
+    if spec.idempotency_key is not None and not 0 < len(spec.idempotency_key) <= MAX_KEY_CHARS:
+        raise InvalidInput("idempotency_key", f"must be 1 to {MAX_KEY_CHARS} characters")
+    push_type = spec.push_type or app.push_type
+    if push_type not in PUSH_TYPES:
+        raise InvalidInput("push_type", f"must be one of {', '.join(sorted(PUSH_TYPES))}")
+    priority = _priority(spec, app, push_type)
+    expires_at = _expires_at(spec, now_s, default_ttl_s, max_ttl_s)
+    body = _payload(spec, app, push_type)
+    limit = payload_limit(push_type)
+    if len(body) > limit:
+        raise InvalidInput(
+            "payload",
+            f"is {len(body)} bytes; APNs accepts at most {limit} for push type {push_type}",
+            PAYLOAD_TOO_LARGE_STATUS,
+        )
+    return Notification(
+        app=app.name,
+        device_token=token,
+        payload=body,
+        push_type=push_type,
+        priority=priority,
+        expires_at=expires_at,
+        collapse_id=_collapse_id(spec),
+        # A chat line must never replace an earlier one in the queue, so it has no supersede key.
+        service_id=spec.service_id if spec.chat is None else None,
+        action=spec.action,
+        idempotency_key=spec.idempotency_key,
+    )
+
+
+def _priority(spec: PushSpec, app: App, push_type: str) -> int:
+    if spec.priority is not None:
+        priority = spec.priority
+    elif push_type == BACKGROUND:
+        priority = BACKGROUND_PRIORITY
+    else:
+        priority = app.priority
+    if priority not in PRIORITIES:
+        raise InvalidInput("priority", f"must be 1, 5 or 10 (got {priority})")
+    if push_type == BACKGROUND and priority != BACKGROUND_PRIORITY:
+        raise InvalidInput("priority", f"must be 5 for push type background (got {priority})")
+    return priority
+
+
+def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) -> int:
+    if spec.ttl_s is not None and spec.expires_at is not None:
+        raise InvalidInput("ttl", "give ttl or expires_at, not both")
+    if spec.expires_at is not None:
+        if spec.expires_at <= now_s:
+            raise InvalidInput(
+                "expires_at",
+                f"is in the past ({spec.expires_at} <= now {now_s}): expired on arrival",
+                EXPIRED_ON_ARRIVAL_STATUS,
+            )
+        if spec.expires_at > now_s + max_ttl_s:
+            raise InvalidInput(
+                "expires_at", f"must be at most {max_ttl_s} s from now ({now_s + max_ttl_s})"
+            )
+        return spec.expires_at
+    ttl = default_ttl_s if spec.ttl_s is None else spec.ttl_s
+    if not 0 < ttl <= max_ttl_s:
+        raise InvalidInput("ttl", f"must be > 0 and <= {max_ttl_s} seconds (got {ttl})")
+    return now_s + ttl
+
+
+def _collapse_id(spec: PushSpec) -> str | None:
+    if spec.collapse_id is not None:
+        collapse_id, source = spec.collapse_id, "collapse_id"
+    elif spec.chat is None and spec.service_id is not None:
+        # Defaulting to the service id makes a newer push for the same GMS service replace
+        # the older one on the phone; chat lines are each worth seeing, so they do not collapse.
+        collapse_id, source = spec.service_id, "service_id (the default collapse id)"
+    else:
+        return None
+    size = len(collapse_id.encode())
+    if not 0 < size <= MAX_COLLAPSE_ID_BYTES:
+        raise InvalidInput(
+            "collapse_id",
+            f"{source} must be 1 to {MAX_COLLAPSE_ID_BYTES} bytes (got {size})",
+        )
+    return collapse_id
+
+
+def _payload(spec: PushSpec, app: App, push_type: str) -> bytes:
+    collisions = sorted(RESERVED_KEYS & spec.extra.keys())
+    if collisions:
+        raise InvalidInput(f"extra.{collisions[0]}", "is reserved for the relay (aps, message)")
+    message = _message(spec)
+    payload: dict[str, object] = {"aps": _aps(spec, app, push_type, message)}
+    if message:
+        payload["message"] = (
+            orjson.dumps(message).decode() if app.message_encoding == "string" else message
+        )
+    payload.update((key, value) for key, value in spec.extra.items() if value is not None)
+    try:
+        return orjson.dumps(payload)
+    except orjson.JSONEncodeError as error:
+        raise InvalidInput("message", f"cannot be encoded as JSON: {error}") from None
+
+
+def _message(spec: PushSpec) -> dict[str, object]:
+    """The GMS `message`: _id and _action first, then the other fields, nulls left out."""
+    message: dict[str, object] = {}
+    if spec.service_id is not None:
+        message["_id"] = spec.service_id
+    if spec.action is not None:
+        message["_action"] = spec.action
+    for key, value in spec.message_fields.items():
+        if value is not None and key not in message:
+            message[key] = value
+    return message
+
+
+def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -> dict[str, object]:
+    aps: dict[str, object] = {}
+    if push_type == BACKGROUND:
+        # Apple drops background pushes that carry user-visible content, so refuse them early.
+        for name, value in (("alert", spec.alert), ("sound", spec.sound), ("badge", spec.badge)):
+            if value is not None:
+                raise InvalidInput(name, "is not allowed with push type background")
+        aps["content-available"] = 1
+    else:
+        alert = _alert(spec, app, push_type, message)
+        if alert:
+            aps["alert"] = alert
+        # The app's sound belongs to its alerts; other push types sound only when asked to.
+        sound = spec.sound if spec.sound is not None or push_type != "alert" else app.sound
+        if sound:
+            aps["sound"] = sound
+        if spec.badge is not None:
+            if spec.badge < 0:
+                raise InvalidInput("badge", f"must be >= 0 (got {spec.badge})")
+            aps["badge"] = spec.badge
+    thread_id = spec.thread_id or spec.service_id
+    if thread_id:
+        aps["thread-id"] = thread_id
+    return aps
+
+
+def _alert(
+    spec: PushSpec, app: App, push_type: str, message: dict[str, object]
+) -> str | dict[str, object] | None:
+    if isinstance(spec.alert, AlertFields):
+        return spec.alert.as_aps()
+    if spec.alert is not None:
+        return spec.alert
+    if push_type != "alert":
+        return None  # only a user-facing alert push gets a template
+    template = app.alert_template(spec.action).render(message)
+    return AlertFields(
+        title=template.title or None,
+        subtitle=template.subtitle or None,
+        body=template.body or None,
+        loc_key=template.loc_key,
+        loc_args=tuple(template.loc_args) if template.loc_args is not None else None,
+    ).as_aps()

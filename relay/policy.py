@@ -1,0 +1,138 @@
+"""The relay's delivery decision: one APNs answer (or transport failure) -> one typed outcome."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from relay.model import (
+    ApnsResponse,
+    Delivered,
+    DeliveryOutcome,
+    Expired,
+    Failed,
+    PauseApp,
+    Retry,
+)
+
+# Reasons after which the token must not be used again for that app/environment (invariant 6).
+DEAD_TOKEN_REASONS = frozenset(
+    {"BadDeviceToken", "DeviceTokenNotForTopic", "Unregistered", "ExpiredToken"}
+)
+# 400s that mean the relay built a bad request: a relay bug or bad configuration worth an alert.
+MALFORMED_REQUEST_REASONS = frozenset(
+    {
+        "BadCollapseId",
+        "BadExpirationDate",
+        "BadMessageId",
+        "BadPriority",
+        "BadTopic",
+        "DuplicateHeaders",
+        "InvalidPushType",
+        "MissingTopic",
+        "PayloadEmpty",
+        "TopicDisallowed",
+        "MissingDeviceToken",
+    }
+)
+# 403s that a fresh token or a fresh connection cures; every other 403 pauses the app.
+EXPIRED_PROVIDER_TOKEN = "ExpiredProviderToken"
+UNRELATED_KEY_ID = "UnrelatedKeyIdInToken"
+IDLE_TIMEOUT = "IdleTimeout"
+TOO_MANY_PROVIDER_TOKEN_UPDATES = "TooManyProviderTokenUpdates"
+# Apple: TooManyRequests may be retried "with a delay"; the same device is being pushed too fast,
+# so waiting only the exponential backoff (half a second at first) would just earn another 429.
+TOO_MANY_REQUESTS_MIN_DELAY_MS = 5_000
+# Re-signing is what APNs objects to; the current token stays valid for up to an hour, so wait
+# long enough for the 20-minute refresh window to matter less than the queue behind this device.
+PROVIDER_TOKEN_UPDATES_DELAY_MS = 60_000
+TRANSPORT_FAILURE_STATUS = 0
+TRANSPORT_FAILURE_REASON = "TransportError"
+UNKNOWN_REASON = "Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base_ms: int = 500
+    cap_ms: int = 60_000
+    max_attempts: int = 8
+
+
+def backoff_ms(attempt: int, policy: RetryPolicy, rng: random.Random) -> int:
+    """Full-jitter exponential backoff after the `attempt`-th attempt (1-based):
+    uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1 (got {attempt})")
+    # The exponent is bounded so a huge attempt count cannot build a huge integer.
+    ceiling = min(policy.cap_ms, policy.base_ms * 2 ** min(attempt - 1, 62))
+    return rng.randint(0, ceiling)
+
+
+def classify(
+    response: ApnsResponse,
+    *,
+    attempt: int,
+    expires_at_s: int,
+    now_ms: int,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> DeliveryOutcome:
+    """What to do after the `attempt`-th attempt (1-based) got `response`.
+
+    A Retry turns into Failed (reason kept) once `attempt` reaches `policy.max_attempts`, and into
+    Expired when the retry would not happen before `expires_at_s` (nothing is sent stale).
+    """
+    outcome = _outcome_for(response, attempt, policy, rng)
+    if not isinstance(outcome, Retry):
+        return outcome
+    if attempt >= policy.max_attempts:
+        return Failed(reason=outcome.reason, status=outcome.status)
+    if now_ms + outcome.delay_ms >= expires_at_s * 1000:
+        return Expired()
+    return outcome
+
+
+def _outcome_for(
+    response: ApnsResponse, attempt: int, policy: RetryPolicy, rng: random.Random
+) -> DeliveryOutcome:
+    """The policy table of reference/apns.md, before attempt and expiry limits."""
+    status = response.status
+    reason = response.reason or (
+        TRANSPORT_FAILURE_REASON if status == TRANSPORT_FAILURE_STATUS else UNKNOWN_REASON
+    )
+
+    def with_backoff(floor_ms: int = 0) -> Retry:
+        return Retry(
+            reason=reason, status=status, delay_ms=floor_ms + backoff_ms(attempt, policy, rng)
+        )
+
+    if status == 200:
+        return Delivered(apns_id=response.apns_id)
+    if status == TRANSPORT_FAILURE_STATUS:
+        return with_backoff()
+    if status == 400:
+        if reason == IDLE_TIMEOUT:
+            return Retry(reason=reason, status=status, delay_ms=0)
+        return Failed(reason=reason, status=status, dead_token=reason in DEAD_TOKEN_REASONS)
+    if status == 403:
+        if reason == EXPIRED_PROVIDER_TOKEN:
+            return Retry(reason=reason, status=status, delay_ms=0, refresh_jwt=True)
+        if reason == UNRELATED_KEY_ID:
+            return Retry(reason=reason, status=status, delay_ms=0)
+        return PauseApp(reason=reason, status=status)
+    if status == 410:
+        # 410 means the token is no longer active for the topic whatever the reason says.
+        return Failed(
+            reason=reason,
+            status=status,
+            dead_token=True,
+            token_invalid_since_ms=response.timestamp_ms,
+        )
+    if status == 429:
+        if reason == TOO_MANY_PROVIDER_TOKEN_UPDATES:
+            return Retry(reason=reason, status=status, delay_ms=PROVIDER_TOKEN_UPDATES_DELAY_MS)
+        return with_backoff(TOO_MANY_REQUESTS_MIN_DELAY_MS)
+    if status >= 500:
+        return with_backoff()
+    # 404, 405, 413 and any other status: retrying the same request cannot help.
+    return Failed(reason=reason, status=status)

@@ -1,0 +1,410 @@
+"""GMS customhttp parsing: callback, text and chat events (the seed's shapes), refusals."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.config import App, Settings, load_settings
+from relay.gms import CHAT_ACTION, parse_customhttp, to_notification
+from relay.model import InvalidInput, Notification, payload_limit
+from relay.payload import AlertFields, ChatEventKind, ChatLine, PushSpec
+
+TOKEN = "0f" * 32
+SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
+CHAT_SERVICE_ID = "3SQIS3S1693JL9L3R00506T40C000UL4"
+SESSION = "000FRa9NYM9A001K"
+NOW = 1_700_000_000
+
+
+@pytest.fixture(scope="module")
+def relay_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    directory = tmp_path_factory.mktemp("gms-config")
+    (directory / "key.p8").write_text("key")
+    (directory / "relay.yaml").write_text(
+        """
+apps:
+  - name: quiet
+    default: true
+    topic: com.example.demo
+    environment: sandbox
+    auth: {token: {key_file: key.p8, key_id: ABCDE12345, team_id: TEAM123456}}
+  - name: typing
+    topic: com.example.demo
+    environment: sandbox
+    auth: {token: {key_file: key.p8, key_id: ABCDE12345, team_id: TEAM123456}}
+    chat: {typing: background}
+"""
+    )
+    return load_settings(directory / "relay.yaml", env={})
+
+
+def notify(spec: PushSpec, app: App) -> Notification | None:
+    return to_notification(spec, app, now_s=NOW, default_ttl_s=3_600, max_ttl_s=86_400)
+
+
+def body(message: object, device_id: str = TOKEN) -> bytes:
+    return orjson.dumps({"deviceId": device_id, "message": message})
+
+
+def parsed(message: object, device_id: str = TOKEN) -> PushSpec:
+    spec = parse_customhttp(body(message, device_id))
+    assert spec is not None
+    return spec
+
+
+def refusal(raw: bytes) -> InvalidInput:
+    with pytest.raises(InvalidInput) as caught:
+        parse_customhttp(raw)
+    return caught.value
+
+
+# The seed's Comet chat events, verbatim apart from the trailing commas JSON does not allow.
+SEED_MESSAGE_RECEIPT: dict[str, Any] = {
+    "data": {
+        "message": {
+            "startedAt": "2014-05-02T16:27:38Z",
+            "chatIxnState": "TRANSCRIPT",
+            "chatSessionId": SESSION,
+            "transcriptToShow": [["Message.Text", "Stan", "Hello.", "8", "CLIENT"]],
+            "transcriptPosition": "2",
+            "chatServiceMessage": "Chat service is available",
+        },
+        "id": "b2e607a0d21611e3000010932938a0ff",
+        "tag": f"service.chat.refresh.{CHAT_SERVICE_ID}",
+    },
+    "channel": "/_genesys",
+}
+
+
+def chat_event(line: list[str] | None, *, position: str = "3", state: str = "TRANSCRIPT") -> Any:
+    event = copy.deepcopy(SEED_MESSAGE_RECEIPT)
+    event["data"]["message"].update(
+        chatIxnState=state,
+        transcriptPosition=position,
+        transcriptToShow=[] if line is None else [line],
+    )
+    return event
+
+
+def test_callback_object_gives_id_action_and_template(relay_settings: Settings) -> None:
+    spec = parsed({"_id": SERVICE_ID, "_action": "wait-for-agent"})
+    assert spec == PushSpec(device_token=TOKEN, service_id=SERVICE_ID, action="wait-for-agent")
+    notification = notify(spec, relay_settings.app(spec.app))
+    assert notification is not None
+    payload = orjson.loads(notification.payload)
+    assert payload["message"] == {"_id": SERVICE_ID, "_action": "wait-for-agent"}
+    assert payload["aps"]["alert"]["body"] == "We will notify you when an agent is available."
+
+
+def test_callback_as_a_json_encoded_string_is_the_same() -> None:
+    message = {"_id": SERVICE_ID, "_action": "connect-outbound"}
+    assert parsed(orjson.dumps(message).decode()) == parsed(message)
+
+
+def test_other_message_keys_are_kept_and_alert_keys_become_the_alert() -> None:
+    spec = parsed(
+        {"_id": SERVICE_ID, "_action": "connect-inbound", "title": "Hi", "body": "B", "q": 3}
+    )
+    assert spec.alert == AlertFields(title="Hi", body="B")
+    assert spec.message_fields == {"q": 3}
+    assert parsed({"_id": SERVICE_ID, "alert": "Call now"}).alert == "Call now"
+    assert parsed({"_action": "x", "body": "Only body"}).alert == "Only body"
+    assert parsed({"_id": SERVICE_ID, "title": "Only title"}).alert == AlertFields(
+        title="Only title"
+    )
+    alert_object = {"title": "T", "loc-key": "K", "loc-args": ["a"]}
+    assert parsed({"_id": SERVICE_ID, "alert": alert_object}).alert == AlertFields(
+        title="T", loc_key="K", loc_args=("a",)
+    )
+
+
+def test_unknown_actions_are_relayed() -> None:
+    assert parsed({"_id": SERVICE_ID, "_action": "future.action_2"}).action == "future.action_2"
+
+
+def test_plain_text_becomes_the_alert_body() -> None:
+    assert parsed("Your callback is scheduled") == PushSpec(
+        device_token=TOKEN, alert="Your callback is scheduled"
+    )
+
+
+def test_device_id_may_name_the_app_and_is_lowered() -> None:
+    spec = parsed({"_id": SERVICE_ID}, device_id="typing:" + TOKEN.upper())
+    assert (spec.app, spec.device_token) == ("typing", TOKEN)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "rule"),
+    [
+        (b"not json", "body", "is not valid JSON"),
+        (b"[1]", "body", "must be a JSON object"),
+        (orjson.dumps({"message": "hi"}), "deviceId", "is required"),
+        (body("hi", "zz"), "deviceId", "must be 8 to 200 hex digits"),
+        (body("hi", "q" * 64), "deviceId", "must be hex digits"),
+        (body("hi", "Bad App:" + TOKEN), "deviceId", "app prefix 'Bad App' must be"),
+        (orjson.dumps({"deviceId": TOKEN}), "message", "is required"),
+        (body(42), "message", "must be a JSON object, a JSON string of one, or text"),
+        (body(None), "message", "must be a JSON object"),
+        (body("   "), "message", "must not be empty"),
+        (body("{broken"), "message", "looks like JSON but is not valid"),
+        (body("[1, 2]"), "message", None),  # text that is not an object stays text
+        (body({"foo": 1}), "message", "has neither _id/_action nor alert text"),
+        (body({"_id": ""}), "message._id", "must be a non-empty string"),
+        (body({"_id": 5}), "message._id", "must be a non-empty string"),
+        (body({"_id": "x" * 129}), "message._id", "at most 128 characters"),
+        (body({"_id": "S", "_action": "a/b"}), "message._action", "A-Z, a-z, 0-9"),
+        (body({"_id": "S", "title": 3}), "message.title", "must be a string"),
+        (body({"_id": "S", "alert": "a", "body": "b"}), "message.alert", "not both"),
+        (body({"_id": "S", "alert": {"text": "a"}}), "message.alert.text", "is not an alert key"),
+        (body({"_id": "S", "alert": {"loc-args": "a"}}), "message.alert.loc-args", "list"),
+    ],
+)
+def test_bad_bodies_are_refused_naming_the_field(raw: bytes, field: str, rule: str | None) -> None:
+    if rule is None:
+        assert parse_customhttp(raw) == PushSpec(device_token=TOKEN, alert="[1, 2]")
+        return
+    error = refusal(raw)
+    assert (error.field, error.status) == (field, 400)
+    assert rule in error.rule
+
+
+def test_the_customers_own_chat_line_is_not_pushed() -> None:
+    assert parse_customhttp(body(SEED_MESSAGE_RECEIPT)) is None
+
+
+def test_agent_chat_line_becomes_a_titled_alert(relay_settings: Settings) -> None:
+    spec = parsed(chat_event(["Message.Text", "Kristi Sippola", "How can I help?", "9", "AGENT"]))
+    assert spec.alert == AlertFields(title="Kristi Sippola", body="How can I help?")
+    assert (spec.service_id, spec.action, spec.thread_id) == (CHAT_SERVICE_ID, CHAT_ACTION, SESSION)
+    assert spec.chat == ChatLine(kind=ChatEventKind.MESSAGE, session_id=SESSION, position=3)
+    assert spec.idempotency_key == f"chat:{SESSION}:3"
+    notification = notify(spec, relay_settings.app(None))
+    assert notification is not None
+    message = orjson.loads(notification.payload)["message"]
+    assert message == {
+        "_id": CHAT_SERVICE_ID,
+        "_action": CHAT_ACTION,
+        "chatSessionId": SESSION,
+        "transcriptPosition": 3,
+        "chatEvent": "message",
+        "lineType": "Message.Text",
+        "nick": "Kristi Sippola",
+    }
+
+
+@pytest.mark.parametrize(
+    ("line_type", "expected", "kind"),
+    [
+        ("Notice.Joined", "Kristi Sippola has joined the session", ChatEventKind.JOINED),
+        ("Notice.Left", "Kristi Sippola has left the session", ChatEventKind.LEFT),
+    ],
+)
+def test_party_joined_or_left(line_type: str, expected: str, kind: ChatEventKind) -> None:
+    spec = parsed(
+        chat_event([line_type, "Kristi Sippola", "has joined the session", "17", "AGENT"])
+    )
+    assert spec.alert == AlertFields(body=expected)
+    assert spec.chat is not None
+    assert spec.chat.kind is kind
+
+
+def test_customer_joining_is_not_pushed() -> None:
+    event = chat_event(["Notice.Joined", "Stan", "has joined the session", "1", "CLIENT"])
+    assert parse_customhttp(body(event)) is None
+
+
+@pytest.mark.parametrize("line_type", ["Notice.TypingStarted", "Notice.TypingStopped"])
+def test_typing_is_a_background_push_only_for_apps_that_want_it(
+    relay_settings: Settings, line_type: str
+) -> None:
+    spec = parsed(
+        chat_event([line_type, "Kristi Sippola", "is typing", "20", "AGENT"], position="4")
+    )
+    assert spec.push_type == "background"
+    assert spec.alert is None
+    assert notify(spec, relay_settings.app("quiet")) is None
+    notification = notify(spec, relay_settings.app("typing"))
+    assert notification is not None
+    assert (notification.push_type, notification.priority) == ("background", 5)
+    payload = orjson.loads(notification.payload)
+    assert payload["aps"] == {"content-available": 1, "thread-id": SESSION}
+    assert payload["message"]["lineType"] == line_type
+
+
+def test_a_message_wins_over_typing_in_the_same_event() -> None:
+    event = chat_event(None)
+    event["data"]["message"]["transcriptToShow"] = [
+        ["Message.Text", "Kristi", "First", "8", "AGENT"],
+        ["Notice.TypingStarted", "Kristi", "is typing", "9", "AGENT"],
+        ["Message.Text", "Stan", "Mine", "10", "CLIENT"],
+    ]
+    assert parsed(event).alert == AlertFields(title="Kristi", body="First")
+
+
+def test_disconnected_chat_ends_once_per_session() -> None:
+    spec = parsed(chat_event(None, state="DISCONNECTED", position="12"))
+    assert spec.alert == "Chat ended"
+    assert spec.chat == ChatLine(kind=ChatEventKind.ENDED, session_id=SESSION, position=12)
+    assert spec.idempotency_key == f"chat:{SESSION}:ended"
+    event = chat_event(None, state="DISCONNECTED")
+    del event["data"]["message"]["transcriptPosition"]
+    assert parsed(event).chat == ChatLine(
+        kind=ChatEventKind.ENDED, session_id=SESSION, position=None
+    )
+
+
+def test_a_repeated_position_has_the_same_idempotency_key() -> None:
+    line = ["Message.Text", "Kristi", "Hello", "8", "AGENT"]
+    first, again = parsed(chat_event(line, position="5")), parsed(chat_event(line, position="5"))
+    later = parsed(chat_event(line, position="6"))
+    assert first.idempotency_key == again.idempotency_key != later.idempotency_key
+
+
+def test_chat_event_without_the_comet_wrapper_and_as_a_string() -> None:
+    line = ["Message.Text", "Kristi", "Hello", "8", "AGENT"]
+    whole = parsed(chat_event(line))
+    assert parsed(chat_event(line)["data"]) == whole
+    assert parsed(orjson.dumps(chat_event(line)).decode()) == whole
+
+
+def test_unknown_line_types_are_skipped() -> None:
+    event = chat_event(["Notice.Custom", "Kristi", "pushed a URL", "8", "AGENT"])
+    assert parse_customhttp(body(event)) is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "rule"),
+    [
+        (lambda d: d.update(tag="service.other.X"), "message.data.tag", "service.chat.refresh."),
+        (lambda d: d.update(tag="service.chat.refresh."), "message.data.tag", "non-empty"),
+        (lambda d: d["message"].pop("chatSessionId"), "message.data.message.chatSessionId", ""),
+        (
+            lambda d: d["message"].update(transcriptPosition="two"),
+            "message.data.message.transcriptPosition",
+            "must be a non-negative integer",
+        ),
+        (
+            lambda d: d["message"].update(transcriptToShow="nope"),
+            "message.data.message.transcriptToShow",
+            "must be a list",
+        ),
+        (
+            lambda d: d["message"].update(transcriptToShow=[["Message.Text", "x"]]),
+            "message.data.message.transcriptToShow[0]",
+            "must be [type, nick, text, position, party]",
+        ),
+    ],
+)
+def test_bad_chat_events_are_refused_naming_the_field(mutate: Any, field: str, rule: str) -> None:
+    event = chat_event(["Message.Text", "Kristi", "Hello", "8", "AGENT"])
+    mutate(event["data"])
+    error = refusal(body(event))
+    assert error.field == field
+    assert rule in error.rule
+
+
+def test_bare_chat_message_without_tag_is_refused() -> None:
+    error = refusal(body(SEED_MESSAGE_RECEIPT["data"]["message"]))
+    assert error.field == "message.tag"
+
+
+def test_integer_positions_are_accepted() -> None:
+    event = chat_event(["Message.Text", "Kristi", "Hello", "8", "AGENT"])
+    event["data"]["message"]["transcriptPosition"] = 7
+    assert parsed(event).idempotency_key == f"chat:{SESSION}:7"
+
+
+# Property: any body GMS (or anyone) might POST is refused with InvalidInput, dropped (None), or
+# becomes a notification within Apple's size limit; nothing else escapes.
+texts = st.text(max_size=60) | st.integers(0, 4_500).map("y".__mul__)
+# JSON numbers as GMS could send them: orjson holds 64-bit integers.
+json_integers = st.integers(-(2**63), 2**63 - 1)
+scalars = st.none() | st.booleans() | json_integers | st.floats(allow_nan=False) | texts
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner),
+    max_leaves=15,
+)
+lines = st.lists(
+    st.sampled_from(["Message.Text", "Notice.Joined", "Notice.TypingStarted", "Other"])
+    .flatmap(
+        lambda kind: st.tuples(
+            st.just(kind), texts, texts, st.text(max_size=3), st.sampled_from(["AGENT", "CLIENT"])
+        )
+    )
+    .map(list),
+    max_size=3,
+)
+chat_events = st.builds(
+    lambda state, session, position, shown, tag: {
+        "data": {
+            "message": {
+                "chatIxnState": state,
+                "chatSessionId": session,
+                "transcriptPosition": position,
+                "transcriptToShow": shown,
+            },
+            "tag": f"service.chat.refresh.{tag}",
+        },
+        "channel": "/_genesys",
+    },
+    st.sampled_from(["TRANSCRIPT", "DISCONNECTED"]),
+    st.sampled_from([SESSION, SESSION, ""]) | st.text(min_size=120, max_size=130),
+    st.integers(0, 10**6) | st.integers(0, 10**6).map(str) | st.text(max_size=4),
+    lines,
+    st.sampled_from([CHAT_SERVICE_ID, CHAT_SERVICE_ID, ""]) | st.text(max_size=130),
+)
+callbacks = st.fixed_dictionaries(
+    {},
+    optional={
+        "_id": st.just(SERVICE_ID) | json_values,
+        "_action": st.sampled_from(["wait-for-agent", "get-dialog-start-chat"]) | json_values,
+        "alert": json_values,
+        "title": texts,
+        "body": texts,
+        "extra": json_values,
+    },
+)
+messages = callbacks | chat_events | texts | json_values
+message_forms = messages | messages.map(lambda m: orjson.dumps(m).decode())
+# Valid device ids only (bad ones are refused first, tested above), so inputs reach the rest.
+device_ids = st.sampled_from([TOKEN, f"typing:{TOKEN}", f"quiet:{TOKEN}"])
+bodies = st.builds(
+    lambda d, m: orjson.dumps({"deviceId": d, "message": m}), device_ids, message_forms
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=bodies)
+def test_any_body_is_refused_dropped_or_pushed_within_the_limit(
+    relay_settings: Settings, raw: bytes
+) -> None:
+    refused: InvalidInput | None = None
+    notification: Notification | None = None
+    try:
+        spec = parse_customhttp(raw)
+        notification = None if spec is None else notify(spec, relay_settings.app(spec.app))
+    except InvalidInput as error:
+        refused = error
+    if refused is not None:
+        assert refused.status in (400, 413, 422)
+    elif notification is not None:
+        assert len(notification.payload) <= payload_limit(notification.push_type)
+        assert isinstance(orjson.loads(notification.payload)["aps"], dict)
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.binary(max_size=64))
+def test_arbitrary_bytes_are_refused_or_parsed(raw: bytes) -> None:
+    refused: InvalidInput | None = None
+    try:
+        parse_customhttp(raw)
+    except InvalidInput as error:
+        refused = error
+    assert refused is None or refused.field in ("body", "deviceId", "message")
