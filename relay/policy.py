@@ -102,9 +102,9 @@ def _outcome_for(
     )
 
     def with_backoff(floor_ms: int = 0) -> Retry:
-        return Retry(
-            reason=reason, status=status, delay_ms=floor_ms + backoff_ms(attempt, policy, rng)
-        )
+        # The operator's cap bounds every wait, floors included.
+        delay_ms = min(policy.cap_ms, floor_ms + backoff_ms(attempt, policy, rng))
+        return Retry(reason=reason, status=status, delay_ms=delay_ms)
 
     if status == 200:
         return Delivered(apns_id=response.apns_id)
@@ -130,7 +130,8 @@ def _outcome_for(
         )
     if status == 429:
         if reason == TOO_MANY_PROVIDER_TOKEN_UPDATES:
-            return Retry(reason=reason, status=status, delay_ms=PROVIDER_TOKEN_UPDATES_DELAY_MS)
+            delay_ms = min(policy.cap_ms, PROVIDER_TOKEN_UPDATES_DELAY_MS)
+            return Retry(reason=reason, status=status, delay_ms=delay_ms)
         return with_backoff(TOO_MANY_REQUESTS_MIN_DELAY_MS)
     if status >= 500:
         return with_backoff()

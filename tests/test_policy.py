@@ -249,3 +249,18 @@ def test_backoff_is_reproducible_from_the_rng() -> None:
 def test_backoff_rejects_attempt_zero() -> None:
     with pytest.raises(ValueError, match="attempt must be >= 1"):
         backoff_ms(0, POLICY, random.Random(0))
+
+
+@pytest.mark.parametrize("reason", ["TooManyRequests", "TooManyProviderTokenUpdates"])
+def test_the_configured_cap_bounds_every_wait_floors_included(reason: str) -> None:
+    tight = RetryPolicy(base_ms=20, cap_ms=200, max_attempts=8)
+    outcome = classify(
+        ApnsResponse(status=429, reason=reason),
+        attempt=1,
+        expires_at_s=FAR_EXPIRY_S,
+        now_ms=NOW_MS,
+        policy=tight,
+        rng=random.Random(1),
+    )
+    assert isinstance(outcome, Retry)
+    assert outcome.delay_ms <= tight.cap_ms

@@ -1,0 +1,518 @@
+"""aioapns adapter: endpoint override, a deadline on every request, one shared JWT per app.
+
+aioapns 4.0 is subclassed, not forked. Each override below covers one gap listed in
+shared/reference/aioapns.md:
+1. no request deadline               -> a timer per stream answers "Timeout" and resets the stream
+2. an error status without a body    -> streams resolve on END_STREAM, body or not
+3. wait_for + connection_lost crash  -> no wait_for; futures are only resolved while not done;
+                                        a caller's own cancel resets its stream at once
+4. busy polling when streams run out -> in-flight bounded by a semaphore; waits are on an event;
+                                        a new connection is used only once APNs' SETTINGS (its
+                                        stream limit) have arrived
+5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
+6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
+                                        ones above last_stream_id fail at once (status 0), the
+                                        rest drain; a send racing GOAWAY gets status 0; discard
+                                        is idempotent
+7. 10 s idle close                   -> connections stay open for an hour of idleness
+Flow control is also acknowledged for response bodies, which aioapns never does (a long run of error
+bodies would otherwise exhaust the connection window and hang every later answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+import jwt
+import orjson
+import structlog
+from aioapns.connection import (
+    APNsBaseClientProtocol,
+    APNsBaseConnectionPool,
+    APNsProductionClientProtocol,
+    AuthorizationHeaderProvider,
+)
+from aioapns.exceptions import ConnectionClosed
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+)
+from h2.exceptions import H2Error, NoAvailableStreamIDError
+
+from relay import metrics
+from relay.model import ApnsResponse, Notification
+
+log = structlog.get_logger("relay.apns")
+
+PRODUCTION_HOST = "api.push.apple.com"
+SANDBOX_HOST = "api.sandbox.push.apple.com"
+APNS_PORT = 443
+
+JWT_REFRESH_AFTER_S = 45 * 60  # Apple: no more often than every 20 min, no less than every 60
+JWT_MIN_FORCED_INTERVAL_S = 60  # a forced refresh (ExpiredProviderToken) at most once a minute
+IDLE_CLOSE_S = 3600
+STALLED_CONNECTION_TIMEOUTS = 3  # consecutive unanswered streams before a connection is replaced
+CLOSE_TIMEOUT_S = 5.0  # how long close() waits for connections to end (TLS close_notify)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    port: int = APNS_PORT
+    ca_file: str | None = None  # trust anchor for a private endpoint (the simulator)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCredentials:
+    key_pem: str
+    key_id: str
+    team_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCredentials:
+    cert_file: str  # PEM holding the client certificate and its key
+
+
+Credentials = TokenCredentials | CertificateCredentials
+
+
+def default_endpoint(environment: str) -> Endpoint:
+    return Endpoint(SANDBOX_HOST if environment == "sandbox" else PRODUCTION_HOST)
+
+
+class SharedJWT(AuthorizationHeaderProvider):
+    """One provider token per app for all its connections: APNs counts a team's tokens together."""
+
+    def __init__(
+        self,
+        credentials: TokenCredentials,
+        app: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.credentials = credentials
+        self.app = app
+        self.clock = clock
+        self.issued_at = 0.0
+        self.header = ""
+
+    def get_header(self) -> str:
+        if self.clock() - self.issued_at >= JWT_REFRESH_AFTER_S:
+            self._sign()
+        return self.header
+
+    def force_refresh(self) -> bool:
+        """Sign anew after APNs said the token expired; False when one was just signed."""
+        if self.clock() - self.issued_at < JWT_MIN_FORCED_INTERVAL_S:
+            return False
+        self._sign()
+        return True
+
+    def _sign(self) -> None:
+        now = int(self.clock())
+        token = jwt.encode(
+            {"iss": self.credentials.team_id, "iat": now},
+            self.credentials.key_pem,
+            algorithm="ES256",
+            headers={"kid": self.credentials.key_id},
+        )
+        self.issued_at = now
+        self.header = f"bearer {token}"
+        metrics.JWT_REFRESHES.labels(app=self.app).inc()
+        log.info("jwt_signed", app=self.app, key_id=self.credentials.key_id)
+
+
+class _Stream:
+    __slots__ = ("apns_id", "body", "future", "status", "timer")
+
+    def __init__(self, future: asyncio.Future[ApnsResponse], timer: asyncio.TimerHandle) -> None:
+        self.future = future
+        self.timer = timer
+        self.status = 0
+        self.apns_id: str | None = None
+        self.body = b""
+
+
+class RelayClientProtocol(APNsProductionClientProtocol):
+    """One HTTP/2 connection to APNs; every stream ends: answered, reset, timed out or closed."""
+
+    INACTIVITY_TIME = IDLE_CLOSE_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams: dict[int, _Stream] = {}
+        # Set once no new stream may start here (GOAWAY, closed, ids used up): the status-0
+        # reason a send that still reaches this connection gets. The pool skips it from then on.
+        self.retired_because: str | None = None
+        self.consecutive_timeouts = 0
+        self.last_activity = 0.0
+        self.on_stream_freed: Callable[[], None] = lambda: None
+        self.settings_received: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+
+    @property
+    def is_busy(self) -> bool:
+        return self.retired_because is not None or bool(self.free_channels.is_busy)
+
+    async def send_raw(
+        self,
+        notification: Notification,
+        apns_id: str,
+        deadline: float,
+        authorization: str | None,
+    ) -> ApnsResponse:
+        if self.retired_because is not None:
+            return ApnsResponse(0, self.retired_because)
+        try:
+            stream_id: int = await self.free_channels.acquire()
+        except ConnectionClosed:
+            return ApnsResponse(0, "ConnectionClosed")
+        except NoAvailableStreamIDError:
+            self._retire("StreamIdsExhausted")
+            return ApnsResponse(0, "StreamIdsExhausted")
+        headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", f"/3/device/{notification.device_token}"),
+            (":authority", self.APNS_SERVER),
+            ("apns-id", apns_id),
+            ("apns-topic", self.apns_topic),
+            ("apns-push-type", notification.push_type),
+            ("apns-priority", str(notification.priority)),
+            ("apns-expiration", str(notification.expires_at)),
+        ]
+        if notification.collapse_id:
+            headers.append(("apns-collapse-id", notification.collapse_id))
+        if authorization:
+            headers.append(("authorization", authorization))
+        future: asyncio.Future[ApnsResponse] = self.loop.create_future()
+        timer = self.loop.call_at(deadline, self._time_out, stream_id)
+        self.streams[stream_id] = _Stream(future, timer)
+        try:
+            self.conn.send_headers(stream_id, headers)
+            self.conn.send_data(stream_id, notification.payload, end_stream=True)
+            self.flush()
+        except (H2Error, AttributeError, RuntimeError) as exc:
+            # A ProtocolError here is h2 refusing a stream on a connection it knows is closed
+            # (GOAWAY read, connection_lost not yet run); AttributeError/RuntimeError: the
+            # transport went away under us. Either way the request never reached APNs.
+            self._reset(stream_id, ApnsResponse(0, f"SendError:{type(exc).__name__}"))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The caller gave up (its own wait_for, shutdown): free the stream now, not at the
+            # deadline, and let APNs know.
+            self._reset(stream_id, ApnsResponse(0, "Cancelled"))
+            raise
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except H2Error as exc:
+            log.warning("apns_protocol_error", error=str(exc))
+            self.close()
+            return
+        for event in events:
+            if isinstance(event, ResponseReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    for name, value in event.headers:
+                        if name == b":status":
+                            stream.status = int(value)
+                        elif name == b"apns-id":
+                            stream.apns_id = value.decode()
+            elif isinstance(event, DataReceived):
+                # aioapns never does this: without it the connection window closes for good
+                # after 64 KiB of error bodies and every later answer hangs.
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream.body += event.data
+            elif isinstance(event, StreamEnded):
+                self._answer(event.stream_id)
+            elif isinstance(event, StreamReset):
+                self._finish(event.stream_id, ApnsResponse(0, "StreamReset"))
+            elif isinstance(event, RemoteSettingsChanged):
+                self.on_remote_settings_changed(cast(Any, event.changed_settings))
+                if not self.settings_received.done():
+                    self.settings_received.set_result(None)
+            elif isinstance(event, ConnectionTerminated):
+                self._go_away(event)
+        self.flush()
+
+    def _answer(self, stream_id: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is None:
+            return
+        self.consecutive_timeouts = 0
+        reason = timestamp = None
+        if stream.body:
+            try:
+                body = orjson.loads(stream.body)
+                reason, timestamp = body.get("reason"), body.get("timestamp")
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = "UnreadableBody"
+        if stream.status == 0:
+            reason = "NoStatus"
+        self._finish(stream_id, ApnsResponse(stream.status, reason, stream.apns_id, timestamp))
+
+    def _finish(self, stream_id: int, response: ApnsResponse) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is None:
+            return
+        stream.timer.cancel()
+        if not stream.future.done():
+            stream.future.set_result(response)
+        self.free_channels.release()
+        self.on_stream_freed()
+        if self.retired_because is not None and not self.streams:
+            self.close()
+
+    def _reset(self, stream_id: int, response: ApnsResponse) -> None:
+        """Give up on a stream we opened; tell APNs so it does not hold the stream open."""
+        with contextlib.suppress(H2Error, AttributeError, RuntimeError):
+            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+            self.flush()
+        self._finish(stream_id, response)
+
+    def _time_out(self, stream_id: int) -> None:
+        self._reset(stream_id, ApnsResponse(0, "Timeout"))
+        self.consecutive_timeouts += 1
+        if self.consecutive_timeouts >= STALLED_CONNECTION_TIMEOUTS:
+            log.warning("apns_connection_stalled", timeouts=self.consecutive_timeouts)
+            self.close()
+
+    def _go_away(self, event: ConnectionTerminated) -> None:
+        """Streams above last_stream_id were never processed: fail them now, safe to retry."""
+        reason = "GoAway"
+        if event.additional_data:
+            with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
+                reason = f"GoAway:{orjson.loads(event.additional_data).get('reason', '')}"
+        log.warning("apns_goaway", error_code=str(event.error_code), reason=reason)
+        self._retire(reason)
+        last = event.last_stream_id or 0
+        for stream_id in [s for s in self.streams if s > last]:
+            self._finish(stream_id, ApnsResponse(0, reason))
+        if not self.streams:
+            self.close()
+
+    def _retire(self, reason: str) -> None:
+        """No new streams here; the streams already sent may still be answered."""
+        if self.retired_because is None:
+            self.retired_because = reason
+            if self.on_connection_lost:
+                self.on_connection_lost(self)
+
+    def refresh_inactivity_timer(self) -> None:
+        # aioapns re-arms a timer on every write; one periodic check is enough.
+        self.last_activity = self.loop.time()
+        if self.inactivity_timer is None:
+            self.inactivity_timer = self.loop.call_later(self.INACTIVITY_TIME, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self.loop.time() - self.last_activity
+        if idle >= self.INACTIVITY_TIME:
+            self.close()
+        else:
+            self.inactivity_timer = self.loop.call_later(
+                self.INACTIVITY_TIME - idle, self._check_idle
+            )
+
+    def close(self) -> None:
+        self._retire("ConnectionClosed")
+        super().close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.inactivity_timer:
+            self.inactivity_timer.cancel()
+        self._retire("ConnectionClosed")
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.on_connection_lost:
+            self.on_connection_lost(self)
+        for stream_id in list(self.streams):
+            self._finish(stream_id, ApnsResponse(0, "ConnectionClosed"))
+        self.free_channels.destroy(ConnectionClosed(str(exc)))
+        self.on_stream_freed()
+
+
+class RelayConnectionPool(APNsBaseConnectionPool):
+    """aioapns' pool with an endpoint of our choosing and no busy-wait when streams run out.
+
+    `connections` holds the ones new streams may use; a retired connection (GOAWAY, closing)
+    moves to `retiring` until it is gone, so it neither takes streams nor counts against the
+    connection limit.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        topic: str,
+        endpoint: Endpoint,
+        ssl_context: ssl.SSLContext,
+        max_connections: int,
+    ) -> None:
+        super().__init__(topic=topic, max_connections=max_connections)
+        self.app = app
+        self.topic = topic
+        self.protocol_class = type(
+            "EndpointProtocol",
+            (RelayClientProtocol,),
+            {"APNS_SERVER": endpoint.host, "APNS_PORT": endpoint.port},
+        )
+        self.ssl_context = ssl_context
+        self.stream_freed = asyncio.Event()
+        self.retiring: set[RelayClientProtocol] = set()
+
+    async def create_connection(self) -> RelayClientProtocol:
+        factory = partial(
+            self.protocol_class, self.topic, self.loop, cast(Any, self.discard_connection)
+        )
+        _, protocol = await self.loop.create_connection(
+            factory,
+            host=self.protocol_class.APNS_SERVER,
+            port=self.protocol_class.APNS_PORT,
+            ssl=self.ssl_context,
+        )
+        protocol = cast(RelayClientProtocol, protocol)
+        try:
+            # Until APNs' SETTINGS arrive the stream limit is unknown (aioapns assumes 1000);
+            # a burst sent before then goes over the real limit and the connection is lost.
+            await protocol.settings_received
+        except BaseException:
+            protocol.close()
+            raise
+        protocol.on_stream_freed = self.stream_freed.set
+        metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections) + 1)
+        log.info("apns_connected", app=self.app, connections=len(self.connections) + 1)
+        return protocol
+
+    def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
+        connection = cast(RelayClientProtocol, connection)
+        if connection in self.connections:  # aioapns #55: connection_lost may come twice
+            self.connections.remove(connection)
+        if connection.lost.done():
+            self.retiring.discard(connection)
+        else:
+            self.retiring.add(connection)
+        metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections))
+        self.stream_freed.set()  # a waiter may now open a connection in its place
+
+    async def acquire(self) -> RelayClientProtocol:
+        while True:
+            for connection in self.connections:
+                if not connection.is_busy:
+                    return cast(RelayClientProtocol, connection)
+            async with self._lock:
+                for connection in self.connections:
+                    if not connection.is_busy:
+                        return cast(RelayClientProtocol, connection)
+                if len(self.connections) < self.max_connections:
+                    connection = await self.create_connection()
+                    self.connections.append(connection)
+                    return connection
+            self.stream_freed.clear()
+            await self.stream_freed.wait()
+
+    async def close_all(self, within_s: float) -> None:
+        """Close every connection, retiring ones included; wait (bounded) until they are gone."""
+        connections = [*cast(list[RelayClientProtocol], self.connections), *self.retiring]
+        for connection in connections:
+            connection.close()
+        if connections:
+            await asyncio.wait([c.lost for c in connections], timeout=within_s)
+
+
+def make_ssl_context(endpoint: Endpoint, credentials: Credentials) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=endpoint.ca_file)
+    context.set_alpn_protocols(["h2"])
+    if isinstance(credentials, CertificateCredentials):
+        context.load_cert_chain(credentials.cert_file)
+    return context
+
+
+class ApnsClient:
+    """Sends one app's notifications; every call returns an ApnsResponse by its deadline."""
+
+    def __init__(
+        self,
+        app: str,
+        topic: str,
+        endpoint: Endpoint,
+        credentials: Credentials,
+        *,
+        request_timeout_s: float = 10.0,
+        max_connections: int = 4,
+        max_in_flight: int = 1000,
+    ) -> None:
+        self.app = app
+        self.request_timeout_s = request_timeout_s
+        self.jwt = (
+            SharedJWT(credentials, app) if isinstance(credentials, TokenCredentials) else None
+        )
+        self.pool = RelayConnectionPool(
+            app,
+            topic,
+            endpoint,
+            make_ssl_context(endpoint, credentials),
+            max_connections,
+        )
+        self.max_in_flight = max_in_flight
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._in_flight_gauge = metrics.APNS_IN_FLIGHT.labels(app=app)
+        self._duration = metrics.APNS_REQUEST_DURATION.labels(app=app)
+
+    async def send(self, notification: Notification, apns_id: str) -> ApnsResponse:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.request_timeout_s
+        async with self._in_flight:
+            self._in_flight_gauge.inc()
+            try:
+                response = await self._send(notification, apns_id, deadline)
+            finally:
+                self._in_flight_gauge.dec()
+        self._duration.observe(loop.time() - started)
+        metrics.APNS_RESPONSES.labels(
+            app=self.app, status=str(response.status), reason=response.reason or ""
+        ).inc()
+        return response
+
+    async def _send(
+        self, notification: Notification, apns_id: str, deadline: float
+    ) -> ApnsResponse:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline):
+                connection = await self.pool.acquire()
+        except TimeoutError:
+            return ApnsResponse(0, "ConnectTimeout")
+        except OSError as exc:
+            log.warning("apns_connect_failed", app=self.app, error=str(exc))
+            return ApnsResponse(0, "ConnectError")
+        if loop.time() >= deadline:
+            return ApnsResponse(0, "ConnectTimeout")
+        authorization = self.jwt.get_header() if self.jwt else None
+        return await connection.send_raw(notification, apns_id, deadline, authorization)
+
+    def refresh_jwt(self) -> bool:
+        return self.jwt.force_refresh() if self.jwt else False
+
+    @property
+    def connections(self) -> int:
+        return len(self.pool.connections)
+
+    async def close(self) -> None:
+        await self.pool.close_all(CLOSE_TIMEOUT_S)

@@ -1,0 +1,69 @@
+-- enqueue: accept one notification into its device's FIFO, or refuse it having written nothing.
+-- KEYS[1..4] the shard's due, lease, heads, stats; KEYS[5] the device's queue LIST; KEYS[6] the new
+-- notification's record HASH; KEYS[7] the device's dead-token HASH; KEYS[8] the device's
+-- service_id -> latest id HASH; KEYS[9] the idempotency key (absent when the notification has none).
+-- ARGV[1] shard key prefix; ARGV[2] new id; ARGV[3] device "<app>:<token>"; ARGV[4] now (ms);
+-- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
+-- to supersede by ('' = none); ARGV[9..] the notification's field/value pairs.
+-- Returns {'accepted', id} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
+-- {'device_full'} | {'pending_full'}.
+-- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
+-- 2 (appended at the tail), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
+-- idempotency and supersede (never of a notification in flight).
+local queue, note, dead, slots, idem = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local prefix, id, device, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local retention, service_id = tonumber(ARGV[5]), ARGV[8]
+
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then
+    return {'duplicate', seen}
+  end
+end
+local mark = redis.call('HMGET', dead, 'reason', 'invalid_since_ms')
+if mark[1] then
+  return {'dead', mark[1], mark[2]}
+end
+
+local older = false
+if service_id ~= '' then
+  older = redis.call('HGET', slots, service_id)
+  if older then
+    local state = redis.call('HGET', prefix .. K_NOTE .. older, 'state')
+    if state ~= STATE.QUEUED and state ~= STATE.RETRYING then
+      older = false
+    end
+  end
+end
+local freed = older and 1 or 0
+local length = redis.call('LLEN', queue)
+if length - freed >= tonumber(ARGV[6]) then
+  return {'device_full'}
+end
+if tonumber(redis.call('HGET', STATS, 'pending') or '0') - freed >= tonumber(ARGV[7]) then
+  return {'pending_full'}
+end
+
+-- A device that had nothing queued, or whose head was superseded, is due now: wake a worker.
+local newly_due = length == 0
+if older then
+  newly_due = redis.call('LINDEX', queue, 0) == older
+  redis.call('LREM', queue, 1, older)
+  finalise(prefix, device, older, STATE.SUPERSEDED, now, retention, {})
+end
+redis.call('RPUSH', queue, id)
+redis.call('HSET', note, 'state', STATE.QUEUED, 'attempts', 0, 'claim_no', 0,
+  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 9))
+if service_id ~= '' then
+  redis.call('HSET', slots, service_id, id)
+end
+if idem then
+  redis.call('SET', idem, id, 'EX', retention)
+end
+redis.call('HINCRBY', STATS, 'enqueued', 1)
+redis.call('HINCRBY', STATS, 'pending', 1)
+if newly_due then
+  rearm(prefix, device, now)
+  redis.call('PUBLISH', WAKE_CHANNEL, device)
+end
+return {'accepted', id}

@@ -1,0 +1,89 @@
+-- Helpers every script shares: prepended (after the key-name prelude that queue.py generates) to
+-- each script at load time, so a state change is written once. Every script's KEYS[1..4] are its
+-- shard's due, lease, heads and stats keys and ARGV[1] the shard's key prefix "relay:{s}:"; keys
+-- found at run time (queues, records) are built from that prefix, so they share the {s} hash tag
+-- and the script stays in one Cluster slot.
+local DUE, LEASE, HEADS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+-- Make one notification final. Its record lives on for the retention period only, its supersede
+-- slot is freed, and the shard's counters move with it (the counter is named after the state).
+-- `fields` are extra field/value pairs to store. The caller takes it out of the device's list.
+local function finalise(prefix, device, id, state, now, retention, fields)
+  local note = prefix .. K_NOTE .. id
+  redis.call('HSET', note, 'state', state, 'updated_at_ms', now, unpack(fields))
+  redis.call('EXPIRE', note, retention)
+  local service_id = redis.call('HGET', note, 'service_id')
+  if service_id then
+    local slots = prefix .. K_SERVICE .. device
+    if redis.call('HGET', slots, service_id) == id then
+      redis.call('HDEL', slots, service_id)
+    end
+  end
+  redis.call('HINCRBY', STATS, state, 1)
+  redis.call('HINCRBY', STATS, 'pending', -1)
+end
+
+-- After a device's claim ended or its head changed: drop the lease, and make the (new) head due at
+-- `due_ms`, or take an empty device out of every index. Only a head is ever due (invariant 2).
+local function rearm(prefix, device, due_ms)
+  redis.call('ZREM', LEASE, device)
+  local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
+  if head then
+    redis.call('ZADD', DUE, due_ms, device)
+    redis.call('ZADD', HEADS, redis.call('HGET', prefix .. K_NOTE .. head, 'accepted_at_ms'), device)
+  else
+    redis.call('ZREM', DUE, device)
+    redis.call('ZREM', HEADS, device)
+  end
+end
+
+-- The state a notification returns to when its claim ends unsent (release, lease run out).
+local function unsent_state(attempts)
+  if tonumber(attempts) > 0 then
+    return STATE.RETRYING
+  end
+  return STATE.QUEUED
+end
+
+-- The device "<app>:<token>" when claim number `claim_no` of notification `id` still stands: no
+-- later claim was made and this one was not ended unsent, the notification is not final and is
+-- still its device's head. Otherwise nil: the lease was lost and the caller's result must not
+-- touch anything (invariant 3). A lease that ran out but was not claimed again still stands: its
+-- result is as good as a re-send's.
+local function claimed_device(prefix, id, claim_no)
+  local note = redis.call('HMGET', prefix .. K_NOTE .. id, 'app', 'device_token', 'state', 'claim_no')
+  if not note[1] or note[4] ~= claim_no or FINAL[note[3]] then
+    return nil
+  end
+  local device = note[1] .. ':' .. note[2]
+  if redis.call('LINDEX', prefix .. K_QUEUE .. device, 0) ~= id then
+    return nil
+  end
+  return device
+end
+
+-- End a claim without a final state (retry, release): the head stays, due again at `due_ms`. The
+-- claim number moves on so that the ended claim cannot act a second time.
+local function end_claim_unsent(prefix, device, id, state, due_ms, now, fields)
+  local note = prefix .. K_NOTE .. id
+  redis.call('HINCRBY', note, 'claim_no', 1)
+  redis.call('HSET', note, 'state', state, 'updated_at_ms', now, unpack(fields))
+  redis.call('ZREM', LEASE, device)
+  redis.call('ZADD', DUE, due_ms, device)
+end
+
+-- Fail the device's queued notifications from list index `first` on with one reason (dead token,
+-- purge) and cut them from the list. Returns how many were failed.
+local function fail_queued(prefix, device, first, now, retention, fields)
+  local queue = prefix .. K_QUEUE .. device
+  local ids = redis.call('LRANGE', queue, first, -1)
+  for _, id in ipairs(ids) do
+    finalise(prefix, device, id, STATE.FAILED, now, retention, fields)
+  end
+  if first == 0 then
+    redis.call('DEL', queue)
+  else
+    redis.call('LTRIM', queue, 0, first - 1)
+  end
+  return #ids
+end

@@ -1,0 +1,762 @@
+"""The Redis store: per-device FIFO queues, due and lease indexes and status records, run by Lua."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeAlias, cast, get_type_hints
+
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.client import PubSub
+from redis.exceptions import NoScriptError
+
+from relay.model import (
+    FINAL_STATES,
+    ClaimedNotification,
+    Delivered,
+    DeliveryOutcome,
+    DeliveryState,
+    Expired,
+    Failed,
+    Notification,
+    PauseApp,
+    Retry,
+)
+
+# ---- Key names: the only place they are spelled (the Lua scripts get them in a prelude). ----
+# Every key of shard s starts with f"relay:{{{s}}}:"; the {s} hash tag puts all of a shard's keys in
+# one Cluster slot, so each script touches exactly one slot. A device is "<app>:<token>".
+KEY_ROOT = "relay"
+WAKE_CHANNEL = "relay:wake"  # PUBLISHed by enqueue when a device newly becomes due
+DUE = "due"  # ZSET device -> when its head is next due (ms); only unleased devices
+LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
+HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
+STATS = "stats"  # HASH lifetime counters (STAT_COUNTERS) and the live "pending" count
+QUEUE = "q:"  # LIST + device: notification ids, oldest first
+NOTE = "n:"  # HASH + id: the notification's fields and its delivery record
+DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
+SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
+IDEM = "idem:"  # STRING + device + ":" + idempotency key -> id
+
+# Lifetime counters the scripts keep in each shard's stats hash; the final ones are named after
+# the state they count.
+STAT_COUNTERS = (
+    "enqueued",
+    "delivered",
+    "failed",
+    "expired",
+    "superseded",
+    "retried",
+    "dead_marked",
+)
+
+MAX_BATCH = 1000  # notifications per enqueue_many call: one bounded pipeline
+MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards with work
+MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+_NOTIFICATION_FIELDS = tuple(f.name for f in fields(Notification))
+# What claim reads of a head: the whole Notification, then the delivery record it needs.
+CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms")
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+ScriptArg: TypeAlias = str | int | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """How the store is sharded and bounded; every process sharing a Redis must agree on them."""
+
+    shards: int = 16
+    max_per_device: int = 100  # per (app, token) queue length
+    # The global cap on non-final notifications, enforced per shard as ceil(max_pending / shards)
+    # so the check stays inside one shard's script: the real total can reach shards * that.
+    max_pending: int = 1_000_000
+    retention_s: int = 86_400  # TTL of final notification records and idempotency keys
+    lease_ms: int = 30_000  # how long a claim is held before another worker may take it
+    dead_token_ttl_s: int = 30 * 86_400
+    # A newer notification for the same (device, service_id) supersedes older QUEUED/RETRYING
+    # ones (never one in flight).
+    supersede: bool = True
+    device_full_retry_after_s: int = 30  # Retry-After for DeviceQueueFull
+    pending_cap_retry_after_s: int = 60  # Retry-After for PendingCapReached
+
+    def __post_init__(self) -> None:
+        for name in (
+            "shards",
+            "max_per_device",
+            "max_pending",
+            "retention_s",
+            "lease_ms",
+            "dead_token_ttl_s",
+        ):
+            if getattr(self, name) < 1:
+                value = getattr(self, name)
+                raise ValueError(f"QueueLimits.{name}: must be at least 1, got {value}")
+
+    @property
+    def max_pending_per_shard(self) -> int:
+        return math.ceil(self.max_pending / self.shards)
+
+
+class QueueRefusal(Exception):
+    """Enqueue refused; nothing was stored. `retry_after_s` is None when waiting does not help."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after_s: int | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class DeadToken(QueueRefusal):
+    def __init__(
+        self, app: str, token: str, apns_reason: str, invalid_since_ms: int | None
+    ) -> None:
+        super().__init__(
+            410,
+            "device_token_dead",
+            f"device_token: APNs reported {token} dead for app {app} ({apns_reason});"
+            " refused until the device registers again",
+            None,
+        )
+        self.apns_reason = apns_reason  # why APNs gave it up, e.g. "Unregistered"
+        self.invalid_since_ms = invalid_since_ms
+
+
+class DeviceQueueFull(QueueRefusal):
+    def __init__(self, app: str, token: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            429,
+            "device_queue_full",
+            f"device_token: {token} of app {app} already has {limit} notifications queued,"
+            f" the most allowed per device",
+            retry_after_s,
+        )
+
+
+class PendingCapReached(QueueRefusal):
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(
+            503,
+            "pending_cap_reached",
+            f"the relay holds its maximum of {limit} undelivered notifications; try again later",
+            retry_after_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    duplicate: bool  # the idempotency key was seen before: the existing id is returned
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedNotification(ClaimedNotification):
+    """A claim as `claim` hands it out: the claim number proves the lease at settle/release
+    (a claim ended once, or overtaken by a later claim, changes nothing)."""
+
+    claim_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredRecord:
+    """A head that claim found past its expires_at and finalised as EXPIRED (for metrics, logs)."""
+
+    id: str
+    app: str
+    service_id: str | None
+    action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    claimed: list[ClaimedNotification]  # LeasedNotification instances
+    expired: list[ExpiredRecord]  # heads finalised as EXPIRED during the claim
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationStatus:
+    id: str
+    app: str
+    device_token: str
+    service_id: str | None
+    action: str | None
+    state: DeliveryState
+    attempts: int
+    accepted_at_ms: int
+    updated_at_ms: int
+    expires_at: int  # UNIX seconds
+    delivered_at_ms: int | None
+    last_status: int | None
+    last_reason: str | None
+    apns_id: str | None
+    collapse_id: str | None
+    push_type: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTokenRecord:
+    reason: str
+    status: int | None
+    invalid_since_ms: int | None  # APNs' timestamp: when the token went invalid
+    marked_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    pending: int  # non-final notifications, the one in flight included
+    in_flight: bool
+    dead: DeadTokenRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTotals:
+    pending: int  # non-final notifications
+    devices_pending: int  # devices with at least one
+    leased: int  # devices whose head is in flight
+    oldest_pending_age_s: float | None
+    enqueued: int
+    delivered: int
+    failed: int
+    expired: int
+    superseded: int
+    retried: int
+    dead_marked: int
+
+
+def shard_prefix(shard: int) -> str:
+    return f"{KEY_ROOT}:{{{shard}}}:"
+
+
+def shard_of_id(notification_id: str) -> int | None:
+    """The shard an id names (ids are "<shard>-<hex>"), or None for an id this queue never made."""
+    head, _, rest = notification_id.partition("-")
+    return int(head) if head.isascii() and head.isdigit() and rest else None
+
+
+def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
+    """`limit` claims shared over `shards` as evenly as can be, the first ones taking the rest."""
+    base, extra = divmod(limit, len(shards))
+    return [(shard, base + (1 if i < extra else 0)) for i, shard in enumerate(shards)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _optional_int(value: bytes | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _optional_text(value: bytes | str | None) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _field_decoder(annotation: Any) -> Callable[[bytes | str], Any]:
+    if annotation is bytes:
+        return lambda value: value if isinstance(value, bytes) else value.encode()
+    if annotation is int:
+        return int
+    return _text
+
+
+_NOTIFICATION_DECODERS = {
+    name: _field_decoder(hint)
+    for name, hint in get_type_hints(Notification).items()
+    if name in _NOTIFICATION_FIELDS
+}
+
+
+def _notification_from(values: Sequence[bytes | str | None]) -> Notification:
+    decoded: dict[str, Any] = {
+        name: None if value is None else _NOTIFICATION_DECODERS[name](value)
+        for name, value in zip(_NOTIFICATION_FIELDS, values, strict=True)
+    }
+    return Notification(**decoded)
+
+
+def _notification_pairs(n: Notification) -> list[ScriptArg]:
+    """The field/value pairs of a notification's record; None fields are left out."""
+    pairs: list[ScriptArg] = []
+    for name in _NOTIFICATION_FIELDS:
+        value = getattr(n, name)
+        if value is not None:
+            pairs += (name, value)
+    return pairs
+
+
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lua_prelude() -> str:
+    """Names the scripts share with this module, so each is spelled once (here)."""
+    constants = {
+        "K_QUEUE": QUEUE,
+        "K_NOTE": NOTE,
+        "K_DEAD": DEAD,
+        "K_SERVICE": SERVICE,
+        "WAKE_CHANNEL": WAKE_CHANNEL,
+    }
+    lines = [f"local {name} = {_lua_string(value)}" for name, value in constants.items()]
+    states = ", ".join(f"{s.name} = {_lua_string(s.value)}" for s in DeliveryState)
+    finals = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(FINAL_STATES))
+    claim_fields = ", ".join(_lua_string(name) for name in CLAIM_FIELDS)
+    claim_index = ", ".join(f"{name} = {i}" for i, name in enumerate(CLAIM_FIELDS, start=1))
+    lines += [
+        f"local STATE = {{{states}}}",
+        f"local FINAL = {{{finals}}}",
+        f"local CLAIM_FIELDS = {{{claim_fields}}}",
+        f"local CLAIM_INDEX = {{{claim_index}}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    source: str
+    sha: str
+
+
+def _load_script(name: str) -> LuaScript:
+    lua = Path(__file__).with_name("lua")
+    source = "".join(
+        (_lua_prelude(), (lua / "shared.lua").read_text(), (lua / f"{name}.lua").read_text())
+    )
+    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+ENQUEUE, CLAIM, SETTLE, RELEASE, CLEAR_DEVICE = (
+    _load_script(name) for name in ("enqueue", "claim", "settle", "release", "clear_device")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[ScriptArg]
+
+
+def _outcome_args(outcome: DeliveryOutcome) -> tuple[ScriptArg, ...]:
+    """(kind, status, reason, apns_id, delay_ms, invalid_since_ms) for settle.lua; '' = none."""
+    match outcome:
+        case Delivered(apns_id=apns_id):
+            return "delivered", 200, "", apns_id or "", "", ""
+        case Retry(reason=reason, delay_ms=delay_ms, status=status):
+            return "retry", status or "", reason, "", max(0, delay_ms), ""
+        case Failed(reason=reason, status=status, dead_token=dead, token_invalid_since_ms=since):
+            kind = "dead" if dead else "failed"
+            return kind, status, reason, "", "", "" if since is None else since
+        case Expired():
+            return "expired", "", "", "", "", ""
+        case PauseApp():
+            raise ValueError(
+                "settle: PauseApp is not a final outcome; release the claim with"
+                " delay_ms = the probe interval instead"
+            )
+
+
+def _now_ms(now_ms: int | None) -> int:
+    return int(time.time() * 1000) if now_ms is None else now_ms
+
+
+class RelayQueue:
+    """The relay's queue in one Redis or Redis Cluster; any number of processes may share it."""
+
+    def __init__(self, redis: RedisClient, limits: QueueLimits) -> None:
+        self._redis = redis
+        self.limits = limits
+        self._next_first_shard = 0  # rotates which shards get a claim's remainder (fairness)
+        self._wake: PubSub | None = None
+
+    # ---- addressing ----
+
+    def shard_of(self, app: str, token: str) -> int:
+        return zlib.crc32(f"{app}:{token}".encode()) % self.limits.shards
+
+    def _shard_keys(self, prefix: str) -> list[str]:
+        return [prefix + DUE, prefix + LEASE, prefix + HEADS, prefix + STATS]
+
+    # ---- script running ----
+
+    async def _execute(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        if len(calls) == 1:
+            call = calls[0]
+            try:
+                return [
+                    await cast(Any, self._redis).evalsha(
+                        call.script.sha, len(call.keys), *call.keys, *call.args
+                    )
+                ]
+            except NoScriptError as error:
+                return [error]
+        pipe = self._redis.pipeline(transaction=False)
+        for call in calls:
+            # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
+            # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; _run
+            # answers NOSCRIPT.
+            pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        return await pipe.execute(raise_on_error=False)
+
+    async def _run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
+        then the scripts are loaded and only the calls that did not run are sent again."""
+        results = await self._execute(calls)
+        missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+        if missing:
+            for script in {calls[i].script.name: calls[i].script for i in missing}.values():
+                await cast(Any, self._redis).script_load(script.source)
+            for i, result in zip(
+                missing, await self._execute([calls[i] for i in missing]), strict=True
+            ):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    # ---- enqueue ----
+
+    def _enqueue_call(self, n: Notification, now_ms: int) -> tuple[ScriptCall, str]:
+        shard = self.shard_of(n.app, n.device_token)
+        prefix = shard_prefix(shard)
+        device = f"{n.app}:{n.device_token}"
+        notification_id = f"{shard:02d}-{uuid.uuid4().hex}"
+        keys = [
+            *self._shard_keys(prefix),
+            prefix + QUEUE + device,
+            prefix + NOTE + notification_id,
+            prefix + DEAD + device,
+            prefix + SERVICE + device,
+        ]
+        if n.idempotency_key is not None:
+            keys.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
+        args: list[ScriptArg] = [
+            prefix,
+            notification_id,
+            device,
+            now_ms,
+            self.limits.retention_s,
+            self.limits.max_per_device,
+            self.limits.max_pending_per_shard,
+            (n.service_id or "") if self.limits.supersede else "",
+            *_notification_pairs(n),
+        ]
+        return ScriptCall(ENQUEUE, keys, args), device
+
+    def _enqueue_result(self, n: Notification, reply: list[Any]) -> Accepted | QueueRefusal:
+        verdict = _text(reply[0])
+        if verdict in ("accepted", "duplicate"):
+            return Accepted(_text(reply[1]), duplicate=verdict == "duplicate")
+        if verdict == "dead":
+            return DeadToken(n.app, n.device_token, _text(reply[1]), _optional_int(reply[2]))
+        if verdict == "device_full":
+            return DeviceQueueFull(
+                n.app,
+                n.device_token,
+                self.limits.max_per_device,
+                self.limits.device_full_retry_after_s,
+            )
+        return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
+
+    async def enqueue(self, n: Notification, *, now_ms: int | None = None) -> Accepted:
+        """Store one notification (one round trip) or raise a QueueRefusal having stored nothing."""
+        call, _ = self._enqueue_call(n, _now_ms(now_ms))
+        (reply,) = await self._run([call])
+        result = self._enqueue_result(n, reply)
+        if isinstance(result, QueueRefusal):
+            raise result
+        return result
+
+    async def enqueue_many(
+        self, ns: Sequence[Notification], *, now_ms: int | None = None
+    ) -> list[Accepted | QueueRefusal]:
+        """Up to MAX_BATCH notifications in one pipelined round trip, each atomic on its own."""
+        if len(ns) > MAX_BATCH:
+            raise ValueError(f"enqueue_many: {len(ns)} notifications, at most {MAX_BATCH} a call")
+        if not ns:
+            return []
+        now = _now_ms(now_ms)
+        replies = await self._run([self._enqueue_call(n, now)[0] for n in ns])
+        return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
+
+    # ---- claim ----
+
+    def _claim_call(self, shard: int, limit: int, now_ms: int) -> ScriptCall:
+        prefix = shard_prefix(shard)
+        args: list[ScriptArg] = [
+            prefix,
+            now_ms,
+            limit,
+            self.limits.lease_ms,
+            self.limits.retention_s,
+            MAX_REAP_PER_SHARD,
+        ]
+        return ScriptCall(CLAIM, self._shard_keys(prefix), args)
+
+    async def claim(self, limit: int, *, now_ms: int | None = None) -> ClaimBatch:
+        """Lease up to `limit` due device heads, shared fairly over the shards.
+
+        Every shard is visited in the first round trip (the ones whose share is 0 only reap run-out
+        leases and say whether they have work); shards that had more than their share are asked
+        again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        now = _now_ms(now_ms)
+        shards = self.limits.shards
+        first = self._next_first_shard
+        self._next_first_shard = (first + 1) % shards
+        quotas = spread(max(0, limit), [(first + i) % shards for i in range(shards)])
+        claimed: list[ClaimedNotification] = []
+        expired: list[ExpiredRecord] = []
+        for _ in range(MAX_CLAIM_ROUNDS):
+            replies = await self._run([self._claim_call(s, quota, now) for s, quota in quotas])
+            with_more = []
+            for (shard, _quota), (more, leased, finalised) in zip(quotas, replies, strict=True):
+                claimed += (self._leased_from(entry) for entry in leased)
+                expired += (self._expired_from(entry) for entry in finalised)
+                if more:
+                    with_more.append(shard)
+            shortfall = limit - len(claimed)
+            if shortfall <= 0 or not with_more:
+                break
+            quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
+        return ClaimBatch(claimed, expired)
+
+    @staticmethod
+    def _leased_from(entry: list[Any]) -> LeasedNotification:
+        notification_id, claim_no, *values = entry
+        attempts, accepted_at_ms = values[len(_NOTIFICATION_FIELDS) :]
+        return LeasedNotification(
+            id=_text(notification_id),
+            notification=_notification_from(values[: len(_NOTIFICATION_FIELDS)]),
+            attempts=int(attempts),
+            accepted_at_ms=int(accepted_at_ms),
+            claim_no=int(claim_no),
+        )
+
+    @staticmethod
+    def _expired_from(entry: list[Any]) -> ExpiredRecord:
+        notification_id, app, service_id, action = entry
+        return ExpiredRecord(
+            _text(notification_id), _text(app), _optional_text(service_id), _optional_text(action)
+        )
+
+    # ---- settle / release ----
+
+    def _by_shard(
+        self, claims: Sequence[ClaimedNotification]
+    ) -> dict[int, list[LeasedNotification]]:
+        grouped: dict[int, list[LeasedNotification]] = defaultdict(list)
+        for claim in claims:
+            if not isinstance(claim, LeasedNotification):
+                raise TypeError("settle/release take the claims that RelayQueue.claim returned")
+            grouped[self.shard_of(claim.notification.app, claim.notification.device_token)].append(
+                claim
+            )
+        return grouped
+
+    async def settle(
+        self,
+        results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]],
+        *,
+        now_ms: int | None = None,
+    ) -> None:
+        """Record a batch of outcomes in one pipelined round trip (one script per shard).
+
+        Delivered/Failed/Expired make the head final and the next one due; Retry makes it due again
+        after its delay. A result whose lease was lost (another claim since) is ignored."""
+        if not results:
+            return
+        outcomes = {id(claim): _outcome_args(outcome) for claim, outcome in results}
+        now = _now_ms(now_ms)
+        calls = []
+        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+            ]
+            for claim in claims:
+                args += (claim.id, claim.claim_no, *outcomes[id(claim)])
+            calls.append(ScriptCall(SETTLE, self._shard_keys(prefix), args))
+        await self._run(calls)
+
+    async def release(
+        self,
+        claims: Sequence[ClaimedNotification],
+        *,
+        delay_ms: int = 0,
+        now_ms: int | None = None,
+    ) -> None:
+        """Give claims back unsent: due again after `delay_ms`, attempts unchanged."""
+        if not claims:
+            return
+        now = _now_ms(now_ms)
+        calls = []
+        for shard, leased in self._by_shard(claims).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
+            for claim in leased:
+                args += (claim.id, claim.claim_no)
+            calls.append(ScriptCall(RELEASE, self._shard_keys(prefix), args))
+        await self._run(calls)
+
+    # ---- reading ----
+
+    async def get(self, notification_id: str) -> NotificationStatus | None:
+        shard = shard_of_id(notification_id)
+        if shard is None or shard >= self.limits.shards:
+            return None
+        record = cast(
+            dict[bytes | str, bytes | str],
+            await cast(Any, self._redis).hgetall(shard_prefix(shard) + NOTE + notification_id),
+        )
+        if not record:
+            return None
+        values = {_text(name): value for name, value in record.items()}
+        return NotificationStatus(
+            id=notification_id,
+            app=_text(values["app"]),
+            device_token=_text(values["device_token"]),
+            service_id=_optional_text(values.get("service_id")),
+            action=_optional_text(values.get("action")),
+            state=DeliveryState(_text(values["state"])),
+            attempts=int(values["attempts"]),
+            accepted_at_ms=int(values["accepted_at_ms"]),
+            updated_at_ms=int(values["updated_at_ms"]),
+            expires_at=int(values["expires_at"]),
+            delivered_at_ms=_optional_int(values.get("delivered_at_ms")),
+            last_status=_optional_int(values.get("last_status")),
+            last_reason=_optional_text(values.get("last_reason")),
+            apns_id=_optional_text(values.get("apns_id")),
+            collapse_id=_optional_text(values.get("collapse_id")),
+            push_type=_text(values["push_type"]),
+            priority=int(values["priority"]),
+        )
+
+    async def device(self, app: str, token: str) -> DeviceStatus:
+        prefix = shard_prefix(self.shard_of(app, token))
+        device = f"{app}:{token}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(prefix + QUEUE + device)
+        pipe.zscore(prefix + LEASE, device)
+        pipe.hgetall(prefix + DEAD + device)
+        pending, lease, dead = await pipe.execute()
+        mark = {_text(name): value for name, value in dead.items()}
+        return DeviceStatus(
+            pending=int(pending),
+            in_flight=lease is not None,
+            dead=DeadTokenRecord(
+                reason=_text(mark["reason"]),
+                status=_optional_int(mark.get("status")),
+                invalid_since_ms=_optional_int(mark.get("invalid_since_ms")),
+                marked_at_ms=int(mark["marked_at_ms"]),
+            )
+            if mark
+            else None,
+        )
+
+    async def clear_device(self, app: str, token: str, *, now_ms: int | None = None) -> int:
+        """Lift the dead mark and purge the queue (purged ones become FAILED "Purged"; the one in
+        flight is left to its worker). Returns how many were purged."""
+        prefix = shard_prefix(self.shard_of(app, token))
+        device = f"{app}:{token}"
+        keys = [*self._shard_keys(prefix), prefix + QUEUE + device, prefix + DEAD + device]
+        args: list[ScriptArg] = [prefix, device, _now_ms(now_ms), self.limits.retention_s]
+        (purged,) = await self._run([ScriptCall(CLEAR_DEVICE, keys, args)])
+        return int(purged)
+
+    async def totals(self, *, now_ms: int | None = None) -> QueueTotals:
+        """Counts and lifetime counters over all shards, in one pipelined round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.hgetall(prefix + STATS)
+            pipe.zcard(prefix + HEADS)
+            pipe.zcard(prefix + LEASE)
+            pipe.zrange(prefix + HEADS, 0, 0, withscores=True)
+        replies = await pipe.execute()
+        counters = dict.fromkeys((*STAT_COUNTERS, "pending"), 0)
+        devices_pending = leased = 0
+        oldest: float | None = None
+        for i in range(0, len(replies), 4):
+            stats, heads, leases, first_head = replies[i : i + 4]
+            for name, value in stats.items():
+                counters[_text(name)] += int(value)
+            devices_pending += heads
+            leased += leases
+            if first_head:
+                accepted_at = first_head[0][1]
+                oldest = accepted_at if oldest is None else min(oldest, accepted_at)
+        age = None if oldest is None else max(0.0, (_now_ms(now_ms) - oldest) / 1000)
+        return QueueTotals(
+            pending=counters["pending"],
+            devices_pending=devices_pending,
+            leased=leased,
+            oldest_pending_age_s=age,
+            **{name: counters[name] for name in STAT_COUNTERS},
+        )
+
+    # ---- waiting for work ----
+
+    async def next_due_ms(self) -> int | None:
+        """The earliest time work may be claimable: a due head or a lease running out."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.zrange(prefix + DUE, 0, 0, withscores=True)
+            pipe.zrange(prefix + LEASE, 0, 0, withscores=True)
+        scores = [int(first[0][1]) for first in await pipe.execute() if first]
+        return min(scores, default=None)
+
+    async def _wake_subscription(self) -> PubSub:
+        """The wake channel's subscription, confirmed by the server before it is returned, so that
+        every enqueue after the first wait_for_work call is seen."""
+        if self._wake is None:
+            wake = self._redis.pubsub()
+            await wake.subscribe(WAKE_CHANNEL)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                while True:
+                    message = await wake.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+            self._wake = wake
+        return self._wake
+
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        """True as soon as an enqueue makes a device due, False after `timeout_s` without one.
+
+        The first call subscribes; enqueues before it are not seen, so claim before waiting."""
+        wake = await self._wake_subscription()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (remaining := deadline - loop.time()) > 0:
+            if await wake.get_message(ignore_subscribe_messages=True, timeout=remaining):
+                # One claim serves every wake-up already queued: drop them.
+                while await wake.get_message(ignore_subscribe_messages=True, timeout=0.0):
+                    pass
+                return True
+        return False
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (readiness)."""
+        return bool(await cast(Any, self._redis).ping())
+
+    async def aclose(self) -> None:
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            await wake.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

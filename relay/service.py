@@ -1,0 +1,336 @@
+"""The relay's processes: `serve` (api + worker), `api`, `worker`; development mode wiring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import structlog
+from aiohttp import web
+from pydantic import SecretStr
+
+from relay import apns
+from relay.api import Credentials, RelayState, create_app
+from relay.config import App, ConfigError, Settings, load_settings
+from relay.embedded import EmbeddedServer
+from relay.logs import configure_logging
+from relay.queue import QueueLimits, RelayQueue
+from relay.worker import DeliveryWorker
+
+log = structlog.get_logger("relay.service")
+
+DEFAULT_STATE_DIR = ".relay-dev"
+DEV_APP = "dev"
+DEV_TOPIC = "com.example.gms"
+SIMULATOR_START_TIMEOUT_S = 20.0
+DEFAULT_WORKER_PORT = 8081
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML configuration file (default: $RELAY_CONFIG)")
+    parser.add_argument("--host", help="listen address (default: http.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (default: http.port, 8080)")
+    parser.add_argument(
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help="development mode: where the embedded Valkey and the simulator keep their files",
+    )
+    parser.add_argument(
+        "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    configure_logging(settings.logging.format, settings.logging.level)
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    # Only development mode writes files: api and worker run on a read-only root filesystem.
+    state_dir = Path(args.state_dir).resolve()
+    try:
+        with (
+            development_mode(settings, state_dir)
+            if args.command == "serve"
+            else contextlib.nullcontext((settings, None))
+        ) as (settings, dev):
+            asyncio.run(_serve(args.command, settings, args, dev))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return 0
+
+
+# Development mode: whatever is not configured is started here, and said loudly.
+
+
+@dataclass
+class DevEnvironment:
+    state_dir: Path
+    valkey: EmbeddedServer | None = None
+    simulator: subprocess.Popen[bytes] | None = None
+    simulator_info: dict[str, Any] = field(default_factory=dict)
+    api_token: str | None = None
+
+    def close(self) -> None:
+        if self.simulator is not None and self.simulator.poll() is None:
+            self.simulator.send_signal(signal.SIGTERM)
+            try:
+                self.simulator.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.simulator.kill()
+        if self.valkey is not None:
+            self.valkey.stop()
+
+
+def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """The APNs simulator as a child process; returns once its sim.json is written."""
+    sim_json = state_dir / "sim.json"
+    sim_json.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "apns-sim",
+            "--port",
+            "0",
+            "--control-port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + SIMULATOR_START_TIMEOUT_S
+    while not sim_json.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise ConfigError([f"the APNs simulator did not start (exit {process.poll()})"])
+        time.sleep(0.05)
+    return process, orjson.loads(sim_json.read_bytes())
+
+
+def simulator_app(info: dict[str, Any]) -> App:
+    return App.model_validate(
+        {
+            "name": DEV_APP,
+            "topic": DEV_TOPIC,
+            "environment": "sandbox",
+            "default": True,
+            "auth": {
+                "token": {
+                    "key_file": info["key_file"],
+                    "key_id": info["key_id"],
+                    "team_id": info["team_id"],
+                }
+            },
+            "endpoint": {"host": "127.0.0.1", "port": info["port"], "ca_file": info["ca"]},
+        }
+    )
+
+
+@contextlib.contextmanager
+def development_mode(
+    settings: Settings, state_dir: Path
+) -> Iterator[tuple[Settings, DevEnvironment]]:
+    """Fill in what production would configure: Redis, an app, an API token."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    dev = DevEnvironment(state_dir)
+    try:
+        if not settings.redis.url:
+            dev.valkey = EmbeddedServer(data_dir=state_dir / "valkey").start()
+            settings = settings.model_copy(
+                update={"redis": settings.redis.model_copy(update={"url": dev.valkey.url})}
+            )
+            log.warning(
+                "DEVELOPMENT MODE: embedded Valkey started",
+                url=dev.valkey.url,
+                binary=dev.valkey.binary.origin,
+                data_dir=str(dev.valkey.data_dir),
+            )
+        if not settings.apps:
+            dev.simulator, dev.simulator_info = start_simulator(state_dir / "apns-sim")
+            settings = settings.model_copy(update={"apps": [simulator_app(dev.simulator_info)]})
+            log.warning(
+                "DEVELOPMENT MODE: no app configured, delivering to the APNs simulator",
+                app=DEV_APP,
+                topic=DEV_TOPIC,
+                port=dev.simulator_info["port"],
+                control_port=dev.simulator_info["control_port"],
+            )
+        if not settings.auth.api_tokens and not settings.auth.basic:
+            dev.api_token = secrets.token_urlsafe(24)
+            settings = settings.model_copy(
+                update={
+                    "auth": settings.auth.model_copy(
+                        update={"api_tokens": [SecretStr(dev.api_token)]}
+                    )
+                }
+            )
+        yield settings, dev
+    finally:
+        dev.close()
+
+
+def write_dev_json(dev: DevEnvironment, settings: Settings, relay_url: str) -> Path:
+    path = dev.state_dir / "dev.json"
+    app = settings.app(None)
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "relay_url": relay_url,
+                "api_token": dev.api_token,
+                "app": app.name,
+                "topic": app.topic,
+                "apns_sim": dev.simulator_info or None,
+            },
+            option=orjson.OPT_INDENT_2,
+        )
+    )
+    return path
+
+
+# Building the parts from settings
+
+
+def make_queue(settings: Settings) -> RelayQueue:
+    assert settings.redis.url, "development_mode() fills in the URL"
+    redis = aioredis.Redis.from_url(settings.redis.url, health_check_interval=30)
+    queue = settings.queue
+    return RelayQueue(
+        redis,
+        QueueLimits(
+            shards=settings.redis.shards,
+            max_per_device=queue.max_per_device,
+            max_pending=queue.max_pending,
+            retention_s=queue.retention_seconds,
+            lease_ms=queue.lease_seconds * 1000,
+            dead_token_ttl_s=queue.dead_token_ttl_seconds,
+            supersede=queue.supersede,
+        ),
+    )
+
+
+def make_client(app: App, settings: Settings) -> apns.ApnsClient:
+    credentials: apns.Credentials
+    if app.auth.token is not None:
+        token = app.auth.token
+        credentials = apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
+    else:
+        assert app.auth.certificate is not None
+        credentials = apns.CertificateCredentials(str(app.auth.certificate.cert_file))
+    endpoint = (
+        apns.Endpoint(
+            app.endpoint.host,
+            app.endpoint.port,
+            str(app.endpoint.ca_file) if app.endpoint.ca_file else None,
+        )
+        if app.endpoint
+        else apns.default_endpoint(app.environment)
+    )
+    return apns.ApnsClient(
+        app.name,
+        app.topic,
+        endpoint,
+        credentials,
+        request_timeout_s=settings.delivery.request_timeout_seconds,
+        max_connections=app.max_connections,
+    )
+
+
+@contextlib.asynccontextmanager
+async def http_server(
+    application: web.Application, host: str, port: int
+) -> AsyncIterator[web.AppRunner]:
+    runner = web.AppRunner(application, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        yield runner
+    finally:
+        await runner.cleanup()
+
+
+def bound_address(runner: web.AppRunner) -> str:
+    host, port = runner.addresses[0][:2]
+    return f"http://{host}:{port}"
+
+
+async def _serve(
+    role: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    dev: DevEnvironment | None,
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if not settings.redis.url:
+        raise ConfigError(["redis.url: required (set RELAY_REDIS_URL); only `serve` embeds one"])
+    queue = make_queue(settings)
+    worker: DeliveryWorker | None = None
+    if role in ("serve", "worker"):
+        if not settings.apps:
+            raise ConfigError(["apps: a worker needs at least one app"])
+        worker = DeliveryWorker(
+            queue,
+            {app.name: make_client(app, settings) for app in settings.apps},
+            retry=settings.retry.policy(),
+            batch_size=settings.delivery.batch_size,
+            pause_probe_s=settings.delivery.pause_probe_seconds,
+        )
+    state = RelayState(
+        settings,
+        queue,
+        Credentials.from_settings(settings),
+        paused_apps=(lambda: worker.paused_apps) if worker else dict,
+    )
+    host = args.host or settings.http.host
+    default_port = DEFAULT_WORKER_PORT if role == "worker" else settings.http.port
+    port = default_port if args.port is None else args.port
+    application = create_app(state, ingest=role != "worker")
+    async with http_server(application, host, port) as runner:
+        address = bound_address(runner)
+        log.info("listening", role=role, url=address, pid=os.getpid())
+        if dev is not None:
+            path = write_dev_json(dev, settings, address)
+            if dev.api_token:
+                print(
+                    f"\n  relay     {address}\n  api token {dev.api_token}\n  (also in {path})\n",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        worker_task = asyncio.create_task(worker.run(args.grace)) if worker else None
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+        if worker_task:
+            waiters.add(worker_task)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        log.info("shutting_down", role=role)
+        state.draining = True
+        if worker is not None and worker_task is not None:
+            worker.stop()
+            await worker_task
+            for client in worker.clients.values():
+                await client.close()
+    await queue.aclose()
+    log.info("stopped", role=role)

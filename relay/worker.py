@@ -1,0 +1,299 @@
+"""The delivery loop: claim due notifications, send each via its app's client, settle in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from relay import metrics
+from relay.apns import ApnsClient
+from relay.logs import mask_token
+from relay.model import (
+    ApnsResponse,
+    ClaimedNotification,
+    Delivered,
+    DeliveryOutcome,
+    Expired,
+    Failed,
+    PauseApp,
+    Retry,
+)
+from relay.policy import RetryPolicy, classify
+from relay.queue import ClaimBatch, RelayQueue
+
+log = structlog.get_logger("relay.worker")
+
+APNS_ID_NAMESPACE = uuid.UUID("6f0b3c2e-4a43-4b8e-9a51-2a1f0c9d7e10")
+IDLE_WAIT_MAX_S = (
+    1.0  # an idle worker still claims once a second: that is when expired leases return
+)
+REDIS_RETRY_S = 0.5
+PAUSED_RECHECK_S = 1.0
+
+
+def apns_id_for(notification_id: str) -> str:
+    """The same apns-id on every attempt of one notification, so Apple's logs line up with ours."""
+    return str(uuid.uuid5(APNS_ID_NAMESPACE, notification_id))
+
+
+@dataclass
+class AppGate:
+    """Whether an app may send: closed on credential errors, re-opened by a successful probe."""
+
+    paused_until: float = 0.0
+    reason: str | None = None
+    probing: bool = False
+
+    @property
+    def paused(self) -> bool:
+        return self.reason is not None
+
+
+@dataclass
+class DeliveryWorker:
+    queue: RelayQueue
+    clients: Mapping[str, ApnsClient]
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    batch_size: int = 256
+    pause_probe_s: float = 30.0
+    rng: random.Random = field(default_factory=random.Random)
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        self.capacity = sum(client.max_in_flight for client in self.clients.values()) or 1
+        self.gates = {app: AppGate() for app in self.clients}
+        self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
+        self.settle_buffer: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
+        self.release_buffer: list[tuple[ClaimedNotification, int]] = []
+        self._buffer_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        for app in self.clients:
+            metrics.APP_PAUSED.labels(app=app).set(0)
+
+    # The loop
+
+    async def run(self, grace_s: float = 10.0) -> None:
+        """Deliver until stop() is called, then let sends in flight finish within grace_s."""
+        settler = asyncio.create_task(self._settle_forever(), name="settler")
+        try:
+            while not self._stopping.is_set():
+                free = self.capacity - len(self.sending)
+                if free <= 0:
+                    self._slot_freed.clear()
+                    await self._wait_any(self._slot_freed.wait())
+                    continue
+                try:
+                    batch = await self.queue.claim(min(free, self.batch_size))
+                except (OSError, ConnectionError) as exc:
+                    log.warning("redis_unavailable", operation="claim", error=str(exc))
+                    await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
+                    continue
+                self._count_expired(batch)
+                if not batch.claimed:
+                    await self._wait_any(self.queue.wait_for_work(await self._idle_wait_s()))
+                    continue
+                for claim in batch.claimed:
+                    task = asyncio.create_task(self._deliver(claim))
+                    self.sending[task] = claim
+                    task.add_done_callback(self._sent)
+            await self._drain(grace_s)
+        finally:
+            settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await settler
+            await self._flush()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def _wait_any(self, awaitable: object) -> None:
+        """Wait for `awaitable` or for stop(), whichever comes first."""
+        waiter = asyncio.ensure_future(awaitable)  # type: ignore[call-overload]
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for pending in (waiter, stopper):
+            if not pending.done():
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pending
+
+    async def _idle_wait_s(self) -> float:
+        try:
+            next_due = await self.queue.next_due_ms()
+        except (OSError, ConnectionError):
+            return REDIS_RETRY_S
+        if next_due is None:
+            return IDLE_WAIT_MAX_S
+        return min(IDLE_WAIT_MAX_S, max(0.0, next_due / 1000 - self.clock()))
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.sending.pop(task, None)
+        self._slot_freed.set()
+
+    async def _drain(self, grace_s: float) -> None:
+        if self.sending:
+            log.info("draining", in_flight=len(self.sending), grace_s=grace_s)
+            _, late = await asyncio.wait(set(self.sending), timeout=grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+
+    # One notification
+
+    async def _deliver(self, claim: ClaimedNotification) -> None:
+        notification = claim.notification
+        client = self.clients.get(notification.app)
+        if client is None:
+            self._settle(claim, Failed("UnknownApp", 0))
+            return
+        gate = self.gates[notification.app]
+        now = self.clock()
+        if notification.expires_at <= now:
+            self._settle(claim, Expired())
+            return
+        if gate.paused:
+            if now < gate.paused_until or gate.probing:
+                self._release(claim, max(PAUSED_RECHECK_S, gate.paused_until - now))
+                return
+            gate.probing = True  # this one is the probe: does the app work again?
+        started = time.monotonic()
+        try:
+            response = await client.send(notification, apns_id_for(claim.id))
+        except asyncio.CancelledError:
+            # Shutdown past the grace period: the send may or may not have reached APNs.
+            self._release(claim, 0.0)
+            gate.probing = False
+            raise
+        latency = time.monotonic() - started
+        outcome = classify(
+            response,
+            attempt=claim.attempts + 1,
+            expires_at_s=notification.expires_at,
+            now_ms=int(self.clock() * 1000),
+            policy=self.retry,
+            rng=self.rng,
+        )
+        gate.probing = False
+        if isinstance(outcome, PauseApp):
+            self._pause(notification.app, outcome)
+            self._release(claim, self.pause_probe_s)
+        else:
+            if gate.paused:
+                self._resume(notification.app)
+            if isinstance(outcome, Retry) and outcome.refresh_jwt:
+                client.refresh_jwt()
+            self._settle(claim, outcome)
+        self._log_attempt(claim, response, outcome, latency)
+
+    def _pause(self, app: str, outcome: PauseApp) -> None:
+        gate = self.gates[app]
+        if not gate.paused:
+            log.error("app_paused", app=app, status=outcome.status, reason=outcome.reason)
+        gate.reason = outcome.reason
+        gate.paused_until = self.clock() + self.pause_probe_s
+        metrics.APP_PAUSED.labels(app=app).set(1)
+
+    def _resume(self, app: str) -> None:
+        gate = self.gates[app]
+        log.info("app_resumed", app=app, was=gate.reason)
+        gate.reason = None
+        gate.paused_until = 0.0
+        metrics.APP_PAUSED.labels(app=app).set(0)
+
+    @property
+    def paused_apps(self) -> dict[str, str]:
+        return {app: gate.reason for app, gate in self.gates.items() if gate.reason}
+
+    # Settling: outcomes are written to Redis in batches, one round trip per batch.
+
+    def _settle(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
+        self.settle_buffer.append((claim, outcome))
+        self._buffer_ready.set()
+        self._count(claim, outcome)
+
+    def _release(self, claim: ClaimedNotification, delay_s: float) -> None:
+        self.release_buffer.append((claim, int(delay_s * 1000)))
+        self._buffer_ready.set()
+
+    async def _settle_forever(self) -> None:
+        while True:
+            await self._buffer_ready.wait()
+            self._buffer_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        while self.settle_buffer or self.release_buffer:
+            settled, self.settle_buffer = self.settle_buffer, []
+            released, self.release_buffer = self.release_buffer, []
+            try:
+                if settled:
+                    await self.queue.settle(settled)
+                for delay_ms in {delay for _, delay in released}:
+                    await self.queue.release(
+                        [c for c, d in released if d == delay_ms], delay_ms=delay_ms
+                    )
+            except (OSError, ConnectionError) as exc:
+                # Keep them: a lease that runs out meanwhile only costs a duplicate send.
+                log.warning("redis_unavailable", operation="settle", error=str(exc))
+                self.settle_buffer[:0] = settled
+                self.release_buffer[:0] = released
+                await asyncio.sleep(REDIS_RETRY_S)
+
+    # Observability
+
+    def _count(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
+        app = claim.notification.app
+        if isinstance(outcome, Delivered):
+            metrics.NOTIFICATIONS_DELIVERED.labels(app=app).inc()
+            metrics.DELIVERY_LATENCY.labels(app=app).observe(
+                max(0.0, self.clock() - claim.accepted_at_ms / 1000)
+            )
+        elif isinstance(outcome, Retry):
+            metrics.NOTIFICATIONS_RETRIED.labels(app=app, reason=outcome.reason).inc()
+        elif isinstance(outcome, Failed):
+            metrics.NOTIFICATIONS_FAILED.labels(app=app, reason=outcome.reason).inc()
+            if outcome.dead_token:
+                metrics.DEAD_TOKENS_MARKED.labels(app=app, reason=outcome.reason).inc()
+        elif isinstance(outcome, Expired):
+            metrics.NOTIFICATIONS_EXPIRED.labels(app=app).inc()
+
+    def _count_expired(self, batch: ClaimBatch) -> None:
+        for record in batch.expired:
+            metrics.NOTIFICATIONS_EXPIRED.labels(app=record.app).inc()
+            log.info("notification_expired", id=record.id, app=record.app, at="claim")
+
+    def _log_attempt(
+        self,
+        claim: ClaimedNotification,
+        response: ApnsResponse,
+        outcome: DeliveryOutcome,
+        latency: float,
+    ) -> None:
+        notification = claim.notification
+        log.info(
+            "apns_attempt",
+            id=claim.id,
+            app=notification.app,
+            token=mask_token(notification.device_token),
+            service_id=notification.service_id,
+            action=notification.action,
+            attempt=claim.attempts + 1,
+            status=response.status,
+            reason=response.reason,
+            apns_id=response.apns_id,
+            latency_ms=round(latency * 1000, 2),
+            outcome=type(outcome).__name__.lower(),
+        )

@@ -1,0 +1,231 @@
+"""Test helpers: a whole relay (api + worker) in this loop or as processes, and the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from simulator import ControlClient, SimInfo, control_client, running_simulator
+
+from relay.api import Credentials, RelayState, create_app
+from relay.config import Settings
+from relay.embedded import free_port
+from relay.queue import RelayQueue
+from relay.service import bound_address, http_server, make_client, make_queue, simulator_app
+from relay.worker import DeliveryWorker
+
+API_TOKEN = "test-token-0123456789"
+BASIC = ("gms", "gms-secret")
+WAIT_S = 20.0
+
+
+def sim_document(info: SimInfo) -> dict[str, Any]:
+    return {
+        "port": info.port,
+        "control_port": info.control_port,
+        "ca": str(info.ca),
+        "key_file": str(info.key_file),
+        "key_id": info.key_id,
+        "team_id": info.team_id,
+    }
+
+
+def relay_document(redis_url: str, info: SimInfo, **sections: Any) -> dict[str, Any]:
+    """Configuration for a relay aimed at the simulator, fast retries; `sections` override."""
+    app = simulator_app(sim_document(info)).model_dump(mode="json")
+    app.update(sections.pop("app", {}))
+    document: dict[str, Any] = {
+        "redis": {"url": redis_url},
+        "auth": {"api_tokens": [API_TOKEN], "basic": [":".join(BASIC)]},
+        "retry": {"base_ms": 20, "cap_ms": 200, "max_attempts": 5},
+        "delivery": {"request_timeout_seconds": 1.0, "pause_probe_seconds": 1},
+        "logging": {"format": "json"},
+        "apps": [app],
+    }
+    for section, values in sections.items():
+        document[section] = {**document.get(section, {}), **values}
+    return document
+
+
+def relay_settings(redis_url: str, info: SimInfo, **sections: Any) -> Settings:
+    return Settings.model_validate(relay_document(redis_url, info, **sections))
+
+
+def basic_authorization() -> str:
+    return "Basic " + base64.b64encode(":".join(BASIC).encode()).decode()
+
+
+@dataclass
+class RelayHarness:
+    url: str
+    settings: Settings
+    queue: RelayQueue
+    worker: DeliveryWorker
+    state: RelayState
+    session: aiohttp.ClientSession
+    sim: SimInfo
+    control: ControlClient
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, auth: str | None = "bearer", **kw: Any
+    ) -> tuple[int, Any, Any]:
+        headers = dict(kw.pop("headers", {}))
+        if auth == "bearer":
+            headers["Authorization"] = f"Bearer {API_TOKEN}"
+        elif auth == "basic":
+            headers["Authorization"] = basic_authorization()
+        if body is not None and not isinstance(body, bytes | str):
+            kw["json"] = body
+        elif body is not None:
+            kw["data"] = body
+        async with self.session.request(method, self.url + path, headers=headers, **kw) as r:
+            raw = await r.read()
+            try:
+                parsed: Any = await r.json(content_type=None)
+            except ValueError:
+                parsed = raw.decode(errors="replace")
+            return r.status, parsed, r.headers
+
+    async def gms_push(self, device_id: str, message: Any) -> tuple[int, Any, Any]:
+        return await self.call(
+            "POST", "/gms/push", {"deviceId": device_id, "message": message}, auth="basic"
+        )
+
+    async def notify(self, **body: Any) -> str:
+        status, answer, _ = await self.call("POST", "/v1/notifications", body)
+        assert status == 202, answer
+        return str(answer["id"])
+
+    async def wait_state(
+        self, notification_id: str, states: Collection[str], timeout_s: float = WAIT_S
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status, body, _ = await self.call("GET", f"/v1/notifications/{notification_id}")
+            if status == 200 and body["state"] in states:
+                return dict(body)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{notification_id} never reached {states}: {body}")
+            await asyncio.sleep(0.02)
+
+    async def received(
+        self, token: str | None = None, count: int = 1, timeout_s: float = WAIT_S
+    ) -> list[dict[str, Any]]:
+        """What the simulator accepted (for `token`), once there are at least `count`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            records = (await self.control.notifications(token=token))["notifications"]
+            if len(records) >= count:
+                return list(records)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"simulator has {len(records)} of {count}: {records}")
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_relay(
+    redis_url: str, state_dir: Path, *, sim_options: dict[str, Any] | None = None, **sections: Any
+) -> AsyncIterator[RelayHarness]:
+    async with running_simulator(state_dir / "sim", **(sim_options or {})) as info:
+        settings = relay_settings(redis_url, info, **sections)
+        queue = make_queue(settings)
+        worker = DeliveryWorker(
+            queue,
+            {app.name: make_client(app, settings) for app in settings.apps},
+            retry=settings.retry.policy(),
+            batch_size=settings.delivery.batch_size,
+            pause_probe_s=settings.delivery.pause_probe_seconds,
+        )
+        state = RelayState(
+            settings,
+            queue,
+            Credentials.from_settings(settings),
+            paused_apps=lambda: worker.paused_apps,
+        )
+        async with (
+            http_server(create_app(state), "127.0.0.1", 0) as runner,
+            aiohttp.ClientSession() as session,
+            control_client(info) as control,
+        ):
+            task = asyncio.create_task(worker.run(grace_s=2.0))
+            try:
+                yield RelayHarness(
+                    bound_address(runner), settings, queue, worker, state, session, info, control
+                )
+            finally:
+                worker.stop()
+                await task
+                for client in worker.clients.values():
+                    await client.close()
+                await queue.aclose()
+
+
+def write_config(path: Path, document: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@dataclass
+class RelayProcess:
+    """One `apns-relay <role>` process; `url` answers once /healthz does."""
+
+    role: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_file: Path
+
+    def kill(self, sig: signal.Signals = signal.SIGKILL) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+def start_relay_process(role: str, config: Path, log_dir: Path) -> RelayProcess:
+    port = free_port()
+    log_file = log_dir / f"{role}-{port}.log"
+    with log_file.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relay.cli", role, "--config", str(config), "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    relay = RelayProcess(role, process, f"http://127.0.0.1:{port}", log_file)
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(f"{role} exited {process.returncode}: {relay.log()}")
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(relay.url + "/healthz", timeout=1),
+        ):
+            return relay
+        if time.monotonic() > deadline:
+            relay.kill()
+            raise AssertionError(f"{role} never became healthy: {relay.log()}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def relay_processes(*roles: str, config: Path, log_dir: Path) -> Iterator[list[RelayProcess]]:
+    started = [start_relay_process(role, config, log_dir) for role in roles]
+    try:
+        yield started
+    finally:
+        for relay in started:
+            relay.kill(signal.SIGTERM)

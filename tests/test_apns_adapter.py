@@ -1,0 +1,553 @@
+"""relay.apns against the APNs simulator over real TLS + HTTP/2: one test per aioapns gap, more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aioapns import NotificationRequest
+from aioapns.connection import APNsProductionClientProtocol
+from h2.connection import H2Connection
+from hyperframe.frame import GoAwayFrame
+from prometheus_client import REGISTRY
+from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
+
+from relay.apns import ApnsClient, Endpoint, TokenCredentials
+from relay.model import ApnsResponse, Notification
+
+TOPIC = "com.example.app"
+TOKEN = "ab" * 32
+STALLED_TOKEN = "cd" * 32
+PAYLOAD = b'{"aps":{"alert":"Agent available"},"message":{"_id":"s1"}}'
+SLACK_S = 1.0  # scheduling allowance on a loaded 2-core machine
+
+
+def notification(token: str = TOKEN, **changes: Any) -> Notification:
+    fields: dict[str, Any] = {
+        "app": "adapter-test",
+        "device_token": token,
+        "payload": PAYLOAD,
+        "push_type": "alert",
+        "priority": 10,
+        "expires_at": int(time.time()) + 3600,
+        **changes,
+    }
+    return Notification(**fields)
+
+
+def new_apns_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Harness:
+    sim: SimInfo
+    control: ControlClient
+    clients: list[ApnsClient] = field(default_factory=list)
+
+    def client(self, **options: Any) -> ApnsClient:
+        """A client of a fresh app name (metrics are per app), closed when the test ends."""
+        client = ApnsClient(
+            f"adapter-{uuid.uuid4().hex[:8]}",
+            TOPIC,
+            Endpoint(self.sim.host, self.sim.port, str(self.sim.ca)),
+            TokenCredentials(self.sim.key_pem, self.sim.key_id, self.sim.team_id),
+            **{"request_timeout_s": 5.0, **options},
+        )
+        self.clients.append(client)
+        return client
+
+    async def stats(self) -> dict[str, Any]:
+        return await self.control.stats()
+
+
+@contextlib.asynccontextmanager
+async def harness(state_dir: Path, **options: Any) -> AsyncIterator[Harness]:
+    async with (
+        running_simulator(state_dir, seed=7, **options) as sim,
+        control_client(sim) as control,
+    ):
+        test_harness = Harness(sim, control)
+        try:
+            yield test_harness
+        finally:
+            for client in test_harness.clients:
+                await client.close()
+
+
+@dataclass
+class CallbackErrors:
+    """Exceptions escaping protocol callbacks (connection_lost, data_received, timers)."""
+
+    contexts: list[dict[str, Any]] = field(default_factory=list)
+    seen: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.contexts.append(context)
+        self.seen.set()
+
+
+@pytest.fixture
+async def callback_errors() -> AsyncIterator[CallbackErrors]:
+    loop = asyncio.get_running_loop()
+    errors = CallbackErrors()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(errors.record)
+    yield errors
+    loop.set_exception_handler(previous)
+
+
+async def stats_when(
+    control: ControlClient, condition: Callable[[dict[str, Any]], bool], within_s: float = 5.0
+) -> dict[str, Any]:
+    """The simulator's stats once they satisfy `condition` (polled, with a deadline)."""
+    async with asyncio.timeout(within_s):
+        # The control API is the simulator's only window: nothing to wait on but a fresh read.
+        while not condition(stats := await control.stats()):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    return stats
+
+
+def jwt_signed(app: str) -> float:
+    return REGISTRY.get_sample_value("apns_relay_jwt_refreshes_total", {"app": app}) or 0.0
+
+
+# --- headers ---------------------------------------------------------------------------------
+
+
+async def test_headers_sent_are_exactly_apples(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        alert = notification(collapse_id="chat-s1", expires_at=1_900_000_000)
+        background = notification(
+            "ef" * 32, push_type="background", priority=5, expires_at=1_800_000_000
+        )
+        alert_id, background_id = new_apns_id(), new_apns_id()
+        assert await client.send(alert, alert_id) == ApnsResponse(200, None, alert_id)
+        assert await client.send(background, background_id) == ApnsResponse(
+            200, None, background_id
+        )
+        logged = (await h.control.notifications())["notifications"]
+    assert [entry["headers"] for entry in logged] == [
+        {
+            "apns-id": alert_id,
+            "apns-topic": TOPIC,
+            "apns-push-type": "alert",
+            "apns-priority": "10",
+            "apns-expiration": "1900000000",
+            "apns-collapse-id": "chat-s1",
+        },
+        {
+            "apns-id": background_id,
+            "apns-topic": TOPIC,
+            "apns-push-type": "background",
+            "apns-priority": "5",
+            "apns-expiration": "1800000000",
+        },
+    ]
+    assert logged[0]["payload"] == {"aps": {"alert": "Agent available"}, "message": {"_id": "s1"}}
+
+
+# --- gap 1: no request deadline --------------------------------------------------------------
+
+
+async def test_stalled_stream_times_out_and_stalled_connection_is_replaced(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        client = h.client(request_timeout_s=0.3)
+        started = time.monotonic()
+        assert await client.send(notification(STALLED_TOKEN), new_apns_id()) == ApnsResponse(
+            0, "Timeout"
+        )
+        assert 0.3 <= time.monotonic() - started < 0.3 + SLACK_S
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await h.stats())["connections_opened"] == 1  # one timeout is no reason to leave
+
+        stalls = [client.send(notification(STALLED_TOKEN), new_apns_id()) for _ in range(3)]
+        assert {r.reason for r in await asyncio.gather(*stalls)} == {"Timeout"}
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        stats = await h.stats()
+    assert stats["connections_opened"] == 2  # three unanswered in a row: a fresh connection
+    assert stats["stalled"] == 4
+    assert stats["accepted"] == 2
+    assert callback_errors.contexts == []
+
+
+# --- gap 2: an error status without a body ---------------------------------------------------
+
+
+async def test_error_status_without_body_resolves_with_status_and_no_reason(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults(
+            {
+                "scripted": {
+                    TOKEN: [
+                        {"status": 500, "body": False},
+                        {"status": 503, "reason": "Shutdown", "body": False},
+                    ]
+                }
+            }
+        )
+        client = h.client(request_timeout_s=5.0)
+        first, second = new_apns_id(), new_apns_id()
+        async with asyncio.timeout(SLACK_S):
+            assert await client.send(notification(), first) == ApnsResponse(500, None, first)
+            assert await client.send(notification(), second) == ApnsResponse(503, None, second)
+            assert (await client.send(notification(), new_apns_id())).status == 200
+
+
+# --- gap 3: timeouts, then the connection drops ----------------------------------------------
+
+
+async def test_timeouts_then_drop_finish_every_stream_without_callback_errors(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        client = h.client(request_timeout_s=0.2)
+        timed_out = [client.send(notification(STALLED_TOKEN), new_apns_id()) for _ in range(2)]
+        assert {r.reason for r in await asyncio.gather(*timed_out)} == {"Timeout"}
+
+        client.request_timeout_s = 30.0
+        with pytest.raises(TimeoutError):  # a caller's own wait_for, as aioapns users write
+            await asyncio.wait_for(client.send(notification(STALLED_TOKEN), new_apns_id()), 0.1)
+        in_flight = [
+            asyncio.ensure_future(client.send(notification(STALLED_TOKEN), new_apns_id()))
+            for _ in range(2)
+        ]
+        await stats_when(h.control, lambda stats: stats["stalled"] == 5)
+        assert not any(task.done() for task in in_flight)
+        await h.control.put_faults({"drop": {"after_streams": 5}})
+        started = time.monotonic()
+        dropped = await client.send(notification(), new_apns_id())
+        results = await asyncio.gather(*in_flight)
+        elapsed = time.monotonic() - started
+        await h.control.clear_faults()
+        after = await client.send(notification(), new_apns_id())
+        stats = await h.stats()
+    assert dropped == ApnsResponse(0, "ConnectionClosed")
+    assert results == [ApnsResponse(0, "ConnectionClosed")] * 2
+    assert elapsed < SLACK_S
+    assert after.status == 200
+    assert stats["drops"] == 1
+    assert stats["connections_opened"] == 2
+    assert callback_errors.contexts == []
+
+
+# --- gap 4: busy polling when streams run out ------------------------------------------------
+
+
+async def test_more_sends_than_streams_all_complete_without_polling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aioapns")
+    async with harness(tmp_path, max_streams=5) as h:
+        await h.control.put_faults({"latency_ms": 5})
+        client = h.client(max_connections=2)
+        await client.pool.acquire()  # a burst right as a connection opens: the limit is known
+        ids = [new_apns_id() for _ in range(200)]
+        responses = await asyncio.gather(*(client.send(notification(), i) for i in ids))
+        stats = await h.stats()
+    assert [r.status for r in responses] == [200] * 200
+    assert [r.apns_id for r in responses] == ids
+    assert stats["accepted"] == 200
+    assert stats["connections_opened"] == 2  # never a stream over the limit: no protocol error
+    assert stats["protocol_errors"] == 0
+    assert not [r for r in caplog.records if "busy" in r.getMessage()]
+
+
+# --- gap 5: one JWT per connection -----------------------------------------------------------
+
+
+async def test_one_provider_token_for_all_connections_of_an_app(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_streams=2) as h:
+        await h.control.put_faults({"latency_ms": 20})
+        client = h.client(max_connections=4)
+        responses = await asyncio.gather(
+            *(client.send(notification(), new_apns_id()) for _ in range(40))
+        )
+        stats = await h.stats()
+        assert [r.status for r in responses] == [200] * 40
+        assert client.connections == 4
+        assert stats["connections_opened"] == 4
+        assert jwt_signed(client.app) == 1
+
+
+async def test_provider_token_is_resigned_after_45_minutes_on_the_same_connection(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        assert client.jwt is not None
+        offset_s = [-50 * 60.0]  # the first token is signed 50 minutes in the past
+        client.jwt.clock = lambda: time.time() + offset_s[0]
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        first = client.jwt.header
+        offset_s[0] += 45 * 60 - 5
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert client.jwt.header == first
+        offset_s[0] += 5
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        second = client.jwt.header
+        stats = await h.stats()
+    assert second != first
+    claims = jwt.decode(second.removeprefix("bearer "), options={"verify_signature": False})
+    assert abs(claims["iat"] - (time.time() - 5 * 60)) < 60
+    assert jwt_signed(client.app) == 2
+    assert stats["accepted"] == 3
+    assert stats["connections_opened"] == 1
+
+
+async def test_expired_provider_token_is_resigned_once_and_the_send_then_succeeds(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        assert client.jwt is not None
+        real_clock = client.jwt.clock
+        client.jwt.clock = lambda: real_clock() - 61 * 60  # a token signed an hour ago
+        expired = await client.send(notification(), new_apns_id())
+        assert (expired.status, expired.reason) == (403, "ExpiredProviderToken")
+        client.jwt.clock = real_clock
+        assert client.refresh_jwt() is True
+        assert client.refresh_jwt() is False  # every in-flight 403 asks; one signature serves all
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        stats = await h.stats()
+    assert jwt_signed(client.app) == 2
+    assert stats["connections_opened"] == 1
+
+
+# --- gap 6: GOAWAY ---------------------------------------------------------------------------
+
+
+async def test_goaway_shutdown_then_later_sends_succeed_on_new_connections(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"goaway": {"after_streams": 3, "reason": "Shutdown"}})
+        client = h.client()
+        responses = [await client.send(notification(), new_apns_id()) for _ in range(10)]
+        stats = await h.stats()
+    assert [r.status for r in responses] == [200] * 10
+    assert stats["accepted"] == 10
+    assert stats["goaways"] == 3
+    assert stats["connections_opened"] == 4
+    assert callback_errors.contexts == []
+
+
+async def test_goaway_fails_streams_above_last_stream_id_fast_and_retryable(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        client = h.client(request_timeout_s=30.0)
+        assert (await client.send(notification(), new_apns_id())).status == 200  # stream 1
+        stalled = [
+            asyncio.ensure_future(client.send(notification(STALLED_TOKEN), new_apns_id()))
+            for _ in range(3)  # streams 3, 5, 7
+        ]
+        await stats_when(h.control, lambda stats: stats["stalled"] == 3)
+        (connection,) = client.pool.connections
+        # APNs said GOAWAY having read up to stream 3; 5 and 7 crossed it on the wire.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = 3
+        goaway.additional_data = b'{"reason":"Shutdown"}'
+        started = time.monotonic()
+        connection.data_received(goaway.serialize())
+        above = await asyncio.gather(*stalled[1:])
+        elapsed = time.monotonic() - started
+        assert not stalled[0].done()  # stream 3 may still be answered
+        after = await client.send(notification(), new_apns_id())
+        stats = await h.stats()
+        assert client.pool.connections[0] is not connection
+    assert above == [ApnsResponse(0, "GoAway:Shutdown")] * 2
+    assert elapsed < SLACK_S
+    assert after.status == 200
+    assert stats["connections_opened"] == 2
+    assert await stalled[0] == ApnsResponse(0, "ConnectionClosed")  # closed with the client
+    assert callback_errors.contexts == []
+
+
+async def test_send_racing_goaway_before_connection_lost_is_a_status_0_response(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"goaway": {"after_streams": 1}})
+        client = h.client()
+        connection = await client.pool.acquire()
+        deadline = asyncio.get_running_loop().time() + 5.0
+        authorization = client.jwt.get_header() if client.jwt else None
+        first = await connection.send_raw(notification(), new_apns_id(), deadline, authorization)
+        assert first.status == 200
+        # The answer came with GOAWAY right behind it: read, but connection_lost has not run.
+        assert connection.retired_because == "GoAway:Shutdown"
+        assert not connection.lost.done()
+        late = await connection.send_raw(notification(), new_apns_id(), deadline, authorization)
+        assert late == ApnsResponse(0, "GoAway:Shutdown")
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        # aioapns #55: connection_lost may run the discard more than once.
+        client.pool.discard_connection(connection)
+        client.pool.discard_connection(connection)
+    assert callback_errors.contexts == []
+
+
+# --- gap 7: idle close -----------------------------------------------------------------------
+
+
+async def test_idle_connection_is_kept_for_an_hour_then_closed_and_replaced(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        (connection,) = client.pool.connections
+        loop = asyncio.get_running_loop()
+        assert connection.inactivity_timer is not None
+        assert connection.inactivity_timer.when() - loop.time() > 3500  # aioapns: 10 s
+        assert connection.transport is not None
+        assert not connection.transport.is_closing()
+
+        connection.INACTIVITY_TIME = 1  # the hour, shortened to watch it act
+        connection.inactivity_timer.cancel()
+        connection.inactivity_timer = None
+        connection.refresh_inactivity_timer()
+        await stats_when(h.control, lambda stats: stats["connections_closed"] == 1)
+        assert client.connections == 0
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        stats = await h.stats()
+    assert stats["connections_opened"] == 2
+
+
+# --- flow control, drops, stream ids ---------------------------------------------------------
+
+
+async def test_thousands_of_error_bodies_do_not_exhaust_the_flow_control_window(
+    tmp_path: Path,
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults(
+            {"error": {"probability": 1.0, "status": 500, "reason": "InternalServerError"}}
+        )
+        # The deadline counts from send(); a loaded machine takes seconds for the whole run.
+        client = h.client(max_connections=1, max_in_flight=200, request_timeout_s=20.0)
+        count = 3_200  # 3,200 bodies of 32 bytes: past the 65,535-byte initial window
+        responses = await asyncio.gather(
+            *(client.send(notification(), new_apns_id()) for _ in range(count))
+        )
+        await h.control.clear_faults()
+        after = await client.send(notification(), new_apns_id())
+        stats = await h.stats()
+    assert {(r.status, r.reason) for r in responses} == {(500, "InternalServerError")}
+    assert len(responses) == count
+    assert after.status == 200
+    assert stats["connections_opened"] == 1
+
+
+async def test_connection_dropped_mid_flight_answers_connection_closed_then_recovers(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"latency_ms": 2000})
+        client = h.client()
+        in_flight = [
+            asyncio.ensure_future(client.send(notification(), new_apns_id())) for _ in range(3)
+        ]
+        await stats_when(h.control, lambda stats: stats["streams"] == 3)
+        await h.control.put_faults({"latency_ms": 2000, "drop": {"after_streams": 3}})
+        started = time.monotonic()
+        dropped = await client.send(notification(), new_apns_id())
+        results = await asyncio.gather(*in_flight)
+        elapsed = time.monotonic() - started
+        await h.control.clear_faults()
+        after = await client.send(notification(), new_apns_id())
+    assert [dropped, *results] == [ApnsResponse(0, "ConnectionClosed")] * 4
+    assert elapsed < SLACK_S
+    assert after.status == 200
+    assert callback_errors.contexts == []
+
+
+async def test_exhausted_stream_ids_move_to_a_new_connection(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        assert (await client.send(notification(), new_apns_id())).status == 200
+        (connection,) = client.pool.connections
+        # A connection kept for days at thousands of sends a second runs out of stream ids.
+        connection.free_channels._stream_id = H2Connection.HIGHEST_ALLOWED_STREAM_ID - 2
+        last = await client.send(notification(), new_apns_id())
+        exhausted = await client.send(notification(), new_apns_id())
+        after = await client.send(notification(), new_apns_id())
+        stats = await h.stats()
+    assert last.status == 200
+    assert exhausted == ApnsResponse(0, "StreamIdsExhausted")
+    assert after.status == 200
+    assert stats["connections_opened"] == 2
+
+
+# --- aioapns 4.0 alone, against the same simulator: the failures the adapter exists for -----
+
+
+def aioapns_request(token: str = TOKEN) -> NotificationRequest:
+    return NotificationRequest(token, {"aps": {"alert": "Agent available"}})
+
+
+async def test_aioapns_alone_hangs_on_an_error_without_body(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"scripted": {TOKEN: [{"status": 500, "body": False}]}})
+        client = aioapns_client(h.sim)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.send_notification(aioapns_request()), 0.5)
+        client.pool.close()
+
+
+async def test_aioapns_alone_breaks_connection_lost_after_a_wait_for_timeout(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        client = aioapns_client(h.sim)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.send_notification(aioapns_request(STALLED_TOKEN)), 0.2)
+        client.pool.close()
+        await asyncio.wait_for(callback_errors.seen.wait(), 5.0)
+    assert isinstance(callback_errors.contexts[0].get("exception"), asyncio.InvalidStateError)
+
+
+async def test_aioapns_alone_polls_and_logs_when_streams_run_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="aioapns")
+    async with harness(tmp_path, max_streams=5) as h:
+        await h.control.put_faults({"latency_ms": 20})
+        client = aioapns_client(h.sim, max_connections=1)
+        await client.send_notification(aioapns_request())  # the stream limit is now known
+        await asyncio.gather(*(client.send_notification(aioapns_request()) for _ in range(30)))
+        client.pool.close()
+    busy = [r for r in caplog.records if "completely busy" in r.getMessage()]
+    assert len(busy) >= 25  # one line per waiting caller; RelayConnectionPool logs none
+
+
+async def test_aioapns_alone_discard_twice_raises_and_closes_idle_after_10_s(
+    tmp_path: Path,
+) -> None:
+    assert APNsProductionClientProtocol.INACTIVITY_TIME == 10
+    async with harness(tmp_path) as h:
+        client = aioapns_client(h.sim)
+        await client.send_notification(aioapns_request())
+        (connection,) = client.pool.connections
+        client.pool.discard_connection(connection)
+        with pytest.raises(ValueError, match="remove"):  # aioapns #55
+            client.pool.discard_connection(connection)
+        connection.close()

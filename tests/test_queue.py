@@ -1,0 +1,584 @@
+"""The Redis store against a real Valkey: every operation's outcome, refusal and invariant."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+import redis.asyncio as aioredis
+
+from relay.model import (
+    ClaimedNotification,
+    Delivered,
+    DeliveryState,
+    Expired,
+    Failed,
+    Notification,
+    PauseApp,
+    Retry,
+)
+from relay.queue import (
+    Accepted,
+    DeadToken,
+    DeviceQueueFull,
+    DeviceStatus,
+    ExpiredRecord,
+    LeasedNotification,
+    PendingCapReached,
+    QueueLimits,
+    RelayQueue,
+    shard_of_id,
+    spread,
+)
+
+T0 = 1_700_000_000_000  # the injected clock's start (ms)
+APP = "com.example.chat"
+TOKEN_A = "a1" * 32
+TOKEN_B = "b2" * 32
+
+
+def note(
+    token: str = TOKEN_A,
+    *,
+    service_id: str | None = None,
+    idempotency_key: str | None = None,
+    expires_in_s: int = 3600,
+    body: str = "agent available",
+) -> Notification:
+    return Notification(
+        app=APP,
+        device_token=token,
+        payload=json.dumps({"aps": {"alert": body}, "message": {"_id": service_id}}).encode(),
+        push_type="alert",
+        priority=10,
+        expires_at=T0 // 1000 + expires_in_s,
+        service_id=service_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def tokens_in_one_shard(queue: RelayQueue, count: int) -> list[str]:
+    """Distinct device tokens that all land in shard 0."""
+    found: list[str] = []
+    i = 0
+    while len(found) < count:
+        token = f"{i:064x}"
+        if queue.shard_of(APP, token) == 0:
+            found.append(token)
+        i += 1
+    return found
+
+
+async def snapshot(redis: aioredis.Redis) -> dict[bytes, tuple[bytes | None, bool]]:
+    """Every key's serialized value and whether it has a TTL: equal snapshots, unchanged data."""
+    keys = [key async for key in redis.scan_iter(count=1000)]
+    return {key: (await redis.dump(key), await redis.pttl(key) > 0) for key in keys}
+
+
+@pytest.fixture
+async def queue(redis: aioredis.Redis) -> AsyncIterator[RelayQueue]:
+    relay_queue = RelayQueue(redis, QueueLimits(lease_ms=10_000))
+    yield relay_queue
+    await relay_queue.aclose()
+
+
+async def claim_one(queue: RelayQueue, now_ms: int) -> ClaimedNotification:
+    batch = await queue.claim(10, now_ms=now_ms)
+    assert len(batch.claimed) == 1, batch
+    return batch.claimed[0]
+
+
+async def state_of(queue: RelayQueue, notification_id: str) -> DeliveryState:
+    status = await queue.get(notification_id)
+    assert status is not None
+    return status.state
+
+
+# ---- enqueue, get, claim round trip ----
+
+
+async def test_claim_hands_out_the_notification_exactly_as_enqueued(queue: RelayQueue) -> None:
+    sent = replace(
+        note(service_id="svc-1", idempotency_key="k1", body="caf\u00e9"),
+        collapse_id="chat-1",
+        action="chat",
+    )
+    accepted = await queue.enqueue(sent, now_ms=T0)
+    assert accepted == Accepted(accepted.id, duplicate=False)
+    assert shard_of_id(accepted.id) == queue.shard_of(APP, TOKEN_A)
+
+    claim = await claim_one(queue, T0 + 5)
+    assert claim.id == accepted.id
+    assert claim.notification == sent
+    assert (claim.attempts, claim.accepted_at_ms) == (0, T0)
+
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert status.state is DeliveryState.SENDING
+    assert (status.app, status.device_token, status.service_id, status.action) == (
+        APP,
+        TOKEN_A,
+        "svc-1",
+        "chat",
+    )
+    assert (status.collapse_id, status.push_type, status.priority) == ("chat-1", "alert", 10)
+    assert (status.accepted_at_ms, status.updated_at_ms, status.expires_at) == (
+        T0,
+        T0 + 5,
+        sent.expires_at,
+    )
+
+
+async def test_get_of_an_unknown_or_malformed_id_is_none(queue: RelayQueue) -> None:
+    assert await queue.get("03-" + "0" * 32) is None
+    assert await queue.get("not-an-id-of-ours") is None
+    assert await queue.get("99-abc") is None  # shard out of range
+
+
+async def test_delivered_is_final_with_apns_id_and_ttl(
+    queue: RelayQueue, redis: aioredis.Redis
+) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Delivered("apns-1"))], now_ms=T0 + 20)
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.apns_id, status.delivered_at_ms, status.attempts) == (
+        DeliveryState.DELIVERED,
+        "apns-1",
+        T0 + 20,
+        1,
+    )
+    ttls = [await redis.ttl(key) async for key in redis.scan_iter(match="*:n:*")]
+    assert len(ttls) == 1
+    assert 0 < ttls[0] <= queue.limits.retention_s
+    assert await queue.device(APP, TOKEN_A) == DeviceStatus(pending=0, in_flight=False, dead=None)
+
+
+# ---- per-device order, one claim per device ----
+
+
+async def test_only_the_head_is_claimed_and_only_once_at_a_time(queue: RelayQueue) -> None:
+    ids = [(await queue.enqueue(note(body=f"n{i}"), now_ms=T0 + i)).id for i in range(3)]
+    first = await claim_one(queue, T0 + 10)
+    assert first.id == ids[0]
+    assert (await queue.claim(10, now_ms=T0 + 11)).claimed == []  # head in flight
+    device = await queue.device(APP, TOKEN_A)
+    assert (device.pending, device.in_flight) == (3, True)
+
+    await queue.settle([(first, Delivered(None))], now_ms=T0 + 12)
+    second = await claim_one(queue, T0 + 13)
+    assert second.id == ids[1]
+    await queue.settle([(second, Failed("BadTopic", 400))], now_ms=T0 + 14)
+    third = await claim_one(queue, T0 + 15)
+    assert third.id == ids[2]
+    failed = await queue.get(ids[1])
+    assert failed is not None
+    assert (failed.state, failed.last_status, failed.last_reason) == (
+        DeliveryState.FAILED,
+        400,
+        "BadTopic",
+    )
+
+
+async def test_retry_waits_its_delay_and_counts_the_attempt(queue: RelayQueue) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    await queue.settle(
+        [(claim, Retry("TooManyRequests", delay_ms=2_000, status=429))], now_ms=T0 + 100
+    )
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts, status.last_status, status.last_reason) == (
+        DeliveryState.RETRYING,
+        1,
+        429,
+        "TooManyRequests",
+    )
+    assert await queue.next_due_ms() == T0 + 2_100
+    assert (await queue.claim(10, now_ms=T0 + 2_099)).claimed == []
+    again = await claim_one(queue, T0 + 2_100)
+    assert (again.id, again.attempts) == (accepted.id, 1)
+    assert (await queue.totals(now_ms=T0)).retried == 1
+
+
+# ---- never stale ----
+
+
+async def test_expired_heads_are_finalised_at_claim_and_the_next_live_one_claimed(
+    queue: RelayQueue,
+) -> None:
+    stale = [
+        (await queue.enqueue(note(expires_in_s=1, service_id=f"s{i}"), now_ms=T0)).id
+        for i in range(2)
+    ]
+    live = (await queue.enqueue(note(expires_in_s=60), now_ms=T0)).id
+    batch = await queue.claim(10, now_ms=T0 + 1_000)  # expires_at == now: already stale
+    assert [c.id for c in batch.claimed] == [live]
+    assert batch.expired == [ExpiredRecord(i, APP, f"s{n}", None) for n, i in enumerate(stale)]
+    for notification_id in stale:
+        assert await state_of(queue, notification_id) is DeliveryState.EXPIRED
+    totals = await queue.totals(now_ms=T0 + 1_000)
+    assert (totals.expired, totals.pending) == (2, 1)
+
+
+async def test_worker_reported_expiry_pops_the_head(queue: RelayQueue) -> None:
+    first = (await queue.enqueue(note(), now_ms=T0)).id
+    second = (await queue.enqueue(note(), now_ms=T0)).id
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Expired())], now_ms=T0 + 1)
+    assert await state_of(queue, first) is DeliveryState.EXPIRED
+    assert (await claim_one(queue, T0 + 2)).id == second
+
+
+# ---- at least once: leases ----
+
+
+async def test_a_run_out_lease_is_claimed_again_and_the_stale_settle_ignored(
+    queue: RelayQueue,
+) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    lost = await claim_one(queue, T0)
+    assert await queue.next_due_ms() == T0 + queue.limits.lease_ms
+    assert (await queue.claim(10, now_ms=T0 + queue.limits.lease_ms - 1)).claimed == []
+    taken_over = await claim_one(queue, T0 + queue.limits.lease_ms)
+    assert taken_over.id == lost.id
+    assert taken_over.attempts == 0
+
+    await queue.settle([(lost, Failed("BadTopic", 400))], now_ms=T0 + 10_001)
+    assert await state_of(queue, accepted.id) is DeliveryState.SENDING
+    await queue.release([lost], now_ms=T0 + 10_002)
+    assert await state_of(queue, accepted.id) is DeliveryState.SENDING
+
+    await queue.settle([(taken_over, Delivered("a"))], now_ms=T0 + 10_003)
+    assert await state_of(queue, accepted.id) is DeliveryState.DELIVERED
+    await queue.settle([(lost, Retry("late", 10))], now_ms=T0 + 10_004)
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.apns_id, status.attempts) == (DeliveryState.DELIVERED, "a", 1)
+    assert (await queue.totals(now_ms=T0)).retried == 0
+
+
+async def test_a_claim_ended_unsent_cannot_act_again(queue: RelayQueue) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    retried = await claim_one(queue, T0)
+    await queue.settle([(retried, Retry("TooManyRequests", 0, 429))], now_ms=T0 + 1)
+    await queue.settle([(retried, Retry("TooManyRequests", 0, 429))], now_ms=T0 + 2)
+    await queue.settle([(retried, Delivered("twice"))], now_ms=T0 + 3)
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts) == (DeliveryState.RETRYING, 1)
+
+    released = await claim_one(queue, T0 + 4)
+    await queue.release([released], now_ms=T0 + 5)
+    await queue.settle([(released, Failed("BadTopic", 400))], now_ms=T0 + 6)
+    assert await state_of(queue, accepted.id) is DeliveryState.RETRYING
+    assert (await queue.totals(now_ms=T0 + 6)).retried == 1
+
+
+async def test_a_lease_run_out_but_not_claimed_again_still_settles(queue: RelayQueue) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    late = await claim_one(queue, T0)
+    # A claim on the shard reaps the run-out lease; nobody has claimed the device again.
+    await queue.claim(0, now_ms=T0 + queue.limits.lease_ms)
+    assert await state_of(queue, accepted.id) is DeliveryState.QUEUED
+    await queue.settle([(late, Delivered("late"))], now_ms=T0 + queue.limits.lease_ms + 1)
+    assert await state_of(queue, accepted.id) is DeliveryState.DELIVERED
+    assert await queue.next_due_ms() is None
+
+
+async def test_release_gives_the_claim_back_unchanged(queue: RelayQueue) -> None:
+    accepted = await queue.enqueue(note(), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    await queue.release([claim], delay_ms=5_000, now_ms=T0 + 1)
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts) == (DeliveryState.QUEUED, 0)
+    assert not (await queue.device(APP, TOKEN_A)).in_flight
+    assert (await queue.claim(10, now_ms=T0 + 5_000)).claimed == []
+    claim = await claim_one(queue, T0 + 5_001)
+
+    await queue.settle([(claim, Retry("InternalServerError", 0, 500))], now_ms=T0 + 5_002)
+    claim = await claim_one(queue, T0 + 5_003)
+    await queue.release([claim], now_ms=T0 + 5_004)
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts) == (DeliveryState.RETRYING, 1)
+
+
+async def test_settle_refuses_what_it_cannot_record(queue: RelayQueue) -> None:
+    await queue.enqueue(note(), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    with pytest.raises(ValueError, match="PauseApp"):
+        await queue.settle([(claim, PauseApp("InvalidProviderToken", 403))], now_ms=T0)
+    assert isinstance(claim, LeasedNotification)
+    forged = ClaimedNotification(claim.id, claim.notification, 0, T0)
+    with pytest.raises(TypeError):
+        await queue.settle([(forged, Delivered(None))], now_ms=T0)
+    assert (await queue.device(APP, TOKEN_A)).in_flight
+
+
+# ---- idempotency, supersede ----
+
+
+async def test_an_idempotency_key_returns_the_same_id_once_stored(queue: RelayQueue) -> None:
+    small = RelayQueue(queue._redis, QueueLimits(max_per_device=1))
+    first = await small.enqueue(note(idempotency_key="evt-1"), now_ms=T0)
+    again = await small.enqueue(note(idempotency_key="evt-1", body="other"), now_ms=T0 + 1)
+    assert again == Accepted(first.id, duplicate=True)  # and the full device did not refuse it
+    other_device = await small.enqueue(note(TOKEN_B, idempotency_key="evt-1"), now_ms=T0)
+    assert not other_device.duplicate
+    totals = await small.totals(now_ms=T0)
+    assert (totals.enqueued, totals.pending) == (2, 2)
+
+
+async def test_a_newer_notification_supersedes_a_queued_one_with_its_service_id(
+    queue: RelayQueue,
+) -> None:
+    old = (await queue.enqueue(note(service_id="s1", body="old"), now_ms=T0)).id
+    other = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
+    new = (await queue.enqueue(note(service_id="s1", body="new"), now_ms=T0 + 2)).id
+    assert await state_of(queue, old) is DeliveryState.SUPERSEDED
+    assert (await claim_one(queue, T0 + 3)).id == other
+    totals = await queue.totals(now_ms=T0 + 3)
+    assert (totals.superseded, totals.pending, totals.oldest_pending_age_s) == (1, 2, 0.002)
+    device = await queue.device(APP, TOKEN_A)
+    assert device.pending == 2
+    assert new != old
+
+
+async def test_supersede_never_touches_the_notification_in_flight(queue: RelayQueue) -> None:
+    sending = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
+    claim = await claim_one(queue, T0)
+    newer = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
+    newest = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 2)).id
+    assert await state_of(queue, sending) is DeliveryState.SENDING
+    assert await state_of(queue, newer) is DeliveryState.SUPERSEDED
+    await queue.settle([(claim, Delivered(None))], now_ms=T0 + 3)
+    assert (await claim_one(queue, T0 + 4)).id == newest
+
+
+async def test_superseding_the_retrying_head_makes_the_device_due_now(queue: RelayQueue) -> None:
+    await queue.enqueue(note(service_id="s1"), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Retry("ServiceUnavailable", 60_000, 503))], now_ms=T0)
+    newer = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
+    assert (await claim_one(queue, T0 + 2)).id == newer
+
+
+async def test_supersede_frees_room_in_a_full_device_queue(redis: aioredis.Redis) -> None:
+    queue = RelayQueue(redis, QueueLimits(max_per_device=2))
+    await queue.enqueue(note(service_id="s1"), now_ms=T0)
+    await queue.enqueue(note(service_id="s2"), now_ms=T0)
+    await queue.enqueue(note(service_id="s1"), now_ms=T0)  # replaces the first: still 2
+    with pytest.raises(DeviceQueueFull):
+        await queue.enqueue(note(service_id="s3"), now_ms=T0)
+
+
+async def test_supersede_can_be_switched_off(redis: aioredis.Redis) -> None:
+    queue = RelayQueue(redis, QueueLimits(supersede=False))
+    first = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
+    await queue.enqueue(note(service_id="s1"), now_ms=T0)
+    assert await state_of(queue, first) is DeliveryState.QUEUED
+
+
+# ---- refusals store nothing ----
+
+
+async def test_device_queue_full_refuses_and_stores_nothing(redis: aioredis.Redis) -> None:
+    queue = RelayQueue(redis, QueueLimits(max_per_device=2, device_full_retry_after_s=7))
+    for i in range(2):
+        await queue.enqueue(note(service_id=f"s{i}"), now_ms=T0)
+    before = await snapshot(redis)
+    with pytest.raises(DeviceQueueFull) as refused:
+        await queue.enqueue(note(idempotency_key="k", service_id="s9"), now_ms=T0 + 1)
+    assert (refused.value.status, refused.value.reason, refused.value.retry_after_s) == (
+        429,
+        "device_queue_full",
+        7,
+    )
+    assert "device_token" in refused.value.message
+    assert await snapshot(redis) == before
+
+
+async def test_the_pending_cap_is_per_shard_and_refuses_storing_nothing(
+    redis: aioredis.Redis,
+) -> None:
+    queue = RelayQueue(redis, QueueLimits(shards=2, max_pending=4))  # 2 per shard
+    tokens = tokens_in_one_shard(queue, 3)
+    for token in tokens[:2]:
+        await queue.enqueue(note(token), now_ms=T0)
+    before = await snapshot(redis)
+    with pytest.raises(PendingCapReached) as refused:
+        await queue.enqueue(note(tokens[2], idempotency_key="k"), now_ms=T0)
+    assert (refused.value.status, refused.value.reason) == (503, "pending_cap_reached")
+    assert refused.value.retry_after_s == queue.limits.pending_cap_retry_after_s
+    assert await snapshot(redis) == before
+
+
+async def test_a_dead_token_fails_its_queue_and_refuses_later_notifications(
+    queue: RelayQueue, redis: aioredis.Redis
+) -> None:
+    ids = [(await queue.enqueue(note(service_id=f"s{i}"), now_ms=T0)).id for i in range(3)]
+    survivor = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    claim = await claim_one_of(queue, TOKEN_A, T0)
+    await queue.settle(
+        [(claim, Failed("Unregistered", 410, dead_token=True, token_invalid_since_ms=T0 - 5))],
+        now_ms=T0 + 1,
+    )
+    for notification_id in ids:
+        status = await queue.get(notification_id)
+        assert status is not None
+        assert (status.state, status.last_status, status.last_reason) == (
+            DeliveryState.FAILED,
+            410,
+            "Unregistered",
+        )
+    assert await state_of(queue, survivor) is DeliveryState.QUEUED
+    device = await queue.device(APP, TOKEN_A)
+    assert (device.pending, device.in_flight) == (0, False)
+    assert device.dead is not None
+    assert (device.dead.reason, device.dead.status, device.dead.invalid_since_ms) == (
+        "Unregistered",
+        410,
+        T0 - 5,
+    )
+    assert device.dead.marked_at_ms == T0 + 1
+    totals = await queue.totals(now_ms=T0 + 1)
+    assert (totals.failed, totals.dead_marked, totals.pending, totals.devices_pending) == (
+        3,
+        1,
+        1,
+        1,
+    )
+
+    before = await snapshot(redis)
+    with pytest.raises(DeadToken) as refused:
+        await queue.enqueue(note(idempotency_key="new"), now_ms=T0 + 2)
+    assert (refused.value.status, refused.value.retry_after_s) == (410, None)
+    assert (refused.value.apns_reason, refused.value.invalid_since_ms) == ("Unregistered", T0 - 5)
+    assert await snapshot(redis) == before
+
+
+async def claim_one_of(queue: RelayQueue, token: str, now_ms: int) -> ClaimedNotification:
+    batch = await queue.claim(10, now_ms=now_ms)
+    mine = [c for c in batch.claimed if c.notification.device_token == token]
+    others = [c for c in batch.claimed if c.notification.device_token != token]
+    await queue.release(others, now_ms=now_ms)
+    assert len(mine) == 1
+    return mine[0]
+
+
+async def test_clear_device_lifts_the_mark_and_purges_all_but_the_one_in_flight(
+    queue: RelayQueue,
+) -> None:
+    await queue.enqueue(note(), now_ms=T0)
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Failed("BadDeviceToken", 400, dead_token=True))], now_ms=T0)
+    with pytest.raises(DeadToken):
+        await queue.enqueue(note(), now_ms=T0)
+    assert await queue.clear_device(APP, TOKEN_A, now_ms=T0) == 0
+    assert (await queue.device(APP, TOKEN_A)).dead is None
+
+    ids = [(await queue.enqueue(note(), now_ms=T0 + 1)).id for _ in range(3)]
+    in_flight = await claim_one(queue, T0 + 2)
+    assert await queue.clear_device(APP, TOKEN_A, now_ms=T0 + 3) == 2
+    purged = await queue.get(ids[2])
+    assert purged is not None
+    assert (purged.state, purged.last_reason) == (DeliveryState.FAILED, "Purged")
+    assert (await queue.device(APP, TOKEN_A)).pending == 1
+    await queue.settle([(in_flight, Delivered(None))], now_ms=T0 + 4)
+    assert (await queue.claim(10, now_ms=T0 + 5)).claimed == []
+    totals = await queue.totals(now_ms=T0 + 5)
+    assert (totals.pending, totals.devices_pending, totals.delivered, totals.failed) == (0, 0, 1, 3)
+
+    await queue.enqueue(note(), now_ms=T0 + 6)
+    assert await queue.clear_device(APP, TOKEN_A, now_ms=T0 + 7) == 1
+    assert await queue.next_due_ms() is None
+
+
+# ---- totals, fairness, batches ----
+
+
+async def test_totals_report_pending_leases_and_the_oldest_age(queue: RelayQueue) -> None:
+    empty = await queue.totals(now_ms=T0)
+    assert (empty.pending, empty.oldest_pending_age_s) == (0, None)
+    await queue.enqueue(note(TOKEN_A), now_ms=T0)
+    await queue.enqueue(note(TOKEN_A), now_ms=T0 + 100)
+    await queue.enqueue(note(TOKEN_B), now_ms=T0 + 500)
+    totals = await queue.totals(now_ms=T0 + 2_000)
+    assert (totals.pending, totals.devices_pending, totals.leased) == (3, 2, 0)
+    assert totals.oldest_pending_age_s == 2.0
+    assert totals.enqueued == 3
+
+    claim = await claim_one_of(queue, TOKEN_A, T0 + 2_000)
+    assert (await queue.totals(now_ms=T0 + 2_000)).leased == 1
+    await queue.settle([(claim, Delivered(None))], now_ms=T0 + 2_000)
+    totals = await queue.totals(now_ms=T0 + 2_000)
+    assert (totals.pending, totals.delivered, totals.leased) == (2, 1, 0)
+    assert totals.oldest_pending_age_s == 1.9  # TOKEN_A's second one is its head now
+
+
+async def test_claim_takes_the_shortfall_from_a_busy_shard_and_never_exceeds_the_limit(
+    queue: RelayQueue,
+) -> None:
+    tokens = tokens_in_one_shard(queue, 6)
+    for token in tokens:
+        await queue.enqueue(note(token), now_ms=T0)
+    batch = await queue.claim(5, now_ms=T0)
+    assert len(batch.claimed) == 5
+    assert len({c.notification.device_token for c in batch.claimed}) == 5
+    assert len((await queue.claim(5, now_ms=T0)).claimed) == 1
+
+
+def test_spread_shares_a_limit_evenly_over_the_shards() -> None:
+    assert spread(5, [3, 4, 5]) == [(3, 2), (4, 2), (5, 1)]
+    assert spread(2, [7, 0, 1]) == [(7, 1), (0, 1), (1, 0)]
+    assert spread(0, [1]) == [(1, 0)]
+
+
+async def test_enqueue_many_returns_each_items_own_result(redis: aioredis.Redis) -> None:
+    queue = RelayQueue(redis, QueueLimits(max_per_device=1))
+    results = await queue.enqueue_many(
+        [
+            note(TOKEN_A, idempotency_key="1"),
+            note(TOKEN_A),
+            note(TOKEN_B),
+            note(TOKEN_A, idempotency_key="1"),
+        ],
+        now_ms=T0,
+    )
+    assert isinstance(results[0], Accepted)
+    assert isinstance(results[1], DeviceQueueFull)
+    assert isinstance(results[2], Accepted)
+    assert results[3] == Accepted(results[0].id, duplicate=True)
+    assert (await queue.totals(now_ms=T0)).enqueued == 2
+    assert await queue.enqueue_many([], now_ms=T0) == []
+    with pytest.raises(ValueError, match="at most 1000"):
+        await queue.enqueue_many([note()] * 1001, now_ms=T0)
+
+
+async def test_scripts_are_loaded_again_after_a_script_flush(
+    queue: RelayQueue, redis: aioredis.Redis
+) -> None:
+    await queue.enqueue(note(), now_ms=T0)
+    await redis.script_flush()
+    await queue.enqueue_many([note(TOKEN_B), note(TOKEN_B)], now_ms=T0)
+    assert (await queue.totals(now_ms=T0)).enqueued == 3
+
+
+# ---- waking idle workers ----
+
+
+async def test_wait_for_work_wakes_when_a_device_becomes_due(queue: RelayQueue) -> None:
+    assert await queue.wait_for_work(0.05) is False  # subscribes
+    waiter = asyncio.create_task(queue.wait_for_work(5.0))
+    await queue.enqueue(note(), now_ms=T0)
+    async with asyncio.timeout(5.0):
+        assert await waiter is True
+    # A second notification for a device already due wakes nobody.
+    await queue.enqueue(note(), now_ms=T0)
+    assert await queue.wait_for_work(0.2) is False

@@ -1,0 +1,151 @@
+"""Crashes: a worker killed with SIGKILL mid-run, Valkey killed between accept and delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from relay_harness import API_TOKEN, relay_document, relay_processes, write_config
+from simulator import SimInfo, control_client, running_simulator
+
+from relay.apns_sim.faults import FaultConfig
+from relay.embedded import EmbeddedServer
+
+DEVICES = 200
+PER_DEVICE = 10
+LEASE_S = 2
+
+
+def token(n: int) -> str:
+    return f"{n:064x}"
+
+
+async def submit(session: aiohttp.ClientSession, api_url: str, count: int) -> set[str]:
+    """`count` notifications spread over DEVICES devices, in batches of 1000; their ids."""
+    items = [
+        {
+            "device_token": token(n % DEVICES),
+            "service_id": f"S{n}",
+            "action": "wait-for-agent",
+            "extra": {"n": n},
+        }
+        for n in range(count)
+    ]
+    ids: set[str] = set()
+    for start in range(0, count, 1000):
+        async with session.post(
+            f"{api_url}/v1/notifications:batch",
+            json={"notifications": items[start : start + 1000]},
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+        ) as response:
+            body = await response.json()
+            assert response.status == 200, body
+            assert body["rejected"] == 0, body
+            ids.update(result["id"] for result in body["results"])
+    return ids
+
+
+async def wait_until(condition: Any, what: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def queue_totals(session: aiohttp.ClientSession, api_url: str) -> dict[str, Any]:
+    async with session.get(
+        f"{api_url}/v1/queue", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    ) as response:
+        return dict(await response.json())
+
+
+async def sent_numbers(info: SimInfo) -> list[tuple[str, int]]:
+    async with control_client(info) as control:
+        records = (await control.notifications())["notifications"]
+    return [(r["token"], r["payload"]["n"]) for r in records]
+
+
+async def test_worker_killed_mid_run_loses_nothing(redis_url: str, state_dir: Path) -> None:
+    count = DEVICES * PER_DEVICE
+    # Latency keeps sends in flight at the moment of the kill.
+    async with running_simulator(
+        state_dir / "sim", faults=FaultConfig.from_json({"latency_ms": 5})
+    ) as info:
+        config = write_config(
+            state_dir / "relay.yaml",
+            relay_document(
+                redis_url,
+                info,
+                queue={"lease_seconds": LEASE_S, "supersede": False},
+                logging={"level": "warning"},
+            ),
+        )
+        with relay_processes("api", config=config, log_dir=state_dir) as [api]:
+            async with aiohttp.ClientSession() as session:
+                ids = await submit(session, api.url, count)
+                assert len(ids) == count
+                with relay_processes("worker", config=config, log_dir=state_dir) as [worker]:
+
+                    async def some_sent() -> bool:
+                        return len(await sent_numbers(info)) >= count // 4
+
+                    await wait_until(some_sent, "a quarter delivered")
+                    assert worker.kill(signal.SIGKILL) == -signal.SIGKILL
+                    sent_at_kill = len(await sent_numbers(info))
+                    assert sent_at_kill < count, "the kill came too late to mean anything"
+                with relay_processes("worker", config=config, log_dir=state_dir):
+
+                    async def all_final() -> bool:
+                        totals = await queue_totals(session, api.url)
+                        return bool(totals["pending"] == 0)
+
+                    await wait_until(all_final, "every notification final")
+                    totals = await queue_totals(session, api.url)
+        sent = await sent_numbers(info)
+    unique = {n for _, n in sent}
+    duplicates = Counter(n for _, n in sent) - Counter(unique)
+    assert unique == set(range(count)), f"lost: {sorted(set(range(count)) - unique)[:10]}"
+    assert totals["delivered"] == count
+    # At most one send per device is in flight, so at most one duplicate per device.
+    assert sum(duplicates.values()) <= DEVICES
+    by_device: dict[str, list[int]] = {}
+    for device, n in sent:
+        numbers = by_device.setdefault(device, [])
+        if not numbers or numbers[-1] != n:  # a duplicate repeats the send just before it
+            numbers.append(n)
+    for numbers in by_device.values():
+        assert numbers == sorted(numbers)
+        assert len(numbers) == PER_DEVICE
+    print(f"sent before the kill: {sent_at_kill}; duplicates after it: {sum(duplicates.values())}")
+
+
+async def test_valkey_killed_between_accept_and_delivery_loses_nothing(
+    state_dir: Path,
+) -> None:
+    count = 500
+    with EmbeddedServer(data_dir=state_dir / "valkey") as valkey:
+        async with running_simulator(state_dir / "sim") as info:
+            config = write_config(
+                state_dir / "relay.yaml",
+                relay_document(valkey.url, info, queue={"supersede": False}),
+            )
+            async with aiohttp.ClientSession() as session:
+                with relay_processes("api", config=config, log_dir=state_dir) as [api]:
+                    ids = await submit(session, api.url, count)
+                assert len(ids) == count
+                valkey.stop(signal.SIGKILL)
+                valkey.start()
+                with relay_processes("api", "worker", config=config, log_dir=state_dir) as [api, _]:
+
+                    async def all_final() -> bool:
+                        return bool((await queue_totals(session, api.url))["pending"] == 0)
+
+                    await wait_until(all_final, "every notification final")
+                    assert (await queue_totals(session, api.url))["delivered"] == count
+            sent = await sent_numbers(info)
+    assert sorted(n for _, n in sent) == list(range(count))
