@@ -313,7 +313,6 @@ class App(_Section):
     max_connections: PositiveInt = 4
     endpoint: Endpoint | None = None
     chat: ChatSettings = ChatSettings()
-    supersede: bool | None = None  # None: queue.supersede
 
     @field_validator("push_type")
     @classmethod
@@ -372,9 +371,6 @@ class Settings(_Section):
                 return app
         configured = ", ".join(app.name for app in self.apps) or "none"
         raise InvalidInput("app", f"unknown app {name!r} (configured: {configured})")
-
-    def supersede_for(self, app: App) -> bool:
-        return self.queue.supersede if app.supersede is None else app.supersede
 
 
 # Sections whose scalars can be overridden as RELAY_<SECTION>_<KEY>; auth is overridden only as a

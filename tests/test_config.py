@@ -322,15 +322,6 @@ def test_app_lookup(tmp_path: Path, key_file: Path) -> None:
         unmarked.app(None)
 
 
-def test_supersede_follows_the_queue_unless_the_app_overrides(
-    tmp_path: Path, key_file: Path
-) -> None:
-    apps = [app_entry("a", key_file), app_entry("b", key_file, supersede=False)]
-    settings = load_settings(write_config(tmp_path, {"apps": apps}), env={})
-    assert settings.supersede_for(settings.app("a")) is True
-    assert settings.supersede_for(settings.app("b")) is False
-
-
 def test_alert_templates_come_from_the_app_then_the_defaults(
     tmp_path: Path, key_file: Path
 ) -> None:
@@ -407,4 +398,3 @@ def test_the_example_loads_and_shows_the_defaults(tmp_path: Path) -> None:
     sandbox = settings.app("demo-sandbox")
     assert sandbox.endpoint is not None
     assert sandbox.endpoint.port == 2197
-    assert settings.supersede_for(sandbox) is False
