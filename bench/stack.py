@@ -1,0 +1,192 @@
+"""The system under test, each part its own process: Valkey, APNs simulator, relay api/workers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.processes import (
+    CpuLedger,
+    Tracked,
+    http_ok,
+    python_argv,
+    start_process,
+    wait_until,
+)
+from relay.embedded import EmbeddedServer, free_port
+
+TOPIC = "com.example.gms.bench"
+APP = "bench"
+API_TOKEN = "bench-api-token"
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimEndpoint:
+    """What the simulator's sim.json says."""
+
+    host: str
+    port: int
+    control_port: int
+    ca: str
+    key_file: str
+    key_id: str
+    team_id: str
+    workers: int
+
+    @classmethod
+    def from_file(cls, path: Path) -> SimEndpoint:
+        document = json.loads(path.read_text())
+        return cls(
+            host=document["host"],
+            port=document["port"],
+            control_port=document["control_port"],
+            ca=document["ca"],
+            key_file=document["key_file"],
+            key_id=document["key_id"],
+            team_id=document["team_id"],
+            workers=document.get("workers", 1),
+        )
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self.host}:{self.control_port}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "ca": self.ca,
+            "key_file": self.key_file,
+            "key_id": self.key_id,
+            "team_id": self.team_id,
+            "topic": TOPIC,
+        }
+
+
+def start_valkey(ledger: CpuLedger, work_dir: Path) -> tuple[EmbeddedServer, Tracked]:
+    server = EmbeddedServer(data_dir=work_dir / "valkey").start()
+    assert server.process is not None
+    return server, ledger.add(Tracked("valkey", "valkey", server.process.pid))
+
+
+def start_simulator(
+    ledger: CpuLedger, work_dir: Path, workers: int, log_limit: int
+) -> tuple[SimEndpoint, Tracked]:
+    state_dir = work_dir / "apns-sim"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    sim_json = state_dir / "sim.json"
+    sim_json.unlink(missing_ok=True)
+    tracked = ledger.add(
+        start_process(
+            "simulator",
+            "simulator",
+            python_argv(
+                "-m",
+                "relay.cli",
+                "apns-sim",
+                "--state-dir",
+                str(state_dir),
+                "--workers",
+                str(workers),
+                "--log-limit",
+                str(log_limit),
+            ),
+            work_dir / "logs" / "apns-sim.log",
+        )
+    )
+    wait_until(sim_json.exists, tracked, START_TIMEOUT_S, "sim.json")
+    return SimEndpoint.from_file(sim_json), tracked
+
+
+def write_relay_config(
+    path: Path, redis_url: str, sim: SimEndpoint, max_connections: int, batch_size: int
+) -> Path:
+    document = {
+        "redis": {"url": redis_url},
+        "auth": {"api_tokens": [API_TOKEN], "basic": []},
+        # Generous caps: the benchmark measures speed, not refusals.
+        "queue": {"max_per_device": 1000, "max_pending": 2_000_000},
+        "delivery": {"batch_size": batch_size},
+        "logging": {"format": "json", "level": "warning"},
+        "apps": [
+            {
+                "name": APP,
+                "topic": TOPIC,
+                "environment": "sandbox",
+                "default": True,
+                "auth": {
+                    "token": {
+                        "key_file": sim.key_file,
+                        "key_id": sim.key_id,
+                        "team_id": sim.team_id,
+                    }
+                },
+                "endpoint": {"host": sim.host, "port": sim.port, "ca_file": sim.ca},
+                "max_connections": max_connections,
+            }
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@dataclass
+class Relay:
+    """The relay's api process and its worker processes, started and stopped one by one."""
+
+    ledger: CpuLedger
+    config: Path
+    log_dir: Path
+    api: Tracked | None = None
+    api_url: str = ""
+    workers: list[Tracked] = field(default_factory=list)
+    started_workers: int = 0
+
+    def start_api(self) -> None:
+        port = free_port()
+        self.api = self.ledger.add(self._start("api", "relay-api", "relay-api", port))
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until(http_ok(self.api_url + "/healthz"), self.api, START_TIMEOUT_S, "/healthz")
+
+    def start_workers(self, count: int) -> list[Tracked]:
+        """Start `count` workers at once, then wait until every one answers /healthz."""
+        started = []
+        for _ in range(count):
+            self.started_workers += 1
+            port = free_port()
+            name = f"relay-worker-{self.started_workers}"
+            started.append(
+                (self.ledger.add(self._start("worker", "relay-worker", name, port)), port)
+            )
+        for worker, port in started:
+            wait_until(
+                http_ok(f"http://127.0.0.1:{port}/healthz"), worker, START_TIMEOUT_S, "/healthz"
+            )
+        self.workers.extend(worker for worker, _ in started)
+        return [worker for worker, _ in started]
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers = []
+
+    def stop(self) -> None:
+        self.stop_workers()
+        if self.api is not None:
+            self.api.stop()
+
+    def _start(self, command: str, role: str, name: str, port: int) -> Tracked:
+        return start_process(
+            role,
+            name,
+            python_argv(
+                "-m", "relay.cli", command, "--config", str(self.config), "--port", str(port)
+            ),
+            self.log_dir / f"{name}.log",
+        )

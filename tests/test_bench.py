@@ -1,0 +1,189 @@
+"""The benchmark harness: `--quick` end to end writes well-formed outputs; its pure parts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.loadgen import device_tokens, gms_ids, parse_response_head
+from bench.phases import PhaseResult, percentiles_ms, service_id_of
+from bench.report import evaluate_targets
+from relay import benchcli
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+RELAY_PHASES = ("single", "batch", "latency", "backlog", "scale-1", "scale-2")
+ROLES = {"relay-api", "relay-worker", "valkey", "simulator", "loadgen"}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    out = tmp_path_factory.mktemp("bench-out")
+    work = tmp_path_factory.mktemp("bench-work")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--generator",
+            "python",
+            "--out",
+            str(out),
+            "--work-dir",
+            str(work),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    return out, json.loads((out / "results.json").read_text()), completed.stdout
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_writes_every_phase(quick_run: tuple[Path, dict[str, Any], str]) -> None:
+    _, document, _ = quick_run
+    phases = {p["name"]: p for p in document["phases"]}
+    assert set(phases) == {"ceiling", "peer", "idle", *RELAY_PHASES}
+    for name in ("ceiling", *RELAY_PHASES):
+        phase = phases[name]
+        assert phase["error"] is None, phase
+        assert phase["skipped"] is None, phase
+        assert phase["delivered"] > 0
+        assert phase["rates"]["delivered_per_s"] > 0
+        assert phase["cpu_s"]["simulator"] > 0
+    assert phases["peer"]["skipped"] or phases["peer"]["delivered"] == document["plan"]["n"]
+    for name in ("single", "batch", "backlog"):
+        assert set(phases[name]["cpu_us_per_delivered"]) == ROLES
+        # Everything the relay accepted reached the simulator.
+        accepted = phases[name]["details"].get("accepted", phases[name]["details"].get("queued"))
+        assert phases[name]["delivered"] == accepted
+    assert phases["ceiling"]["delivered"] == document["plan"]["n"]
+    assert len(phases["ceiling"]["details"]["grid"]) == len(document["plan"]["grid"])
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_measures_latency_backlog_and_idle(
+    quick_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    _, document, _ = quick_run
+    phases = {p["name"]: p for p in document["phases"]}
+    latency = phases["latency"]["details"]
+    assert latency["unmatched"] == 0
+    assert latency["latency_ms"]["count"] == latency["accepted"] > 0
+    assert 0 < latency["latency_ms"]["p50"] <= latency["latency_ms"]["p99"]
+    backlog = phases["backlog"]["details"]
+    assert backlog["queued"] == document["plan"]["backlog_n"]
+    assert backlog["redis_bytes_per_queued"] > 0
+    assert any(name.startswith("relay-worker") for name in phases["backlog"]["peak_rss_bytes"])
+    assert phases["scale-2"]["details"]["workers"] == 2
+    assert phases["idle"]["details"]["window_s"] >= document["plan"]["idle_s"]
+
+
+@pytest.mark.timeout(150)
+def test_quick_run_reports_targets_and_machine(
+    quick_run: tuple[Path, dict[str, Any], str],
+) -> None:
+    out, document, stdout = quick_run
+    assert len(document["targets"]) == 11
+    for target in document["targets"]:
+        assert target["verdict"] in ("met", "MISSED"), target
+        assert target["goal"] in stdout
+    machine = document["machine"]
+    assert machine["cores"] >= 1
+    assert machine["python"]
+    assert machine["packages"]["aioapns"] == "4.0"
+    assert machine["valkey"]
+    markdown = (out / "results.md").read_text()
+    assert "| goal | measured | limit | verdict | inputs |" in markdown
+    assert all(p["title"] in markdown for p in document["phases"])
+    png = (out / "results.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(png) > 10_000
+
+
+def test_quick_refuses_to_overwrite_committed_results() -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", "bench/results"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2
+    assert "must not overwrite" in completed.stderr
+
+
+def test_benchcli_takes_the_harness_options() -> None:
+    parser = argparse.ArgumentParser()
+    benchcli.configure(parser)
+    args = parser.parse_args(["--quick", "--sim-workers", "3"])
+    assert args.quick
+    assert args.sim_workers == 3
+
+
+def test_benchcli_says_when_the_harness_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(benchcli, "HARNESS", "bench.not_here")
+    monkeypatch.setattr(benchcli, "CHECKOUT_ROOT", Path("/nonexistent"))
+    assert benchcli.run(argparse.Namespace()) == 2
+    assert "not importable" in capsys.readouterr().err
+
+
+def test_ids_and_tokens_have_the_gms_and_apns_shapes() -> None:
+    ids = gms_ids("R007")
+    first, second = next(ids), next(ids)
+    assert len(first) == 32
+    assert first.isalnum()
+    assert first.upper() == first
+    assert first != second
+    tokens = device_tokens(3, seed=0xABCDEF01)
+    assert len(set(tokens)) == 3
+    assert all(len(t) == 64 and int(t, 16) >= 0 for t in tokens)
+
+
+def test_parse_response_head() -> None:
+    head = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 17\r\nRetry-After: 1\r\n\r\n"
+    assert parse_response_head(head) == (429, 17)
+
+
+def test_service_id_of_either_message_encoding() -> None:
+    assert service_id_of({"message": {"_id": "A1", "_action": "x"}}) == "A1"
+    assert service_id_of({"message": '{"_id": "B2"}'}) == "B2"
+    assert service_id_of({"aps": {}}) is None
+
+
+def test_percentiles_ms() -> None:
+    stats = percentiles_ms([float(v) for v in range(1, 101)])
+    assert (stats["p50"], stats["p99"], stats["max"], stats["count"]) == (51.0, 100.0, 100.0, 100)
+    assert percentiles_ms([]) == {"count": 0}
+
+
+def test_targets_compare_against_the_ceiling() -> None:
+    ceiling = PhaseResult(
+        "ceiling", "1", delivered=1000, rates={"delivered_per_s": 1000.0}, cpu_s={"loadgen": 0.2}
+    )
+    batch = PhaseResult(
+        "batch",
+        "4",
+        delivered=1000,
+        rates={"delivered_per_s": 900.0},
+        cpu_s={"relay-api": 0.1, "relay-worker": 0.35},
+    )
+    single = PhaseResult("single", "3", skipped="not run")
+    targets = {t.goal: t for t in evaluate_targets({p.name: p for p in (ceiling, batch, single)})}
+    assert targets["R_batch >= 0.8 x R_raw"].verdict == "met"
+    assert targets["R_batch >= 0.8 x R_raw"].measured == pytest.approx(0.9)
+    cpu = targets["relay CPU per delivered (batch) <= 2 x raw aioapns client"]
+    assert cpu.measured == pytest.approx(2.25)
+    assert cpu.verdict == "MISSED"
+    assert targets["R_single >= 0.5 x R_raw"].verdict == "n/a"
