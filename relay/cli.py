@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("relay.remote", "queue totals, or one notification's state"),
     "apns-sim": ("relay.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),
     "gms-sim": ("relay.gms_sim.command", "run the GMS simulator (dialogs and push scenarios)"),
+    "demo": ("relay.demo", "the whole GMS flow with simulators, every hop checked and printed"),
     "bench": ("relay.benchcli", "run the benchmark harness (from a source checkout)"),
 }
 

@@ -78,6 +78,10 @@ class Notification:
     service_id: str | None = None  # GMS _id: thread-id, collapse id and supersede key
     action: str | None = None  # GMS _action
     idempotency_key: str | None = None
+    # Per-device ordering inside a group (a chat session): the queue inserts the notification
+    # before the first not-yet-sent one of the same group with a higher order (RelayQueue.enqueue).
+    order_group: str | None = None
+    order: int | None = None  # e.g. GMS transcriptPosition; None: plain FIFO
 
 
 @dataclass(frozen=True, slots=True)

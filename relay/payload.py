@@ -174,6 +174,9 @@ def build_notification(
         service_id=spec.service_id if spec.chat is None else None,
         action=spec.action,
         idempotency_key=spec.idempotency_key,
+        # Chat lines go out in transcript order per session, whatever order GMS posted them in.
+        order_group=None if spec.chat is None else spec.chat.session_id,
+        order=None if spec.chat is None else spec.chat.position,
     )
 
 
@@ -226,6 +229,14 @@ def _collapse_id(spec: PushSpec) -> str | None:
         raise InvalidInput(
             "collapse_id",
             f"{source} must be 1 to {MAX_COLLAPSE_ID_BYTES} bytes (got {size})",
+        )
+    # It becomes an HTTP/2 header value, which the sender does not re-validate.
+    if collapse_id != collapse_id.strip() or any(
+        ord(c) < 0x20 or ord(c) == 0x7F for c in collapse_id
+    ):
+        raise InvalidInput(
+            "collapse_id",
+            f"{source} must not contain control characters or surrounding white space",
         )
     return collapse_id
 

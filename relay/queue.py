@@ -266,8 +266,8 @@ def _optional_text(value: bytes | str | None) -> str | None:
 def _field_decoder(annotation: Any) -> Callable[[bytes | str], Any]:
     if annotation is bytes:
         return lambda value: value if isinstance(value, bytes) else value.encode()
-    if annotation is int:
-        return int
+    if annotation is int or annotation == int | None:
+        return int  # a None field is not stored, so only present values are decoded
     return _text
 
 
@@ -294,6 +294,13 @@ def _notification_pairs(n: Notification) -> list[ScriptArg]:
         if value is not None:
             pairs += (name, value)
     return pairs
+
+
+def _order_args(n: Notification) -> tuple[str, ScriptArg]:
+    """(group, order) for enqueue.lua; ('', '') when the notification is plain FIFO."""
+    if n.order_group is None or n.order is None:
+        return "", ""
+    return n.order_group, n.order
 
 
 def _lua_string(value: str) -> str:
@@ -453,6 +460,7 @@ class RelayQueue:
             self.limits.max_per_device,
             self.limits.max_pending_per_shard,
             (n.service_id or "") if self.limits.supersede else "",
+            *_order_args(n),
             *_notification_pairs(n),
         ]
         return ScriptCall(ENQUEUE, keys, args), device
@@ -473,7 +481,17 @@ class RelayQueue:
         return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
 
     async def enqueue(self, n: Notification, *, now_ms: int | None = None) -> Accepted:
-        """Store one notification (one round trip) or raise a QueueRefusal having stored nothing."""
+        """Store one notification (one round trip) or raise a QueueRefusal having stored nothing.
+
+        A notification goes to the tail of its device's queue, unless it carries an order (both
+        `order_group` and `order`, e.g. a chat session and a GMS transcriptPosition): then it is
+        inserted before the first notification of the same device and group that has a higher
+        order and was never sent (state queued; not in flight, not retrying), so lines GMS posts
+        out of order still go out in position order. What was sent already cannot be called back:
+        a line arriving after a higher one was sent (or is being sent, or retried) is still pushed,
+        after it, never dropped. An ordered notification may thereby overtake unordered ones
+        accepted before it, which is the one exception to per-device FIFO. A repeated position is
+        caught by the idempotency key, not here."""
         call, _ = self._enqueue_call(n, _now_ms(now_ms))
         (reply,) = await self._run([call])
         result = self._enqueue_result(n, reply)

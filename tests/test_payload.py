@@ -259,6 +259,13 @@ def test_collapse_id_of_exactly_64_bytes_is_accepted(app: App) -> None:
     assert build(callback(collapse_id="é" * 32), app).collapse_id == "é" * 32
 
 
+@pytest.mark.parametrize("bad", ["a\r\nx-injected: 1", "tab\there", " padded", "nul\x00"])
+def test_collapse_id_that_cannot_be_a_header_value_is_refused(app: App, bad: str) -> None:
+    error = refusal(callback(collapse_id=bad), app)
+    assert (error.field, error.status) == ("collapse_id", 400)
+    assert "control characters" in error.rule
+
+
 def test_payload_over_the_limit_is_413_naming_size_and_limit(app: App) -> None:
     fits = MAX_PAYLOAD_BYTES - len(build(callback(message_fields={"pad": ""}), app).payload)
     assert len(build(callback(message_fields={"pad": "x" * fits}), app).payload) == 4096

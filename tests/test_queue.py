@@ -582,3 +582,93 @@ async def test_wait_for_work_wakes_when_a_device_becomes_due(queue: RelayQueue) 
     # A second notification for a device already due wakes nobody.
     await queue.enqueue(note(), now_ms=T0)
     assert await queue.wait_for_work(0.2) is False
+
+
+async def test_wait_for_work_wakes_when_a_settle_makes_the_next_head_due(
+    queue: RelayQueue,
+) -> None:
+    await queue.enqueue(note(), now_ms=T0)
+    await queue.enqueue(note(), now_ms=T0)
+    first = await claim_one(queue, T0)
+    assert await queue.wait_for_work(0.05) is False  # subscribes
+    await queue.settle([(first, Delivered(None))], now_ms=T0 + 1)
+    assert await queue.wait_for_work(5.0) is True
+    # The last one leaves nothing due behind it: nobody is woken.
+    await queue.settle([(await claim_one(queue, T0 + 2), Delivered(None))], now_ms=T0 + 3)
+    assert await queue.wait_for_work(0.2) is False
+
+
+# ---- ordered notifications (chat lines by transcript position) ----
+
+
+def chat_line(
+    position: int | None, *, session: str = "chat-1", token: str = TOKEN_A
+) -> Notification:
+    return replace(
+        note(token, body=f"line {position}"),
+        action="chat-message",
+        order_group=session,
+        order=position,
+    )
+
+
+async def sent_in_order(queue: RelayQueue, now_ms: int) -> list[str]:
+    """Claim and deliver until nothing is due: the ids in the order they were sent."""
+    sent: list[str] = []
+    while batch := (await queue.claim(10, now_ms=now_ms)).claimed:
+        assert len(batch) == 1, "one device: only its head is ever claimed"
+        sent.append(batch[0].id)
+        await queue.settle([(batch[0], Delivered(None))], now_ms=now_ms)
+    return sent
+
+
+async def test_positions_enqueued_out_of_order_behind_a_head_in_flight_are_sent_in_order(
+    queue: RelayQueue,
+) -> None:
+    head = (await queue.enqueue(chat_line(2), now_ms=T0)).id
+    in_flight = await claim_one(queue, T0)
+    ids = {
+        position: (await queue.enqueue(chat_line(position), now_ms=T0 + i)).id
+        for i, position in enumerate((5, 3, 4), start=1)
+    }
+    assert await state_of(queue, head) is DeliveryState.SENDING
+    await queue.settle([(in_flight, Delivered(None))], now_ms=T0 + 10)
+    assert await sent_in_order(queue, T0 + 10) == [ids[3], ids[4], ids[5]]
+
+
+async def test_an_earlier_position_overtakes_a_queued_head_and_keeps_its_order_fields(
+    queue: RelayQueue,
+) -> None:
+    later = (await queue.enqueue(chat_line(7), now_ms=T0)).id
+    earlier_line = chat_line(6)
+    earlier = (await queue.enqueue(earlier_line, now_ms=T0 + 1)).id
+    claim = await claim_one(queue, T0 + 2)
+    assert (claim.id, claim.notification) == (earlier, earlier_line)
+    await queue.settle([(claim, Delivered(None))], now_ms=T0 + 2)
+    assert await sent_in_order(queue, T0 + 3) == [later]
+
+
+async def test_a_line_after_a_higher_one_was_sent_is_still_pushed_after_it(
+    queue: RelayQueue,
+) -> None:
+    nine = (await queue.enqueue(chat_line(9), now_ms=T0)).id
+    claim = await claim_one(queue, T0)
+    eight = (await queue.enqueue(chat_line(8), now_ms=T0 + 1)).id
+    await queue.settle([(claim, Retry("ServiceUnavailable", 0, 503))], now_ms=T0 + 2)
+    # The retrying head may have reached the phone: it is never overtaken; 8, never sent, is.
+    seven = (await queue.enqueue(chat_line(7), now_ms=T0 + 3)).id
+    assert await state_of(queue, nine) is DeliveryState.RETRYING
+    assert await sent_in_order(queue, T0 + 4) == [nine, seven, eight]
+    one = (await queue.enqueue(chat_line(1), now_ms=T0 + 5)).id
+    assert await sent_in_order(queue, T0 + 6) == [one]
+    totals = await queue.totals(now_ms=T0 + 6)
+    assert (totals.delivered, totals.pending) == (4, 0)
+
+
+async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: RelayQueue) -> None:
+    other_session = (await queue.enqueue(chat_line(9, session="chat-2"), now_ms=T0)).id
+    callback = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
+    five = (await queue.enqueue(chat_line(5), now_ms=T0 + 2)).id
+    ended = (await queue.enqueue(chat_line(None), now_ms=T0 + 3)).id  # no position: the tail
+    three = (await queue.enqueue(chat_line(3), now_ms=T0 + 4)).id
+    assert await sent_in_order(queue, T0 + 5) == [other_session, callback, three, five, ended]

@@ -4,15 +4,18 @@
 -- service_id -> latest id HASH; KEYS[9] the idempotency key (absent when the notification has none).
 -- ARGV[1] shard key prefix; ARGV[2] new id; ARGV[3] device "<app>:<token>"; ARGV[4] now (ms);
 -- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
--- to supersede by ('' = none); ARGV[9..] the notification's field/value pairs.
+-- to supersede by ('' = none); ARGV[9] order group and ARGV[10] order ('' = none: append at the
+-- tail); ARGV[11..] the notification's field/value pairs.
 -- Returns {'accepted', id} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
 -- {'device_full'} | {'pending_full'}.
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
--- 2 (appended at the tail), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
+-- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
+-- its group with a higher order, never before one sent or in flight), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
 -- idempotency and supersede (never of a notification in flight).
 local queue, note, dead, slots, idem = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local prefix, id, device, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local retention, service_id = tonumber(ARGV[5]), ARGV[8]
+local order_group, order = ARGV[9], tonumber(ARGV[10])
 
 if idem then
   local seen = redis.call('GET', idem)
@@ -51,9 +54,29 @@ if older then
   redis.call('LREM', queue, 1, older)
   finalise(prefix, device, older, STATE.SUPERSEDED, now, retention, {})
 end
-redis.call('RPUSH', queue, id)
+-- The first queued (never sent) notification of the same group with a higher order, if any. Only
+-- QUEUED ones are passed: one in flight or retrying may have reached the phone already. The scan is
+-- bounded by the per-device cap.
+local successor = false
+if order then
+  for _, queued in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    local other = redis.call('HMGET', prefix .. K_NOTE .. queued, 'state', 'order_group', 'order')
+    if other[1] == STATE.QUEUED and other[2] == order_group and other[3]
+        and tonumber(other[3]) > order then
+      successor = queued
+      break
+    end
+  end
+end
+if successor then
+  -- A new head takes over the old one's due time; HEADS keeps the older accepted_at, which is
+  -- still pending, so the oldest-pending age does not jump back.
+  redis.call('LINSERT', queue, 'BEFORE', successor, id)
+else
+  redis.call('RPUSH', queue, id)
+end
 redis.call('HSET', note, 'state', STATE.QUEUED, 'attempts', 0, 'claim_no', 0,
-  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 9))
+  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 11))
 if service_id ~= '' then
   redis.call('HSET', slots, service_id, id)
 end
