@@ -41,7 +41,10 @@ LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
 HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
 STATS = "stats"  # HASH lifetime counters (STAT_COUNTERS) and the live "pending" count
 QUEUE = "q:"  # LIST + device: notification ids, oldest first
-NOTE = "n:"  # HASH + id: the notification's fields and its delivery record
+NOTE = "n:"  # HASH + id: the notification's fields (all but the payload) and its delivery record
+# STRING + id: the APNs body, ready to send; deleted once final. Kept apart so that every value of
+# the record stays short and Redis stores the record as a compact listpack, not a hashtable.
+PAYLOAD = "p:"
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
 SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
 IDEM = "idem:"  # STRING + device + ":" + idempotency key -> id
@@ -63,7 +66,7 @@ MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards 
 MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
 SUBSCRIBE_TIMEOUT_S = 5.0
 
-_NOTIFICATION_FIELDS = tuple(f.name for f in fields(Notification))
+_NOTIFICATION_FIELDS = tuple(f.name for f in fields(Notification) if f.name != "payload")
 # What claim reads of a head: the whole Notification, then the delivery record it needs.
 CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms")
 
@@ -278,12 +281,12 @@ _NOTIFICATION_DECODERS = {
 }
 
 
-def _notification_from(values: Sequence[bytes | str | None]) -> Notification:
+def _notification_from(payload: bytes, values: Sequence[bytes | str | None]) -> Notification:
     decoded: dict[str, Any] = {
         name: None if value is None else _NOTIFICATION_DECODERS[name](value)
         for name, value in zip(_NOTIFICATION_FIELDS, values, strict=True)
     }
-    return Notification(**decoded)
+    return Notification(payload=payload, **decoded)
 
 
 def _notification_pairs(n: Notification) -> list[ScriptArg]:
@@ -312,6 +315,7 @@ def _lua_prelude() -> str:
     constants = {
         "K_QUEUE": QUEUE,
         "K_NOTE": NOTE,
+        "K_PAYLOAD": PAYLOAD,
         "K_DEAD": DEAD,
         "K_SERVICE": SERVICE,
         "WAKE_CHANNEL": WAKE_CHANNEL,
@@ -461,6 +465,7 @@ class RelayQueue:
             self.limits.max_pending_per_shard,
             (n.service_id or "") if self.limits.supersede else "",
             *_order_args(n),
+            n.payload,
             *_notification_pairs(n),
         ]
         return ScriptCall(ENQUEUE, keys, args), device
@@ -554,11 +559,11 @@ class RelayQueue:
 
     @staticmethod
     def _leased_from(entry: list[Any]) -> LeasedNotification:
-        notification_id, claim_no, *values = entry
+        notification_id, claim_no, payload, *values = entry
         attempts, accepted_at_ms = values[len(_NOTIFICATION_FIELDS) :]
         return LeasedNotification(
             id=_text(notification_id),
-            notification=_notification_from(values[: len(_NOTIFICATION_FIELDS)]),
+            notification=_notification_from(payload, values[: len(_NOTIFICATION_FIELDS)]),
             attempts=int(attempts),
             accepted_at_ms=int(accepted_at_ms),
             claim_no=int(claim_no),

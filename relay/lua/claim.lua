@@ -4,7 +4,8 @@
 -- whether work is due); ARGV[4] lease length (ms); ARGV[5] retention (s); ARGV[6] how many run-out
 -- leases to reap at most.
 -- Returns {more, claimed, expired}: more = 1 when due devices are left; claimed = list of
--- {id, claim number, CLAIM_FIELDS values...}; expired = list of {id, app, service_id, action}.
+-- {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id, app, service_id,
+-- action}.
 -- Keeps: 2 (only a device's head is leased, one lease per device), 3 (a run-out lease is claimable
 -- again), 4 (a head past its expires_at is finalised as expired here, never handed out).
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -31,7 +32,8 @@ if limit > 0 then
       if tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now then
         local claim_no = redis.call('HINCRBY', note, 'claim_no', 1)
         redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
-        claimed[#claimed + 1] = {head, claim_no, unpack(fields)}
+        local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
+        claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
         break
       end
       expired[#expired + 1] = {head, fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.service_id],

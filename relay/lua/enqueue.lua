@@ -5,7 +5,7 @@
 -- ARGV[1] shard key prefix; ARGV[2] new id; ARGV[3] device "<app>:<token>"; ARGV[4] now (ms);
 -- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
 -- to supersede by ('' = none); ARGV[9] order group and ARGV[10] order ('' = none: append at the
--- tail); ARGV[11..] the notification's field/value pairs.
+-- tail); ARGV[11] the APNs payload; ARGV[12..] the notification's other field/value pairs.
 -- Returns {'accepted', id} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
 -- {'device_full'} | {'pending_full'}.
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
@@ -76,7 +76,8 @@ else
   redis.call('RPUSH', queue, id)
 end
 redis.call('HSET', note, 'state', STATE.QUEUED, 'attempts', 0, 'claim_no', 0,
-  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 11))
+  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 12))
+redis.call('SET', prefix .. K_PAYLOAD .. id, ARGV[11])
 if service_id ~= '' then
   redis.call('HSET', slots, service_id, id)
 end

@@ -5,13 +5,15 @@
 -- and the script stays in one Cluster slot.
 local DUE, LEASE, HEADS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
--- Make one notification final. Its record lives on for the retention period only, its supersede
--- slot is freed, and the shard's counters move with it (the counter is named after the state).
+-- Make one notification final. Its record lives on for the retention period only, its payload
+-- (never needed again) goes at once, its supersede slot is freed, and the shard's counters move
+-- with it (the counter is named after the state).
 -- `fields` are extra field/value pairs to store. The caller takes it out of the device's list.
 local function finalise(prefix, device, id, state, now, retention, fields)
   local note = prefix .. K_NOTE .. id
   redis.call('HSET', note, 'state', state, 'updated_at_ms', now, unpack(fields))
   redis.call('EXPIRE', note, retention)
+  redis.call('DEL', prefix .. K_PAYLOAD .. id)
   local service_id = redis.call('HGET', note, 'service_id')
   if service_id then
     local slots = prefix .. K_SERVICE .. device
