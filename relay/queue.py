@@ -161,6 +161,7 @@ class PendingCapReached(QueueRefusal):
 class Accepted:
     id: str
     duplicate: bool  # the idempotency key was seen before: the existing id is returned
+    superseded: str | None = None  # the older notification this one replaced, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,8 +473,10 @@ class RelayQueue:
 
     def _enqueue_result(self, n: Notification, reply: list[Any]) -> Accepted | QueueRefusal:
         verdict = _text(reply[0])
-        if verdict in ("accepted", "duplicate"):
-            return Accepted(_text(reply[1]), duplicate=verdict == "duplicate")
+        if verdict == "duplicate":
+            return Accepted(_text(reply[1]), duplicate=True)
+        if verdict == "accepted":
+            return Accepted(_text(reply[1]), duplicate=False, superseded=_text(reply[2]) or None)
         if verdict == "dead":
             return DeadToken(n.app, n.device_token, _text(reply[1]), _optional_int(reply[2]))
         if verdict == "device_full":

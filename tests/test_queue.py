@@ -338,9 +338,12 @@ async def test_an_idempotency_key_returns_the_same_id_once_stored(queue: RelayQu
 async def test_a_newer_notification_supersedes_a_queued_one_with_its_service_id(
     queue: RelayQueue,
 ) -> None:
-    old = (await queue.enqueue(note(service_id="s1", body="old"), now_ms=T0)).id
+    first = await queue.enqueue(note(service_id="s1", body="old"), now_ms=T0)
+    old = first.id
     other = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
-    new = (await queue.enqueue(note(service_id="s1", body="new"), now_ms=T0 + 2)).id
+    newer = await queue.enqueue(note(service_id="s1", body="new"), now_ms=T0 + 2)
+    new = newer.id
+    assert (first.superseded, newer.superseded) == (None, old)
     assert await state_of(queue, old) is DeliveryState.SUPERSEDED
     assert (await claim_one(queue, T0 + 3)).id == other
     totals = await queue.totals(now_ms=T0 + 3)

@@ -6,7 +6,7 @@
 -- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
 -- to supersede by ('' = none); ARGV[9] order group and ARGV[10] order ('' = none: append at the
 -- tail); ARGV[11] the APNs payload; ARGV[12..] the notification's other field/value pairs.
--- Returns {'accepted', id} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
+-- Returns {'accepted', id, superseded id or ''} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
 -- {'device_full'} | {'pending_full'}.
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
 -- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
@@ -90,4 +90,4 @@ if newly_due then
   rearm(prefix, device, now)
   redis.call('PUBLISH', WAKE_CHANNEL, device)
 end
-return {'accepted', id}
+return {'accepted', id, older or ''}
