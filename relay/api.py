@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import dataclasses
+import hashlib
 import hmac
+import math
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -15,22 +20,40 @@ import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from relay import metrics
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
 from relay.logs import mask_token
 from relay.model import InvalidInput
-from relay.payload import PushSpec, build_notification
-from relay.queue import Accepted, QueueRefusal, RelayQueue
-from relay.schema import BatchIn, NotificationIn, openapi_document
+from relay.payload import (
+    EXPIRED_ON_ARRIVAL_STATUS,
+    PAYLOAD_TOO_LARGE_STATUS,
+    PushSpec,
+    build_notification,
+    normalize_device_token,
+)
+from relay.queue import REDIS_ERRORS, Accepted, QueueRefusal, RelayQueue
+from relay.schema import (
+    MAX_JSON_DEPTH,
+    MAX_NOTIFICATION_ID_CHARS,
+    PROBLEM_JSON,
+    BatchIn,
+    NotificationIn,
+    openapi_document,
+)
 
 log = structlog.get_logger("relay.api")
 
-PROBLEM_JSON = "application/problem+json"
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 QUEUE_GAUGES_MAX_AGE_S = 1.0
+# Methods counted by name in metrics; anything else a client invents is counted as "other",
+# so a hostile client cannot grow the label set.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# A caller's X-Request-Id is echoed and logged only if it looks like an id.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+WWW_AUTHENTICATE = 'Bearer realm="apns-relay", Basic realm="apns-relay"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,6 +70,7 @@ class Problem(Exception):
         field: str | None = None,
         retry_after_s: int | None = None,
         headers: Mapping[str, str] | None = None,
+        close_connection: bool = False,
     ) -> None:
         super().__init__(detail)
         self.status = status
@@ -55,19 +79,29 @@ class Problem(Exception):
         self.field = field
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
+        # An unread body is left on the wire: closing beats aiohttp lingering to drain it.
+        self.close_connection = close_connection
 
     @classmethod
-    def from_invalid(cls, error: InvalidInput) -> Problem:
-        code = "payload-too-large" if error.status == 413 else "invalid-input"
-        return cls(error.status, code, error.rule, field=error.field)
+    def from_invalid(cls, error: InvalidInput, field_prefix: str = "") -> Problem:
+        codes = {
+            PAYLOAD_TOO_LARGE_STATUS: "payload-too-large",
+            EXPIRED_ON_ARRIVAL_STATUS: "expired-on-arrival",
+        }
+        return cls(
+            error.status,
+            codes.get(error.status, "invalid-input"),
+            error.rule,
+            field=field_prefix + error.field,
+        )
 
     @classmethod
-    def from_refusal(cls, refusal: QueueRefusal) -> Problem:
+    def from_refusal(cls, refusal: QueueRefusal, token_field: str = "device_token") -> Problem:
         return cls(
             refusal.status,
             refusal.reason.replace("_", "-"),
             refusal.message,
-            field="device_token",
+            field=token_field,
             retry_after_s=refusal.retry_after_s,
         )
 
@@ -86,12 +120,15 @@ class Problem(Exception):
         headers = dict(self.headers)
         if self.retry_after_s is not None:
             headers["Retry-After"] = str(self.retry_after_s)
-        return web.Response(
+        response = web.Response(
             status=self.status,
             body=orjson.dumps(self.body()),
             content_type=PROBLEM_JSON,
             headers=headers,
         )
+        if self.close_connection:
+            response.force_close()
+        return response
 
 
 def problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
@@ -102,12 +139,78 @@ def problem_from_validation(error: ValidationError, prefix: str = "") -> Problem
     return Problem(400, "invalid-input", first["msg"], field=f"{prefix}{location}" or "body")
 
 
+# Request bodies
+
+
+def json_depth_exceeds(document: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` deep (`[]` is depth 1, a scalar 0)."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, depth = pending.pop()
+        children: Iterable[Any]
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _too_deep() -> Problem:
+    return Problem(
+        400,
+        "json-too-deep",
+        f"arrays and objects nest more than {MAX_JSON_DEPTH} levels deep; at most"
+        f" {MAX_JSON_DEPTH} are allowed",
+        field="body",
+    )
+
+
 def parse_json(raw: bytes) -> Any:
+    """The body as JSON, nested at most MAX_JSON_DEPTH deep, or a 400 problem saying why not."""
     try:
-        return orjson.loads(raw)
+        document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
+        if str(error).startswith("depth limit exceeded"):
+            raise _too_deep() from None
         raise Problem(
             400, "malformed-json", f"the body is not valid JSON: {error}", field="body"
+        ) from None
+    if json_depth_exceeds(document, MAX_JSON_DEPTH):
+        raise _too_deep()
+    return document
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refused when over the size cap or slower than the read timeout."""
+    state = request.app[STATE]
+    limit = state.settings.http.max_body_bytes
+    too_large = Problem(
+        413,
+        "body-too-large",
+        f"the request body is over the {limit} bytes allowed (http.max_body_bytes)",
+        field="body",
+        close_connection=True,
+    )
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    timeout_s = state.limits.body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except TimeoutError:
+        raise Problem(
+            408,
+            "body-read-timeout",
+            f"the request body did not arrive within {timeout_s:g} s",
+            field="body",
+            close_connection=True,
         ) from None
 
 
@@ -115,44 +218,163 @@ def parse_json(raw: bytes) -> Any:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """What one accepted credential may do: act for every app (`apps` None) or those named."""
+
+    name: str  # which credential, for rate limits and logs; never the secret
+    apps: frozenset[str] | None = None
+
+    def allows(self, app: str) -> bool:
+        return self.apps is None or app in self.apps
+
+    @property
+    def sole_app(self) -> str | None:
+        """The one app a credential scoped to exactly one app acts for by default."""
+        if self.apps is not None and len(self.apps) == 1:
+            return next(iter(self.apps))
+        return None
+
+
+@dataclass(frozen=True)
+class AcceptedSecret:
+    scheme: str  # "bearer" or "basic"
+    digest: bytes  # SHA-256 of the secret: equal lengths, so a comparison reveals no length
+    grant: Grant
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()
+
+
+def _accept(scheme: str, secret: SecretStr, grant: Grant) -> AcceptedSecret:
+    return AcceptedSecret(scheme, _digest(secret.get_secret_value().encode()), grant)
+
+
+def _basic_user(pair: SecretStr) -> str:
+    return pair.get_secret_value().partition(":")[0]
+
+
 class Credentials:
     """Accepted credentials, compared in constant time."""
 
-    bearer_tokens: tuple[bytes, ...] = ()
-    basic_pairs: tuple[bytes, ...] = ()  # "user:password"
+    def __init__(self, accepted: Iterable[AcceptedSecret] = ()) -> None:
+        self.accepted = tuple(accepted)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Credentials:
-        return cls(
-            tuple(t.get_secret_value().encode() for t in settings.auth.api_tokens),
-            tuple(p.get_secret_value().encode() for p in settings.auth.basic),
-        )
+        """Every configured credential; ConfigError when a scoped one names an unknown app."""
+        auth = settings.auth
+        accepted = [
+            _accept("bearer", t, Grant(f"token#{i}")) for i, t in enumerate(auth.api_tokens)
+        ]
+        accepted += [_accept("basic", p, Grant(f"basic:{_basic_user(p)}")) for p in auth.basic]
+        configured = {app.name for app in settings.apps}
+        problems: list[str] = []
+        for index, scoped in enumerate(auth.scoped):
+            unknown = sorted(set(scoped.apps) - configured)
+            if unknown:
+                problems.append(
+                    f"auth.scoped[{index}].apps: unknown app(s) {', '.join(unknown)}"
+                    f" (configured: {', '.join(sorted(configured)) or 'none'})"
+                )
+            apps = frozenset(scoped.apps)
+            if scoped.basic is not None:
+                grant = Grant(f"basic:{_basic_user(scoped.basic)}", apps)
+                accepted.append(_accept("basic", scoped.basic, grant))
+            elif scoped.token is not None:
+                accepted.append(_accept("bearer", scoped.token, Grant(f"scoped#{index}", apps)))
+        if problems:
+            raise ConfigError(problems)
+        return cls(accepted)
 
-    def allows(self, header: str | None) -> bool:
-        if not header:
-            return False
-        scheme, _, value = header.partition(" ")
-        scheme = scheme.lower()
-        if scheme == "bearer":
-            return _any_equal(value.strip().encode(), self.bearer_tokens)
-        if scheme == "basic":
-            try:
-                pair = base64.b64decode(value.strip(), validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            return _any_equal(pair, self.basic_pairs)
-        return False
+    def grant_for(self, authorization: str | None) -> Grant | None:
+        """The grant of the credential an Authorization header presents, or None."""
+        presented = _presented_secret(authorization)
+        if presented is None:
+            return None
+        scheme, secret = presented
+        digest = _digest(secret)
+        granted: Grant | None = None
+        # Every accepted secret is compared, so timing does not tell which one (or none) matched.
+        for accepted in self.accepted:
+            if hmac.compare_digest(digest, accepted.digest) and accepted.scheme == scheme:
+                granted = accepted.grant
+        return granted
 
 
-def _any_equal(candidate: bytes, accepted: tuple[bytes, ...]) -> bool:
-    # Compare with every accepted value so timing does not tell which one (or none) matched.
-    matched = False
-    for value in accepted:
-        matched |= hmac.compare_digest(candidate, value)
-    return matched
+def _presented_secret(authorization: str | None) -> tuple[str, bytes] | None:
+    scheme, _, value = (authorization or "").partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return scheme, value.strip().encode()
+    if scheme == "basic":
+        try:
+            return scheme, base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    return None
+
+
+# Request rate
+
+
+@dataclass
+class TokenBucket:
+    """`rate` requests a second on average, `capacity` at once; time is given, not read."""
+
+    rate: float
+    capacity: float
+    tokens: float
+    updated_s: float
+
+    def take(self, now_s: float) -> float:
+        """Spend one request: 0.0 when allowed, else the seconds until one is allowed."""
+        elapsed = max(0.0, now_s - self.updated_s)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
+        self.updated_s = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class RequestRates:
+    """One token bucket per credential (their number is fixed by the configuration)."""
+
+    def __init__(self, requests_per_second: float | None, burst: int | None) -> None:
+        self.rate = requests_per_second
+        self.capacity = float(burst or math.ceil(requests_per_second or 1))
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def wait_s(self, credential: str, now_s: float) -> float:
+        """0.0 when `credential` may make a request now, else how long it must wait."""
+        if self.rate is None:
+            return 0.0
+        bucket = self.buckets.get(credential)
+        if bucket is None:
+            bucket = self.buckets[credential] = TokenBucket(
+                self.rate, self.capacity, self.capacity, now_s
+            )
+        return bucket.take(now_s)
 
 
 # The application
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """Limits on requests beside the configured body size and request rate."""
+
+    body_read_timeout_s: float = 10.0  # slow clients: the whole body must arrive by then
+    # A connection must deliver a complete request head this soon after opening or after its
+    # last response, else it is closed (aiohttp's keep-alive timer; bounds slow headers too).
+    idle_timeout_s: float = 15.0
+    # After an early answer (413, 408) aiohttp reads and drops the rest of the body this long,
+    # so the client sees the answer rather than a reset; a slow client is then cut off.
+    linger_s: float = 2.0
+    max_request_line_bytes: int = 8190
+    max_header_bytes: int = 8190  # one header line
+    max_headers: int = 64
 
 
 @dataclass
@@ -166,15 +388,50 @@ class RelayState:
     paused_apps: Callable[[], Mapping[str, str]] = dict
     gauges_read_at: float = 0.0
     extra_ready_checks: list[Callable[[], str | None]] = field(default_factory=list)
+    limits: ApiLimits = field(default_factory=ApiLimits)
+    rates: RequestRates = field(init=False)
+
+    def __post_init__(self) -> None:
+        auth = self.settings.auth
+        self.rates = RequestRates(auth.requests_per_second, auth.burst)
 
 
 STATE = web.AppKey("relay_state", RelayState)
+GRANT = web.RequestKey("relay_grant", Grant)
+
+
+def server_options(application: web.Application) -> dict[str, Any]:
+    """aiohttp AppRunner keyword arguments that enforce the application's ApiLimits."""
+    limits = application[STATE].limits
+    return {
+        "keepalive_timeout": limits.idle_timeout_s,
+        "lingering_time": limits.linger_s,
+        "max_line_size": limits.max_request_line_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+    }
+
+
+def _http_error_problem(request: web.Request, error: web.HTTPException) -> Problem:
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(error.allowed_methods))
+        return Problem(
+            405,
+            "method-not-allowed",
+            f"{request.method} is not allowed on this path; allowed: {allowed}",
+            field="method",
+            headers={"Allow": error.headers["Allow"]},
+        )
+    if isinstance(error, web.HTTPNotFound):
+        return Problem(404, "not-found", "no such route", field="path")
+    return Problem(error.status, error.reason.lower().replace(" ", "-"), error.reason)
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics and problem+json for every error, whatever raised it."""
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    offered_id = request.headers.get("X-Request-Id", "")
+    request_id = offered_id if REQUEST_ID.fullmatch(offered_id) else uuid.uuid4().hex
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
     resource = request.match_info.route.resource
@@ -185,40 +442,80 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         response = problem.response()
     except InvalidInput as error:
         response = Problem.from_invalid(error).response()
-    except web.HTTPRequestEntityTooLarge as error:
-        response = Problem(
-            413, "body-too-large", error.text or "request body too large", field="body"
-        ).response()
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        code = error.reason.lower().replace(" ", "-")
-        response = Problem(error.status, code, error.reason).response()
+        response = _http_error_problem(request, error).response()
+    except REDIS_ERRORS as error:
+        # Not stored (the script did not run, or its answer was lost: an idempotency key makes
+        # the retry safe), so the caller must retry; GMS retries what is not a 200.
+        log.warning("redis_unavailable", route=route, error=str(error))
+        response = Problem(
+            503,
+            "queue-unavailable",
+            "the queue (Redis) cannot be reached; nothing was stored, retry shortly",
+            retry_after_s=1,
+        ).response()
     except Exception:
         log.exception("unhandled_error", route=route)
         response = Problem(500, "internal-error", "internal error; see the relay's log").response()
     finally:
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request_id
-    metrics.HTTP_REQUESTS.labels(route=route, method=request.method, status=response.status).inc()
+    method = request.method if request.method in KNOWN_METHODS else "other"
+    metrics.HTTP_REQUESTS.labels(route=route, method=method, status=response.status).inc()
     metrics.HTTP_REQUEST_DURATION.labels(route=route).observe(time.monotonic() - started)
     return response
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route but health and metrics needs a credential, and is held to its rate."""
     if request.path in PUBLIC_ROUTES:
         return await handler(request)
     state = request.app[STATE]
-    if not state.credentials.allows(request.headers.get("Authorization")):
+    grant = state.credentials.grant_for(request.headers.get("Authorization"))
+    if grant is None:
         raise Problem(
             401,
             "unauthorized",
             "missing or wrong credentials: send Authorization: Bearer <token> or Basic",
             field="Authorization",
-            headers={"WWW-Authenticate": 'Bearer realm="apns-relay", Basic realm="apns-relay"'},
+            headers={"WWW-Authenticate": WWW_AUTHENTICATE},
         )
+    wait_s = state.rates.wait_s(grant.name, time.monotonic())
+    if wait_s > 0:
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this credential is over its {state.settings.auth.requests_per_second:g} requests"
+            " per second (auth.requests_per_second)",
+            field="Authorization",
+            retry_after_s=max(1, math.ceil(wait_s)),
+        )
+    request[GRANT] = grant
     return await handler(request)
+
+
+def _forbidden_app(grant: Grant, app: str, field: str) -> Problem:
+    allowed = ", ".join(sorted(grant.apps or ()))
+    return Problem(
+        403,
+        "app-not-allowed",
+        f"this credential may not act for app {app!r} (allowed: {allowed})",
+        field=field,
+    )
+
+
+def _require_full_access(request: web.Request) -> None:
+    grant = request[GRANT]
+    if grant.apps is not None:
+        raise Problem(
+            403,
+            "app-not-allowed",
+            "this route covers every app; a credential scoped to some apps may not use it",
+            field="Authorization",
+        )
 
 
 def _refuse_while_draining(state: RelayState) -> None:
@@ -228,9 +525,22 @@ def _refuse_while_draining(state: RelayState) -> None:
         )
 
 
-async def _enqueue(state: RelayState, spec: PushSpec) -> Accepted | None:
+def _scoped_spec(grant: Grant, spec: PushSpec) -> PushSpec:
+    """The spec with its app settled for this credential: one scoped to a single app pushes
+    to it without naming it."""
+    if spec.app is None and grant.sole_app is not None:
+        return dataclasses.replace(spec, app=grant.sole_app)
+    return spec
+
+
+async def _enqueue(request: web.Request, spec: PushSpec, app_field: str) -> Accepted | None:
     """Queue one push; None when the app does not want this kind (e.g. chat typing notices)."""
+    state = request.app[STATE]
+    grant = request[GRANT]
+    spec = _scoped_spec(grant, spec)
     app = state.settings.app(spec.app)
+    if not grant.allows(app.name):
+        raise _forbidden_app(grant, app.name, app_field)
     notification = to_notification(
         spec,
         app,
@@ -253,9 +563,11 @@ def _count_event(source: str, outcome: str, reason: str = "") -> None:
     metrics.EVENTS_RECEIVED.labels(source=source, outcome=outcome, reason=reason).inc()
 
 
-async def _ingest(source: str, state: RelayState, spec: PushSpec) -> Accepted | None:
+async def _ingest(
+    source: str, request: web.Request, spec: PushSpec, app_field: str
+) -> Accepted | None:
     try:
-        accepted = await _enqueue(state, spec)
+        accepted = await _enqueue(request, spec, app_field)
     except Problem as problem:
         _count_event(source, "rejected", problem.code)
         raise
@@ -275,15 +587,15 @@ def _json(body: Any, status: int = 200) -> web.Response:
 
 async def gms_push(request: web.Request) -> web.Response:
     """GMS customhttp: {"deviceId", "message"}; 200 once durably queued (GMS needs exactly 200)."""
-    state = request.app[STATE]
-    _refuse_while_draining(state)
-    raw = await request.read()
+    _refuse_while_draining(request.app[STATE])
+    raw = await read_body(request)
     try:
+        parse_json(raw)  # the depth limit and one wording for malformed JSON on every route
         spec = parse_customhttp(raw)
-    except InvalidInput:
+    except (Problem, InvalidInput):
         _count_event("gms", "rejected", "invalid-input")
         raise
-    accepted = await _ingest("gms", state, spec) if spec is not None else None
+    accepted = None if spec is None else await _ingest("gms", request, spec, "deviceId")
     if accepted is None:
         if spec is None:
             _count_event("gms", "accepted", "nothing-to-push")
@@ -296,18 +608,17 @@ def _status_url(notification_id: str) -> str:
 
 
 async def create_notification(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    _refuse_while_draining(state)
+    _refuse_while_draining(request.app[STATE])
+    raw = await read_body(request)
     try:
-        body = NotificationIn.model_validate_json(await request.read())
+        body = NotificationIn.model_validate(parse_json(raw))
+    except Problem:
+        _count_event("api", "rejected", "invalid-input")
+        raise
     except ValidationError as error:
         _count_event("api", "rejected", "invalid-input")
-        if error.errors()[0]["type"] == "json_invalid":
-            raise Problem(
-                400, "malformed-json", "the body is not valid JSON", field="body"
-            ) from None
         raise problem_from_validation(error) from None
-    accepted = await _ingest("api", state, body.to_spec())
+    accepted = await _ingest("api", request, body.to_spec(), "app")
     assert accepted is not None, "only chat typing notices are dropped, and they come from GMS"
     return _json(
         {
@@ -320,11 +631,12 @@ async def create_notification(request: web.Request) -> web.Response:
 
 
 async def create_batch(request: web.Request) -> web.Response:
-    """Up to 1000 notifications; each is validated and queued on its own and answered per item."""
+    """Up to MAX_BATCH notifications; each is validated and queued on its own, answered per item."""
     state = request.app[STATE]
+    grant = request[GRANT]
     _refuse_while_draining(state)
     try:
-        batch = BatchIn.model_validate(parse_json(await request.read()))
+        batch = BatchIn.model_validate(parse_json(await read_body(request)))
     except ValidationError as error:
         raise problem_from_validation(error) from None
     results: list[dict[str, Any]] = []
@@ -333,33 +645,30 @@ async def create_batch(request: web.Request) -> web.Response:
     for index, item in enumerate(batch.notifications):
         prefix = f"notifications[{index}]."
         try:
-            spec = NotificationIn.model_validate(item).to_spec()
+            spec = _scoped_spec(grant, NotificationIn.model_validate(item).to_spec())
             app = state.settings.app(spec.app)
-            valid.append(
-                (
-                    index,
-                    build_notification(
-                        spec,
-                        app,
-                        now_s=now_s,
-                        default_ttl_s=state.settings.queue.default_ttl_seconds,
-                        max_ttl_s=state.settings.queue.max_ttl_seconds,
-                    ),
-                )
+            if not grant.allows(app.name):
+                raise _forbidden_app(grant, app.name, prefix + "app")
+            notification = build_notification(
+                spec,
+                app,
+                now_s=now_s,
+                default_ttl_s=state.settings.queue.default_ttl_seconds,
+                max_ttl_s=state.settings.queue.max_ttl_seconds,
             )
+            valid.append((index, notification))
             results.append({})
         except ValidationError as error:
             results.append(_item_problem(problem_from_validation(error, prefix)))
         except InvalidInput as error:
-            problem = Problem.from_invalid(error)
-            problem.field = prefix + error.field
+            results.append(_item_problem(Problem.from_invalid(error, prefix)))
+        except Problem as problem:
             results.append(_item_problem(problem))
     outcomes = await state.queue.enqueue_many([n for _, n in valid])
     for (index, notification), outcome in zip(valid, outcomes, strict=True):
         if isinstance(outcome, QueueRefusal):
-            problem = Problem.from_refusal(outcome)
-            problem.field = f"notifications[{index}].device_token"
-            results[index] = _item_problem(problem)
+            field_name = f"notifications[{index}].device_token"
+            results[index] = _item_problem(Problem.from_refusal(outcome, field_name))
         else:
             if not outcome.duplicate:
                 metrics.NOTIFICATIONS_ENQUEUED.labels(app=notification.app).inc()
@@ -379,12 +688,20 @@ async def create_batch(request: web.Request) -> web.Response:
 
 
 def _item_problem(problem: Problem) -> dict[str, Any]:
-    return {"status": problem.status, "problem": problem.body()}
+    body: dict[str, Any] = {"status": problem.status, "problem": problem.body()}
+    if problem.retry_after_s is not None:
+        body["retry_after_s"] = problem.retry_after_s
+    return body
 
 
 async def get_notification(request: web.Request) -> web.Response:
-    status = await request.app[STATE].queue.get(request.match_info["id"])
-    if status is None:
+    notification_id = request.match_info["id"]
+    status = None
+    if len(notification_id) <= MAX_NOTIFICATION_ID_CHARS:
+        status = await request.app[STATE].queue.get(notification_id)
+    # Another app's notification is answered exactly as a missing one: a scoped credential
+    # must not learn that it exists.
+    if status is None or not request[GRANT].allows(status.app):
         raise Problem(
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
@@ -393,13 +710,15 @@ async def get_notification(request: web.Request) -> web.Response:
 
 def _device_key(request: web.Request) -> tuple[str, str]:
     state = request.app[STATE]
-    app = state.settings.app(request.match_info["app"]).name
-    token = request.match_info["token"]
-    if not token or len(token) > 200 or any(c not in "0123456789abcdefABCDEF" for c in token):
-        raise Problem(
-            400, "invalid-input", "must be hexadecimal (at most 200 digits)", field="token"
-        )
-    return app, token.lower()
+    name = request.match_info["app"]
+    try:
+        app = state.settings.app(name).name
+    except InvalidInput as error:
+        raise Problem(404, "unknown-app", error.rule, field="app") from None
+    grant = request[GRANT]
+    if not grant.allows(app):
+        raise _forbidden_app(grant, app, "app")
+    return app, normalize_device_token(request.match_info["token"], "token")
 
 
 async def get_device(request: web.Request) -> web.Response:
@@ -416,6 +735,7 @@ async def delete_device(request: web.Request) -> web.Response:
 
 
 async def queue_totals(request: web.Request) -> web.Response:
+    _require_full_access(request)
     return _json(asdict(await request.app[STATE].queue.totals()))
 
 
@@ -430,7 +750,7 @@ async def readyz(request: web.Request) -> web.Response:
         reasons.append("draining")
     try:
         await state.queue.ping()
-    except (OSError, ConnectionError) as error:
+    except REDIS_ERRORS as error:
         reasons.append(f"redis unreachable: {error}")
     paused = state.paused_apps()
     if state.settings.apps and len(paused) >= len(state.settings.apps):
@@ -445,7 +765,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     if time.monotonic() - state.gauges_read_at >= QUEUE_GAUGES_MAX_AGE_S:
         try:
             totals = await state.queue.totals()
-        except (OSError, ConnectionError) as error:
+        except REDIS_ERRORS as error:
             log.warning("redis_unavailable", operation="totals", error=str(error))
         else:
             metrics.QUEUE_PENDING.set(totals.pending)

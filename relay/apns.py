@@ -185,6 +185,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         apns_id: str,
         deadline: float,
         authorization: str | None,
+        on_wire: Callable[[], None],
     ) -> ApnsResponse:
         if self.retired_because is not None:
             return ApnsResponse(0, self.retired_because)
@@ -216,6 +217,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         timer = self.loop.call_at(deadline, self._time_out, stream_id)
         self.streams[stream_id] = _Stream(future, timer)
         try:
+            on_wire()
             self.conn.send_headers(stream_id, headers)
             self.conn.send_data(stream_id, notification.payload, end_stream=True)
             self.flush()
@@ -489,14 +491,21 @@ class ApnsClient:
         self._in_flight_gauge = metrics.APNS_IN_FLIGHT.labels(app=app)
         self._duration = metrics.APNS_REQUEST_DURATION.labels(app=app)
 
-    async def send(self, notification: Notification, apns_id: str) -> ApnsResponse:
+    async def send(
+        self,
+        notification: Notification,
+        apns_id: str,
+        on_wire: Callable[[], None] = lambda: None,
+    ) -> ApnsResponse:
+        """Send once; `on_wire` is called when the request is about to leave (from then on it
+        may reach the phone, so a shutdown must let it finish rather than take it back)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + self.request_timeout_s
         async with self._in_flight:
             self._in_flight_gauge.inc()
             try:
-                response = await self._send(notification, apns_id, deadline)
+                response = await self._send(notification, apns_id, deadline, on_wire)
             finally:
                 self._in_flight_gauge.dec()
         self._duration.observe(loop.time() - started)
@@ -506,7 +515,11 @@ class ApnsClient:
         return response
 
     async def _send(
-        self, notification: Notification, apns_id: str, deadline: float
+        self,
+        notification: Notification,
+        apns_id: str,
+        deadline: float,
+        on_wire: Callable[[], None],
     ) -> ApnsResponse:
         loop = asyncio.get_running_loop()
         try:
@@ -520,7 +533,7 @@ class ApnsClient:
         if loop.time() >= deadline:
             return ApnsResponse(0, "ConnectTimeout")
         authorization = self.jwt.get_header() if self.jwt else None
-        return await connection.send_raw(notification, apns_id, deadline, authorization)
+        return await connection.send_raw(notification, apns_id, deadline, authorization, on_wire)
 
     def refresh_jwt(self) -> bool:
         return self.jwt.force_refresh() if self.jwt else False

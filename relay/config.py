@@ -25,6 +25,7 @@ from pydantic_core import ErrorDetails
 
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.policy import RetryPolicy
+from relay.redis_connection import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -71,13 +72,62 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class RedisSettings(_Section):
-    url: str | None = None  # None: start the embedded Valkey (development only)
-    shards: PositiveInt = 16
+    """Where the queue lives: a URL (redis://, rediss://, unix://, redis+sentinel://...,
+    redis+cluster://...), or a Sentinel set (sentinels + service_name), or Cluster seed nodes.
+    The explicit forms are folded into `url`, so `url` alone names the topology once validated."""
 
-    @field_validator("url")
+    url: str | None = None  # None: start the embedded Valkey (development only)
+    sentinels: list[str] = []  # "host:port" of each Sentinel
+    service_name: str | None = None  # the Sentinel-monitored primary's name
+    cluster_nodes: list[str] = []  # "host:port" seed nodes of a Cluster
+    password: SecretStr | None = None  # for the data nodes when the URL carries none
+    shards: PositiveInt = 16
+    # Replicas that must hold an accepted write before ingest answers 2xx (0: do not wait).
+    ack_replicas: Annotated[int, Field(ge=0)] = 0
+    ack_timeout_ms: PositiveInt = 250
+
+    @field_validator("url", "service_name")
     @classmethod
-    def _empty_means_embedded(cls, value: str | None) -> str | None:
+    def _empty_means_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("sentinels", "cluster_nodes", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """RELAY_REDIS_SENTINELS / RELAY_REDIS_CLUSTER_NODES arrive as "host:port,host:port"."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("sentinels", "cluster_nodes")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            parse_address(address, default_port=None)
+        return addresses
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> RedisSettings:
+        composed: str | None = None
+        if self.sentinels or self.service_name:
+            if not (self.sentinels and self.service_name):
+                raise ValueError("a Sentinel set needs both sentinels and service_name")
+            if self.cluster_nodes:
+                raise ValueError("give sentinels + service_name or cluster_nodes, not both")
+            composed = sentinel_url(self.sentinels, self.service_name)
+        elif self.cluster_nodes:
+            composed = cluster_url(self.cluster_nodes)
+        if composed is not None:
+            if self.url is not None and self.url != composed:
+                raise ValueError(
+                    "give url or the explicit form (sentinels + service_name, cluster_nodes),"
+                    " not both"
+                )
+            # Frozen model: the validator is the one place the folded URL can be set.
+            object.__setattr__(self, "url", composed)
+        if self.url is not None:
+            parse_redis_url(self.url)
+        return self
 
 
 class HttpSettings(_Section):
@@ -92,9 +142,36 @@ class HttpSettings(_Section):
         return None if value == "" else value
 
 
+class ScopedCredential(_Section):
+    """A credential that may act only for the apps it names: one Bearer token or one
+    "user:password" Basic pair."""
+
+    token: SecretStr | None = None
+    basic: SecretStr | None = None  # "user:password"
+    apps: Annotated[list[Annotated[str, Field(pattern=APP_NAME_PATTERN)]], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _exactly_one_secret(self) -> ScopedCredential:
+        if (self.token is None) == (self.basic is None):
+            raise ValueError("give exactly one of token: ... or basic: user:password")
+        if self.token is not None and not self.token.get_secret_value():
+            raise ValueError("token must not be empty")
+        if self.basic is not None:
+            user, colon, _ = self.basic.get_secret_value().partition(":")
+            if not user or not colon:
+                raise ValueError('basic must be "user:password" with a non-empty user')
+        return self
+
+
 class AuthSettings(_Section):
+    # The two lists grant every app; `scoped` entries grant only the apps they name.
     api_tokens: list[SecretStr] = []
     basic: list[SecretStr] = []  # "user:password"
+    scoped: list[ScopedCredential] = []
+    # Requests per second allowed to each credential in each api process (a token bucket
+    # holding `burst` requests); None: no limit.
+    requests_per_second: Annotated[float, Field(gt=0)] | None = None
+    burst: PositiveInt | None = None  # None: one second's worth of requests_per_second
 
     @field_validator("api_tokens")
     @classmethod
@@ -449,8 +526,10 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, .
                 item.strip() for item in env[variable].split(",") if item.strip()
             ]
             sources[("auth", key)] = variable
-    if not _section_of(raw, "redis").get("url") and env.get(REDIS_URL_FALLBACK_ENV):
-        _section_of(raw, "redis")["url"] = env[REDIS_URL_FALLBACK_ENV]
+    redis_section = _section_of(raw, "redis")
+    explicit = any(redis_section.get(key) for key in ("url", "sentinels", "cluster_nodes"))
+    if not explicit and env.get(REDIS_URL_FALLBACK_ENV):
+        redis_section["url"] = env[REDIS_URL_FALLBACK_ENV]
         sources[("redis", "url")] = REDIS_URL_FALLBACK_ENV
     return sources
 
@@ -479,7 +558,7 @@ def _dotted(location: tuple[int | str, ...]) -> str:
 
 
 # Values never echoed in errors: credentials, and a Redis URL that may carry a password.
-_SECRET_LOCATIONS = (("auth",), ("redis", "url"))
+_SECRET_LOCATIONS = (("auth",), ("redis", "url"), ("redis", "password"))
 
 
 def _describe(

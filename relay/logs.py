@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -53,21 +53,29 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 class RateLimitFilter(logging.Filter):
-    """Pass each distinct message template at most once per interval (aioapns can log per retry)."""
+    """Pass each distinct message template at most once per interval (aioapns can log per retry);
+    the record that passes carries `suppressed`: how many of its kind were dropped before it."""
 
-    def __init__(self, interval_s: float = AIOAPNS_LOG_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        interval_s: float = AIOAPNS_LOG_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.interval_s = interval_s
+        self.clock = clock
         self._last: dict[str, float] = {}
-        self.suppressed = 0
+        self._suppressed: dict[str, int] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         template = str(record.msg)
         if now - self._last.get(template, -self.interval_s) < self.interval_s:
-            self.suppressed += 1
+            self._suppressed[template] = self._suppressed.get(template, 0) + 1
             return False
         self._last[template] = now
+        if suppressed := self._suppressed.pop(template, 0):
+            record.suppressed = suppressed
         return True
 
 

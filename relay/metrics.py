@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -98,3 +99,22 @@ HTTP_REQUEST_DURATION = Histogram(
 
 BUILD_INFO = Gauge("apns_relay_build_info", "Build information (always 1)", ["version", "python"])
 BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
+
+
+def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> None:
+    """Export each app's series at 0 from the start: rate() and alerts need a first sample, and
+    a dashboard should show "none yet" rather than "no data". Reason-labelled series cannot be
+    known in advance and appear with their first event."""
+    for app in apps:
+        if ingest:
+            NOTIFICATIONS_ENQUEUED.labels(app=app)
+            NOTIFICATIONS_SUPERSEDED.labels(app=app)
+        if delivery:
+            NOTIFICATIONS_DELIVERED.labels(app=app)
+            NOTIFICATIONS_EXPIRED.labels(app=app)
+            DELIVERY_LATENCY.labels(app=app)
+            APNS_REQUEST_DURATION.labels(app=app)
+            APNS_IN_FLIGHT.labels(app=app)
+            APNS_CONNECTIONS.labels(app=app)
+            APP_PAUSED.labels(app=app)
+            JWT_REFRESHES.labels(app=app)

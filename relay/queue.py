@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, cast, get_type_hints
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from relay.model import (
     FINAL_STATES,
@@ -70,6 +70,8 @@ _NOTIFICATION_FIELDS = tuple(f.name for f in fields(Notification) if f.name != "
 # What claim reads of a head: the whole Notification, then the delivery record it needs.
 CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms")
 
+# What an unreachable or failing Redis raises: redis-py's own errors are not OSErrors.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
 RedisClient: TypeAlias = "Redis | RedisCluster"
 ScriptArg: TypeAlias = str | int | bytes
 
@@ -749,6 +751,11 @@ class RelayQueue:
         scores = [int(first[0][1]) for first in await pipe.execute() if first]
         return min(scores, default=None)
 
+    async def listen_for_work(self) -> None:
+        """Subscribe to wake-ups now: a worker calls it before its first claim, so that no
+        enqueue between that claim and its first wait_for_work goes unseen."""
+        await self._wake_subscription()
+
     async def _wake_subscription(self) -> PubSub:
         """The wake channel's subscription, confirmed by the server before it is returned, so that
         every enqueue after the first wait_for_work call is seen."""
@@ -766,7 +773,8 @@ class RelayQueue:
     async def wait_for_work(self, timeout_s: float) -> bool:
         """True as soon as an enqueue makes a device due, False after `timeout_s` without one.
 
-        The first call subscribes; enqueues before it are not seen, so claim before waiting."""
+        The first call subscribes (unless listen_for_work did); enqueues before the subscription
+        are not seen, so subscribe, then claim, then wait."""
         wake = await self._wake_subscription()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

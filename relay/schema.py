@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay import __version__
-from relay.model import InvalidInput
-from relay.payload import AlertFields, PushSpec
+from relay.model import PRIORITIES, PUSH_TYPES, InvalidInput
+from relay.payload import MAX_TOKEN_HEX, MIN_TOKEN_HEX, AlertFields, PushSpec
 
 MAX_BATCH = 1000
-HEX = r"^[0-9a-fA-F]+$"
+PROBLEM_JSON = "application/problem+json"
+# Arrays and objects may nest this deep in a request body; a push payload needs a handful of
+# levels, and a limit far below orjson's 1024 keeps hostile bodies cheap to refuse.
+MAX_JSON_DEPTH = 32
+MAX_NOTIFICATION_ID_CHARS = 128
+DEVICE_TOKEN = r"^(?:[0-9a-fA-F]{2})+$"
+APP_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
+# Strict: JSON's types are the contract, so "5" or true is no badge (the OpenAPI document says
+# integer, and a lenient parse would accept what the document calls invalid).
 class AlertIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
     title: str | None = Field(None, max_length=1024)
     subtitle: str | None = Field(None, max_length=1024)
     body: str | None = Field(None, max_length=4096)
@@ -27,9 +35,15 @@ class AlertIn(BaseModel):
 
 
 class NotificationIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device_token: str = Field(pattern=HEX, min_length=8, max_length=200)
-    app: str | None = Field(None, max_length=64)
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"not": {"required": ["ttl", "expires_at"]}},
+    )
+    device_token: str = Field(
+        pattern=DEVICE_TOKEN, min_length=MIN_TOKEN_HEX, max_length=MAX_TOKEN_HEX
+    )
+    app: str | None = Field(None, pattern=APP_NAME, max_length=64)
     service_id: str | None = Field(None, min_length=1, max_length=128)
     action: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
     alert: str | AlertIn | None = None
@@ -38,10 +52,18 @@ class NotificationIn(BaseModel):
     ttl: int | None = Field(None, gt=0)
     expires_at: int | None = Field(None, gt=0)
     priority: Literal[1, 5, 10] | None = None
-    push_type: str | None = None
+    push_type: Annotated[str, Field(json_schema_extra={"enum": sorted(PUSH_TYPES)})] | None = None
     collapse_id: str | None = Field(None, max_length=64)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_not_bool(cls, value: object) -> object:
+        # A Literal of ints takes true as 1 even in strict mode.
+        if isinstance(value, bool):
+            raise ValueError(f"must be one of {sorted(PRIORITIES)}, not a boolean")
+        return value
 
     def to_spec(self) -> PushSpec:
         if self.ttl is not None and self.expires_at is not None:
@@ -72,7 +94,7 @@ class NotificationIn(BaseModel):
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     notifications: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -97,27 +119,139 @@ _ACCEPTED = {
         "duplicate": {"type": "boolean"},
     },
 }
-_STATES = ["queued", "sending", "retrying", "delivered", "failed", "expired", "superseded"]
+_BATCH_RESULT = {
+    "type": "object",
+    "description": "202 with the Accepted fields, or the item's problem (status 400-503)",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "integer"},
+        "id": {"type": "string"},
+        "status_url": {"type": "string"},
+        "duplicate": {"type": "boolean"},
+        "problem": {"$ref": "#/components/schemas/Problem"},
+        "retry_after_s": {"type": "integer"},
+    },
+}
+_NOTIFICATION_STATUS = {
+    "type": "object",
+    "required": ["id", "app", "device_token", "state", "attempts", "expires_at"],
+    "properties": {
+        "id": {"type": "string"},
+        "app": {"type": "string"},
+        "device_token": {"type": "string"},
+        "state": {
+            "enum": [
+                "queued",
+                "sending",
+                "retrying",
+                "delivered",
+                "failed",
+                "expired",
+                "superseded",
+            ]
+        },
+        "attempts": {"type": "integer"},
+        "expires_at": {"type": "integer"},
+        "last_status": {"type": ["integer", "null"]},
+        "last_reason": {"type": ["string", "null"]},
+    },
+}
+_DEVICE = {
+    "type": "object",
+    "required": ["pending", "in_flight", "dead"],
+    "properties": {
+        "pending": {"type": "integer"},
+        "in_flight": {"type": "boolean"},
+        "dead": {"type": ["object", "null"]},
+    },
+}
+_GMS_PUSH = {
+    "type": "object",
+    "required": ["deviceId", "message"],
+    "properties": {
+        "deviceId": {
+            "type": "string",
+            "pattern": r"^(?:[a-z0-9][a-z0-9_-]*:)?(?:[0-9a-fA-F]{2})+$",
+            "description": 'the device token in hex, or "<app>:<token>"',
+        },
+        "message": {
+            "description": "a callback event object, a JSON string of one, or text",
+            "anyOf": [{"type": "object"}, {"type": "string", "minLength": 1}],
+        },
+    },
+}
+_GMS_PUSHED = {
+    "type": "object",
+    "required": ["id", "pushed"],
+    "properties": {
+        "id": {"type": ["string", "null"]},
+        "pushed": {"type": "boolean"},
+        "duplicate": {"type": "boolean"},
+    },
+}
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+# What an ingest route can refuse: bad input, another app's credential, a slow or oversized
+# body, a dead token, expired on arrival, a full device queue or rate, a pending cap or drain.
+_INGEST_ERRORS = (400, 403, 408, 410, 413, 422, 429, 503)
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+_DESCRIPTION = (
+    "Relays GMS push events to APNs through a durable per-device queue. Every route but"
+    " /healthz, /readyz and /metrics needs `Authorization: Bearer <token>` or Basic. Errors are"
+    " application/problem+json naming the `field` and the rule. Limits: the body size"
+    " (http.max_body_bytes, 413), JSON nesting (at most"
+    f" {MAX_JSON_DEPTH} levels, 400), {MAX_BATCH} notifications a batch, a request rate per"
+    " credential (auth.requests_per_second, 429 with Retry-After), a slow body (408)."
+)
 
 
 def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def _problems(*statuses: int) -> dict[str, Any]:
+def _problems(statuses: tuple[int, ...]) -> dict[str, Any]:
     return {
         str(status): {
             "description": "problem",
             "content": {
-                "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}},
             },
         }
         for status in statuses
     }
 
 
-def _ok(description: str, schema: dict[str, Any], status: int = 200) -> dict[str, Any]:
-    return {str(status): {"description": description, "content": _json_content(schema)}}
+def _operation(
+    operation_id: str,
+    summary: str,
+    status: int,
+    schema: dict[str, Any] | None,
+    *,
+    errors: tuple[int, ...] = (),
+    body: dict[str, Any] | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    links: dict[str, Any] | None = None,
+    public: bool = False,
+) -> dict[str, Any]:
+    """One operation; a secured one can also answer 401 (credential) and 429 (its rate)."""
+    success: dict[str, Any] = {"description": summary}
+    if schema is not None:
+        success["content"] = _json_content(schema)
+    if links:
+        success["links"] = links
+    operation: dict[str, Any] = {"operationId": operation_id, "summary": summary}
+    if not public:
+        operation["security"] = _SECURITY
+        errors = tuple(sorted({*errors, 401, 429}))
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = {"required": True, "content": _json_content(body)}
+    operation["responses"] = {str(status): success, **_problems(errors)}
+    return operation
+
+
+def _path_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
 @cache
@@ -129,20 +263,34 @@ def openapi_document() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=ref)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
-    secured: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
-    device_params = [
-        {"name": "app", "in": "path", "required": True, "schema": {"type": "string"}},
-        {
-            "name": "token",
-            "in": "path",
-            "required": True,
-            "schema": {"type": "string", "pattern": HEX, "maxLength": 200},
-        },
+    device_parameters = [
+        _path_parameter("app", {"type": "string", "pattern": APP_NAME, "maxLength": 64}),
+        _path_parameter(
+            "token",
+            {
+                "type": "string",
+                "pattern": DEVICE_TOKEN,
+                "minLength": MIN_TOKEN_HEX,
+                "maxLength": MAX_TOKEN_HEX,
+            },
+        ),
     ]
-    ingest_errors = _problems(400, 401, 410, 413, 429, 503)
+    id_parameter = _path_parameter(
+        "id", {"type": "string", "minLength": 1, "maxLength": MAX_NOTIFICATION_ID_CHARS}
+    )
+    notification = {"$ref": ref.format(model="NotificationIn")}
+    batch_answer = {
+        "type": "object",
+        "required": ["accepted", "rejected", "results"],
+        "properties": {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "results": {"type": "array", "items": _BATCH_RESULT},
+        },
+    }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "gms-apns-relay", "version": __version__},
+        "info": {"title": "gms-apns-relay", "version": __version__, "description": _DESCRIPTION},
         "components": {
             "schemas": schemas,
             "securitySchemes": {
@@ -152,152 +300,105 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/gms/push": {
-                "post": {
-                    "summary": "GMS customhttp push: {deviceId, message}",
-                    "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": _json_content(
-                            {
-                                "type": "object",
-                                "required": ["deviceId", "message"],
-                                "properties": {
-                                    "deviceId": {"type": "string"},
-                                    "message": {},
-                                },
-                            }
-                        ),
-                    },
-                    "responses": {
-                        **_ok(
-                            "queued (or nothing to push)",
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "id": {"type": ["string", "null"]},
-                                    "pushed": {"type": "boolean"},
-                                    "duplicate": {"type": "boolean"},
-                                },
-                            },
-                        ),
-                        **ingest_errors,
-                    },
-                }
+                "post": _operation(
+                    "gmsPush",
+                    "GMS customhttp push: {deviceId, message}; 200 once queued",
+                    200,
+                    _GMS_PUSHED,
+                    body=_GMS_PUSH,
+                    errors=_INGEST_ERRORS,
+                )
             },
             "/v1/notifications": {
-                "post": {
-                    "summary": "Queue one notification",
-                    "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": _json_content({"$ref": ref.format(model="NotificationIn")}),
+                "post": _operation(
+                    "createNotification",
+                    "Queue one notification",
+                    202,
+                    {"$ref": ref.format(model="Accepted")},
+                    body=notification,
+                    errors=_INGEST_ERRORS,
+                    links={
+                        "GetNotification": {
+                            "operationId": "getNotification",
+                            "parameters": {"id": "$response.body#/id"},
+                        }
                     },
-                    "responses": {
-                        **_ok("queued", {"$ref": ref.format(model="Accepted")}, 202),
-                        **ingest_errors,
-                    },
-                }
+                )
             },
             "/v1/notifications:batch": {
-                "post": {
-                    "summary": f"Queue up to {MAX_BATCH} notifications, answered per item",
-                    "security": secured,
-                    "requestBody": {
-                        "required": True,
-                        "content": _json_content({"$ref": ref.format(model="BatchIn")}),
-                    },
-                    "responses": {
-                        **_ok(
-                            "per-item results, in request order",
-                            {
-                                "type": "object",
-                                "required": ["accepted", "rejected", "results"],
-                                "properties": {
-                                    "accepted": {"type": "integer"},
-                                    "rejected": {"type": "integer"},
-                                    "results": {"type": "array", "items": {"type": "object"}},
-                                },
-                            },
-                        ),
-                        **_problems(400, 401, 413, 503),
-                    },
-                }
+                "post": _operation(
+                    "createBatch",
+                    f"Queue up to {MAX_BATCH} notifications, answered per item in request order",
+                    200,
+                    batch_answer,
+                    body={"$ref": ref.format(model="BatchIn")},
+                    errors=(400, 408, 413, 503),
+                )
             },
             "/v1/notifications/{id}": {
-                "get": {
-                    "summary": "One notification's delivery state",
-                    "security": secured,
-                    "parameters": [
-                        {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                    ],
-                    "responses": {
-                        **_ok(
-                            "the notification",
-                            {
-                                "type": "object",
-                                "required": ["id", "state", "attempts"],
-                                "properties": {
-                                    "id": {"type": "string"},
-                                    "state": {"enum": _STATES},
-                                    "attempts": {"type": "integer"},
-                                },
-                            },
-                        ),
-                        **_problems(401, 404),
-                    },
-                }
+                "get": _operation(
+                    "getNotification",
+                    "One notification's delivery state (404 also for another app's)",
+                    200,
+                    _NOTIFICATION_STATUS,
+                    parameters=[id_parameter],
+                    errors=(404,),
+                )
             },
             "/v1/devices/{app}/{token}": {
-                "get": {
-                    "summary": "A device's pending count and dead-token record",
-                    "security": secured,
-                    "parameters": device_params,
-                    "responses": {**_ok("the device", {"type": "object"}), **_problems(400, 401)},
-                },
-                "delete": {
-                    "summary": "Clear the dead-token mark and purge the device's queue",
-                    "security": secured,
-                    "parameters": device_params,
-                    "responses": {**_ok("cleared", {"type": "object"}), **_problems(400, 401)},
-                },
+                "get": _operation(
+                    "getDevice",
+                    "A device's pending count and dead-token record",
+                    200,
+                    _DEVICE,
+                    parameters=device_parameters,
+                    errors=(400, 403, 404),
+                ),
+                "delete": _operation(
+                    "deleteDevice",
+                    "Clear the dead-token mark and purge the device's queue",
+                    200,
+                    {
+                        "type": "object",
+                        "required": ["purged", "dead_mark_cleared"],
+                        "properties": {
+                            "purged": {"type": "integer"},
+                            "dead_mark_cleared": {"type": "boolean"},
+                        },
+                    },
+                    parameters=device_parameters,
+                    errors=(400, 403, 404),
+                ),
             },
             "/v1/queue": {
-                "get": {
-                    "summary": "Queue totals: pending, devices, oldest age, lifetime counters",
-                    "security": secured,
-                    "responses": {**_ok("totals", {"type": "object"}), **_problems(401)},
-                }
+                "get": _operation(
+                    "getQueueTotals",
+                    "Queue totals: pending, devices, oldest age, lifetime counters (every app)",
+                    200,
+                    _ANY_OBJECT,
+                    errors=(403,),
+                )
             },
             "/healthz": {
-                "get": {
-                    "summary": "The process is serving",
-                    "responses": _ok("up", {"type": "object"}),
-                }
+                "get": _operation(
+                    "healthz", "The process is serving", 200, _ANY_OBJECT, public=True
+                )
             },
             "/readyz": {
                 "get": {
+                    "operationId": "readyz",
                     "summary": "Redis reachable, not draining, an app not paused",
                     "responses": {
-                        **_ok("ready", {"type": "object"}),
-                        "503": {
-                            "description": "not ready",
-                            "content": _json_content({"type": "object"}),
-                        },
+                        "200": {"description": "ready", "content": _json_content(_ANY_OBJECT)},
+                        "503": {"description": "not ready", "content": _json_content(_ANY_OBJECT)},
                     },
                 }
             },
             "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition format"}},
-                }
+                "get": _operation(
+                    "metrics", "Prometheus metrics (text exposition format)", 200, None, public=True
+                )
             },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "security": secured,
-                    "responses": {**_ok("OpenAPI 3.1", {"type": "object"}), **_problems(401)},
-                }
-            },
+            "/openapi.json": {"get": _operation("openapi", "This document", 200, _ANY_OBJECT)},
         },
     }

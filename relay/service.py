@@ -17,17 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
-from relay import apns
-from relay.api import Credentials, RelayState, create_app
+from relay import apns, metrics
+from relay.api import Credentials, RelayState, create_app, server_options
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.embedded import EmbeddedServer
 from relay.logs import configure_logging
 from relay.queue import QueueLimits, RelayQueue
+from relay.redis_connection import connect
 from relay.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.service")
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "serve"
             else contextlib.nullcontext((settings, None))
         ) as (settings, dev):
-            asyncio.run(_serve(args.command, settings, args, dev))
+            asyncio.run(_serve(args.command, settings, args, dev if dev and dev.active else None))
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
@@ -89,6 +89,11 @@ class DevEnvironment:
     simulator: subprocess.Popen[bytes] | None = None
     simulator_info: dict[str, Any] = field(default_factory=dict)
     api_token: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether development mode filled in anything (production configures it all)."""
+        return bool(self.valkey or self.simulator or self.api_token)
 
     def close(self) -> None:
         if self.simulator is not None and self.simulator.poll() is None:
@@ -153,10 +158,10 @@ def development_mode(
     settings: Settings, state_dir: Path
 ) -> Iterator[tuple[Settings, DevEnvironment]]:
     """Fill in what production would configure: Redis, an app, an API token."""
-    state_dir.mkdir(parents=True, exist_ok=True)
     dev = DevEnvironment(state_dir)
     try:
         if not settings.redis.url:
+            state_dir.mkdir(parents=True, exist_ok=True)
             dev.valkey = EmbeddedServer(data_dir=state_dir / "valkey").start()
             settings = settings.model_copy(
                 update={"redis": settings.redis.model_copy(update={"url": dev.valkey.url})}
@@ -178,6 +183,7 @@ def development_mode(
                 control_port=dev.simulator_info["control_port"],
             )
         if not settings.auth.api_tokens and not settings.auth.basic:
+            state_dir.mkdir(parents=True, exist_ok=True)  # dev.json holds the token
             dev.api_token = secrets.token_urlsafe(24)
             settings = settings.model_copy(
                 update={
@@ -214,7 +220,7 @@ def write_dev_json(dev: DevEnvironment, settings: Settings, relay_url: str) -> P
 
 def make_queue(settings: Settings) -> RelayQueue:
     assert settings.redis.url, "development_mode() fills in the URL"
-    redis = aioredis.Redis.from_url(settings.redis.url, health_check_interval=30)
+    redis = connect(settings.redis)
     queue = settings.queue
     return RelayQueue(
         redis,
@@ -261,7 +267,9 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
 async def http_server(
     application: web.Application, host: str, port: int
 ) -> AsyncIterator[web.AppRunner]:
-    runner = web.AppRunner(application, access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        application, access_log=None, handle_signals=False, **server_options(application)
+    )
     await runner.setup()
     await web.TCPSite(runner, host, port, reuse_address=True).start()
     try:
@@ -308,7 +316,11 @@ async def _serve(
     host = args.host or settings.http.host
     default_port = DEFAULT_WORKER_PORT if role == "worker" else settings.http.port
     port = default_port if args.port is None else args.port
-    application = create_app(state, ingest=role != "worker")
+    ingest = role != "worker"
+    metrics.prime_app_series(
+        (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
+    )
+    application = create_app(state, ingest=ingest)
     async with http_server(application, host, port) as runner:
         address = bound_address(runner)
         log.info("listening", role=role, url=address, pid=os.getpid())
@@ -325,8 +337,10 @@ async def _serve(
         if worker_task:
             waiters.add(worker_task)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        log.info("shutting_down", role=role)
+        # Readiness and ingest turn away traffic first; the worker then stops claiming, lets
+        # its sends in flight finish within the grace period and releases the rest at once.
         state.draining = True
+        log.info("shutting_down", role=role, grace_s=args.grace if worker else 0)
         if worker is not None and worker_task is not None:
             worker.stop()
             await worker_task

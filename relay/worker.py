@@ -26,7 +26,7 @@ from relay.model import (
     Retry,
 )
 from relay.policy import RetryPolicy, classify
-from relay.queue import ClaimBatch, RelayQueue
+from relay.queue import REDIS_ERRORS, ClaimBatch, RelayQueue
 
 log = structlog.get_logger("relay.worker")
 
@@ -36,6 +36,7 @@ IDLE_WAIT_MAX_S = (
 )
 REDIS_RETRY_S = 0.5
 PAUSED_RECHECK_S = 1.0
+FINAL_FLUSH_S = 2.0  # beyond the grace period: one Redis round trip, or several while it is down
 
 
 def apns_id_for(notification_id: str) -> str:
@@ -70,20 +71,28 @@ class DeliveryWorker:
         self.capacity = sum(client.max_in_flight for client in self.clients.values()) or 1
         self.gates = {app: AppGate() for app in self.clients}
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
+        self.on_wire: set[asyncio.Task[None]] = set()  # sends that may have reached APNs
         self.settle_buffer: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
         self.release_buffer: list[tuple[ClaimedNotification, int]] = []
         self._buffer_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._sends_ended = asyncio.Event()
         for app in self.clients:
             metrics.APP_PAUSED.labels(app=app).set(0)
 
     # The loop
 
     async def run(self, grace_s: float = 10.0) -> None:
-        """Deliver until stop() is called, then let sends in flight finish within grace_s."""
-        settler = asyncio.create_task(self._settle_forever(), name="settler")
+        """Deliver until stop() is called, then let sends in flight finish within grace_s.
+
+        Sends still unanswered at the end of the grace period are cancelled and their claims
+        released at once (due again now, attempts unchanged) rather than left to their leases.
+        """
+        settler = asyncio.create_task(self._settle_until_sends_end(), name="settler")
         try:
+            with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
+                await self.queue.listen_for_work()  # else the first wait subscribes
             while not self._stopping.is_set():
                 free = self.capacity - len(self.sending)
                 if free <= 0:
@@ -92,7 +101,7 @@ class DeliveryWorker:
                     continue
                 try:
                     batch = await self.queue.claim(min(free, self.batch_size))
-                except (OSError, ConnectionError) as exc:
+                except REDIS_ERRORS as exc:
                     log.warning("redis_unavailable", operation="claim", error=str(exc))
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
@@ -106,10 +115,7 @@ class DeliveryWorker:
                     task.add_done_callback(self._sent)
             await self._drain(grace_s)
         finally:
-            settler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await settler
-            await self._flush()
+            await self._stop_settler(settler)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -132,7 +138,7 @@ class DeliveryWorker:
     async def _idle_wait_s(self) -> float:
         try:
             next_due = await self.queue.next_due_ms()
-        except (OSError, ConnectionError):
+        except REDIS_ERRORS:
             return REDIS_RETRY_S
         if next_due is None:
             return IDLE_WAIT_MAX_S
@@ -140,16 +146,34 @@ class DeliveryWorker:
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self.sending.pop(task, None)
+        self.on_wire.discard(task)
         self._slot_freed.set()
 
     async def _drain(self, grace_s: float) -> None:
-        if self.sending:
-            log.info("draining", in_flight=len(self.sending), grace_s=grace_s)
-            _, late = await asyncio.wait(set(self.sending), timeout=grace_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late)
+        # Claims that never reached the wire (waiting for a stream or a connection) go back to
+        # the queue at once; sends on the wire get the grace period to be answered.
+        released = await self._take_back([t for t in self.sending if t not in self.on_wire])
+        if not self.sending:
+            return
+        log.info("draining", in_flight=len(self.sending), released=released, grace_s=grace_s)
+        _, late = await asyncio.wait(set(self.sending), timeout=grace_s)
+        if late:
+            log.warning("grace_period_over", released=await self._take_back(list(late)))
+
+    async def _take_back(self, tasks: list[asyncio.Task[None]]) -> int:
+        """Cancel these sends and give their claims back to the queue, due now, attempts as
+        they were. Done here, not in the task: a task cancelled before it ever ran runs none
+        of its code."""
+        if not tasks:
+            return 0
+        claims = [self.sending[task] for task in tasks]
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        cancelled = [claim for task, claim in zip(tasks, claims, strict=True) if task.cancelled()]
+        for claim in cancelled:
+            self._release(claim, 0.0)
+        return len(cancelled)
 
     # One notification
 
@@ -170,12 +194,14 @@ class DeliveryWorker:
                 return
             gate.probing = True  # this one is the probe: does the app work again?
         started = time.monotonic()
+        task = asyncio.current_task()
+        assert task is not None
         try:
-            response = await client.send(notification, apns_id_for(claim.id))
+            response = await client.send(
+                notification, apns_id_for(claim.id), on_wire=lambda: self.on_wire.add(task)
+            )
         except asyncio.CancelledError:
-            # Shutdown past the grace period: the send may or may not have reached APNs.
-            self._release(claim, 0.0)
-            gate.probing = False
+            gate.probing = False  # _take_back gives the claim back
             raise
         latency = time.monotonic() - started
         outcome = classify(
@@ -228,11 +254,31 @@ class DeliveryWorker:
         self.release_buffer.append((claim, int(delay_s * 1000)))
         self._buffer_ready.set()
 
-    async def _settle_forever(self) -> None:
+    async def _settle_until_sends_end(self) -> None:
         while True:
             await self._buffer_ready.wait()
             self._buffer_ready.clear()
             await self._flush()
+            if self._sends_ended.is_set() and not (self.settle_buffer or self.release_buffer):
+                return
+
+    async def _stop_settler(self, settler: asyncio.Task[None]) -> None:
+        """Let the settler write what is buffered, but never hang shutdown on Redis.
+
+        The settler is not cancelled while it may be mid-write: redis-py can turn a cancellation
+        into a connection error, which the retry loop would then swallow.
+        """
+        self._sends_ended.set()
+        self._buffer_ready.set()
+        await asyncio.wait({settler}, timeout=FINAL_FLUSH_S)
+        if not settler.done():
+            settler.cancel()
+            log.error(
+                "unsettled_at_exit",
+                settled=len(self.settle_buffer),
+                released=len(self.release_buffer),
+                note="their leases run out and they are claimed again",
+            )
 
     async def _flush(self) -> None:
         while self.settle_buffer or self.release_buffer:
@@ -245,7 +291,7 @@ class DeliveryWorker:
                     await self.queue.release(
                         [c for c, d in released if d == delay_ms], delay_ms=delay_ms
                     )
-            except (OSError, ConnectionError) as exc:
+            except REDIS_ERRORS as exc:
                 # Keep them: a lease that runs out meanwhile only costs a duplicate send.
                 log.warning("redis_unavailable", operation="settle", error=str(exc))
                 self.settle_buffer[:0] = settled

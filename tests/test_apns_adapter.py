@@ -390,12 +390,16 @@ async def test_send_racing_goaway_before_connection_lost_is_a_status_0_response(
         connection = await client.pool.acquire()
         deadline = asyncio.get_running_loop().time() + 5.0
         authorization = client.jwt.get_header() if client.jwt else None
-        first = await connection.send_raw(notification(), new_apns_id(), deadline, authorization)
+        first = await connection.send_raw(
+            notification(), new_apns_id(), deadline, authorization, lambda: None
+        )
         assert first.status == 200
         # The answer came with GOAWAY right behind it: read, but connection_lost has not run.
         assert connection.retired_because == "GoAway:Shutdown"
         assert not connection.lost.done()
-        late = await connection.send_raw(notification(), new_apns_id(), deadline, authorization)
+        late = await connection.send_raw(
+            notification(), new_apns_id(), deadline, authorization, lambda: None
+        )
         assert late == ApnsResponse(0, "GoAway:Shutdown")
         assert (await client.send(notification(), new_apns_id())).status == 200
         # aioapns #55: connection_lost may run the discard more than once.

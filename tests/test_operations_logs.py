@@ -1,0 +1,248 @@
+"""Logs: JSON or console by TTY and setting, request ids, aioapns rate-limited, no secret ever."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import pty
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+from relay_harness import API_TOKEN, BASIC, relay_document, relay_processes, write_config
+from simulator import control_client, running_simulator
+
+from relay.logs import RateLimitFilter, mask_token
+
+WAIT_S = 20.0
+WRONG_BEARER = "wrong-token-5f2c9a7e41"
+WRONG_BASIC = ("gms", "not-the-password-83c1")
+JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
+LOG_PROBE = """
+import structlog
+from relay.logs import configure_logging
+configure_logging({fmt!r})
+structlog.get_logger("probe").info("probe_event", answer=42)
+"""
+
+
+def random_token() -> str:
+    """Distinct first 8 digits too, so each masked form names one device."""
+    return secrets.token_hex(32)
+
+
+def record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("aioapns", logging.WARNING, __file__, 1, message, ("x",), None)
+
+
+def test_rate_limit_filter_passes_each_template_once_per_interval_and_counts_the_rest() -> None:
+    now = [100.0]
+    limiter = RateLimitFilter(interval_s=10, clock=lambda: now[0])
+    assert limiter.filter(record("End stream: %s"))
+    assert not limiter.filter(record("End stream: %s"))
+    assert not limiter.filter(record("End stream: %s"))
+    assert limiter.filter(record("Connection %s lost"))  # another template has its own budget
+    now[0] += 9.9
+    assert not limiter.filter(record("End stream: %s"))
+    now[0] += 0.1
+    passed = record("End stream: %s")
+    assert limiter.filter(passed)
+    assert passed.suppressed == 3
+    assert not hasattr(record("x"), "suppressed")
+
+
+def probe_output(fmt: str, *, tty: bool) -> str:
+    """What configure_logging(fmt) writes for one event, with stderr a terminal or a pipe."""
+    command = [sys.executable, "-c", LOG_PROBE.format(fmt=fmt)]
+    if not tty:
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=30, check=True
+        ).stderr
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=terminal)
+        os.close(terminal)
+        output = b""
+        while chunk := _read_terminal(controller):
+            output += chunk
+        assert process.wait(timeout=30) == 0
+    finally:
+        os.close(controller)
+    return output.decode()
+
+
+def _read_terminal(controller: int) -> bytes:
+    try:
+        return os.read(controller, 4096)
+    except OSError:  # EIO: the child closed the terminal
+        return b""
+
+
+def test_json_lines_unless_a_terminal_or_asked_for_console() -> None:
+    [line] = probe_output("auto", tty=False).splitlines()
+    event = json.loads(line)
+    assert (event["event"], event["answer"], event["level"]) == ("probe_event", 42, "info")
+    assert event["timestamp"].endswith("Z")
+    for fmt, tty in (("auto", True), ("console", False)):
+        output = probe_output(fmt, tty=tty)
+        assert "probe_event" in output, output
+        assert "answer" in output, output
+        assert not output.lstrip().startswith("{"), f"{fmt}, tty={tty}: {output}"
+    json.loads(probe_output("json", tty=True).strip())
+
+
+def basic(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def wait_until_final(session: aiohttp.ClientSession, url: str, ids: list[str]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    for notification_id in ids:
+        while True:
+            async with session.get(
+                f"{url}/v1/notifications/{notification_id}",
+                headers={"Authorization": f"Bearer {API_TOKEN}"},
+            ) as response:
+                state = (await response.json())["state"]
+            if state in {"delivered", "failed", "expired"}:
+                break
+            assert time.monotonic() < deadline, f"{notification_id} stuck in {state}"
+            await asyncio.sleep(0.02)
+
+
+async def test_a_full_run_logs_no_token_jwt_key_or_credential(
+    redis_url: str, state_dir: Path
+) -> None:
+    delivered = [random_token() for _ in range(3)]
+    unregistered, bad, expired_jwt, paused = (random_token() for _ in range(4))
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    gms = {"Authorization": "Basic " + basic(*BASIC)}
+    started = int(time.time())
+    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+        await control.unregister(unregistered)
+        await control.put_faults(
+            {
+                "scripted": {
+                    bad: [{"status": 400, "reason": "BadDeviceToken"}],
+                    expired_jwt: [{"status": 403, "reason": "ExpiredProviderToken"}],
+                    paused: [{"status": 403, "reason": "InvalidProviderToken"}],
+                }
+            }
+        )
+        document = relay_document(redis_url, info, logging={"level": "debug"})
+        config = write_config(state_dir / "relay.yaml", document)
+        with relay_processes("serve", config=config, log_dir=state_dir) as [relay]:
+            async with aiohttp.ClientSession() as session:
+
+                async def call(
+                    method: str, path: str, headers: dict[str, str], body: Any = None
+                ) -> tuple[int, Any, Any]:
+                    async with session.request(
+                        method, relay.url + path, json=body, headers=headers
+                    ) as response:
+                        return (
+                            response.status,
+                            await response.json(content_type=None),
+                            response.headers,
+                        )
+
+                ids = []
+                for device in delivered[:2]:
+                    message = {"_id": "S1", "_action": "get-dialog-start-chat"}
+                    status, body, _ = await call(
+                        "POST", "/gms/push", gms, {"deviceId": device, "message": message}
+                    )
+                    assert status == 200, body
+                    ids.append(body["id"])
+                for device in (delivered[2], unregistered, bad, expired_jwt, paused):
+                    notification = {"device_token": device, "service_id": "S2", "action": "x"}
+                    status, body, _ = await call("POST", "/v1/notifications", bearer, notification)
+                    assert status == 202, body
+                    ids.append(body["id"])
+                await wait_until_final(session, relay.url, ids)
+                status, body, _ = await call(
+                    "POST",
+                    "/v1/notifications",
+                    bearer,
+                    {"device_token": bad, "service_id": "S3", "action": "x"},
+                )
+                assert status == 410, body
+                for wrong in (f"Bearer {WRONG_BEARER}", "Basic " + basic(*WRONG_BASIC)):
+                    status, _, _ = await call("GET", "/v1/queue", {"Authorization": wrong})
+                    assert status == 401
+                status, body, headers = await call(
+                    "DELETE", f"/v1/devices/dev/{unregistered}", {**bearer, "X-Request-Id": "r-42"}
+                )
+                assert status == 200, body
+                assert headers["X-Request-Id"] == "r-42"
+                status, body, headers = await call("GET", f"/v1/devices/dev/{bad}", bearer)
+                assert status == 200, body
+                assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+            assert relay.kill(signal.SIGTERM) == 0
+            log = relay.log()
+    finished = int(time.time())
+
+    events = [json.loads(line) for line in log.splitlines()]  # JSON lines: not a terminal
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_name.setdefault(event["event"], []).append(event)
+    # The run logged what the grep below is meant to search: attempts, signing, the pause.
+    attempts = by_name["apns_attempt"]
+    assert {a["token"] for a in attempts} == {
+        mask_token(t) for t in (*delivered, unregistered, bad, expired_jwt, paused)
+    }
+    first = next(a for a in attempts if a["token"] == mask_token(delivered[0]))
+    assert first["id"] == ids[0]
+    assert (first["app"], first["service_id"], first["action"]) == (
+        "dev",
+        "S1",
+        "get-dialog-start-chat",
+    )
+    assert (first["attempt"], first["status"], first["reason"]) == (1, 200, None)
+    assert first["apns_id"]
+    assert first["latency_ms"] >= 0
+    # ExpiredProviderToken asks for a new JWT, but not within a minute of the last one.
+    assert len(by_name["jwt_signed"]) == 1
+    assert by_name["app_paused"][0]["reason"] == "InvalidProviderToken"
+    [cleared] = by_name["device_cleared"]
+    assert cleared["request_id"] == "r-42"
+    assert cleared["token"] == mask_token(unregistered)
+
+    key_lines = [line for line in info.key_pem.splitlines() if line and "-----" not in line]
+    jwt_header = jwt.encode({}, info.key_pem, algorithm="ES256", headers={"kid": info.key_id})
+    jwt_claims = [
+        jwt.encode({"iss": info.team_id, "iat": second}, info.key_pem, algorithm="ES256").split(
+            "."
+        )[1]
+        for second in range(started, finished + 1)
+    ]
+    never_logged = {
+        *delivered,
+        unregistered,
+        bad,
+        expired_jwt,
+        paused,
+        API_TOKEN,
+        BASIC[1],
+        basic(*BASIC),
+        WRONG_BEARER,
+        WRONG_BASIC[1],
+        basic(*WRONG_BASIC),
+        "".join(key_lines),
+        *key_lines,
+        jwt_header.split(".")[0],
+        *jwt_claims,
+    }
+    leaked = sorted(secret for secret in never_logged if secret in log)
+    assert not leaked, f"logged in full: {leaked}"
+    assert not JWT_SHAPE.search(log)

@@ -1,0 +1,226 @@
+"""Metrics of a real relay process: each outcome counted exactly; the dashboard's all exported."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from relay_harness import API_TOKEN, basic_authorization, relay_document, relay_processes
+from relay_harness import write_config as write_relay_config
+from simulator import ControlClient, control_client, running_simulator
+from test_deploy_files import PROMETHEUS_SERIES, every_query, promql_metric_names
+
+from relay import __version__
+
+APP = "dev"
+WAIT_S = 20.0
+BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def token(n: int) -> str:
+    return f"{n:064x}"
+
+
+def parse_exposition(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One series' value; a missing series is a failure, not a zero."""
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"{name}{labels} is not exported"
+    return samples[key]
+
+
+def series(samples: Samples, name: str, **labels: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Every series of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return {key: v for (n, key), v in samples.items() if n == name and wanted <= key}
+
+
+class Relay:
+    def __init__(self, url: str, session: aiohttp.ClientSession) -> None:
+        self.url = url
+        self.session = session
+
+    async def post(self, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+        async with self.session.post(self.url + path, json=body, headers=headers) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def notify(self, **body: Any) -> str:
+        status, answer = await self.post("/v1/notifications", body, BEARER)
+        assert status == 202, answer
+        return str(answer["id"])
+
+    async def notification(self, notification_id: str) -> dict[str, Any]:
+        async with self.session.get(
+            f"{self.url}/v1/notifications/{notification_id}", headers=BEARER
+        ) as response:
+            assert response.status == 200
+            return dict(await response.json())
+
+    async def wait_state(self, notification_id: str, states: Collection[str]) -> dict[str, Any]:
+        deadline = time.monotonic() + WAIT_S
+        while (record := await self.notification(notification_id))["state"] not in states:
+            assert time.monotonic() < deadline, f"{notification_id} never reached {states}"
+            await asyncio.sleep(0.02)
+        return record
+
+    async def scrape(self) -> Samples:
+        async with self.session.get(self.url + "/metrics") as response:
+            assert response.status == 200
+            return parse_exposition(await response.text())
+
+
+async def wait_for_stalls(control: ControlClient, count: int) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (await control.stats()).get("stalled", 0) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} stalled requests"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exactly(
+    redis_url: str, state_dir: Path
+) -> None:
+    delivered, retried, failing, slow = token(1), token(2), token(3), token(4)
+    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+        await control.put_faults(
+            {
+                "scripted": {
+                    retried: [{"status": 503, "reason": "ServiceUnavailable"}],
+                    failing: [{"status": 400, "reason": "BadDeviceToken"}],
+                },
+                "stall": {"tokens": [slow]},
+            }
+        )
+        config = write_relay_config(state_dir / "relay.yaml", relay_document(redis_url, info))
+        with (
+            relay_processes("serve", config=config, log_dir=state_dir) as [process],
+        ):
+            async with aiohttp.ClientSession() as session:
+                relay = Relay(process.url, session)
+                status, answer = await relay.post(
+                    "/gms/push",
+                    {"deviceId": delivered, "message": {"_id": "S0", "_action": "x"}},
+                    {"Authorization": basic_authorization()},
+                )
+                assert status == 200, answer
+                ids = {
+                    retried: await relay.notify(device_token=retried, service_id="S", action="x"),
+                    failing: await relay.notify(device_token=failing, service_id="S", action="x"),
+                }
+                # `slow`'s head stalls until `late` (queued behind it) is past its expiry.
+                head = await relay.notify(device_token=slow, service_id="A", action="x")
+                late = await relay.notify(device_token=slow, service_id="B", action="x", ttl=1)
+                await relay.wait_state(answer["id"], {"delivered"})
+                await relay.wait_state(ids[retried], {"delivered"})
+                assert (await relay.wait_state(ids[failing], {"failed"}))["attempts"] == 1
+                await wait_for_stalls(control, 1)
+                expires_at = (await relay.notification(late))["expires_at"]
+                await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # the clock
+                await control.clear_faults()
+                await relay.wait_state(head, {"delivered"})
+                assert (await relay.wait_state(late, {"expired"}))["attempts"] == 0
+                status, refused = await relay.post(
+                    "/v1/notifications",
+                    {"device_token": failing, "service_id": "S", "action": "x"},
+                    BEARER,
+                )
+                assert status == 410, refused
+                for credentials in ("Bearer wrong-token", "Basic Z21zOndyb25n"):
+                    status, _ = await relay.post(
+                        "/v1/notifications", {}, {"Authorization": credentials}
+                    )
+                    assert status == 401
+                stalls = (await control.stats())["stalled"]
+                samples = await relay.scrape()
+    # Delivery outcomes: one each, retries by reason, dead token marked.
+    assert value(samples, "apns_relay_notifications_enqueued_total", app=APP) == 5
+    assert value(samples, "apns_relay_notifications_delivered_total", app=APP) == 3
+    assert series(samples, "apns_relay_notifications_failed_total") == {
+        frozenset({("app", APP), ("reason", "BadDeviceToken")}): 1
+    }
+    assert value(samples, "apns_relay_notifications_expired_total", app=APP) == 1
+    assert value(samples, "apns_relay_notifications_superseded_total", app=APP) == 0
+    assert series(samples, "apns_relay_notifications_retried_total") == {
+        frozenset({("app", APP), ("reason", "ServiceUnavailable")}): 1,
+        frozenset({("app", APP), ("reason", "Timeout")}): stalls,
+    }
+    assert series(samples, "apns_relay_dead_tokens_marked_total") == {
+        frozenset({("app", APP), ("reason", "BadDeviceToken")}): 1
+    }
+    # APNs answers: every request counted once, by status and reason, and timed.
+    responses = {
+        (dict(labels)["status"], dict(labels)["reason"]): count
+        for labels, count in series(samples, "apns_relay_apns_responses_total", app=APP).items()
+    }
+    assert responses == {
+        ("200", ""): 3,
+        ("503", "ServiceUnavailable"): 1,
+        ("400", "BadDeviceToken"): 1,
+        ("0", "Timeout"): stalls,
+    }
+    requests = 5 + stalls
+    assert value(samples, "apns_relay_apns_request_duration_seconds_count", app=APP) == requests
+    assert value(samples, "apns_relay_delivery_latency_seconds_count", app=APP) == 3
+    # Ingest: by source and outcome; a refusal by its reason.
+    events = {
+        tuple(dict(labels)[k] for k in ("source", "outcome", "reason")): count
+        for labels, count in series(samples, "apns_relay_events_received_total").items()
+    }
+    assert events == {
+        ("gms", "accepted", ""): 1,
+        ("api", "accepted", ""): 4,
+        ("api", "rejected", refused["type"].rsplit(":", 1)[-1]): 1,
+    }
+    # HTTP: by route template (never an id), method and status; durations per route.
+    posts = {
+        (dict(labels)["route"], dict(labels)["status"]): count
+        for labels, count in series(
+            samples, "apns_relay_http_requests_total", method="POST"
+        ).items()
+    }
+    assert posts == {
+        ("/gms/push", "200"): 1,
+        ("/v1/notifications", "202"): 4,
+        ("/v1/notifications", "410"): 1,
+        ("/v1/notifications", "401"): 2,
+    }
+    status_reads = series(samples, "apns_relay_http_requests_total", method="GET")
+    routes_read = {dict(labels)["route"] for labels in status_reads}
+    assert routes_read == {"/healthz", "/v1/notifications/{id}"}  # the harness polls /healthz
+    assert (
+        value(samples, "apns_relay_http_request_duration_seconds_count", route="/v1/notifications")
+        == 7
+    )
+    # State: queue gauges read from Redis, all final; nothing in flight, app sending, one JWT.
+    assert value(samples, "apns_relay_queue_pending_notifications") == 0
+    assert value(samples, "apns_relay_queue_devices_pending") == 0
+    assert value(samples, "apns_relay_queue_oldest_pending_age_seconds") == 0
+    assert value(samples, "apns_relay_apns_in_flight_requests", app=APP) == 0
+    assert value(samples, "apns_relay_app_paused", app=APP) == 0
+    assert value(samples, "apns_relay_apns_connections", app=APP) >= 1
+    assert value(samples, "apns_relay_jwt_refreshes_total", app=APP) == 1
+    [build] = series(samples, "apns_relay_build_info")
+    assert dict(build)["version"] == __version__
+    # Nothing keyed by a device token or a notification id.
+    for name, labels in samples:
+        for label, label_value in labels:
+            assert not any(t in label_value for t in (delivered, retried, failing, slow)), name
+            assert label_value not in {head, late, *ids.values()}, (name, label)
+    # The dashboard and the alert rules query only what this live relay exports.
+    exported = {name for name, _ in samples} | PROMETHEUS_SERIES
+    for where, expr in every_query():
+        missing = promql_metric_names(expr) - exported
+        assert not missing, f"{where} queries {sorted(missing)}, absent from a live /metrics"
