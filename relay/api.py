@@ -554,9 +554,15 @@ async def _enqueue(request: web.Request, spec: PushSpec, app_field: str) -> Acce
         accepted = await state.queue.enqueue(notification)
     except QueueRefusal as refusal:
         raise Problem.from_refusal(refusal) from None
-    if not accepted.duplicate:
-        metrics.NOTIFICATIONS_ENQUEUED.labels(app=app.name).inc()
+    _count_enqueued(app.name, accepted)
     return accepted
+
+
+def _count_enqueued(app: str, accepted: Accepted) -> None:
+    if not accepted.duplicate:
+        metrics.NOTIFICATIONS_ENQUEUED.labels(app=app).inc()
+    if accepted.superseded:
+        metrics.NOTIFICATIONS_SUPERSEDED.labels(app=app).inc()
 
 
 def _count_event(source: str, outcome: str, reason: str = "") -> None:
@@ -670,8 +676,7 @@ async def create_batch(request: web.Request) -> web.Response:
             field_name = f"notifications[{index}].device_token"
             results[index] = _item_problem(Problem.from_refusal(outcome, field_name))
         else:
-            if not outcome.duplicate:
-                metrics.NOTIFICATIONS_ENQUEUED.labels(app=notification.app).inc()
+            _count_enqueued(notification.app, outcome)
             results[index] = {
                 "status": 202,
                 "id": outcome.id,

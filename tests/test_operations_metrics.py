@@ -123,6 +123,9 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 # `slow`'s head stalls until `late` (queued behind it) is past its expiry.
                 head = await relay.notify(device_token=slow, service_id="A", action="x")
                 late = await relay.notify(device_token=slow, service_id="B", action="x", ttl=1)
+                # Two for one service behind the stalled head: the newer supersedes the older.
+                replaced = await relay.notify(device_token=slow, service_id="C", action="x")
+                newer = await relay.notify(device_token=slow, service_id="C", action="y")
                 await relay.wait_state(answer["id"], {"delivered"})
                 await relay.wait_state(ids[retried], {"delivered"})
                 assert (await relay.wait_state(ids[failing], {"failed"}))["attempts"] == 1
@@ -132,6 +135,8 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 await control.clear_faults()
                 await relay.wait_state(head, {"delivered"})
                 assert (await relay.wait_state(late, {"expired"}))["attempts"] == 0
+                await relay.wait_state(newer, {"delivered"})
+                assert (await relay.notification(replaced))["state"] == "superseded"
                 status, refused = await relay.post(
                     "/v1/notifications",
                     {"device_token": failing, "service_id": "S", "action": "x"},
@@ -146,13 +151,13 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 stalls = (await control.stats())["stalled"]
                 samples = await relay.scrape()
     # Delivery outcomes: one each, retries by reason, dead token marked.
-    assert value(samples, "apns_relay_notifications_enqueued_total", app=APP) == 5
-    assert value(samples, "apns_relay_notifications_delivered_total", app=APP) == 3
+    assert value(samples, "apns_relay_notifications_enqueued_total", app=APP) == 7
+    assert value(samples, "apns_relay_notifications_delivered_total", app=APP) == 4
     assert series(samples, "apns_relay_notifications_failed_total") == {
         frozenset({("app", APP), ("reason", "BadDeviceToken")}): 1
     }
     assert value(samples, "apns_relay_notifications_expired_total", app=APP) == 1
-    assert value(samples, "apns_relay_notifications_superseded_total", app=APP) == 0
+    assert value(samples, "apns_relay_notifications_superseded_total", app=APP) == 1
     assert series(samples, "apns_relay_notifications_retried_total") == {
         frozenset({("app", APP), ("reason", "ServiceUnavailable")}): 1,
         frozenset({("app", APP), ("reason", "Timeout")}): stalls,
@@ -166,14 +171,14 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
         for labels, count in series(samples, "apns_relay_apns_responses_total", app=APP).items()
     }
     assert responses == {
-        ("200", ""): 3,
+        ("200", ""): 4,
         ("503", "ServiceUnavailable"): 1,
         ("400", "BadDeviceToken"): 1,
         ("0", "Timeout"): stalls,
     }
-    requests = 5 + stalls
+    requests = 6 + stalls
     assert value(samples, "apns_relay_apns_request_duration_seconds_count", app=APP) == requests
-    assert value(samples, "apns_relay_delivery_latency_seconds_count", app=APP) == 3
+    assert value(samples, "apns_relay_delivery_latency_seconds_count", app=APP) == 4
     # Ingest: by source and outcome; a refusal by its reason.
     events = {
         tuple(dict(labels)[k] for k in ("source", "outcome", "reason")): count
@@ -181,7 +186,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
     }
     assert events == {
         ("gms", "accepted", ""): 1,
-        ("api", "accepted", ""): 4,
+        ("api", "accepted", ""): 6,
         ("api", "rejected", refused["type"].rsplit(":", 1)[-1]): 1,
     }
     # HTTP: by route template (never an id), method and status; durations per route.
@@ -193,7 +198,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
     }
     assert posts == {
         ("/gms/push", "200"): 1,
-        ("/v1/notifications", "202"): 4,
+        ("/v1/notifications", "202"): 6,
         ("/v1/notifications", "410"): 1,
         ("/v1/notifications", "401"): 2,
     }
@@ -202,7 +207,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
     assert routes_read == {"/healthz", "/v1/notifications/{id}"}  # the harness polls /healthz
     assert (
         value(samples, "apns_relay_http_request_duration_seconds_count", route="/v1/notifications")
-        == 7
+        == 9
     )
     # State: queue gauges read from Redis, all final; nothing in flight, app sending, one JWT.
     assert value(samples, "apns_relay_queue_pending_notifications") == 0
