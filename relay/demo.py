@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import TextIO
 
 import aiohttp
-import redis.asyncio as aioredis
 
-from relay.api import Credentials, RelayState, create_app
 from relay.apns_sim.command import Simulator, SimulatorOptions
 from relay.config import App, Settings
 from relay.device_sim.app import (
@@ -79,9 +77,7 @@ from relay.gms_sim.scenarios import (
 )
 from relay.gms_sim.server import GmsSimServer, GmsSimulator
 from relay.logs import configure_logging
-from relay.queue import WAKE_CHANNEL
-from relay.service import bound_address, http_server, make_client, make_queue, simulator_app
-from relay.worker import DeliveryWorker
+from relay.service import run_relay, simulator_app
 
 DEMO_TOKEN = "de" * 32  # the simulated phone's device token (hex)
 GMS_USER = "demo-user"
@@ -636,49 +632,11 @@ def demo_settings(redis_url: str, simulator_info: dict[str, object], basic: str)
     )
 
 
-async def wait_for_wake_listener(redis_url: str, timeout_s: float = STEP_TIMEOUT_S) -> None:
-    """Until a worker listens for wake-ups. A worker subscribes only after its first claim, and a
-    push made before that would wait for its idle re-claim (a second) instead of going at once."""
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                listeners = dict(await client.pubsub_numsub(WAKE_CHANNEL))
-                if listeners.get(WAKE_CHANNEL.encode()):
-                    return
-                await asyncio.sleep(0.01)  # Redis has no notification for a new subscriber
-    finally:
-        await client.aclose()
-
-
 @contextlib.asynccontextmanager
 async def relay_in_loop(settings: Settings) -> AsyncIterator[str]:
     """The relay's api and worker in this event loop; yields the api's URL."""
-    queue = make_queue(settings)
-    worker = DeliveryWorker(
-        queue,
-        {app.name: make_client(app, settings) for app in settings.apps},
-        retry=settings.retry.policy(),
-        batch_size=settings.delivery.batch_size,
-        pause_probe_s=settings.delivery.pause_probe_seconds,
-    )
-    state = RelayState(
-        settings, queue, Credentials.from_settings(settings), paused_apps=lambda: worker.paused_apps
-    )
-    try:
-        async with http_server(create_app(state), "127.0.0.1", 0) as runner:
-            delivering = asyncio.create_task(worker.run(grace_s=2.0))
-            try:
-                assert settings.redis.url, "demo_settings sets it"
-                await wait_for_wake_listener(settings.redis.url)
-                yield bound_address(runner)
-            finally:
-                worker.stop()
-                await delivering
-                for client in worker.clients.values():
-                    await client.close()
-    finally:
-        await queue.aclose()
+    async with run_relay(settings, grace_s=2.0) as relay:
+        yield relay.url
 
 
 async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None) -> DemoReport:

@@ -26,7 +26,7 @@ from relay.api import Credentials, RelayState, create_app, server_options
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.embedded import EmbeddedServer
 from relay.logs import configure_logging
-from relay.queue import QueueLimits, RelayQueue
+from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect
 from relay.worker import DeliveryWorker
 
@@ -283,6 +283,77 @@ def bound_address(runner: web.AppRunner) -> str:
     return f"http://{host}:{port}"
 
 
+@dataclass
+class RunningRelay:
+    """One process's relay, serving: its HTTP address, queue, worker (when it delivers), state."""
+
+    url: str
+    queue: RelayQueue
+    state: RelayState
+    worker: DeliveryWorker | None
+    worker_task: asyncio.Task[None] | None
+
+
+def make_worker(settings: Settings, queue: RelayQueue) -> DeliveryWorker:
+    if not settings.apps:
+        raise ConfigError(["apps: a worker needs at least one app"])
+    return DeliveryWorker(
+        queue,
+        {app.name: make_client(app, settings) for app in settings.apps},
+        retry=settings.retry.policy(),
+        batch_size=settings.delivery.batch_size,
+        pause_probe_s=settings.delivery.pause_probe_seconds,
+    )
+
+
+@contextlib.asynccontextmanager
+async def run_relay(
+    settings: Settings,
+    *,
+    role: str = "serve",
+    host: str = "127.0.0.1",
+    port: int = 0,
+    grace_s: float = 10.0,
+) -> AsyncIterator[RunningRelay]:
+    """Serve HTTP (and deliver, for `serve` and `worker`) until the block ends, then shut down
+    as at SIGTERM: readiness and ingest turn traffic away first; the worker stops claiming,
+    lets its sends in flight finish within `grace_s` and gives the rest back at once."""
+    if not settings.redis.url:
+        raise ConfigError(["redis.url: required (set RELAY_REDIS_URL); only `serve` embeds one"])
+    queue = make_queue(settings)
+    try:
+        worker = make_worker(settings, queue) if role in ("serve", "worker") else None
+        state = RelayState(
+            settings,
+            queue,
+            Credentials.from_settings(settings),
+            paused_apps=(lambda: worker.paused_apps) if worker else dict,
+        )
+        ingest = role != "worker"
+        metrics.prime_app_series(
+            (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
+        )
+        if worker is not None:
+            # Listening before the first request: a push is then picked up at once, not at the
+            # idle worker's next look a second later.
+            with contextlib.suppress(*REDIS_ERRORS):
+                await queue.listen_for_work()
+        async with http_server(create_app(state, ingest=ingest), host, port) as runner:
+            worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
+            try:
+                yield RunningRelay(bound_address(runner), queue, state, worker, worker_task)
+            finally:
+                state.draining = True
+                log.info("shutting_down", role=role, grace_s=grace_s if worker else 0)
+                if worker is not None and worker_task is not None:
+                    worker.stop()
+                    await worker_task
+                    for client in worker.clients.values():
+                        await client.close()
+    finally:
+        await queue.aclose()
+
+
 async def _serve(
     role: str,
     settings: Settings,
@@ -293,58 +364,25 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if not settings.redis.url:
-        raise ConfigError(["redis.url: required (set RELAY_REDIS_URL); only `serve` embeds one"])
-    queue = make_queue(settings)
-    worker: DeliveryWorker | None = None
-    if role in ("serve", "worker"):
-        if not settings.apps:
-            raise ConfigError(["apps: a worker needs at least one app"])
-        worker = DeliveryWorker(
-            queue,
-            {app.name: make_client(app, settings) for app in settings.apps},
-            retry=settings.retry.policy(),
-            batch_size=settings.delivery.batch_size,
-            pause_probe_s=settings.delivery.pause_probe_seconds,
-        )
-    state = RelayState(
-        settings,
-        queue,
-        Credentials.from_settings(settings),
-        paused_apps=(lambda: worker.paused_apps) if worker else dict,
-    )
-    host = args.host or settings.http.host
     default_port = DEFAULT_WORKER_PORT if role == "worker" else settings.http.port
-    port = default_port if args.port is None else args.port
-    ingest = role != "worker"
-    metrics.prime_app_series(
-        (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
-    )
-    application = create_app(state, ingest=ingest)
-    async with http_server(application, host, port) as runner:
-        address = bound_address(runner)
-        log.info("listening", role=role, url=address, pid=os.getpid())
+    async with run_relay(
+        settings,
+        role=role,
+        host=args.host or settings.http.host,
+        port=default_port if args.port is None else args.port,
+        grace_s=args.grace,
+    ) as relay:
+        log.info("listening", role=role, url=relay.url, pid=os.getpid())
         if dev is not None:
-            path = write_dev_json(dev, settings, address)
+            path = write_dev_json(dev, settings, relay.url)
             if dev.api_token:
                 print(
-                    f"\n  relay     {address}\n  api token {dev.api_token}\n  (also in {path})\n",
+                    f"\n  relay     {relay.url}\n  api token {dev.api_token}\n  (also in {path})\n",
                     file=sys.stderr,
                     flush=True,
                 )
-        worker_task = asyncio.create_task(worker.run(args.grace)) if worker else None
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
-        if worker_task:
-            waiters.add(worker_task)
+        if relay.worker_task:
+            waiters.add(relay.worker_task)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        # Readiness and ingest turn away traffic first; the worker then stops claiming, lets
-        # its sends in flight finish within the grace period and releases the rest at once.
-        state.draining = True
-        log.info("shutting_down", role=role, grace_s=args.grace if worker else 0)
-        if worker is not None and worker_task is not None:
-            worker.stop()
-            await worker_task
-            for client in worker.clients.values():
-                await client.close()
-    await queue.aclose()
     log.info("stopped", role=role)

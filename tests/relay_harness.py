@@ -19,11 +19,11 @@ import aiohttp
 import yaml
 from simulator import ControlClient, SimInfo, control_client, running_simulator
 
-from relay.api import Credentials, RelayState, create_app
+from relay.api import RelayState
 from relay.config import Settings
 from relay.embedded import free_port
 from relay.queue import RelayQueue
-from relay.service import bound_address, http_server, make_client, make_queue, simulator_app
+from relay.service import run_relay, simulator_app
 from relay.worker import DeliveryWorker
 
 API_TOKEN = "test-token-0123456789"
@@ -140,36 +140,15 @@ async def running_relay(
 ) -> AsyncIterator[RelayHarness]:
     async with running_simulator(state_dir / "sim", **(sim_options or {})) as info:
         settings = relay_settings(redis_url, info, **sections)
-        queue = make_queue(settings)
-        worker = DeliveryWorker(
-            queue,
-            {app.name: make_client(app, settings) for app in settings.apps},
-            retry=settings.retry.policy(),
-            batch_size=settings.delivery.batch_size,
-            pause_probe_s=settings.delivery.pause_probe_seconds,
-        )
-        state = RelayState(
-            settings,
-            queue,
-            Credentials.from_settings(settings),
-            paused_apps=lambda: worker.paused_apps,
-        )
         async with (
-            http_server(create_app(state), "127.0.0.1", 0) as runner,
+            run_relay(settings, grace_s=2.0) as relay,
             aiohttp.ClientSession() as session,
             control_client(info) as control,
         ):
-            task = asyncio.create_task(worker.run(grace_s=2.0))
-            try:
-                yield RelayHarness(
-                    bound_address(runner), settings, queue, worker, state, session, info, control
-                )
-            finally:
-                worker.stop()
-                await task
-                for client in worker.clients.values():
-                    await client.close()
-                await queue.aclose()
+            assert relay.worker is not None
+            yield RelayHarness(
+                relay.url, settings, relay.queue, relay.worker, relay.state, session, info, control
+            )
 
 
 def write_config(path: Path, document: dict[str, Any]) -> Path:

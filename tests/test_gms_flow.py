@@ -25,7 +25,6 @@ from relay.demo import (
     chat_delayed,
     chat_session,
     flow_ends,
-    wait_for_wake_listener,
 )
 from relay.device_sim.app import AlertShown, MenuChoice, PushNotPosted, UrlPosted, entries_of
 from relay.gms_sim.dialogs import SEED_DIALOGS, JsonValue, fill_placeholders
@@ -52,7 +51,6 @@ async def gms_flow(
         running_relay(redis_url, state_dir, **sections) as relay,
         GmsSimServer(gms or GmsSimulator()) as gms_server,
     ):
-        await wait_for_wake_listener(redis_url)
         yield (
             relay,
             flow_ends(
