@@ -35,6 +35,7 @@ from relay.payload import (
     normalize_device_token,
 )
 from relay.queue import REDIS_ERRORS, Accepted, QueueRefusal, RelayQueue
+from relay.redis_connection import ReplicaAcknowledgement
 from relay.schema import (
     MAX_JSON_DEPTH,
     MAX_NOTIFICATION_ID_CHARS,
@@ -389,6 +390,7 @@ class RelayState:
     gauges_read_at: float = 0.0
     extra_ready_checks: list[Callable[[], str | None]] = field(default_factory=list)
     limits: ApiLimits = field(default_factory=ApiLimits)
+    replicas: ReplicaAcknowledgement | None = None  # redis.ack_replicas: WAIT before a 2xx
     rates: RequestRates = field(init=False)
 
     def __post_init__(self) -> None:
@@ -552,9 +554,11 @@ async def _enqueue(request: web.Request, spec: PushSpec, app_field: str) -> Acce
         return None
     try:
         accepted = await state.queue.enqueue(notification)
+        _count_enqueued(app.name, accepted)
+        if state.replicas is not None and not accepted.duplicate:
+            await state.replicas.confirm([accepted.id])
     except QueueRefusal as refusal:
         raise Problem.from_refusal(refusal) from None
-    _count_enqueued(app.name, accepted)
     return accepted
 
 
@@ -671,6 +675,12 @@ async def create_batch(request: web.Request) -> web.Response:
         except Problem as problem:
             results.append(_item_problem(problem))
     outcomes = await state.queue.enqueue_many([n for _, n in valid])
+    if state.replicas is not None:
+        stored = [o.id for o in outcomes if isinstance(o, Accepted) and not o.duplicate]
+        try:
+            await state.replicas.confirm(stored)
+        except QueueRefusal as refusal:
+            raise Problem.from_refusal(refusal, "notifications") from None
     for (index, notification), outcome in zip(valid, outcomes, strict=True):
         if isinstance(outcome, QueueRefusal):
             field_name = f"notifications[{index}].device_token"

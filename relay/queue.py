@@ -786,6 +786,10 @@ class RelayQueue:
                 return True
         return False
 
+    @property
+    def client(self) -> RedisClient:
+        return self._redis
+
     async def ping(self) -> bool:
         """Whether Redis answers (readiness)."""
         return bool(await cast(Any, self._redis).ping())

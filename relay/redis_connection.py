@@ -230,17 +230,6 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
     )
 
 
-def describe(found: Topology) -> str:
-    """The topology in one line for logs, without credentials."""
-    if isinstance(found, Standalone):
-        parts = urlsplit(found.url)
-        return f"standalone {parts.hostname or parts.path}:{parts.port or DEFAULT_REDIS_PORT}"
-    if isinstance(found, SentinelSet):
-        hosts = ",".join(f"{h}:{p}" for h, p in found.sentinels)
-        return f"sentinel {found.service_name} via {hosts}"
-    return "cluster seeds " + ",".join(f"{h}:{p}" for h, p in found.nodes)
-
-
 # ---- acknowledged writes ----
 
 

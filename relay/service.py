@@ -27,7 +27,7 @@ from relay.config import App, ConfigError, Settings, load_settings
 from relay.embedded import EmbeddedServer
 from relay.logs import configure_logging
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
-from relay.redis_connection import connect
+from relay.redis_connection import connect, replica_acknowledgement
 from relay.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.service")
@@ -328,15 +328,19 @@ async def run_relay(
             queue,
             Credentials.from_settings(settings),
             paused_apps=(lambda: worker.paused_apps) if worker else dict,
+            replicas=replica_acknowledgement(queue.client, settings.redis),
         )
         ingest = role != "worker"
         metrics.prime_app_series(
             (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
         )
-        if worker is not None:
-            # Listening before the first request: a push is then picked up at once, not at the
-            # idle worker's next look a second later.
-            with contextlib.suppress(*REDIS_ERRORS):
+        with contextlib.suppress(*REDIS_ERRORS):
+            # One command first: a fresh cluster client learns the slot map once, rather than
+            # under a burst of first requests.
+            await queue.ping()
+            if worker is not None:
+                # Listening before the first request: a push is then picked up at once, not at
+                # the idle worker's next look a second later.
                 await queue.listen_for_work()
         async with http_server(create_app(state, ingest=ingest), host, port) as runner:
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None

@@ -125,7 +125,8 @@ class DeliveryWorker:
         return self._stopping.is_set()
 
     async def _wait_any(self, awaitable: object) -> None:
-        """Wait for `awaitable` or for stop(), whichever comes first."""
+        """Wait for `awaitable` or for stop(), whichever comes first. A wait that fails (Redis
+        went away while it listened) only ends the wait: the next claim says what is wrong."""
         waiter = asyncio.ensure_future(awaitable)  # type: ignore[call-overload]
         stopper = asyncio.ensure_future(self._stopping.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -134,6 +135,9 @@ class DeliveryWorker:
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await pending
+        if not waiter.cancelled() and (error := waiter.exception()) is not None:
+            log.warning("wait_failed", error=repr(error))
+            await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
 
     async def _idle_wait_s(self) -> float:
         try:
@@ -145,9 +149,14 @@ class DeliveryWorker:
         return min(IDLE_WAIT_MAX_S, max(0.0, next_due / 1000 - self.clock()))
 
     def _sent(self, task: asyncio.Task[None]) -> None:
-        self.sending.pop(task, None)
+        claim = self.sending.pop(task, None)
         self.on_wire.discard(task)
         self._slot_freed.set()
+        if claim is not None and not task.cancelled() and (error := task.exception()):
+            # A relay bug: failing the one notification keeps its device from being stuck
+            # behind it, claimed and crashing again at every lease.
+            log.error("delivery_crashed", id=claim.id, app=claim.notification.app, exc_info=error)
+            self._settle(claim, Failed("RelayError", 0))
 
     async def _drain(self, grace_s: float) -> None:
         # Claims that never reached the wire (waiting for a stream or a connection) go back to

@@ -675,3 +675,26 @@ async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: Relay
     ended = (await queue.enqueue(chat_line(None), now_ms=T0 + 3)).id  # no position: the tail
     three = (await queue.enqueue(chat_line(3), now_ms=T0 + 4)).id
     assert await sent_in_order(queue, T0 + 5) == [other_session, callback, three, five, ended]
+
+
+async def test_an_enqueue_sent_twice_is_stored_once(queue: RelayQueue) -> None:
+    """redis-py re-sends a command whose reply was lost; the second run must not double it."""
+    call, _ = queue._enqueue_call(note(), T0)
+    first, again = await queue._run([call]), await queue._run([call])
+    assert first[0][:2] == again[0][:2]
+    device = await queue.device(APP, TOKEN_A)
+    assert device.pending == 1
+    assert (await queue.totals(now_ms=T0)).enqueued == 1
+
+
+async def test_a_head_without_its_payload_is_failed_not_handed_out(
+    queue: RelayQueue, redis: aioredis.Redis
+) -> None:
+    lost = (await queue.enqueue(note(), now_ms=T0)).id
+    behind = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
+    shard = queue.shard_of(APP, TOKEN_A)
+    await redis.delete(f"relay:{{{shard}}}:p:{lost}")
+    assert (await claim_one(queue, T0 + 2)).id == behind
+    status = await queue.get(lost)
+    assert status is not None
+    assert (status.state, status.last_reason) == (DeliveryState.FAILED, "MissingPayload")

@@ -7,7 +7,8 @@
 -- {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id, app, service_id,
 -- action}.
 -- Keeps: 2 (only a device's head is leased, one lease per device), 3 (a run-out lease is claimable
--- again), 4 (a head past its expires_at is finalised as expired here, never handed out).
+-- again), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
+-- whose payload is missing is failed (MissingPayload) rather than handed out or left blocking.
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 
@@ -29,17 +30,24 @@ if limit > 0 then
     while head do
       local note = prefix .. K_NOTE .. head
       local fields = redis.call('HMGET', note, unpack(CLAIM_FIELDS))
-      if tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now then
+      local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
+      local live = tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now
+      if live and payload then
         local claim_no = redis.call('HINCRBY', note, 'claim_no', 1)
         redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
-        local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
         claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
         break
       end
-      expired[#expired + 1] = {head, fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.service_id],
-        fields[CLAIM_INDEX.action]}
       redis.call('LPOP', queue)
-      finalise(prefix, device, head, STATE.EXPIRED, now, retention, {})
+      if live then
+        -- A record without its payload cannot be sent; failing it keeps the device moving.
+        finalise(prefix, device, head, STATE.FAILED, now, retention,
+          {'last_reason', 'MissingPayload'})
+      else
+        expired[#expired + 1] = {head, fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.service_id],
+          fields[CLAIM_INDEX.action]}
+        finalise(prefix, device, head, STATE.EXPIRED, now, retention, {})
+      end
       head = redis.call('LINDEX', queue, 0)
     end
     rearm(prefix, device, now)
