@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import math
 import time
@@ -16,6 +17,7 @@ from typing import Any, TypeAlias, cast, get_type_hints
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from relay.model import (
@@ -32,8 +34,9 @@ from relay.model import (
 )
 
 # ---- Key names: the only place they are spelled (the Lua scripts get them in a prelude). ----
-# Every key of shard s starts with f"relay:{{{s}}}:"; the {s} hash tag puts all of a shard's keys in
-# one Cluster slot, so each script touches exactly one slot. A device is "<app>:<token>".
+# Every key of shard s starts with shard_prefix(s) = "relay:{<tag>}:"; the hash tag puts all of a
+# shard's keys in one Cluster slot, so each script touches exactly one slot (see shard_tag).
+# A device is "<app>:<token>".
 KEY_ROOT = "relay"
 WAKE_CHANNEL = "relay:wake"  # PUBLISHed by enqueue when a device newly becomes due
 DUE = "due"  # ZSET device -> when its head is next due (ms); only unleased devices
@@ -241,8 +244,37 @@ class QueueTotals:
     dead_marked: int
 
 
+CLUSTER_SLOTS = 16384
+_TAG_CANDIDATES = 1024
+
+
+def _van_der_corput(n: int) -> float:
+    """n's binary digits mirrored behind the point: 0, 1/2, 1/4, 3/4, 1/8, ... Any first k of
+    these points are spread evenly over [0, 1)."""
+    point, scale = 0.0, 0.5
+    while n:
+        point += scale * (n & 1)
+        n >>= 1
+        scale /= 2
+    return point
+
+
+@functools.cache
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's keys, chosen so that shards 0..n-1 land evenly on Redis
+    Cluster's slots whatever n is, and so evenly on its primaries; a plain "{3}" lands wherever
+    CRC16 happens to put it."""
+    target = int(_van_der_corput(shard) * CLUSTER_SLOTS)
+
+    def distance(n: int) -> int:
+        offset = abs(key_slot(f"{shard}.{n}".encode()) - target)
+        return min(offset, CLUSTER_SLOTS - offset)
+
+    return f"{shard}.{min(range(_TAG_CANDIDATES), key=distance)}"
+
+
 def shard_prefix(shard: int) -> str:
-    return f"{KEY_ROOT}:{{{shard}}}:"
+    return f"{KEY_ROOT}:{{{shard_tag(shard)}}}:"
 
 
 def shard_of_id(notification_id: str) -> int | None:

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 
 from relay.model import (
     ClaimedNotification,
@@ -31,6 +32,8 @@ from relay.queue import (
     QueueLimits,
     RelayQueue,
     shard_of_id,
+    shard_prefix,
+    shard_tag,
     spread,
 )
 
@@ -693,8 +696,17 @@ async def test_a_head_without_its_payload_is_failed_not_handed_out(
     lost = (await queue.enqueue(note(), now_ms=T0)).id
     behind = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
     shard = queue.shard_of(APP, TOKEN_A)
-    await redis.delete(f"relay:{{{shard}}}:p:{lost}")
+    await redis.delete(f"{shard_prefix(shard)}p:{lost}")
     assert (await claim_one(queue, T0 + 2)).id == behind
     status = await queue.get(lost)
     assert status is not None
     assert (status.state, status.last_reason) == (DeliveryState.FAILED, "MissingPayload")
+
+
+@pytest.mark.parametrize("shards", [3, 16, 64])
+def test_shard_tags_spread_evenly_over_the_cluster_slots(shards: int) -> None:
+    """Any number of shards lands evenly on the 16,384 slots, so on a cluster's primaries."""
+    slots = sorted(key_slot(shard_tag(shard).encode()) for shard in range(shards))
+    even = 16384 / shards
+    gaps = [b - a for a, b in zip(slots, [*slots[1:], slots[0] + 16384], strict=True)]
+    assert all(0.5 * even < gap < 1.5 * even for gap in gaps), gaps

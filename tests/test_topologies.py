@@ -233,8 +233,9 @@ async def test_shards_spread_over_every_primary(
     print(f"\nshard -> primary port: {owner}")
     print(f"shards per primary: {dict(shards_per_primary)}; keys per primary: {keys}")
     assert set(shards_per_primary) == {p.port for p in primaries}
-    # 16 shards over 3 primaries land 6/6/4, so no primary holds under ~20% of the keys.
-    assert min(keys.values()) > 0.18 * total, keys
+    # shard_tag spreads 16 shards over the default 3-way slot split as 6/5/5.
+    assert sorted(shards_per_primary.values()) == [5, 5, 6]
+    assert min(keys.values()) > 0.25 * total, keys
     await queue.aclose()
 
 
