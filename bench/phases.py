@@ -18,7 +18,8 @@ from typing import Any
 import redis
 
 from bench.processes import REPO_ROOT, CpuLedger, RssSampler, Tracked, python_argv, start_process
-from bench.stack import API_TOKEN, Relay, SimEndpoint
+from bench.stack import API_TOKEN, Relay, sim_target
+from relay.apns_sim.info import SimInfo
 
 NODE_DIR = REPO_ROOT / "bench" / "node"
 NODE_WORK_DIR = REPO_ROOT / "bench" / ".work" / "node"
@@ -157,7 +158,7 @@ class Measurement:
 class SimulatorControl:
     """The simulator's control API, read with plain blocking HTTP (the harness has no loop)."""
 
-    def __init__(self, sim: SimEndpoint) -> None:
+    def __init__(self, sim: SimInfo) -> None:
         self.base = sim.control_url
 
     def get(self, path: str) -> Any:
@@ -192,7 +193,7 @@ class Bench:
     work_dir: Path
     ledger: CpuLedger
     sampler: RssSampler
-    sim: SimEndpoint
+    sim: SimInfo
     control: SimulatorControl
     redis_client: redis.Redis
     relay: Relay
@@ -254,7 +255,7 @@ def ceiling(bench: Bench, title: str) -> PhaseResult:
         outcome = bench.python_loadgen(
             "aioapns",
             bench.plan.n,
-            target=bench.sim.to_json(),
+            target=sim_target(bench.sim),
             concurrency=concurrency,
             connections=connections,
         )
@@ -336,7 +337,7 @@ def peer(bench: Bench, title: str, raw: PhaseResult) -> PhaseResult:
     spec_file, spec = bench.spec(
         "node-apn",
         bench.plan.n,
-        target=bench.sim.to_json(),
+        target=sim_target(bench.sim),
         concurrency=concurrency,
         connections=connections,
     )

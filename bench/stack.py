@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,9 @@ from bench.processes import (
     start_process,
     wait_until,
 )
+from relay.apns_sim.info import SimInfo
 from relay.embedded import EmbeddedServer, free_port
+from relay.service import simulator_app
 
 TOPIC = "com.example.gms.bench"
 APP = "bench"
@@ -25,47 +26,9 @@ API_TOKEN = "bench-api-token"
 START_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True, slots=True)
-class SimEndpoint:
-    """What the simulator's sim.json says."""
-
-    host: str
-    port: int
-    control_port: int
-    ca: str
-    key_file: str
-    key_id: str
-    team_id: str
-    workers: int
-
-    @classmethod
-    def from_file(cls, path: Path) -> SimEndpoint:
-        document = json.loads(path.read_text())
-        return cls(
-            host=document["host"],
-            port=document["port"],
-            control_port=document["control_port"],
-            ca=document["ca"],
-            key_file=document["key_file"],
-            key_id=document["key_id"],
-            team_id=document["team_id"],
-            workers=document.get("workers", 1),
-        )
-
-    @property
-    def control_url(self) -> str:
-        return f"http://{self.host}:{self.control_port}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "port": self.port,
-            "ca": self.ca,
-            "key_file": self.key_file,
-            "key_id": self.key_id,
-            "team_id": self.team_id,
-            "topic": TOPIC,
-        }
+def sim_target(sim: SimInfo) -> dict[str, Any]:
+    """What a load generator needs to send to the simulator."""
+    return {**sim.document(), "topic": TOPIC}
 
 
 def start_valkey(ledger: CpuLedger, work_dir: Path) -> tuple[EmbeddedServer, Tracked]:
@@ -76,7 +39,7 @@ def start_valkey(ledger: CpuLedger, work_dir: Path) -> tuple[EmbeddedServer, Tra
 
 def start_simulator(
     ledger: CpuLedger, work_dir: Path, workers: int, log_limit: int
-) -> tuple[SimEndpoint, Tracked]:
+) -> tuple[SimInfo, Tracked]:
     state_dir = work_dir / "apns-sim"
     state_dir.mkdir(parents=True, exist_ok=True)
     sim_json = state_dir / "sim.json"
@@ -100,11 +63,11 @@ def start_simulator(
         )
     )
     wait_until(sim_json.exists, tracked, START_TIMEOUT_S, "sim.json")
-    return SimEndpoint.from_file(sim_json), tracked
+    return SimInfo.from_file(sim_json), tracked
 
 
 def write_relay_config(
-    path: Path, redis_url: str, sim: SimEndpoint, max_connections: int, batch_size: int
+    path: Path, redis_url: str, sim: SimInfo, max_connections: int, batch_size: int
 ) -> Path:
     document = {
         "redis": {"url": redis_url},
@@ -115,18 +78,9 @@ def write_relay_config(
         "logging": {"format": "json", "level": "warning"},
         "apps": [
             {
+                **simulator_app(sim).model_dump(mode="json", exclude_defaults=True),
                 "name": APP,
                 "topic": TOPIC,
-                "environment": "sandbox",
-                "default": True,
-                "auth": {
-                    "token": {
-                        "key_file": sim.key_file,
-                        "key_id": sim.key_id,
-                        "team_id": sim.team_id,
-                    }
-                },
-                "endpoint": {"host": sim.host, "port": sim.port, "ca_file": sim.ca},
                 "max_connections": max_connections,
             }
         ],

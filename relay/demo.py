@@ -31,6 +31,7 @@ from typing import TextIO
 import aiohttp
 
 from relay.apns_sim.command import Simulator, SimulatorOptions
+from relay.apns_sim.info import SimInfo
 from relay.config import App, Settings
 from relay.device_sim.app import (
     AlertShown,
@@ -619,8 +620,8 @@ DEMO_SCENARIOS: Mapping[str, Scenario] = {
 # ---- the whole stack in this process ----
 
 
-def demo_settings(redis_url: str, simulator_info: dict[str, object], basic: str) -> Settings:
-    app = simulator_app(simulator_info).model_dump(mode="json")
+def demo_settings(redis_url: str, simulator: SimInfo, basic: str) -> Settings:
+    app = simulator_app(simulator).model_dump(mode="json")
     return Settings.model_validate(
         {
             "redis": {"url": redis_url},
@@ -645,7 +646,7 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
     password = secrets.token_urlsafe(12)
     with EmbeddedServer(data_dir=state_dir / "valkey") as valkey:
         async with Simulator(SimulatorOptions(state_dir=state_dir / "apns-sim")) as simulator:
-            info = simulator.info
+            info = SimInfo.from_document(simulator.info)
             settings = demo_settings(valkey.url, info, f"{GMS_BASIC_USER}:{password}")
             async with (
                 relay_in_loop(settings) as relay_url,
@@ -656,13 +657,13 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
                     session,
                     relay_url=relay_url,
                     authorization=basic_authorization(GMS_BASIC_USER, password),
-                    control_url=f"http://{info['host']}:{info['control_port']}",
+                    control_url=info.control_url,
                     relay_app=settings.apps[0],
                     gms=gms,
                 )
                 report.note("apns-relay demo: the GMS flow end to end, times since the start")
                 report.note(f"Valkey (embedded)  {valkey.url}")
-                report.note(f"APNs simulator     https://{info['host']}:{info['port']}")
+                report.note(f"APNs simulator     https://{info.host}:{info.port}")
                 report.note(f"relay              {relay_url}  (GMS pushes to /gms/push)")
                 report.note(f"GMS simulator      {gms.base_url}{gms.simulator.url_path}")
                 report.note(f"phone              device token {DEMO_TOKEN[:16]}...")

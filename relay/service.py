@@ -10,9 +10,8 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from pydantic import SecretStr
 
 from relay import apns, metrics
 from relay.api import Credentials, RelayState, create_app, server_options
+from relay.apns_sim.info import SIM_JSON, SimInfo
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.embedded import EmbeddedServer
 from relay.logs import configure_logging
@@ -87,7 +87,7 @@ class DevEnvironment:
     state_dir: Path
     valkey: EmbeddedServer | None = None
     simulator: subprocess.Popen[bytes] | None = None
-    simulator_info: dict[str, Any] = field(default_factory=dict)
+    simulator_info: SimInfo | None = None
     api_token: str | None = None
 
     @property
@@ -106,10 +106,9 @@ class DevEnvironment:
             self.valkey.stop()
 
 
-def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], SimInfo]:
     """The APNs simulator as a child process; returns once its sim.json is written."""
-    sim_json = state_dir / "sim.json"
-    sim_json.unlink(missing_ok=True)
+    (state_dir / SIM_JSON).unlink(missing_ok=True)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -125,16 +124,17 @@ def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str,
         ],
         stdin=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + SIMULATOR_START_TIMEOUT_S
-    while not sim_json.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise ConfigError([f"the APNs simulator did not start (exit {process.poll()})"])
-        time.sleep(0.05)
-    return process, orjson.loads(sim_json.read_bytes())
+    try:
+        info = SimInfo.wait_for(
+            state_dir, SIMULATOR_START_TIMEOUT_S, alive=lambda: process.poll() is None
+        )
+    except (RuntimeError, TimeoutError) as error:
+        process.kill()
+        raise ConfigError([f"the APNs simulator did not start: {error}"]) from None
+    return process, info
 
 
-def simulator_app(info: dict[str, Any]) -> App:
+def simulator_app(info: SimInfo) -> App:
     return App.model_validate(
         {
             "name": DEV_APP,
@@ -143,12 +143,12 @@ def simulator_app(info: dict[str, Any]) -> App:
             "default": True,
             "auth": {
                 "token": {
-                    "key_file": info["key_file"],
-                    "key_id": info["key_id"],
-                    "team_id": info["team_id"],
+                    "key_file": info.key_file,
+                    "key_id": info.key_id,
+                    "team_id": info.team_id,
                 }
             },
-            "endpoint": {"host": "127.0.0.1", "port": info["port"], "ca_file": info["ca"]},
+            "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": info.ca},
         }
     )
 
@@ -179,8 +179,8 @@ def development_mode(
                 "DEVELOPMENT MODE: no app configured, delivering to the APNs simulator",
                 app=DEV_APP,
                 topic=DEV_TOPIC,
-                port=dev.simulator_info["port"],
-                control_port=dev.simulator_info["control_port"],
+                port=dev.simulator_info.port,
+                control_port=dev.simulator_info.control_port,
             )
         if not settings.auth.api_tokens and not settings.auth.basic:
             state_dir.mkdir(parents=True, exist_ok=True)  # dev.json holds the token
@@ -207,7 +207,7 @@ def write_dev_json(dev: DevEnvironment, settings: Settings, relay_url: str) -> P
                 "api_token": dev.api_token,
                 "app": app.name,
                 "topic": app.topic,
-                "apns_sim": dev.simulator_info or None,
+                "apns_sim": dev.simulator_info.document() if dev.simulator_info else None,
             },
             option=orjson.OPT_INDENT_2,
         )

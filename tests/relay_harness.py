@@ -31,20 +31,9 @@ BASIC = ("gms", "gms-secret")
 WAIT_S = 20.0
 
 
-def sim_document(info: SimInfo) -> dict[str, Any]:
-    return {
-        "port": info.port,
-        "control_port": info.control_port,
-        "ca": str(info.ca),
-        "key_file": str(info.key_file),
-        "key_id": info.key_id,
-        "team_id": info.team_id,
-    }
-
-
 def relay_document(redis_url: str, info: SimInfo, **sections: Any) -> dict[str, Any]:
     """Configuration for a relay aimed at the simulator, fast retries; `sections` override."""
-    app = simulator_app(sim_document(info)).model_dump(mode="json")
+    app = simulator_app(info).model_dump(mode="json")
     app.update(sections.pop("app", {}))
     document: dict[str, Any] = {
         "redis": {"url": redis_url},

@@ -24,6 +24,7 @@ import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
 
+from relay.apns_sim import info
 from relay.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
 
 START_TIMEOUT_S = 60.0
@@ -31,34 +32,8 @@ STOP_TIMEOUT_S = 15.0
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-@dataclass(frozen=True, slots=True)
-class SimInfo:
-    """What sim.json says: where the simulator listens and which key it trusts."""
-
-    host: str
-    port: int
-    control_port: int
-    ca: Path
-    key_file: Path
-    key_id: str
-    team_id: str
-
-    @classmethod
-    def from_file(cls, path: Path) -> SimInfo:
-        document = json.loads(path.read_text())
-        return cls(
-            host=document["host"],
-            port=document["port"],
-            control_port=document["control_port"],
-            ca=Path(document["ca"]),
-            key_file=Path(document["key_file"]),
-            key_id=document["key_id"],
-            team_id=document["team_id"],
-        )
-
-    @property
-    def control_url(self) -> str:
-        return f"http://{self.host}:{self.control_port}"
+class SimInfo(info.SimInfo):
+    """sim.json, with what tests do with it: the key, a TLS context, a provider token."""
 
     @property
     def key_pem(self) -> str:
@@ -91,13 +66,7 @@ class SimInfo:
 
 def read_sim_json(state_dir: Path, timeout: float = START_TIMEOUT_S) -> SimInfo:
     """Wait until the simulator has written sim.json (it writes it last, atomically)."""
-    path = state_dir / SIM_JSON
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout} s")
-        time.sleep(0.02)
-    return SimInfo.from_file(path)
+    return SimInfo.wait_for(state_dir, timeout)
 
 
 @contextlib.asynccontextmanager

@@ -34,6 +34,7 @@ from relay.apns_sim.control import (
     build_control_app,
 )
 from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
+from relay.apns_sim.info import SIM_JSON
 from relay.apns_sim.server import (
     DEFAULT_MAX_STREAMS,
     H2Server,
@@ -46,7 +47,6 @@ from relay.apns_sim.server import (
     worker_main,
 )
 
-SIM_JSON = "sim.json"
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 5.0
 
