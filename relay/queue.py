@@ -10,7 +10,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeAlias, cast, get_type_hints
@@ -38,7 +38,7 @@ from relay.model import (
 # shard's keys in one Cluster slot, so each script touches exactly one slot (see shard_tag).
 # A device is "<app>:<token>".
 KEY_ROOT = "relay"
-WAKE_CHANNEL = "relay:wake"  # PUBLISHed by enqueue when a device newly becomes due
+WAKE_CHANNEL = "relay:wake"  # enqueue/settle PUBLISH the shard prefix when a device becomes due
 DUE = "due"  # ZSET device -> when its head is next due (ms); only unleased devices
 LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
 HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
@@ -427,6 +427,7 @@ class RelayQueue:
         self.limits = limits
         self._next_first_shard = 0  # rotates which shards get a claim's remainder (fairness)
         self._wake: PubSub | None = None
+        self._shard_by_prefix = {shard_prefix(s).encode(): s for s in range(limits.shards)}
 
     # ---- addressing ----
 
@@ -567,17 +568,21 @@ class RelayQueue:
         ]
         return ScriptCall(CLAIM, self._shard_keys(prefix), args)
 
-    async def claim(self, limit: int, *, now_ms: int | None = None) -> ClaimBatch:
-        """Lease up to `limit` due device heads, shared fairly over the shards.
+    async def claim(
+        self, limit: int, *, now_ms: int | None = None, shards: Collection[int] = ()
+    ) -> ClaimBatch:
+        """Lease up to `limit` due device heads, shared fairly over the shards (all of them, or
+        only `shards`, e.g. the ones a wake-up named).
 
-        Every shard is visited in the first round trip (the ones whose share is 0 only reap run-out
-        leases and say whether they have work); shards that had more than their share are asked
-        again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        Every shard asked is visited in the first round trip (the ones whose share is 0 only reap
+        run-out leases and say whether they have work); shards that had more than their share are
+        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
         now = _now_ms(now_ms)
-        shards = self.limits.shards
         first = self._next_first_shard
-        self._next_first_shard = (first + 1) % shards
-        quotas = spread(max(0, limit), [(first + i) % shards for i in range(shards)])
+        self._next_first_shard = (first + 1) % self.limits.shards
+        visit = sorted(shards) or range(self.limits.shards)
+        order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
+        quotas = spread(max(0, limit), order)
         claimed: list[ClaimedNotification] = []
         expired: list[ExpiredRecord] = []
         for _ in range(MAX_CLAIM_ROUNDS):
@@ -802,21 +807,25 @@ class RelayQueue:
             self._wake = wake
         return self._wake
 
-    async def wait_for_work(self, timeout_s: float) -> bool:
-        """True as soon as an enqueue makes a device due, False after `timeout_s` without one.
+    async def wait_for_work(self, timeout_s: float) -> frozenset[int]:
+        """As soon as an enqueue or a settle makes a device due: the shards where that happened
+        (every wake-up already queued included, so one claim serves them all); an empty set
+        after `timeout_s` without one.
 
         The first call subscribes (unless listen_for_work did); enqueues before the subscription
         are not seen, so subscribe, then claim, then wait."""
         wake = await self._wake_subscription()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while (remaining := deadline - loop.time()) > 0:
-            if await wake.get_message(ignore_subscribe_messages=True, timeout=remaining):
-                # One claim serves every wake-up already queued: drop them.
-                while await wake.get_message(ignore_subscribe_messages=True, timeout=0.0):
-                    pass
-                return True
-        return False
+        shards: set[int] = set()
+        while not shards and (remaining := deadline - loop.time()) > 0:
+            message = await wake.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            while message is not None:
+                shard = self._shard_by_prefix.get(message["data"])
+                # A prefix this queue does not know (another shard count): look everywhere.
+                shards.update(range(self.limits.shards) if shard is None else (shard,))
+                message = await wake.get_message(ignore_subscribe_messages=True, timeout=0.0)
+        return frozenset(shards)
 
     @property
     def client(self) -> RedisClient:

@@ -93,26 +93,34 @@ class DeliveryWorker:
         try:
             with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
                 await self.queue.listen_for_work()  # else the first wait subscribes
+            # The shards a wake-up named: the next claim asks only those. Empty: every shard,
+            # which is also what a wait that timed out (a retry or a run-out lease due) gets.
+            woken: frozenset[int] = frozenset()
             while not self._stopping.is_set():
                 free = self.capacity - len(self.sending)
                 if free <= 0:
                     self._slot_freed.clear()
                     await self._wait_any(self._slot_freed.wait())
                     continue
+                wanted = min(free, self.batch_size)
                 try:
-                    batch = await self.queue.claim(min(free, self.batch_size))
+                    batch = await self.queue.claim(wanted, shards=woken)
                 except REDIS_ERRORS as exc:
                     log.warning("redis_unavailable", operation="claim", error=str(exc))
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 self._count_expired(batch)
-                if not batch.claimed:
-                    await self._wait_any(self.queue.wait_for_work(await self._idle_wait_s()))
-                    continue
                 for claim in batch.claimed:
                     task = asyncio.create_task(self._deliver(claim))
                     self.sending[task] = claim
                     task.add_done_callback(self._sent)
+                # A claim that got all it asked for may have left more anywhere: ask everywhere.
+                # One that got less has emptied what it asked; the other shards had no wake-up
+                # since the last claim of every shard, so they can wait for one, or for their
+                # next due time (a retry, a run-out lease), after which every shard is asked.
+                narrow, woken = bool(woken), frozenset()
+                if len(batch.claimed) < wanted and (narrow or not batch.claimed):
+                    woken = await self._wait_for_work()
             await self._drain(grace_s)
         finally:
             await self._stop_settler(settler)
@@ -138,6 +146,14 @@ class DeliveryWorker:
         if not waiter.cancelled() and (error := waiter.exception()) is not None:
             log.warning("wait_failed", error=repr(error))
             await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
+
+    async def _wait_for_work(self) -> frozenset[int]:
+        """The shards a wake-up names; empty when the wait ended otherwise (due time, stop)."""
+        waiting = asyncio.ensure_future(self.queue.wait_for_work(await self._idle_wait_s()))
+        await self._wait_any(waiting)
+        if waiting.cancelled() or waiting.exception() is not None:
+            return frozenset()
+        return waiting.result()
 
     async def _idle_wait_s(self) -> float:
         try:

@@ -580,14 +580,31 @@ async def test_scripts_are_loaded_again_after_a_script_flush(
 
 
 async def test_wait_for_work_wakes_when_a_device_becomes_due(queue: RelayQueue) -> None:
-    assert await queue.wait_for_work(0.05) is False  # subscribes
+    assert await queue.wait_for_work(0.05) == frozenset()  # subscribes
     waiter = asyncio.create_task(queue.wait_for_work(5.0))
     await queue.enqueue(note(), now_ms=T0)
     async with asyncio.timeout(5.0):
-        assert await waiter is True
+        assert await waiter == {queue.shard_of(APP, TOKEN_A)}
     # A second notification for a device already due wakes nobody.
     await queue.enqueue(note(), now_ms=T0)
-    assert await queue.wait_for_work(0.2) is False
+    assert await queue.wait_for_work(0.2) == frozenset()
+
+
+async def test_one_wait_names_every_shard_woken_and_a_claim_can_ask_only_those(
+    queue: RelayQueue,
+) -> None:
+    await queue.listen_for_work()
+    await queue.enqueue(note(), now_ms=T0)
+    await queue.enqueue(note(TOKEN_B), now_ms=T0)
+    shards = {queue.shard_of(APP, TOKEN_A), queue.shard_of(APP, TOKEN_B)}
+    woken: frozenset[int] = frozenset()
+    async with asyncio.timeout(5.0):
+        while woken != shards:  # on a cluster the two may come in separate waits
+            woken |= await queue.wait_for_work(5.0)
+    other = next(s for s in range(queue.limits.shards) if s not in shards)
+    assert (await queue.claim(10, now_ms=T0, shards=[other])).claimed == []
+    claimed = (await queue.claim(10, now_ms=T0, shards=woken)).claimed
+    assert {c.notification.device_token for c in claimed} == {TOKEN_A, TOKEN_B}
 
 
 async def test_wait_for_work_wakes_when_a_settle_makes_the_next_head_due(
@@ -596,12 +613,12 @@ async def test_wait_for_work_wakes_when_a_settle_makes_the_next_head_due(
     await queue.enqueue(note(), now_ms=T0)
     await queue.enqueue(note(), now_ms=T0)
     first = await claim_one(queue, T0)
-    assert await queue.wait_for_work(0.05) is False  # subscribes
+    assert await queue.wait_for_work(0.05) == frozenset()  # subscribes
     await queue.settle([(first, Delivered(None))], now_ms=T0 + 1)
-    assert await queue.wait_for_work(5.0) is True
+    assert await queue.wait_for_work(5.0) == {queue.shard_of(APP, TOKEN_A)}
     # The last one leaves nothing due behind it: nobody is woken.
     await queue.settle([(await claim_one(queue, T0 + 2), Delivered(None))], now_ms=T0 + 3)
-    assert await queue.wait_for_work(0.2) is False
+    assert await queue.wait_for_work(0.2) == frozenset()
 
 
 # ---- ordered notifications (chat lines by transcript position) ----

@@ -312,7 +312,7 @@ async def test_the_relay_delivers_through_a_sentinel_failover(
     async with warm_relay(sentinel_set.url, state_dir, queue={"supersede": False}) as relay:
         await push_and_deliver(relay, 0, 20)
         client = connect(RedisSettings(url=sentinel_set.url))
-        ids = [(await relay.queue.enqueue(note_for(d))).id for d in range(200, 205)]
+        ids = [await notify_as_a_client(relay, d) for d in range(200, 205)]
         assert await ReplicaAcknowledgement(client, 1, 1000).confirm(ids) == 1
         await client.aclose()
         old = sentinel_set.kill_primary()

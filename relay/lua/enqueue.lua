@@ -92,6 +92,6 @@ redis.call('HINCRBY', STATS, 'enqueued', 1)
 redis.call('HINCRBY', STATS, 'pending', 1)
 if newly_due then
   rearm(prefix, device, now)
-  redis.call('PUBLISH', WAKE_CHANNEL, device)
+  redis.call('PUBLISH', WAKE_CHANNEL, prefix)
 end
 return {'accepted', id, older or ''}

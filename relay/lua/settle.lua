@@ -4,9 +4,9 @@
 -- then 8 values per claim: id, claim number, outcome ('delivered' | 'retry' | 'failed' | 'dead' |
 -- 'expired'), APNs status, reason, apns_id, retry delay (ms), token invalid since (ms); '' = none.
 -- Returns how many claims were applied; a claim whose lease was lost (claimed again since, ended
--- already, or no longer the head) is ignored. PUBLISHes on the wake channel when a device's next
--- notification became due, as enqueue does for a new one: an idle worker would otherwise leave it
--- until its periodic re-claim, up to a second for every notification of a busy device.
+-- already, or no longer the head) is ignored. PUBLISHes the shard's prefix on the wake channel when
+-- a device's next notification became due, as enqueue does for a new one: an idle worker would
+-- otherwise leave it until its periodic re-claim, up to a second for every notification.
 -- Keeps: 2 (the head leaves only when final; the next becomes due), 3 (stale results change nothing),
 -- 5 (retry at now + delay), 6 (a dead token is marked and its queued notifications failed at once).
 local prefix, now, retention, dead_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -66,6 +66,6 @@ for i = 5, #ARGV, 8 do
   end
 end
 if next_due then
-  redis.call('PUBLISH', WAKE_CHANNEL, 'settled')
+  redis.call('PUBLISH', WAKE_CHANNEL, prefix)
 end
 return applied
