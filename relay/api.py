@@ -18,15 +18,15 @@ from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr, ValidationError
 
 from relay import metrics
-from relay.config import ConfigError, Settings
+from relay.config import App, ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
 from relay.logs import mask_token
-from relay.model import InvalidInput
+from relay.model import InvalidInput, Notification
 from relay.payload import (
     EXPIRED_ON_ARRIVAL_STATUS,
     PAYLOAD_TOO_LARGE_STATUS,
@@ -34,7 +34,14 @@ from relay.payload import (
     build_notification,
     normalize_device_token,
 )
-from relay.queue import REDIS_ERRORS, Accepted, QueueRefusal, RelayQueue
+from relay.queue import (
+    REDIS_ERRORS,
+    REDIS_UNAVAILABLE,
+    Accepted,
+    IdempotencyKeyReused,
+    QueueRefusal,
+    RelayQueue,
+)
 from relay.redis_connection import ReplicaAcknowledgement
 from relay.schema import (
     MAX_JSON_DEPTH,
@@ -52,8 +59,13 @@ QUEUE_GAUGES_MAX_AGE_S = 1.0
 # Methods counted by name in metrics; anything else a client invents is counted as "other",
 # so a hostile client cannot grow the label set.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# A caller's X-Request-Id is echoed and logged only if it looks like an id.
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A caller's X-Request-Id is echoed and logged only if it looks like an id: short, and of a
+# charset no header or log line can be broken with (the log's redaction still masks a token in it).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+# What a body may be encoded with: aiohttp decodes these (br only with Brotli, which is not
+# installed: aiohttp's parser refuses it with a plain 400). One encoding, not a stack of them.
+BODY_ENCODINGS = frozenset({"identity", "gzip", "deflate"})
+JSON_MEDIA_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.I)
 WWW_AUTHENTICATE = 'Bearer realm="apns-relay", Basic realm="apns-relay"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -72,8 +84,10 @@ class Problem(Exception):
         retry_after_s: int | None = None,
         headers: Mapping[str, str] | None = None,
         close_connection: bool = False,
+        extensions: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
+        self.extensions = dict(extensions or {})  # RFC 9457 extension members
         self.status = status
         self.code = code
         self.detail = detail
@@ -98,12 +112,20 @@ class Problem(Exception):
 
     @classmethod
     def from_refusal(cls, refusal: QueueRefusal, token_field: str = "device_token") -> Problem:
+        field, extensions = token_field, {}
+        if isinstance(refusal, IdempotencyKeyReused):
+            field = token_field.removesuffix("device_token") + "idempotency_key"
+            extensions = {
+                "notification_id": refusal.notification_id,
+                "status_url": _status_url(refusal.notification_id),
+            }
         return cls(
             refusal.status,
             refusal.reason.replace("_", "-"),
             refusal.message,
-            field=token_field,
+            field=field,
             retry_after_s=refusal.retry_after_s,
+            extensions=extensions,
         )
 
     def body(self) -> dict[str, Any]:
@@ -115,7 +137,7 @@ class Problem(Exception):
         }
         if self.field is not None:
             body["field"] = self.field
-        return body
+        return body | self.extensions
 
     def response(self) -> web.Response:
         headers = dict(self.headers)
@@ -161,29 +183,74 @@ def json_depth_exceeds(document: Any, limit: int) -> bool:
     return False
 
 
-def _too_deep() -> Problem:
+def _too_deep(field: str) -> Problem:
     return Problem(
         400,
         "json-too-deep",
         f"arrays and objects nest more than {MAX_JSON_DEPTH} levels deep; at most"
         f" {MAX_JSON_DEPTH} are allowed",
-        field="body",
+        field=field,
     )
 
 
-def parse_json(raw: bytes) -> Any:
-    """The body as JSON, nested at most MAX_JSON_DEPTH deep, or a 400 problem saying why not."""
+def _is_depth_error(error: orjson.JSONDecodeError) -> bool:
+    # orjson's own limits on nesting, worded differently by its two parsers.
+    return str(error).lower().startswith(("depth limit exceeded", "recursion limit reached"))
+
+
+def parse_json(raw: bytes | str, field: str = "body") -> Any:
+    """`raw` as JSON, nested at most MAX_JSON_DEPTH deep, or a 400 problem saying why not."""
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        if str(error).startswith("depth limit exceeded"):
-            raise _too_deep() from None
+        if _is_depth_error(error):
+            raise _too_deep(field) from None
         raise Problem(
-            400, "malformed-json", f"the body is not valid JSON: {error}", field="body"
+            400, "malformed-json", f"the {field} is not valid JSON: {error}", field=field
         ) from None
     if json_depth_exceeds(document, MAX_JSON_DEPTH):
-        raise _too_deep()
+        raise _too_deep(field)
     return document
+
+
+def check_embedded_message(document: Any) -> None:
+    """GMS may send `message` as a JSON string of an object: the depth limit holds for what it
+    decodes to as well (the rest of its checks are the GMS parser's)."""
+    message = document.get("message") if isinstance(document, dict) else None
+    if isinstance(message, str) and message.lstrip().startswith("{"):
+        parse_json(message, field="message")
+
+
+def _check_encoding(request: web.Request) -> None:
+    """415 unless the body is plain or in one encoding aiohttp decodes; JSON routes also need a
+    JSON media type when one is given (GMS's webhook is read as JSON whatever it says)."""
+    encodings = [
+        part.strip().lower()
+        for header in request.headers.getall("Content-Encoding", [])
+        for part in header.split(",")
+    ]
+    if len(encodings) > 1 or (encodings and encodings[0] not in BODY_ENCODINGS):
+        raise Problem(
+            415,
+            "unsupported-content-encoding",
+            f"Content-Encoding {', '.join(encodings)!r} is not supported; send one of"
+            f" {', '.join(sorted(BODY_ENCODINGS))}, or none",
+            field="Content-Encoding",
+            close_connection=True,
+        )
+    content_type = request.headers.get("Content-Type")
+    if (
+        request.path.startswith("/v1/")
+        and content_type is not None
+        and not JSON_MEDIA_TYPE.fullmatch(content_type.split(";")[0].strip())
+    ):
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "Content-Type must be application/json",
+            field="Content-Type",
+            close_connection=True,
+        )
 
 
 async def read_body(request: web.Request) -> bytes:
@@ -199,12 +266,23 @@ async def read_body(request: web.Request) -> bytes:
     )
     if request.content_length is not None and request.content_length > limit:
         raise too_large
+    _check_encoding(request)
     timeout_s = state.limits.body_read_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except web.RequestPayloadError:
+        # The body does not decode as its Content-Encoding says (not gzip, truncated, chunks
+        # malformed): the client's fault, and the rest of the stream is unusable.
+        raise Problem(
+            400,
+            "malformed-body",
+            "the body could not be read as its Content-Encoding and framing say",
+            field="body",
+            close_connection=True,
+        ) from None
     except TimeoutError:
         raise Problem(
             408,
@@ -307,7 +385,9 @@ def _presented_secret(authorization: str | None) -> tuple[str, bytes] | None:
     scheme, _, value = (authorization or "").partition(" ")
     scheme = scheme.lower()
     if scheme == "bearer":
-        return scheme, value.strip().encode()
+        # aiohttp keeps a header's non-UTF-8 bytes as surrogates: compared as the bytes sent,
+        # they match no configured (UTF-8) token, so the caller gets the plain 401.
+        return scheme, value.strip().encode("utf-8", "surrogateescape")
     if scheme == "basic":
         try:
             return scheme, base64.b64decode(value.strip(), validate=True)
@@ -429,11 +509,27 @@ def _http_error_problem(request: web.Request, error: web.HTTPException) -> Probl
     return Problem(error.status, error.reason.lower().replace(" ", "-"), error.reason)
 
 
+def _client_error(request: web.Request, route: str, problem: Problem) -> web.Response:
+    """A refusal's response, logged as one line without a traceback: a client's mistake is not
+    the server's error. The detail is left out (it may quote what the client sent)."""
+    if problem.status < 500:
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        log.info(
+            "request_refused",
+            route=route,
+            method=method,
+            status=problem.status,
+            problem=problem.code,
+            field=problem.field,
+        )
+    return problem.response()
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics and problem+json for every error, whatever raised it."""
     offered_id = request.headers.get("X-Request-Id", "")
-    request_id = offered_id if REQUEST_ID.fullmatch(offered_id) else uuid.uuid4().hex
+    request_id = offered_id if REQUEST_ID.fullmatch(offered_id) else str(uuid.uuid4())
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.monotonic()
     resource = request.match_info.route.resource
@@ -441,17 +537,17 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     try:
         response = await handler(request)
     except Problem as problem:
-        response = problem.response()
+        response = _client_error(request, route, problem)
     except InvalidInput as error:
-        response = Problem.from_invalid(error).response()
+        response = _client_error(request, route, Problem.from_invalid(error))
     except web.HTTPException as error:
         if error.status < 400:
             raise
-        response = _http_error_problem(request, error).response()
+        response = _client_error(request, route, _http_error_problem(request, error))
     except REDIS_ERRORS as error:
         # Not stored (the script did not run, or its answer was lost: an idempotency key makes
         # the retry safe), so the caller must retry; GMS retries what is not a 200.
-        log.warning("redis_unavailable", route=route, error=str(error))
+        REDIS_UNAVAILABLE.occurred(route, error)
         response = Problem(
             503,
             "queue-unavailable",
@@ -499,14 +595,26 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-def _forbidden_app(grant: Grant, app: str, field: str) -> Problem:
+def _forbidden_app(grant: Grant, app: str | None, field: str) -> Problem:
     allowed = ", ".join(sorted(grant.apps or ()))
+    named = "without naming one" if app is None else f"for app {app!r}"
     return Problem(
         403,
         "app-not-allowed",
-        f"this credential may not act for app {app!r} (allowed: {allowed})",
+        f"this credential may not act {named} (allowed: {allowed})",
         field=field,
     )
+
+
+def resolve_app(settings: Settings, grant: Grant, name: str | None, field: str) -> App:
+    """The app a request names (None: the default) as this credential may see it. A scoped
+    credential learns no other app's name: an unknown app and another's app get one answer."""
+    if grant.apps is not None and name is not None and name not in grant.apps:
+        raise _forbidden_app(grant, name, field)
+    app = settings.app(name)
+    if not grant.allows(app.name):
+        raise _forbidden_app(grant, name, field)
+    return app
 
 
 def _require_full_access(request: web.Request) -> None:
@@ -535,14 +643,31 @@ def _scoped_spec(grant: Grant, spec: PushSpec) -> PushSpec:
     return spec
 
 
-async def _enqueue(request: web.Request, spec: PushSpec, app_field: str) -> Accepted | None:
-    """Queue one push; None when the app does not want this kind (e.g. chat typing notices)."""
+def request_digest(spec: PushSpec, app: App) -> str:
+    """What a client's idempotency key is bound to: the request as normalised (app resolved,
+    token lower-case), so a retry matches and a different notification under the key does not."""
+    normal = dataclasses.replace(spec, app=app.name, device_token=spec.device_token.lower())
+    encoded = orjson.dumps(dataclasses.asdict(normal), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(encoded).hexdigest()[:32]
+
+
+def _bind_key(notification: Notification, spec: PushSpec, app: App) -> Notification:
+    """The notification with its client-chosen idempotency key bound to the request."""
+    if notification.idempotency_key is None:
+        return notification
+    return dataclasses.replace(notification, request_digest=request_digest(spec, app))
+
+
+async def _enqueue(
+    request: web.Request, spec: PushSpec, app_field: str, *, client_key: bool
+) -> Accepted | None:
+    """Queue one push; None when the app does not want this kind (e.g. chat typing notices).
+    `client_key`: an idempotency key is the client's own (not derived by the relay), so reusing
+    it for a different request is refused."""
     state = request.app[STATE]
     grant = request[GRANT]
     spec = _scoped_spec(grant, spec)
-    app = state.settings.app(spec.app)
-    if not grant.allows(app.name):
-        raise _forbidden_app(grant, app.name, app_field)
+    app = resolve_app(state.settings, grant, spec.app, app_field)
     notification = to_notification(
         spec,
         app,
@@ -552,6 +677,8 @@ async def _enqueue(request: web.Request, spec: PushSpec, app_field: str) -> Acce
     )
     if notification is None:
         return None
+    if client_key:
+        notification = _bind_key(notification, spec, app)
     try:
         accepted = await state.queue.enqueue(notification)
         _count_enqueued(app.name, accepted)
@@ -577,7 +704,7 @@ async def _ingest(
     source: str, request: web.Request, spec: PushSpec, app_field: str
 ) -> Accepted | None:
     try:
-        accepted = await _enqueue(request, spec, app_field)
+        accepted = await _enqueue(request, spec, app_field, client_key=source == "api")
     except Problem as problem:
         _count_event(source, "rejected", problem.code)
         raise
@@ -600,7 +727,8 @@ async def gms_push(request: web.Request) -> web.Response:
     _refuse_while_draining(request.app[STATE])
     raw = await read_body(request)
     try:
-        parse_json(raw)  # the depth limit and one wording for malformed JSON on every route
+        # The depth limit and one wording for malformed JSON on every route.
+        check_embedded_message(parse_json(raw))
         spec = parse_customhttp(raw)
     except (Problem, InvalidInput):
         _count_event("gms", "rejected", "invalid-input")
@@ -656,9 +784,7 @@ async def create_batch(request: web.Request) -> web.Response:
         prefix = f"notifications[{index}]."
         try:
             spec = _scoped_spec(grant, NotificationIn.model_validate(item).to_spec())
-            app = state.settings.app(spec.app)
-            if not grant.allows(app.name):
-                raise _forbidden_app(grant, app.name, prefix + "app")
+            app = resolve_app(state.settings, grant, spec.app, prefix + "app")
             notification = build_notification(
                 spec,
                 app,
@@ -666,7 +792,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 default_ttl_s=state.settings.queue.default_ttl_seconds,
                 max_ttl_s=state.settings.queue.max_ttl_seconds,
             )
-            valid.append((index, notification))
+            valid.append((index, _bind_key(notification, spec, app)))
             results.append({})
         except ValidationError as error:
             results.append(_item_problem(problem_from_validation(error, prefix)))
@@ -725,14 +851,10 @@ async def get_notification(request: web.Request) -> web.Response:
 
 def _device_key(request: web.Request) -> tuple[str, str]:
     state = request.app[STATE]
-    name = request.match_info["app"]
     try:
-        app = state.settings.app(name).name
+        app = resolve_app(state.settings, request[GRANT], request.match_info["app"], "app").name
     except InvalidInput as error:
         raise Problem(404, "unknown-app", error.rule, field="app") from None
-    grant = request[GRANT]
-    if not grant.allows(app):
-        raise _forbidden_app(grant, app, "app")
     return app, normalize_device_token(request.match_info["token"], "token")
 
 
@@ -781,7 +903,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         try:
             totals = await state.queue.totals()
         except REDIS_ERRORS as error:
-            log.warning("redis_unavailable", operation="totals", error=str(error))
+            REDIS_UNAVAILABLE.occurred("totals", error)
         else:
             metrics.QUEUE_PENDING.set(totals.pending)
             metrics.QUEUE_DEVICES_PENDING.set(totals.devices_pending)
@@ -794,6 +916,20 @@ async def openapi(_: web.Request) -> web.Response:
     return _json(openapi_document())
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp's handling of `Expect`, but an unknown expectation is answered as a problem (its
+    own answer is plain text)."""
+    if request.version != HttpVersion11:
+        return None
+    if request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response's size
+        return None
+    return Problem(
+        417, "expectation-failed", "only Expect: 100-continue is supported", field="Expect"
+    ).response()
+
+
 def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
     """The relay's HTTP application; a worker-only process serves just health and metrics."""
     app = web.Application(
@@ -801,16 +937,25 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
         client_max_size=state.settings.http.max_body_bytes,
     )
     app[STATE] = state
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/healthz", healthz),
+        ("GET", "/readyz", readyz),
+        ("GET", "/metrics", metrics_endpoint),
+    ]
     if ingest:
-        app.router.add_post("/gms/push", gms_push)
-        app.router.add_post("/v1/notifications", create_notification)
-        app.router.add_post("/v1/notifications:batch", create_batch)
-        app.router.add_get("/v1/notifications/{id}", get_notification)
-        app.router.add_get("/v1/devices/{app}/{token}", get_device)
-        app.router.add_delete("/v1/devices/{app}/{token}", delete_device)
-        app.router.add_get("/v1/queue", queue_totals)
-        app.router.add_get("/openapi.json", openapi)
+        routes += [
+            ("POST", "/gms/push", gms_push),
+            ("POST", "/v1/notifications", create_notification),
+            ("POST", "/v1/notifications:batch", create_batch),
+            ("GET", "/v1/notifications/{id}", get_notification),
+            ("GET", "/v1/devices/{app}/{token}", get_device),
+            ("DELETE", "/v1/devices/{app}/{token}", delete_device),
+            ("GET", "/v1/queue", queue_totals),
+            ("GET", "/openapi.json", openapi),
+        ]
+    for method, path, handler in routes:
+        if method == "GET":  # with HEAD, as aiohttp's add_get does
+            app.router.add_get(path, handler, expect_handler=expect_continue)
+        else:
+            app.router.add_route(method, path, handler, expect_handler=expect_continue)
     return app

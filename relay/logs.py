@@ -11,44 +11,65 @@ from typing import Any
 
 import orjson
 import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-# Belt and braces: whatever a log call passes, these never leave the process in full.
-_HEX_TOKEN = re.compile(r"\b[0-9a-fA-F]{32,}\b")
-_JWT = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]+")
-_CREDENTIALS = re.compile(r"\b(Bearer|Basic|bearer|basic)\s+[\w.~+/=-]+")
-_PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
-_SECRET_KEYS = frozenset({"authorization", "jwt", "key", "password", "secret", "api_token"})
-# Identifiers the relay makes itself: hex, but not device tokens, and operators search by them.
-_OWN_IDS = frozenset({"id", "apns_id", "request_id"})
+# One redaction for every line every logger writes (structlog's and the stdlib's: aiohttp, asyncio,
+# aioapns, formatted tracebacks): whatever a log call, a parser error or a repr passes, these never
+# leave the process in full. Case-insensitive throughout: "BEARER x" is as secret as "Bearer x".
+_ESCAPED_BREAK = r"\\r\\n|\\n|\r?\n"  # a line break, raw or as a bytes repr shows it
+_PEM = re.compile(r"-----BEGIN [A-Z ]*-----.*?(?:-----END [A-Z ]*-----|\Z)", re.S | re.I)
+_JWT = re.compile(r"\beyJ[\w-]{2,}\.[\w-]{2,}\.[\w-]*", re.I)
+# An Authorization or Proxy-Authorization value, whatever its scheme, up to the end of its line
+# (a folded continuation line included) or the quote that closes a repr.
+_AUTHORIZATION = re.compile(
+    r"\b((?:proxy-)?authorization)([\"']?(?:\s*[:=]\s*|\s+)[\"']?)"
+    rf"(?:(?:{_ESCAPED_BREAK})[ \t]+|\\(?![rn])|[^\r\n'\"\\])*",
+    re.I,
+)
+# A scheme and its credential, also when a folded header puts the credential on the next line.
+_CREDENTIALS = re.compile(
+    rf"\b(bearer|basic)(?:\s|{_ESCAPED_BREAK})+(?!\[redacted\])(?:\\x[0-9a-f]{{2}}|[^\s'\"\\,;])+",
+    re.I,
+)
+# user:password in a URL (redis://user:secret@host).
+_URL_USERINFO = re.compile(r"(://)[^/\s@:'\"]*:[^/\s@'\"]*@")
+# A device token of any accepted length (8-200 hex digits) standing alone; a run joined by '-' is
+# one of the relay's own ids (notification ids "07-<hex>", UUIDs), and a run followed by '…' is
+# already masked.
+_HEX_TOKEN = re.compile(r"(?:(?<![\w-])|(?<=\\x[0-9a-f]{2}))[0-9a-f]{8,200}(?![\w…-])", re.I)
+_SECRET_KEYS = frozenset(
+    {"authorization", "proxy-authorization", "jwt", "key", "password", "secret", "api_token"}
+)
 
 AIOAPNS_LOG_INTERVAL_S = 10.0
 
 
 def mask_token(token: str) -> str:
-    """A device token as logs may show it: the first 8 hex digits and the length."""
-    return f"{token[:8]}…({len(token)})"
+    """A device token as logs may show it: a quarter of it (at most 8 digits) and the length."""
+    return f"{token[: min(8, len(token) // 4)]}…({len(token)})"
 
 
-def _mask_text(text: str) -> str:
-    if len(text) < 16:
-        return text
+def redact_text(text: str) -> str:
+    """`text` with every credential, key, JWT and device token in it masked."""
     text = _PEM.sub("[pem]", text)
-    text = _JWT.sub("[jwt]", text)
+    text = _AUTHORIZATION.sub(r"\1\2[redacted]", text)
     text = _CREDENTIALS.sub(r"\1 [redacted]", text)
+    text = _JWT.sub("[jwt]", text)
+    text = _URL_USERINFO.sub(r"\1[redacted]@", text)
     return _HEX_TOKEN.sub(lambda m: mask_token(m.group(0)), text)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor: mask device tokens, JWTs, credentials and keys in every value."""
+    """structlog processor, the last before rendering of every record (structlog's and the
+    stdlib's): secret-named fields dropped, every other non-number value through redact_text."""
     for key, value in event.items():
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
-        elif key in _OWN_IDS:
-            continue
         elif isinstance(value, str):
-            event[key] = _mask_text(value)
+            event[key] = redact_text(value)
         elif not isinstance(value, int | float | bool | type(None)):
-            event[key] = _mask_text(str(value))
+            event[key] = redact_text(str(value))
     return event
 
 
@@ -79,6 +100,89 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
+class ClientFaultFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser refused (a bad header line, one too long, a body
+    that does not decode) at ERROR with a traceback, once per request. That is a client's mistake,
+    answered with a plain 400: one info line without a traceback says so. The body-decoding error
+    aiohttp logs again after the relay has answered (and logged) it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, web.RequestPayloadError):
+            return False
+        if not isinstance(error, HttpProcessingError) or not 400 <= (error.code or 0) < 500:
+            return True
+        if logging.getLogger().getEffectiveLevel() > logging.INFO:
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args = "http_request_refused", ()
+        record.exc_info, record.exc_text = None, None
+        record.status = error.code
+        record.reason = f"{type(error).__name__}: {error.message.splitlines()[0][:120]}"
+        return True
+
+
+class RepeatedCondition:
+    """A condition that can hold for a while (Redis unreachable) logged as an episode, not once per
+    occurrence: a warning when it starts, a summary with counts at most every `summary_s` while it
+    lasts, and a line when it ends. Time is given by `clock`, so it is tested without waiting."""
+
+    def __init__(
+        self,
+        event: str,
+        logger: Any,
+        summary_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.event = event
+        self.log = logger
+        self.summary_s = summary_s
+        self.clock = clock
+        self.started_at: float | None = None
+        self.summarised_at = 0.0
+        self.total = 0
+        self.since_summary: dict[str, int] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.started_at is not None
+
+    def occurred(self, where: str, error: object) -> None:
+        """One more occurrence, at `where` (a route, an operation)."""
+        now = self.clock()
+        self.total += 1
+        self.since_summary[where] = self.since_summary.get(where, 0) + 1
+        if self.started_at is None:
+            self.started_at = self.summarised_at = now
+            self.since_summary = {}
+            self.log.warning(self.event, phase="started", where=where, error=str(error))
+        elif now - self.summarised_at >= self.summary_s:
+            self.log.warning(
+                self.event,
+                phase="continuing",
+                for_s=round(now - self.started_at, 1),
+                occurrences=self.total,
+                since_last_summary=self.since_summary,
+                error=str(error),
+            )
+            self.summarised_at = now
+            self.since_summary = {}
+
+    def cleared(self) -> None:
+        """The condition no longer holds (cheap when it did not: called on every success)."""
+        if self.started_at is None:
+            return
+        self.log.warning(
+            self.event,
+            phase="ended",
+            for_s=round(self.clock() - self.started_at, 1),
+            occurrences=self.total,
+        )
+        self.started_at = None
+        self.total = 0
+        self.since_summary = {}
+
+
 def _orjson_dumps(obj: Any, default: Any = None) -> str:
     return orjson.dumps(obj, default=default).decode()
 
@@ -96,7 +200,6 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
-        redact,
     ]
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -107,7 +210,13 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # The root handler's one formatter renders every record of every logger, so the
+            # redaction here is the one step each line passes.
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                renderer,
+            ],
             foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         )
     )
@@ -116,5 +225,6 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     root.setLevel(level.upper())
     aioapns_logger = logging.getLogger("aioapns")
     aioapns_logger.filters[:] = [RateLimitFilter()]
+    logging.getLogger("aiohttp.server").filters[:] = [ClientFaultFilter()]
     # aiohttp's access log costs a line per request in the ingest hot path; metrics count requests.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

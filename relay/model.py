@@ -82,6 +82,9 @@ class Notification:
     # before the first not-yet-sent one of the same group with a higher order (RelayQueue.enqueue).
     order_group: str | None = None
     order: int | None = None  # e.g. GMS transcriptPosition; None: plain FIFO
+    # A digest of the normalised request that chose `idempotency_key` (a client's own key): the
+    # key then repeats only with the same request. None for keys the relay derives itself.
+    request_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

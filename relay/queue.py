@@ -15,11 +15,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeAlias, cast, get_type_hints
 
+import structlog
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
+from relay.logs import RepeatedCondition
 from relay.model import (
     FINAL_STATES,
     ClaimedNotification,
@@ -50,7 +52,7 @@ NOTE = "n:"  # HASH + id: the notification's fields (all but the payload) and it
 PAYLOAD = "p:"
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
 SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
-IDEM = "idem:"  # STRING + device + ":" + idempotency key -> id
+IDEM = "idem:"  # STRING + device + ":" + idempotency key -> "<id>[ <request digest>]"
 
 # Lifetime counters the scripts keep in each shard's stats hash; the final ones are named after
 # the state they count.
@@ -69,12 +71,18 @@ MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards 
 MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
 SUBSCRIBE_TIMEOUT_S = 5.0
 
-_NOTIFICATION_FIELDS = tuple(f.name for f in fields(Notification) if f.name != "payload")
+# The payload has a key of its own; the request digest lives only beside the idempotency key.
+_NOTIFICATION_FIELDS = tuple(
+    f.name for f in fields(Notification) if f.name not in ("payload", "request_digest")
+)
 # What claim reads of a head: the whole Notification, then the delivery record it needs.
 CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms")
 
 # What an unreachable or failing Redis raises: redis-py's own errors are not OSErrors.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+# One per process: an outage is logged as it starts, in periodic summaries and as it ends, not
+# once per request that met it. Whoever catches REDIS_ERRORS reports it; a script that runs ends it.
+REDIS_UNAVAILABLE = RepeatedCondition("redis_unavailable", structlog.get_logger("relay.queue"))
 RedisClient: TypeAlias = "Redis | RedisCluster"
 ScriptArg: TypeAlias = str | int | bytes
 
@@ -124,6 +132,20 @@ class QueueRefusal(Exception):
         self.reason = reason
         self.message = message
         self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(QueueRefusal):
+    """The idempotency key was used before for a different request: the first one stands."""
+
+    def __init__(self, key: str, notification_id: str) -> None:
+        super().__init__(
+            409,
+            "idempotency_key_reused",
+            f"idempotency_key {key!r} was used for notification {notification_id} with a"
+            " different request; send that same request again, or use a new key",
+            None,
+        )
+        self.notification_id = notification_id
 
 
 class DeadToken(QueueRefusal):
@@ -462,6 +484,7 @@ class RelayQueue:
         """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
         then the scripts are loaded and only the calls that did not run are sent again."""
         results = await self._execute(calls)
+        REDIS_UNAVAILABLE.cleared()
         missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
         if missing:
             for script in {calls[i].script.name: calls[i].script for i in missing}.values():
@@ -502,6 +525,7 @@ class RelayQueue:
             (n.service_id or "") if self.limits.supersede else "",
             *_order_args(n),
             n.payload,
+            n.request_digest or "",
             *_notification_pairs(n),
         ]
         return ScriptCall(ENQUEUE, keys, args), device
@@ -510,6 +534,9 @@ class RelayQueue:
         verdict = _text(reply[0])
         if verdict == "duplicate":
             return Accepted(_text(reply[1]), duplicate=True)
+        if verdict == "reused":
+            assert n.idempotency_key is not None
+            return IdempotencyKeyReused(n.idempotency_key, _text(reply[1]))
         if verdict == "accepted":
             return Accepted(_text(reply[1]), duplicate=False, superseded=_text(reply[2]) or None)
         if verdict == "dead":

@@ -26,7 +26,7 @@ from relay.model import (
     Retry,
 )
 from relay.policy import RetryPolicy, classify
-from relay.queue import REDIS_ERRORS, ClaimBatch, RelayQueue
+from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE, ClaimBatch, RelayQueue
 
 log = structlog.get_logger("relay.worker")
 
@@ -106,7 +106,7 @@ class DeliveryWorker:
                 try:
                     batch = await self.queue.claim(wanted, shards=woken)
                 except REDIS_ERRORS as exc:
-                    log.warning("redis_unavailable", operation="claim", error=str(exc))
+                    REDIS_UNAVAILABLE.occurred("claim", exc)
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 self._count_expired(batch)
@@ -318,7 +318,7 @@ class DeliveryWorker:
                     )
             except REDIS_ERRORS as exc:
                 # Keep them: a lease that runs out meanwhile only costs a duplicate send.
-                log.warning("redis_unavailable", operation="settle", error=str(exc))
+                REDIS_UNAVAILABLE.occurred("settle", exc)
                 self.settle_buffer[:0] = settled
                 self.release_buffer[:0] = released
                 await asyncio.sleep(REDIS_RETRY_S)

@@ -79,6 +79,7 @@ class RelayHarness:
             kw["json"] = body
         elif body is not None:
             kw["data"] = body
+            headers.setdefault("Content-Type", "application/json")  # aiohttp: octet-stream
         async with self.session.request(method, self.url + path, headers=headers, **kw) as r:
             raw = await r.read()
             try:

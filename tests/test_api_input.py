@@ -174,7 +174,7 @@ async def test_body_over_the_size_cap(
         async with relay.session.post(
             relay.url + "/v1/notifications:batch",
             data=chunks(),
-            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            headers={"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"},
         ) as response:
             answer = (response.status, await response.json(content_type=None), response.headers)
         assert_problem(answer, 413, "body", "2048 bytes")

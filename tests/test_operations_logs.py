@@ -14,15 +14,17 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jwt
+import pytest
 from relay_harness import API_TOKEN, BASIC, relay_document, relay_processes, write_config
 from simulator import control_client, running_simulator
 
-from relay.logs import RateLimitFilter, mask_token
+from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
 
 WAIT_S = 20.0
 WRONG_BEARER = "wrong-token-5f2c9a7e41"
@@ -187,7 +189,7 @@ async def test_a_full_run_logs_no_token_jwt_key_or_credential(
                 assert headers["X-Request-Id"] == "r-42"
                 status, body, headers = await call("GET", f"/v1/devices/dev/{bad}", bearer)
                 assert status == 200, body
-                assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-Id"])
+                assert uuid.UUID(headers["X-Request-Id"])  # generated: a UUID
             assert relay.kill(signal.SIGTERM) == 0
             log = relay.log()
     finished = int(time.time())
@@ -246,3 +248,78 @@ async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     leaked = sorted(secret for secret in never_logged if secret in log)
     assert not leaked, f"logged in full: {leaked}"
     assert not JWT_SHAPE.search(log)
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("b'Authorization: BEARER sEcReT-abc.123'", "sEcReT-abc.123"),
+        ("authorization: bearer sEcReT-abc.123", "sEcReT-abc.123"),
+        ("b'Authorization: Bearer\\r\\n  sEcReT-folded'", "sEcReT-folded"),
+        ("Authorization: Bearer\r\n sEcReT-folded-raw", "sEcReT-folded-raw"),
+        ("b'Bearer AAAAsEcReTlong...'", "AAAAsEcReTlong"),
+        ("Invalid header token: b'Authorization sEcReT-nocolon'", "sEcReT-nocolon"),
+        ("{'Proxy-Authorization': 'Basic Z21zOnNlY3JldA=='}", "Z21zOnNlY3JldA=="),
+        ("Authorization: Digest username=x, response=sEcReTdigest", "sEcReTdigest"),
+        ("BASIC Z21zOnNlY3JldA==", "Z21zOnNlY3JldA=="),
+        ("b'Bearer \\xff\\xfesEcReTafter'", "sEcReTafter"),
+        ("token c0ffee12 is dead", "c0ffee12"),
+        ("token FEEDFACE12345678", "FEEDFACE12345678"),
+        ("/v1/devices/dev/" + "ab" * 100, "ab" * 100),
+        ("deviceId dev:" + "0a" * 32, "0a" * 32),
+        ("x \\xffaabbccddeeff0011 y", "aabbccddeeff0011"),
+        ("eyJhbGciOiJFUzI1NiJ9.eyJpc3MiOiJ4In0.c2lnbmF0dXJl", "eyJpc3MiOiJ4In0"),
+        ("-----BEGIN PRIVATE KEY-----\nMIGsecretkey\n-----END PRIVATE KEY-----", "MIGsecretkey"),
+        ("-----begin private key-----\nMIGcut", "MIGcut"),
+        ("redis://user:sEcReTpw@host:6379/0", "sEcReTpw"),
+    ],
+)
+def test_redaction_masks_every_form_of_secret_in_any_case(text: str, secret: str) -> None:
+    assert secret not in redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "07-0123456789abcdef0123456789abcdef",  # a notification id
+        "123e4567-e89b-12d3-a456-426614174000",  # a UUID (request ids, apns-id)
+        "aabbccdd…(64)",  # already masked: masking again changes nothing
+        "no default app is configured",
+    ],
+)
+def test_redaction_leaves_the_relays_own_ids_and_plain_text(text: str) -> None:
+    assert redact_text(text) == text
+
+
+def test_mask_token_shows_at_most_a_quarter() -> None:
+    assert mask_token("c0ffee12") == "c0…(8)"
+    assert mask_token("ab" * 32) == "abababab…(64)"
+
+
+class ListLog:
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append((event, fields))
+
+
+def test_a_repeated_condition_logs_its_start_a_summary_per_interval_and_its_end() -> None:
+    now = [0.0]
+    log = ListLog()
+    outage = RepeatedCondition("redis_unavailable", log, summary_s=10, clock=lambda: now[0])
+    outage.cleared()  # nothing to end
+    assert log.lines == []
+    for _ in range(500):
+        outage.occurred("/gms/push", "Connection refused")
+        now[0] += 0.05  # 25 s of failures
+    outage.occurred("claim", "Connection refused")
+    outage.cleared()
+    outage.cleared()
+    phases = [fields["phase"] for _, fields in log.lines]
+    assert phases == ["started", "continuing", "continuing", "ended"]
+    assert log.lines[1][1]["since_last_summary"] == {"/gms/push": 200}
+    assert log.lines[-1][1]["occurrences"] == 501
+    assert log.lines[-1][1]["for_s"] == 25.0
+    outage.occurred("claim", "again")  # a new episode starts afresh
+    assert log.lines[-1][1]["phase"] == "started"

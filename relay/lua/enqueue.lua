@@ -5,9 +5,13 @@
 -- ARGV[1] shard key prefix; ARGV[2] new id; ARGV[3] device "<app>:<token>"; ARGV[4] now (ms);
 -- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
 -- to supersede by ('' = none); ARGV[9] order group and ARGV[10] order ('' = none: append at the
--- tail); ARGV[11] the APNs payload; ARGV[12..] the notification's other field/value pairs.
--- Returns {'accepted', id, superseded id or ''} | {'duplicate', id} | {'dead', reason, invalid_since_ms} |
--- {'device_full'} | {'pending_full'}.
+-- tail); ARGV[11] the APNs payload; ARGV[12] the digest of the request that chose the idempotency
+-- key ('' = the relay derived the key: any repeat is a duplicate); ARGV[13..] the notification's
+-- other field/value pairs.
+-- Returns {'accepted', id, superseded id or ''} | {'duplicate', id} | {'reused', id} (the key came
+-- with another request digest) | {'dead', reason, invalid_since_ms} | {'device_full'} |
+-- {'pending_full'}.
+-- The idempotency key holds "<id>" or "<id> <request digest>".
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
 -- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
 -- its group with a higher order, never before one sent or in flight), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
@@ -24,7 +28,11 @@ end
 if idem then
   local seen = redis.call('GET', idem)
   if seen then
-    return {'duplicate', seen}
+    local seen_id, seen_digest = string.match(seen, '^(%S+) ?(.*)$')
+    if seen_digest ~= '' and ARGV[12] ~= '' and seen_digest ~= ARGV[12] then
+      return {'reused', seen_id}
+    end
+    return {'duplicate', seen_id}
   end
 end
 local mark = redis.call('HMGET', dead, 'reason', 'invalid_since_ms')
@@ -80,13 +88,17 @@ else
   redis.call('RPUSH', queue, id)
 end
 redis.call('HSET', note, 'state', STATE.QUEUED, 'attempts', 0, 'claim_no', 0,
-  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 12))
+  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 13))
 redis.call('SET', prefix .. K_PAYLOAD .. id, ARGV[11])
 if service_id ~= '' then
   redis.call('HSET', slots, service_id, id)
 end
 if idem then
-  redis.call('SET', idem, id, 'EX', retention)
+  local remembered = id
+  if ARGV[12] ~= '' then
+    remembered = id .. ' ' .. ARGV[12]
+  end
+  redis.call('SET', idem, remembered, 'EX', retention)
 end
 redis.call('HINCRBY', STATS, 'enqueued', 1)
 redis.call('HINCRBY', STATS, 'pending', 1)

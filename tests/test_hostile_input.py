@@ -1,0 +1,166 @@
+"""The hostile-input catalogue against one running relay and a real Valkey: every bad request gets
+a 4xx problem (or aiohttp's plain parser 400), Redis is left exactly as it was, and the run's log
+holds no secret and no traceback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis as syncredis
+from hostile_catalogue import (
+    API_TOKEN,
+    BASIC_PASSWORD,
+    BASIC_USER,
+    IDEMPOTENCY_KEY,
+    SCOPED_TOKEN,
+    SECRETS,
+    Case,
+    api,
+    catalogue,
+    request,
+)
+from relay_harness import relay_document, relay_processes, write_config
+from simulator import running_simulator
+
+READ_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_answers(data: bytes) -> list[Answer]:
+    """The complete responses in `data` (1xx interim answers skipped)."""
+    answers = []
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        if len(rest) < length:
+            break
+        data = rest[length:]
+        status = int(status_line.split(" ")[1])
+        if status >= 200:
+            answers.append(Answer(status, headers, rest[:length]))
+    return answers
+
+
+def exchange(port: int, case: Case) -> list[Answer]:
+    """Send the case's bytes (slowly, if it is a slow client) and read its answers."""
+    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
+        try:
+            if case.chunk_bytes:
+                for start in range(0, len(case.raw), case.chunk_bytes):
+                    sock.sendall(case.raw[start : start + case.chunk_bytes])
+                    time.sleep(0.005)
+            else:
+                sock.sendall(case.raw)
+        except OSError:
+            pass  # the relay answered early and closed (413 before the whole body): read that
+        received = b""
+        while len(parse_answers(received)) < case.responses:
+            try:
+                chunk = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            received += chunk
+    return parse_answers(received)
+
+
+def redis_dump(client: syncredis.Redis) -> dict[bytes, Any]:
+    return {key: client.dump(key) for key in sorted(client.keys("*"))}
+
+
+def check(case: Case, answers: list[Answer]) -> list[str]:
+    """What is wrong with the relay's answers to `case` (nothing, if it is right)."""
+    if len(answers) != case.responses:
+        return [f"{len(answers)} answers of {case.responses}"]
+    faults = []
+    for answer in answers:
+        media = answer.headers.get("content-type", "")
+        if not 400 <= answer.status < 500:
+            faults.append(f"status {answer.status}: {answer.body[:200]!r}")
+        elif case.status is not None and answer.status != case.status:
+            faults.append(f"status {answer.status}, not {case.status}: {answer.body[:200]!r}")
+        elif media.startswith("application/problem+json"):
+            problem = json.loads(answer.body)
+            if problem.get("status") != answer.status or not problem.get("detail"):
+                faults.append(f"problem without status or detail: {problem}")
+        elif not (case.plain_ok and answer.status == 400 and media.startswith("text/plain")):
+            faults.append(f"{answer.status} as {media!r}: {answer.body[:200]!r}")
+    return faults
+
+
+async def test_every_catalogued_bad_request_is_refused_stores_nothing_and_leaks_nothing(
+    redis_url: str, state_dir: Path
+) -> None:
+    cases = catalogue()
+    assert len(cases) >= 300
+    async with running_simulator(state_dir / "sim") as info:
+        document = relay_document(redis_url, info, logging={"level": "debug"})
+        other = {**document["apps"][0], "name": "other", "topic": "com.example.other"}
+        document["apps"][0]["default"] = True
+        other["default"] = False
+        document["apps"].append(other)
+        document["auth"] = {
+            "api_tokens": [API_TOKEN],
+            "basic": [f"{BASIC_USER}:{BASIC_PASSWORD}"],
+            "scoped": [{"token": SCOPED_TOKEN, "apps": ["dev"]}],
+        }
+        config = write_config(state_dir / "relay.yaml", document)
+        client = syncredis.Redis.from_url(redis_url)
+        with relay_processes("api", config=config, log_dir=state_dir) as [relay]:
+            port = int(relay.url.rsplit(":", 1)[1])
+            # Something to leave untouched, and the idempotency key one case reuses.
+            seed = api(idempotency_key=f'"{IDEMPOTENCY_KEY}"', alert='"the first"')
+            headers = [(b"Authorization", f"Bearer {API_TOKEN}".encode())]
+            [seeded] = exchange(
+                port, Case("seed", request(b"POST", b"/v1/notifications", headers, seed))
+            )
+            assert seeded.status == 202, seeded
+            before = redis_dump(client)
+            assert before
+            started = time.monotonic()
+            faults: dict[str, list[str]] = {}
+            unauthorized: Counter[bytes] = Counter()
+            statuses: Counter[int] = Counter()
+            for case in cases:
+                answers = exchange(port, case)
+                if problems := check(case, answers):
+                    faults[case.name] = problems
+                if (after := redis_dump(client)) != before:
+                    changed = set(after.items()) ^ set(before.items())
+                    faults.setdefault(case.name, []).append(f"Redis changed: {sorted(changed)[:3]}")
+                    before = after
+                for answer in answers:
+                    statuses[answer.status] += 1
+                    if answer.status == 401:
+                        unauthorized[answer.body] += 1
+            elapsed = time.monotonic() - started
+        log = relay.log()
+        client.close()
+    assert not faults, "\n".join(f"{name}: {problems}" for name, problems in faults.items())
+    # Every 401 is the same answer, whatever was wrong with the credential.
+    assert len(unauthorized) == 1, unauthorized
+    leaked = sorted(secret for secret in SECRETS if secret in log)
+    assert not leaked, f"logged in full: {leaked}"
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert "Traceback" not in log
+    assert not [line for line in lines if line["level"] in ("error", "critical")]
+    assert not [line for line in lines if "exception" in line]
+    print(f"{len(cases)} cases in {elapsed:.1f} s; statuses {dict(sorted(statuses.items()))}")
