@@ -14,7 +14,7 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/apns-relay serve
+	$(BIN)/apns-relay serve --dev
 
 demo: $(STAMP)
 	$(BIN)/apns-relay demo

@@ -75,6 +75,17 @@ class EmbeddedServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def exit_status(self) -> int | None:
+        """None while the server runs; else how it ended (the process is reaped, not left
+        defunct). A negative status is the signal that ended it."""
+        if self.process is None:
+            return None
+        return self.process.poll()
+
     def start(self) -> EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:

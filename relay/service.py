@@ -10,7 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from relay import apns, metrics
 from relay.api import Credentials, RelayState, create_app, server_options
 from relay.apns_sim.info import SIM_JSON, SimInfo
 from relay.config import App, ConfigError, Settings, load_settings
-from relay.embedded import EmbeddedServer
-from relay.logs import configure_logging
+from relay.embedded import EmbeddedServer, EmbeddedServerError
+from relay.logs import configure_logging, redact_text
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect, replica_acknowledgement
 from relay.worker import DeliveryWorker
@@ -37,10 +37,18 @@ DEV_APP = "dev"
 DEV_TOPIC = "com.example.gms"
 SIMULATOR_START_TIMEOUT_S = 20.0
 DEFAULT_WORKER_PORT = 8081
+DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev
+VALKEY_WATCH_S = 0.5  # how often development mode looks whether its Valkey is still running
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML configuration file (default: $RELAY_CONFIG)")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help=f"serve only: development mode (also ${DEV_ENV}=1): start an embedded Valkey, the"
+        " APNs simulator and an API token for whatever is not configured",
+    )
     parser.add_argument("--host", help="listen address (default: http.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="listen port (default: http.port, 8080)")
     parser.add_argument(
@@ -53,12 +61,43 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def development_requested(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> bool:
+    return bool(args.dev) or env.get(DEV_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def missing_settings(settings: Settings, role: str) -> list[str]:
+    """What a role cannot run without outside development mode (nothing is filled in there)."""
+    missing = []
+    if not settings.redis.url:
+        missing.append("redis.url (or RELAY_REDIS_URL)")
+    if not settings.apps:
+        missing.append("apps (at least one app with its APNs credentials)")
+    auth = settings.auth
+    if role != "worker" and not (auth.api_tokens or auth.basic or auth.scoped):
+        missing.append("auth (api_tokens, basic or scoped; or RELAY_API_TOKENS, RELAY_BASIC_AUTH)")
+    return missing
+
+
+def _refuse(message: str) -> int:
+    print(f"apns-relay: {redact_text(message)}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+        return _refuse(str(error))
+    dev_mode = development_requested(args)
+    if dev_mode and args.command != "serve":
+        return _refuse(f"{args.command}: development mode is for `serve` only")
+    if not dev_mode and (missing := missing_settings(settings, args.command)):
+        # One line, before anything starts: production never falls back to a stand-in.
+        return _refuse(
+            f"not configured: {'; '.join(missing)}. Give them in the config file (--config,"
+            " $RELAY_CONFIG) or the environment, or run `apns-relay serve --dev` for"
+            " development mode"
+        )
     configure_logging(settings.logging.format, settings.logging.level)
     with contextlib.suppress(ImportError):
         import uvloop
@@ -69,14 +108,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         with (
             development_mode(settings, state_dir)
-            if args.command == "serve"
+            if dev_mode
             else contextlib.nullcontext((settings, None))
         ) as (settings, dev):
-            asyncio.run(_serve(args.command, settings, args, dev if dev and dev.active else None))
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
-    return 0
+            return asyncio.run(_serve(args.command, settings, args, dev))
+    except (ConfigError, EmbeddedServerError) as error:
+        return _refuse(str(error))
 
 
 # Development mode: whatever is not configured is started here, and said loudly.
@@ -89,11 +126,6 @@ class DevEnvironment:
     simulator: subprocess.Popen[bytes] | None = None
     simulator_info: SimInfo | None = None
     api_token: str | None = None
-
-    @property
-    def active(self) -> bool:
-        """Whether development mode filled in anything (production configures it all)."""
-        return bool(self.valkey or self.simulator or self.api_token)
 
     def close(self) -> None:
         if self.simulator is not None and self.simulator.poll() is None:
@@ -169,6 +201,7 @@ def development_mode(
             log.warning(
                 "DEVELOPMENT MODE: embedded Valkey started",
                 url=dev.valkey.url,
+                pid=dev.valkey.pid,
                 binary=dev.valkey.binary.origin,
                 data_dir=str(dev.valkey.data_dir),
             )
@@ -363,7 +396,9 @@ async def _serve(
     settings: Settings,
     args: argparse.Namespace,
     dev: DevEnvironment | None,
-) -> None:
+) -> int:
+    """Serve until SIGTERM/SIGINT (0), or until the worker or development mode's Valkey fails
+    for good (1, so that whatever runs the process restarts it)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -388,5 +423,39 @@ async def _serve(
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
         if relay.worker_task:
             waiters.add(relay.worker_task)
+        supervisor = None
+        if dev is not None and dev.valkey is not None:
+            supervisor = asyncio.ensure_future(supervise_valkey(dev.valkey))
+            waiters.add(supervisor)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    log.info("stopped", role=role)
+        for waiter in waiters:
+            if waiter is not relay.worker_task:
+                waiter.cancel()
+    failed = supervisor is not None and supervisor.done() and not supervisor.cancelled()
+    log.info("stopped", role=role, exit_status=1 if failed else 0)
+    return 1 if failed else 0
+
+
+async def supervise_valkey(valkey: EmbeddedServer) -> None:
+    """Development mode's Valkey is a child process: when it dies (a crash, kill -9) it is reaped
+    and started again on the same port with the same data (its AOF). Returns only when it cannot
+    be started again, which ends the relay with a failing status."""
+    while True:
+        await asyncio.sleep(VALKEY_WATCH_S)
+        status = valkey.exit_status()
+        if status is None:
+            continue
+        log.warning(
+            "DEVELOPMENT MODE: embedded Valkey exited", exit_status=status, port=valkey.port
+        )
+        try:
+            await asyncio.to_thread(valkey.start)
+        except EmbeddedServerError as error:
+            log.error("DEVELOPMENT MODE: embedded Valkey cannot be restarted", error=str(error))
+            return
+        log.warning(
+            "DEVELOPMENT MODE: embedded Valkey restarted",
+            url=valkey.url,
+            pid=valkey.pid,
+            data_dir=str(valkey.data_dir),
+        )

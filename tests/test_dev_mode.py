@@ -1,4 +1,5 @@
-"""The README's run command: `apns-relay serve` with nothing configured is a working relay."""
+"""Development mode is asked for (`serve --dev`, RELAY_DEV=1) and then a working relay with nothing
+configured; without it, a missing setting is a start-up error."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from relay.config import Settings
 from relay.embedded import ping
+from relay.service import development_requested, missing_settings
 
 WAIT_S = 60.0
 TOKEN = "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899"
@@ -34,23 +37,97 @@ def call(url: str, body: Any = None, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
-def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(tmp_path: Path) -> None:
-    state_dir = tmp_path / "dev"
-    # Nothing configured: no config file, no Redis, no credentials from the environment.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "REDIS_URL"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "serve", "--port", "0", "--state-dir", str(state_dir)],
+def unconfigured_env() -> dict[str, str]:
+    """No config file, no Redis, no credentials from the environment."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "REDIS_URL"}
+
+
+@pytest.mark.parametrize("role", ["serve", "api", "worker"])
+def test_without_development_mode_a_missing_setting_is_a_start_up_error(
+    tmp_path: Path, role: str
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            role,
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "d"),
+        ],
         cwd=tmp_path,
-        env=env,
+        env=unconfigured_env(),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()  # one line, no traceback
+    assert "redis.url" in line
+    assert "apps" in line
+    assert ("auth" in line) is (role != "worker")
+    assert "serve --dev" in line
+    assert not (tmp_path / "d").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable", "wanted"),
+    [
+        (False, None, False),
+        (True, None, True),
+        (False, "1", True),
+        (False, "true", True),
+        (False, "0", False),
+        (False, "", False),
+    ],
+)
+def test_development_mode_is_the_flag_or_the_variable(
+    flag: bool, variable: str | None, wanted: bool
+) -> None:
+    env = {} if variable is None else {"RELAY_DEV": variable}
+    args = type("Args", (), {"dev": flag})()
+    assert development_requested(args, env) is wanted  # type: ignore[arg-type]
+
+
+def test_missing_settings_names_each_key() -> None:
+    assert missing_settings(Settings(), "serve") == [
+        "redis.url (or RELAY_REDIS_URL)",
+        "apps (at least one app with its APNs credentials)",
+        "auth (api_tokens, basic or scoped; or RELAY_API_TOKENS, RELAY_BASIC_AUTH)",
+    ]
+    configured = Settings.model_validate(
+        {"redis": {"url": "redis://127.0.0.1:1/0"}, "auth": {"api_tokens": ["t"]}}
+    )
+    assert missing_settings(configured, "api") == [
+        "apps (at least one app with its APNs credentials)"
+    ]
+
+
+def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "dev"
+    log_file = tmp_path / "serve.log"
+    with log_file.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "relay.cli", "serve", "--dev", "--port", "0"),
+                *("--state-dir", str(state_dir)),
+            ],
+            cwd=tmp_path,
+            env=unconfigured_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     try:
         dev_json = state_dir / "dev.json"
         deadline = time.monotonic() + WAIT_S
         while not dev_json.exists():
-            assert process.poll() is None, process.communicate()[0].decode()
+            assert process.poll() is None, log_file.read_text()
             assert time.monotonic() < deadline, "dev.json never appeared"
             time.sleep(0.05)
         dev = json.loads(dev_json.read_text())
@@ -67,9 +144,35 @@ def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(tmp_path:
             assert time.monotonic() < deadline, "the push never reached the simulator"
             time.sleep(0.05)
         assert received[0]["payload"]["message"] == {"_id": SERVICE_ID, "_action": "wait-for-agent"}
+
+        # kill -9 of its Valkey: reaped (not left defunct), started again on the same port with
+        # the same data, and the relay works again without anyone's help.
+        valkey_pid = _event(log_file, "embedded Valkey started")["pid"]
+        os.kill(valkey_pid, signal.SIGKILL)
+        statuses = []
+        while True:
+            try:
+                answer = call(
+                    f"{dev['relay_url']}/gms/push",
+                    {"deviceId": TOKEN, "message": {"_id": SERVICE_ID, "_action": "after-crash"}},
+                    dev["api_token"],
+                )
+                break
+            except urllib.error.HTTPError as error:
+                statuses.append(error.code)
+            assert set(statuses) <= {503}, statuses
+            assert time.monotonic() < deadline, "the relay never recovered its Valkey"
+            time.sleep(0.1)
+        assert answer["pushed"] is True
+        assert not Path(f"/proc/{valkey_pid}").exists(), "the killed Valkey was not reaped"
+        assert _event(log_file, "embedded Valkey exited")["exit_status"] == -signal.SIGKILL
+        restarted = _event(log_file, "embedded Valkey restarted")
+        assert restarted["url"] == _event(log_file, "embedded Valkey started")["url"]
+        assert restarted["pid"] != valkey_pid
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
+        process.wait(timeout=30)
+    output = log_file.read_text()
     assert process.returncode == 0, output
     assert "DEVELOPMENT MODE: embedded Valkey started" in output
     assert "DEVELOPMENT MODE: no app configured" in output
@@ -81,3 +184,11 @@ def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(tmp_path:
     assert not ping("127.0.0.1", valkey_port)
     with pytest.raises(urllib.error.URLError, match="Connection refused"):
         call(control)
+
+
+def _event(log_file: Path, event: str) -> dict[str, Any]:
+    """The first logged event whose name holds `event` (JSON lines: the log is no terminal)."""
+    for line in log_file.read_text().splitlines():
+        if line.startswith("{") and event in (record := json.loads(line))["event"]:
+            return dict(record)
+    raise AssertionError(f"no {event!r} in {log_file.read_text()}")
