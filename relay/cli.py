@@ -20,7 +20,7 @@ class CommandModule(Protocol):
 # name -> (module holding configure() and run(), one-line help). Imported only when chosen,
 # so `apns-relay apns-sim` does not pay for the relay's imports and vice versa.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("relay.service", "api and worker in one process; development mode if unconfigured"),
+    "serve": ("relay.service", "api and worker in one process; --dev: development mode"),
     "api": ("relay.service", "the HTTP ingest and status API"),
     "worker": ("relay.service", "the delivery loop (serves /healthz, /readyz, /metrics)"),
     "push": ("relay.remote", "send one notification to a running relay and wait for its fate"),

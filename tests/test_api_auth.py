@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
@@ -205,6 +206,24 @@ async def test_scoped_credentials_act_only_for_their_apps(
                 assert_problem(answer, 403, "app", "may not act for app 'dev'")
             answer = await scoped_call(session, url, authorization, "GET", "/v1/queue")
             assert_problem(answer, 403, "Authorization", "every app")
+
+            # An unknown app gets the answer another's app gets: no configured name leaks.
+            for method, path, body in (
+                ("POST", "/v1/notifications", {"device_token": TOKEN, "app": "{app}"}),
+                ("POST", "/gms/push", {"deviceId": f"{{app}}:{TOKEN}", "message": "d"}),
+                ("GET", f"/v1/devices/{{app}}/{TOKEN}", None),
+                ("DELETE", f"/v1/devices/{{app}}/{TOKEN}", None),
+            ):
+                answers = []
+                for app in ("dev", "nope"):
+                    filled = orjson.loads(orjson.dumps(body).replace(b"{app}", app.encode()))
+                    status, problem, _ = await scoped_call(
+                        session, url, authorization, method, path.format(app=app), filled
+                    )
+                    assert "'dev'" not in problem["detail"].replace(f"'{app}'", "")
+                    answers.append((status, problem["detail"].replace(f"'{app}'", "'X'")))
+                assert answers[0] == answers[1] == (403, answers[0][1]), answers
+                assert "other" in answers[0][1]  # its own app it may be told
 
             batch = {"notifications": [{"device_token": TOKEN, "app": "dev"}]}
             status, results, _ = await scoped_call(

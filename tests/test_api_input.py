@@ -436,3 +436,44 @@ async def test_request_id_is_echoed_only_when_it_looks_like_one(
         for offered in ("ok-id.1", "x" * 300, "bad id\t"):
             _, _, headers = await relay.call("GET", "/healthz", headers={"X-Request-Id": offered})
             assert (headers["X-Request-Id"] == offered) == (offered == "ok-id.1")
+
+
+async def test_an_idempotency_key_repeats_only_with_the_same_request(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with running_relay(redis_url, state_dir) as relay:
+        first = {"device_token": TOKEN, "alert": "first", "idempotency_key": "k1", "ttl": 60}
+        status, accepted, _ = await relay.call("POST", "/v1/notifications", first)
+        assert (status, accepted["duplicate"]) == (202, False), accepted
+        # The same request again (a retry; the token in upper case is the same token).
+        again = {**first, "device_token": TOKEN.upper()}
+        status, repeated, _ = await relay.call("POST", "/v1/notifications", again)
+        assert (status, repeated["id"], repeated["duplicate"]) == (202, accepted["id"], True)
+        # Another alert, priority or ttl under the key is not silently dropped: 409.
+        for change in ({"alert": "second"}, {"priority": 5}, {"ttl": 120}):
+            answer = await refused(relay, redis, "POST", "/v1/notifications", {**first, **change})
+            problem = assert_problem(answer, 409, "idempotency_key", accepted["id"])
+            assert problem["type"].endswith(":idempotency-key-reused")
+            assert problem["notification_id"] == accepted["id"]
+        batch = {"notifications": [first, {**first, "alert": "second"}]}
+        status, results, _ = await relay.call("POST", "/v1/notifications:batch", batch)
+        assert status == 200, results
+        same, different = results["results"]
+        assert (same["status"], same["id"], same["duplicate"]) == (202, accepted["id"], True)
+        assert different["status"] == 409
+        assert different["problem"]["field"] == "notifications[1].idempotency_key"
+        assert different["problem"]["notification_id"] == accepted["id"]
+
+
+async def test_the_depth_limit_holds_for_a_message_sent_as_a_json_string(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with running_relay(redis_url, state_dir) as relay:
+        for depth in (MAX_JSON_DEPTH + 1, 200, 600):
+            inner = '{"a": ' + "[" * depth + "]" * depth + "}"
+            body = {"deviceId": TOKEN, "message": inner}
+            answer = await refused(relay, redis, "POST", "/gms/push", body, auth="basic")
+            assert_problem(answer, 400, "message", f"at most {MAX_JSON_DEPTH} are allowed")
+        fine = '{"_id": "S1", "_action": "x", "a": ' + "[" * 20 + "]" * 20 + "}"
+        status, answer, _ = await relay.gms_push(TOKEN, fine)
+        assert status == 200, answer

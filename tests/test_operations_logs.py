@@ -24,6 +24,7 @@ import pytest
 from relay_harness import API_TOKEN, BASIC, relay_document, relay_processes, write_config
 from simulator import control_client, running_simulator
 
+from relay.embedded import EmbeddedServer
 from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
 
 WAIT_S = 20.0
@@ -32,6 +33,7 @@ WRONG_BASIC = ("gms", "not-the-password-83c1")
 JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 LOG_PROBE = """
 import structlog
+from relay.embedded import EmbeddedServer
 from relay.logs import configure_logging
 configure_logging({fmt!r})
 structlog.get_logger("probe").info("probe_event", answer=42)
@@ -323,3 +325,43 @@ def test_a_repeated_condition_logs_its_start_a_summary_per_interval_and_its_end(
     assert log.lines[-1][1]["for_s"] == 25.0
     outage.occurred("claim", "again")  # a new episode starts afresh
     assert log.lines[-1][1]["phase"] == "started"
+
+
+async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
+    state_dir: Path,
+) -> None:
+    requests = 300
+    body = {"device_token": random_token(), "alert": "x"}
+    bearer = {"Authorization": f"Bearer {API_TOKEN}"}
+    with EmbeddedServer(data_dir=state_dir / "valkey") as valkey:
+        async with running_simulator(state_dir / "sim") as info:
+            config = write_config(state_dir / "relay.yaml", relay_document(valkey.url, info))
+            with relay_processes("api", config=config, log_dir=state_dir) as [relay]:
+                async with aiohttp.ClientSession() as session:
+
+                    async def push() -> int:
+                        async with session.post(
+                            f"{relay.url}/v1/notifications", json=body, headers=bearer
+                        ) as response:
+                            return response.status
+
+                    assert await push() == 202
+                    valkey.stop(signal.SIGKILL)
+                    statuses = [await push() for _ in range(requests)]
+                    valkey.start()
+                    deadline = time.monotonic() + WAIT_S
+                    while await push() != 202:
+                        assert time.monotonic() < deadline, "the relay never saw Redis again"
+                        await asyncio.sleep(0.05)
+                assert relay.kill(signal.SIGTERM) == 0
+                log = relay.log()
+    assert set(statuses) == {503}
+    events = [json.loads(line) for line in log.splitlines()]
+    outage = [event for event in events if event["event"] == "redis_unavailable"]
+    phases = [event["phase"] for event in outage]
+    assert phases[0] == "started", outage
+    assert phases[-1] == "ended", outage
+    assert set(phases[1:-1]) <= {"continuing"}
+    assert len(outage) <= 2 + 3, f"{len(outage)} lines for one outage"
+    assert outage[-1]["occurrences"] >= requests
+    assert "Traceback" not in log
