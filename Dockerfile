@@ -38,8 +38,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     RELAY_LOGGING_FORMAT=json \
     APNS_RELAY_HEALTHCHECK_URL=http://127.0.0.1:8080/healthz
 USER ${RELAY_UID}:${RELAY_UID}
-# Writable for the user (unless the orchestrator makes the root read-only): `serve` keeps its
-# development-mode state (.relay-dev/) in the working directory.
+# Writable for the user (unless the orchestrator makes the root read-only): `serve --dev` keeps
+# its development-mode state (.relay-dev/) in the working directory.
 WORKDIR /home/relay
 EXPOSE 8080 8081
 # The worker role answers on 8081: set APNS_RELAY_HEALTHCHECK_URL for it. urlopen raises on a
@@ -48,6 +48,7 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['APNS_RELAY_HEALTHCHECK_URL'], timeout=4)"]
 # The role is the first argument. By default both roles in one process, so a single
 # `docker run -e RELAY_REDIS_URL=... -e RELAY_CONFIG=...` is a complete relay; compose and
-# Kubernetes always name their role (api, worker, apns-sim) explicitly.
+# Kubernetes always name their role (api, worker, apns-sim) explicitly. Without --dev (never the
+# default here) `serve` refuses to start when redis.url, apps or a credential is missing.
 ENTRYPOINT ["apns-relay"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]

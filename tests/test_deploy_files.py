@@ -405,11 +405,35 @@ def test_compose_valkey_is_durable_on_a_named_volume() -> None:
     assert mounts[data_dir] in compose()["volumes"]
 
 
+def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
+    """The defaults (dev-token, admin/admin) must not face a network: every published port
+    binds 127.0.0.1, or the address PUBLISH_ADDRESS names (README: how to open it up)."""
+    published = [
+        (name, port)
+        for name, service in compose()["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert {name for name, _ in published} >= {"api", "prometheus", "grafana"}
+    for name, port in published:
+        assert isinstance(port, str), f"{name}: {port!r} (long syntax hides the host address)"
+        assert port.startswith(("127.0.0.1:", "${PUBLISH_ADDRESS:-127.0.0.1}:")), (name, port)
+
+
+def test_dockerfile_default_command_refuses_to_start_without_configuration() -> None:
+    (cmd,) = stages()[-1].arguments("CMD")
+    arguments = json.loads(cmd)
+    assert arguments[0] == "serve"
+    assert "--dev" not in arguments  # development mode is never the image's default
+
+
 def test_compose_api_is_published_and_worker_scales() -> None:
     services = compose()["services"]
     api, worker = services["api"], services["worker"]
     assert api["command"][0] == "api"
-    assert f"8080:{option_value(api['command'], '--port')}" in api["ports"]
+    assert (
+        f"${{PUBLISH_ADDRESS:-127.0.0.1}}:8080:{option_value(api['command'], '--port')}"
+        in (api["ports"])
+    )
     assert worker["command"][0] == "worker"
     assert "container_name" not in worker
     assert "ports" not in worker
