@@ -191,8 +191,9 @@ _GMS_PUSHED = {
 }
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # What an ingest route can refuse: bad input, another app's credential, a slow or oversized
-# body, a dead token, expired on arrival, a full device queue or rate, a pending cap or drain.
-_INGEST_ERRORS = (400, 403, 408, 410, 413, 422, 429, 503)
+# body, a dead token, an unsupported Content-Encoding (or, on /v1/, Content-Type), an Expect
+# other than 100-continue, expired on arrival, a full device queue or rate, a pending cap or drain.
+_INGEST_ERRORS = (400, 403, 408, 410, 413, 415, 417, 422, 429, 503)
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
 _DESCRIPTION = (
     "Relays GMS push events to APNs through a durable per-device queue. Every route but"
@@ -316,7 +317,8 @@ def openapi_document() -> dict[str, Any]:
                     202,
                     {"$ref": ref.format(model="Accepted")},
                     body=notification,
-                    errors=_INGEST_ERRORS,
+                    # 409: its idempotency key came with a different request before.
+                    errors=(*_INGEST_ERRORS, 409),
                     links={
                         "GetNotification": {
                             "operationId": "getNotification",
@@ -332,7 +334,7 @@ def openapi_document() -> dict[str, Any]:
                     200,
                     batch_answer,
                     body={"$ref": ref.format(model="BatchIn")},
-                    errors=(400, 408, 413, 503),
+                    errors=(400, 408, 413, 415, 417, 503),
                 )
             },
             "/v1/notifications/{id}": {
