@@ -71,6 +71,10 @@ WWW_AUTHENTICATE = 'Bearer realm="apns-relay", Basic realm="apns-relay"'
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class Problem(Exception):
     """An RFC 9457 problem: the status, the field concerned and the rule it broke."""
 
@@ -90,8 +94,10 @@ class Problem(Exception):
         self.extensions = dict(extensions or {})  # RFC 9457 extension members
         self.status = status
         self.code = code
-        self.detail = detail
-        self.field = field
+        # A detail may quote what the client sent, non-UTF-8 header bytes included (aiohttp
+        # keeps them as surrogates, which JSON cannot hold): those are shown escaped.
+        self.detail = _printable(detail)
+        self.field = None if field is None else _printable(field)
         self.retry_after_s = retry_after_s
         self.headers = dict(headers or {})
         # An unread body is left on the wire: closing beats aiohttp lingering to drain it.

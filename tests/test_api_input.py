@@ -14,7 +14,14 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from relay_harness import API_TOKEN, RelayHarness, running_relay
 
-from relay.api import ApiLimits, RelayState, create_app, json_depth_exceeds, server_options
+from relay.api import (
+    ApiLimits,
+    Problem,
+    RelayState,
+    create_app,
+    json_depth_exceeds,
+    server_options,
+)
 from relay.payload import PushSpec, build_notification
 from relay.schema import MAX_BATCH, MAX_JSON_DEPTH
 from relay.service import bound_address
@@ -477,3 +484,11 @@ async def test_the_depth_limit_holds_for_a_message_sent_as_a_json_string(
         fine = '{"_id": "S1", "_action": "x", "a": ' + "[" * 20 + "]" * 20 + "}"
         status, answer, _ = await relay.gms_push(TOKEN, fine)
         assert status == 200, answer
+
+
+def test_a_problem_quoting_non_utf8_header_bytes_is_still_json() -> None:
+    # aiohttp hands a header's non-UTF-8 bytes over as surrogates, which orjson refuses.
+    problem = Problem(415, "x", "Content-Encoding 'gz\udcffip'", field="Content-\udcfe")
+    body = orjson.loads(problem.response().body)  # type: ignore[arg-type]
+    assert body["detail"] == "Content-Encoding 'gz\\udcffip'"
+    assert body["field"] == "Content-\\udcfe"

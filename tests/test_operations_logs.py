@@ -365,3 +365,4 @@ async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
     assert len(outage) <= 2 + 3, f"{len(outage)} lines for one outage"
     assert outage[-1]["occurrences"] >= requests
     assert "Traceback" not in log
+    print(f"{outage[-1]['occurrences']} requests met the outage; {len(outage)} lines logged")
