@@ -60,6 +60,7 @@ class Case:
     responses: int = 1  # pipelined requests get one answer each
     plain_ok: bool = False  # aiohttp's parser may answer with its plain-text 400
     chunk_bytes: int = 0  # a slow client: sent this many bytes at a time, with a pause between
+    withhold: int = 0  # a stalled client: the last bytes of its body never come
     status: int | None = None  # the one status this refusal must get, where it is a rule
 
 
@@ -436,6 +437,8 @@ def header_cases() -> Iterator[Case]:
         b"Content-Encoding",
         b"X-Request-Id",
         b"Host",
+        b"Expect",
+        b"Content-Length",
     )
     for name in read_headers:
         for label, value in (
@@ -451,7 +454,10 @@ def header_cases() -> Iterator[Case]:
             body = b"{}"  # a valid credential still meets an invalid body: nothing stored
             yield Case(
                 f"header {name.decode()} {label}",
-                request(b"POST", b"/v1/notifications", headers, body),
+                request(b"POST", b"/v1/notifications", headers, body, length=False)
+                if name == b"Content-Length"
+                else request(b"POST", b"/v1/notifications", headers, body),
+                plain_ok=name == b"Content-Length",  # a length that is no number: the parser's
             )
     yield Case("X-Request-Id a token", _post([(b"X-Request-Id", TOKEN_64.encode())], b"{}"))
     yield Case("X-Request-Id a bearer", _post([(b"X-Request-Id", BEARER)], b"{}"))
@@ -630,6 +636,22 @@ def scoped_cases() -> Iterator[Case]:
 
 
 def slow_cases() -> Iterator[Case]:
+    # Stalled bodies run out the relay's 10 s body-read timeout (408); they run beside the rest.
+    body = api()
+    for path in POST_ROUTES:
+        auth = BASIC if path == b"/gms/push" else BEARER
+        yield Case(
+            f"stalled body: {path.decode()}",
+            request(b"POST", path, [(b"Authorization", auth), *JSON], body),
+            withhold=len(body) // 2,
+            status=408,
+        )
+    yield Case(
+        "stalled chunked body",
+        _post([*JSON, (b"Transfer-Encoding", b"chunked")], b"100\r\n{", length=False),
+        withhold=1,
+        status=408,
+    )
     body = api(ttl_seconds='"soon"')
     yield Case("slow client, bad body", _post(JSON, body), chunk_bytes=16)
     yield Case("slow client, no credential", request(b"GET", b"/v1/queue", []), chunk_bytes=4)

@@ -8,6 +8,7 @@ import json
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,13 @@ def exchange(port: int, case: Case) -> list[Answer]:
     """Send the case's bytes (slowly, if it is a slow client) and read its answers."""
     with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT_S) as sock:
         try:
+            sent = case.raw[: len(case.raw) - case.withhold]
             if case.chunk_bytes:
-                for start in range(0, len(case.raw), case.chunk_bytes):
-                    sock.sendall(case.raw[start : start + case.chunk_bytes])
+                for start in range(0, len(sent), case.chunk_bytes):
+                    sock.sendall(sent[start : start + case.chunk_bytes])
                     time.sleep(0.005)
             else:
-                sock.sendall(case.raw)
+                sock.sendall(sent)
         except OSError:
             pass  # the relay answered early and closed (413 before the whole body): read that
         received = b""
@@ -139,8 +141,9 @@ async def test_every_catalogued_bad_request_is_refused_stores_nothing_and_leaks_
             faults: dict[str, list[str]] = {}
             unauthorized: Counter[bytes] = Counter()
             statuses: Counter[int] = Counter()
-            for case in cases:
-                answers = exchange(port, case)
+
+            def judge(case: Case, answers: list[Answer]) -> None:
+                nonlocal before
                 if problems := check(case, answers):
                     faults[case.name] = problems
                 if (after := redis_dump(client)) != before:
@@ -151,6 +154,16 @@ async def test_every_catalogued_bad_request_is_refused_stores_nothing_and_leaks_
                     statuses[answer.status] += 1
                     if answer.status == 401:
                         unauthorized[answer.body] += 1
+
+            # Stalled clients wait out the relay's body timeout beside the rest, not before it.
+            stalled = [case for case in cases if case.withhold]
+            with ThreadPoolExecutor(len(stalled)) as pool:
+                waiting = [(case, pool.submit(exchange, port, case)) for case in stalled]
+                for case in cases:
+                    if not case.withhold:
+                        judge(case, exchange(port, case))
+                for case, answers in waiting:
+                    judge(case, answers.result())
             elapsed = time.monotonic() - started
         log = relay.log()
         client.close()
