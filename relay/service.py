@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as error:
         return _refuse(str(error))
-    dev_mode = development_requested(args)
-    if dev_mode and args.command != "serve":
-        return _refuse(f"{args.command}: development mode is for `serve` only")
+    if args.dev and args.command != "serve":
+        return _refuse(f"{args.command} --dev: development mode is for `serve` only")
+    # RELAY_DEV concerns `serve` alone: an api or worker started from the same shell is unaffected.
+    dev_mode = args.command == "serve" and development_requested(args)
     if not dev_mode and (missing := missing_settings(settings, args.command)):
         # One line, before anything starts: production never falls back to a stand-in.
         return _refuse(
