@@ -456,6 +456,8 @@ async def test_an_idempotency_key_repeats_only_with_the_same_request(
         again = {**first, "device_token": TOKEN.upper()}
         status, repeated, _ = await relay.call("POST", "/v1/notifications", again)
         assert (status, repeated["id"], repeated["duplicate"]) == (202, accepted["id"], True)
+        # Delivered first, so Redis holds still while the refusals below are checked against it.
+        await relay.wait_state(accepted["id"], {"delivered"})
         # Another alert, priority or ttl under the key is not silently dropped: 409.
         for change in ({"alert": "second"}, {"priority": 5}, {"ttl": 120}):
             answer = await refused(relay, redis, "POST", "/v1/notifications", {**first, **change})
