@@ -215,7 +215,7 @@ def snooze_text(delay_s: float) -> str:
     if delay_s >= 60 and delay_s % 60 == 0:
         minutes = int(delay_s // 60)
         return f"We will notify you again in {minutes} minute{'s' if minutes != 1 else ''}"
-    return f"We will notify you again in {delay_s:g} seconds"
+    return f"We will notify you again in {delay_s:g} second{'' if delay_s == 1 else 's'}"
 
 
 CANCELLED_TEXT = "Your callback has been cancelled"
