@@ -691,7 +691,7 @@ async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
     the phone) and a push tapped after its timeout (useless: GMS has moved on)."""
     options = CallbackOptions(wait_for_agent=False, user_confirm_timeout_s=SHORT_CONFIRM_TIMEOUT_S)
     ends.app.user.will(PushAnswer("ignore"))
-    service, marks, entries = await _new_callback(
+    service, _, entries = await _new_callback(
         ends, report, "callback-timeout", options, has(UserReacted)
     )
     sid = service.service_id
