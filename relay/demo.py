@@ -932,10 +932,17 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
 
     # Leaving: ixn/chat/disconnect; DISCONNECTED over Comet; StartChat's exit:// closes the flow.
     entries = await follow(ends, report, ends.phone.leave_chat, has(FlowClosed))
+    last = ends.phone.comet_messages[-1:]
+    data = last[0].get("data") if last else None
+    message = data.get("message") if isinstance(data, dict) else None
     report.check(
-        "leaving: GMS answered DISCONNECTED, the app left Comet, exit:// closed the flow",
-        has(ChatEnded)(entries) and not ends.phone.comet_connected,
-        repr(entries),
+        "leaving: DISCONNECTED came over Comet, the app left Comet, exit:// closed the flow",
+        has(ChatEnded)(entries)
+        and isinstance(message, dict)
+        and message.get("chatIxnState") == "DISCONNECTED"
+        and not ends.phone.comet_connected
+        and not gms.comet.clients,
+        repr(last),
     )
 
 

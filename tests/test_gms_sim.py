@@ -19,6 +19,8 @@ import pytest
 from aiohttp import web
 
 from relay.gms_sim import command
+from relay.gms_sim.callback import CallbackOptions, CallbackState
+from relay.gms_sim.chat import ChatSession, TranscriptLine
 from relay.gms_sim.dialogs import (
     SEED_DIALOGS,
     DialogContext,
@@ -27,8 +29,6 @@ from relay.gms_sim.dialogs import (
     fill_placeholders,
     seed_dialog,
 )
-from relay.gms_sim.callback import CallbackOptions, CallbackState
-from relay.gms_sim.chat import ChatSession, TranscriptLine
 from relay.gms_sim.push import CustomHttpPusher, basic_authorization
 from relay.gms_sim.scenarios import (
     ScenarioOptions,

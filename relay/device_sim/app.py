@@ -249,6 +249,9 @@ class HttpRequest:
     form: Mapping[str, str] = field(default_factory=dict)
     not_before: float | None = None  # the user's own pace: the shell waits until then
     exit_after: bool = False  # _id_to_jump_before "exit://": the flow closes after the answer
+    # Sending a line or leaving: the answer only acknowledges; what follows comes over Comet
+    # (the seed: "Comet push notifications for the text message exchange").
+    acknowledged_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +312,7 @@ class DeviceApp:
         form: Mapping[str, str] | None = None,
         not_before: float | None = None,
         exit_after: bool = False,
+        acknowledged_only: bool = False,
     ) -> HttpRequest:
         request = HttpRequest(
             url,
@@ -317,6 +321,7 @@ class DeviceApp:
             form or {},
             not_before,
             exit_after,
+            acknowledged_only,
         )
         self.transcript.append(UrlPosted(not_before or at, url, method))
         return request
@@ -410,6 +415,8 @@ class DeviceApp:
         if status != 200:
             detail = body[:500].decode("utf-8", "replace")
             self.transcript.append(GmsFailure(at, request.url, status, detail))
+            return []
+        if request.acknowledged_only:
             return []
         try:
             answer: JsonValue = json.loads(body)
@@ -543,11 +550,13 @@ class DeviceApp:
         """The user types a chat line."""
         chat = self._open_chat()
         form = {"message": text, "nickname": self.settings.nickname}
-        return [self._request(at, f"{chat.start_chat_url}/send", form=form)]
+        url = f"{chat.start_chat_url}/send"
+        return [self._request(at, url, form=form, acknowledged_only=True)]
 
     def leave_chat(self, at: float) -> list[Effect]:
         chat = self._open_chat()
-        return [self._request(at, f"{chat.start_chat_url}/disconnect", headers=self._headers())]
+        url = f"{chat.start_chat_url}/disconnect"
+        return [self._request(at, url, acknowledged_only=True)]
 
     def _open_chat(self) -> ChatView:
         if self.chat is None or self.chat.ended:
