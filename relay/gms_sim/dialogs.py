@@ -190,12 +190,6 @@ def seed_dialog(action: str, context: DialogContext) -> JsonObject | None:
     return None if template is None else _filled(template, context)
 
 
-def connect_dialog(connect_mode: str, context: DialogContext) -> JsonObject:
-    """The answer to the menu's `connect`: an outbound call is announced, an inbound one dialled."""
-    template = _CONNECT_INBOUND if connect_mode == "inbound" else _CONNECT_OUTBOUND
-    return _filled(template, context)
-
-
 def notice_dialog(text: str, context: DialogContext) -> JsonObject:
     """A ConfirmationDialog like the seed's wait-for-agent, saying `text` (inferred answers)."""
     return _filled(
