@@ -92,8 +92,8 @@ NO = "No, try again in 5 minutes"
 CANCEL = "Cancel, my problem has been solved"
 # Short timers so the demo runs in seconds; the defaults are GMS's (30 s, 3 attempts, 5 minutes).
 SNOOZE_DELAY_S = 1.0
-SHORT_CONFIRM_TIMEOUT_S = 1.5
-LATE_S = 2.0  # how long the user takes when they are too late for SHORT_CONFIRM_TIMEOUT_S
+SHORT_CONFIRM_TIMEOUT_S = 2.5  # ample for a push to arrive on a loaded machine
+LATE_S = 3.0  # how long the user takes when they are too late for SHORT_CONFIRM_TIMEOUT_S
 
 # The seed's three Comet chat events ("Push Notifications / Chat (Comet)"), repaired: the trailing
 # commas after "chatServiceMessage" in "Party Joined/Left" and "Typing Started/Stopped" dropped.
