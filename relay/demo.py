@@ -562,7 +562,7 @@ async def callback_confirm(ends: FlowEnds, report: DemoReport) -> None:
     url = check_push_posted(ends, report, entries, sid, "wait-for-agent", "alert dialog")
     check_seed_dialog(ends, report, marks, sid, "wait-for-agent", url)
 
-    await ends.phone.to_background()
+    await follow(ends, report, ends.phone.to_background, has(AppState))
     ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES))
     action = options.confirmation_action
     marks, entries = await _confirmation_push(ends, report, service, has(FlowClosed))

@@ -393,7 +393,6 @@ class DeviceApp:
         if message is None:
             self.transcript.append(PushNotPosted(reacted_at, "no _id/_action in the message"))
             return []
-        effects: list[Effect] = []
         if not self.foreground:  # tapping a notification opens the app
             self.foreground = True
             self.transcript.append(AppState(reacted_at, True))
@@ -403,8 +402,7 @@ class DeviceApp:
         form = {}
         if chat is not None and chat.service_id == message.service_id:
             form["transcriptPosition"] = str(chat.last_position + 1)
-        effects.append(self._request(at, url, form=form, not_before=reacted_at))
-        return effects
+        return [self._request(at, url, form=form, not_before=reacted_at)]
 
     # ---- answers ----
 

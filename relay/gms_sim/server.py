@@ -129,6 +129,8 @@ def callback_options(fields: Mapping[str, str]) -> CallbackOptions:
                 defaults.max_confirmation_attempts,
             )
         ),
+        # These two are the simulator's own (GMS's names for them are not public): how long
+        # "try again in 5 minutes" waits, and which of the seed's two menus is pushed.
         snooze_delay_s=number("_snooze_delay", defaults.snooze_delay_s),
         provide_code=flag("_provide_code", defaults.provide_code),
         connect_mode=CALL_DIRECTIONS[direction],
