@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from relay.model import PUSH_TYPES, InvalidInput
+from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.redis_connection import cluster_url, parse_address, parse_redis_url, sentinel_url
 
@@ -372,8 +373,24 @@ class Endpoint(_Section):
         return None if value is None else _readable_file(value, info)
 
 
+DEFAULT_CHAT_ACTION = "ixn/chat/refresh"
+
+
 class ChatSettings(_Section):
     typing: Literal["none", "background"] = "none"
+    # The `_action` of chat pushes. The app POSTs $(ServerURL)$(URLPath)$(_id)/$(_action) for
+    # every push (the seed's rule), so the default names the chat's own GMS resource (the
+    # seed's _start_chat_url is .../service/<id>/ixn/chat, its events are tagged
+    # service.chat.refresh.<id>): the app's POST fetches the transcript it missed.
+    action: str = DEFAULT_CHAT_ACTION
+
+    @field_validator("action")
+    @classmethod
+    def _usable_action(cls, value: str) -> str:
+        try:
+            return validate_action(value, "action")
+        except InvalidInput as error:
+            raise ValueError(error.rule) from None
 
 
 class App(_Section):

@@ -1,15 +1,12 @@
 """`apns-relay demo`: the whole GMS flow in one process, printed as a timed transcript of hops.
 
 Nothing to configure: an embedded Valkey, the APNs simulator, the relay (api + worker), the GMS
-simulator and one simulated phone start here, the GMS scenarios run through them, and every hop
-(GMS → relay → APNs → phone → GMS → dialog → user choice) is printed with the milliseconds since
-the start. Each step is checked against the seed as it happens; the exit status is 0 only if every
-check passed.
-
-Pacing: the relay lets a newer push for the same GMS service replace a queued older one, as it
-should for a user who was away. A real callback flow is paced by the user, so a scenario sends each
-callback push only once the phone has acted on the previous one. Chat events are sent as fast as
-GMS would: chat pushes never replace one another, and the relay orders them by position.
+simulator and one simulated phone start here, and the scenarios run through them: four callbacks
+through the GMS simulator's state machine (confirm, snooze, cancel, a confirmation that times out)
+and a chat over Comet. Every hop (GMS → relay → APNs → phone → GMS, Comet) is printed with the
+milliseconds since the start, and every check is against the seed's text (its dialogs, its Comet
+events, its URL formula) or against an inference the README's GMS section lists; the exit status
+is 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -17,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import json
+import re
 import secrets
 import sys
 import tempfile
@@ -36,71 +35,118 @@ from relay.config import App, Settings
 from relay.device_sim.app import (
     AlertShown,
     AppSettings,
+    AppState,
+    ChatEnded,
+    ChatLineShown,
     ChatOpened,
-    ConfirmationDialog,
+    ConfirmationShown,
     DeviceApp,
-    DialNumber,
     DialogShown,
-    DisplayMenu,
+    Effect,
+    FlowClosed,
     GmsFailure,
+    HttpRequest,
+    MenuAnswer,
     MenuChoice,
+    MenuChoiceRefused,
     MenuDismissed,
-    MenuItem,
-    PostRequest,
+    PushAnswer,
     PushNotPosted,
-    StartChat,
     TranscriptEntry,
-    UnknownDialog,
     UrlPosted,
-    dialog_url,
+    UserReacted,
     entries_of,
-    item_labelled,
 )
-from relay.device_sim.phone import Phone
+from relay.device_sim.dialogs import (
+    ConfirmationDialog,
+    DialNumber,
+    DisplayMenu,
+    StartChat,
+    UnknownDialog,
+    dialog_url,
+)
+from relay.device_sim.phone import Phone, acquire_device_token
 from relay.embedded import EmbeddedServer
-from relay.gms import CHAT_ACTION
+from relay.gms_sim.callback import CallbackOptions, CallbackState
+from relay.gms_sim.chat import AGENT_NICK, TranscriptLine
 from relay.gms_sim.dialogs import (
     SEED_DIALOGS,
-    SNOOZE_DIALOG,
     DialogContext,
     JsonObject,
     JsonValue,
     fill_placeholders,
 )
-from relay.gms_sim.scenarios import (
-    CHAT_SESSION_SCRIPT,
-    CustomHttpPusher,
-    TranscriptLine,
-    basic_authorization,
-    callback_message,
-    chat_session_events,
-    new_chat_session_id,
-)
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay.gms_sim.push import CustomHttpPusher, basic_authorization
+from relay.gms_sim.server import GmsSimServer, GmsSimulator, Service
 from relay.logs import configure_logging
 from relay.service import run_relay, simulator_app
 
-DEMO_TOKEN = "de" * 32  # the simulated phone's device token (hex)
 GMS_USER = "demo-user"
 GMS_BASIC_USER = "gms"
-STEP_TIMEOUT_S = 10.0  # how long one push may take to reach the phone and be acted on
-SEED_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"  # the seed's $(Timestamp)/$(Date) format
+STEP_TIMEOUT_S = 15.0  # how long one step may take to reach the phone and be acted on
+SEED_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # the seed's $(Timestamp)
+YES = "Yes, I'm ready to talk"
+NO = "No, try again in 5 minutes"
+CANCEL = "Cancel, my problem has been solved"
+# Short timers so the demo runs in seconds; the defaults are GMS's (30 s, 3 attempts, 5 minutes).
+SNOOZE_DELAY_S = 1.0
+SHORT_CONFIRM_TIMEOUT_S = 2.5  # ample for a push to arrive on a loaded machine
+LATE_S = 3.0  # how long the user takes when they are too late for SHORT_CONFIRM_TIMEOUT_S
 
-# The callback scenario: each seed action pushed in turn, and what the user taps in its menu.
-# The follow-up a menu item leads to is the seed's connect-outbound dialog ("connect" of an
-# outbound callback) or the simulator's snooze confirmation.
-CALLBACK_STEPS: tuple[tuple[str, str | None], ...] = (
-    ("wait-for-agent", None),
-    ("get-dialog-user-confirmation-provide_code-true", "Yes, I'm ready to talk"),
-    ("get-dialog-user-confirmation-provide_code-false", "No, try again in 5 minutes"),
-    ("connect-outbound", None),
-)
-MENU_TARGET_DIALOGS: Mapping[str, JsonObject] = {
-    "connect": SEED_DIALOGS["connect-outbound"],
-    "snooze": SNOOZE_DIALOG,
+# The seed's three Comet chat events ("Push Notifications / Chat (Comet)"), repaired: the trailing
+# commas after "chatServiceMessage" in "Party Joined/Left" and "Typing Started/Stopped" dropped.
+SEED_CHAT_EVENTS: Mapping[str, JsonObject] = {
+    "Message Receipt": {
+        "data": {
+            "message": {
+                "startedAt": "2014-05-02T16:27:38Z",
+                "chatIxnState": "TRANSCRIPT",
+                "chatSessionId": "000FRa9NYM9A001K",
+                "transcriptToShow": [["Message.Text", "Stan", "Hello.", "8", "CLIENT"]],
+                "transcriptPosition": "2",
+                "chatServiceMessage": "Chat service is available",
+            },
+            "id": "b2e607a0d21611e3000010932938a0ff",
+            "tag": "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4",
+        },
+        "channel": "/_genesys",
+    },
+    "Party Joined/Left": {
+        "data": {
+            "message": {
+                "startedAt": "2014-05-02T16:27:38Z",
+                "chatIxnState": "TRANSCRIPT",
+                "chatSessionId": "000FRa9NYM9A001K",
+                "transcriptToShow": [
+                    ["Notice.Joined", "Kristi Sippola", "has joined the session", "17", "AGENT"]
+                ],
+                "transcriptPosition": "3",
+                "chatServiceMessage": "Chat service is available",
+            },
+            "id": "b7dd6460d21611e3000010932938a0ff",
+            "tag": "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4",
+        },
+        "channel": "/_genesys",
+    },
+    "Typing Started/Stopped": {
+        "data": {
+            "message": {
+                "startedAt": "2014-05-02T16:27:38Z",
+                "chatIxnState": "TRANSCRIPT",
+                "chatSessionId": "000FRa9NYM9A001K",
+                "transcriptToShow": [
+                    ["Notice.TypingStarted", "Kristi Sippola", "is typing", "20", "AGENT"]
+                ],
+                "transcriptPosition": "4",
+                "chatServiceMessage": "Chat service is available",
+            },
+            "id": "b91bd7d0d21611e3000010932938a0ff",
+            "tag": "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4",
+        },
+        "channel": "/_genesys",
+    },
 }
-REPLAYED_POSITION = 3  # the chat event GMS sends twice in the chat-session scenario
-
+_HEX32 = re.compile(r"[0-9a-f]{32}")
 
 # ---- the transcript ----
 
@@ -143,8 +189,7 @@ class DemoReport:
         self._print(f"   {text}")
 
     def add_hops(self, hops: Sequence[Hop]) -> None:
-        """Hops come from several clocks' records (relay answer, APNs log, phone); print in time
-        order."""
+        """Hops come from several records (GMS, the APNs log, the phone); print in time order."""
         for hop in sorted(hops, key=lambda h: h.at):
             self.hops.append(hop)
             elapsed_ms = (hop.at - self.started_at) * 1000
@@ -162,9 +207,8 @@ def _alert_text(title: str | None, body: str | None) -> str:
 
 def _dialog_text(dialog: object) -> str:
     match dialog:
-        case DisplayMenu(label=label, groups=groups):
-            labels = [item.label for group in groups for item in group.items]
-            return f"DisplayMenu {label!r}: {', '.join(repr(label) for label in labels)}"
+        case DisplayMenu(label=label):
+            return f"DisplayMenu {label!r}: {', '.join(repr(x) for x in dialog.labels)}"
         case ConfirmationDialog(text=text):
             return f"ConfirmationDialog {text!r}"
         case StartChat(label=label, start_chat_url=url):
@@ -179,39 +223,45 @@ def _dialog_text(dialog: object) -> str:
 def transcript_hop(entry: TranscriptEntry) -> Hop:
     """How one of the phone's transcript entries reads as a hop."""
     match entry:
-        case AlertShown(at=at, title=title, body=body, service_id=service_id, action=action):
-            message = f" (_id {service_id}, _action {action})" if action else ""
-            return Hop(at, "APNs → phone", f"alert {_alert_text(title, body)}{message}")
+        case AlertShown(at=at, presentation=shown, title=title, body=body, action=action):
+            message = f" (_action {action})" if action else ""
+            return Hop(at, "APNs → phone", f"{shown}: {_alert_text(title, body)}{message}")
+        case UserReacted(at=at, reaction=reaction, to=to):
+            return Hop(at, "user", f"{reaction}s the {to}")
         case PushNotPosted(at=at, reason=reason):
-            return Hop(at, "phone", f"shown, nothing posted: {reason}")
-        case UrlPosted(at=at, url=url):
-            return Hop(at, "phone → GMS", f"POST {url}")
+            return Hop(at, "phone", f"nothing posted: {reason}")
+        case AppState(at=at, foreground=foreground):
+            return Hop(at, "phone", "app in the foreground" if foreground else "app in background")
+        case UrlPosted(at=at, url=url, method=method):
+            return Hop(at, "phone → GMS", f"{method} {url}")
         case DialogShown(at=at, dialog=dialog):
             return Hop(at, "GMS → phone", _dialog_text(dialog))
-        case MenuChoice(at=at, label=label, confirmation_text=confirmation):
-            said = f", then shown {confirmation!r}" if confirmation else ""
-            return Hop(at, "user", f"chose {label!r}{said}")
+        case MenuChoice(at=at, label=label):
+            return Hop(at, "user", f"chose {label!r}")
+        case MenuChoiceRefused(at=at, label=label):
+            return Hop(at, "phone", f"refused {label!r}: chosen after the menu's _expires")
         case MenuDismissed(at=at):
-            return Hop(at, "user", "dismissed the menu")
-        case ChatOpened(at=at, answer=answer):
-            return Hop(at, "GMS → phone", f"chat started, chatId {answer.get('chatId')}")
+            return Hop(at, "user", "left the menu")
+        case ConfirmationShown(at=at, text=text, dialog_type=kind, dismissed_at=gone):
+            return Hop(at, "phone", f"{kind} {text!r}, dismissed after {gone - at:.1f} s")
+        case FlowClosed(at=at, via=via):
+            return Hop(at, "phone", f"flow closed ({via})")
+        case ChatOpened(at=at, chat_session_id=chat_id, comet_url=comet):
+            return Hop(at, "GMS → phone", f"chat {chat_id} open, Comet at {comet}")
+        case ChatLineShown(at=at, position=position, kind=kind, nick=nick, text=text, via=via):
+            return Hop(
+                at,
+                f"{'Comet' if via == 'comet' else 'GMS'} → phone",
+                f"line {position} {kind} {nick}: {text!r}",
+            )
+        case ChatEnded(at=at):
+            return Hop(at, "phone", "chat ended")
         case GmsFailure(at=at, url=url, status=status, detail=detail):
             return Hop(at, "GMS ✗ phone", f"{url}: {status} {detail}")
     raise TypeError(f"not a transcript entry: {entry!r}")
 
 
 # ---- the parties a scenario drives ----
-
-
-class ScriptedUser:
-    """The person holding the phone: taps the menu item the scenario set, or dismisses the menu."""
-
-    def __init__(self) -> None:
-        self.next_choice: str | None = None
-
-    def __call__(self, menu: DisplayMenu) -> MenuItem | None:
-        choice, self.next_choice = self.next_choice, None
-        return None if choice is None else item_labelled(choice)(menu)
 
 
 @dataclass
@@ -221,8 +271,8 @@ class RecordingApp(DeviceApp):
     answers: list[tuple[str, int, bytes]] = field(default_factory=list)  # (url, status, body)
 
     def receive_answer(
-        self, request: PostRequest, status: int, body: bytes, at: float
-    ) -> list[PostRequest]:
+        self, request: HttpRequest, status: int, body: bytes, at: float
+    ) -> list[Effect]:
         self.answers.append((request.url, status, body))
         return super().receive_answer(request, status, body, at)
 
@@ -231,23 +281,27 @@ class RecordingApp(DeviceApp):
 class FlowEnds:
     """Both ends of the relay: GMS pushing and answering, the phone receiving and asking."""
 
-    pusher: CustomHttpPusher
     gms: GmsSimServer
     phone: Phone
     app: RecordingApp
-    user: ScriptedUser
     relay_app: App  # the relay's configuration of the app: its alert templates and chat settings
     device_id: str
     gms_user: str = GMS_USER
 
     @property
+    def simulator(self) -> GmsSimulator:
+        return self.gms.simulator
+
+    @property
     def ext_url_base(self) -> str:
         """The seed's $(ExtURLBase) as the GMS simulator fills it in."""
-        url_path = self.gms.simulator.url_path
-        return self.gms.base_url + url_path.removesuffix("/1/service/")
+        return self.gms.base_url + self.simulator.url_path.removesuffix("/1/service/")
+
+    def seed_url(self, service_id: str, action: str) -> str:
+        return dialog_url(self.gms.base_url, self.simulator.url_path, service_id, action)
 
 
-def flow_ends(
+async def flow_ends(
     session: aiohttp.ClientSession,
     *,
     relay_url: str,
@@ -255,74 +309,50 @@ def flow_ends(
     control_url: str,
     relay_app: App,
     gms: GmsSimServer,
-    token: str = DEMO_TOKEN,
 ) -> FlowEnds:
-    user = ScriptedUser()
-    app = RecordingApp(
-        AppSettings(
-            server_url=gms.base_url,
-            url_path=gms.simulator.url_path,
-            gms_user=GMS_USER,
-            menu_policy=user,
-            start_chat=True,
-        )
-    )
+    token = await acquire_device_token(session, control_url)
+    app = RecordingApp(AppSettings(server_url=gms.base_url, url_path=gms.simulator.url_path))
+    gms.simulator.pusher = CustomHttpPusher(session, relay_url, authorization)
     return FlowEnds(
-        pusher=CustomHttpPusher(session, relay_url, authorization),
         gms=gms,
         phone=Phone(session, control_url, token, app),
         app=app,
-        user=user,
         relay_app=relay_app,
         device_id=f"{relay_app.name}:{token}",
     )
 
 
-# ---- one push, followed to its end ----
+# ---- following a step and printing what happened ----
 
 
-@dataclass(frozen=True, slots=True)
-class FollowedPush:
-    """What one push led to on the phone."""
+@dataclass
+class Marks:
+    transcript: int
+    answers: int
+    apns: int
+    gms_pushes: int
 
-    answer: JsonValue  # the relay's 200 body
-    entries: list[TranscriptEntry]  # the phone's transcript from this push on
-    answers: list[tuple[str, int, bytes]]  # GMS's answers to the POSTs it caused
-
-
-async def push_and_follow(ends: FlowEnds, report: DemoReport, message: JsonObject) -> FollowedPush:
-    """Push one callback message and wait until the phone has received it and done what follows."""
-    transcript_mark, answers_mark = len(ends.phone.transcript), len(ends.app.answers)
-    pushes_mark = len(ends.phone.pushes)
-    pushed_at = time.time()
-    sent = await ends.pusher.push(ends.device_id, message)
-    try:
-        await ends.phone.wait_for_pushes(ends.app.pushes_received + 1, STEP_TIMEOUT_S)
-    finally:  # what did happen is printed even when the phone waited in vain
-        entries = ends.phone.transcript[transcript_mark:]
-        report.add_hops(
-            [
-                Hop(
-                    pushed_at,
-                    "GMS → relay",
-                    f"POST /gms/push {json.dumps(message)} → {relay_answer_text(sent.answer)}",
-                ),
-                *(_apns_hop(record) for record in ends.phone.pushes[pushes_mark:]),
-                *(transcript_hop(entry) for entry in entries),
-            ]
+    @classmethod
+    def now(cls, ends: FlowEnds) -> Marks:
+        return cls(
+            len(ends.phone.transcript),
+            len(ends.app.answers),
+            len(ends.phone.pushes),
+            len(ends.simulator.pushes),
         )
-    return FollowedPush(sent.answer, entries, ends.app.answers[answers_mark:])
 
 
-def relay_answer_text(answer: JsonValue) -> str:
-    """The relay's 200 to a GMS push, said briefly."""
-    if not isinstance(answer, dict):
-        return f"200 {answer!r}"
-    if answer.get("pushed") is not True:
-        return "200, nothing to push"
-    if answer.get("duplicate") is True:
-        return f"200, a repeat of {answer.get('id')}: not queued again"
-    return f"200, queued as {answer.get('id')}"
+def _gms_push_text(message: JsonObject) -> str:
+    data = message.get("data")
+    if isinstance(data, dict) and isinstance(data.get("message"), dict):
+        chat = data["message"]
+        assert isinstance(chat, dict)
+        lines = chat.get("transcriptToShow")
+        line = (
+            json.dumps(lines[0]) if isinstance(lines, list) and lines else chat.get("chatIxnState")
+        )
+        return f"POST /gms/push chat event {chat.get('transcriptPosition')} {line}"
+    return f"POST /gms/push {json.dumps(message)}"
 
 
 def _apns_hop(record: Mapping[str, object]) -> Hop:
@@ -332,288 +362,601 @@ def _apns_hop(record: Mapping[str, object]) -> Hop:
     return Hop(
         float(received_at) if isinstance(received_at, int | float) else time.time(),
         "relay → APNs",
-        f"accepted: apns-push-type {headers.get('apns-push-type')}, "
-        f"apns-id {headers.get('apns-id')}",
+        f"accepted: apns-push-type {headers.get('apns-push-type')}",
     )
+
+
+def print_since(ends: FlowEnds, report: DemoReport, marks: Marks) -> list[TranscriptEntry]:
+    """Print every hop since `marks`; returns the phone's new transcript entries."""
+    entries = ends.phone.transcript[marks.transcript :]
+    pushes = ends.simulator.pushes[marks.gms_pushes :]
+    report.add_hops(
+        [
+            *(
+                Hop(
+                    p.at,
+                    "GMS → relay",
+                    _gms_push_text(p.message) + (f" ✗ {p.error}" if p.error else " → 200"),
+                )
+                for p in pushes
+            ),
+            *(_apns_hop(record) for record in ends.phone.pushes[marks.apns :]),
+            *(transcript_hop(entry) for entry in entries),
+        ]
+    )
+    return entries
+
+
+async def follow(
+    ends: FlowEnds,
+    report: DemoReport,
+    trigger: Callable[[], Awaitable[object]],
+    done: Callable[[list[TranscriptEntry]], bool],
+) -> list[TranscriptEntry]:
+    """Run `trigger` (GMS or the user acts), then the phone until `done(new entries)` holds."""
+    marks = Marks.now(ends)
+    try:
+        await trigger()
+        await ends.phone.run_until(lambda t: done(t[marks.transcript :]), STEP_TIMEOUT_S)
+    finally:  # what did happen is printed even when the phone waited in vain
+        entries = print_since(ends, report, marks)
+    return entries
+
+
+def has(kind: type[TranscriptEntry], count: int = 1) -> Callable[[list[TranscriptEntry]], bool]:
+    return lambda entries: len(entries_of(entries, kind)) >= count
+
+
+async def wait_for(condition: Callable[[], bool], what: str) -> None:
+    """Wait for a condition on the simulators' state, with a deadline."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not after {STEP_TIMEOUT_S} s")
+        await asyncio.sleep(0.02)
 
 
 # ---- what the seed says each step must look like ----
 
 
-def seed_placeholders(ends: FlowEnds, service_id: str, date: str) -> dict[str, str]:
+def seed_values(ends: FlowEnds, service_id: str, date: str = "") -> dict[str, str]:
     """$(...) values for one service; $(Date) is taken from the answer, then checked on its own."""
-    context = DialogContext(ends.ext_url_base, service_id, ends.gms_user, datetime.now(UTC))
+    context = DialogContext(ends.ext_url_base, service_id, ends.gms_user, _epoch(0))
     return {**context.placeholder_values(), "Date": date}
 
 
-def expected_dialog(
-    template: JsonObject, ends: FlowEnds, service_id: str, answer: JsonValue
+def _epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def answer_to(ends: FlowEnds, marks: Marks, url: str) -> tuple[int, JsonValue] | None:
+    for answered_url, status, body in ends.app.answers[marks.answers :]:
+        if answered_url == url:
+            try:
+                return status, json.loads(body)
+            except ValueError:
+                return status, body.decode(errors="replace")
+    return None
+
+
+def check_seed_dialog(
+    ends: FlowEnds, report: DemoReport, marks: Marks, service_id: str, action: str, url: str
 ) -> JsonValue:
-    date = answer.get("_expires") if isinstance(answer, dict) else None
-    return fill_placeholders(
-        template, seed_placeholders(ends, service_id, date if isinstance(date, str) else "")
+    """GMS's answer to `url` is the seed's `action` dialog with its placeholders filled."""
+    answered = answer_to(ends, marks, url)
+    body = None if answered is None else answered[1]
+    date = body.get("_expires") if isinstance(body, dict) else None
+    wanted = fill_placeholders(
+        SEED_DIALOGS[action], seed_values(ends, service_id, date if isinstance(date, str) else "")
     )
-
-
-def _parsed(body: bytes) -> JsonValue:
-    try:
-        parsed: JsonValue = json.loads(body)
-    except ValueError:
-        return body.decode(errors="replace")
-    return parsed
-
-
-def _check_expiry(report: DemoReport, answer: JsonValue) -> None:
-    expires = answer.get("_expires") if isinstance(answer, dict) else None
-    try:
-        moment = datetime.strptime(str(expires), SEED_TIMESTAMP).replace(tzinfo=UTC)
-    except ValueError:
-        report.check("menu _expires is a YYYY-MM-DDTHH:MM:SSZ time", False, repr(expires))
-        return
     report.check(
-        "menu _expires is a YYYY-MM-DDTHH:MM:SSZ time still ahead",
-        moment.timestamp() > time.time() - 1,
-        repr(expires),
+        f"GMS answered with the seed's {action} dialog",
+        answered is not None and answered[0] == 200 and body == wanted,
+        f"got {answered!r}",
     )
+    return body
 
 
-def check_callback_push(
+def check_push_posted(
     ends: FlowEnds,
     report: DemoReport,
+    entries: list[TranscriptEntry],
     service_id: str,
     action: str,
-    followed: FollowedPush,
-    *,
-    template: JsonObject,
-) -> None:
-    """The alert, the POST URL and GMS's dialog of one callback push, as the seed says."""
-    answer = followed.answer
+    presentation: str,
+) -> str:
+    """The push came with its `_id`/`_action`, shown as `presentation`; accepted, it was POSTed
+    to the seed's $(ServerURL)$(URLPath)$(_id)/$(_action)."""
+    alerts = [(a.presentation, a.service_id, a.action) for a in entries_of(entries, AlertShown)]
     report.check(
-        "relay queued the push (200, pushed)",
-        isinstance(answer, dict) and answer.get("pushed") is True,
-        repr(answer),
+        f"phone showed the {action} push as {presentation}, with its _id and _action",
+        alerts[:1] == [(presentation, service_id, action)],
+        repr(alerts),
     )
-    alerts = entries_of(followed.entries, AlertShown)
-    expected = ends.relay_app.alert_template(action).render({"_id": service_id, "_action": action})
-    shown = [(a.title, a.body, a.service_id, a.action) for a in alerts]
+    url = ends.seed_url(service_id, action)
+    posted = [(p.method, p.url) for p in entries_of(entries, UrlPosted)]
     report.check(
-        f"phone showed the {action} alert with its _id/_action",
-        shown == [(expected.title, expected.body, service_id, action)],
-        repr(shown),
+        "the user accepted; the app POSTed $(ServerURL)$(URLPath)$(_id)/$(_action)",
+        posted[:1] == [("POST", url)],
+        f"{posted[:1]} != {url}",
     )
-    posts = [post.url for post in entries_of(followed.entries, UrlPosted)]
-    seed_url = dialog_url(ends.gms.base_url, ends.gms.simulator.url_path, service_id, action)
+    return url
+
+
+def is_notice(answered: tuple[int, JsonValue] | None, service_id: str, saying: str) -> bool:
+    """An inferred answer: a 200 ConfirmationDialog shaped like the seed's wait-for-agent (same
+    keys, `_id` the service) whose text says `saying`."""
+    if answered is None or answered[0] != 200 or not isinstance(answered[1], dict):
+        return False
+    dialog = answered[1]
+    text = dialog.get("_text")
+    return (
+        list(dialog) == list(SEED_DIALOGS["wait-for-agent"])
+        and dialog.get("_action") == "ConfirmationDialog"
+        and dialog.get("_id") == service_id
+        and isinstance(text, str)
+        and saying in text
+    )
+
+
+def check_menu_expiry(report: DemoReport, menu: JsonValue, service: Service) -> None:
+    """_expires is the seed's $(Date) format and is the callback's confirmation deadline
+    (_user_confirm_timeout after the push)."""
+    expires = menu.get("_expires") if isinstance(menu, dict) else None
+    callback = service.callback
+    deadline = callback.deadline if callback is not None else None
+    ok = isinstance(expires, str) and SEED_TIMESTAMP.fullmatch(expires) is not None
+    if ok and deadline is not None:
+        expected = _epoch(deadline).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ok = expires == expected
     report.check(
-        "app POSTed $(ServerURL)$(URLPath)$(_id)/$(_action)",
-        posts[:1] == [seed_url],
-        f"{posts[:1]} != {seed_url}",
+        "menu _expires is a YYYY-MM-DDTHH:MM:SSZ time: the confirmation's deadline",
+        ok,
+        f"{expires!r}, deadline {deadline}",
     )
-    first = followed.answers[:1]
-    body = _parsed(first[0][2]) if first else None
-    wanted = expected_dialog(template, ends, service_id, body)
-    report.check(
-        f"dialog is the seed's {action} JSON",
-        first[:1] != [] and first[0][1] == 200 and body == wanted,
-        f"got {body!r}",
-    )
-    if isinstance(template.get("_expires"), str):
-        _check_expiry(report, body)
 
 
-# ---- the scenarios ----
-
-
-async def callback_user_confirmation(ends: FlowEnds, report: DemoReport) -> None:
-    """wait-for-agent, both user-confirmation menus (the user taps Yes, then No), then connect."""
-    service = ends.gms.simulator.create_service("callback", gms_user=ends.gms_user)
-    report.section(f"callback-user-confirmation: GMS service {service.service_id}")
-    for action, choice in CALLBACK_STEPS:
-        ends.user.next_choice = choice
-        followed = await push_and_follow(ends, report, callback_message(service.service_id, action))
-        check_callback_push(
-            ends, report, service.service_id, action, followed, template=SEED_DIALOGS[action]
-        )
-        check_menu_choice(ends, report, service.service_id, action, choice, followed)
-
-
-def seed_menu_item_url(action: str, label: str) -> str | None:
-    """The `_user_action_url` template of the seed menu item labelled `label` in `action`'s menu."""
+def seed_item_url(ends: FlowEnds, service_id: str, action: str, label: str) -> str:
+    """The seed's `_user_action_url` of the menu item labelled `label`, filled for the service."""
     groups = SEED_DIALOGS[action].get("_content")
     for group in groups if isinstance(groups, list) else []:
         items = group.get("_group_content") if isinstance(group, dict) else None
         for item in items if isinstance(items, list) else []:
             if isinstance(item, dict) and item.get("_label") == label:
-                url = item.get("_user_action_url")
-                return url if isinstance(url, str) else None
-    return None
+                url = fill_placeholders(item.get("_user_action_url"), seed_values(ends, service_id))
+                return str(url)
+    raise KeyError(f"{action} has no item {label!r}")
 
 
-def check_menu_choice(
+# ---- the callback scenarios ----
+
+
+async def _new_callback(
     ends: FlowEnds,
     report: DemoReport,
-    service_id: str,
-    action: str,
-    choice: str | None,
-    followed: FollowedPush,
-) -> None:
-    """What the user's tap led to: the item's URL POSTed and the dialog GMS answered it with."""
-    choices = [(entry.label, entry.url) for entry in entries_of(followed.entries, MenuChoice)]
-    follow_ups = followed.answers[1:]
-    if choice is None:
-        report.check("no menu, no further POST", not choices and not follow_ups, repr(choices))
-        return
-    template = seed_menu_item_url(action, choice)
-    url = (
-        ""
-        if template is None
-        else str(fill_placeholders(template, seed_placeholders(ends, service_id, "")))
+    title: str,
+    options: CallbackOptions,
+    until: Callable[[list[TranscriptEntry]], bool],
+) -> tuple[Service, Marks, list[TranscriptEntry]]:
+    """GMS creates a callback (and pushes its first action); the phone acts until `until`."""
+    marks = Marks.now(ends)
+    service = await ends.simulator.create_callback(
+        options, gms_user=ends.gms_user, device_id=ends.device_id
     )
-    report.check(
-        f"user chose {choice!r}; the app POSTed its _user_action_url",
-        choices == [(choice, url)] and [posted for posted, _, _ in follow_ups] == [url],
-        f"choices {choices}, then POSTs {[posted for posted, _, _ in follow_ups]}",
-    )
-    target = url.rpartition("/")[2]
-    if target not in MENU_TARGET_DIALOGS or not follow_ups:
-        return
-    _, status, body = follow_ups[0]
-    answer = _parsed(body)
-    wanted = expected_dialog(MENU_TARGET_DIALOGS[target], ends, service_id, answer)
-    report.check(
-        f"{target} answered with its dialog",
-        status == 200 and answer == wanted,
-        f"{status} {answer!r}",
-    )
-
-
-async def chat_delayed(ends: FlowEnds, report: DemoReport) -> None:
-    """The agent is free: the app is told to open the chat, and it starts it at GMS."""
-    service = ends.gms.simulator.create_service("chat", gms_user=ends.gms_user)
-    report.section(f"chat-delayed: GMS service {service.service_id}")
-    action = "get-dialog-start-chat"
-    followed = await push_and_follow(ends, report, callback_message(service.service_id, action))
-    check_callback_push(
-        ends, report, service.service_id, action, followed, template=SEED_DIALOGS[action]
-    )
-    start_url = f"{ends.ext_url_base}/1/service/{service.service_id}/ixn/chat"
-    opened = entries_of(followed.entries, ChatOpened)
-    report.check(
-        "app started the chat at the dialog's _start_chat_url",
-        [entry.url for entry in opened] == [start_url]
-        and opened[0].answer.get("_id") == service.service_id
-        and bool(opened[0].answer.get("chatId")),
-        repr(opened),
-    )
-
-
-def _chat_event_text(event: JsonObject) -> str:
-    data = event.get("data")
-    message = data.get("message") if isinstance(data, dict) else None
-    if not isinstance(message, dict):
-        return "chat event"
-    lines = message.get("transcriptToShow")
-    line = json.dumps(lines[0]) if isinstance(lines, list) and lines else "DISCONNECTED"
-    return f"chat event {message.get('transcriptPosition')} {line}"
-
-
-def expected_chat_alerts(
-    relay_app: App, script: Sequence[TranscriptLine | None]
-) -> list[tuple[int, str | None, str | None]]:
-    """(position, title, body) the phone must show for a chat script: nothing for the client's
-    own lines, nothing for typing unless the app wants typing pushes (then a silent one)."""
-    shown: list[tuple[int, str | None, str | None]] = []
-    for position, line in enumerate(script, start=2):
-        if line is None:
-            shown.append((position, None, "Chat ended"))
-        elif line.party == "CLIENT":
-            continue
-        elif line.kind.startswith("Notice.Typing"):
-            if relay_app.chat.typing != "none":
-                shown.append((position, None, None))
-        elif line.kind == "Message.Text":
-            shown.append((position, line.nick, line.text))
-        else:
-            verb = "joined" if line.kind == "Notice.Joined" else "left"
-            shown.append((position, None, f"{line.nick} has {verb} the session"))
-    return shown
-
-
-def chat_alerts(entries: Sequence[TranscriptEntry]) -> list[tuple[int, str | None, str | None]]:
-    """(position, title, body) of the chat pushes among the phone's transcript entries."""
-    return [
-        (int(str(alert.message_fields.get("transcriptPosition"))), alert.title, alert.body)
-        for alert in entries_of(entries, AlertShown)
-        if alert.action == CHAT_ACTION
-    ]
-
-
-async def chat_session(ends: FlowEnds, report: DemoReport) -> None:
-    """A short chat as Chat Server events through customhttp, one of them sent twice."""
-    service = ends.gms.simulator.create_service("chat", gms_user=ends.gms_user)
-    session_id = new_chat_session_id()
-    report.section(f"chat-session: GMS service {service.service_id}, chat {session_id}")
-    events = chat_session_events(service.service_id, session_id, datetime.now(UTC))
-    replay = events[REPLAYED_POSITION - 2]
-    transcript_mark, pushes_mark = len(ends.phone.transcript), len(ends.phone.pushes)
-    hops: list[Hop] = []
-    answers: list[JsonValue] = []
-    for event in [*events, replay]:
-        pushed_at = time.time()
-        sent = await ends.pusher.push(ends.device_id, event)
-        answers.append(sent.answer)
-        hops.append(
-            Hop(
-                pushed_at,
-                "GMS → relay",
-                f"{_chat_event_text(event)} → {relay_answer_text(sent.answer)}",
-            )
-        )
-    expected = expected_chat_alerts(ends.relay_app, CHAT_SESSION_SCRIPT)
+    report.section(f"{title}: GMS callback service {service.service_id}")
     try:
-        await ends.phone.wait_for_pushes(ends.app.pushes_received + len(expected), STEP_TIMEOUT_S)
-        late = await ends.phone.poll_once()  # a duplicate would follow the last line at once
+        await ends.phone.run_until(lambda t: until(t[marks.transcript :]), STEP_TIMEOUT_S)
     finally:
-        entries = ends.phone.transcript[transcript_mark:]
-        hops += [_apns_hop(record) for record in ends.phone.pushes[pushes_mark:]]
-        report.add_hops([*hops, *(transcript_hop(entry) for entry in entries)])
-    client_answers = [
-        answer
-        for line, answer in zip(CHAT_SESSION_SCRIPT, answers, strict=False)
-        if line is not None and line.party == "CLIENT"
+        entries = print_since(ends, report, marks)
+    return service, marks, entries
+
+
+async def _confirmation_push(
+    ends: FlowEnds,
+    report: DemoReport,
+    service: Service,
+    until: Callable[[list[TranscriptEntry]], bool],
+) -> tuple[Marks, list[TranscriptEntry]]:
+    """An agent is free: GMS pushes the confirmation; the phone and its user act on it."""
+    marks = Marks.now(ends)
+    entries = await follow(
+        ends, report, lambda: ends.simulator.agent_available(service.service_id), until
+    )
+    return marks, entries
+
+
+async def callback_confirm(ends: FlowEnds, report: DemoReport) -> None:
+    """wait-for-agent in the foreground; the confirmation in the background, tapped; "Yes"."""
+    ends.app.user.will(PushAnswer("accept"))
+    options = CallbackOptions(provide_code=True)
+    service, marks, entries = await _new_callback(
+        ends, report, "callback-confirm", options, has(DialogShown)
+    )
+    sid = service.service_id
+    url = check_push_posted(ends, report, entries, sid, "wait-for-agent", "alert dialog")
+    check_seed_dialog(ends, report, marks, sid, "wait-for-agent", url)
+
+    await follow(ends, report, ends.phone.to_background, has(AppState))
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES))
+    action = options.confirmation_action
+    marks, entries = await _confirmation_push(ends, report, service, has(FlowClosed))
+    url = check_push_posted(ends, report, entries, sid, action, "notification")
+    menu = check_seed_dialog(ends, report, marks, sid, action, url)
+    check_menu_expiry(report, menu, service)
+    confirmations = entries_of(entries, ConfirmationShown)
+    report.check(
+        "the item's confirmation_dialog was shown as a Notification, gone after _dismiss_timeout 2",
+        [(c.dialog_type, round(c.dismissed_at - c.at, 3)) for c in confirmations]
+        == [("Notification", 2.0)],
+        repr(confirmations),
+    )
+    connect_url = seed_item_url(ends, sid, action, YES)
+    posted = [(p.method, p.url, p.at) for p in entries_of(entries, UrlPosted)]
+    report.check(
+        "then the item's _user_action_url with its _method (POST), once the dialog was gone",
+        len(posted) == 2
+        and posted[1][:2] == ("POST", connect_url)
+        and bool(confirmations)
+        and posted[1][2] >= confirmations[0].dismissed_at,
+        repr(posted),
+    )
+    check_seed_dialog(ends, report, marks, sid, "connect-outbound", connect_url)
+    report.check(
+        "_id_to_jump_before exit:// closed the flow", has(FlowClosed)(entries), repr(entries[-1:])
+    )
+    actions = [p.message.get("_action") for p in ends.simulator.pushes_for(sid)]
+    report.check(
+        "GMS connected the callback and asked nothing more (inferred state machine)",
+        service.callback is not None
+        and service.callback.state is CallbackState.CONNECTED
+        and actions == ["wait-for-agent", action],
+        f"{service.callback}, pushes {actions}",
+    )
+    await ends.phone.to_foreground()
+
+
+async def callback_snooze(ends: FlowEnds, report: DemoReport) -> None:
+    """ "No, try again in 5 minutes": GMS asks again once the snooze delay has passed."""
+    options = CallbackOptions(wait_for_agent=False, snooze_delay_s=SNOOZE_DELAY_S)
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(NO))
+    service, marks, entries = await _new_callback(
+        ends, report, "callback-snooze", options, has(FlowClosed)
+    )
+    sid = service.service_id
+    action = options.confirmation_action
+    url = check_push_posted(ends, report, entries, sid, action, "alert dialog")
+    check_seed_dialog(ends, report, marks, sid, action, url)
+    snooze_url = seed_item_url(ends, sid, action, NO)
+    report.check(
+        "snooze answered a ConfirmationDialog saying the delay (inferred answer)",
+        is_notice(answer_to(ends, marks, snooze_url), sid, f"again in {SNOOZE_DELAY_S:g} second"),
+        repr(answer_to(ends, marks, snooze_url)),
+    )
+    snoozed_at = entries_of(entries, MenuChoice)[0].at if entries_of(entries, MenuChoice) else 0.0
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES))
+    marks = Marks.now(ends)
+    await ends.phone.run_until(lambda t: has(FlowClosed)(t[marks.transcript :]), STEP_TIMEOUT_S)
+    entries = print_since(ends, report, marks)
+    again = entries_of(entries, AlertShown)
+    report.check(
+        f"GMS asked again only after the snooze delay ({SNOOZE_DELAY_S:g} s)",
+        bool(again) and again[0].action == action and again[0].at - snoozed_at >= SNOOZE_DELAY_S,
+        f"{[(a.action, round(a.at - snoozed_at, 3)) for a in again]}",
+    )
+    report.check(
+        "the second confirmation was accepted: connected, two attempts used",
+        service.callback is not None
+        and service.callback.state is CallbackState.CONNECTED
+        and service.callback.attempts == 2,
+        repr(service.callback),
+    )
+
+
+async def callback_cancel(ends: FlowEnds, report: DemoReport) -> None:
+    """The user dismisses wait-for-agent, then chooses "Cancel, my problem has been solved"."""
+    ends.app.user.will(PushAnswer("decline"))
+    options = CallbackOptions(snooze_delay_s=SNOOZE_DELAY_S)
+    service, _, entries = await _new_callback(
+        ends, report, "callback-cancel", options, has(UserReacted)
+    )
+    sid = service.service_id
+    reactions = entries_of(entries, UserReacted)
+    report.check(
+        "the user declined the wait-for-agent alert: nothing was POSTed",
+        [r.reaction for r in reactions] == ["decline"]
+        and not ends.simulator.requests_to(f"{sid}/wait-for-agent"),
+        repr(reactions),
+    )
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(CANCEL))
+    action = options.confirmation_action
+    marks, entries = await _confirmation_push(ends, report, service, has(FlowClosed))
+    check_push_posted(ends, report, entries, sid, action, "alert dialog")
+    cancel_url = seed_item_url(ends, sid, action, CANCEL)
+    posted = [p.url for p in entries_of(entries, UrlPosted)]
+    report.check(
+        "Cancel POSTed the seed's URL for it (…/snooze, like No)",
+        posted[1:] == [cancel_url] and cancel_url.endswith("/snooze"),
+        repr(posted),
+    )
+    answered = answer_to(ends, marks, cancel_url)
+    report.check(
+        "GMS told it from No by its _dialog_id 3 and cancelled the callback (inferred)",
+        is_notice(answered, sid, "cancelled")
+        and service.callback is not None
+        and service.callback.state is CallbackState.CANCELLED
+        and service.timer is None,
+        f"{answered!r}, {service.callback}",
+    )
+
+
+async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
+    """_user_confirm_timeout passes: an ignored push, a menu choice after _expires (refused by
+    the phone) and a push tapped after its timeout (useless: GMS has moved on)."""
+    options = CallbackOptions(wait_for_agent=False, user_confirm_timeout_s=SHORT_CONFIRM_TIMEOUT_S)
+    ends.app.user.will(PushAnswer("ignore"))
+    service, _, entries = await _new_callback(
+        ends, report, "callback-timeout", options, has(UserReacted)
+    )
+    sid = service.service_id
+    await wait_for(
+        lambda: (
+            service.callback is not None
+            and service.callback.attempts == 1
+            and service.callback.state is CallbackState.WAITING_FOR_AGENT
+        ),
+        "the first confirmation timing out",
+    )
+    report.check(
+        "1: the user ignored the push; at its timeout GMS used up the attempt and waits again",
+        [r.reaction for r in entries_of(entries, UserReacted)] == ["ignore"]
+        and not entries_of(entries, UrlPosted),
+        f"{entries_of(entries, UserReacted)}, {service.callback}",
+    )
+
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES, after_s=LATE_S))
+    _, entries = await _confirmation_push(ends, report, service, has(MenuChoiceRefused))
+    refused = entries_of(entries, MenuChoiceRefused)
+    report.check(
+        f'2: the menu was shown in time; "Yes" chosen {LATE_S:g} s later, after _expires, '
+        "was refused by the phone and nothing was POSTed",
+        len(refused) == 1
+        and refused[0].at > refused[0].expires_at
+        and len(entries_of(entries, UrlPosted)) == 1
+        and not ends.simulator.requests_to(f"{sid}/connect"),
+        repr(refused),
+    )
+    await wait_for(
+        lambda: (
+            service.callback is not None
+            and service.callback.attempts == 2
+            and service.callback.state is CallbackState.WAITING_FOR_AGENT
+        ),
+        "the second confirmation timing out",
+    )
+
+    ends.app.user.will(PushAnswer("accept", after_s=LATE_S))
+    action = options.confirmation_action
+    _, entries = await _confirmation_push(ends, report, service, has(GmsFailure))
+    url = ends.seed_url(sid, action)
+    failures = [(f.url, f.status) for f in entries_of(entries, GmsFailure)]
+    report.check(
+        f"3: tapped {LATE_S:g} s after it came, the push was useless: GMS answered 410 (inferred)",
+        failures == [(url, 410)] and not entries_of(entries, DialogShown),
+        repr(failures),
+    )
+    report.check(
+        "after its last attempt the callback ended (_max_number_of_user_availability_"
+        "confirmation_attempts 3)",
+        service.callback is not None
+        and service.callback.state is CallbackState.GAVE_UP
+        and service.callback.attempts == 3,
+        repr(service.callback),
+    )
+
+
+# ---- the chat scenario ----
+
+
+def normalised_event(event: object) -> object:
+    """A chat event with the values that differ per chat replaced by their names, so it can be
+    compared with the seed's: startedAt, chatSessionId, the event id, the service id in the tag,
+    and each line's 4th element."""
+    if not isinstance(event, dict):
+        return event
+    copied = copy.deepcopy(event)
+    data = copied.get("data")
+    if isinstance(data, dict) and isinstance(data.get("message"), dict):
+        message = data["message"]
+        assert isinstance(message, dict)
+        message["startedAt"] = "<startedAt>"
+        message["chatSessionId"] = "<chatSessionId>"
+        lines = message.get("transcriptToShow")
+        for line in lines if isinstance(lines, list) else []:
+            if isinstance(line, list) and len(line) == 5:
+                line[3] = "<number>"
+        data["id"] = "<id>"
+        tag = data.get("tag")
+        if isinstance(tag, str):
+            data["tag"] = tag.rpartition(".")[0] + ".<service id>"
+    return copied
+
+
+def check_event_formats(report: DemoReport, event: object, service_id: str, name: str) -> None:
+    """The per-chat values in the formats the seed's notes give."""
+    data = event.get("data") if isinstance(event, dict) else None
+    message = data.get("message") if isinstance(data, dict) else None
+    ok = False
+    if isinstance(data, dict) and isinstance(message, dict):
+        lines = message.get("transcriptToShow")
+        ok = (
+            SEED_TIMESTAMP.fullmatch(str(message.get("startedAt"))) is not None
+            and _HEX32.fullmatch(str(data.get("id"))) is not None
+            and data.get("tag") == f"service.chat.refresh.{service_id}"
+            and isinstance(lines, list)
+            and all(isinstance(line, list) and str(line[3]).isdigit() for line in lines)
+        )
+    report.check(
+        f"{name}: startedAt $(Timestamp), 32-hex id, tag service.chat.refresh.<_id>, a number",
+        ok,
+        repr(event),
+    )
+
+
+async def chat(ends: FlowEnds, report: DemoReport) -> None:
+    """get-dialog-start-chat; a chat over Comet in the foreground; in the background the relay's
+    chat push, tapped: the app POSTs its _action and catches up; leaving ends the flow."""
+    gms = ends.simulator
+    service = gms.create_chat_service(gms_user=ends.gms_user, device_id=ends.device_id)
+    sid = service.service_id
+    report.section(f"chat: GMS chat service {sid}")
+    ends.app.user.will(PushAnswer("accept"))
+    marks = Marks.now(ends)
+    start = "get-dialog-start-chat"
+    entries = await follow(
+        ends,
+        report,
+        lambda: gms.push(service, {"_id": sid, "_action": start}),
+        lambda e: has(ChatOpened)(e) and ends.phone.comet_connected,
+    )
+    url = check_push_posted(ends, report, entries, sid, start, "alert dialog")
+    dialog = check_seed_dialog(ends, report, marks, sid, start, url)
+    start_url = dialog.get("_start_chat_url") if isinstance(dialog, dict) else None
+    start_requests = gms.requests_to(f"{sid}/ixn/chat")
+    report.check(
+        "the app POSTed _start_chat_url with _user_header (gms_user) and _chat_parameters",
+        [p.url for p in entries_of(entries, UrlPosted)][1:] == [start_url]
+        and len(start_requests) == 1
+        and start_requests[0].headers.get("gms_user") == GMS_USER
+        and b"subject=None" in start_requests[0].body,
+        repr(start_requests),
+    )
+    report.check(
+        "the app holds a Comet session subscribed to the seed's /_genesys",
+        [sorted(c.subscriptions) for c in gms.comet.clients.values()] == [["/_genesys"]],
+        repr(gms.comet.clients),
+    )
+
+    # Foreground: lines over Comet, the seed's three events in the seed's order.
+    comet_mark = len(ends.phone.comet_messages)
+    pushed_before_comet = len(gms.pushes_for(sid))
+    steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+        ("Message Receipt", lambda: ends.phone.say("Hello.")),
+        (
+            "Party Joined/Left",
+            lambda: gms.chat_line(
+                sid, TranscriptLine("Notice.Joined", AGENT_NICK, "has joined the session", "AGENT")
+            ),
+        ),
+        (
+            "Typing Started/Stopped",
+            lambda: gms.chat_line(
+                sid, TranscriptLine("Notice.TypingStarted", AGENT_NICK, "is typing", "AGENT")
+            ),
+        ),
+    ]
+    for count, (name, act) in enumerate(steps, start=1):
+        expected = comet_mark + count
+        await follow(
+            ends,
+            report,
+            act,
+            lambda e, expected=expected: (  # type: ignore[misc]
+                len(ends.phone.comet_messages) >= expected and has(ChatLineShown)(e)
+            ),
+        )
+        received = ends.phone.comet_messages[comet_mark + count - 1]
+        report.check(
+            f"Comet delivered the seed's {name} event verbatim (per-chat values aside)",
+            normalised_event(received) == normalised_event(SEED_CHAT_EVENTS[name]),
+            json.dumps(received),
+        )
+        check_event_formats(report, received, sid, name)
+    shown = [
+        (line.position, line.number) for line in entries_of(ends.phone.transcript, ChatLineShown)
     ]
     report.check(
-        "nothing pushed for the client's own line",
-        client_answers == [{"id": None, "pushed": False}],
-        repr(client_answers),
-    )
-    first, again = answers[REPLAYED_POSITION - 2], answers[-1]
-    report.check(
-        f"the repeated position {REPLAYED_POSITION} was recognised, not queued again",
-        isinstance(first, dict)
-        and isinstance(again, dict)
-        and again.get("duplicate") is True
-        and again.get("id") == first.get("id"),
-        f"{first} then {again}",
-    )
-    shown = chat_alerts(entries)
-    report.check(
-        "chat alerts arrived in position order, each once",
-        shown == expected and late == 0,
-        f"{shown} (+{late} more), expected {expected}",
+        "lines shown at positions 1-4, each with its own 4th element (seconds into the chat)",
+        [position for position, _ in shown] == [1, 2, 3, 4]
+        and all(number.isdigit() for _, number in shown),
+        repr(shown),
     )
     report.check(
-        "chat pushes were shown, not POSTed to GMS",
-        not entries_of(entries, UrlPosted),
-        repr(entries_of(entries, UrlPosted)),
+        "nothing was pushed while the Comet session was open (inferred notification mode)",
+        gms.pushes_for(sid)[pushed_before_comet:] == [],
+        repr(gms.pushes_for(sid)[pushed_before_comet:]),
+    )
+
+    # Background: Comet is gone; the agent's lines reach the phone as relay pushes.
+    await follow(ends, report, ends.phone.to_background, has(AppState))
+    await wait_for(lambda: not gms.comet.clients, "the phone's Comet session ending")
+    report.check("in the background the app left Comet (/meta/disconnect)", not gms.comet.clients)
+    ends.app.user.will(PushAnswer("accept"))
+
+    async def agent_goes_on() -> None:
+        await gms.chat_line(
+            sid, TranscriptLine("Notice.TypingStopped", AGENT_NICK, "stopped typing", "AGENT")
+        )
+        await gms.chat_line(
+            sid, TranscriptLine("Message.Text", AGENT_NICK, "How can I help you?", "AGENT")
+        )
+
+    marks = Marks.now(ends)
+    entries = await follow(
+        ends,
+        report,
+        agent_goes_on,
+        lambda e: len(entries_of(e, ChatLineShown)) >= 2 and ends.phone.comet_connected,
+    )
+    alerts = entries_of(entries, AlertShown)
+    action = ends.relay_app.chat.action
+    report.check(
+        "one push reached the phone: the agent's line (the relay drops typing by default)",
+        [(a.presentation, a.title, a.body, a.action) for a in alerts]
+        == [("notification", AGENT_NICK, "How can I help you?", action)],
+        repr(alerts),
+    )
+    refresh_url = check_push_posted(ends, report, entries, sid, action, "notification")
+    report.check(
+        "that POST is the chat's refresh: the seed's _start_chat_url + /refresh",
+        refresh_url == f"{start_url}/refresh",
+        refresh_url,
+    )
+    caught_up = [(x.position, x.kind, x.via) for x in entries_of(entries, ChatLineShown)]
+    report.check(
+        "the refresh answer caught the app up from position 5 (inferred answer shape)",
+        caught_up == [(5, "Notice.TypingStopped", "answer"), (6, "Message.Text", "answer")],
+        repr(caught_up),
+    )
+    report.check(
+        "back in the foreground the app holds a Comet session again",
+        len(gms.comet.clients) == 1,
+        repr(gms.comet.clients),
+    )
+
+    # Leaving: ixn/chat/disconnect; DISCONNECTED over Comet; StartChat's exit:// closes the flow.
+    entries = await follow(ends, report, ends.phone.leave_chat, has(FlowClosed))
+    last = ends.phone.comet_messages[-1:]
+    data = last[0].get("data") if last else None
+    message = data.get("message") if isinstance(data, dict) else None
+    report.check(
+        "leaving: DISCONNECTED came over Comet, the app left Comet, exit:// closed the flow",
+        has(ChatEnded)(entries)
+        and isinstance(message, dict)
+        and message.get("chatIxnState") == "DISCONNECTED"
+        and not ends.phone.comet_connected
+        and not gms.comet.clients,
+        repr(last),
     )
 
 
 Scenario = Callable[[FlowEnds, DemoReport], Awaitable[None]]
 
 DEMO_SCENARIOS: Mapping[str, Scenario] = {
-    "callback-user-confirmation": callback_user_confirmation,
-    "chat-delayed": chat_delayed,
-    "chat-session": chat_session,
+    "callback-confirm": callback_confirm,
+    "callback-snooze": callback_snooze,
+    "callback-cancel": callback_cancel,
+    "callback-timeout": callback_timeout,
+    "chat": chat,
 }
 
 
@@ -653,7 +996,7 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
                 GmsSimServer(GmsSimulator()) as gms,
                 aiohttp.ClientSession() as session,
             ):
-                ends = flow_ends(
+                ends = await flow_ends(
                     session,
                     relay_url=relay_url,
                     authorization=basic_authorization(GMS_BASIC_USER, password),
@@ -666,12 +1009,15 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
                 report.note(f"APNs simulator     https://{info.host}:{info.port}")
                 report.note(f"relay              {relay_url}  (GMS pushes to /gms/push)")
                 report.note(f"GMS simulator      {gms.base_url}{gms.simulator.url_path}")
-                report.note(f"phone              device token {DEMO_TOKEN[:16]}...")
-                for name in scenarios:
-                    try:
-                        await DEMO_SCENARIOS[name](ends, report)
-                    except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
-                        report.check(f"{name} ran to its end", False, str(error))
+                report.note(f"phone              device token {ends.phone.token[:16]}...")
+                try:
+                    for name in scenarios:
+                        try:
+                            await DEMO_SCENARIOS[name](ends, report)
+                        except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
+                            report.check(f"{name} ran to its end", False, str(error))
+                finally:
+                    await ends.phone.close()
     return report
 
 
@@ -683,7 +1029,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--scenario",
         action="append",
         choices=sorted(DEMO_SCENARIOS),
-        help="run only this scenario (repeatable; default: all three)",
+        help="run only this scenario (repeatable; default: all of them)",
     )
     parser.add_argument(
         "--state-dir",
@@ -705,7 +1051,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\n{len(report.checks) - len(failures)} of {len(report.checks)} checks passed"
         f" over {len(report.hops)} hops: "
-        + ("every step happened as the seed says" if not failures else "FAILED"),
+        + (
+            "every check held, each against the seed's text or an inference the README lists"
+            if not failures
+            else "FAILED"
+        ),
         flush=True,
     )
     for failure in failures:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
+from relay.config import DEFAULT_CHAT_ACTION
 from relay.model import InvalidInput, Notification
 from relay.payload import (
     AlertFields,
@@ -22,11 +24,9 @@ from relay.payload import (
 if TYPE_CHECKING:
     from relay.config import App
 
-# The action of every chat push. GMS has no dialog for a chat line: the app already holds the
-# chat's Comet session (opened from get-dialog-start-chat), so it must not POST this action to
-# GMS; it opens its chat view for `_id` and reads the transcript from there. A name of its own
-# lets the app tell chat pushes from callback pushes without guessing from the alert.
-CHAT_ACTION = "chat-message"
+# The action a chat push carries until to_notification() sets the app's own (chat.action):
+# parsing does not know the app's settings.
+CHAT_ACTION = DEFAULT_CHAT_ACTION
 CHAT_TAG_PREFIX = "service.chat.refresh."
 CHAT_DISCONNECTED = "DISCONNECTED"
 CLIENT_PARTY = "CLIENT"
@@ -88,6 +88,8 @@ def to_notification(
     typing = spec.chat is not None and spec.chat.kind is ChatEventKind.TYPING
     if typing and app.chat.typing == "none":
         return None
+    if spec.chat is not None:
+        spec = replace(spec, action=app.chat.action)
     return build_notification(
         spec, app, now_s=now_s, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl_s
     )

@@ -26,7 +26,15 @@ MAX_TOKEN_HEX = 200
 MAX_SERVICE_ID_CHARS = 128
 MAX_ACTION_CHARS = 128
 MAX_KEY_CHARS = 256  # an idempotency key becomes part of a Redis key
-ACTION_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+# GMS's POST URL is $(_id)/$(_action), so an action may name a sub-resource in '/'-separated
+# segments (the chat's ixn/chat/refresh); "." and ".." segments would climb out of the service.
+# Without lookarounds, so the OpenAPI schema (and pydantic's regex engine) can use it as is.
+ACTION_SEGMENT = (
+    r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.\.[A-Za-z0-9_.-]+)"
+)
+ACTION_SCHEMA_PATTERN = rf"^{ACTION_SEGMENT}(?:/{ACTION_SEGMENT})*$"
+ACTION_PATTERN = re.compile(ACTION_SCHEMA_PATTERN.strip("^$"))
+_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _HEX = re.compile(r"[0-9a-f]*")
 BACKGROUND = "background"
 BACKGROUND_PRIORITY = 5
@@ -131,8 +139,14 @@ def validate_service_id(raw: object, field_name: str = "service_id") -> str:
 
 def validate_action(raw: object, field_name: str = "action") -> str:
     """A GMS action name; the set is open, so only its alphabet and length are checked."""
+    if isinstance(raw, str) and _DOT_SEGMENT.search(raw):
+        raise InvalidInput(field_name, "must not have a '.' or '..' segment")
     if not isinstance(raw, str) or not ACTION_PATTERN.fullmatch(raw):
-        raise InvalidInput(field_name, "must be a non-empty string of A-Z, a-z, 0-9, '_', '.', '-'")
+        raise InvalidInput(
+            field_name,
+            "must be a non-empty string of A-Z, a-z, 0-9, '_', '.', '-' "
+            "(segments separated by '/')",
+        )
     if len(raw) > MAX_ACTION_CHARS:
         raise InvalidInput(field_name, f"must be at most {MAX_ACTION_CHARS} characters")
     return raw

@@ -9,7 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay import __version__
 from relay.model import PRIORITIES, PUSH_TYPES, InvalidInput
-from relay.payload import MAX_TOKEN_HEX, MIN_TOKEN_HEX, AlertFields, PushSpec
+from relay.payload import (
+    ACTION_SCHEMA_PATTERN,
+    MAX_ACTION_CHARS,
+    MAX_TOKEN_HEX,
+    MIN_TOKEN_HEX,
+    AlertFields,
+    PushSpec,
+)
 
 MAX_BATCH = 1000
 PROBLEM_JSON = "application/problem+json"
@@ -45,7 +52,7 @@ class NotificationIn(BaseModel):
     )
     app: str | None = Field(None, pattern=APP_NAME, max_length=64)
     service_id: str | None = Field(None, min_length=1, max_length=128)
-    action: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=128)
+    action: str | None = Field(None, pattern=ACTION_SCHEMA_PATTERN, max_length=MAX_ACTION_CHARS)
     alert: str | AlertIn | None = None
     sound: str | None = Field(None, max_length=256)
     badge: int | None = Field(None, ge=0, le=1_000_000)

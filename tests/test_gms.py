@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.config import App, Settings, load_settings
+from relay.config import App, ConfigError, Settings, load_settings
 from relay.gms import CHAT_ACTION, parse_customhttp, to_notification
 from relay.model import InvalidInput, Notification, payload_limit
 from relay.payload import AlertFields, ChatEventKind, ChatLine, PushSpec
@@ -38,7 +39,7 @@ apps:
     topic: com.example.demo
     environment: sandbox
     auth: {token: {key_file: key.p8, key_id: ABCDE12345, team_id: TEAM123456}}
-    chat: {typing: background}
+    chat: {typing: background, action: chat-line}
 """
     )
     return load_settings(directory / "relay.yaml", env={})
@@ -158,7 +159,8 @@ def test_device_id_may_name_the_app_and_is_lowered() -> None:
         (body({"_id": ""}), "message._id", "must be a non-empty string"),
         (body({"_id": 5}), "message._id", "must be a non-empty string"),
         (body({"_id": "x" * 129}), "message._id", "at most 128 characters"),
-        (body({"_id": "S", "_action": "a/b"}), "message._action", "A-Z, a-z, 0-9"),
+        (body({"_id": "S", "_action": "a b"}), "message._action", "A-Z, a-z, 0-9"),
+        (body({"_id": "S", "_action": "ixn/../x"}), "message._action", "'..' segment"),
         (body({"_id": "S", "title": 3}), "message.title", "must be a string"),
         (body({"_id": "S", "alert": "a", "body": "b"}), "message.alert", "not both"),
         (body({"_id": "S", "alert": {"text": "a"}}), "message.alert.text", "is not an alert key"),
@@ -212,6 +214,41 @@ def test_party_joined_or_left(line_type: str, expected: str, kind: ChatEventKind
     assert spec.alert == AlertFields(body=expected)
     assert spec.chat is not None
     assert spec.chat.kind is kind
+
+
+def test_chat_pushes_carry_an_action_the_app_can_post_or_the_apps_own(
+    relay_settings: Settings,
+) -> None:
+    """The seed: "The _id and _action parameters are extracted and used to construct a URL for a
+    POST to GMS": by default that POST is the chat's refresh, .../service/<id>/ixn/chat/refresh."""
+    spec = parsed(chat_event(["Message.Text", "Kristi Sippola", "Hi", "9", "AGENT"]))
+    for app_name, action in (("quiet", "ixn/chat/refresh"), ("typing", "chat-line")):
+        notification = notify(spec, relay_settings.app(app_name))
+        assert notification is not None
+        assert notification.action == action
+        assert orjson.loads(notification.payload)["message"]["_action"] == action
+
+
+@pytest.mark.parametrize(
+    ("action", "rule"),
+    [("ixn/../chat", "'..' segment"), ("./refresh", "'..' segment"), ("ixn//chat", "segments")],
+)
+def test_an_apps_chat_action_must_be_a_usable_path(tmp_path: Path, action: str, rule: str) -> None:
+    (tmp_path / "key.p8").write_text("key")
+    (tmp_path / "relay.yaml").write_text(
+        f"""
+apps:
+  - name: a
+    topic: com.example.demo
+    environment: sandbox
+    auth: {{token: {{key_file: key.p8, key_id: ABCDE12345, team_id: TEAM123456}}}}
+    chat: {{action: "{action}"}}
+"""
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path / "relay.yaml", env={})
+    assert "apps[0].chat.action" in str(raised.value)
+    assert rule in str(raised.value)
 
 
 def test_customer_joining_is_not_pushed() -> None:

@@ -8,189 +8,97 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from relay_harness import RelayHarness, basic_authorization, running_relay
 from simulator import REPO_ROOT
 
 from relay.demo import (
-    GMS_USER,
+    DEMO_SCENARIOS,
+    SEED_CHAT_EVENTS,
     DemoReport,
     FlowEnds,
-    callback_user_confirmation,
-    chat_alerts,
-    chat_delayed,
-    chat_session,
+    Marks,
+    RecordingApp,
+    callback_confirm,
+    check_seed_dialog,
     flow_ends,
+    normalised_event,
 )
-from relay.device_sim.app import AlertShown, MenuChoice, PushNotPosted, UrlPosted, entries_of
-from relay.gms_sim.dialogs import SEED_DIALOGS, JsonValue, fill_placeholders
-from relay.gms_sim.scenarios import (
-    AGENT_NICK,
-    CLIENT_NICK,
-    TranscriptLine,
-    chat_event,
-)
-from relay.gms_sim.server import CallbackService, GmsSimServer, GmsSimulator
+from relay.device_sim.app import AlertShown, AppSettings, entries_of
+from relay.device_sim.phone import Phone
+from relay.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
+from relay.gms_sim.server import GmsSimServer, GmsSimulator
 
-TOKEN = "c0ffee" * 10 + "abcd"
-DEMO_TIMEOUT_S = 60
-TRUE_MENU = "get-dialog-user-confirmation-provide_code-true"
-FALSE_MENU = "get-dialog-user-confirmation-provide_code-false"
+DEMO_TIMEOUT_S = 90
 
 
 @contextlib.asynccontextmanager
 async def gms_flow(
-    redis_url: str, state_dir: Path, gms: GmsSimulator | None = None, **sections: Any
+    redis_url: str, state_dir: Path, **sections: Any
 ) -> AsyncIterator[tuple[RelayHarness, FlowEnds]]:
     """A relay (api + worker, real HTTP, TLS and HTTP/2), the GMS simulator and one phone."""
     async with (
         running_relay(redis_url, state_dir, **sections) as relay,
-        GmsSimServer(gms or GmsSimulator()) as gms_server,
+        GmsSimServer(GmsSimulator()) as gms_server,
     ):
-        yield (
-            relay,
-            flow_ends(
-                relay.session,
-                relay_url=relay.url,
-                authorization=basic_authorization(),
-                control_url=relay.sim.control_url,
-                relay_app=relay.settings.apps[0],
-                gms=gms_server,
-                token=TOKEN,
-            ),
+        ends = await flow_ends(
+            relay.session,
+            relay_url=relay.url,
+            authorization=basic_authorization(),
+            control_url=relay.sim.control_url,
+            relay_app=relay.settings.apps[0],
+            gms=gms_server,
         )
+        try:
+            yield relay, ends
+        finally:
+            await ends.phone.close()
 
 
-def only_service(ends: FlowEnds) -> CallbackService:
-    [service] = ends.gms.simulator.services.values()
-    return service
-
-
-def seed_url(ends: FlowEnds, service_id: str, action: str) -> str:
-    """The seed's $(ServerURL)$(URLPath)$(_id)/$(_action), spelled out here on purpose."""
-    return f"{ends.gms.base_url}/genesys/1/service/{service_id}/{action}"
-
-
-def answers_by_url(ends: FlowEnds) -> dict[str, JsonValue]:
-    return {url: json.loads(body) for url, _, body in ends.app.answers}
-
-
-def seed_json(ends: FlowEnds, action: str, service_id: str, date: str = "") -> JsonValue:
-    values = {
-        "ExtURLBase": f"{ends.gms.base_url}/genesys",
-        "ServiceID": service_id,
-        "CometURL": f"{ends.gms.base_url}/genesys/cometd",
-        "GMSUser": GMS_USER,
-        "Date": date,
-    }
-    return fill_placeholders(SEED_DIALOGS[action], values)
+def chat_alerts(ends: FlowEnds) -> list[tuple[int, str | None, str | None]]:
+    """(position, title, body) of the chat pushes the phone got."""
+    return [
+        (int(str(alert.message_fields.get("transcriptPosition"))), alert.title, alert.body)
+        for alert in entries_of(ends.phone.transcript, AlertShown)
+        if alert.action == ends.relay_app.chat.action
+    ]
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
-async def test_callback_with_user_confirmation_end_to_end(
-    redis_url: str, state_dir: Path, encoding: str
-) -> None:
+async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, encoding: str) -> None:
     async with gms_flow(redis_url, state_dir, app={"message_encoding": encoding}) as (_, ends):
         report = DemoReport()
-        await callback_user_confirmation(ends, report)
+        await callback_confirm(ends, report)
         assert report.failures == []
-        sid = only_service(ends).service_id
-        transcript = ends.phone.transcript
-        alerts = entries_of(transcript, AlertShown)
-        assert {a.service_id for a in alerts} == {sid}
-        assert [(a.action, a.title, a.body) for a in alerts] == [
-            (
-                "wait-for-agent",
-                "You are in the queue",
-                "We will notify you when an agent is available.",
-            ),
-            (TRUE_MENU, "An agent is available", "Tap to confirm you are ready to talk."),
-            (FALSE_MENU, "An agent is available", "Tap to confirm you are ready to talk."),
-            ("connect-outbound", "We are calling you", "You will receive the call shortly."),
+        assert len(report.checks) >= 10
+        [service] = ends.simulator.services.values()
+        alerts = entries_of(ends.phone.transcript, AlertShown)
+        assert {a.service_id for a in alerts} == {service.service_id}
+        assert [(a.presentation, a.title) for a in alerts] == [
+            ("alert dialog", "You are in the queue"),
+            ("notification", "An agent is available"),
         ]
-        true_menu = seed_url(ends, sid, TRUE_MENU)
-        false_menu = seed_url(ends, sid, FALSE_MENU)
-        assert [post.url for post in entries_of(transcript, UrlPosted)] == [
-            seed_url(ends, sid, "wait-for-agent"),
-            true_menu,
-            seed_url(ends, sid, "connect"),
-            false_menu,
-            seed_url(ends, sid, "snooze"),
-            seed_url(ends, sid, "connect-outbound"),
-        ]
-        assert [(c.label, c.confirmation_text) for c in entries_of(transcript, MenuChoice)] == [
-            (
-                "Yes, I'm ready to talk",
-                "You will hear tones immediately after call is connected. This is normal.",
-            ),
-            ("No, try again in 5 minutes", None),
-        ]
-        answers = answers_by_url(ends)
-        for menu_url, action in (
-            (true_menu, TRUE_MENU),
-            (false_menu, FALSE_MENU),
-        ):
-            menu = answers[menu_url]
-            assert isinstance(menu, dict)
-            expires = datetime.strptime(str(menu["_expires"]), "%Y-%m-%dT%H:%M:%SZ")
-            assert expires.replace(tzinfo=UTC) > datetime.now(UTC)
-            assert menu == seed_json(ends, action, sid, str(menu["_expires"]))
-        for action in ("wait-for-agent", "connect-outbound"):
-            assert answers[seed_url(ends, sid, action)] == seed_json(ends, action, sid)
-        # The menu's Yes leads to the seed's connect-outbound dialog.
-        assert answers[seed_url(ends, sid, "connect")] == seed_json(ends, "connect-outbound", sid)
 
 
-async def test_chat_delayed_end_to_end(redis_url: str, state_dir: Path) -> None:
-    async with gms_flow(redis_url, state_dir) as (_, ends):
-        report = DemoReport()
-        await chat_delayed(ends, report)
-        assert report.failures == []
-        sid = only_service(ends).service_id
-        [alert] = entries_of(ends.phone.transcript, AlertShown)
-        assert (alert.title, alert.body, alert.action) == (
-            "Your chat is ready",
-            "Tap to start chatting with an agent.",
-            "get-dialog-start-chat",
-        )
-        start_chat = seed_url(ends, sid, "get-dialog-start-chat")
-        assert [post.url for post in entries_of(ends.phone.transcript, UrlPosted)] == [
-            start_chat,
-            seed_url(ends, sid, "ixn/chat"),
-        ]
-        dialog = answers_by_url(ends)[start_chat]
-        assert dialog == seed_json(ends, "get-dialog-start-chat", sid)
-        assert isinstance(dialog, dict)
-        assert (dialog["_user_header"], dialog["_chat_parameters"]) == (
-            GMS_USER,
-            {"subject": "None"},
-        )
-
-
-async def test_chat_session_alerts_in_order_once_and_none_for_the_client(
-    redis_url: str, state_dir: Path
-) -> None:
+@pytest.mark.parametrize(
+    "scenario", ["callback-snooze", "callback-cancel", "callback-timeout", "chat"]
+)
+async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
     async with gms_flow(redis_url, state_dir) as (relay, ends):
         report = DemoReport()
-        await chat_session(ends, report)
+        await DEMO_SCENARIOS[scenario](ends, report)
         assert report.failures == []
-        transcript = ends.phone.transcript
-        assert chat_alerts(transcript) == [
-            (2, None, f"{AGENT_NICK} has joined the session"),
-            (3, AGENT_NICK, "Hello, how can I help you?"),
-            (7, None, f"{AGENT_NICK} has left the session"),
-            (8, None, "Chat ended"),
-        ]
-        assert CLIENT_NICK not in repr(entries_of(transcript, AlertShown))
-        assert len(entries_of(transcript, PushNotPosted)) == 4
-        assert not entries_of(transcript, UrlPosted)
-        assert len(await relay.received(TOKEN)) == 4
-        totals = await relay.queue.totals()
-        assert (totals.enqueued, totals.delivered, totals.pending) == (4, 4, 0)
+        assert len(report.checks) >= 4
+        if scenario == "chat":
+            # Only the agent's line was pushed: the customer's own lines and typing never are.
+            assert chat_alerts(ends) == [(6, AGENT_NICK, "How can I help you?")]
+            totals = await relay.queue.totals()
+            assert (totals.delivered, totals.pending) == (2, 0)  # + get-dialog-start-chat
 
 
 async def wait_for_stalls(relay: RelayHarness, count: int, timeout_s: float = 10) -> None:
@@ -204,16 +112,23 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
     redis_url: str, state_dir: Path
 ) -> None:
     async with gms_flow(redis_url, state_dir) as (relay, ends):
-        service = ends.gms.simulator.create_service("chat")
-        started = datetime.now(UTC)
+        service = ends.simulator.create_chat_service()
+        chat = ChatSession(service.service_id, datetime.now(UTC), "000ORDERTEST0001")
+        events = {
+            position: chat.add(
+                TranscriptLine("Message.Text", AGENT_NICK, f"line {position}", "AGENT"),
+                datetime.now(UTC),
+            )
+            for position in range(1, 6)
+        }
+        pusher = ends.simulator.pusher
+        assert pusher is not None
 
         async def post(position: int) -> Any:
-            line = TranscriptLine("Message.Text", AGENT_NICK, f"line {position}", "AGENT")
-            event = chat_event(service.service_id, "000ORDERTEST0001", position, line, started)
-            return (await ends.pusher.push(ends.device_id, event)).answer
+            return (await pusher.push(ends.device_id, events[position])).answer
 
         # The head (position 2) is held in flight by the stalled APNs until the faults go.
-        await relay.control.put_faults({"stall": {"tokens": [TOKEN]}})
+        await relay.control.put_faults({"stall": {"tokens": [ends.phone.token]}})
         await post(2)
         await wait_for_stalls(relay, 1)
         answers = {position: await post(position) for position in (5, 3, 4)}
@@ -225,7 +140,7 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
         await post(1)
         await ends.phone.wait_for_pushes(5, timeout_s=10)
         assert await ends.phone.poll_once() == 0
-        assert [(position, body) for position, _, body in chat_alerts(ends.phone.transcript)] == [
+        assert [(position, body) for position, _, body in chat_alerts(ends)] == [
             (2, "line 2"),
             (3, "line 3"),
             (4, "line 4"),
@@ -234,18 +149,40 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
         ]
 
 
-async def test_a_step_that_differs_from_the_seed_fails_the_run(
-    redis_url: str, state_dir: Path
-) -> None:
-    # GMS answering with a menu that expired before it was shown is not the seed's flow.
-    stale_gms = GmsSimulator(confirm_timeout=timedelta(minutes=-5))
-    async with gms_flow(redis_url, state_dir, gms=stale_gms) as (_, ends):
+async def test_a_step_that_differs_from_the_seed_fails_the_check() -> None:
+    """The demo's checks compare with the seed's text, so a GMS that strays is caught."""
+    async with aiohttp.ClientSession() as session:
+        gms = GmsSimServer(GmsSimulator())
+        app = RecordingApp(AppSettings(gms.base_url))
+        ends = FlowEnds(gms, Phone(session, "http://127.0.0.1:9", "ab" * 32, app), app, None, "x")  # type: ignore[arg-type]
+        sid = "S" * 32
+        url = ends.seed_url(sid, "wait-for-agent")
+        strayed = {
+            "_dialog_id": "0",
+            "_action": "ConfirmationDialog",
+            "_text": "We will notify you when an agent is available",  # the seed has no "an"
+            "_ok_title": "Ok",
+            "_id": sid,
+        }
+        app.answers.append((url, 200, json.dumps(strayed).encode()))
         report = DemoReport()
-        await callback_user_confirmation(ends, report)
-    assert {check.name for check in report.failures} == {
-        "menu _expires is a YYYY-MM-DDTHH:MM:SSZ time still ahead"
-    }
-    assert len(report.failures) == 2  # both menus
+        check_seed_dialog(ends, report, Marks(0, 0, 0, 0), sid, "wait-for-agent", url)
+        app.answers.append(
+            (
+                url,
+                200,
+                json.dumps(
+                    {**strayed, "_text": "We will notify you when agent is available"}
+                ).encode(),
+            )
+        )
+        check_seed_dialog(ends, report, Marks(0, 1, 0, 0), sid, "wait-for-agent", url)
+        assert [check.ok for check in report.checks] == [False, True]
+    seed = SEED_CHAT_EVENTS["Message Receipt"]
+    assert normalised_event(seed) == normalised_event(json.loads(json.dumps(seed)))
+    swapped = json.loads(json.dumps(seed))
+    swapped["data"]["message"]["transcriptPosition"] = "8"  # the 4th element is not the position
+    assert normalised_event(swapped) != normalised_event(seed)
 
 
 def test_demo_command_runs_every_scenario_and_exits_0() -> None:
@@ -260,12 +197,24 @@ def test_demo_command_runs_every_scenario_and_exits_0() -> None:
     )
     out = finished.stdout
     assert finished.returncode == 0, out + finished.stderr
-    for heading in ("callback-user-confirmation", "chat-delayed", "chat-session"):
-        assert f"== {heading}: GMS service " in out
-    for hop in ("GMS → relay", "relay → APNs", "APNs → phone", "phone → GMS", "GMS → phone"):
+    for heading in DEMO_SCENARIOS:
+        assert f"== {heading}: GMS " in out
+    for hop in (
+        "GMS → relay",
+        "relay → APNs",
+        "APNs → phone",
+        "phone → GMS",
+        "GMS → phone",
+        "Comet → phone",
+    ):
         assert f"  {hop} " in out
     assert 'user          chose "Yes, I\'m ready to talk"' in out
     assert "ConfirmationDialog 'You will receive the call shortly'" in out
-    assert "alert 'Kristi Sippola' / 'Hello, how can I help you?'" in out
+    assert (
+        "notification: 'Kristi Sippola' / 'How can I help you?' (_action ixn/chat/refresh)" in out
+    )
+    assert "refused \"Yes, I'm ready to talk\": chosen after the menu's _expires" in out
+    assert ": 410 " in out
     assert "FAIL" not in out
-    assert out.rstrip().endswith("every step happened as the seed says")
+    assert "Traceback" not in finished.stderr
+    assert out.rstrip().endswith("an inference the README lists")

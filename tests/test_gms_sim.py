@@ -19,6 +19,8 @@ import pytest
 from aiohttp import web
 
 from relay.gms_sim import command
+from relay.gms_sim.callback import CallbackOptions, CallbackState
+from relay.gms_sim.chat import ChatSession, TranscriptLine
 from relay.gms_sim.dialogs import (
     SEED_DIALOGS,
     DialogContext,
@@ -27,15 +29,11 @@ from relay.gms_sim.dialogs import (
     fill_placeholders,
     seed_dialog,
 )
+from relay.gms_sim.push import CustomHttpPusher, basic_authorization
 from relay.gms_sim.scenarios import (
-    CustomHttpPusher,
-    PushRefused,
     ScenarioOptions,
-    TranscriptLine,
-    basic_authorization,
     callback_with_user_confirmation,
     chat_delayed,
-    chat_event,
     chat_session,
 )
 from relay.gms_sim.server import GmsSimServer, GmsSimulator
@@ -173,27 +171,59 @@ def test_filling_leaves_numbers_and_the_template_alone() -> None:
     assert template["s"] == "$(ServiceID)/x"
 
 
-def test_chat_event_has_the_seeds_message_receipt_shape() -> None:
+def test_chat_lines_carry_a_number_of_their_own_beside_the_position() -> None:
+    """The seed pairs line number "8" with position "2", "17" with "3", "20" with "4" under one
+    startedAt: read as seconds into the chat, the simulator writes the seed's three lines."""
     started = datetime(2014, 5, 2, 16, 27, 38, tzinfo=UTC)
-    line = TranscriptLine("Message.Text", "Stan", "Hello.", "CLIENT")
-    event = chat_event("3SQIS3S1693JL9L3R00506T40C000UL4", "000FRa9NYM9A001K", 2, line, started)
-    data = event["data"]
-    assert isinstance(data, dict)
-    assert re.fullmatch(r"[0-9a-f]{32}", str(data.pop("id")))
-    assert event == {
-        "data": {
-            "message": {
-                "startedAt": "2014-05-02T16:27:38Z",
-                "chatIxnState": "TRANSCRIPT",
-                "chatSessionId": "000FRa9NYM9A001K",
-                "transcriptToShow": [["Message.Text", "Stan", "Hello.", "2", "CLIENT"]],
-                "transcriptPosition": "2",
-                "chatServiceMessage": "Chat service is available",
-            },
-            "tag": "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4",
-        },
-        "channel": "/_genesys",
+    chat = ChatSession("3SQIS3S1693JL9L3R00506T40C000UL4", started, "000FRa9NYM9A001K")
+    chat.add(TranscriptLine("Notice.Joined", "Stan", "has joined the session", "CLIENT"), started)
+    events = [
+        chat.add(line, started + timedelta(seconds=at))
+        for at, line in [
+            (8, TranscriptLine("Message.Text", "Stan", "Hello.", "CLIENT")),
+            (
+                17,
+                TranscriptLine(
+                    "Notice.Joined", "Kristi Sippola", "has joined the session", "AGENT"
+                ),
+            ),
+            (20, TranscriptLine("Notice.TypingStarted", "Kristi Sippola", "is typing", "AGENT")),
+        ]
+    ]
+    for event in events:
+        data = event["data"]
+        assert isinstance(data, dict)
+        assert re.fullmatch(r"[0-9a-f]{32}", str(data.pop("id")))
+    message = {
+        "startedAt": "2014-05-02T16:27:38Z",
+        "chatIxnState": "TRANSCRIPT",
+        "chatSessionId": "000FRa9NYM9A001K",
+        "chatServiceMessage": "Chat service is available",
     }
+    tag = "service.chat.refresh.3SQIS3S1693JL9L3R00506T40C000UL4"
+    # The seed's three events (trailing commas dropped), their ids aside.
+    assert events == [
+        {
+            "data": {
+                "message": {**message, "transcriptToShow": [line], "transcriptPosition": position},
+                "tag": tag,
+            },
+            "channel": "/_genesys",
+        }
+        for line, position in [
+            (["Message.Text", "Stan", "Hello.", "8", "CLIENT"], "2"),
+            (["Notice.Joined", "Kristi Sippola", "has joined the session", "17", "AGENT"], "3"),
+            (["Notice.TypingStarted", "Kristi Sippola", "is typing", "20", "AGENT"], "4"),
+        ]
+    ]
+    refreshed = chat.refresh(3)
+    assert refreshed["transcriptPosition"] == "4"
+    assert [line[3] for line in refreshed["transcriptToShow"]] == ["17", "20"]  # type: ignore[index,union-attr]
+    ended = chat.disconnect()["data"]
+    assert isinstance(ended, dict)
+    assert ended["message"]["chatIxnState"] == "DISCONNECTED"  # type: ignore[index,call-overload]
+    with pytest.raises(ValueError, match="disconnected"):
+        chat.add(TranscriptLine("Message.Text", "Stan", "late", "CLIENT"), started)
 
 
 # Over HTTP on loopback.
@@ -219,7 +249,10 @@ async def _post_json(http: aiohttp.ClientSession, url: str) -> tuple[int, JsonOb
 async def test_each_action_answers_the_seed_dialog_for_the_service(
     gms: GmsSimServer, http: aiohttp.ClientSession
 ) -> None:
-    service = gms.simulator.create_service(gms_user="alice")
+    # A callback asking the user to confirm: its menus are open for _user_confirm_timeout.
+    service = await gms.simulator.create_callback(
+        CallbackOptions(wait_for_agent=False), gms_user="alice"
+    )
     ext = f"{gms.base_url}/genesys"
     for action in SEED_DIALOGS:
         status, dialog = await _post_json(
@@ -241,7 +274,7 @@ async def test_each_action_answers_the_seed_dialog_for_the_service(
 async def test_ext_url_base_when_configured_is_used_verbatim(http: aiohttp.ClientSession) -> None:
     simulator = GmsSimulator(ext_url_base="https://gms.example.com/genesys")
     async with GmsSimServer(simulator) as server:
-        service = simulator.create_service()
+        service = simulator.create_chat_service()
         _, dialog = await _post_json(
             http, f"{server.base_url}/genesys/1/service/{service.service_id}/get-dialog-start-chat"
         )
@@ -251,67 +284,135 @@ async def test_ext_url_base_when_configured_is_used_verbatim(http: aiohttp.Clien
     )
 
 
-@pytest.mark.parametrize(
-    ("direction", "connect_action"),
-    [("USERTERMINATED", "ConfirmationDialog"), ("USERORIGINATED", "DialNumber")],
-)
-async def test_menu_items_lead_to_connect_and_snooze_dialogs(
-    gms: GmsSimServer, http: aiohttp.ClientSession, direction: str, connect_action: str
-) -> None:
-    async with http.post(
-        f"{gms.base_url}/genesys/1/service/callback/samples", data={"_call_direction": direction}
-    ) as response:
+async def _create(http: aiohttp.ClientSession, base: str, **fields: str) -> str:
+    async with http.post(f"{base}/genesys/1/service/callback/samples", data=fields) as response:
         assert response.status == 200
         service_id = str((await response.json())["_id"])
     assert re.fullmatch(r"[A-Z0-9]{32}", service_id)
-    _, menu = await _post_json(
-        http,
-        f"{gms.base_url}/genesys/1/service/{service_id}/get-dialog-user-confirmation-provide_code-true",
-    )
+    return service_id
+
+
+def _items(menu: JsonObject) -> list[JsonObject]:
     content = menu["_content"]
     assert isinstance(content, list)
     assert isinstance(content[0], dict)
     items = content[0]["_group_content"]
     assert isinstance(items, list)
-    answers = []
-    for item in items:
-        assert isinstance(item, dict)
-        status, answer = await _post_json(http, str(item["_user_action_url"]))
-        assert status == 200
-        answers.append(answer)
-    assert [a["_action"] for a in answers] == [
-        connect_action,
-        "ConfirmationDialog",
-        "ConfirmationDialog",
-    ]
-    assert all(a["_id"] == service_id for a in answers)
-    assert answers[1]["_text"] == "We will notify you again in 5 minutes"
+    return [item for item in items if isinstance(item, dict)]
+
+
+@pytest.mark.parametrize(
+    ("direction", "dialog_id", "answer", "state"),
+    [
+        (
+            "USERTERMINATED",
+            "1",
+            ("ConfirmationDialog", "You will receive the call shortly"),
+            CallbackState.CONNECTED,
+        ),
+        ("USERORIGINATED", "1", ("DialNumber", None), CallbackState.CONNECTED),
+        (
+            "USERTERMINATED",
+            "2",
+            ("ConfirmationDialog", "We will notify you again in 5 minutes"),
+            CallbackState.SNOOZED,
+        ),
+        (
+            "USERTERMINATED",
+            "3",
+            ("ConfirmationDialog", "Your callback has been cancelled"),
+            CallbackState.CANCELLED,
+        ),
+    ],
+)
+async def test_menu_items_lead_through_the_callback_state_machine(
+    gms: GmsSimServer,
+    http: aiohttp.ClientSession,
+    direction: str,
+    dialog_id: str,
+    answer: tuple[str, str | None],
+    state: CallbackState,
+) -> None:
+    service_id = await _create(
+        http, gms.base_url, _call_direction=direction, _wait_for_agent="false"
+    )
+    base = f"{gms.base_url}/genesys/1/service/{service_id}"
+    # The callback's own menu (_provide_code false by default) is what _resource_url shows.
+    _, menu = await _post_json(http, f"{base}/get-dialog-user-confirmation-provide_code-false")
     _, again = await _post_json(http, str(menu["_resource_url"]))
-    assert again["_action"] == "DisplayMenu"
+    assert again == menu  # the menu's _resource_url shows the open menu, same deadline
+    [item] = [item for item in _items(menu) if item["_dialog_id"] == dialog_id]
+    async with http.post(str(item["_user_action_url"]), data={"_dialog_id": dialog_id}) as response:
+        assert response.status == 200
+        shown = await response.json()
+    assert (shown["_action"], shown.get("_text")) == answer
+    assert shown["_id"] == service_id
+    callback = gms.simulator.services[service_id].callback
+    assert callback is not None
+    assert callback.state is state
+    # The question is answered: the menu and its items are no longer open.
+    status, gone = await _post_json(http, f"{base}/get-dialog-user-confirmation-provide_code-true")
+    assert status == 410
+    assert "no confirmation is open" in str(gone["message"])
 
 
-async def test_start_chat_url_answers_with_the_chat_identifiers(
+async def test_callback_options_are_validated_naming_the_field(
     gms: GmsSimServer, http: aiohttp.ClientSession
 ) -> None:
-    service = gms.simulator.create_service()
-    _, start = await _post_json(
-        http, f"{gms.base_url}/genesys/1/service/{service.service_id}/get-dialog-start-chat"
-    )
-    status, chat = await _post_json(http, str(start["_start_chat_url"]))
-    assert status == 200
-    assert chat["chatId"] == service.chat_id
-    assert chat["chatEnded"] is False
+    async with http.post(
+        f"{gms.base_url}/genesys/1/service/callback/samples", data={"_user_confirm_timeout": "soon"}
+    ) as response:
+        assert response.status == 400
+        assert "_user_confirm_timeout" in (await response.json())["message"]
+
+
+async def test_chat_start_refresh_send_and_disconnect(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    service = gms.simulator.create_chat_service(gms_user="alice")
+    base = f"{gms.base_url}/genesys/1/service/{service.service_id}"
+    _, start = await _post_json(http, f"{base}/get-dialog-start-chat")
+    async with http.post(
+        str(start["_start_chat_url"]), headers={"gms_user": "mallory"}
+    ) as response:
+        assert response.status == 403  # not the service's _user_header
+    async with http.post(f"{base}/ixn/chat/refresh") as response:
+        assert response.status == 409  # no chat yet
+    async with http.post(
+        str(start["_start_chat_url"]),
+        headers={"gms_user": "alice"},
+        data={"subject": "None", "nickname": "Stan"},
+    ) as response:
+        assert response.status == 200
+        chat = await response.json()
     assert chat["_comet_url"] == start["_comet_url"]
     assert chat["tag"] == f"service.chat.refresh.{service.service_id}"
-    for key in ("userId", "secureKey"):
-        assert isinstance(chat[key], str)
-        assert chat[key]
+    assert chat["transcriptPosition"] == "1"
+    assert [line[:3] for line in chat["transcriptToShow"]] == [
+        ["Notice.Joined", "Stan", "has joined the session"]
+    ]
+    assert service.chat is not None
+    assert service.chat.subject == "None"
+    async with http.post(f"{base}/ixn/chat/send", data={"message": "Hello."}) as response:
+        assert response.status == 200
+    async with http.post(f"{base}/ixn/chat/send", data={}) as response:
+        assert response.status == 400
+    async with http.post(f"{base}/ixn/chat/refresh", data={"transcriptPosition": "2"}) as response:
+        refreshed = await response.json()
+    assert refreshed["transcriptPosition"] == "2"
+    assert [line[2] for line in refreshed["transcriptToShow"]] == ["Hello."]
+    async with http.post(f"{base}/ixn/chat/refresh", data={"transcriptPosition": "x"}) as response:
+        assert response.status == 400
+    async with http.post(f"{base}/ixn/chat/disconnect") as response:
+        assert (await response.json())["chatIxnState"] == "DISCONNECTED"
+    # No Comet client was listening: every event went out as a (recorded, not sent) push.
+    assert [p.error for p in gms.simulator.pushes] == ["no pusher or device"] * 3
 
 
 async def test_unknown_service_unknown_action_and_wrong_method_are_refused(
     gms: GmsSimServer, http: aiohttp.ClientSession
 ) -> None:
-    service = gms.simulator.create_service()
+    service = gms.simulator.create_chat_service()
     base = f"{gms.base_url}/genesys/1/service"
     status, body = await _post_json(http, f"{base}/{'X' * 32}/wait-for-agent")
     assert status == 404
@@ -331,7 +432,7 @@ async def test_unknown_service_unknown_action_and_wrong_method_are_refused(
 async def test_requests_are_logged_with_their_answers(
     gms: GmsSimServer, http: aiohttp.ClientSession
 ) -> None:
-    service = gms.simulator.create_service()
+    service = gms.simulator.create_chat_service()
     url = f"{gms.base_url}/genesys/1/service/{service.service_id}/wait-for-agent"
     async with http.post(url, data=b"hello", headers={"gms_user": "bob"}):
         pass
@@ -389,73 +490,71 @@ async def relay() -> AsyncIterator[StandInRelay]:
         await runner.cleanup()
 
 
-def _pusher(http: aiohttp.ClientSession, relay: StandInRelay) -> CustomHttpPusher:
-    return CustomHttpPusher(http, relay.url, basic_authorization("gms", "s3cret"))
+def _gms(http: aiohttp.ClientSession, relay: StandInRelay, **options: Any) -> GmsSimulator:
+    pusher = CustomHttpPusher(http, relay.url, basic_authorization("gms", "s3cret"))
+    return GmsSimulator(pusher=pusher, **options)
 
 
 async def test_callback_scenario_posts_customhttp_bodies_with_basic_auth(
     http: aiohttp.ClientSession, relay: StandInRelay
 ) -> None:
-    simulator = GmsSimulator()
-    run = await callback_with_user_confirmation(
-        _pusher(http, relay), simulator, ScenarioOptions(f"demo:{TOKEN}")
-    )
-    expected_actions = [
-        "wait-for-agent",
-        "get-dialog-user-confirmation-provide_code-true",
-        "get-dialog-user-confirmation-provide_code-false",
-        "connect-outbound",
-    ]
+    simulator = _gms(http, relay)
+    run = await callback_with_user_confirmation(simulator, ScenarioOptions(f"demo:{TOKEN}"))
     assert relay.bodies() == [
         {"deviceId": f"demo:{TOKEN}", "message": {"_id": run.service_id, "_action": action}}
-        for action in expected_actions
+        for action in ("wait-for-agent", "get-dialog-user-confirmation-provide_code-false")
     ]
     basic = "Basic " + base64.b64encode(b"gms:s3cret").decode()
     for headers, _ in relay.received:
         assert headers["Authorization"] == basic
         assert headers["Content-Type"] == "application/json"
-    assert [push.answer for push in run.pushes] == [{"id": f"n{i}"} for i in range(1, 5)]
-    assert [push.body for push in run.pushes] == relay.bodies()
-    assert run.service_id in simulator.services
+    assert run.failures == []
+    callback = simulator.services[run.service_id].callback
+    assert callback is not None
+    assert callback.state is CallbackState.CONFIRMING
+    await simulator.close()
 
 
-async def test_callback_scenario_can_send_message_as_a_json_string_and_connect_inbound(
+async def test_callback_can_send_message_as_a_json_string_and_connect_at_once(
     http: aiohttp.ClientSession, relay: StandInRelay
 ) -> None:
-    simulator = GmsSimulator()
-    options = ScenarioOptions(TOKEN, message_as_string=True, connect_mode="inbound")
-    run = await callback_with_user_confirmation(_pusher(http, relay), simulator, options)
+    simulator = _gms(http, relay, message_as_string=True)
+    options = CallbackOptions(
+        wait_for_agent=False, wait_for_user_confirm=False, connect_mode="inbound"
+    )
+    service = await simulator.create_callback(options, device_id=TOKEN)
     messages = [body["message"] for body in relay.bodies()]
-    assert all(isinstance(message, str) for message in messages)
-    assert json.loads(str(messages[-1])) == {"_id": run.service_id, "_action": "connect-inbound"}
-    assert simulator.services[run.service_id].connect_mode == "inbound"
+    assert [json.loads(str(message)) for message in messages] == [
+        {"_id": service.service_id, "_action": "connect-inbound"}
+    ]
 
 
 async def test_chat_delayed_pushes_start_chat(
     http: aiohttp.ClientSession, relay: StandInRelay
 ) -> None:
-    run = await chat_delayed(_pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN))
+    run = await chat_delayed(_gms(http, relay), ScenarioOptions(TOKEN))
     assert relay.bodies() == [
         {"deviceId": TOKEN, "message": {"_id": run.service_id, "_action": "get-dialog-start-chat"}}
     ]
 
 
-async def test_chat_session_pushes_the_comet_events_in_order(
+async def test_chat_session_without_comet_pushes_the_events_in_order(
     http: aiohttp.ClientSession, relay: StandInRelay
 ) -> None:
-    run = await chat_session(_pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN))
+    run = await chat_session(_gms(http, relay), ScenarioOptions(TOKEN))
     events = [body["message"] for body in relay.bodies()]
     assert all(isinstance(event, dict) and event["channel"] == "/_genesys" for event in events)
     messages = [event["data"]["message"] for event in events]
-    assert [m["transcriptPosition"] for m in messages] == [str(p) for p in range(2, 9)]
-    lines = [(m["chatIxnState"], [tuple(line) for line in m["transcriptToShow"]]) for m in messages]
-    kinds = [(state, [(line[0], line[4]) for line in shown]) for state, shown in lines]
+    assert [m["transcriptPosition"] for m in messages] == ["1", "2", "3", "4", "5", "5"]
+    kinds = [
+        (m["chatIxnState"], [(line[0], line[4]) for line in m["transcriptToShow"]])
+        for m in messages
+    ]
     assert kinds == [
+        ("TRANSCRIPT", [("Notice.Joined", "CLIENT")]),
         ("TRANSCRIPT", [("Notice.Joined", "AGENT")]),
-        ("TRANSCRIPT", [("Message.Text", "AGENT")]),
         ("TRANSCRIPT", [("Notice.TypingStarted", "AGENT")]),
-        ("TRANSCRIPT", [("Notice.TypingStopped", "AGENT")]),
-        ("TRANSCRIPT", [("Message.Text", "CLIENT")]),
+        ("TRANSCRIPT", [("Message.Text", "AGENT")]),
         ("TRANSCRIPT", [("Notice.Left", "AGENT")]),
         ("DISCONNECTED", []),
     ]
@@ -463,16 +562,15 @@ async def test_chat_session_pushes_the_comet_events_in_order(
     assert len({m["chatSessionId"] for m in messages}) == 1
 
 
-async def test_a_refused_push_stops_the_scenario_with_the_status(
+async def test_a_refused_push_is_recorded_as_failed_not_resent(
     http: aiohttp.ClientSession, relay: StandInRelay
 ) -> None:
     relay.status = 401
-    with pytest.raises(PushRefused) as refused:
-        await callback_with_user_confirmation(
-            _pusher(http, relay), GmsSimulator(), ScenarioOptions(TOKEN)
-        )
-    assert refused.value.status == 401
-    assert len(relay.received) == 1
+    run = await chat_delayed(_gms(http, relay), ScenarioOptions(TOKEN))
+    assert [failure.error is not None and "401" in failure.error for failure in run.failures] == [
+        True
+    ]
+    assert len(relay.received) == 1  # GMS does not resend
 
 
 async def _start_command(*arguments: str) -> asyncio.subprocess.Process:
@@ -502,7 +600,7 @@ async def test_command_serves_and_runs_a_scenario_once(relay: StandInRelay) -> N
     records = [json.loads(line) for line in out.decode().splitlines()]
     assert records[0]["gms_sim"].startswith("http://127.0.0.1:")
     assert records[1]["scenario"] == "chat-delayed"
-    assert records[1]["pushes"][0]["body"] == relay.bodies()[0]
+    assert records[1]["pushes"][0]["message"] == relay.bodies()[0]["message"]
     assert relay.received[0][0]["Authorization"] == basic_authorization("gms", "s3cret")
 
 

@@ -1,1 +1,2 @@
-"""The iOS-app simulator: the seed's GMSAppDelegate processAPN, driven by APNs simulator pushes."""
+"""The iOS-app simulator: processAPN with a scripted user, the dialogs' directives, chat over
+CometD, driven by the APNs simulator's pushes."""

@@ -1,301 +1,142 @@
-"""The iOS app's logic with no I/O: processAPN, the dialog interpreter and the user's transcript.
+"""The iOS app's logic with no I/O: processAPN, the confirmation the user answers, the dialog
+interpreter with its directives, the chat view, and the transcript of what the user saw.
 
-`DeviceApp` is a sans-IO state machine: it takes a push payload (or the answer to a POST it asked
-for) and returns the POSTs to make next, recording in `transcript` what a user would have seen.
+`DeviceApp` takes inputs (a push, GMS's answer to a request it asked for, a Comet message, the
+app going to the background or foreground, the user typing a chat line) and returns effects for
+its shell to carry out (HTTP requests, opening or closing the Comet session).
 
-Which pushes are fetched from GMS as dialogs (the rule the seed's processAPN implies, made
-explicit): a push whose `message` holds a string `_id` and a string `_action` is a callback push,
-and the app POSTs `$(ServerURL)$(URLPath)$(_id)/$(_action)`, for any action (the set is open),
-except actions starting with `chat_action_prefix` (default "chat-", e.g. the relay's
-"chat-message"): those are chat lines, shown as the alert only, because GMS has no dialog for them
-and the chat itself runs over Comet. A push with no such message (plain alert text, a Comet chat
-event) is likewise shown and not POSTed.
+From the seed: "The "aps" component specifies the confirmation dialog to display to the user";
+then "The _id and _action parameters are extracted and used to construct a URL for a POST to GMS"
+for every push (the set of actions is open); the dialog directives listed in dialogs.py.
+Inferred, as iOS apps behave and the seed does not say:
+- In the foreground a push is shown as an alert dialog by the app, in the background as a
+  notification; accepting (tapping) it POSTs, declining (dismissing) or ignoring it does not. A
+  tapped notification brings the app to the foreground.
+- A chat push in the foreground, while the app's Comet session for that chat is open, shows
+  nothing: the line already came over Comet.
+- A menu item's Notification-type `confirmation_dialog` is shown first and dismisses itself after
+  `_dismiss_timeout` seconds; then the item's request is made. A menu choice made after the menu's
+  `_expires` is refused by the app. `_id_to_jump_before: "exit://"` closes the flow (back to the
+  app's start screen) once the item's answer is shown, or once the chat it started has ended.
+- The chosen item's `_dialog_id` is sent as a form field (GMS needs it: the seed's "No" and
+  "Cancel" items POST the same URL); the refresh POST sends `transcriptPosition`, the first
+  position the app has not seen; chat lines go to `<_start_chat_url>/send`, leaving to
+  `<_start_chat_url>/disconnect`; StartChat's `_user_header` goes in the `gms_user` header and its
+  `_chat_parameters` as form fields.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
 
+from relay.device_sim.dialogs import (
+    ChatUpdate,
+    Dialog,
+    DialogError,
+    DisplayMenu,
+    JsonValue,
+    StartChat,
+    dialog_url,
+    is_chat_message,
+    read_chat_event,
+    read_chat_message,
+    read_dialog,
+    read_push,
+)
+
 DEFAULT_URL_PATH = "/genesys/1/service/"
-DEFAULT_CHAT_ACTION_PREFIX = "chat-"
+EXIT_FLOW = "exit://"
+NOTIFICATION_DIALOG = "Notification"
 
-JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
+# ---- the user: what they do when asked, scripted per scenario ----
 
-
-class DialogError(ValueError):
-    """GMS answered with JSON the app cannot execute: names the field and what was expected."""
-
-
-# What arrives in a push.
+Reaction: TypeAlias = Literal["accept", "decline", "ignore"]
 
 
 @dataclass(frozen=True, slots=True)
-class CallbackMessage:
-    """The seed's message component: which GMS service and which action to fetch."""
+class PushAnswer:
+    """How the user meets a push: accept (tap) it, decline (dismiss) it, or ignore it; `after_s`
+    is how long they take."""
 
-    service_id: str
-    action: str
-    fields: Mapping[str, JsonValue]  # the whole message object, extra keys included
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingPush:
-    alert_title: str | None
-    alert_body: str | None
-    message: CallbackMessage | None
-    raw_message: JsonValue  # as found in the payload: object, JSON string, text or absent (None)
-
-
-def _alert_text(alert: object) -> tuple[str | None, str | None]:
-    if isinstance(alert, str):
-        return None, alert
-    if isinstance(alert, Mapping):
-        title, body = alert.get("title"), alert.get("body")
-        return (
-            title if isinstance(title, str) else None,
-            body if isinstance(body, str) else None,
-        )
-    return None, None
-
-
-def _decoded_message(raw: object) -> object:
-    """The message as an object when it is one, or a JSON-encoded string of one."""
-    if isinstance(raw, str):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw  # plain text
-    return raw
-
-
-def read_push(payload: Mapping[str, object]) -> IncomingPush:
-    """What the app reads from an APNs payload: the `aps` alert and the `message` component."""
-    aps = payload.get("aps")
-    title, body = _alert_text(aps.get("alert") if isinstance(aps, Mapping) else None)
-    raw = payload.get("message")
-    decoded = _decoded_message(raw)
-    message = None
-    if isinstance(decoded, dict):
-        service_id, action = decoded.get("_id"), decoded.get("_action")
-        if isinstance(service_id, str) and isinstance(action, str) and service_id and action:
-            message = CallbackMessage(service_id, action, decoded)
-    raw_message: JsonValue = raw if isinstance(raw, str | dict) else None
-    return IncomingPush(title, body, message, raw_message)
-
-
-def dialog_url(server_url: str, url_path: str, service_id: str, action: str) -> str:
-    """The seed's `$(ServerURL)$(URLPath)$(_id)/$(_action)`, concatenated exactly."""
-    return f"{server_url}{url_path}{service_id}/{action}"
-
-
-# The dialogs GMS answers with.
+    reaction: Reaction = "accept"
+    after_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
-class MenuItem:
-    dialog_id: str
-    label: str
-    user_action_url: str
-    method: str
-    confirmation_text: str | None  # the item's confirmation_dialog, shown once it is chosen
+class MenuAnswer:
+    """The item the user taps (by label) `after_s` seconds after the menu appears; no label:
+    they leave the menu, and with `reopen` come back to it (the app fetches `_resource_url`)."""
+
+    label: str | None
+    after_s: float = 0.0
+    reopen: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class MenuGroup:
-    name: str
-    items: tuple[MenuItem, ...]
+@dataclass
+class ScriptedUser:
+    """Answers in order; when the script runs out the user ignores pushes and leaves menus."""
+
+    push_answers: deque[PushAnswer] = field(default_factory=deque)
+    menu_answers: deque[MenuAnswer] = field(default_factory=deque)
+
+    def will(self, *answers: PushAnswer | MenuAnswer) -> None:
+        for answer in answers:
+            if isinstance(answer, PushAnswer):
+                self.push_answers.append(answer)
+            else:
+                self.menu_answers.append(answer)
+
+    def on_push(self) -> PushAnswer:
+        return self.push_answers.popleft() if self.push_answers else PushAnswer("ignore")
+
+    def on_menu(self) -> MenuAnswer:
+        return self.menu_answers.popleft() if self.menu_answers else MenuAnswer(None)
 
 
-@dataclass(frozen=True, slots=True)
-class DisplayMenu:
-    label: str
-    groups: tuple[MenuGroup, ...]
-    expires: str | None
-    resource_url: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartChat:
-    label: str
-    start_chat_url: str
-    comet_url: str
-    user_header: str
-    chat_parameters: Mapping[str, JsonValue]
-    service_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DialNumber:
-    label: str
-    tel_url: str
-    access_code: str
-    service_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ConfirmationDialog:
-    text: str
-    ok_title: str
-    service_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class UnknownDialog:
-    """An `_action` this app does not know: shown as nothing, kept for the transcript."""
-
-    action: str
-    raw: Mapping[str, JsonValue]
-
-
-Dialog: TypeAlias = DisplayMenu | StartChat | DialNumber | ConfirmationDialog | UnknownDialog
-
-
-def _text(obj: Mapping[str, JsonValue], key: str, where: str) -> str:
-    value = obj.get(key)
-    if not isinstance(value, str):
-        raise DialogError(f"{where}{key}: expected a string, got {value!r}")
-    return value
-
-
-def _optional_text(obj: Mapping[str, JsonValue], key: str) -> str | None:
-    value = obj.get(key)
-    return value if isinstance(value, str) else None
-
-
-def _objects(obj: Mapping[str, JsonValue], key: str, where: str) -> list[dict[str, JsonValue]]:
-    value = obj.get(key)
-    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
-        raise DialogError(f"{where}{key}: expected a list of objects, got {value!r}")
-    return [entry for entry in value if isinstance(entry, dict)]
-
-
-def _menu_item(obj: Mapping[str, JsonValue], where: str) -> MenuItem:
-    confirmation = obj.get("confirmation_dialog")
-    return MenuItem(
-        dialog_id=_optional_text(obj, "_dialog_id") or "",
-        label=_text(obj, "_label", where),
-        user_action_url=_text(obj, "_user_action_url", where),
-        method=_optional_text(obj, "_method") or "POST",
-        confirmation_text=(
-            _optional_text(confirmation, "_text") if isinstance(confirmation, dict) else None
-        ),
-    )
-
-
-def _display_menu(obj: Mapping[str, JsonValue]) -> DisplayMenu:
-    groups = []
-    for g, group in enumerate(_objects(obj, "_content", "")):
-        where = f"_content[{g}]."
-        items = tuple(
-            _menu_item(item, f"{where}_group_content[{i}].")
-            for i, item in enumerate(_objects(group, "_group_content", where))
-        )
-        groups.append(MenuGroup(_text(group, "_group_name", where), items))
-    return DisplayMenu(
-        label=_optional_text(obj, "_label") or "",
-        groups=tuple(groups),
-        expires=_optional_text(obj, "_expires"),
-        resource_url=_optional_text(obj, "_resource_url"),
-    )
-
-
-def _start_chat(obj: Mapping[str, JsonValue]) -> StartChat:
-    parameters = obj.get("_chat_parameters")
-    return StartChat(
-        label=_optional_text(obj, "_label") or "",
-        start_chat_url=_text(obj, "_start_chat_url", ""),
-        comet_url=_text(obj, "_comet_url", ""),
-        user_header=_optional_text(obj, "_user_header") or "",
-        chat_parameters=parameters if isinstance(parameters, dict) else {},
-        service_id=_optional_text(obj, "_id"),
-    )
-
-
-def _dial_number(obj: Mapping[str, JsonValue]) -> DialNumber:
-    return DialNumber(
-        label=_optional_text(obj, "_label") or "",
-        tel_url=_text(obj, "_tel_url", ""),
-        access_code=_optional_text(obj, "_access_code") or "",
-        service_id=_optional_text(obj, "_id"),
-    )
-
-
-def _confirmation_dialog(obj: Mapping[str, JsonValue]) -> ConfirmationDialog:
-    return ConfirmationDialog(
-        text=_text(obj, "_text", ""),
-        ok_title=_optional_text(obj, "_ok_title") or "Ok",
-        service_id=_optional_text(obj, "_id"),
-    )
-
-
-_DIALOG_READERS: Mapping[str, Callable[[Mapping[str, JsonValue]], Dialog]] = {
-    "DisplayMenu": _display_menu,
-    "StartChat": _start_chat,
-    "DialNumber": _dial_number,
-    "ConfirmationDialog": _confirmation_dialog,
-}
-
-
-def read_dialog(answer: JsonValue) -> Dialog:
-    """Interpret GMS's answer by its `_action`, as the sample app does."""
-    if not isinstance(answer, dict):
-        raise DialogError(f"dialog: expected a JSON object, got {type(answer).__name__}")
-    action = _text(answer, "_action", "")
-    reader = _DIALOG_READERS.get(action)
-    return UnknownDialog(action, answer) if reader is None else reader(answer)
-
-
-# How the simulated user answers a menu.
-
-MenuPolicy: TypeAlias = Callable[[DisplayMenu], MenuItem | None]
-
-
-def first_item(menu: DisplayMenu) -> MenuItem | None:
-    return next((item for group in menu.groups for item in group.items), None)
-
-
-def dismiss(menu: DisplayMenu) -> MenuItem | None:
-    return None
-
-
-def item_labelled(label: str) -> MenuPolicy:
-    def choose(menu: DisplayMenu) -> MenuItem | None:
-        return next(
-            (item for group in menu.groups for item in group.items if item.label == label), None
-        )
-
-    return choose
-
-
-# What the user saw: the transcript. `at` is epoch seconds.
+# ---- what the user saw: the transcript. `at` is epoch seconds ----
 
 
 @dataclass(frozen=True, slots=True)
 class AlertShown:
     at: float
+    presentation: str  # "alert dialog" (foreground), "notification" (background), or why none
     title: str | None
     body: str | None
     service_id: str | None
     action: str | None
-    # The callback message's other keys (e.g. a chat line's chatSessionId, transcriptPosition).
     message_fields: Mapping[str, JsonValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
+class UserReacted:
+    at: float
+    reaction: Reaction
+    to: str  # what was in front of the user
+
+
+@dataclass(frozen=True, slots=True)
 class PushNotPosted:
-    """A push the app showed but did not fetch a dialog for, and why."""
+    """A push the app showed but did not POST for, and why."""
 
     at: float
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
+class AppState:
+    at: float
+    foreground: bool
+
+
+@dataclass(frozen=True, slots=True)
 class UrlPosted:
     at: float
     url: str
+    method: str = "POST"
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +152,16 @@ class MenuChoice:
     group_name: str
     label: str
     url: str
-    confirmation_text: str | None
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class MenuChoiceRefused:
+    """The user chose after the menu's `_expires`: the app refuses, nothing is sent."""
+
+    at: float
+    label: str
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,15 +171,48 @@ class MenuDismissed:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfirmationShown:
+    """A chosen item's `confirmation_dialog`, and when it went away."""
+
+    at: float
+    text: str
+    dialog_type: str
+    dismissed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FlowClosed:
+    at: float
+    via: str  # the directive that closed it: "exit://"
+
+
+@dataclass(frozen=True, slots=True)
 class ChatOpened:
     at: float
     url: str
-    answer: Mapping[str, JsonValue]
+    chat_session_id: str
+    comet_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLineShown:
+    at: float
+    position: int
+    kind: str
+    nick: str
+    text: str
+    number: str
+    via: Literal["comet", "answer"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatEnded:
+    at: float
 
 
 @dataclass(frozen=True, slots=True)
 class GmsFailure:
-    """A POST that did not yield a dialog: a non-200 answer, bad JSON, or no answer at all."""
+    """A request that did not yield something to show: a non-200 answer, bad JSON, no answer."""
 
     at: float
     url: str
@@ -339,25 +222,49 @@ class GmsFailure:
 
 TranscriptEntry: TypeAlias = (
     AlertShown
+    | UserReacted
     | PushNotPosted
+    | AppState
     | UrlPosted
     | DialogShown
     | MenuChoice
+    | MenuChoiceRefused
     | MenuDismissed
+    | ConfirmationShown
+    | FlowClosed
     | ChatOpened
+    | ChatLineShown
+    | ChatEnded
     | GmsFailure
 )
 
-
-# The POSTs the app asks its shell to make.
+# ---- what the app asks its shell to do ----
 
 
 @dataclass(frozen=True, slots=True)
-class PostRequest:
+class HttpRequest:
     url: str
-    purpose: Literal["dialog", "start-chat"]
-    headers: Mapping[str, str] = field(default_factory=dict)
     method: str = "POST"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    form: Mapping[str, str] = field(default_factory=dict)
+    not_before: float | None = None  # the user's own pace: the shell waits until then
+    exit_after: bool = False  # _id_to_jump_before "exit://": the flow closes after the answer
+    # Sending a line or leaving: the answer only acknowledges; what follows comes over Comet
+    # (the seed: "Comet push notifications for the text message exchange").
+    acknowledged_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OpenComet:
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseComet:
+    pass
+
+
+Effect: TypeAlias = HttpRequest | OpenComet | CloseComet
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,98 +272,294 @@ class AppSettings:
     server_url: str  # $(ServerURL), e.g. http://127.0.0.1:8080
     url_path: str = DEFAULT_URL_PATH  # $(URLPath)
     gms_user: str = ""  # sent as the gms_user header when set
-    menu_policy: MenuPolicy = first_item
-    start_chat: bool = False  # POST StartChat's _start_chat_url, as opening the chat view does
-    chat_action_prefix: str = DEFAULT_CHAT_ACTION_PREFIX
+    nickname: str = "Stan"  # the seed's customer
+
+
+@dataclass
+class ChatView:
+    service_id: str
+    start_chat_url: str
+    comet_url: str
+    chat_session_id: str
+    exit_when_ended: bool
+    last_position: int = 0
+    ended: bool = False
 
 
 @dataclass
 class DeviceApp:
-    """The app's state: its settings and what the user has seen so far."""
+    """The app's state: settings, the user holding the phone, and what the user has seen."""
 
     settings: AppSettings
+    user: ScriptedUser = field(default_factory=ScriptedUser)
+    foreground: bool = True
     transcript: list[TranscriptEntry] = field(default_factory=list)
     pushes_received: int = 0
+    chat: ChatView | None = None
+    comet_open: bool = False
+    _pending_chat_exit: bool = False  # the StartChat being opened had _id_to_jump_before exit://
 
     def _headers(self) -> dict[str, str]:
         return {"gms_user": self.settings.gms_user} if self.settings.gms_user else {}
 
-    def _post(self, url: str, purpose: Literal["dialog", "start-chat"], at: float) -> PostRequest:
-        self.transcript.append(UrlPosted(at, url))
-        return PostRequest(url, purpose, self._headers())
+    def _request(
+        self,
+        at: float,
+        url: str,
+        *,
+        method: str = "POST",
+        headers: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        not_before: float | None = None,
+        exit_after: bool = False,
+        acknowledged_only: bool = False,
+    ) -> HttpRequest:
+        request = HttpRequest(
+            url,
+            method,
+            self._headers() if headers is None else headers,
+            form or {},
+            not_before,
+            exit_after,
+            acknowledged_only,
+        )
+        self.transcript.append(UrlPosted(not_before or at, url, method))
+        return request
 
-    def receive_push(self, payload: Mapping[str, object], at: float) -> list[PostRequest]:
-        """processAPN: show the alert; for a callback push, ask for its dialog."""
+    # ---- app state ----
+
+    def to_background(self, at: float) -> list[Effect]:
+        """iOS suspends the app: its Comet long-poll ends with it."""
+        self.foreground = False
+        self.transcript.append(AppState(at, False))
+        return self._close_comet()
+
+    def to_foreground(self, at: float) -> list[Effect]:
+        self.foreground = True
+        self.transcript.append(AppState(at, True))
+        return self._open_comet()
+
+    def _open_comet(self) -> list[Effect]:
+        chat = self.chat
+        if chat is None or chat.ended or self.comet_open or not self.foreground:
+            return []
+        self.comet_open = True
+        return [OpenComet(chat.comet_url)]
+
+    def _close_comet(self) -> list[Effect]:
+        if not self.comet_open:
+            return []
+        self.comet_open = False
+        return [CloseComet()]
+
+    # ---- pushes ----
+
+    def receive_push(self, payload: Mapping[str, object], at: float) -> list[Effect]:
+        """processAPN, after the user has met the confirmation the `aps` alert describes."""
         self.pushes_received += 1
         push = read_push(payload)
         message = push.message
+        fields = dict(message.fields) if message else {}
+        service_id, action = (message.service_id, message.action) if message else (None, None)
+        chat = self.chat
+        if push.alert_title is None and push.alert_body is None:
+            presentation = "none: a silent push"
+        elif (
+            self.foreground
+            and self.comet_open
+            and chat is not None
+            and service_id == chat.service_id
+            and "chatSessionId" in fields
+        ):
+            presentation = "none: the app is in the foreground and the line came over Comet"
+        else:
+            presentation = "alert dialog" if self.foreground else "notification"
         self.transcript.append(
             AlertShown(
-                at,
-                push.alert_title,
-                push.alert_body,
-                message.service_id if message else None,
-                message.action if message else None,
-                message.fields if message else {},
+                at, presentation, push.alert_title, push.alert_body, service_id, action, fields
             )
         )
-        if message is None:
-            self.transcript.append(PushNotPosted(at, "no _id/_action in the message component"))
+        if presentation.startswith("none"):
+            self.transcript.append(PushNotPosted(at, presentation.removeprefix("none: ")))
             return []
-        if message.action.startswith(self.settings.chat_action_prefix):
+        answer = self.user.on_push()
+        reacted_at = at + answer.after_s
+        self.transcript.append(UserReacted(reacted_at, answer.reaction, presentation))
+        if answer.reaction != "accept":
             self.transcript.append(
-                PushNotPosted(at, f"chat push ({message.action}): the alert is the chat line")
+                PushNotPosted(reacted_at, f"the user chose to {answer.reaction}")
             )
             return []
+        if message is None:
+            self.transcript.append(PushNotPosted(reacted_at, "no _id/_action in the message"))
+            return []
+        if not self.foreground:  # tapping a notification opens the app
+            self.foreground = True
+            self.transcript.append(AppState(reacted_at, True))
         url = dialog_url(
             self.settings.server_url, self.settings.url_path, message.service_id, message.action
         )
-        return [self._post(url, "dialog", at)]
+        form = {}
+        if chat is not None and chat.service_id == message.service_id:
+            form["transcriptPosition"] = str(chat.last_position + 1)
+        return [self._request(at, url, form=form, not_before=reacted_at)]
+
+    # ---- answers ----
 
     def receive_answer(
-        self, request: PostRequest, status: int, body: bytes, at: float
-    ) -> list[PostRequest]:
-        """Execute GMS's answer to one of our POSTs; returns the POSTs that follow from it."""
+        self, request: HttpRequest, status: int, body: bytes, at: float
+    ) -> list[Effect]:
+        """Execute what GMS answered; returns the effects that follow from it."""
         if status != 200:
-            self.transcript.append(
-                GmsFailure(at, request.url, status, body[:500].decode("utf-8", "replace"))
-            )
+            detail = body[:500].decode("utf-8", "replace")
+            self.transcript.append(GmsFailure(at, request.url, status, detail))
+            return []
+        if request.acknowledged_only:
             return []
         try:
-            answer = json.loads(body)
-            if request.purpose == "start-chat":
-                if not isinstance(answer, dict):
-                    raise DialogError("chat start answer: expected a JSON object")
-                self.transcript.append(ChatOpened(at, request.url, answer))
-                return []
+            answer: JsonValue = json.loads(body)
+            if is_chat_message(answer):
+                assert isinstance(answer, dict)  # is_chat_message checked it
+                return self._chat_answer(request, read_chat_message(answer), at)
             dialog = read_dialog(answer)
         except ValueError as error:  # DialogError and JSONDecodeError both
             self.transcript.append(GmsFailure(at, request.url, status, str(error)))
             return []
         self.transcript.append(DialogShown(at, request.url, dialog))
-        return self._execute(dialog, at)
+        effects = self._execute(dialog, at)
+        if request.exit_after:
+            self.transcript.append(FlowClosed(at, EXIT_FLOW))
+        return effects
 
-    def receive_no_answer(self, request: PostRequest, error: str, at: float) -> None:
+    def receive_no_answer(self, request: HttpRequest, error: str, at: float) -> None:
         self.transcript.append(GmsFailure(at, request.url, 0, error))
 
-    def _execute(self, dialog: Dialog, at: float) -> list[PostRequest]:
+    def _execute(self, dialog: Dialog, at: float) -> list[Effect]:
         if isinstance(dialog, DisplayMenu):
-            chosen = self.settings.menu_policy(dialog)
-            if chosen is None:
-                labels = tuple(item.label for group in dialog.groups for item in group.items)
-                self.transcript.append(MenuDismissed(at, labels))
-                return []
-            group_name = next(g.name for g in dialog.groups if chosen in g.items)
+            return self._menu(dialog, at)
+        if isinstance(dialog, StartChat):
+            form = {key: str(value) for key, value in dialog.chat_parameters.items()}
+            form["nickname"] = self.settings.nickname
+            headers = {"gms_user": dialog.user_header} if dialog.user_header else self._headers()
+            self._pending_chat_exit = dialog.jump_before == EXIT_FLOW
+            return [self._request(at, dialog.start_chat_url, headers=headers, form=form)]
+        # ConfirmationDialog (the user taps its OK), DialNumber (the phone dials), unknown: done.
+        return []
+
+    def _menu(self, menu: DisplayMenu, at: float) -> list[Effect]:
+        answer = self.user.on_menu()
+        chosen_at = at + answer.after_s
+        if answer.label is None:
+            self.transcript.append(MenuDismissed(chosen_at, menu.labels))
+            if answer.reopen and menu.resource_url is not None:
+                # Coming back to a menu: the app fetches it again from its _resource_url.
+                return [
+                    self._request(
+                        at,
+                        menu.resource_url,
+                        method=menu.method,
+                        not_before=chosen_at,
+                    )
+                ]
+            return []
+        found = menu.item(answer.label)
+        if found is None:
+            raise DialogError(f"menu: no item labelled {answer.label!r}; has {menu.labels}")
+        group_name, item = found
+        if menu.expires_at is not None and chosen_at > menu.expires_at:
+            self.transcript.append(MenuChoiceRefused(chosen_at, item.label, menu.expires_at))
+            return []
+        self.transcript.append(
+            MenuChoice(chosen_at, group_name, item.label, item.user_action_url, item.method)
+        )
+        request_at = chosen_at
+        confirmation = item.confirmation
+        if confirmation is not None:
+            lasts = (
+                confirmation.dismiss_timeout_s or 0.0
+                if confirmation.dialog_type == NOTIFICATION_DIALOG
+                else 0.0  # other types: the user taps OK at once
+            )
+            request_at = chosen_at + lasts
             self.transcript.append(
-                MenuChoice(
-                    at, group_name, chosen.label, chosen.user_action_url, chosen.confirmation_text
+                ConfirmationShown(
+                    chosen_at, confirmation.text, confirmation.dialog_type, request_at
                 )
             )
-            return [self._post(chosen.user_action_url, "dialog", at)]
-        if isinstance(dialog, StartChat) and self.settings.start_chat:
-            return [self._post(dialog.start_chat_url, "start-chat", at)]
-        # ConfirmationDialog, DialNumber and the rest end the exchange: the user taps OK or dials.
-        return []
+        return [
+            self._request(
+                at,
+                item.user_action_url,
+                method=item.method,
+                form={"_dialog_id": item.dialog_id},
+                not_before=request_at,
+                exit_after=item.jump_before == EXIT_FLOW,
+            )
+        ]
+
+    # ---- chat ----
+
+    def _chat_answer(self, request: HttpRequest, update: ChatUpdate, at: float) -> list[Effect]:
+        if update.comet_url is not None:  # the ixn/chat answer: the chat is open
+            service_id = request.url.rstrip("/").split("/")[-3]  # .../<id>/ixn/chat
+            self.chat = ChatView(
+                service_id,
+                request.url,
+                update.comet_url,
+                update.chat_session_id,
+                exit_when_ended=self._pending_chat_exit,
+            )
+            self.transcript.append(
+                ChatOpened(at, request.url, update.chat_session_id, update.comet_url)
+            )
+        return [*self._show_chat(update, "answer", at), *self._open_comet()]
+
+    def receive_comet_message(self, message: Mapping[str, object], at: float) -> list[Effect]:
+        """A message delivered on the Comet session: chat events for this chat are shown."""
+        update = read_chat_event(message)
+        chat = self.chat
+        if update is None or chat is None or update.chat_session_id != chat.chat_session_id:
+            return []
+        return self._show_chat(update, "comet", at)
+
+    def _show_chat(
+        self, update: ChatUpdate, via: Literal["comet", "answer"], at: float
+    ) -> list[Effect]:
+        chat = self.chat
+        if chat is None or update.chat_session_id != chat.chat_session_id:
+            return []
+        for line in update.lines:
+            if line.position > chat.last_position:  # a line seen twice is shown once
+                chat.last_position = line.position
+                self.transcript.append(
+                    ChatLineShown(
+                        at, line.position, line.kind, line.nick, line.text, line.number, via
+                    )
+                )
+        if update.state != "DISCONNECTED" or chat.ended:
+            return []
+        chat.ended = True
+        self.transcript.append(ChatEnded(at))
+        if chat.exit_when_ended:
+            self.transcript.append(FlowClosed(at, EXIT_FLOW))
+        return self._close_comet()
+
+    def say(self, text: str, at: float) -> list[Effect]:
+        """The user types a chat line."""
+        chat = self._open_chat()
+        form = {"message": text, "nickname": self.settings.nickname}
+        url = f"{chat.start_chat_url}/send"
+        return [self._request(at, url, form=form, acknowledged_only=True)]
+
+    def leave_chat(self, at: float) -> list[Effect]:
+        chat = self._open_chat()
+        url = f"{chat.start_chat_url}/disconnect"
+        return [self._request(at, url, acknowledged_only=True)]
+
+    def _open_chat(self) -> ChatView:
+        if self.chat is None or self.chat.ended:
+            raise DialogError("chat: no chat is open")
+        return self.chat
 
 
 EntryT = TypeVar("EntryT", bound=TranscriptEntry)

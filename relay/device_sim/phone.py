@@ -1,23 +1,70 @@
-"""The simulated phone's I/O: polls the APNs simulator's control API, POSTs to GMS for the app."""
+"""The simulated phone's I/O: its pushes from the APNs simulator's control API, the app's HTTP
+requests to GMS, and the app's CometD session (aiocometd-ng, long-polling)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+from aiocometd_ng.client import Client as CometClient
+from aiocometd_ng.constants import ConnectionType
+from aiocometd_ng.exceptions import AiocometdException
 
-from relay.device_sim.app import DeviceApp, PostRequest, TranscriptEntry
+from relay.device_sim.app import (
+    CloseComet,
+    DeviceApp,
+    Effect,
+    GmsFailure,
+    HttpRequest,
+    OpenComet,
+    TranscriptEntry,
+)
 
 DEFAULT_POLL_INTERVAL_S = 0.05
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
+COMET_CHANNEL = "/_genesys"  # the seed's default chat channel
+DEVICE_TOKEN_BYTES = 32
 
 
 class ControlApiError(RuntimeError):
     """The APNs simulator's control API answered with something other than the documented shape."""
+
+
+async def acquire_device_token(session: aiohttp.ClientSession, control_url: str) -> str:
+    """The token APNs gives this phone: 32 random bytes in hex, as an iPhone's is today.
+    (The one place a phone gets its token: registering it with the simulator goes here.)"""
+    del session, control_url  # the simulator accepts any well-formed token for now
+    return secrets.token_hex(DEVICE_TOKEN_BYTES)
+
+
+@contextlib.contextmanager
+def _quiet_comet_close(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    """aiocometd-ng 0.5.6 closes by cancelling its held /meta/connect; the task's done-callback
+    (TransportBase._connect_done) then reads the CancelledError, which since Python 3.8 is no
+    Exception, and the loop logs it as an error. Drop exactly that report while closing."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        cancelled = isinstance(context.get("exception"), asyncio.CancelledError)
+        if cancelled and "_connect_done" in repr(context.get("handle")):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    try:
+        yield
+    finally:
+        loop.set_exception_handler(previous)
 
 
 @dataclass
@@ -33,10 +80,17 @@ class Phone:
     clock: Callable[[], float] = time.time
     last_seq: int = 0
     pushes: list[dict[str, object]] = field(default_factory=list)  # the control API's records
+    comet_messages: list[dict[str, object]] = field(default_factory=list)  # as received
+    _comet: CometClient | None = None
+    _comet_reader: asyncio.Task[None] | None = None
 
     @property
     def transcript(self) -> list[TranscriptEntry]:
         return self.app.transcript
+
+    @property
+    def comet_connected(self) -> bool:
+        return self._comet is not None
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.request_timeout_s)
@@ -71,27 +125,88 @@ class Phone:
                 raise ControlApiError(
                     f"notification seq {record.get('seq')}: payload not an object"
                 )
-            await self._perform(self.app.receive_push(payload, self.clock()))
+            await self.perform(self.app.receive_push(payload, self.clock()))
         return len(fresh)
 
-    async def _perform(self, requests: Sequence[PostRequest]) -> None:
-        pending = deque(requests)
+    async def perform(self, effects: Sequence[Effect]) -> None:
+        """Carry out the app's effects, and those that follow from their answers, in order."""
+        pending = deque(effects)
         while pending:
-            request = pending.popleft()
-            try:
-                async with self.session.request(
-                    request.method,
-                    request.url,
-                    headers=dict(request.headers),
-                    timeout=self._timeout(),
-                ) as response:
-                    body = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as error:
-                self.app.receive_no_answer(
-                    request, f"{type(error).__name__}: {error}", self.clock()
-                )
-                continue
-            pending.extend(self.app.receive_answer(request, response.status, body, self.clock()))
+            effect = pending.popleft()
+            if isinstance(effect, OpenComet):
+                await self._open_comet(effect.url)
+            elif isinstance(effect, CloseComet):
+                await self._close_comet()
+            else:
+                pending.extend(await self._request(effect))
+
+    async def _request(self, request: HttpRequest) -> list[Effect]:
+        if request.not_before is not None:
+            # The scripted user's own pace (reading, thinking), not a wait for a condition.
+            await asyncio.sleep(max(0.0, request.not_before - self.clock()))
+        try:
+            async with self.session.request(
+                request.method,
+                request.url,
+                headers=dict(request.headers),
+                data=dict(request.form) if request.form else None,
+                timeout=self._timeout(),
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError) as error:
+            self.app.receive_no_answer(request, f"{type(error).__name__}: {error}", self.clock())
+            return []
+        return self.app.receive_answer(request, response.status, body, self.clock())
+
+    async def _open_comet(self, url: str) -> None:
+        client = CometClient(url, ConnectionType.LONG_POLLING)
+        try:
+            await client.open()
+            await client.subscribe(COMET_CHANNEL)
+        except (AiocometdException, aiohttp.ClientError) as error:
+            self.app.transcript.append(GmsFailure(self.clock(), url, 0, f"Comet: {error!r}"))
+            self.app.comet_open = False
+            with _quiet_comet_close(asyncio.get_running_loop()):
+                await client.close()
+            return
+        self._comet = client
+        self._comet_reader = asyncio.create_task(self._read_comet(client))
+
+    async def _read_comet(self, client: CometClient) -> None:
+        async for message in client:
+            self.comet_messages.append(message)
+            effects = self.app.receive_comet_message(message, self.clock())
+            if any(isinstance(effect, CloseComet) for effect in effects):
+                self._comet_reader = None  # closing must not cancel this task mid-way
+                await self._close_comet()
+                return
+            await self.perform(effects)
+
+    async def _close_comet(self) -> None:
+        client, self._comet = self._comet, None
+        reader, self._comet_reader = self._comet_reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        if client is not None:
+            with _quiet_comet_close(asyncio.get_running_loop()):
+                await client.close()  # sends /meta/disconnect
+
+    async def to_background(self) -> None:
+        await self.perform(self.app.to_background(self.clock()))
+
+    async def to_foreground(self) -> None:
+        await self.perform(self.app.to_foreground(self.clock()))
+
+    async def say(self, text: str) -> None:
+        await self.perform(self.app.say(text, self.clock()))
+
+    async def leave_chat(self) -> None:
+        await self.perform(self.app.leave_chat(self.clock()))
+
+    async def close(self) -> None:
+        await self._close_comet()
 
     async def run_until(
         self, done: Callable[[list[TranscriptEntry]], bool], timeout_s: float

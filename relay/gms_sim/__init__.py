@@ -1,1 +1,1 @@
-"""The GMS simulator: the seed's callback dialogs over HTTP, and scenarios that push as GMS does."""
+"""The GMS simulator: the seed's dialogs, callbacks as a state machine, chat over CometD."""

@@ -8,18 +8,12 @@ import contextlib
 import json
 import signal
 import sys
-from dataclasses import asdict
 
 import aiohttp
 
 from relay.gms_sim.dialogs import CONNECT_MODES
-from relay.gms_sim.scenarios import (
-    SCENARIOS,
-    CustomHttpPusher,
-    PushRefused,
-    ScenarioOptions,
-    basic_authorization,
-)
+from relay.gms_sim.push import CustomHttpPusher, basic_authorization
+from relay.gms_sim.scenarios import SCENARIOS, ScenarioOptions
 from relay.gms_sim.server import DEFAULT_URL_PATH, GmsSimServer, GmsSimulator
 
 
@@ -68,31 +62,38 @@ def _emit(record: dict[str, object]) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    simulator = GmsSimulator(url_path=args.url_path, ext_url_base=args.ext_url_base)
+    simulator = GmsSimulator(
+        url_path=args.url_path,
+        ext_url_base=args.ext_url_base,
+        message_as_string=args.message_as_string,
+    )
     # Installed before the ready line, so a supervisor's SIGTERM right after it exits cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with GmsSimServer(simulator, args.host, args.port) as server:
+    async with (
+        aiohttp.ClientSession() as session,
+        GmsSimServer(simulator, args.host, args.port) as server,
+    ):
         _emit({"gms_sim": server.base_url, "url_path": simulator.url_path})
-        if args.scenario:
+        if args.relay_url:
             user, _, password = (args.basic_auth or "").partition(":")
-            async with aiohttp.ClientSession() as session:
-                pusher = CustomHttpPusher(
-                    session,
-                    args.relay_url,
-                    basic_authorization(user, password) if args.basic_auth else None,
-                )
-                options = ScenarioOptions(
-                    args.device_id, args.message_as_string, args.connect_mode, args.gms_user
-                )
-                try:
-                    result = await SCENARIOS[args.scenario](pusher, simulator, options)
-                except (PushRefused, aiohttp.ClientError, TimeoutError) as error:
-                    _emit({"scenario": args.scenario, "error": str(error)})
-                    return 1
-            _emit({"scenario": args.scenario, **asdict(result)})
+            simulator.pusher = CustomHttpPusher(
+                session,
+                args.relay_url,
+                basic_authorization(user, password) if args.basic_auth else None,
+            )
+        if args.scenario:
+            options = ScenarioOptions(args.device_id, args.connect_mode, args.gms_user)
+            result = await SCENARIOS[args.scenario](simulator, options)
+            pushes = [
+                {"message": push.message, **({"error": push.error} if push.error else {})}
+                for push in result.pushes
+            ]
+            _emit({"scenario": args.scenario, "service_id": result.service_id, "pushes": pushes})
+            if result.failures:
+                return 1
             if args.once:
                 return 0
         with contextlib.suppress(asyncio.CancelledError):

@@ -1,20 +1,23 @@
 """The seed's six callback dialogs and the answers to their menu targets as data; filling them.
 
 Transcribed from shared/seed/000_a7c640af31876125.txt ("Dialogs (REST)"). The seed's JSON is
-printed from a PDF and is not valid as printed; these repairs keep its structure and every value:
+printed from a PDF and is not valid as printed; these repairs keep its structure and every value
+(the chat event repairs are listed in chat.py's terms in the README's GMS section):
 
 - get-dialog-user-confirmation-provide_code-true is split across two page blocks: the first closes
   after `_user_action_url` (with a trailing comma), the second starts at `_method` without an
   opening brace. They are one object here, keys in the seed's order.
-- Trailing commas are dropped (provide_code-false's first menu item; the message format).
+- get-dialog-user-confirmation-provide_code-false is split across two page blocks inside its first
+  menu item (after `"_dialog_id": "1",`); joined.
+- Trailing commas are dropped (provide_code-false's first menu item; the message format
+  `{"_id": ..., "_action": ...,}`).
 - The `confirmation_dialog._text` string wrapped across two lines is joined with one space.
 - connect-outbound is split across two page blocks; joined.
 
-The menu targets (`connect`, `snooze`) and the chat start answer (`ixn/chat`) are not in the seed.
-`connect` answers with the seed's own connect-outbound / connect-inbound dialog (which one
-depends on the service's callback type); `snooze` and `ixn/chat` are this simulator's inventions,
-shaped like the seed's ConfirmationDialog and like GMS Chat API answers (chatId, userId, ...).
-`get-dialog-user-confirmation` (the menus' `_resource_url`) shows the menu again.
+The menu targets (`connect`, `snooze`) are not in the seed. `connect` answers with the seed's own
+connect-outbound / connect-inbound dialog (the callback's connect mode); `snooze`'s answers
+(snoozed, cancelled, given up) are inferred, shaped like the seed's ConfirmationDialog.
+`get-dialog-user-confirmation` (the menus' `_resource_url`) shows the open menu again.
 """
 
 from __future__ import annotations
@@ -124,14 +127,6 @@ SEED_DIALOGS: Mapping[str, JsonObject] = {
     },
 }
 
-SNOOZE_DIALOG: JsonObject = {
-    "_dialog_id": "0",
-    "_action": "ConfirmationDialog",
-    "_text": "We will notify you again in 5 minutes",
-    "_ok_title": "Ok",
-    "_id": "$(ServiceID)",
-}
-
 CONNECT_MODES = ("outbound", "inbound")
 
 _PLACEHOLDER = re.compile(r"\$\((\w+)\)")
@@ -195,30 +190,27 @@ def seed_dialog(action: str, context: DialogContext) -> JsonObject | None:
     return None if template is None else _filled(template, context)
 
 
-def connect_dialog(connect_mode: str, context: DialogContext) -> JsonObject:
-    """The answer to the menu's `connect`: an outbound call is announced, an inbound one dialled."""
-    template = _CONNECT_INBOUND if connect_mode == "inbound" else _CONNECT_OUTBOUND
-    return _filled(template, context)
+def notice_dialog(text: str, context: DialogContext) -> JsonObject:
+    """A ConfirmationDialog like the seed's wait-for-agent, saying `text` (inferred answers)."""
+    return _filled(
+        {
+            "_dialog_id": "0",
+            "_action": "ConfirmationDialog",
+            "_text": text,
+            "_ok_title": "Ok",
+            "_id": "$(ServiceID)",
+        },
+        context,
+    )
 
 
-def snooze_dialog(context: DialogContext) -> JsonObject:
-    """The answer to the menu's `snooze` (both "try again in 5 minutes" and "cancel" point here)."""
-    return _filled(SNOOZE_DIALOG, context)
+def snooze_text(delay_s: float) -> str:
+    """The seed's menu promises "try again in 5 minutes": say the delay as the option sets it."""
+    if delay_s >= 60 and delay_s % 60 == 0:
+        minutes = int(delay_s // 60)
+        return f"We will notify you again in {minutes} minute{'s' if minutes != 1 else ''}"
+    return f"We will notify you again in {delay_s:g} second{'' if delay_s == 1 else 's'}"
 
 
-def chat_start_answer(
-    context: DialogContext, chat_id: str, user_id: str, secure_key: str
-) -> JsonObject:
-    """The answer to `ixn/chat` (StartChat's `_start_chat_url`): the new chat's identifiers."""
-    return {
-        "chatId": chat_id,
-        "userId": user_id,
-        "secureKey": secure_key,
-        "alias": "117",
-        "statusCode": 0,
-        "chatEnded": False,
-        "messages": [],
-        "_id": context.service_id,
-        "_comet_url": context.comet_url,
-        "tag": f"service.chat.refresh.{context.service_id}",
-    }
+CANCELLED_TEXT = "Your callback has been cancelled"
+GAVE_UP_TEXT = "We could not reach you; your callback has been cancelled"

@@ -1,7 +1,10 @@
-"""The GMS simulator's HTTP face: creates callback services and answers the app's dialog POSTs."""
+"""The GMS simulator's HTTP face: callback services driven by callback.py's state machine, chat
+sessions (chat.py) with their Comet server (comet.py), and the pushes GMS sends to the relay."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import socket
 import string
@@ -9,33 +12,40 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 
 from aiohttp import web
 
+from relay.gms_sim import callback as machine
+from relay.gms_sim.callback import Callback, CallbackOptions, Step
+from relay.gms_sim.chat import CLIENT_NICK, ChatSession, TranscriptLine
+from relay.gms_sim.comet import CometServer
 from relay.gms_sim.dialogs import (
+    CANCELLED_TEXT,
     CONNECT_MODES,
+    GAVE_UP_TEXT,
     SEED_DIALOGS,
     DialogContext,
     JsonObject,
-    chat_start_answer,
-    connect_dialog,
+    JsonValue,
+    notice_dialog,
     seed_dialog,
-    snooze_dialog,
+    snooze_text,
 )
+from relay.gms_sim.push import CustomHttpPusher, callback_message
 
 DEFAULT_URL_PATH = "/genesys/1/service/"
 # The seed's dialog URLs are "$(ExtURLBase)/1/service/...", so URLPath must end with this.
 _SERVICE_API_SUFFIX = "/1/service/"
 _SERVICE_ID_ALPHABET = string.ascii_uppercase + string.digits
 SERVICE_ID_LENGTH = 32
-# GMS's _user_confirm_timeout default: a confirmation menu is useless after it ($(Date)).
-DEFAULT_CONFIRM_TIMEOUT = timedelta(seconds=30)
 # GMS _call_direction: USERTERMINATED = GMS calls the customer, USERORIGINATED = the customer dials.
 CALL_DIRECTIONS = {"USERTERMINATED": "outbound", "USERORIGINATED": "inbound"}
-MENU_TARGETS = ("connect", "snooze", "ixn/chat", "get-dialog-user-confirmation")
+CHAT_ACTIONS = ("ixn/chat", "ixn/chat/refresh", "ixn/chat/send", "ixn/chat/disconnect")
+MENU_TARGETS = ("connect", "snooze", "get-dialog-user-confirmation")
 REQUEST_LOG_LIMIT = 10_000
+_TRUE = ("true", "1", "yes")
 
 
 def new_service_id() -> str:
@@ -44,14 +54,16 @@ def new_service_id() -> str:
 
 
 @dataclass
-class CallbackService:
-    """One GMS callback service instance, as created by a scenario or a create request."""
+class Service:
+    """One GMS service instance: a callback (with its state machine) or a chat."""
 
     service_id: str
     name: str
     gms_user: str
-    connect_mode: str  # "outbound" | "inbound": what the menu's `connect` answers
-    chat_id: str | None = None
+    device_id: str | None  # where GMS pushes for this service (customhttp deviceId)
+    callback: Callback | None = None
+    chat: ChatSession | None = None
+    timer: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +78,77 @@ class ReceivedRequest:
     received_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class PushRecord:
+    """A push GMS sent (or could not send) for a service."""
+
+    at: float
+    service_id: str
+    message: JsonObject
+    error: str | None = None  # None: the relay answered 200
+
+
 def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"code": status, "message": message}, status=status)
 
 
+async def _fields(request: web.Request) -> Mapping[str, str]:
+    """A POST's parameters: GMS's APIs take form fields; JSON objects are accepted too."""
+    if request.content_type == "application/json":
+        parsed = await request.json()
+        if not isinstance(parsed, dict):
+            raise web.HTTPBadRequest(text="body: must be a JSON object")
+        return {key: str(value) for key, value in parsed.items()}
+    form = await request.post()
+    return {key: str(value) for key, value in form.items()}
+
+
+def callback_options(fields: Mapping[str, str]) -> CallbackOptions:
+    """GMS's callback options from a create request's fields (ValueError names the bad one)."""
+    defaults = CallbackOptions()
+
+    def flag(name: str, default: bool) -> bool:
+        return fields[name].lower() in _TRUE if name in fields else default
+
+    def number(name: str, default: float) -> float:
+        try:
+            return float(fields[name]) if name in fields else default
+        except ValueError:
+            raise ValueError(f"{name}: {fields[name]!r} is not a number") from None
+
+    direction = fields.get("_call_direction", "USERTERMINATED")
+    if direction not in CALL_DIRECTIONS:
+        raise ValueError(f"_call_direction: {direction!r} is not one of {sorted(CALL_DIRECTIONS)}")
+    return CallbackOptions(
+        wait_for_agent=flag("_wait_for_agent", defaults.wait_for_agent),
+        wait_for_user_confirm=flag("_wait_for_user_confirm", defaults.wait_for_user_confirm),
+        user_confirm_timeout_s=number("_user_confirm_timeout", defaults.user_confirm_timeout_s),
+        max_confirmation_attempts=int(
+            number(
+                "_max_number_of_user_availability_confirmation_attempts",
+                defaults.max_confirmation_attempts,
+            )
+        ),
+        # These two are the simulator's own (GMS's names for them are not public): how long
+        # "try again in 5 minutes" waits, and which of the seed's two menus is pushed.
+        snooze_delay_s=number("_snooze_delay", defaults.snooze_delay_s),
+        provide_code=flag("_provide_code", defaults.provide_code),
+        connect_mode=CALL_DIRECTIONS[direction],
+    )
+
+
 @dataclass
 class GmsSimulator:
-    """GMS's callback service API: state (services, request log) plus the aiohttp application."""
+    """GMS's service API: services, their timers, the Comet server, pushes and a request log."""
 
     url_path: str = DEFAULT_URL_PATH
     ext_url_base: str | None = None  # None: derived from each request's Host, so any port works
-    confirm_timeout: timedelta = DEFAULT_CONFIRM_TIMEOUT
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
-    services: dict[str, CallbackService] = field(default_factory=dict)
+    pusher: CustomHttpPusher | None = None  # None: pushes are recorded, not sent
+    message_as_string: bool = False  # send `message` JSON-encoded inside a string
+    clock: Callable[[], float] = time.time
+    comet: CometServer = field(default_factory=CometServer)
+    services: dict[str, Service] = field(default_factory=dict)
+    pushes: list[PushRecord] = field(default_factory=list)
     requests: deque[ReceivedRequest] = field(
         default_factory=lambda: deque(maxlen=REQUEST_LOG_LIMIT)
     )
@@ -90,24 +160,136 @@ class GmsSimulator:
                 f"{_SERVICE_API_SUFFIX!r} (the seed's dialog URLs are $(ExtURLBase)/1/service/...)"
             )
 
-    def create_service(
-        self, name: str = "callback", *, gms_user: str = "", connect_mode: str = "outbound"
-    ) -> CallbackService:
-        if connect_mode not in CONNECT_MODES:
-            raise ValueError(f"connect_mode: {connect_mode!r} is not one of outbound, inbound")
-        service = CallbackService(new_service_id(), name, gms_user, connect_mode)
+    @property
+    def comet_path(self) -> str:
+        """Where CometD is served: $(CometURL) = $(ExtURLBase)/cometd (inferred)."""
+        return self.url_path.removesuffix(_SERVICE_API_SUFFIX) + "/cometd"
+
+    # ---- services ----
+
+    def create_chat_service(self, *, gms_user: str = "", device_id: str | None = None) -> Service:
+        service = Service(new_service_id(), "chat", gms_user, device_id)
         self.services[service.service_id] = service
         return service
+
+    async def create_callback(
+        self,
+        options: CallbackOptions | None = None,
+        *,
+        name: str = "callback",
+        gms_user: str = "",
+        device_id: str | None = None,
+    ) -> Service:
+        """A callback service; its first pushes (wait-for-agent, or more) are sent before this
+        returns."""
+        options = options or CallbackOptions()
+        if options.connect_mode not in CONNECT_MODES:
+            raise ValueError(f"connect_mode: {options.connect_mode!r} is not outbound or inbound")
+        service = Service(new_service_id(), name, gms_user, device_id)
+        self.services[service.service_id] = service
+        await self._apply(service, machine.start(options, self.clock()))
+        return service
+
+    async def agent_available(self, service_id: str) -> None:
+        """An agent is free for this callback (what the scenario's contact centre says)."""
+        service = self.services[service_id]
+        if service.callback is None:
+            raise ValueError(f"service {service_id}: not a callback")
+        await self._apply(service, machine.agent_available(service.callback, self.clock()))
+
+    async def _apply(self, service: Service, step: Step) -> None:
+        service.callback = step.callback
+        self._arm(service)
+        for action in step.pushes:
+            await self.push(service, callback_message(service.service_id, action))
+
+    def _arm(self, service: Service) -> None:
+        """One timer per callback, set for its deadline (a confirmation's or a snooze's)."""
+        if service.timer is not None and service.timer is not asyncio.current_task():
+            service.timer.cancel()
+        service.timer = None
+        callback = service.callback
+        if callback is not None and callback.deadline is not None and not callback.state.ended:
+            service.timer = asyncio.create_task(self._on_deadline(service, callback.deadline))
+
+    async def _on_deadline(self, service: Service, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.clock()))
+        assert service.callback is not None  # armed only for callbacks
+        await self._apply(service, machine.timer(service.callback, self.clock()))
+
+    async def push(self, service: Service, message: JsonObject) -> None:
+        """GMS's customhttp push of `message` for `service`; a failure is recorded, not raised
+        (GMS only logs a failed push: it never resends)."""
+        at = self.clock()
+        if self.pusher is None or service.device_id is None:
+            self.pushes.append(PushRecord(at, service.service_id, message, "no pusher or device"))
+            return
+        try:
+            await self.pusher.push(
+                service.device_id, message, message_as_string=self.message_as_string
+            )
+        except Exception as error:  # the simulator must keep serving whatever the relay did
+            self.pushes.append(PushRecord(at, service.service_id, message, repr(error)))
+            return
+        self.pushes.append(PushRecord(at, service.service_id, message))
+
+    def pushes_for(self, service_id: str) -> list[PushRecord]:
+        return [push for push in self.pushes if push.service_id == service_id]
+
+    async def close(self) -> None:
+        timers = [s.timer for s in self.services.values() if s.timer is not None]
+        for task in timers:
+            task.cancel()
+        for task in timers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.comet.close()
+
+    # ---- chat ----
+
+    async def start_chat(self, service_id: str, nick: str = CLIENT_NICK, subject: str = "") -> None:
+        """Open the service's chat; the customer's joining is its first line (inferred)."""
+        service = self.services[service_id]
+        service.chat = ChatSession(service_id, self._now(), subject=subject)
+        joined = TranscriptLine("Notice.Joined", nick, "has joined the session", "CLIENT")
+        await self._publish(service, service.chat.add(joined, self._now()))
+
+    async def chat_line(self, service_id: str, line: TranscriptLine) -> JsonObject:
+        """A line from the contact centre's side (the agent): published on Comet; pushed through
+        customhttp when no Comet client listens (inferred: Chat Server's notification mode)."""
+        chat = self._chat(service_id)
+        return await self._publish(self.services[service_id], chat.add(line, self._now()))
+
+    async def end_chat(self, service_id: str) -> JsonObject:
+        return await self._publish(self.services[service_id], self._chat(service_id).disconnect())
+
+    def _chat(self, service_id: str) -> ChatSession:
+        chat = self.services[service_id].chat
+        if chat is None:
+            raise ValueError(f"service {service_id}: no chat started (POST ixn/chat first)")
+        return chat
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC)
+
+    async def _publish(self, service: Service, event: JsonObject) -> JsonObject:
+        if self.comet.publish(event) == 0:
+            await self.push(service, event)
+        return event
+
+    # ---- HTTP ----
 
     def requests_to(self, path_suffix: str) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path.endswith(path_suffix)]
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._log_request])
+        app.router.add_post(self.comet_path, self.comet.handle)
         # The create route first: aiohttp resolves in registration order and "callback/<name>"
         # would otherwise read as service id "callback".
         app.router.add_post(self.url_path + "callback/{name}", self._create_callback)
         app.router.add_post(self.url_path + "{service_id}/{action:.+}", self._answer_action)
+        app.on_shutdown.append(lambda _: self.close())
         return app
 
     @web.middleware
@@ -132,7 +314,9 @@ class GmsSimulator:
             )
         return response
 
-    def _context(self, request: web.Request, service: CallbackService) -> DialogContext:
+    def _context(
+        self, request: web.Request, service: Service, expires_at: float | None = None
+    ) -> DialogContext:
         ext_url_base = self.ext_url_base or (
             f"{request.scheme}://{request.host}{self.url_path.removesuffix(_SERVICE_API_SUFFIX)}"
         )
@@ -140,27 +324,22 @@ class GmsSimulator:
             ext_url_base=ext_url_base,
             service_id=service.service_id,
             gms_user=service.gms_user or request.headers.get("gms_user", ""),
-            expires_at=self.clock() + self.confirm_timeout,
+            expires_at=datetime.fromtimestamp(
+                self.clock() if expires_at is None else expires_at, UTC
+            ),
         )
 
     async def _create_callback(self, request: web.Request) -> web.Response:
-        fields: Mapping[str, object]
-        if request.content_type == "application/json":
-            parsed = await request.json()
-            if not isinstance(parsed, dict):
-                return _json_error(400, "body: must be a JSON object of callback options")
-            fields = parsed
-        else:
-            fields = await request.post()
-        direction = str(fields.get("_call_direction", "USERTERMINATED"))
-        if direction not in CALL_DIRECTIONS:
-            return _json_error(
-                400, f"_call_direction: {direction!r} is not one of {sorted(CALL_DIRECTIONS)}"
-            )
-        service = self.create_service(
-            request.match_info["name"],
+        fields = await _fields(request)
+        try:
+            options = callback_options(fields)
+        except ValueError as error:
+            return _json_error(400, str(error))
+        service = await self.create_callback(
+            options,
+            name=request.match_info["name"],
             gms_user=request.headers.get("gms_user", ""),
-            connect_mode=CALL_DIRECTIONS[direction],
+            device_id=fields.get("_device_id"),  # inferred: the customhttp deviceId to push to
         )
         return web.json_response({"_id": service.service_id})
 
@@ -170,32 +349,87 @@ class GmsSimulator:
         service = self.services.get(service_id)
         if service is None:
             return _json_error(404, f"service id {service_id!r}: no such service")
-        context = self._context(request, service)
-        dialog = self._dialog(action, service, context)
+        fields = await _fields(request)
+        if action in CHAT_ACTIONS:
+            return await self._answer_chat(request, service, action, fields)
+        if service.callback is not None and (
+            action in MENU_TARGETS or action.startswith(machine.CONFIRMATION_ACTION_PREFIX)
+        ):
+            step = machine.request(service.callback, action, fields.get("_dialog_id"), self.clock())
+            await self._apply(service, step)
+            assert step.answer is not None  # a request always has an answer
+            return self._dialog_response(request, service, step.answer)
+        dialog = seed_dialog(action, self._context(request, service))
         if dialog is None:
-            known = sorted([*SEED_DIALOGS, *MENU_TARGETS])
+            known = sorted([*SEED_DIALOGS, *MENU_TARGETS, *CHAT_ACTIONS])
             return _json_error(404, f"action {action!r}: not one of {known}")
         return web.json_response(dialog)
 
-    def _dialog(
-        self, action: str, service: CallbackService, context: DialogContext
-    ) -> JsonObject | None:
-        if action == "connect":
-            return connect_dialog(service.connect_mode, context)
-        if action == "snooze":
-            return snooze_dialog(context)
-        if action == "get-dialog-user-confirmation":
-            # The menu's _resource_url: fetching it again shows the same menu.
-            return seed_dialog("get-dialog-user-confirmation-provide_code-false", context)
+    def _dialog_response(
+        self, request: web.Request, service: Service, answer: machine.Answer
+    ) -> web.Response:
+        if answer.status != 200 or answer.dialog is None:
+            return _json_error(answer.status, answer.detail)
+        assert service.callback is not None  # only callbacks answer through the machine
+        context = self._context(request, service, answer.expires_at)
+        texts = {
+            "snooze": snooze_text(service.callback.options.snooze_delay_s),
+            "cancel": CANCELLED_TEXT,
+            "gave-up": GAVE_UP_TEXT,
+        }
+        if answer.dialog in texts:
+            return web.json_response(notice_dialog(texts[answer.dialog], context))
+        dialog = seed_dialog(answer.dialog, context)
+        assert dialog is not None  # the machine names only seed dialogs besides the texts
+        return web.json_response(dialog)
+
+    async def _answer_chat(
+        self, request: web.Request, service: Service, action: str, fields: Mapping[str, str]
+    ) -> web.Response:
         if action == "ixn/chat":
-            service.chat_id = service.chat_id or secrets.token_hex(8).upper()
-            return chat_start_answer(
-                context,
-                chat_id=service.chat_id,
-                user_id=secrets.token_hex(8).upper(),
-                secure_key=secrets.token_hex(8),
+            # Inferred: the header StartChat's _user_header names must match the service's user.
+            header = request.headers.get("gms_user", "")
+            if service.gms_user and header != service.gms_user:
+                return _json_error(403, f"gms_user header: {header!r} is not this service's user")
+            if service.chat is None:
+                await self.start_chat(
+                    service.service_id,
+                    fields.get("nickname") or CLIENT_NICK,
+                    fields.get("subject", ""),
+                )
+            assert service.chat is not None  # started just above
+            context = self._context(request, service)
+            answer: JsonObject = {
+                **service.chat.refresh(1),
+                "_id": service.service_id,
+                "_comet_url": context.comet_url,
+                "tag": service.chat.tag,
+            }
+            return web.json_response(answer)
+        chat = service.chat
+        if chat is None:
+            return _json_error(409, f"{action}: no chat started for this service (ixn/chat)")
+        if action == "ixn/chat/refresh":
+            raw = fields.get("transcriptPosition", "1")
+            if not raw.isdigit():
+                return _json_error(400, f"transcriptPosition: {raw!r} is not a position")
+            return web.json_response(chat.refresh(int(raw)))
+        if action == "ixn/chat/send":
+            text = fields.get("message", "")
+            if not text:
+                return _json_error(400, "message: the chat line to send is required")
+            nick = fields.get("nickname") or CLIENT_NICK
+            event = await self._publish(
+                service, chat.add(TranscriptLine("Message.Text", nick, text, "CLIENT"), self._now())
             )
-        return seed_dialog(action, context)
+            return web.json_response(_event_message(event))
+        event = await self._publish(service, chat.disconnect())
+        return web.json_response(_event_message(event))
+
+
+def _event_message(event: JsonObject) -> JsonValue:
+    data = event.get("data")
+    return data.get("message") if isinstance(data, dict) else None
 
 
 class GmsSimServer:
