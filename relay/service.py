@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import os
 import secrets
 import signal
@@ -243,7 +244,14 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         credentials = apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
     else:
         assert app.auth.certificate is not None
-        credentials = apns.CertificateCredentials(str(app.auth.certificate.cert_file))
+        certificate = app.auth.certificate.load()
+        credentials = apns.CertificateCredentials(certificate)
+        expires_at = certificate.info.not_after
+        metrics.CREDENTIAL_EXPIRY.labels(app=app.name).set(expires_at.timestamp())
+        if expires_at <= datetime.datetime.now(datetime.UTC):
+            # Started anyway: ingest keeps queueing, the worker pauses the app on APNs' refusal
+            # and delivers the queue once a valid certificate is configured.
+            log.error("certificate_expired", app=app.name, not_after=expires_at.isoformat())
     endpoint = (
         apns.Endpoint(
             app.endpoint.host,
