@@ -380,7 +380,9 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if not self.settings_received.done():
             # Lost before APNs' SETTINGS: with TLS 1.3 a refused client certificate arrives
             # here, after the handshake completed on our side; create_connection must see it.
-            self.settings_received.set_exception(exc or ConnectionClosed("closed before SETTINGS"))
+            self.settings_received.set_exception(
+                exc or ConnectionResetError("closed before SETTINGS")
+            )
             self.settings_received.exception()  # retrieved: nobody may be waiting any more
         if self.on_connection_lost:
             self.on_connection_lost(self)

@@ -1,11 +1,12 @@
 """Apple's rules for a request on a connection authenticated by a client certificate (pure).
 
 What the TLS handshake already refused never gets here: a certificate not issued by the
-simulator's push CA, or one outside its validity period when the connection opens, fails the
-handshake (alert unknown_ca / certificate_expired), as Apple's servers refuse them. The rules
-below are what is left to decide per request:
-- revoked (the CA learns it after issuing, so it is checked on every request) or expired since
-  the connection opened -> 403 BadCertificate;
+simulator's push CA fails the handshake, as at Apple. The rules below decide per request:
+- revoked (the CA learns it after issuing, so it is checked on every request, open connections
+  included) or outside its validity dates -> 403 BadCertificate. Apple refuses an expired
+  certificate in the handshake (alert certificate_expired); asyncio's TLS server cannot send that
+  alert (it closes a failed handshake silently, which a client cannot tell from a network fault),
+  so the simulator says it with Apple's documented 403 instead;
 - issued for the other environment -> 403 BadCertificateEnvironment;
 - no apns-topic: a single-topic certificate's own topic; several topics -> 400 MissingTopic;
 - a topic the certificate does not list -> 400 TopicDisallowed.
