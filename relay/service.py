@@ -38,6 +38,8 @@ DEV_APP = "dev"
 DEV_TOPIC = "com.example.gms"
 SIMULATOR_START_TIMEOUT_S = 20.0
 DEFAULT_WORKER_PORT = 8081
+DEV_AUTH_CHOICES = ("token", "certificate")
+DEV_CERTIFICATE = "dev-app.pem"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +54,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
     )
+    if parser.prog.endswith(" serve"):
+        parser.add_argument(
+            "--auth",
+            choices=DEV_AUTH_CHOICES,
+            default="token",
+            help="development mode: the simulator app's APNs credentials, a .p8 token key or a "
+            "push certificate issued by the simulator (default token)",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     try:
         with (
-            development_mode(settings, state_dir)
+            development_mode(settings, state_dir, args.auth)
             if args.command == "serve"
             else contextlib.nullcontext((settings, None))
         ) as (settings, dev):
@@ -135,28 +145,44 @@ def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], SimInfo]:
     return process, info
 
 
-def simulator_app(info: SimInfo) -> App:
+def simulator_app(info: SimInfo, auth: str = "token") -> App:
+    """The development app, sending to the simulator with a token key or a push certificate."""
+    credentials: dict[str, Any]
+    if auth == "certificate":
+        credentials = {"certificate": {"cert_file": simulator_certificate(info)}}
+    else:
+        credentials = {
+            "token": {"key_file": info.key_file, "key_id": info.key_id, "team_id": info.team_id}
+        }
     return App.model_validate(
         {
             "name": DEV_APP,
             "topic": DEV_TOPIC,
             "environment": "sandbox",
             "default": True,
-            "auth": {
-                "token": {
-                    "key_file": info.key_file,
-                    "key_id": info.key_id,
-                    "team_id": info.team_id,
-                }
-            },
+            "auth": credentials,
             "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": info.ca},
         }
     )
 
 
+def simulator_certificate(info: SimInfo) -> Path:
+    """A universal sandbox push certificate for DEV_TOPIC from the simulator's push CA (kept
+    beside its ca.pem), written as PEM next to it."""
+    # Imported here: the development kit stays out of production processes.
+    from relay.apns_sim.push_certificates import PushCertificateAuthority
+
+    state_dir = info.ca.parent
+    issued = PushCertificateAuthority.in_directory(state_dir).issue(DEV_TOPIC, voip=True)
+    path = state_dir / DEV_CERTIFICATE
+    path.touch(mode=0o600)
+    path.write_bytes(issued.pem())
+    return path
+
+
 @contextlib.contextmanager
 def development_mode(
-    settings: Settings, state_dir: Path
+    settings: Settings, state_dir: Path, auth: str = "token"
 ) -> Iterator[tuple[Settings, DevEnvironment]]:
     """Fill in what production would configure: Redis, an app, an API token."""
     dev = DevEnvironment(state_dir)
@@ -175,11 +201,13 @@ def development_mode(
             )
         if not settings.apps:
             dev.simulator, dev.simulator_info = start_simulator(state_dir / "apns-sim")
-            settings = settings.model_copy(update={"apps": [simulator_app(dev.simulator_info)]})
+            app = simulator_app(dev.simulator_info, auth)
+            settings = settings.model_copy(update={"apps": [app]})
             log.warning(
                 "DEVELOPMENT MODE: no app configured, delivering to the APNs simulator",
                 app=DEV_APP,
                 topic=DEV_TOPIC,
+                auth=auth,
                 port=dev.simulator_info.port,
                 control_port=dev.simulator_info.control_port,
             )

@@ -34,12 +34,26 @@ def call(url: str, body: Any = None, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
-def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auth", ["token", "certificate"])
+def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(
+    tmp_path: Path, auth: str
+) -> None:
     state_dir = tmp_path / "dev"
     # Nothing configured: no config file, no Redis, no credentials from the environment.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_") and k != "REDIS_URL"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "serve", "--port", "0", "--state-dir", str(state_dir)],
+        [
+            sys.executable,
+            "-m",
+            "relay.cli",
+            "serve",
+            "--port",
+            "0",
+            "--state-dir",
+            str(state_dir),
+            "--auth",
+            auth,
+        ],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -73,6 +87,10 @@ def test_serve_with_nothing_configured_embeds_valkey_and_the_simulator(tmp_path:
     assert process.returncode == 0, output
     assert "DEVELOPMENT MODE: embedded Valkey started" in output
     assert "DEVELOPMENT MODE: no app configured" in output
+    assert f'"auth":"{auth}"' in output
+    # With a certificate the TLS connection is the credential: no provider token is ever signed.
+    assert ("jwt_signed" in output) == (auth == "token")
+    assert (state_dir / "apns-sim" / "dev-app.pem").exists() == (auth == "certificate")
     assert dev["api_token"] in output  # printed for the person who ran `make run`
     # Its Valkey and simulator stop with it.
     valkey_url = re.search(r"redis://127\.0\.0\.1:(\d+)", output)

@@ -248,9 +248,10 @@ async def test_a_step_that_differs_from_the_seed_fails_the_run(
     assert len(report.failures) == 2  # both menus
 
 
-def test_demo_command_runs_every_scenario_and_exits_0() -> None:
+@pytest.mark.parametrize("auth", ["token", "certificate"])
+def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "demo"],
+        [sys.executable, "-m", "relay.cli", "demo", "--auth", auth],
         cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -268,4 +269,5 @@ def test_demo_command_runs_every_scenario_and_exits_0() -> None:
     assert "ConfirmationDialog 'You will receive the call shortly'" in out
     assert "alert 'Kristi Sippola' / 'Hello, how can I help you?'" in out
     assert "FAIL" not in out
+    assert f"({auth} auth)" in out
     assert out.rstrip().endswith("every step happened as the seed says")
