@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import random
+import shutil
 import ssl
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -306,3 +308,21 @@ def test_only_alerts_about_the_client_certificate_count_as_refusals() -> None:
     server_untrusted.reason = "CERTIFICATE_VERIFY_FAILED"
     assert connect_failure(server_untrusted) == ApnsResponse(0, "ConnectError")
     assert connect_failure(ConnectionRefusedError()) == ApnsResponse(0, "ConnectError")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_a_legacy_p12_loads(authority: PushCertificateAuthority, tmp_path: Path) -> None:
+    """RC2-40/3DES, as older Keychains and Java keystores (GMS's) write a .p12."""
+    (tmp_path / "app.pem").write_bytes(authority.issue(TOPIC, voip=True).pem())
+    p12 = tmp_path / "legacy.p12"
+    export = ["openssl", "pkcs12", "-export", "-in", str(tmp_path / "app.pem"), "-out", str(p12)]
+    done = subprocess.run([*export, "-legacy", "-passout", "pass:pw"], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this openssl writes no legacy .p12: {done.stderr!r}")
+    shown = subprocess.run(
+        ["openssl", "pkcs12", "-in", str(p12), "-info", "-noout", "-legacy", "-passin", "pass:pw"],
+        capture_output=True,
+        text=True,
+    )
+    assert "RC2" in shown.stdout + shown.stderr
+    assert load_pkcs12(p12, b"pw").info.topics == UNIVERSAL
