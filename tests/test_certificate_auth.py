@@ -22,7 +22,14 @@ import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 from relay_harness import RelayHarness, relay_document
-from simulator import ControlClient, RawH2Client, SimInfo, control_client, running_simulator
+from simulator import (
+    ControlClient,
+    RawH2Client,
+    SimInfo,
+    control_client,
+    running_simulator,
+    simulator_process,
+)
 
 from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay.config import Settings
@@ -410,3 +417,25 @@ async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path)
         )  # fmt: skip
         assert curl.stdout == "200", curl.stderr
         assert (await control.notifications())["notifications"][0]["token"] == token(5)
+
+
+async def test_with_worker_processes_every_worker_checks_certificates_and_revocations(
+    state_dir: Path,
+) -> None:
+    with simulator_process(state_dir / "sim", "--workers", "2", "--environment", "sandbox") as sim:
+        info = sim.info
+        async with control_client(info) as control:
+            issued = await issue(control, state_dir / "app.pem")
+            clients: list[RawH2Client] = []
+            try:
+                # The kernel spreads connections over the workers: open them until both serve.
+                while len((await control.stats())["workers"]) < 2:
+                    assert len(clients) < 64, "one worker took every connection"
+                    clients.append(await certified_client(info, state_dir / "app.pem"))
+                    assert await reason_of(clients[-1]) == (200, None)
+                await control.revoke_certificate(issued["serial"])
+                for client in clients:
+                    assert await reason_of(client) == (403, "BadCertificate")
+            finally:
+                for client in clients:
+                    await client.close()

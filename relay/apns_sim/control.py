@@ -346,7 +346,8 @@ def published_state(state: SimulatorState) -> JsonObject:
     return {
         "faults": state.faults.to_json(),
         "unregistered": state.ledger.unregistered,
-        "revoked_certificates": sorted(state.revoked_certificates),
+        # Serials are up to 159 bits: text on the wire (orjson stops at 64).
+        "revoked_certificates": [str(serial) for serial in state.revoked_certificates],
     }
 
 
@@ -524,7 +525,7 @@ class HubClient:
             self.ledger.clear()
             self.ledger.unregistered.update(message["unregistered"])
             self.revoked_certificates.clear()
-            self.revoked_certificates.update(message["revoked_certificates"])
+            self.revoked_certificates.update(map(int, message["revoked_certificates"]))
         elif op == "sync":
             self.send_report()
         self.writer.write(encode_frame({"op": "done", "id": message["id"]}))
