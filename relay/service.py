@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
     )
-    if parser.prog.endswith(" serve"):
+    if parser.prog.endswith(" serve"):  # the one role with a development mode
         parser.add_argument(
             "--auth",
             choices=DEV_AUTH_CHOICES,
