@@ -13,11 +13,14 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# The simulator app's APNs credentials: `make run AUTH=certificate` sends with a push certificate.
+AUTH ?= token
+
 run: $(STAMP)
-	$(BIN)/apns-relay serve --dev
+	$(BIN)/apns-relay serve --dev --auth $(AUTH)
 
 demo: $(STAMP)
-	$(BIN)/apns-relay demo
+	$(BIN)/apns-relay demo --auth $(AUTH)
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay tests bench

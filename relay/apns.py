@@ -53,7 +53,9 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
+from relay.client_certificate import ClientCertificate
 from relay.model import ApnsResponse, Notification
+from relay.policy import CERTIFICATE_REFUSED
 
 log = structlog.get_logger("relay.apns")
 
@@ -84,7 +86,7 @@ class TokenCredentials:
 
 @dataclass(frozen=True, slots=True)
 class CertificateCredentials:
-    cert_file: str  # PEM holding the client certificate and its key
+    certificate: ClientCertificate
 
 
 Credentials = TokenCredentials | CertificateCredentials
@@ -375,6 +377,13 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         self._retire("ConnectionClosed")
         if not self.lost.done():
             self.lost.set_result(None)
+        if not self.settings_received.done():
+            # Lost before APNs' SETTINGS: with TLS 1.3 a refused client certificate arrives
+            # here, after the handshake completed on our side; create_connection must see it.
+            self.settings_received.set_exception(
+                exc or ConnectionResetError("closed before SETTINGS")
+            )
+            self.settings_received.exception()  # retrieved: nobody may be waiting any more
         if self.on_connection_lost:
             self.on_connection_lost(self)
         for stream_id in list(self.streams):
@@ -474,8 +483,34 @@ def make_ssl_context(endpoint: Endpoint, credentials: Credentials) -> ssl.SSLCon
     context = ssl.create_default_context(cafile=endpoint.ca_file)
     context.set_alpn_protocols(["h2"])
     if isinstance(credentials, CertificateCredentials):
-        context.load_cert_chain(credentials.cert_file)
+        credentials.certificate.load_into(context)
     return context
+
+
+# TLS alerts by which a server refuses the client certificate (OpenSSL's reason names). APNs
+# refuses an expired, revoked or foreign certificate in the handshake, before any HTTP/2 frame.
+CERTIFICATE_REFUSAL_ALERTS = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+    }
+)
+
+
+def connect_failure(exc: OSError) -> ApnsResponse:
+    """The status-0 answer for a connection that could not be made: a refused client
+    certificate is a credential fault (CertificateRefused:<alert>, which pauses the app);
+    anything else is a transport failure, retried."""
+    alert = getattr(exc, "reason", None)
+    if isinstance(exc, ssl.SSLError) and alert in CERTIFICATE_REFUSAL_ALERTS:
+        return ApnsResponse(0, f"{CERTIFICATE_REFUSED}:{alert}")
+    return ApnsResponse(0, "ConnectError")
 
 
 class ApnsClient:
@@ -547,7 +582,7 @@ class ApnsClient:
             return ApnsResponse(0, "ConnectTimeout")
         except OSError as exc:
             log.warning("apns_connect_failed", app=self.app, error=str(exc))
-            return ApnsResponse(0, "ConnectError")
+            return connect_failure(exc)
         if loop.time() >= deadline:
             return ApnsResponse(0, "ConnectTimeout")
         authorization = self.jwt.get_header() if self.jwt else None

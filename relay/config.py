@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from relay.client_certificate import CertificateError, ClientCertificate, load_pem, load_pkcs12
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
@@ -42,6 +43,8 @@ MAX_PORT = 65535
 
 # The context key through which relative paths in a file are resolved against its directory.
 _BASE_DIR = "base_dir"
+# The context key holding the environment variables (password_env is read from them).
+_ENV = "env"
 
 
 class ConfigError(Exception):
@@ -66,6 +69,10 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
     if not os.access(path, os.R_OK):
         raise ValueError(f"file is not readable: {path}")
     return path
+
+
+def _readable_optional(value: Path | None, info: ValidationInfo) -> Path | None:
+    return None if value is None else _readable_file(value, info)
 
 
 Port = Annotated[int, Field(ge=0, le=MAX_PORT)]
@@ -344,9 +351,41 @@ class TokenCredentials(_Section):
 
 
 class CertificateCredentials(_Section):
-    cert_file: Path  # PEM holding the client certificate and its private key
+    """A TLS client certificate: PEM (cert_file, and key_file unless the key is in cert_file)
+    or PKCS#12 (p12_file, as Keychain exports it); password opens the .p12 or an encrypted PEM
+    key, password_env names the variable holding it (folded into password when validated)."""
 
-    _cert_file_readable = field_validator("cert_file")(_readable_file)
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    p12_file: Path | None = None
+    password: SecretStr | None = None
+    password_env: str | None = None
+
+    _files_readable = field_validator("cert_file", "key_file", "p12_file")(_readable_optional)
+
+    @model_validator(mode="after")
+    def _one_form(self, info: ValidationInfo) -> CertificateCredentials:
+        if (self.cert_file is None) == (self.p12_file is None):
+            raise ValueError("give cert_file (PEM) or p12_file (PKCS#12), exactly one")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file goes with cert_file (a .p12 holds its own key)")
+        if self.password_env is not None:
+            if self.password is not None:
+                raise ValueError("give password or password_env, not both")
+            env = (info.context or {}).get(_ENV, os.environ)
+            if self.password_env not in env:
+                raise ValueError(f"password_env: the variable {self.password_env} is not set")
+            # Frozen model: the validator is the one place the resolved secret can be set.
+            object.__setattr__(self, "password", SecretStr(env[self.password_env]))
+        return self
+
+    def load(self) -> ClientCertificate:
+        """The certificate and key these settings name; CertificateError says what is wrong."""
+        password = self.password.get_secret_value().encode() if self.password else None
+        if self.p12_file is not None:
+            return load_pkcs12(self.p12_file, password)
+        assert self.cert_file is not None  # _one_form
+        return load_pem(self.cert_file, self.key_file, password)
 
 
 class AppAuth(_Section):
@@ -414,6 +453,23 @@ class App(_Section):
         if value not in PUSH_TYPES:
             raise ValueError(f"must be one of {', '.join(sorted(PUSH_TYPES))} (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _certificate_fits(self) -> App:
+        """A certificate that cannot send this app's topic in its environment is refused now:
+        APNs would refuse every push (TopicDisallowed, BadCertificateEnvironment)."""
+        if self.auth.certificate is None:
+            return self
+        try:
+            allowed = self.auth.certificate.load().info
+        except CertificateError as error:
+            raise ValueError(f"auth.certificate: {error}") from None
+        if not allowed.allows(self.topic, self.environment):
+            raise ValueError(
+                f"auth.certificate: the certificate allows {allowed.describe()}; this app sends "
+                f"topic {self.topic} in {self.environment}"
+            )
+        return self
 
     def alert_template(self, action: str | None) -> AlertTemplate:
         """This app's alert for an action: its own, else the shipped default, else generic."""
@@ -498,7 +554,7 @@ def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.en
     env_sources = _apply_env(raw, env)
     base_dir = None if path is None else Path(path).resolve().parent
     try:
-        return Settings.model_validate(raw, context={_BASE_DIR: base_dir})
+        return Settings.model_validate(raw, context={_BASE_DIR: base_dir, _ENV: env})
     except ValidationError as error:
         raise ConfigError(
             [_describe(detail, env_sources, file_label) for detail in error.errors()]
@@ -584,7 +640,9 @@ def _describe(
     location = tuple(detail["loc"])
     variable = next((var for key, var in env_sources.items() if location[: len(key)] == key), None)
     source = f"env {variable}" if variable else file_label
-    secret = any(location[: len(prefix)] == prefix for prefix in _SECRET_LOCATIONS)
+    secret = "password" in location or any(
+        location[: len(prefix)] == prefix for prefix in _SECRET_LOCATIONS
+    )
     return f"{_dotted(location) or '(top level)'}: {_rule(detail, secret)} [{source}]"
 
 

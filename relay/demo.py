@@ -79,7 +79,7 @@ from relay.gms_sim.dialogs import (
 from relay.gms_sim.push import CustomHttpPusher, basic_authorization
 from relay.gms_sim.server import GmsSimServer, GmsSimulator, Service
 from relay.logs import configure_logging
-from relay.service import run_relay, simulator_app
+from relay.service import DEV_AUTH_CHOICES, run_relay, simulator_app
 
 GMS_USER = "demo-user"
 GMS_BASIC_USER = "gms"
@@ -963,8 +963,8 @@ DEMO_SCENARIOS: Mapping[str, Scenario] = {
 # ---- the whole stack in this process ----
 
 
-def demo_settings(redis_url: str, simulator: SimInfo, basic: str) -> Settings:
-    app = simulator_app(simulator).model_dump(mode="json")
+def demo_settings(redis_url: str, simulator: SimInfo, basic: str, auth: str = "token") -> Settings:
+    app = simulator_app(simulator, auth).model_dump(mode="json")
     return Settings.model_validate(
         {
             "redis": {"url": redis_url},
@@ -983,14 +983,16 @@ async def relay_in_loop(settings: Settings) -> AsyncIterator[str]:
         yield relay.url
 
 
-async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None) -> DemoReport:
+async def run_demo(
+    scenarios: Sequence[str], state_dir: Path, out: TextIO | None, auth: str = "token"
+) -> DemoReport:
     """Start everything, run `scenarios` in turn and return the transcript with its checks."""
     report = DemoReport(out=out)
     password = secrets.token_urlsafe(12)
     with EmbeddedServer(data_dir=state_dir / "valkey") as valkey:
         async with Simulator(SimulatorOptions(state_dir=state_dir / "apns-sim")) as simulator:
             info = SimInfo.from_document(simulator.info)
-            settings = demo_settings(valkey.url, info, f"{GMS_BASIC_USER}:{password}")
+            settings = demo_settings(valkey.url, info, f"{GMS_BASIC_USER}:{password}", auth)
             async with (
                 relay_in_loop(settings) as relay_url,
                 GmsSimServer(GmsSimulator()) as gms,
@@ -1006,7 +1008,7 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
                 )
                 report.note("apns-relay demo: the GMS flow end to end, times since the start")
                 report.note(f"Valkey (embedded)  {valkey.url}")
-                report.note(f"APNs simulator     https://{info.host}:{info.port}")
+                report.note(f"APNs simulator     https://{info.host}:{info.port}  ({auth} auth)")
                 report.note(f"relay              {relay_url}  (GMS pushes to /gms/push)")
                 report.note(f"GMS simulator      {gms.base_url}{gms.simulator.url_path}")
                 report.note(f"phone              device token {ends.phone.token[:16]}...")
@@ -1035,6 +1037,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--state-dir",
         help="keep Valkey's and the simulator's files here (default: a temporary dir)",
     )
+    parser.add_argument(
+        "--auth",
+        choices=DEV_AUTH_CHOICES,
+        default="token",
+        help="the relay's APNs credentials: a .p8 token key or a push certificate (.pem)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1046,7 +1054,7 @@ def run(args: argparse.Namespace) -> int:
             if args.state_dir
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="apns-relay-demo-")))
         )
-        report = asyncio.run(run_demo(scenarios, state_dir.resolve(), sys.stdout))
+        report = asyncio.run(run_demo(scenarios, state_dir.resolve(), sys.stdout, args.auth))
     failures = report.failures
     print(
         f"\n{len(report.checks) - len(failures)} of {len(report.checks)} checks passed"

@@ -73,6 +73,11 @@ DEAD_TOKENS_MARKED = Counter(
 APP_PAUSED = Gauge(
     "apns_relay_app_paused", "1 while sending for an app is paused on a credential error", ["app"]
 )
+CREDENTIAL_EXPIRY = Gauge(
+    "apns_relay_credential_expiry_timestamp_seconds",
+    "When the app's APNs client certificate expires (Unix time); token keys do not expire",
+    ["app"],
+)
 JWT_REFRESHES = Counter("apns_relay_jwt_refreshes_total", "Provider tokens (JWT) signed", ["app"])
 
 # Queue state, read from Redis so that every replica reports the same truth.

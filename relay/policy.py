@@ -46,6 +46,9 @@ TOO_MANY_REQUESTS_MIN_DELAY_MS = 5_000
 # Re-signing is what APNs objects to; the current token stays valid for up to an hour, so wait
 # long enough for the 20-minute refresh window to matter less than the queue behind this device.
 PROVIDER_TOKEN_UPDATES_DELAY_MS = 60_000
+# Status 0 with this reason (then ":<TLS alert>"): the TLS handshake refused the client
+# certificate (expired, revoked, not from Apple's CA). A credential fault like a 403.
+CERTIFICATE_REFUSED = "CertificateRefused"
 TRANSPORT_FAILURE_STATUS = 0
 TRANSPORT_FAILURE_REASON = "TransportError"
 UNKNOWN_REASON = "Unknown"
@@ -109,6 +112,8 @@ def _outcome_for(
     if status == 200:
         return Delivered(apns_id=response.apns_id)
     if status == TRANSPORT_FAILURE_STATUS:
+        if reason.startswith(f"{CERTIFICATE_REFUSED}:"):
+            return PauseApp(reason=reason, status=status)
         return with_backoff()
     if status == 400:
         if reason == IDLE_TIMEOUT:

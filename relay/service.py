@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import os
 import secrets
 import signal
@@ -39,6 +40,8 @@ SIMULATOR_START_TIMEOUT_S = 20.0
 DEFAULT_WORKER_PORT = 8081
 DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev
 VALKEY_WATCH_S = 0.5  # how often development mode looks whether its Valkey is still running
+DEV_AUTH_CHOICES = ("token", "certificate")
+DEV_CERTIFICATE = "dev-app.pem"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +62,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
     )
+    if parser.prog.endswith(" serve"):  # the one role with a development mode
+        parser.add_argument(
+            "--auth",
+            choices=DEV_AUTH_CHOICES,
+            default="token",
+            help="development mode: the simulator app's APNs credentials, a .p8 token key or a "
+            "push certificate issued by the simulator (default token)",
+        )
 
 
 def development_requested(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> bool:
@@ -108,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).resolve()
     try:
         with (
-            development_mode(settings, state_dir)
+            development_mode(settings, state_dir, args.auth)
             if dev_mode
             else contextlib.nullcontext((settings, None))
         ) as (settings, dev):
@@ -167,28 +178,44 @@ def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], SimInfo]:
     return process, info
 
 
-def simulator_app(info: SimInfo) -> App:
+def simulator_app(info: SimInfo, auth: str = "token") -> App:
+    """The development app, sending to the simulator with a token key or a push certificate."""
+    credentials: dict[str, Any]
+    if auth == "certificate":
+        credentials = {"certificate": {"cert_file": simulator_certificate(info)}}
+    else:
+        credentials = {
+            "token": {"key_file": info.key_file, "key_id": info.key_id, "team_id": info.team_id}
+        }
     return App.model_validate(
         {
             "name": DEV_APP,
             "topic": DEV_TOPIC,
             "environment": "sandbox",
             "default": True,
-            "auth": {
-                "token": {
-                    "key_file": info.key_file,
-                    "key_id": info.key_id,
-                    "team_id": info.team_id,
-                }
-            },
+            "auth": credentials,
             "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": info.ca},
         }
     )
 
 
+def simulator_certificate(info: SimInfo) -> Path:
+    """A universal sandbox push certificate for DEV_TOPIC from the simulator's push CA (kept
+    beside its ca.pem), written as PEM next to it."""
+    # Imported here: the development kit stays out of production processes.
+    from relay.apns_sim.push_certificates import PushCertificateAuthority
+
+    state_dir = info.ca.parent
+    issued = PushCertificateAuthority.in_directory(state_dir).issue(DEV_TOPIC, voip=True)
+    path = state_dir / DEV_CERTIFICATE
+    path.touch(mode=0o600)
+    path.write_bytes(issued.pem())
+    return path
+
+
 @contextlib.contextmanager
 def development_mode(
-    settings: Settings, state_dir: Path
+    settings: Settings, state_dir: Path, auth: str = "token"
 ) -> Iterator[tuple[Settings, DevEnvironment]]:
     """Fill in what production would configure: Redis, an app, an API token."""
     dev = DevEnvironment(state_dir)
@@ -208,11 +235,13 @@ def development_mode(
             )
         if not settings.apps:
             dev.simulator, dev.simulator_info = start_simulator(state_dir / "apns-sim")
-            settings = settings.model_copy(update={"apps": [simulator_app(dev.simulator_info)]})
+            app = simulator_app(dev.simulator_info, auth)
+            settings = settings.model_copy(update={"apps": [app]})
             log.warning(
                 "DEVELOPMENT MODE: no app configured, delivering to the APNs simulator",
                 app=DEV_APP,
                 topic=DEV_TOPIC,
+                auth=auth,
                 port=dev.simulator_info.port,
                 control_port=dev.simulator_info.control_port,
             )
@@ -277,7 +306,14 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         credentials = apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
     else:
         assert app.auth.certificate is not None
-        credentials = apns.CertificateCredentials(str(app.auth.certificate.cert_file))
+        certificate = app.auth.certificate.load()
+        credentials = apns.CertificateCredentials(certificate)
+        expires_at = certificate.info.not_after
+        metrics.CREDENTIAL_EXPIRY.labels(app=app.name).set(expires_at.timestamp())
+        if expires_at <= datetime.datetime.now(datetime.UTC):
+            # Started anyway: ingest keeps queueing, the worker pauses the app on APNs' refusal
+            # and delivers the queue once a valid certificate is configured.
+            log.error("certificate_expired", app=app.name, not_after=expires_at.isoformat())
     endpoint = (
         apns.Endpoint(
             app.endpoint.host,

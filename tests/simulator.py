@@ -193,6 +193,16 @@ class ControlClient:
     async def reset(self) -> None:
         await self._call("POST", "/reset")
 
+    async def issue_certificate(self, topic: str, **options: Any) -> dict[str, Any]:
+        """A push certificate from the simulator's CA: POST /certificates (see certificate_api)."""
+        result: dict[str, Any] = await self._call(
+            "POST", "/certificates", {"topic": topic, **options}
+        )
+        return result
+
+    async def revoke_certificate(self, serial: str) -> None:
+        await self._call("POST", f"/certificates/{serial}/revoke")
+
 
 @contextlib.asynccontextmanager
 async def control_client(info: SimInfo) -> AsyncIterator[ControlClient]:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from relay.apns_sim.push_certificates import PushCertificateAuthority
 from relay.config import (
     DEFAULT_ALERTS,
     GENERIC_ALERT,
@@ -284,15 +285,14 @@ def test_key_and_team_ids_are_ten_upper_case_alphanumerics(tmp_path: Path, key_f
     ]
 
 
-def test_certificate_credentials(tmp_path: Path) -> None:
-    cert = tmp_path / "cert.pem"
-    cert.write_text("pem")
+def test_certificate_credentials_are_read_at_start_up(tmp_path: Path) -> None:
+    # Loading and checking real certificates: tests/test_client_certificate.py.
+    (tmp_path / "cert.pem").write_text("pem")
     entry = app_entry()
     entry["auth"] = {"certificate": {"cert_file": "cert.pem"}}
-    app = load_settings(write_config(tmp_path, {"apps": [entry]}), env={}).app("demo")
-    assert app.auth.token is None
-    assert app.auth.certificate is not None
-    assert app.auth.certificate.cert_file == cert
+    assert problems_of(write_config(tmp_path, {"apps": [entry]}))[0].startswith(
+        f"apps[0]: auth.certificate: {tmp_path / 'cert.pem'}: no PEM certificate"
+    )
 
 
 def test_app_names_are_unique_and_one_default_at_most(tmp_path: Path, key_file: Path) -> None:
@@ -377,7 +377,7 @@ def test_the_example_documents_every_key_with_a_comment() -> None:
     lines = EXAMPLE.read_text().splitlines()
     documented: set[str] = set()
     for index, line in enumerate(lines):
-        match = re.match(r"\s*(?:- )?([a-z_]+):", line)
+        match = re.match(r"\s*(?:- )?([a-z0-9_]+):", line)
         if match and index and lines[index - 1].strip().startswith("#"):
             documented.add(match.group(1))
     assert _keys_of(Settings) - documented == set()
@@ -386,14 +386,21 @@ def test_the_example_documents_every_key_with_a_comment() -> None:
 def test_the_example_loads_and_shows_the_defaults(tmp_path: Path) -> None:
     shutil.copy(EXAMPLE, tmp_path / "relay.yaml")
     (tmp_path / "keys").mkdir()
-    for name in ("AuthKey_ABCDE12345.p8", "demo-sandbox.pem", "sim-ca.pem"):
+    for name in ("AuthKey_ABCDE12345.p8", "sim-ca.pem"):
         (tmp_path / "keys" / name).write_text("placeholder")
-    settings = load_settings(tmp_path / "relay.yaml", env={})
+    certificate = PushCertificateAuthority.create().issue("com.example.gms.demo", voip=True)
+    (tmp_path / "keys" / "demo-sandbox.p12").write_bytes(certificate.pkcs12(b"p12-password"))
+    cert_pem, key_pem = certificate.pem().split(b"-----BEGIN PRIVATE KEY")
+    (tmp_path / "keys" / "demo-sandbox.pem").write_bytes(cert_pem)
+    (tmp_path / "keys" / "demo-sandbox-key.pem").write_bytes(b"-----BEGIN PRIVATE KEY" + key_pem)
+    settings = load_settings(
+        tmp_path / "relay.yaml", env={"DEMO_SANDBOX_P12_PASSWORD": "p12-password"}
+    )
     defaults = Settings()
     for section in ("http", "queue", "retry", "delivery", "logging"):
         assert getattr(settings, section) == getattr(defaults, section), section
     assert settings.redis.shards == defaults.redis.shards
-    assert [app.name for app in settings.apps] == ["demo", "demo-sandbox"]
+    assert [app.name for app in settings.apps] == ["demo", "demo-sandbox", "demo-voip"]
     assert settings.app(None).name == "demo"
     sandbox = settings.app("demo-sandbox")
     assert sandbox.endpoint is not None

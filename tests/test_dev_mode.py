@@ -106,8 +106,9 @@ def test_missing_settings_names_each_key() -> None:
     ]
 
 
+@pytest.mark.parametrize("auth", ["token", "certificate"])
 def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
-    tmp_path: Path,
+    tmp_path: Path, auth: str
 ) -> None:
     state_dir = tmp_path / "dev"
     log_file = tmp_path / "serve.log"
@@ -115,6 +116,7 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "relay.cli", "serve", "--dev", "--port", "0"),
+                *("--auth", auth),
                 *("--state-dir", str(state_dir)),
             ],
             cwd=tmp_path,
@@ -176,6 +178,10 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
     assert process.returncode == 0, output
     assert "DEVELOPMENT MODE: embedded Valkey started" in output
     assert "DEVELOPMENT MODE: no app configured" in output
+    assert f'"auth":"{auth}"' in output
+    # With a certificate the TLS connection is the credential: no provider token is ever signed.
+    assert ("jwt_signed" in output) == (auth == "token")
+    assert (state_dir / "apns-sim" / "dev-app.pem").exists() == (auth == "certificate")
     assert dev["api_token"] in output  # printed for the person who ran `make run`
     # Its Valkey and simulator stop with it.
     valkey_url = re.search(r"redis://127\.0\.0\.1:(\d+)", output)
@@ -187,8 +193,13 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
 
 
 def _event(log_file: Path, event: str) -> dict[str, Any]:
-    """The first logged event whose name holds `event` (JSON lines: the log is no terminal)."""
-    for line in log_file.read_text().splitlines():
-        if line.startswith("{") and event in (record := json.loads(line))["event"]:
-            return dict(record)
-    raise AssertionError(f"no {event!r} in {log_file.read_text()}")
+    """The first logged event whose name holds `event` (JSON lines: the log is no terminal),
+    waited for: the relay may answer a request before its supervisor's log line is written."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        for line in log_file.read_text().splitlines():
+            if line.startswith("{") and event in (record := json.loads(line))["event"]:
+                return dict(record)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {event!r} in {log_file.read_text()}")
+        time.sleep(0.05)

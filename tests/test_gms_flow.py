@@ -185,9 +185,10 @@ async def test_a_step_that_differs_from_the_seed_fails_the_check() -> None:
     assert normalised_event(swapped) != normalised_event(seed)
 
 
-def test_demo_command_runs_every_scenario_and_exits_0() -> None:
+@pytest.mark.parametrize("auth", ["token", "certificate"])
+def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "relay.cli", "demo"],
+        [sys.executable, "-m", "relay.cli", "demo", "--auth", auth],
         cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -218,3 +219,4 @@ def test_demo_command_runs_every_scenario_and_exits_0() -> None:
     assert "FAIL" not in out
     assert "Traceback" not in finished.stderr
     assert out.rstrip().endswith("an inference the README lists")
+    assert f"({auth} auth)" in out

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.apns_sim import certificate_api
 from relay.apns_sim.certs import (
     create_server_identity,
     create_signing_key,
@@ -35,6 +36,7 @@ from relay.apns_sim.control import (
 )
 from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
 from relay.apns_sim.info import SIM_JSON
+from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay.apns_sim.server import (
     DEFAULT_MAX_STREAMS,
     H2Server,
@@ -69,6 +71,7 @@ class SimulatorOptions:
     key_id: str = field(default_factory=random_identifier)
     team_id: str = field(default_factory=random_identifier)
     tls_names: tuple[str, ...] = ()
+    environment: str = "sandbox"  # the one push certificates must be valid for
 
 
 class Simulator:
@@ -97,6 +100,8 @@ class Simulator:
             (state_dir / SIM_JSON).unlink()  # a waiter must never read the last run's ports
         identity = create_server_identity(state_dir, self.options.tls_names)
         signing_key = create_signing_key(state_dir, options.key_id, options.team_id)
+        push_authority = PushCertificateAuthority.in_directory(state_dir)
+        push_ca = state_dir / CA_FILE
         keys = (
             KeySource(signing_key.key_id, signing_key.team_id, signing_key.key_file),
             *options.extra_keys,
@@ -110,10 +115,11 @@ class Simulator:
             self._h2_server = await start_h2_server(
                 local,
                 load_policy(keys, options.topics),
-                server_ssl_context(identity.cert_file, identity.key_file),
+                server_ssl_context(identity.cert_file, identity.key_file, push_ca),
                 sock,
                 options.max_streams,
                 options.seed,
+                options.environment,
             )
             plane = local
         else:
@@ -136,6 +142,8 @@ class Simulator:
                         topics=options.topics,
                         max_streams=options.max_streams,
                         seed=None if options.seed is None else options.seed + index,
+                        client_ca_file=push_ca,
+                        environment=options.environment,
                     )
                     process = context.Process(
                         target=worker_main, args=(spec,), name=f"apns-sim-worker-{index}"
@@ -147,7 +155,9 @@ class Simulator:
             finally:
                 reservation.close()
             plane = hub
-        self._control = web.AppRunner(build_control_app(plane), access_log=None)
+        control_app = build_control_app(plane)
+        certificate_api.add_certificate_routes(control_app, push_authority, plane)
+        self._control = web.AppRunner(control_app, access_log=None)
         await self._control.setup()
         site = web.TCPSite(self._control, options.host, options.control_port)
         await site.start()
@@ -162,6 +172,8 @@ class Simulator:
             "team_id": signing_key.team_id,
             "workers": options.workers,
             "pid": os.getpid(),
+            "environment": options.environment,
+            "push_ca": str(push_ca),
         }
         write_sim_json(state_dir, self.info)
         log.info(
@@ -236,6 +248,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="tls_names",
         help="another DNS name for the server certificate (repeatable), e.g. apns-sim",
     )
+    parser.add_argument(
+        "--environment",
+        choices=("sandbox", "production"),
+        default="sandbox",
+        help="the APNs environment served: push certificates must be valid for it",
+    )
     parser.add_argument("--key-id", help="key id of the generated signing key (default random)")
     parser.add_argument("--team-id", help="team id of the generated signing key (default random)")
     parser.add_argument(
@@ -291,6 +309,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="TOKEN:STATUS[:REASON]",
         help="the next answer for TOKEN (repeatable; consumed in order)",
     )
+    certificate_api.configure(parser)
 
 
 def options_from(args: argparse.Namespace) -> SimulatorOptions:
@@ -328,6 +347,7 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
         log_limit=0 if args.no_log else args.log_limit,
         seed=args.seed,
         tls_names=tuple(args.tls_names),
+        environment=args.environment,
         **{k: v for k, v in identifiers.items() if v is not None},
     )
 
@@ -375,6 +395,8 @@ def fault_document(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "issue-cert":
+        return certificate_api.issue_certificate(args)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

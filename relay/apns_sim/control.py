@@ -146,6 +146,7 @@ class SimulatorState:
         self.ledger = DeviceLedger()
         self.log = NotificationLog(log_limit)
         self.stats = Stats()
+        self.revoked_certificates: set[int] = set()  # push certificate serials
 
     def replace_faults(self, faults: FaultConfig) -> None:
         self.faults = faults
@@ -182,6 +183,7 @@ class LocalPlane:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
         self.stats = state.stats
+        self.revoked_certificates = state.revoked_certificates
 
     @property
     def faults(self) -> FaultConfig:
@@ -341,7 +343,12 @@ def answer_from_wire(wire: list[Any] | None) -> Answer | None:
 
 
 def published_state(state: SimulatorState) -> JsonObject:
-    return {"faults": state.faults.to_json(), "unregistered": state.ledger.unregistered}
+    return {
+        "faults": state.faults.to_json(),
+        "unregistered": state.ledger.unregistered,
+        # Serials are up to 159 bits: text on the wire (orjson stops at 64).
+        "revoked_certificates": [str(serial) for serial in state.revoked_certificates],
+    }
 
 
 class WorkerHub:
@@ -447,6 +454,7 @@ class HubClient:
         self.faults = NO_FAULTS
         self.ledger = DeviceLedger()  # dead tokens as published; scripts are the hub's
         self.stats = Stats()
+        self.revoked_certificates: set[int] = set()
         self.pending_log: list[list[Any]] = []
         self.asks: dict[int, AnswerCallback] = {}
         self.ask_ids = itertools.count(1)
@@ -516,6 +524,8 @@ class HubClient:
             self.faults = FaultConfig.from_json(message["faults"])
             self.ledger.clear()
             self.ledger.unregistered.update(message["unregistered"])
+            self.revoked_certificates.clear()
+            self.revoked_certificates.update(map(int, message["revoked_certificates"]))
         elif op == "sync":
             self.send_report()
         self.writer.write(encode_frame({"op": "done", "id": message["id"]}))

@@ -157,9 +157,10 @@ class Accepted:
 
 
 def evaluate(
-    request: Request, auth: ConnectionAuth, policy: Policy, now: float
+    request: Request, auth: ConnectionAuth, policy: Policy, now: float, *, certified: bool = False
 ) -> Accepted | Answer:
-    """Validate one request as APNs does; may bind or update the connection's provider token."""
+    """Validate one request as APNs does; may bind or update the connection's provider token.
+    `certified`: the connection's client certificate authorised it (certificate_rules)."""
     if request.duplicate_header is not None:
         return DUPLICATE_HEADERS
     if request.method != "POST":
@@ -167,9 +168,10 @@ def evaluate(
     token_or_answer = device_token_in(request.path)
     if isinstance(token_or_answer, Answer):
         return token_or_answer
-    rejection = authorize(request.headers.get("authorization"), auth, policy.keys, now)
-    if rejection is not None:
-        return rejection
+    if not certified:
+        rejection = authorize(request.headers.get("authorization"), auth, policy.keys, now)
+        if rejection is not None:
+            return rejection
     headers = request.headers
     apns_id = headers.get("apns-id")
     if apns_id is not None and not _UUID.match(apns_id):

@@ -21,6 +21,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
+from relay.apns_sim.certificate_rules import evaluate_certified, peer_certificate
 from relay.apns_sim.certs import load_trusted_key
 from relay.apns_sim.control import HubClient, Stats
 from relay.apns_sim.faults import FaultConfig
@@ -42,11 +43,13 @@ from relay.apns_sim.protocol import (
     response_headers,
     stream_fault,
 )
+from relay.client_certificate import PushCertificateInfo
 
 DEFAULT_MAX_STREAMS = 1000
 BODY_KEEP_BYTES = 8192  # more than any payload limit: a larger body is only counted, for 413
 CONNECTION_WINDOW = 16 * 1024 * 1024
 LISTEN_BACKLOG = 1024
+X509_V_FLAG_NO_CHECK_TIME = 0x200000  # OpenSSL's; Python's ssl.VerifyFlags does not name it
 
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=False,
@@ -64,6 +67,7 @@ class Backplane(Protocol):
     """Where the server's shared state lives: this process, or the hub that owns it."""
 
     stats: Stats
+    revoked_certificates: set[int]  # serials of push certificates revoked
 
     @property
     def faults(self) -> FaultConfig: ...
@@ -92,8 +96,11 @@ class ApnsServerProtocol(asyncio.Protocol):
         max_streams: int,
         rng: random.Random,
         open_connections: set[ApnsServerProtocol],
+        environment: str = "sandbox",
     ) -> None:
         self.backplane = backplane
+        self.environment = environment
+        self.certificate: PushCertificateInfo | None = None  # the client's, if it sent one
         self.open_connections = open_connections
         self.stats = backplane.stats
         self.policy = policy
@@ -112,6 +119,7 @@ class ApnsServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TLS transport is not an asyncio.Transport subclass, but has its methods.
         self.transport = cast(asyncio.Transport, transport)
+        self.certificate = peer_certificate(transport)
         self.open_connections.add(self)
         self.stats.counters["connections_opened"] += 1
         self.conn.local_settings = h2.settings.Settings(
@@ -186,7 +194,18 @@ class ApnsServerProtocol(asyncio.Protocol):
         apns_id = echoed_apns_id(request) or str(uuid.uuid4())
         then_goaway = goaway_after(faults, self.streams_seen)
         now = time.time()
-        verdict = evaluate(request, self.auth, self.policy, now)
+        if self.certificate is None:
+            verdict = evaluate(request, self.auth, self.policy, now)
+        else:
+            verdict = evaluate_certified(
+                request,
+                self.certificate,
+                self.environment,
+                self.backplane.revoked_certificates,
+                self.auth,
+                self.policy,
+                now,
+            )
         if isinstance(verdict, Answer):
             self._answer(stream_id, verdict, apns_id, then_goaway)
             return
@@ -268,10 +287,21 @@ class ApnsServerProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
-def server_ssl_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+def server_ssl_context(
+    cert_file: Path, key_file: Path, client_ca_file: Path | None = None
+) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
+    if client_ca_file is not None:
+        # Asked on every connection, optional as at Apple: token-auth clients send none.
+        # One that is sent must chain to the push CA or the handshake fails. Its dates are
+        # left to certificate_rules (403 BadCertificate): asyncio closes a failed handshake
+        # without sending the TLS alert, so a client could not tell "expired" from a dropped
+        # connection, where Apple's alert tells it.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
+        context.load_verify_locations(client_ca_file)
     # Offered to clients that ask; clients without ALPN (aioapns) speak h2 by prior knowledge.
     context.set_alpn_protocols(["h2"])
     return context
@@ -307,11 +337,14 @@ async def start_h2_server(
     sock: socket.socket,
     max_streams: int = DEFAULT_MAX_STREAMS,
     seed: int | None = None,
+    environment: str = "sandbox",
 ) -> H2Server:
     rng = random.Random(seed)
     open_connections: set[ApnsServerProtocol] = set()
     server = await asyncio.get_running_loop().create_server(
-        lambda: ApnsServerProtocol(backplane, policy, max_streams, rng, open_connections),
+        lambda: ApnsServerProtocol(
+            backplane, policy, max_streams, rng, open_connections, environment
+        ),
         sock=sock,
         ssl=ssl_context,
         backlog=LISTEN_BACKLOG,
@@ -339,6 +372,8 @@ class WorkerSpec:
     topics: frozenset[str] | None
     max_streams: int
     seed: int | None
+    client_ca_file: Path | None = None
+    environment: str = "sandbox"
 
 
 def load_policy(keys: tuple[KeySource, ...], topics: frozenset[str] | None) -> Policy:
@@ -369,10 +404,11 @@ async def _serve_as_worker(spec: WorkerSpec) -> None:
     server = await start_h2_server(
         hub,
         load_policy(spec.keys, spec.topics),
-        server_ssl_context(spec.cert_file, spec.key_file),
+        server_ssl_context(spec.cert_file, spec.key_file, spec.client_ca_file),
         sock,
         spec.max_streams,
         spec.seed,
+        spec.environment,
     )
     loop = asyncio.get_running_loop()
     stopping = loop.create_future()
