@@ -86,6 +86,30 @@ QUEUE_OLDEST_AGE = Gauge(
     "apns_relay_queue_oldest_pending_age_seconds", "Age of the oldest pending notification"
 )
 
+# The api's local spool (this process's; relay.spool)
+SPOOL_NOTIFICATIONS = Gauge(
+    "apns_relay_spool_notifications",
+    "Notifications answered from this api's local spool and not yet stored in Redis",
+)
+SPOOL_BYTES = Gauge("apns_relay_spool_bytes", "Size of this api's spool file")
+SPOOL_OLDEST_AGE = Gauge(
+    "apns_relay_spool_oldest_age_seconds", "Age of the oldest notification in this api's spool"
+)
+SPOOL_REPLAYED = Counter(
+    "apns_relay_spool_replayed_total", "Spooled notifications stored in Redis by the replay"
+)
+SPOOL_REFUSED = Counter(
+    "apns_relay_spool_refused_total",
+    "Notifications the spool could not take (spool_full: answered 503) or Redis refused for"
+    " good at replay (device_token_dead: answered 200 earlier, never sent)",
+    ["reason"],
+)
+INGEST_HELD = Counter(
+    "apns_relay_ingest_held_total",
+    "Ingest requests that waited for Redis, by how they ended (stored, spooled, refused)",
+    ["outcome"],
+)
+
 # HTTP
 HTTP_REQUESTS = Counter(
     "apns_relay_http_requests_total", "HTTP requests served", ["route", "method", "status"]

@@ -117,6 +117,10 @@ _ACCEPTED = {
         "id": {"type": "string"},
         "status_url": {"type": "string"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
     },
 }
 _BATCH_RESULT = {
@@ -128,6 +132,10 @@ _BATCH_RESULT = {
         "id": {"type": "string"},
         "status_url": {"type": "string"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
         "problem": {"$ref": "#/components/schemas/Problem"},
         "retry_after_s": {"type": "integer"},
     },
@@ -141,6 +149,7 @@ _NOTIFICATION_STATUS = {
         "device_token": {"type": "string"},
         "state": {
             "enum": [
+                "spooled",
                 "queued",
                 "sending",
                 "retrying",
@@ -187,6 +196,10 @@ _GMS_PUSHED = {
         "id": {"type": ["string", "null"]},
         "pushed": {"type": "boolean"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
     },
 }
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
