@@ -85,6 +85,7 @@ class Spool:
         self._buffer: list[bytes] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._compact = False
+        self._durable = False  # whether the buffered records include one to fsync
         self._writer: asyncio.Task[None] | None = None
         self.changed = asyncio.Event()  # set when a notification is added (wakes the replay)
         self._publish()
@@ -141,8 +142,7 @@ class Spool:
         self.ledger.apply(Replayed(notification_id), len(record))
         # An empty spool starts again from an empty file; otherwise the mark is appended.
         self._compact |= not self.ledger.pending
-        task = asyncio.ensure_future(self._write(record, durable=False))
-        task.add_done_callback(_log_failed_write)
+        self._write(record, durable=False).add_done_callback(_log_failed_write)
         self._publish()
 
     def full(self) -> bool:
@@ -159,17 +159,16 @@ class Spool:
 
     # ---- the one writer ----
 
-    async def _write(self, record: bytes, *, durable: bool) -> None:
-        """Queue a record for the writer; concurrent adds share one write and one fsync."""
+    def _write(self, record: bytes, *, durable: bool) -> asyncio.Future[None]:
+        """Hand a record to the writer; concurrent adds share one write and one fsync. The
+        future is done once the record is written (and fsync'd if `durable`)."""
         self._buffer.append(record)
         waiter = asyncio.get_running_loop().create_future()
-        if durable:
-            self._waiters.append(waiter)
-        else:
-            waiter.set_result(None)
+        self._waiters.append(waiter)
+        self._durable |= durable
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
-        await waiter
+        return waiter
 
     async def _drain(self) -> None:
         while self._buffer or self._compact:
@@ -177,14 +176,15 @@ class Spool:
             try:
                 if self._compact:
                     # The ledger is the whole truth: the buffered records are in it already.
-                    self._compact, self._buffer = False, []
+                    self._compact, self._buffer, self._durable = False, [], False
                     live = b"".join(encode(s) for s in self.ledger.pending.values())
                     await asyncio.to_thread(self._rewrite, live)
                     self.ledger.file_bytes = len(live) + sum(map(len, self._buffer))
                     self._publish()
                 else:
                     data, self._buffer = b"".join(self._buffer), []
-                    await asyncio.to_thread(self._append, data, bool(waiters))
+                    durable, self._durable = self._durable, False
+                    await asyncio.to_thread(self._append, data, durable)
             except OSError as error:
                 log.error("spool_write_failed", directory=str(self.directory), error=str(error))
                 for waiter in waiters:
@@ -222,6 +222,6 @@ class Spool:
         os.close(self._lock_fd)  # releases the lock
 
 
-def _log_failed_write(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and (error := task.exception()) is not None:
+def _log_failed_write(written: asyncio.Future[None]) -> None:
+    if not written.cancelled() and (error := written.exception()) is not None:
         log.warning("spool_mark_not_written", error=str(error))
