@@ -16,7 +16,7 @@ from relay import metrics
 from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
 from relay.queue import REDIS_ERRORS, Accepted, NotificationStatus, QueueRefusal, RelayQueue
-from relay.redis_connection import ReplicaAcknowledgement
+from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.spool import Spool
 from relay.spool_log import Device, SpooledNotification
 
@@ -27,7 +27,8 @@ HOLD_MAX_DELAY_S = 0.2
 REPLAY_ATTEMPT_TIMEOUT_S = 2.0
 REPLAY_MAX_DELAY_S = 0.5
 REPLAY_IDLE_WAKE_S = 1.0  # a device waiting out a refusal is looked at again this often
-UNAVAILABLE: tuple[type[Exception], ...] = (*REDIS_ERRORS, TimeoutError)
+# What a later attempt may get past: Redis unreachable or slow, or its replicas behind.
+NOT_YET: tuple[type[Exception], ...] = (*REDIS_ERRORS, TimeoutError, ReplicasBehind)
 
 
 def hold_delay_s(attempt: int, remaining_s: float, jitter: float) -> float | None:
@@ -96,28 +97,34 @@ class Ingest:
                 return Accepted(seen, duplicate=True, spooled=True)
             if self.spool is None or not self.spool.ledger.holds(device):
                 try:
-                    accepted = await self._enqueue_held(n, notification_id, deadline)
-                except UNAVAILABLE:
+                    return await self._store_held(n, notification_id, deadline)
+                except NOT_YET:
                     if self.spool is None:
                         metrics.INGEST_HELD.labels(outcome="refused").inc()
                         raise
-                else:
-                    if self.replicas is not None and not accepted.duplicate:
-                        await self.replicas.confirm([accepted.id])
-                    return accepted
             await self._spool(n, notification_id)
         return Accepted(notification_id, duplicate=False, spooled=True)
 
-    async def _enqueue_held(
-        self, n: Notification, notification_id: str, deadline: float
+    async def _store(
+        self, n: Notification, notification_id: str, now_ms: int | None = None
     ) -> Accepted:
-        """enqueue, retried while Redis is unreachable until `deadline`; the last error then."""
+        """The enqueue, and the replicas' acknowledgement when asked for (redis.ack_replicas):
+        the same for a request and for the replay, under the same id, so that storing again
+        what is stored already (an answer lost, a replay repeated) changes nothing."""
+        accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
+        if self.replicas is not None and not accepted.duplicate:
+            await self.replicas.confirm([accepted.id])
+        return accepted
+
+    async def _store_held(self, n: Notification, notification_id: str, deadline: float) -> Accepted:
+        """_store, retried while Redis is unreachable (or its replicas behind) until `deadline`;
+        then the last error."""
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
-                    accepted = await self.queue.enqueue(n, notification_id=notification_id)
-            except UNAVAILABLE:
+                    accepted = await self._store(n, notification_id)
+            except NOT_YET:
                 delay = hold_delay_s(attempt, deadline - time.monotonic(), self._random.random())
                 if delay is None:
                     raise
@@ -191,7 +198,7 @@ class Ingest:
                 continue
             try:
                 await self._replay_one(spooled, blocked_until)
-            except UNAVAILABLE as error:
+            except NOT_YET as error:
                 failures += 1
                 if failures == 1:
                     log.warning("spool_replay_waiting_for_redis", error=str(error) or "timeout")
@@ -210,9 +217,9 @@ class Ingest:
         async with self.lanes.lane(spooled.device):
             try:
                 async with asyncio.timeout(REPLAY_ATTEMPT_TIMEOUT_S):
-                    accepted = await self.queue.enqueue(
-                        n, notification_id=spooled.id, now_ms=spooled.spooled_at_ms
-                    )
+                    accepted = await self._store(n, spooled.id, spooled.spooled_at_ms)
+            except ReplicasBehind:
+                raise  # not yet: the spool keeps it until the write is as safe as a direct one
             except QueueRefusal as refusal:
                 if refusal.retry_after_s is not None:
                     # A full device queue or pending cap: waiting helps; the device waits behind
