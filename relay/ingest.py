@@ -25,6 +25,9 @@ log = structlog.get_logger("relay.ingest")
 HOLD_FIRST_DELAY_S = 0.02
 HOLD_MAX_DELAY_S = 0.2
 REPLAY_ATTEMPT_TIMEOUT_S = 2.0
+# Devices replayed at once (each device's own notifications still one after the other): the
+# replay must outpace new pushes for spooled devices, which join the spool behind theirs.
+REPLAY_AT_ONCE = 64
 REPLAY_MAX_DELAY_S = 0.5
 REPLAY_IDLE_WAKE_S = 1.0  # a device waiting out a refusal is looked at again this often
 # What a later attempt may get past: Redis unreachable or slow, or its replicas behind.
@@ -192,16 +195,23 @@ class Ingest:
         failures = 0
         while not stop.is_set():
             spool.changed.clear()  # before looking: an add from now on wakes the wait below
-            spooled = spool.ledger.next_to_replay(blocked_until, time.monotonic())
-            if spooled is None:
+            heads = spool.ledger.heads_to_replay(blocked_until, time.monotonic(), REPLAY_AT_ONCE)
+            if not heads:
                 await _first_of(stop, spool.changed, REPLAY_IDLE_WAKE_S)
                 continue
-            try:
-                await self._replay_one(spooled, blocked_until)
-            except NOT_YET as error:
+            outcomes = await asyncio.gather(
+                *(self._replay_one(spooled, blocked_until) for spooled in heads),
+                return_exceptions=True,
+            )
+            errors = [o for o in outcomes if isinstance(o, Exception)]
+            for error in errors:
+                if not isinstance(error, NOT_YET):
+                    # Not to be retried blindly, nor to end the replay: said, then retried.
+                    log.error("spool_replay_failed", error=repr(error), exc_info=error)
+            if errors:
                 failures += 1
                 if failures == 1:
-                    log.warning("spool_replay_waiting_for_redis", error=str(error) or "timeout")
+                    log.warning("spool_replay_waiting", error=str(errors[0]) or "timeout")
                 ceiling = min(REPLAY_MAX_DELAY_S, HOLD_FIRST_DELAY_S * 2**failures)
                 await _first_of(stop, None, ceiling * (0.5 + self._random.random() / 2))
                 continue

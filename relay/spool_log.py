@@ -196,12 +196,19 @@ class SpoolLedger:
     def oldest(self) -> SpooledNotification | None:
         return next(iter(self.pending.values()), None)
 
-    def next_to_replay(
-        self, blocked_until: dict[Device, float], now: float
-    ) -> SpooledNotification | None:
-        """The oldest notification whose device is not waiting out a refusal (a full device
-        queue in Redis): one device's wait holds back only that device, behind its own head."""
+    def heads_to_replay(
+        self, blocked_until: dict[Device, float], now: float, limit: int
+    ) -> list[SpooledNotification]:
+        """Up to `limit` notifications to replay at once, oldest first: the first spooled one of
+        each device (a device's next waits for it), skipping devices waiting out a refusal (a
+        full device queue in Redis), which hold back only themselves."""
+        heads: list[SpooledNotification] = []
+        seen: set[Device] = set()
         for spooled in self.pending.values():
-            if blocked_until.get(spooled.device, 0.0) <= now:
-                return spooled
-        return None
+            if len(heads) >= limit:
+                break
+            device = spooled.device
+            if device not in seen and blocked_until.get(device, 0.0) <= now:
+                heads.append(spooled)
+            seen.add(device)
+        return heads

@@ -140,16 +140,17 @@ def test_an_idempotency_key_matches_only_on_the_same_device() -> None:
     assert ledger.idempotent_match(notification(1, 5)) is None
 
 
-def test_replay_order_skips_only_a_blocked_device() -> None:
+def test_replay_takes_each_devices_head_oldest_first_skipping_blocked_devices() -> None:
     ledger = SpoolLedger(max_bytes=1 << 20, max_notifications=10)
-    for record in (spooled(1, 1), spooled(2, 1), spooled(1, 2)):
+    for record in (spooled(1, 1), spooled(2, 1), spooled(1, 2), spooled(3, 1)):
         ledger.apply(record, 100)
     device_1 = (notification(1).app, notification(1).device_token)
-    assert ledger.next_to_replay({}, now=0.0) == spooled(1, 1)
-    assert ledger.next_to_replay({device_1: 5.0}, now=1.0) == spooled(2, 1)
-    ledger.apply(Replayed(spooled(2, 1).id), 10)
-    assert ledger.next_to_replay({device_1: 5.0}, now=1.0) is None
-    assert ledger.next_to_replay({device_1: 5.0}, now=5.0) == spooled(1, 1)
+    assert ledger.heads_to_replay({}, 0.0, 10) == [spooled(1, 1), spooled(2, 1), spooled(3, 1)]
+    assert ledger.heads_to_replay({}, 0.0, 2) == [spooled(1, 1), spooled(2, 1)]
+    assert ledger.heads_to_replay({device_1: 5.0}, 1.0, 10) == [spooled(2, 1), spooled(3, 1)]
+    ledger.apply(Replayed(spooled(1, 1).id), 10)
+    assert ledger.heads_to_replay({}, 0.0, 10) == [spooled(2, 1), spooled(1, 2), spooled(3, 1)]
+    assert ledger.heads_to_replay({device_1: 5.0}, 5.0, 1) == [spooled(2, 1)]
 
 
 # ---- the hold ----
