@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay import metrics
 from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
 from relay.queue import REDIS_ERRORS, Accepted, NotificationStatus, QueueRefusal, RelayQueue
-from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
+from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, closed_transport
 from relay.spool import Spool
 from relay.spool_log import Device, SpooledNotification
 
@@ -114,9 +115,14 @@ class Ingest:
         """The enqueue, and the replicas' acknowledgement when asked for (redis.ack_replicas):
         the same for a request and for the replay, under the same id, so that storing again
         what is stored already (an answer lost, a replay repeated) changes nothing."""
-        accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
-        if self.replicas is not None and not accepted.duplicate:
-            await self.replicas.confirm([accepted.id])
+        try:
+            accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
+            if self.replicas is not None and not accepted.duplicate:
+                await self.replicas.confirm([accepted.id])
+        except RuntimeError as error:
+            if not closed_transport(error):
+                raise
+            raise RedisConnectionError(str(error)) from error
         return accepted
 
     async def _store_held(self, n: Notification, notification_id: str, deadline: float) -> Accepted:

@@ -13,6 +13,7 @@ import pytest
 from relay.config import ConfigError
 from relay.ingest import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
 from relay.model import Notification
+from relay.redis_connection import closed_transport
 from relay.spool import LOG_FILE, Spool, SpoolFull
 from relay.spool_log import (
     HEADER,
@@ -271,3 +272,12 @@ def test_a_second_process_cannot_open_the_same_spool(tmp_path: Path) -> None:
         done.set()
         holder.join(30)
     asyncio.run(Spool.open(tmp_path, 1 << 20, 10).close())  # free again once the holder is gone
+
+
+def test_only_uvloops_closed_transport_error_counts_as_redis_unreachable() -> None:
+    uvloop_says = RuntimeError(
+        "unable to perform operation on <TCPTransport closed=True reading=False 0x5>;"
+        " the handler is closed"
+    )
+    assert closed_transport(uvloop_says)
+    assert not closed_transport(RuntimeError("Event loop is closed"))
