@@ -75,12 +75,14 @@ class Figures:
     lost: int  # accepted, never received
     duplicates: int  # received more than once (allowed only after a fault; counted)
     order_violations: int  # per device, received after a later-sent accepted push
+    slowest_s: float  # the longest any answer took
 
     def line(self, name: str) -> str:
         return (
             f"{name}: sent {self.sent}, refused {self.refused}, over 2 s {self.over_2s},"
             f" spooled {self.spooled}, delivered {self.delivered}, lost {self.lost},"
-            f" duplicates {self.duplicates}, order violations {self.order_violations}"
+            f" duplicates {self.duplicates}, order violations {self.order_violations},"
+            f" slowest answer {self.slowest_s:.2f} s"
         )
 
 
@@ -158,6 +160,7 @@ async def figures(info: SimInfo, pushes: list[Push]) -> Figures:
         lost=len(accepted - set(arrivals)),
         duplicates=len(arrivals) - len(set(arrivals)),
         order_violations=violations,
+        slowest_s=max(p.elapsed_s for p in pushes),
     )
 
 
