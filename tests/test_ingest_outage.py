@@ -26,6 +26,7 @@ from relay_harness import (
     RelayProcess,
     basic_authorization,
     relay_document,
+    running_relay,
     start_relay_process,
     write_config,
 )
@@ -356,3 +357,40 @@ async def test_a_full_spool_answers_503_and_writes_nothing_half(
         assert {(p.device, p.n) for p in refused}.isdisjoint(await received(sim))
     finally:
         stop(setup.api, setup.worker)
+
+
+async def test_idempotency_keys_hold_across_the_spool_and_redis(
+    tmp_path: Path, standalone: EmbeddedServer
+) -> None:
+    async with running_relay(
+        standalone.url,
+        tmp_path,
+        ingest={"spool_dir": str(tmp_path / "spool"), "hold_seconds": 0.2},
+    ) as relay:
+        device = token(7)
+        body = {"device_token": device, "alert": "hi", "idempotency_key": "k1"}
+        await asyncio.to_thread(standalone.stop, signal.SIGKILL)
+        status, first, _ = await relay.call("POST", "/v1/notifications", body)
+        assert (status, first["spooled"], first["duplicate"]) == (202, True, False), first
+        status, again, _ = await relay.call("POST", "/v1/notifications", body)
+        assert (status, again["id"], again["duplicate"]) == (202, first["id"], True), again
+        # A batch item for the spooled device joins the spool behind it.
+        status, batch, _ = await relay.call(
+            "POST",
+            "/v1/notifications:batch",
+            {"notifications": [{**body, "idempotency_key": "k2"}]},
+        )
+        assert (status, batch["results"][0]["spooled"]) == (200, True), batch
+        await asyncio.to_thread(standalone.start)
+        await relay.wait_state(first["id"], {"delivered"})
+        await relay.wait_state(batch["results"][0]["id"], {"delivered"})
+        status, after, _ = await relay.call("POST", "/v1/notifications", body)
+        assert (status, after["id"], after["duplicate"], after["spooled"]) == (
+            202,
+            first["id"],
+            True,
+            False,
+        ), after
+        sent = await relay.received(device, count=2)
+        assert [r["payload"]["aps"]["alert"] for r in sent] == ["hi", "hi"]
+        assert len(await relay.received(device, count=2)) == 2  # each key sent once
