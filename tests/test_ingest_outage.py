@@ -392,5 +392,4 @@ async def test_idempotency_keys_hold_across_the_spool_and_redis(
             False,
         ), after
         sent = await relay.received(device, count=2)
-        assert [r["payload"]["aps"]["alert"] for r in sent] == ["hi", "hi"]
-        assert len(await relay.received(device, count=2)) == 2  # each key sent once
+        assert [r["payload"]["aps"]["alert"] for r in sent] == ["hi", "hi"]  # each key once
