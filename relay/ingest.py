@@ -18,7 +18,7 @@ from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
 from relay.queue import REDIS_ERRORS, Accepted, NotificationStatus, QueueRefusal, RelayQueue
 from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, closed_transport
-from relay.spool import Spool
+from relay.spool import Spool, SpoolUnavailable
 from relay.spool_log import Device, SpooledNotification
 
 log = structlog.get_logger("relay.ingest")
@@ -149,7 +149,11 @@ class Ingest:
     async def _spool(self, n: Notification, notification_id: str) -> None:
         assert self.spool is not None
         was_empty = not self.spool.ledger.pending
-        await self.spool.add(SpooledNotification(notification_id, n, int(time.time() * 1000)))
+        try:
+            await self.spool.add(SpooledNotification(notification_id, n, int(time.time() * 1000)))
+        except OSError as error:  # the disk failed (spool_write_failed is logged): not stored
+            metrics.SPOOL_REFUSED.labels(reason="spool_write_failed").inc()
+            raise SpoolUnavailable(str(error)) from None
         metrics.INGEST_HELD.labels(outcome="spooled").inc()
         if was_empty:
             log.warning(

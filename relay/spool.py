@@ -45,6 +45,17 @@ class SpoolFull(QueueRefusal):
         )
 
 
+class SpoolUnavailable(QueueRefusal):
+    def __init__(self, error: str) -> None:
+        super().__init__(
+            503,
+            "spool_unavailable",
+            f"the queue (Redis) cannot be reached and this api's spool cannot be written ({error});"
+            " nothing was stored",
+            SPOOL_FULL_RETRY_AFTER_S,
+        )
+
+
 def _lock(directory: Path) -> int:
     """An exclusive lock on the directory, held while the process lives (the kernel drops it
     when the process dies, kill -9 included): two processes never share one spool."""
