@@ -106,7 +106,8 @@ SPOOL_REFUSED = Counter(
 )
 INGEST_HELD = Counter(
     "apns_relay_ingest_held_total",
-    "Ingest requests that waited for Redis, by how they ended (stored, spooled, refused)",
+    "Pushes that did not go straight into Redis: stored after waiting for it, spooled (after"
+    " the hold, or behind their device's spooled pushes), or refused (no spool)",
     ["outcome"],
 )
 
@@ -129,6 +130,10 @@ def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> No
     """Export each app's series at 0 from the start: rate() and alerts need a first sample, and
     a dashboard should show "none yet" rather than "no data". Reason-labelled series cannot be
     known in advance and appear with their first event."""
+    if ingest:
+        for outcome in ("stored", "spooled", "refused"):
+            INGEST_HELD.labels(outcome=outcome)
+        SPOOL_REFUSED.labels(reason="spool_full")
     for app in apps:
         if ingest:
             NOTIFICATIONS_ENQUEUED.labels(app=app)

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import structlog
@@ -127,9 +128,11 @@ class Spool:
 
     # ---- adding and marking ----
 
-    async def add(self, spooled: SpooledNotification) -> None:
-        """Append and fsync `spooled`; returns once it is on disk. Raises SpoolFull (nothing
-        written) or OSError (the disk failed: nothing acknowledged, so the record is withdrawn)."""
+    def append(self, spooled: SpooledNotification) -> Awaitable[None]:
+        """Take `spooled` into the spool now (its place in the file, behind everything taken
+        before) and return what completes once it is fsync'd. Raises SpoolFull, having taken
+        nothing. The wait may raise OSError (the disk failed): the record is then withdrawn,
+        as it was never acknowledged."""
         record = encode(spooled)
         admission = self.ledger.admit(len(record))
         if admission is Admission.FULL:
@@ -137,14 +140,22 @@ class Spool:
             raise SpoolFull(self.ledger.max_notifications, self.ledger.max_bytes)
         self.ledger.apply(spooled, len(record))
         self._compact |= admission is Admission.COMPACT_FIRST
-        try:
-            await self._write(record, durable=True)
-        except OSError:
-            self.ledger.apply(Replayed(spooled.id), 0)
-            raise
-        finally:
-            self._publish()
+        written = self._write(record, durable=True)
+        self._publish()
         self.changed.set()
+        return self._written(spooled.id, written)
+
+    async def _written(self, notification_id: str, written: asyncio.Future[None]) -> None:
+        try:
+            await written
+        except OSError:
+            self.ledger.apply(Replayed(notification_id), 0)
+            self._publish()
+            raise
+
+    async def add(self, spooled: SpooledNotification) -> None:
+        """append, and wait until it is on disk."""
+        await self.append(spooled)
 
     def mark_replayed(self, notification_id: str) -> None:
         """Record that a notification reached Redis. Not waited for, nor fsync'd on its own:
