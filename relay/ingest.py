@@ -240,34 +240,37 @@ class Ingest:
     async def _replay_one(
         self, spooled: SpooledNotification, blocked_until: dict[Device, float]
     ) -> None:
+        # No device lane: while the device's spooled notifications are not all marked, a new
+        # push for it only appends behind them, and the mark comes after the store; so a push
+        # that finds the device clear goes to Redis after everything replayed, and a push never
+        # waits for the replay's Redis call.
         assert self.spool is not None
         n = spooled.notification
-        async with self.lanes.lane(spooled.device):
-            try:
-                async with asyncio.timeout(REPLAY_ATTEMPT_TIMEOUT_S):
-                    accepted = await self._store(n, spooled.id, spooled.spooled_at_ms)
-            except ReplicasBehind:
-                raise  # not yet: the spool keeps it until the write is as safe as a direct one
-            except QueueRefusal as refusal:
-                if refusal.retry_after_s is not None:
-                    # A full device queue or pending cap: waiting helps; the device waits behind
-                    # its head, the rest of the spool goes on.
-                    blocked_until[spooled.device] = time.monotonic() + refusal.retry_after_s
-                    log.warning("spool_replay_deferred", id=spooled.id, reason=refusal.reason)
-                    return
-                # Refused for good (a dead token): it was answered 200, it cannot be sent.
-                metrics.SPOOL_REFUSED.labels(reason=refusal.reason).inc()
-                log.warning(
-                    "spool_replay_refused",
-                    id=spooled.id,
-                    app=n.app,
-                    token=mask_token(n.device_token),
-                    reason=refusal.reason,
-                )
-                self.spool.mark_replayed(spooled.id)
+        try:
+            async with asyncio.timeout(REPLAY_ATTEMPT_TIMEOUT_S):
+                accepted = await self._store(n, spooled.id, spooled.spooled_at_ms)
+        except ReplicasBehind:
+            raise  # not yet: the spool keeps it until the write is as safe as a direct one
+        except QueueRefusal as refusal:
+            if refusal.retry_after_s is not None:
+                # A full device queue or pending cap: waiting helps; the device waits behind its
+                # head, the rest of the spool goes on.
+                blocked_until[spooled.device] = time.monotonic() + refusal.retry_after_s
+                log.warning("spool_replay_deferred", id=spooled.id, reason=refusal.reason)
                 return
-            blocked_until.pop(spooled.device, None)
+            # Refused for good (a dead token): it was answered 200, it cannot be sent.
+            metrics.SPOOL_REFUSED.labels(reason=refusal.reason).inc()
+            log.warning(
+                "spool_replay_refused",
+                id=spooled.id,
+                app=n.app,
+                token=mask_token(n.device_token),
+                reason=refusal.reason,
+            )
             self.spool.mark_replayed(spooled.id)
+            return
+        blocked_until.pop(spooled.device, None)
+        self.spool.mark_replayed(spooled.id)
         metrics.SPOOL_REPLAYED.inc()
         if not accepted.duplicate:
             metrics.NOTIFICATIONS_ENQUEUED.labels(app=n.app).inc()
