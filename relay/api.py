@@ -701,7 +701,9 @@ async def create_batch(request: web.Request) -> web.Response:
         except QueueRefusal as refusal:
             outcomes.append(refusal)
     if state.replicas is not None:
-        stored = [o.id for o in outcomes if isinstance(o, Accepted) and not o.duplicate]
+        stored = [
+            o.id for o in outcomes if isinstance(o, Accepted) and not (o.duplicate or o.spooled)
+        ]
         try:
             await state.replicas.confirm(stored)
         except QueueRefusal as refusal:
