@@ -27,10 +27,11 @@ ARG RELAY_UID=10001
 RUN groupadd --system --gid ${RELAY_UID} relay \
     && useradd --system --uid ${RELAY_UID} --gid relay --create-home --home-dir /home/relay \
         --shell /usr/sbin/nologin relay \
-    && mkdir -p /etc/apns-relay/keys /var/lib/apns-sim \
-    && chown relay:relay /var/lib/apns-sim
-# /var/lib/apns-sim is owned by the relay user so that a fresh named volume mounted there (docker
-# copies the mount point's ownership into it) is writable by the simulator.
+    && mkdir -p /etc/apns-relay/keys /var/lib/apns-sim /var/spool/apns-relay \
+    && chown relay:relay /var/lib/apns-sim /var/spool/apns-relay
+# /var/lib/apns-sim and /var/spool/apns-relay (the api's spool, ingest.spool_dir) are owned by the
+# relay user so that a fresh named volume mounted there (docker copies the mount point's
+# ownership into it) is writable by the simulator and the api.
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

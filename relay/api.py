@@ -25,6 +25,7 @@ from pydantic import SecretStr, ValidationError
 from relay import metrics
 from relay.config import App, ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
+from relay.ingest import Ingest
 from relay.logs import mask_token
 from relay.model import InvalidInput, Notification
 from relay.payload import (
@@ -51,6 +52,7 @@ from relay.schema import (
     NotificationIn,
     openapi_document,
 )
+from relay.spool import Spool
 
 log = structlog.get_logger("relay.api")
 
@@ -477,11 +479,19 @@ class RelayState:
     extra_ready_checks: list[Callable[[], str | None]] = field(default_factory=list)
     limits: ApiLimits = field(default_factory=ApiLimits)
     replicas: ReplicaAcknowledgement | None = None  # redis.ack_replicas: WAIT before a 2xx
+    spool: Spool | None = None  # ingest.spool_dir: where pushes wait out a Redis outage
     rates: RequestRates = field(init=False)
+    ingest: Ingest = field(init=False)
 
     def __post_init__(self) -> None:
         auth = self.settings.auth
         self.rates = RequestRates(auth.requests_per_second, auth.burst)
+        self.ingest = Ingest(
+            self.queue,
+            hold_s=self.settings.ingest.hold_seconds,
+            spool=self.spool,
+            replicas=self.replicas,
+        )
 
 
 STATE = web.AppKey("relay_state", RelayState)
@@ -686,10 +696,8 @@ async def _enqueue(
     if client_key:
         notification = _bind_key(notification, spec, app)
     try:
-        accepted = await state.queue.enqueue(notification)
+        accepted = await state.ingest.accept(notification)
         _count_enqueued(app.name, accepted)
-        if state.replicas is not None and not accepted.duplicate:
-            await state.replicas.confirm([accepted.id])
     except QueueRefusal as refusal:
         raise Problem.from_refusal(refusal) from None
     return accepted
@@ -744,7 +752,14 @@ async def gms_push(request: web.Request) -> web.Response:
         if spec is None:
             _count_event("gms", "accepted", "nothing-to-push")
         return _json({"id": None, "pushed": False})
-    return _json({"id": accepted.id, "pushed": True, "duplicate": accepted.duplicate})
+    return _json(
+        {
+            "id": accepted.id,
+            "pushed": True,
+            "duplicate": accepted.duplicate,
+            "spooled": accepted.spooled,
+        }
+    )
 
 
 def _status_url(notification_id: str) -> str:
@@ -769,6 +784,7 @@ async def create_notification(request: web.Request) -> web.Response:
             "id": accepted.id,
             "status_url": _status_url(accepted.id),
             "duplicate": accepted.duplicate,
+            "spooled": accepted.spooled,
         },
         status=202,
     )
@@ -806,9 +822,20 @@ async def create_batch(request: web.Request) -> web.Response:
             results.append(_item_problem(Problem.from_invalid(error, prefix)))
         except Problem as problem:
             results.append(_item_problem(problem))
+    # A device with notifications in the spool takes new ones behind them, one by one.
+    spooled = [(i, n) for i, n in valid if state.ingest.holds(n)]
+    valid = [(i, n) for i, n in valid if not state.ingest.holds(n)]
     outcomes = await state.queue.enqueue_many([n for _, n in valid])
+    for index, notification in spooled:
+        try:
+            valid.append((index, notification))
+            outcomes.append(await state.ingest.accept(notification))
+        except QueueRefusal as refusal:
+            outcomes.append(refusal)
     if state.replicas is not None:
-        stored = [o.id for o in outcomes if isinstance(o, Accepted) and not o.duplicate]
+        stored = [
+            o.id for o in outcomes if isinstance(o, Accepted) and not (o.duplicate or o.spooled)
+        ]
         try:
             await state.replicas.confirm(stored)
         except QueueRefusal as refusal:
@@ -824,6 +851,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 "id": outcome.id,
                 "status_url": _status_url(outcome.id),
                 "duplicate": outcome.duplicate,
+                "spooled": outcome.spooled,
             }
     for result in results:
         if result["status"] == 202:
@@ -843,9 +871,10 @@ def _item_problem(problem: Problem) -> dict[str, Any]:
 
 async def get_notification(request: web.Request) -> web.Response:
     notification_id = request.match_info["id"]
-    status = None
-    if len(notification_id) <= MAX_NOTIFICATION_ID_CHARS:
-        status = await request.app[STATE].queue.get(notification_id)
+    state = request.app[STATE]
+    status = state.ingest.spooled_status(notification_id)
+    if status is None and len(notification_id) <= MAX_NOTIFICATION_ID_CHARS:
+        status = await state.queue.get(notification_id)
     # Another app's notification is answered exactly as a missing one: a scoped credential
     # must not learn that it exists.
     if status is None or not request[GRANT].allows(status.app):
@@ -889,22 +918,36 @@ async def healthz(_: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     reasons: list[str] = []
+    degraded: list[str] = []
     if state.draining:
         reasons.append("draining")
     try:
         await state.queue.ping()
     except REDIS_ERRORS as error:
-        reasons.append(f"redis unreachable: {error}")
+        # With a spool this process still answers every push with a 200: taking it out of
+        # service would turn pushes away from the one thing still accepting them.
+        spool = state.spool
+        if spool is not None and not spool.full():
+            degraded.append(f"redis unreachable, spooling: {error}")
+        else:
+            reasons.append(f"redis unreachable: {error}")
     paused = state.paused_apps()
     if state.settings.apps and len(paused) >= len(state.settings.apps):
         reasons.append("every app is paused: " + ", ".join(f"{a} ({r})" for a, r in paused.items()))
     reasons.extend(r for check in state.extra_ready_checks if (r := check()))
-    body = {"ready": not reasons, "reasons": reasons, "paused_apps": dict(paused)}
+    body = {
+        "ready": not reasons,
+        "reasons": reasons,
+        "degraded": degraded,
+        "paused_apps": dict(paused),
+    }
     return _json(body, status=200 if not reasons else 503)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    if state.spool is not None:
+        metrics.SPOOL_OLDEST_AGE.set(state.spool.oldest_age_s())
     if time.monotonic() - state.gauges_read_at >= QUEUE_GAUGES_MAX_AGE_S:
         try:
             totals = await state.queue.totals()

@@ -226,6 +226,18 @@ class QueueSettings(_Section):
         return self
 
 
+class IngestSettings(_Section):
+    """What ingest does while Redis cannot be reached: hold the request, then spool it locally."""
+
+    # Retry Redis this long before any other answer; under GMS's 2 s socket timeout, with room
+    # for the spool's fsync and the answer.
+    hold_seconds: Annotated[float, Field(gt=0, le=1.8)] = 1.5
+    # The api's local spool (None: none; a push that outlasts the hold is answered 503).
+    spool_dir: Path | None = None
+    spool_max_bytes: PositiveInt = 64 * 1024 * 1024
+    spool_max_notifications: PositiveInt = 100_000
+
+
 class RetrySettings(_Section):
     base_ms: PositiveInt = 500
     cap_ms: PositiveInt = 60_000
@@ -486,6 +498,7 @@ class Settings(_Section):
     http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
     queue: QueueSettings = QueueSettings()
+    ingest: IngestSettings = IngestSettings()
     retry: RetrySettings = RetrySettings()
     delivery: DeliverySettings = DeliverySettings()
     logging: LoggingSettings = LoggingSettings()
@@ -529,6 +542,7 @@ _ENV_SECTIONS: Mapping[str, type[_Section]] = {
     "redis": RedisSettings,
     "http": HttpSettings,
     "queue": QueueSettings,
+    "ingest": IngestSettings,
     "retry": RetrySettings,
     "delivery": DeliverySettings,
     "logging": LoggingSettings,

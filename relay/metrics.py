@@ -91,6 +91,31 @@ QUEUE_OLDEST_AGE = Gauge(
     "apns_relay_queue_oldest_pending_age_seconds", "Age of the oldest pending notification"
 )
 
+# The api's local spool (this process's; relay.spool)
+SPOOL_NOTIFICATIONS = Gauge(
+    "apns_relay_spool_notifications",
+    "Notifications answered from this api's local spool and not yet stored in Redis",
+)
+SPOOL_BYTES = Gauge("apns_relay_spool_bytes", "Size of this api's spool file")
+SPOOL_OLDEST_AGE = Gauge(
+    "apns_relay_spool_oldest_age_seconds", "Age of the oldest notification in this api's spool"
+)
+SPOOL_REPLAYED = Counter(
+    "apns_relay_spool_replayed_total", "Spooled notifications stored in Redis by the replay"
+)
+SPOOL_REFUSED = Counter(
+    "apns_relay_spool_refused_total",
+    "Notifications the spool could not take (spool_full: answered 503) or Redis refused for"
+    " good at replay (device_token_dead: answered 200 earlier, never sent)",
+    ["reason"],
+)
+INGEST_HELD = Counter(
+    "apns_relay_ingest_held_total",
+    "Pushes that did not go straight into Redis: stored after waiting for it, spooled (after"
+    " the hold, or behind their device's spooled pushes), or refused (no spool)",
+    ["outcome"],
+)
+
 # HTTP
 HTTP_REQUESTS = Counter(
     "apns_relay_http_requests_total", "HTTP requests served", ["route", "method", "status"]
@@ -110,6 +135,10 @@ def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> No
     """Export each app's series at 0 from the start: rate() and alerts need a first sample, and
     a dashboard should show "none yet" rather than "no data". Reason-labelled series cannot be
     known in advance and appear with their first event."""
+    if ingest:
+        for outcome in ("stored", "spooled", "refused"):
+            INGEST_HELD.labels(outcome=outcome)
+        SPOOL_REFUSED.labels(reason="spool_full")
     for app in apps:
         if ingest:
             NOTIFICATIONS_ENQUEUED.labels(app=app)

@@ -7,8 +7,10 @@ from enum import StrEnum
 
 
 class DeliveryState(StrEnum):
-    """Where one notification stands; the last four are final."""
+    """Where one notification stands; the last four are final. SPOOLED is never in Redis: the
+    api that answered it holds it in its local spool until Redis answers again."""
 
+    SPOOLED = "spooled"
     QUEUED = "queued"
     SENDING = "sending"
     RETRYING = "retrying"

@@ -189,6 +189,7 @@ class Accepted:
     id: str
     duplicate: bool  # the idempotency key was seen before: the existing id is returned
     superseded: str | None = None  # the older notification this one replaced, if any
+    spooled: bool = False  # held in the api's local spool until Redis answers (relay.spool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,11 +501,17 @@ class RelayQueue:
 
     # ---- enqueue ----
 
-    def _enqueue_call(self, n: Notification, now_ms: int) -> tuple[ScriptCall, str]:
+    def new_id(self, n: Notification) -> str:
+        """A fresh id for `n`, naming its shard (so a status read goes to one shard)."""
+        return f"{self.shard_of(n.app, n.device_token):02d}-{uuid.uuid4().hex}"
+
+    def _enqueue_call(
+        self, n: Notification, now_ms: int, notification_id: str | None = None
+    ) -> tuple[ScriptCall, str]:
         shard = self.shard_of(n.app, n.device_token)
         prefix = shard_prefix(shard)
         device = f"{n.app}:{n.device_token}"
-        notification_id = f"{shard:02d}-{uuid.uuid4().hex}"
+        notification_id = notification_id or self.new_id(n)
         keys = [
             *self._shard_keys(prefix),
             prefix + QUEUE + device,
@@ -550,7 +557,9 @@ class RelayQueue:
             )
         return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
 
-    async def enqueue(self, n: Notification, *, now_ms: int | None = None) -> Accepted:
+    async def enqueue(
+        self, n: Notification, *, notification_id: str | None = None, now_ms: int | None = None
+    ) -> Accepted:
         """Store one notification (one round trip) or raise a QueueRefusal having stored nothing.
 
         A notification goes to the tail of its device's queue, unless it carries an order (both
@@ -561,8 +570,11 @@ class RelayQueue:
         a line arriving after a higher one was sent (or is being sent, or retried) is still pushed,
         after it, never dropped. An ordered notification may thereby overtake unordered ones
         accepted before it, which is the one exception to per-device FIFO. A repeated position is
-        caught by the idempotency key, not here."""
-        call, _ = self._enqueue_call(n, _now_ms(now_ms))
+        caught by the idempotency key, not here.
+
+        Sent again with the same `notification_id` (an attempt whose answer was lost, a spool
+        replay), it is accepted once: the script finds the record and stores nothing more."""
+        call, _ = self._enqueue_call(n, _now_ms(now_ms), notification_id)
         (reply,) = await self._run([call])
         result = self._enqueue_result(n, reply)
         if isinstance(result, QueueRefusal):

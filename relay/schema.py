@@ -124,6 +124,10 @@ _ACCEPTED = {
         "id": {"type": "string"},
         "status_url": {"type": "string"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
     },
 }
 _BATCH_RESULT = {
@@ -135,6 +139,10 @@ _BATCH_RESULT = {
         "id": {"type": "string"},
         "status_url": {"type": "string"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
         "problem": {"$ref": "#/components/schemas/Problem"},
         "retry_after_s": {"type": "integer"},
     },
@@ -148,6 +156,7 @@ _NOTIFICATION_STATUS = {
         "device_token": {"type": "string"},
         "state": {
             "enum": [
+                "spooled",
                 "queued",
                 "sending",
                 "retrying",
@@ -194,6 +203,10 @@ _GMS_PUSHED = {
         "id": {"type": ["string", "null"]},
         "pushed": {"type": "boolean"},
         "duplicate": {"type": "boolean"},
+        "spooled": {
+            "type": "boolean",
+            "description": "held in this api's local spool until Redis answers (relay.spool)",
+        },
     },
 }
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}

@@ -29,6 +29,7 @@ from relay.embedded import EmbeddedServer, EmbeddedServerError
 from relay.logs import configure_logging, redact_text
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect, replica_acknowledgement
+from relay.spool import Spool
 from relay.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.service")
@@ -299,6 +300,17 @@ def make_queue(settings: Settings) -> RelayQueue:
     )
 
 
+def open_spool(settings: Settings) -> Spool | None:
+    """The api's spool, locked for this process and recovered; None when none is configured."""
+    ingest = settings.ingest
+    if ingest.spool_dir is None:
+        return None
+    try:
+        return Spool.open(ingest.spool_dir, ingest.spool_max_bytes, ingest.spool_max_notifications)
+    except OSError as error:
+        raise ConfigError([f"ingest.spool_dir: {ingest.spool_dir}: {error}"]) from None
+
+
 def make_client(app: App, settings: Settings) -> apns.ApnsClient:
     credentials: apns.Credentials
     if app.auth.token is not None:
@@ -391,6 +403,10 @@ async def run_relay(
     if not settings.redis.url:
         raise ConfigError(["redis.url: required (set RELAY_REDIS_URL); only `serve` embeds one"])
     queue = make_queue(settings)
+    ingest = role != "worker"
+    spool = open_spool(settings) if ingest else None
+    replay_stop = asyncio.Event()
+    replay_task: asyncio.Task[None] | None = None
     try:
         worker = make_worker(settings, queue) if role in ("serve", "worker") else None
         state = RelayState(
@@ -399,8 +415,10 @@ async def run_relay(
             Credentials.from_settings(settings),
             paused_apps=(lambda: worker.paused_apps) if worker else dict,
             replicas=replica_acknowledgement(queue.client, settings.redis),
+            spool=spool,
         )
-        ingest = role != "worker"
+        if spool is not None:
+            replay_task = asyncio.create_task(state.ingest.replay(replay_stop))
         metrics.prime_app_series(
             (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
         )
@@ -424,7 +442,20 @@ async def run_relay(
                     await worker_task
                     for client in worker.clients.values():
                         await client.close()
+                # What is spooled survives the exit on the volume; moving it to Redis now, if
+                # Redis answers, spares it depending on that volume.
+                if spool is not None and not await state.ingest.drain(grace_s):
+                    log.warning(
+                        "spool_left_on_disk",
+                        notifications=len(spool.ledger.pending),
+                        directory=str(spool.directory),
+                    )
     finally:
+        replay_stop.set()
+        if replay_task is not None:
+            await replay_task
+        if spool is not None:
+            await spool.close()
         await queue.aclose()
 
 

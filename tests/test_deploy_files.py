@@ -488,6 +488,29 @@ def test_compose_relay_reads_the_simulator_key_and_ca_from_the_shared_volume() -
         assert env["RELAY_REDIS_URL"].startswith("redis://valkey:")
 
 
+def test_compose_api_spools_on_a_named_volume_the_image_lets_it_write() -> None:
+    api = compose()["services"]["api"]
+    spool_dir = PurePosixPath(api["environment"]["RELAY_INGEST_SPOOL_DIR"])
+    mounts = dict(compose_mount(volume)[::-1] for volume in api["volumes"])
+    assert mounts[spool_dir] in compose()["volumes"]
+    # A fresh named volume takes the image's ownership of its mount point.
+    assert f"chown relay:relay /var/lib/apns-sim {spool_dir}" in (ROOT / "Dockerfile").read_text()
+    assert "RELAY_INGEST_SPOOL_DIR" not in compose()["services"]["worker"]["environment"]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_api_spools_on_a_pod_volume(kustomization: str) -> None:
+    manifests = rendered(kustomization)
+    container = relay_container(manifests, "api")
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volume_name = mounts[env["RELAY_INGEST_SPOOL_DIR"]]
+    spec = pod_spec(find(manifests, "Deployment", "apns-relay-api"))
+    assert spec is not None
+    volume = next(v for v in spec["volumes"] if v["name"] == volume_name)
+    assert "emptyDir" in volume or "persistentVolumeClaim" in volume, volume
+
+
 def test_compose_bind_mounts_exist() -> None:
     for name, service in compose()["services"].items():
         for volume in service.get("volumes", []):
@@ -863,6 +886,9 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
         "apns_relay_notifications_delivered_total",
     }
     assert queried["ApnsRelayDown"] == {"up"}
+    spooling = next(rule for rule in rules if rule["alert"] == "ApnsRelaySpooling")
+    assert queried["ApnsRelaySpooling"] == {"apns_relay_spool_notifications"}
+    assert spooling["for"] == "1m"
 
 
 def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:

@@ -335,7 +335,9 @@ async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
     bearer = {"Authorization": f"Bearer {API_TOKEN}"}
     with EmbeddedServer(data_dir=state_dir / "valkey") as valkey:
         async with running_simulator(state_dir / "sim") as info:
-            config = write_config(state_dir / "relay.yaml", relay_document(valkey.url, info))
+            # A short hold and no spool: every request meets the outage and is answered 503.
+            document = relay_document(valkey.url, info, ingest={"hold_seconds": 0.05})
+            config = write_config(state_dir / "relay.yaml", document)
             with relay_processes("api", config=config, log_dir=state_dir) as [relay]:
                 async with aiohttp.ClientSession() as session:
 
