@@ -53,7 +53,7 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
-from relay.model import ApnsResponse, Notification
+from relay.model import ApnsResponse, Notification, Route
 
 log = structlog.get_logger("relay.apns")
 
@@ -488,11 +488,13 @@ class ApnsClient:
         endpoint: Endpoint,
         credentials: Credentials,
         *,
+        environment: str = "production",
         request_timeout_s: float = 10.0,
         max_connections: int = 4,
         max_in_flight: int = 1000,
     ) -> None:
         self.app = app
+        self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
         self.request_timeout_s = request_timeout_s
         self.jwt = (
             SharedJWT(credentials, app) if isinstance(credentials, TokenCredentials) else None

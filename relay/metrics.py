@@ -73,6 +73,18 @@ DEAD_TOKENS_MARKED = Counter(
 APP_PAUSED = Gauge(
     "apns_relay_app_paused", "1 while sending for an app is paused on a credential error", ["app"]
 )
+ROUTE_STATE = Gauge(
+    "apns_relay_route_state",
+    "A route's circuit as this worker last read it: 0 closed (sending), 1 open (parked, probing"
+    " at intervals), 2 half-open (one probe in flight)",
+    ["app", "environment"],
+)
+ROUTE_STATE_VALUES = {"closed": 0, "open": 1, "half-open": 2}
+ROUTE_TRANSITIONS = Counter(
+    "apns_relay_route_transitions_total",
+    "Route circuit state changes, counted once across all workers (by the one that made it)",
+    ["app", "environment", "to"],
+)
 JWT_REFRESHES = Counter("apns_relay_jwt_refreshes_total", "Provider tokens (JWT) signed", ["app"])
 
 # Queue state, read from Redis so that every replica reports the same truth.

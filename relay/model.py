@@ -85,6 +85,15 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where an app's notifications go: what a circuit is kept for (relay.circuit)."""
+
+    app: str
+    environment: str  # production | sandbox
+    endpoint: str  # "host:port"
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedNotification:
     """A device's head notification, leased to one worker for one send attempt."""
 
@@ -92,6 +101,9 @@ class ClaimedNotification:
     notification: Notification
     attempts: int  # attempts made before this one
     accepted_at_ms: int
+    # When it last went back to waiting: its previous attempt (or a release, a run-out lease);
+    # acceptance for a first attempt. Did its route deliver anything since? (poison detection)
+    waiting_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,6 +258,7 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         app.topic,
         endpoint,
         credentials,
+        environment=app.environment,
         request_timeout_s=settings.delivery.request_timeout_seconds,
         max_connections=app.max_connections,
     )
@@ -303,6 +304,7 @@ def make_worker(settings: Settings, queue: RelayQueue) -> DeliveryWorker:
         retry=settings.retry.policy(),
         batch_size=settings.delivery.batch_size,
         pause_probe_s=settings.delivery.pause_probe_seconds,
+        circuit_policy=settings.circuit.policy(settings.delivery.request_timeout_seconds),
     )
 
 

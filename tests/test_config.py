@@ -133,7 +133,8 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     names = env_override_names()
     assert names["RELAY_QUEUE_DEAD_TOKEN_TTL_SECONDS"] == ("queue", "dead_token_ttl_seconds")
     assert names["RELAY_DELIVERY_PAUSE_PROBE_SECONDS"] == ("delivery", "pause_probe_seconds")
-    assert len(names) == 8 + 4 + 8 + 3 + 3 + 2
+    assert names["RELAY_CIRCUIT_FAILURE_THRESHOLD"] == ("circuit", "failure_threshold")
+    assert len(names) == 8 + 4 + 8 + 3 + 4 + 4 + 2
 
 
 def test_empty_redis_url_means_embedded() -> None:
