@@ -240,7 +240,7 @@ class DeliverySettings(_Section):
     pause_probe_seconds: PositiveInt = 30
     # A connection answering this many 500s in a row is closed and replaced (peers found a
     # connection can go bad alone: Pushy #408, node-apn #463).
-    connection_500_streak: PositiveInt = 10
+    connection_internal_error_streak: PositiveInt = 10
 
 
 class CircuitSettings(_Section):
