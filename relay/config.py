@@ -23,8 +23,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from relay.model import PUSH_TYPES, InvalidInput
 from relay.circuit import CircuitPolicy
+from relay.model import PUSH_TYPES, InvalidInput
 from relay.policy import RetryPolicy
 from relay.redis_connection import cluster_url, parse_address, parse_redis_url, sentinel_url
 

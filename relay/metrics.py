@@ -65,6 +65,17 @@ APNS_IN_FLIGHT = Gauge(
     "apns_relay_apns_in_flight_requests", "Requests sent to APNs awaiting an answer", ["app"]
 )
 APNS_CONNECTIONS = Gauge("apns_relay_apns_connections", "Open HTTP/2 connections to APNs", ["app"])
+APNS_CONNECTIONS_REPLACED = Counter(
+    "apns_relay_apns_connections_replaced_total",
+    "APNs connections closed for health (a streak of 500s, stalled streams)",
+    ["reason"],
+)
+APNS_UNPROCESSED_RESENDS = Counter(
+    "apns_relay_apns_unprocessed_resends_total",
+    "Requests APNs never processed (above GOAWAY's last_stream_id, a retired connection), sent"
+    " again at once without spending an attempt",
+    ["app", "reason"],
+)
 DEAD_TOKENS_MARKED = Counter(
     "apns_relay_dead_tokens_marked_total",
     "Device tokens marked dead, by APNs reason",

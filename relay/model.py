@@ -114,6 +114,9 @@ class ApnsResponse:
     reason: str | None = None
     apns_id: str | None = None
     timestamp_ms: int | None = None  # 410 only: when APNs learned the token went invalid
+    # Status 0 only: the request never reached APNs, or APNs said it did not process it (a stream
+    # above GOAWAY's last_stream_id). Sending it again cannot duplicate a push.
+    unprocessed: bool = False
 
 
 # The outcome of one attempt: a small closed set, so that policy is a type decision.

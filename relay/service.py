@@ -261,6 +261,7 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         environment=app.environment,
         request_timeout_s=settings.delivery.request_timeout_seconds,
         max_connections=app.max_connections,
+        internal_error_streak=settings.delivery.connection_internal_error_streak,
     )
 
 
