@@ -26,7 +26,7 @@ from relay import metrics
 from relay.config import ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
 from relay.logs import mask_token
-from relay.model import InvalidInput
+from relay.model import DeliveryState, InvalidInput
 from relay.payload import (
     EXPIRED_ON_ARRIVAL_STATUS,
     PAYLOAD_TOO_LARGE_STATUS,
@@ -34,8 +34,9 @@ from relay.payload import (
     build_notification,
     normalize_device_token,
 )
-from relay.queue import REDIS_ERRORS, Accepted, QueueRefusal, RelayQueue
+from relay.queue import REDIS_ERRORS, Accepted, NotificationStatus, QueueRefusal, RelayQueue
 from relay.redis_connection import ReplicaAcknowledgement
+from relay.routes import RouteStore, route_for
 from relay.schema import (
     MAX_JSON_DEPTH,
     MAX_NOTIFICATION_ID_CHARS,
@@ -720,7 +721,27 @@ async def get_notification(request: web.Request) -> web.Response:
         raise Problem(
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
-    return _json(asdict(status))
+    return _json({**asdict(status), "waiting_for_route": await _route_wait(request, status)})
+
+
+async def _route_wait(request: web.Request, status: NotificationStatus) -> dict[str, Any] | None:
+    """Why a waiting notification is not being sent: its route's circuit is open (since when,
+    APNs' last answer on it); None when it is not waiting or its route sends."""
+    state = request.app[STATE]
+    if status.state not in (DeliveryState.QUEUED, DeliveryState.RETRYING):
+        return None
+    try:
+        route = route_for(state.settings.app(status.app))
+    except InvalidInput:
+        return None  # an app no longer configured: nothing sends it
+    (stored,) = (await RouteStore(state.queue).read([route])).values()
+    if stored.circuit.sending:
+        return None
+    return {
+        "state": stored.circuit.state.value,
+        "since_ms": stored.circuit.since_ms,
+        "last_answer": stored.circuit.last_answer,
+    }
 
 
 def _device_key(request: web.Request) -> tuple[str, str]:

@@ -6,11 +6,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from relay.apns import default_endpoint
 from relay.circuit import Circuit, RouteState
+from relay.config import App
 from relay.model import Route
 from relay.queue import KEY_ROOT, ROUTE, RelayQueue, ScriptArg, ScriptCall, load_script
 
 ROUTE_WRITE = load_script("route_write", shard_script=False)
+
+
+def route_for(app: App) -> Route:
+    """The route a configured app sends on (what its ApnsClient reports as `route`)."""
+    endpoint = app.endpoint or default_endpoint(app.environment)
+    return Route(app.name, app.environment, f"{endpoint.host}:{endpoint.port}")
 
 
 def route_key(route: Route) -> str:
