@@ -99,6 +99,10 @@ class DeliveryWorker:
         for app, client in self.clients.items():
             metrics.APP_PAUSED.labels(app=app).set(0)
             metrics.ROUTE_STATE.labels(app=app, environment=client.route.environment).set(0)
+            for state in circuit.RouteState:  # at 0 from the start: rate() needs a first sample
+                metrics.ROUTE_TRANSITIONS.labels(
+                    app=app, environment=client.route.environment, to=state.value
+                )
 
     # The loop
 

@@ -839,6 +839,9 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
         "apns_relay_notifications_delivered_total",
     }
     assert queried["ApnsRelayDown"] == {"up"}
+    assert queried["ApnsRelayRouteOpen"] == {"apns_relay_route_state"}
+    route_open = next(rule for rule in rules if rule["alert"] == "ApnsRelayRouteOpen")
+    assert route_open["for"] == "2m"
 
 
 def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
@@ -869,6 +872,8 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_app_paused",
         "apns_relay_apns_in_flight_requests",
         "apns_relay_http_requests_total",
+        "apns_relay_route_state",
+        "apns_relay_route_transitions_total",
     } <= queried
 
 
