@@ -111,7 +111,8 @@ def record_failure(
 
 
 def record_success(circuit: Circuit, *, now_ms: int) -> Circuit:
-    """APNs took a notification on this route: whatever the state, the route works."""
+    """APNs took a notification on this route (or refused one for a reason of its own, which
+    shows it processing requests too): whatever the state, the route works."""
     return Circuit(
         state=RouteState.CLOSED,
         since_ms=circuit.since_ms if circuit.sending else now_ms,

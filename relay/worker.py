@@ -277,7 +277,7 @@ class DeliveryWorker:
             now_ms=now_ms,
             policy=self.retry,
             rng=self.rng,
-            route_delivered=self._delivered_at_ms[notification.app] > claim.waiting_since_ms,
+            route_delivered=self._route_delivered_at_ms(notification.app) > claim.waiting_since_ms,
         )
         gate.probing = False
         if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
@@ -313,7 +313,15 @@ class DeliveryWorker:
                     c, device, answer, now_ms=now_ms, policy=self.circuit_policy, rng=self.rng
                 ),
             )
+        elif response.status != 0 and not self.routes[app].circuit.sending:
+            # Any other answer (a 400 for this device, say) still shows APNs processing the
+            # route's requests: a probe that gets one closes the circuit as a 200 would.
+            await self._update_route(app, lambda c: circuit.record_success(c, now_ms=now_ms))
         return self.routes[app].circuit.sending
+
+    def _route_delivered_at_ms(self, app: str) -> int:
+        """The last success on the app's route seen here or by any worker (as last read)."""
+        return max(self._delivered_at_ms[app], self.routes[app].circuit.last_success_ms)
 
     async def _update_route(self, app: str, change: Callable[[Circuit], Circuit | None]) -> bool:
         """Apply `change` to the app's route circuit in Redis (compare and set, read again on a

@@ -319,7 +319,7 @@ async def test_a_fault_ends_with_everything_delivered_or_expired(
         ):
             n = await r.offer(APP, 1.0)
             await control.put_faults(FAULTS[fault])
-            n = await r.offer(APP, 6.0, n)
+            n = await r.offer(APP, 4.0, n)
             faults_seen = await control.stats()
             await control.clear_faults()
             await r.offer(APP, 1.0, n)
@@ -392,11 +392,11 @@ async def test_an_outage_of_one_app_leaves_the_others_latency_alone(
         ):
             # The same load on both apps, first with no outage, then with the other app's APNs
             # answering 503 to everything.
-            a, b = await asyncio.gather(r.offer(APP, 10.0), r.offer(OTHER_APP, 10.0))
+            a, b = await asyncio.gather(r.offer(APP, 8.0), r.offer(OTHER_APP, 8.0))
             await r.drained()
             base_ns = list(r.ledger.acknowledged[APP])
             await failing.put_faults(OUTAGE_503)
-            await asyncio.gather(r.offer(APP, 10.0, a), r.offer(OTHER_APP, 10.0, b))
+            await asyncio.gather(r.offer(APP, 8.0, a), r.offer(OTHER_APP, 8.0, b))
             outage_ns = [n for n in r.ledger.acknowledged[APP] if n >= a]
             await failing.clear_faults()
             await r.drained()
