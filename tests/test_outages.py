@@ -31,6 +31,7 @@ from relay.service import simulator_app
 APP = "alpha"
 OTHER_APP = "beta"
 DEVICES = 60
+MAX_PER_DEVICE = 100  # the relay's default per-device queue cap
 RATE_PER_S = 20  # notifications offered per second, per app
 SHORT_TTL_EVERY = 10  # every tenth notification lives only SHORT_TTL_S: some expire in an outage
 SHORT_TTL_S = 6
@@ -81,6 +82,8 @@ class Relay:
         ) as response:
             return response.status, await response.json(content_type=None)
 
+    devices: int = DEVICES
+
     async def offer(self, app: str, seconds: float, first_n: int = 0) -> int:
         """GMS-paced traffic: RATE_PER_S notifications a second for `seconds`, in batches of
         five, round-robin over the devices; returns the next n."""
@@ -91,7 +94,7 @@ class Relay:
             items = [
                 {
                     "app": app,
-                    "device_token": token(i % DEVICES),
+                    "device_token": token(i % self.devices),
                     "service_id": f"S{i}",
                     "action": "wait-for-agent",
                     "ttl": SHORT_TTL_S if i % SHORT_TTL_EVERY == 0 else LONG_TTL_S,
@@ -105,7 +108,7 @@ class Relay:
             assert status == 200, answer
             for i, result in zip(range(n, n + batch), answer["results"], strict=True):
                 if result["status"] == 202:
-                    self.ledger.acknowledged[app][i] = (result["id"], i % DEVICES)
+                    self.ledger.acknowledged[app][i] = (result["id"], i % self.devices)
                 else:
                     self.ledger.refused += 1
             n += batch
@@ -229,6 +232,9 @@ async def a_waiting_one(r: Relay) -> dict[str, Any]:
 async def outage_run(redis_url: str, tmp_path: Path, outage_s: float) -> None:
     with simulators(tmp_path, 1) as (sim,):
         async with relay(redis_url, tmp_path, [sim]) as r, control_client(sim.info) as control:
+            # Enough devices that none reaches its queue cap while the outage lasts (a longer
+            # outage would meet the cap: 429 + Retry-After to GMS, nothing stored).
+            r.devices = max(DEVICES, int(outage_s * RATE_PER_S / (MAX_PER_DEVICE / 2)))
             n = await r.offer(APP, 3.0)
             await r.drained()
             before = (await control.stats())["streams"]
