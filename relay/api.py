@@ -27,7 +27,7 @@ from relay.config import App, ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
 from relay.ingest import Ingest
 from relay.logs import mask_token
-from relay.model import InvalidInput, Notification
+from relay.model import DeliveryState, InvalidInput, Notification
 from relay.payload import (
     EXPIRED_ON_ARRIVAL_STATUS,
     PAYLOAD_TOO_LARGE_STATUS,
@@ -40,10 +40,12 @@ from relay.queue import (
     REDIS_UNAVAILABLE,
     Accepted,
     IdempotencyKeyReused,
+    NotificationStatus,
     QueueRefusal,
     RelayQueue,
 )
 from relay.redis_connection import ReplicaAcknowledgement
+from relay.routes import RouteStore, route_for
 from relay.schema import (
     MAX_JSON_DEPTH,
     MAX_NOTIFICATION_ID_CHARS,
@@ -881,7 +883,27 @@ async def get_notification(request: web.Request) -> web.Response:
         raise Problem(
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
-    return _json(asdict(status))
+    return _json({**asdict(status), "waiting_for_route": await _route_wait(request, status)})
+
+
+async def _route_wait(request: web.Request, status: NotificationStatus) -> dict[str, Any] | None:
+    """Why a waiting notification is not being sent: its route's circuit is open (since when,
+    APNs' last answer on it); None when it is not waiting or its route sends."""
+    state = request.app[STATE]
+    if status.state not in (DeliveryState.QUEUED, DeliveryState.RETRYING):
+        return None
+    try:
+        route = route_for(state.settings.app(status.app))
+    except InvalidInput:
+        return None  # an app no longer configured: nothing sends it
+    (stored,) = (await RouteStore(state.queue).read([route])).values()
+    if stored.circuit.sending:
+        return None
+    return {
+        "state": stored.circuit.state.value,
+        "since_ms": stored.circuit.since_ms,
+        "last_answer": stored.circuit.last_answer,
+    }
 
 
 def _device_key(request: web.Request) -> tuple[str, str]:

@@ -11,9 +11,11 @@ shared/reference/aioapns.md:
                                         stream limit) have arrived
 5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
-                                        ones above last_stream_id fail at once (status 0), the
-                                        rest drain; a send racing GOAWAY gets status 0; discard
-                                        is idempotent
+                                        ones above last_stream_id (never processed) are sent
+                                        again at once on another connection, the rest drain; a
+                                        send racing GOAWAY is sent again too; discard is
+                                        idempotent
+8. a connection that only answers 500 -> retired after a streak (configurable) and replaced
 7. 10 s idle close                   -> connections stay open for an hour of idleness
 Flow control is also acknowledged for response bodies, which aioapns never does (a long run of error
 bodies would otherwise exhaust the connection window and hang every later answer).
@@ -54,7 +56,7 @@ from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
 from relay.client_certificate import ClientCertificate
-from relay.model import ApnsResponse, Notification
+from relay.model import ApnsResponse, Notification, Route
 from relay.policy import CERTIFICATE_REFUSED
 
 log = structlog.get_logger("relay.apns")
@@ -67,6 +69,10 @@ JWT_REFRESH_AFTER_S = 45 * 60  # Apple: no more often than every 20 min, no less
 JWT_MIN_FORCED_INTERVAL_S = 60  # a forced refresh (ExpiredProviderToken) at most once a minute
 IDLE_CLOSE_S = 3600
 STALLED_CONNECTION_TIMEOUTS = 3  # consecutive unanswered streams before a connection is replaced
+DEFAULT_INTERNAL_ERROR_STREAK = 10  # consecutive 500s before a connection is replaced
+# Sends of one request that APNs never processed (GOAWAY above last_stream_id, a retired
+# connection) made again at once on another connection, within the request's deadline.
+UNPROCESSED_RESENDS = 3
 CLOSE_TIMEOUT_S = 5.0  # how long close() waits for connections to end (TLS close_notify)
 
 
@@ -159,6 +165,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
     """One HTTP/2 connection to APNs; every stream ends: answered, reset, timed out or closed."""
 
     INACTIVITY_TIME = IDLE_CLOSE_S
+    INTERNAL_ERROR_STREAK = DEFAULT_INTERNAL_ERROR_STREAK
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -174,6 +181,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         # reason a send that still reaches this connection gets. The pool skips it from then on.
         self.retired_because: str | None = None
         self.consecutive_timeouts = 0
+        self.consecutive_internal_errors = 0
         self.last_activity = 0.0
         self.on_stream_freed: Callable[[], None] = lambda: None
         self.settings_received: asyncio.Future[None] = self.loop.create_future()
@@ -192,14 +200,14 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         on_wire: Callable[[], None],
     ) -> ApnsResponse:
         if self.retired_because is not None:
-            return ApnsResponse(0, self.retired_because)
+            return ApnsResponse(0, self.retired_because, unprocessed=True)
         try:
             stream_id: int = await self.free_channels.acquire()
         except ConnectionClosed:
-            return ApnsResponse(0, "ConnectionClosed")
+            return ApnsResponse(0, "ConnectionClosed", unprocessed=True)
         except NoAvailableStreamIDError:
             self._retire("StreamIdsExhausted")
-            return ApnsResponse(0, "StreamIdsExhausted")
+            return ApnsResponse(0, "StreamIdsExhausted", unprocessed=True)
         headers: list[HeaderTuple | tuple[str, str]] = [
             (":method", "POST"),
             (":scheme", "https"),
@@ -230,7 +238,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             # A ProtocolError here is h2 refusing a stream on a connection it knows is closed
             # (GOAWAY read, connection_lost not yet run); AttributeError/RuntimeError: the
             # transport went away under us. Either way the request never reached APNs.
-            self._reset(stream_id, ApnsResponse(0, f"SendError:{type(exc).__name__}"))
+            self._reset(
+                stream_id,
+                ApnsResponse(0, f"SendError:{type(exc).__name__}", unprocessed=True),
+            )
         try:
             return await future
         except asyncio.CancelledError:
@@ -289,6 +300,21 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if stream.status == 0:
             reason = "NoStatus"
         self._finish(stream_id, ApnsResponse(stream.status, reason, stream.apns_id, timestamp))
+        self._count_internal_errors(stream.status)
+
+    def _count_internal_errors(self, status: int) -> None:
+        """A connection that answers nothing but 500s has gone bad on APNs' side while others
+        work (Pushy #408, node-apn #463): retire it, and a new one takes its place."""
+        if status != 500:
+            self.consecutive_internal_errors = 0
+            return
+        self.consecutive_internal_errors += 1
+        if self.consecutive_internal_errors == self.INTERNAL_ERROR_STREAK:
+            log.warning("apns_connection_replaced", internal_errors=self.INTERNAL_ERROR_STREAK)
+            metrics.APNS_CONNECTIONS_REPLACED.labels(reason="InternalServerErrorStreak").inc()
+            self._retire("InternalServerErrorStreak")
+            if not self.streams:
+                self.close()
 
     def _finish(self, stream_id: int, response: ApnsResponse) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -314,10 +340,14 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         self.consecutive_timeouts += 1
         if self.consecutive_timeouts >= STALLED_CONNECTION_TIMEOUTS:
             log.warning("apns_connection_stalled", timeouts=self.consecutive_timeouts)
+            metrics.APNS_CONNECTIONS_REPLACED.labels(reason="Stalled").inc()
             self.close()
 
     def _go_away(self, event: ConnectionTerminated) -> None:
-        """Streams above last_stream_id were never processed: fail them now, safe to retry."""
+        """Streams above last_stream_id were never processed: answer them now as unprocessed,
+        so that they are sent again at once on another connection (ApnsClient.send). The ones at
+        or below it may still be answered; those left unanswered when the connection closes are
+        at-least-once retries."""
         reason = "GoAway"
         if event.additional_data:
             with contextlib.suppress(orjson.JSONDecodeError, AttributeError):
@@ -326,7 +356,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         self._retire(reason)
         last = event.last_stream_id or 0
         for stream_id in [s for s in self.streams if s > last]:
-            self._finish(stream_id, ApnsResponse(0, reason))
+            self._finish(stream_id, ApnsResponse(0, reason, unprocessed=True))
         if not self.streams:
             self.close()
 
@@ -407,6 +437,7 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         endpoint: Endpoint,
         ssl_context: ssl.SSLContext,
         max_connections: int,
+        internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
     ) -> None:
         super().__init__(topic=topic, max_connections=max_connections)
         self.app = app
@@ -414,7 +445,11 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         self.protocol_class = type(
             "EndpointProtocol",
             (RelayClientProtocol,),
-            {"APNS_SERVER": endpoint.host, "APNS_PORT": endpoint.port},
+            {
+                "APNS_SERVER": endpoint.host,
+                "APNS_PORT": endpoint.port,
+                "INTERNAL_ERROR_STREAK": internal_error_streak,
+            },
         )
         self.ssl_context = ssl_context
         self.stream_freed = asyncio.Event()
@@ -523,11 +558,14 @@ class ApnsClient:
         endpoint: Endpoint,
         credentials: Credentials,
         *,
+        environment: str = "production",
         request_timeout_s: float = 10.0,
         max_connections: int = 4,
         max_in_flight: int = 1000,
+        internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
     ) -> None:
         self.app = app
+        self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
         self.request_timeout_s = request_timeout_s
         self.jwt = (
             SharedJWT(credentials, app) if isinstance(credentials, TokenCredentials) else None
@@ -538,6 +576,7 @@ class ApnsClient:
             endpoint,
             make_ssl_context(endpoint, credentials),
             max_connections,
+            internal_error_streak,
         )
         self.max_in_flight = max_in_flight
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -568,6 +607,25 @@ class ApnsClient:
         return response
 
     async def _send(
+        self,
+        notification: Notification,
+        apns_id: str,
+        deadline: float,
+        on_wire: Callable[[], None],
+    ) -> ApnsResponse:
+        """One attempt: sent again at once, on another connection, while APNs says it did not
+        process it (no attempt is spent on what never reached it)."""
+        response = await self._send_once(notification, apns_id, deadline, on_wire)
+        for _ in range(UNPROCESSED_RESENDS):
+            if not response.unprocessed:
+                break
+            metrics.APNS_UNPROCESSED_RESENDS.labels(
+                app=self.app, reason=response.reason or ""
+            ).inc()
+            response = await self._send_once(notification, apns_id, deadline, on_wire)
+        return response
+
+    async def _send_once(
         self,
         notification: Notification,
         apns_id: str,

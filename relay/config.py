@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from relay.circuit import CircuitPolicy
 from relay.client_certificate import CertificateError, ClientCertificate, load_pem, load_pkcs12
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
@@ -257,6 +258,36 @@ class DeliverySettings(_Section):
     request_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     batch_size: PositiveInt = 256
     pause_probe_seconds: PositiveInt = 30
+    # A connection answering this many 500s in a row is closed and replaced (peers found a
+    # connection can go bad alone: Pushy #408, node-apn #463).
+    connection_internal_error_streak: PositiveInt = 10
+
+
+class CircuitSettings(_Section):
+    """When a route (app, environment, endpoint) counts as failing, and how it is probed."""
+
+    failure_threshold: PositiveInt = 5
+    window_ms: PositiveInt = 10_000
+    probe_min_ms: PositiveInt = 1_000
+    probe_max_ms: PositiveInt = 30_000
+
+    @model_validator(mode="after")
+    def _max_at_least_min(self) -> CircuitSettings:
+        if self.probe_max_ms < self.probe_min_ms:
+            raise ValueError(
+                f"probe_max_ms ({self.probe_max_ms}) must be >= probe_min_ms ({self.probe_min_ms})"
+            )
+        return self
+
+    def policy(self, request_timeout_s: float) -> CircuitPolicy:
+        return CircuitPolicy(
+            failure_threshold=self.failure_threshold,
+            window_ms=self.window_ms,
+            probe_min_ms=self.probe_min_ms,
+            probe_max_ms=self.probe_max_ms,
+            # A probe is one request: another worker may probe once it must have been answered.
+            probe_lease_ms=int(request_timeout_s * 1000) + self.probe_min_ms,
+        )
 
 
 class LoggingSettings(_Section):
@@ -501,6 +532,7 @@ class Settings(_Section):
     ingest: IngestSettings = IngestSettings()
     retry: RetrySettings = RetrySettings()
     delivery: DeliverySettings = DeliverySettings()
+    circuit: CircuitSettings = CircuitSettings()
     logging: LoggingSettings = LoggingSettings()
     apps: list[App] = []
 
@@ -545,6 +577,7 @@ _ENV_SECTIONS: Mapping[str, type[_Section]] = {
     "ingest": IngestSettings,
     "retry": RetrySettings,
     "delivery": DeliverySettings,
+    "circuit": CircuitSettings,
     "logging": LoggingSettings,
 }
 _NOT_SECTION_KEYS = frozenset({CONFIG_PATH_ENV, API_TOKENS_ENV, BASIC_AUTH_ENV})

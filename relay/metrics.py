@@ -65,6 +65,17 @@ APNS_IN_FLIGHT = Gauge(
     "apns_relay_apns_in_flight_requests", "Requests sent to APNs awaiting an answer", ["app"]
 )
 APNS_CONNECTIONS = Gauge("apns_relay_apns_connections", "Open HTTP/2 connections to APNs", ["app"])
+APNS_CONNECTIONS_REPLACED = Counter(
+    "apns_relay_apns_connections_replaced_total",
+    "APNs connections closed for health (a streak of 500s, stalled streams)",
+    ["reason"],
+)
+APNS_UNPROCESSED_RESENDS = Counter(
+    "apns_relay_apns_unprocessed_resends_total",
+    "Requests APNs never processed (above GOAWAY's last_stream_id, a retired connection), sent"
+    " again at once without spending an attempt",
+    ["app", "reason"],
+)
 DEAD_TOKENS_MARKED = Counter(
     "apns_relay_dead_tokens_marked_total",
     "Device tokens marked dead, by APNs reason",
@@ -77,6 +88,18 @@ CREDENTIAL_EXPIRY = Gauge(
     "apns_relay_credential_expiry_timestamp_seconds",
     "When the app's APNs client certificate expires (Unix time); token keys do not expire",
     ["app"],
+)
+ROUTE_STATE = Gauge(
+    "apns_relay_route_state",
+    "A route's circuit as this worker last read it: 0 closed (sending), 1 open (parked, probing"
+    " at intervals), 2 half-open (one probe in flight)",
+    ["app", "environment"],
+)
+ROUTE_STATE_VALUES = {"closed": 0, "open": 1, "half-open": 2}
+ROUTE_TRANSITIONS = Counter(
+    "apns_relay_route_transitions_total",
+    "Route circuit state changes, counted once across all workers (by the one that made it)",
+    ["app", "environment", "to"],
 )
 JWT_REFRESHES = Counter("apns_relay_jwt_refreshes_total", "Provider tokens (JWT) signed", ["app"])
 

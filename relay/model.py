@@ -90,6 +90,15 @@ class Notification:
 
 
 @dataclass(frozen=True, slots=True)
+class Route:
+    """Where an app's notifications go: what a circuit is kept for (relay.circuit)."""
+
+    app: str
+    environment: str  # production | sandbox
+    endpoint: str  # "host:port"
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedNotification:
     """A device's head notification, leased to one worker for one send attempt."""
 
@@ -97,6 +106,9 @@ class ClaimedNotification:
     notification: Notification
     attempts: int  # attempts made before this one
     accepted_at_ms: int
+    # When it last went back to waiting: its previous attempt (or a release, a run-out lease);
+    # acceptance for a first attempt. Did its route deliver anything since? (poison detection)
+    waiting_since_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +119,9 @@ class ApnsResponse:
     reason: str | None = None
     apns_id: str | None = None
     timestamp_ms: int | None = None  # 410 only: when APNs learned the token went invalid
+    # Status 0 only: the request never reached APNs, or APNs said it did not process it (a stream
+    # above GOAWAY's last_stream_id). Sending it again cannot duplicate a push.
+    unprocessed: bool = False
 
 
 # The outcome of one attempt: a small closed set, so that policy is a type decision.

@@ -71,6 +71,15 @@ def backoff_ms(attempt: int, policy: RetryPolicy, rng: random.Random) -> int:
     return rng.randint(0, ceiling)
 
 
+def is_route_failure(response: ApnsResponse) -> bool:
+    """Whether an answer says the route (app, environment, endpoint) fails rather than this
+    notification: a 5xx, a 429 other than TooManyProviderTokenUpdates (that one is about signing,
+    not sending), or no answer at all."""
+    if response.status == 429:
+        return response.reason != TOO_MANY_PROVIDER_TOKEN_UPDATES
+    return response.status == TRANSPORT_FAILURE_STATUS or response.status >= 500
+
+
 def classify(
     response: ApnsResponse,
     *,
@@ -79,16 +88,21 @@ def classify(
     now_ms: int,
     policy: RetryPolicy,
     rng: random.Random,
+    route_delivered: bool = True,
 ) -> DeliveryOutcome:
     """What to do after the `attempt`-th attempt (1-based) got `response`.
 
-    A Retry turns into Failed (reason kept) once `attempt` reaches `policy.max_attempts`, and into
-    Expired when the retry would not happen before `expires_at_s` (nothing is sent stale).
+    A Retry turns into Expired when the retry would not happen before `expires_at_s` (nothing is
+    sent stale), and into Failed (reason kept) once `attempt` reaches `policy.max_attempts`, with
+    one exception: a route failure (is_route_failure) when the route delivered nothing since this
+    notification's previous attempt (`route_delivered` False). The route is failing then, not
+    the notification, and only its lifetime bounds it: max_attempts is the guard against a
+    poison notification, one that keeps failing while the same route delivers others.
     """
     outcome = _outcome_for(response, attempt, policy, rng)
     if not isinstance(outcome, Retry):
         return outcome
-    if attempt >= policy.max_attempts:
+    if attempt >= policy.max_attempts and (route_delivered or not is_route_failure(response)):
         return Failed(reason=outcome.reason, status=outcome.status)
     if now_ms + outcome.delay_ms >= expires_at_s * 1000:
         return Expired()

@@ -10,7 +10,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeAlias, cast, get_type_hints
@@ -53,6 +53,12 @@ PAYLOAD = "p:"
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
 SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
 IDEM = "idem:"  # STRING + device + ":" + idempotency key -> "<id>[ <request digest>]"
+# ZSET + app: the app's devices set aside while its route's circuit is open -> the due time each
+# had; claim returns them to DUE once the route sends again.
+PARKED = "parked:"
+# The one key outside the shards: HASH "relay:{route:<app>}:route:<app>:<environment>:<endpoint>",
+# a route's circuit (relay.routes), shared by every worker.
+ROUTE = "route:"
 
 # Lifetime counters the scripts keep in each shard's stats hash; the final ones are named after
 # the state they count.
@@ -76,7 +82,7 @@ _NOTIFICATION_FIELDS = tuple(
     f.name for f in fields(Notification) if f.name not in ("payload", "request_digest")
 )
 # What claim reads of a head: the whole Notification, then the delivery record it needs.
-CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms")
+CLAIM_FIELDS = (*_NOTIFICATION_FIELDS, "attempts", "accepted_at_ms", "updated_at_ms")
 
 # What an unreachable or failing Redis raises: redis-py's own errors are not OSErrors.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
@@ -192,7 +198,7 @@ class Accepted:
     spooled: bool = False  # held in the api's local spool until Redis answers (relay.spool)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LeasedNotification(ClaimedNotification):
     """A claim as `claim` hands it out: the claim number proves the lease at settle/release
     (a claim ended once, or overtaken by a later claim, changes nothing)."""
@@ -399,16 +405,18 @@ class LuaScript:
     sha: str
 
 
-def _load_script(name: str) -> LuaScript:
+def load_script(name: str, *, shard_script: bool = True) -> LuaScript:
+    """relay/lua/<name>.lua; a shard script (one whose KEYS[1..4] are a shard's) gets the shared
+    names and helpers prepended."""
     lua = Path(__file__).with_name("lua")
-    source = "".join(
-        (_lua_prelude(), (lua / "shared.lua").read_text(), (lua / f"{name}.lua").read_text())
-    )
+    parts = (_lua_prelude(), (lua / "shared.lua").read_text()) if shard_script else ()
+    source = "".join((*parts, (lua / f"{name}.lua").read_text()))
     return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-ENQUEUE, CLAIM, SETTLE, RELEASE, CLEAR_DEVICE = (
-    _load_script(name) for name in ("enqueue", "claim", "settle", "release", "clear_device")
+ENQUEUE, CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE = (
+    load_script(name)
+    for name in ("enqueue", "claim", "claim_parked", "settle", "release", "clear_device")
 )
 
 
@@ -476,12 +484,12 @@ class RelayQueue:
         pipe = self._redis.pipeline(transaction=False)
         for call in calls:
             # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
-            # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; _run
+            # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; run_scripts
             # answers NOSCRIPT.
             pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
         return await pipe.execute(raise_on_error=False)
 
-    async def _run(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
         """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
         then the scripts are loaded and only the calls that did not run are sent again."""
         results = await self._execute(calls)
@@ -575,7 +583,7 @@ class RelayQueue:
         Sent again with the same `notification_id` (an attempt whose answer was lost, a spool
         replay), it is accepted once: the script finds the record and stores nothing more."""
         call, _ = self._enqueue_call(n, _now_ms(now_ms), notification_id)
-        (reply,) = await self._run([call])
+        (reply,) = await self.run_scripts([call])
         result = self._enqueue_result(n, reply)
         if isinstance(result, QueueRefusal):
             raise result
@@ -590,12 +598,14 @@ class RelayQueue:
         if not ns:
             return []
         now = _now_ms(now_ms)
-        replies = await self._run([self._enqueue_call(n, now)[0] for n in ns])
+        replies = await self.run_scripts([self._enqueue_call(n, now)[0] for n in ns])
         return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
 
     # ---- claim ----
 
-    def _claim_call(self, shard: int, limit: int, now_ms: int) -> ScriptCall:
+    def _claim_call(
+        self, shard: int, limit: int, now_ms: int, routes: Mapping[str, bool]
+    ) -> ScriptCall:
         prefix = shard_prefix(shard)
         args: list[ScriptArg] = [
             prefix,
@@ -605,17 +615,32 @@ class RelayQueue:
             self.limits.retention_s,
             MAX_REAP_PER_SHARD,
         ]
-        return ScriptCall(CLAIM, self._shard_keys(prefix), args)
+        keys = self._shard_keys(prefix)
+        for app, sending in routes.items():
+            keys.append(prefix + PARKED + app)
+            args += (app, "send" if sending else "park")
+        return ScriptCall(CLAIM, keys, args)
 
     async def claim(
-        self, limit: int, *, now_ms: int | None = None, shards: Collection[int] = ()
+        self,
+        limit: int,
+        *,
+        now_ms: int | None = None,
+        shards: Collection[int] = (),
+        routes: Mapping[str, bool] | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` due device heads, shared fairly over the shards (all of them, or
         only `shards`, e.g. the ones a wake-up named).
 
+        `routes` says for each app whether its route sends (True) or its circuit is open (False):
+        an open route's due devices are parked rather than claimed (claim_parked takes its probe),
+        and a sending route's parked devices are due again, at the time they had. Apps left out
+        are claimed as usual.
+
         Every shard asked is visited in the first round trip (the ones whose share is 0 only reap
         run-out leases and say whether they have work); shards that had more than their share are
         asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        routes = routes or {}
         now = _now_ms(now_ms)
         first = self._next_first_shard
         self._next_first_shard = (first + 1) % self.limits.shards
@@ -625,7 +650,9 @@ class RelayQueue:
         claimed: list[ClaimedNotification] = []
         expired: list[ExpiredRecord] = []
         for _ in range(MAX_CLAIM_ROUNDS):
-            replies = await self._run([self._claim_call(s, quota, now) for s, quota in quotas])
+            replies = await self.run_scripts(
+                [self._claim_call(s, quota, now, routes) for s, quota in quotas]
+            )
             with_more = []
             for (shard, _quota), (more, leased, finalised) in zip(quotas, replies, strict=True):
                 claimed += (self._leased_from(entry) for entry in leased)
@@ -638,15 +665,44 @@ class RelayQueue:
             quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
         return ClaimBatch(claimed, expired)
 
+    async def claim_parked(self, app: str, *, now_ms: int | None = None) -> ClaimBatch:
+        """Lease the head of the device parked longest for `app` (at most one notification: a
+        probe of its route), in two round trips: where is the oldest, then take it."""
+        now = _now_ms(now_ms)
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            pipe.zrange(shard_prefix(shard) + PARKED + app, 0, 0, withscores=True)
+        firsts = await pipe.execute()
+        candidates = [(first[0][1], shard) for shard, first in enumerate(firsts) if first]
+        if not candidates:
+            return ClaimBatch([], [])
+        _, shard = min(candidates)
+        prefix = shard_prefix(shard)
+        keys = [*self._shard_keys(prefix), prefix + PARKED + app]
+        args: list[ScriptArg] = [prefix, now, self.limits.lease_ms, self.limits.retention_s]
+        ((leased, finalised),) = await self.run_scripts([ScriptCall(CLAIM_PARKED, keys, args)])
+        return ClaimBatch(
+            [self._leased_from(entry) for entry in leased],
+            [self._expired_from(entry) for entry in finalised],
+        )
+
+    async def parked(self, app: str) -> int:
+        """How many of the app's devices are parked (its route's circuit is open)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            pipe.zcard(shard_prefix(shard) + PARKED + app)
+        return sum(await pipe.execute())
+
     @staticmethod
     def _leased_from(entry: list[Any]) -> LeasedNotification:
         notification_id, claim_no, payload, *values = entry
-        attempts, accepted_at_ms = values[len(_NOTIFICATION_FIELDS) :]
+        attempts, accepted_at_ms, updated_at_ms = values[len(_NOTIFICATION_FIELDS) :]
         return LeasedNotification(
             id=_text(notification_id),
             notification=_notification_from(payload, values[: len(_NOTIFICATION_FIELDS)]),
             attempts=int(attempts),
             accepted_at_ms=int(accepted_at_ms),
+            waiting_since_ms=int(updated_at_ms),
             claim_no=int(claim_no),
         )
 
@@ -697,7 +753,7 @@ class RelayQueue:
             for claim in claims:
                 args += (claim.id, claim.claim_no, *outcomes[id(claim)])
             calls.append(ScriptCall(SETTLE, self._shard_keys(prefix), args))
-        await self._run(calls)
+        await self.run_scripts(calls)
 
     async def release(
         self,
@@ -717,7 +773,7 @@ class RelayQueue:
             for claim in leased:
                 args += (claim.id, claim.claim_no)
             calls.append(ScriptCall(RELEASE, self._shard_keys(prefix), args))
-        await self._run(calls)
+        await self.run_scripts(calls)
 
     # ---- reading ----
 
@@ -781,7 +837,7 @@ class RelayQueue:
         device = f"{app}:{token}"
         keys = [*self._shard_keys(prefix), prefix + QUEUE + device, prefix + DEAD + device]
         args: list[ScriptArg] = [prefix, device, _now_ms(now_ms), self.limits.retention_s]
-        (purged,) = await self._run([ScriptCall(CLEAR_DEVICE, keys, args)])
+        (purged,) = await self.run_scripts([ScriptCall(CLEAR_DEVICE, keys, args)])
         return int(purged)
 
     async def totals(self, *, now_ms: int | None = None) -> QueueTotals:

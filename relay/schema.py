@@ -170,6 +170,16 @@ _NOTIFICATION_STATUS = {
         "expires_at": {"type": "integer"},
         "last_status": {"type": ["integer", "null"]},
         "last_reason": {"type": ["string", "null"]},
+        "waiting_for_route": {
+            "description": "set while the notification waits because its route's circuit is"
+            " open (APNs failing for the app): since when (ms) and APNs' last answer there",
+            "type": ["object", "null"],
+            "properties": {
+                "state": {"enum": ["open", "half-open"]},
+                "since_ms": {"type": "integer"},
+                "last_answer": {"type": "string"},
+            },
+        },
     },
 }
 _DEVICE = {

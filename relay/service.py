@@ -340,8 +340,10 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         app.topic,
         endpoint,
         credentials,
+        environment=app.environment,
         request_timeout_s=settings.delivery.request_timeout_seconds,
         max_connections=app.max_connections,
+        internal_error_streak=settings.delivery.connection_internal_error_streak,
     )
 
 
@@ -385,6 +387,7 @@ def make_worker(settings: Settings, queue: RelayQueue) -> DeliveryWorker:
         retry=settings.retry.policy(),
         batch_size=settings.delivery.batch_size,
         pause_probe_s=settings.delivery.pause_probe_seconds,
+        circuit_policy=settings.circuit.policy(settings.delivery.request_timeout_seconds),
     )
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
 
-from relay import metrics
+from relay import circuit, metrics
 from relay.apns import ApnsClient
+from relay.circuit import Circuit, CircuitPolicy
 from relay.logs import mask_token
 from relay.model import (
     ApnsResponse,
@@ -25,8 +28,9 @@ from relay.model import (
     PauseApp,
     Retry,
 )
-from relay.policy import RetryPolicy, classify
+from relay.policy import RetryPolicy, classify, is_route_failure
 from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE, ClaimBatch, RelayQueue
+from relay.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
 
@@ -37,6 +41,10 @@ IDLE_WAIT_MAX_S = (
 REDIS_RETRY_S = 0.5
 PAUSED_RECHECK_S = 1.0
 FINAL_FLUSH_S = 2.0  # beyond the grace period: one Redis round trip, or several while it is down
+# How stale a worker's view of the route circuits may get: a route another worker opened is parked
+# here at most this late (the sends meanwhile fail and do not count), and probes are this punctual.
+ROUTE_REFRESH_S = 0.5
+ROUTE_WRITE_TRIES = 5  # compare-and-set rounds before a route update gives way to the next event
 
 
 def apns_id_for(notification_id: str) -> str:
@@ -64,10 +72,20 @@ class DeliveryWorker:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     batch_size: int = 256
     pause_probe_s: float = 30.0
+    circuit_policy: CircuitPolicy = field(default_factory=CircuitPolicy)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
+        self.route_store = RouteStore(self.queue)
+        # Each app's route circuit as last read or written here; refreshed every ROUTE_REFRESH_S.
+        self.routes = {app: StoredCircuit(Circuit(), 0) for app in self.clients}
+        self._routes_read_at = float("-inf")
+        self._route_locks = {app: asyncio.Lock() for app in self.clients}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        # The last 200 seen here per app: a quiet success on a closed route is not written to
+        # Redis, but still proves the route delivers (poison detection).
+        self._delivered_at_ms = dict.fromkeys(self.clients, 0)
         self.capacity = sum(client.max_in_flight for client in self.clients.values()) or 1
         self.gates = {app: AppGate() for app in self.clients}
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
@@ -78,8 +96,13 @@ class DeliveryWorker:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sends_ended = asyncio.Event()
-        for app in self.clients:
+        for app, client in self.clients.items():
             metrics.APP_PAUSED.labels(app=app).set(0)
+            metrics.ROUTE_STATE.labels(app=app, environment=client.route.environment).set(0)
+            for state in circuit.RouteState:  # at 0 from the start: rate() needs a first sample
+                metrics.ROUTE_TRANSITIONS.labels(
+                    app=app, environment=client.route.environment, to=state.value
+                )
 
     # The loop
 
@@ -104,16 +127,17 @@ class DeliveryWorker:
                     continue
                 wanted = min(free, self.batch_size)
                 try:
-                    batch = await self.queue.claim(wanted, shards=woken)
+                    await self._refresh_routes()
+                    self._start_probes()
+                    sending = {app: view.circuit.sending for app, view in self.routes.items()}
+                    batch = await self.queue.claim(wanted, shards=woken, routes=sending)
                 except REDIS_ERRORS as exc:
                     REDIS_UNAVAILABLE.occurred("claim", exc)
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 self._count_expired(batch)
                 for claim in batch.claimed:
-                    task = asyncio.create_task(self._deliver(claim))
-                    self.sending[task] = claim
-                    task.add_done_callback(self._sent)
+                    self._launch(claim, probe=False)
                 # A claim that got all it asked for may have left more anywhere: ask everywhere.
                 # One that got less has emptied what it asked; the other shards had no wake-up
                 # since the last claim of every shard, so they can wait for one, or for their
@@ -141,8 +165,9 @@ class DeliveryWorker:
         for pending in (waiter, stopper):
             if not pending.done():
                 pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pending
+                # Wait for its end without raising it: a cancelled wait can still end in the
+                # error it met meanwhile (Redis closing the connection at a failover or a stop).
+                await asyncio.wait({pending})
         if not waiter.cancelled() and (error := waiter.exception()) is not None:
             log.warning("wait_failed", error=repr(error))
             await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
@@ -156,13 +181,22 @@ class DeliveryWorker:
         return waiting.result()
 
     async def _idle_wait_s(self) -> float:
+        # An open route's probe is due at a time no Redis index holds: wake for it too.
+        longest = IDLE_WAIT_MAX_S
+        if not all(view.circuit.sending for view in self.routes.values()):
+            longest = ROUTE_REFRESH_S
         try:
             next_due = await self.queue.next_due_ms()
         except REDIS_ERRORS:
             return REDIS_RETRY_S
         if next_due is None:
-            return IDLE_WAIT_MAX_S
-        return min(IDLE_WAIT_MAX_S, max(0.0, next_due / 1000 - self.clock()))
+            return longest
+        return min(longest, max(0.0, next_due / 1000 - self.clock()))
+
+    def _launch(self, claim: ClaimedNotification, *, probe: bool) -> None:
+        task = asyncio.create_task(self._deliver(claim, probe=probe))
+        self.sending[task] = claim
+        task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         claim = self.sending.pop(task, None)
@@ -177,6 +211,8 @@ class DeliveryWorker:
     async def _drain(self, grace_s: float) -> None:
         # Claims that never reached the wire (waiting for a stream or a connection) go back to
         # the queue at once; sends on the wire get the grace period to be answered.
+        for probe in list(self._probes.values()):
+            probe.cancel()
         released = await self._take_back([t for t in self.sending if t not in self.on_wire])
         if not self.sending:
             return
@@ -202,7 +238,7 @@ class DeliveryWorker:
 
     # One notification
 
-    async def _deliver(self, claim: ClaimedNotification) -> None:
+    async def _deliver(self, claim: ClaimedNotification, *, probe: bool) -> None:
         notification = claim.notification
         client = self.clients.get(notification.app)
         if client is None:
@@ -212,6 +248,10 @@ class DeliveryWorker:
         now = self.clock()
         if notification.expires_at <= now:
             self._settle(claim, Expired())
+            return
+        if not probe and not self.routes[notification.app].circuit.sending:
+            # Its route opened since the claim: unsent and uncounted, parked by the next claim.
+            self._release(claim, 0.0)
             return
         if gate.paused:
             if now < gate.paused_until or gate.probing:
@@ -229,16 +269,23 @@ class DeliveryWorker:
             gate.probing = False  # _take_back gives the claim back
             raise
         latency = time.monotonic() - started
+        route_sending = await self._route_answered(claim, response)
+        now_ms = int(self.clock() * 1000)
         outcome = classify(
             response,
             attempt=claim.attempts + 1,
             expires_at_s=notification.expires_at,
-            now_ms=int(self.clock() * 1000),
+            now_ms=now_ms,
             policy=self.retry,
             rng=self.rng,
+            route_delivered=self._route_delivered_at_ms(notification.app) > claim.waiting_since_ms,
         )
         gate.probing = False
-        if isinstance(outcome, PauseApp):
+        if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
+            # The route fails, not this notification: the attempt does not count, and the
+            # device waits parked until a probe finds the route working.
+            self._release(claim, 0.0)
+        elif isinstance(outcome, PauseApp):
             self._pause(notification.app, outcome)
             self._release(claim, self.pause_probe_s)
         else:
@@ -248,6 +295,144 @@ class DeliveryWorker:
                 client.refresh_jwt()
             self._settle(claim, outcome)
         self._log_attempt(claim, response, outcome, latency)
+
+    # Routes: circuits shared in Redis, decided by relay.circuit.
+
+    async def _route_answered(self, claim: ClaimedNotification, response: ApnsResponse) -> bool:
+        """Tell the route's circuit what APNs answered; whether the route still sends."""
+        app = claim.notification.app
+        now_ms = int(self.clock() * 1000)
+        if response.status == 200:
+            self._delivered_at_ms[app] = max(self._delivered_at_ms[app], now_ms)
+            await self._update_route(app, lambda c: circuit.record_success(c, now_ms=now_ms))
+        elif is_route_failure(response):
+            device = f"{zlib.crc32(claim.notification.device_token.encode()):08x}"
+            answer = circuit.describe(response)
+            await self._update_route(
+                app,
+                lambda c: circuit.record_failure(
+                    c, device, answer, now_ms=now_ms, policy=self.circuit_policy, rng=self.rng
+                ),
+            )
+        elif response.status != 0 and not self.routes[app].circuit.sending:
+            # Any other answer (a 400 for this device, say) still shows APNs processing the
+            # route's requests: a probe that gets one closes the circuit as a 200 would.
+            await self._update_route(app, lambda c: circuit.record_success(c, now_ms=now_ms))
+        return self.routes[app].circuit.sending
+
+    def _route_delivered_at_ms(self, app: str) -> int:
+        """The last success on the app's route seen here or by any worker (as last read)."""
+        return max(self._delivered_at_ms[app], self.routes[app].circuit.last_success_ms)
+
+    async def _update_route(self, app: str, change: Callable[[Circuit], Circuit | None]) -> bool:
+        """Apply `change` to the app's route circuit in Redis (compare and set, read again on a
+        conflict); whether this worker made it. A change `change` refuses (None) is not made."""
+        route = self.clients[app].route
+        async with self._route_locks[app]:
+            for _ in range(ROUTE_WRITE_TRIES):
+                view = self.routes[app]
+                after = change(view.circuit)
+                if after is None:
+                    return False
+                if not circuit.needs_writing(view.circuit, after):
+                    self.routes[app] = StoredCircuit(after, view.version)
+                    return True
+                try:
+                    written = await self.route_store.write(route, view, after)
+                    if written is not None:
+                        self.routes[app] = written
+                        self._route_changed(app, view.circuit, after)
+                        return True
+                    self.routes[app] = (await self.route_store.read([route]))[route]
+                except REDIS_ERRORS as exc:
+                    # The answer still settles the notification; the circuit hears the next one.
+                    log.warning("redis_unavailable", operation="route", error=str(exc))
+                    return False
+            log.warning("route_write_contended", app=app, tries=ROUTE_WRITE_TRIES)
+            return False
+
+    async def _refresh_routes(self) -> None:
+        now = self.clock()
+        if now - self._routes_read_at < ROUTE_REFRESH_S:
+            return
+        by_route = {client.route: app for app, client in self.clients.items()}
+        read = await self.route_store.read(list(by_route))
+        self._routes_read_at = now
+        for route, stored in read.items():
+            app = by_route[route]
+            if stored.version >= self.routes[app].version:
+                self.routes[app] = stored
+            metrics.ROUTE_STATE.labels(app=app, environment=route.environment).set(
+                metrics.ROUTE_STATE_VALUES[self.routes[app].circuit.state]
+            )
+
+    def _route_changed(self, app: str, before: Circuit, after: Circuit) -> None:
+        """One log line and one count per state change, across all workers: the one whose
+        write made it reports it."""
+        if before.state is after.state:
+            return
+        route = self.clients[app].route
+        metrics.ROUTE_TRANSITIONS.labels(
+            app=app, environment=route.environment, to=after.state.value
+        ).inc()
+        metrics.ROUTE_STATE.labels(app=app, environment=route.environment).set(
+            metrics.ROUTE_STATE_VALUES[after.state]
+        )
+        now_ms = int(self.clock() * 1000)
+        fields = {
+            "app": app,
+            "environment": route.environment,
+            "endpoint": route.endpoint,
+            "was": before.state.value,
+            "state": after.state.value,
+            "last_answer": after.last_answer,
+        }
+        if after.sending:
+            log.info(
+                "route_closed", open_for_s=round((now_ms - before.since_ms) / 1000, 1), **fields
+            )
+        elif after.state is circuit.RouteState.HALF_OPEN:
+            log.info("route_probing", **fields)
+        else:
+            log.warning(
+                "route_opened",
+                next_probe_in_s=round((after.next_probe_ms - now_ms) / 1000, 1),
+                **fields,
+            )
+
+    def _start_probes(self) -> None:
+        now_ms = int(self.clock() * 1000)
+        for app, view in self.routes.items():
+            if view.circuit.probe_due(now_ms) and app not in self._probes:
+                probe = asyncio.create_task(self._probe(app), name=f"probe:{app}")
+                self._probes[app] = probe
+                probe.add_done_callback(functools.partial(self._probe_ended, app))
+
+    def _probe_ended(self, app: str, _: asyncio.Task[None]) -> None:
+        del self._probes[app]
+
+    async def _probe(self, app: str) -> None:
+        """Take the route's probe (one across all workers) and send its longest-parked
+        notification; nothing parked: the route stays open, probed again later."""
+        now_ms = int(self.clock() * 1000)
+        taken = await self._update_route(
+            app, lambda c: circuit.start_probe(c, now_ms=now_ms, policy=self.circuit_policy)
+        )
+        if not taken:
+            return
+        try:
+            batch = await self.queue.claim_parked(app)
+        except REDIS_ERRORS as exc:
+            log.warning("redis_unavailable", operation="probe", error=str(exc))
+            batch = ClaimBatch([], [])
+        self._count_expired(batch)
+        if batch.claimed:
+            self._launch(batch.claimed[0], probe=True)
+            return
+        now_ms = int(self.clock() * 1000)
+        await self._update_route(
+            app, lambda c: circuit.abandon_probe(c, now_ms=now_ms, rng=self.rng)
+        )
 
     def _pause(self, app: str, outcome: PauseApp) -> None:
         gate = self.gates[app]

@@ -21,6 +21,7 @@ from hyperframe.frame import GoAwayFrame
 from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
+from relay import metrics
 from relay.apns import ApnsClient, Endpoint, TokenCredentials
 from relay.model import ApnsResponse, Notification
 
@@ -348,7 +349,7 @@ async def test_goaway_shutdown_then_later_sends_succeed_on_new_connections(
     assert callback_errors.contexts == []
 
 
-async def test_goaway_fails_streams_above_last_stream_id_fast_and_retryable(
+async def test_goaway_resends_streams_above_last_stream_id_at_once_on_a_new_connection(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
@@ -361,23 +362,30 @@ async def test_goaway_fails_streams_above_last_stream_id_fast_and_retryable(
         ]
         await stats_when(h.control, lambda stats: stats["stalled"] == 3)
         (connection,) = client.pool.connections
+        resent = metrics.APNS_UNPROCESSED_RESENDS.labels(app=client.app, reason="GoAway:Shutdown")
+        resent_before = resent._value.get()
         # APNs said GOAWAY having read up to stream 3; 5 and 7 crossed it on the wire.
         goaway = GoAwayFrame(0)
         goaway.last_stream_id = 3
         goaway.additional_data = b'{"reason":"Shutdown"}'
         started = time.monotonic()
         connection.data_received(goaway.serialize())
-        above = await asyncio.gather(*stalled[1:])
+        # 5 and 7 were never processed: they reach APNs again at once, on a new connection
+        # (where the stall fault holds them too), within the same send call.
+        await stats_when(h.control, lambda stats: stats["stalled"] == 5)
         elapsed = time.monotonic() - started
-        assert not stalled[0].done()  # stream 3 may still be answered
+        assert not any(send.done() for send in stalled)  # 3 may still be answered
+        assert connection.retired_because == "GoAway:Shutdown"
         after = await client.send(notification(), new_apns_id())
         stats = await h.stats()
         assert client.pool.connections[0] is not connection
-    assert above == [ApnsResponse(0, "GoAway:Shutdown")] * 2
+        assert resent._value.get() - resent_before == 2
     assert elapsed < SLACK_S
     assert after.status == 200
     assert stats["connections_opened"] == 2
-    assert await stalled[0] == ApnsResponse(0, "ConnectionClosed")  # closed with the client
+    # Closed with the client: unanswered sends at or below last_stream_id are at-least-once
+    # retries for the worker, as any unanswered send.
+    assert await asyncio.gather(*stalled) == [ApnsResponse(0, "ConnectionClosed")] * 3
     assert callback_errors.contexts == []
 
 
@@ -400,7 +408,8 @@ async def test_send_racing_goaway_before_connection_lost_is_a_status_0_response(
         late = await connection.send_raw(
             notification(), new_apns_id(), deadline, authorization, lambda: None
         )
-        assert late == ApnsResponse(0, "GoAway:Shutdown")
+        # Unprocessed: ApnsClient.send sends such a one again at once on another connection.
+        assert late == ApnsResponse(0, "GoAway:Shutdown", unprocessed=True)
         assert (await client.send(notification(), new_apns_id())).status == 200
         # aioapns #55: connection_lost may run the discard more than once.
         client.pool.discard_connection(connection)
@@ -446,8 +455,14 @@ async def test_thousands_of_error_bodies_do_not_exhaust_the_flow_control_window(
             {"error": {"probability": 1.0, "status": 500, "reason": "InternalServerError"}}
         )
         # The deadline counts from send(); a loaded machine takes seconds for the whole run.
-        client = h.client(max_connections=1, max_in_flight=200, request_timeout_s=20.0)
         count = 3_200  # 3,200 bodies of 32 bytes: past the 65,535-byte initial window
+        # One connection throughout: its streak of 500s is let through on purpose here.
+        client = h.client(
+            max_connections=1,
+            max_in_flight=200,
+            request_timeout_s=20.0,
+            internal_error_streak=count + 1,
+        )
         responses = await asyncio.gather(
             *(client.send(notification(), new_apns_id()) for _ in range(count))
         )
@@ -491,12 +506,13 @@ async def test_exhausted_stream_ids_move_to_a_new_connection(tmp_path: Path) -> 
         # A connection kept for days at thousands of sends a second runs out of stream ids.
         connection.free_channels._stream_id = H2Connection.HIGHEST_ALLOWED_STREAM_ID - 2
         last = await client.send(notification(), new_apns_id())
-        exhausted = await client.send(notification(), new_apns_id())
-        after = await client.send(notification(), new_apns_id())
+        # The next one finds no stream id left: it never reached APNs, so it goes at once on a
+        # new connection within the same send.
+        moved = await client.send(notification(), new_apns_id())
         stats = await h.stats()
     assert last.status == 200
-    assert exhausted == ApnsResponse(0, "StreamIdsExhausted")
-    assert after.status == 200
+    assert moved.status == 200
+    assert connection.retired_because == "StreamIdsExhausted"
     assert stats["connections_opened"] == 2
 
 
@@ -555,3 +571,41 @@ async def test_aioapns_alone_discard_twice_raises_and_closes_idle_after_10_s(
         with pytest.raises(ValueError, match="remove"):  # aioapns #55
             client.pool.discard_connection(connection)
         connection.close()
+
+
+async def test_a_connection_answering_a_streak_of_500s_is_replaced(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        streak = [{"status": 500, "reason": "InternalServerError"}] * 3
+        await h.control.put_faults({"scripted": {STALLED_TOKEN: streak}})
+        client = h.client(internal_error_streak=3)
+        replaced = metrics.APNS_CONNECTIONS_REPLACED.labels(reason="InternalServerErrorStreak")
+        replaced_before = replaced._value.get()
+        answers = [
+            (await client.send(notification(STALLED_TOKEN), new_apns_id())) for _ in range(3)
+        ]
+        (first,) = {*client.pool.connections, *client.pool.retiring} or {None}
+        assert first is not None
+        assert first.retired_because == "InternalServerErrorStreak"
+        after = await client.send(notification(STALLED_TOKEN), new_apns_id())
+        stats = await h.stats()
+        assert client.pool.connections[0] is not first
+    assert [a.status for a in answers] == [500, 500, 500]
+    assert after.status == 200
+    assert stats["connections_opened"] == 2
+    assert replaced._value.get() - replaced_before == 1
+    assert callback_errors.contexts == []
+
+
+async def test_500s_broken_by_other_answers_keep_the_connection(tmp_path: Path) -> None:
+    async with harness(tmp_path) as h:
+        script = [{"status": 500, "reason": "InternalServerError"}, {"status": 200}] * 3
+        await h.control.put_faults({"scripted": {STALLED_TOKEN: script}})
+        client = h.client(internal_error_streak=2)
+        answers = [
+            (await client.send(notification(STALLED_TOKEN), new_apns_id())) for _ in range(6)
+        ]
+        stats = await h.stats()
+    assert [a.status for a in answers] == [500, 200] * 3
+    assert stats["connections_opened"] == 1

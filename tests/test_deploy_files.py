@@ -889,6 +889,9 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     spooling = next(rule for rule in rules if rule["alert"] == "ApnsRelaySpooling")
     assert queried["ApnsRelaySpooling"] == {"apns_relay_spool_notifications"}
     assert spooling["for"] == "1m"
+    assert queried["ApnsRelayRouteOpen"] == {"apns_relay_route_state"}
+    route_open = next(rule for rule in rules if rule["alert"] == "ApnsRelayRouteOpen")
+    assert route_open["for"] == "2m"
 
 
 def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
@@ -919,6 +922,8 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_app_paused",
         "apns_relay_apns_in_flight_requests",
         "apns_relay_http_requests_total",
+        "apns_relay_route_state",
+        "apns_relay_route_transitions_total",
     } <= queried
 
 

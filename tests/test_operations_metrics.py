@@ -215,6 +215,11 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
     assert value(samples, "apns_relay_queue_oldest_pending_age_seconds") == 0
     assert value(samples, "apns_relay_apns_in_flight_requests", app=APP) == 0
     assert value(samples, "apns_relay_app_paused", app=APP) == 0
+    # One device timing out and one 503 are not a failing route.
+    assert series(samples, "apns_relay_route_state", app=APP) == {
+        frozenset({("app", APP), ("environment", "sandbox")}): 0
+    }
+    assert sum(series(samples, "apns_relay_route_transitions_total", app=APP).values()) == 0
     assert value(samples, "apns_relay_apns_connections", app=APP) >= 1
     assert value(samples, "apns_relay_jwt_refreshes_total", app=APP) == 1
     [build] = series(samples, "apns_relay_build_info")

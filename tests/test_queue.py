@@ -708,7 +708,7 @@ async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: Relay
 async def test_an_enqueue_sent_twice_is_stored_once(queue: RelayQueue) -> None:
     """redis-py re-sends a command whose reply was lost; the second run must not double it."""
     call, _ = queue._enqueue_call(note(), T0)
-    first, again = await queue._run([call]), await queue._run([call])
+    first, again = await queue.run_scripts([call]), await queue.run_scripts([call])
     assert first[0][:2] == again[0][:2]
     device = await queue.device(APP, TOKEN_A)
     assert device.pending == 1
@@ -735,3 +735,67 @@ def test_shard_tags_spread_evenly_over_the_cluster_slots(shards: int) -> None:
     even = 16384 / shards
     gaps = [b - a for a, b in zip(slots, [*slots[1:], slots[0] + 16384], strict=True)]
     assert all(0.5 * even < gap < 1.5 * even for gap in gaps), gaps
+
+
+# ---- routes: parking an open route's devices, probing, draining ----
+
+OTHER_APP = "com.example.other"
+
+
+async def test_an_open_routes_devices_are_parked_not_claimed_and_drain_in_order_after(
+    queue: RelayQueue,
+) -> None:
+    first = await queue.enqueue(note(TOKEN_A, body="1"), now_ms=T0)
+    second = await queue.enqueue(note(TOKEN_A, body="2"), now_ms=T0 + 1)
+    await queue.enqueue(note(TOKEN_B), now_ms=T0 + 2)
+    other = await queue.enqueue(replace(note(TOKEN_A), app=OTHER_APP), now_ms=T0 + 3)
+    routes = {APP: False, OTHER_APP: True}
+
+    batch = await queue.claim(10, now_ms=T0 + 10, routes=routes)
+    assert [c.id for c in batch.claimed] == [other.id]  # the other app is not held up
+    assert await queue.parked(APP) == 2
+    assert await queue.next_due_ms() is not None  # the other app's lease, nothing of APP due
+    assert (await queue.claim(10, now_ms=T0 + 20, routes=routes)).claimed == []
+    # A new notification for a parked device waits behind the parked head.
+    await queue.enqueue(note(TOKEN_A, body="3"), now_ms=T0 + 30)
+    assert (await queue.claim(10, now_ms=T0 + 40, routes=routes)).claimed == []
+    totals = await queue.totals(now_ms=T0 + 40)
+    assert (totals.pending, totals.devices_pending) == (5, 3)
+
+    # The route sends again: the parked devices are due at the time they had, in device order.
+    sending = {APP: True, OTHER_APP: True}
+    batch = await queue.claim(10, now_ms=T0 + 50, routes=sending)
+    assert await queue.parked(APP) == 0
+    heads = {c.notification.device_token: c for c in batch.claimed}
+    assert heads[TOKEN_A].id == first.id
+    assert set(heads) == {TOKEN_A, TOKEN_B}
+    await queue.settle([(heads[TOKEN_A], Delivered("x"))], now_ms=T0 + 60)
+    assert (await claim_one(queue, T0 + 70)).id == second.id
+
+
+async def test_claim_parked_takes_one_probe_the_longest_parked_first(queue: RelayQueue) -> None:
+    tokens = [f"{i:064x}" for i in range(6)]
+    ids = [(await queue.enqueue(note(t), now_ms=T0 + i)).id for i, t in enumerate(tokens)]
+    await queue.claim(10, now_ms=T0 + 10, routes={APP: False})
+    assert await queue.parked(APP) == 6
+    assert (await queue.claim_parked(OTHER_APP, now_ms=T0 + 20)).claimed == []
+
+    probe = await queue.claim_parked(APP, now_ms=T0 + 20)
+    assert [c.id for c in probe.claimed] == [ids[0]]
+    assert await queue.parked(APP) == 5
+    # The probe failed: given back unsent, it is parked again at the next claim, now the youngest.
+    await queue.release(probe.claimed, now_ms=T0 + 30)
+    await queue.claim(10, now_ms=T0 + 40, routes={APP: False})
+    assert [c.id for c in (await queue.claim_parked(APP, now_ms=T0 + 50)).claimed] == [ids[1]]
+
+
+async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
+    queue: RelayQueue,
+) -> None:
+    stale = await queue.enqueue(note(TOKEN_A, expires_in_s=1), now_ms=T0)
+    live = await queue.enqueue(note(TOKEN_A), now_ms=T0 + 1)
+    await queue.claim(10, now_ms=T0 + 10, routes={APP: False})
+    probe = await queue.claim_parked(APP, now_ms=T0 + 5_000)
+    assert [r.id for r in probe.expired] == [stale.id]
+    assert [c.id for c in probe.claimed] == [live.id]
+    assert await state_of(queue, stale.id) is DeliveryState.EXPIRED

@@ -21,11 +21,12 @@ from redis.crc import key_slot
 from relay_harness import RelayHarness, running_relay
 from test_deploy_files import relay_container, rendered, validate_schema
 
-# The queue's and the pipeline's own tests, collected again here with `redis` and `redis_url`
-# below pointing at the cluster: every script and path runs on it, so a CROSSSLOT error (a script
-# touching two slots) would fail them.
+# The queue's, the route store's and the pipeline's own tests, collected again here with `redis`
+# and `redis_url` below pointing at the cluster: every script and path runs on it, so a CROSSSLOT
+# error (a script touching two slots) would fail them.
 from test_queue import *  # noqa: F403
 from test_relay_pipeline import *  # noqa: F403
+from test_routes import *  # noqa: F403
 from topologies import SentinelTopology, ValkeyCluster, client_of
 
 from relay.config import ConfigError, RedisSettings, load_settings

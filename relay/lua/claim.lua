@@ -1,16 +1,24 @@
--- claim: put this shard's run-out leases back to due, then lease up to ARGV[3] due device heads.
--- KEYS[1..4] the shard's due, lease, heads, stats.
+-- claim: put this shard's run-out leases back to due, then lease up to ARGV[3] due device heads,
+-- leaving aside (parking) the devices of routes whose circuit is open.
+-- KEYS[1..4] the shard's due, lease, heads, stats; KEYS[4 + i] the parked ZSET of app i (device ->
+-- the due time it had when parked).
 -- ARGV[1] shard key prefix; ARGV[2] now (ms); ARGV[3] how many to claim (0 = only reap and report
 -- whether work is due); ARGV[4] lease length (ms); ARGV[5] retention (s); ARGV[6] how many run-out
--- leases to reap at most.
+-- leases to reap at most; ARGV[5 + 2i] app i's name and ARGV[6 + 2i] its mode: 'park' (its route
+-- is open: its due devices move to its parked ZSET) or 'send' (its parked devices, if any, are due
+-- again at the time they had).
 -- Returns {more, claimed, expired}: more = 1 when due devices are left; claimed = list of
 -- {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id, app, service_id,
 -- action}.
--- Keeps: 2 (only a device's head is leased, one lease per device), 3 (a run-out lease is claimable
--- again), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
+-- Keeps: 2 (only a device's head is leased, one lease per device; a parked device keeps its place
+-- and its due time), 3 (a run-out lease is claimable again; nothing stays parked once its route
+-- sends), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
 -- whose payload is missing is failed (MissingPayload) rather than handed out or left blocking.
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+-- Parked devices returned to due per app per claim, and rounds of parking per claim: both bound
+-- the script's run time; what is left is done by the next claim.
+local UNPARK_PER_CLAIM, PARK_ROUNDS = 1000, 4
 
 for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT', 0, ARGV[6])) do
   local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
@@ -22,39 +30,44 @@ for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT',
   rearm(prefix, device, now)
 end
 
+local parking = {}
+for i = 1, #KEYS - 4 do
+  local app, mode, parked = ARGV[5 + 2 * i], ARGV[6 + 2 * i], KEYS[4 + i]
+  if mode == 'park' then
+    parking[app] = parked
+  else
+    local entries = redis.call('ZPOPMIN', parked, UNPARK_PER_CLAIM)
+    for j = 1, #entries, 2 do
+      local device = entries[j]
+      if redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
+          and not redis.call('ZSCORE', LEASE, device) then
+        redis.call('ZADD', DUE, 'NX', entries[j + 1], device)
+      end
+    end
+  end
+end
+
 local claimed, expired = {}, {}
-if limit > 0 then
-  for _, device in ipairs(redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, limit)) do
-    local queue = prefix .. K_QUEUE .. device
-    local head = redis.call('LINDEX', queue, 0)
-    while head do
-      local note = prefix .. K_NOTE .. head
-      local fields = redis.call('HMGET', note, unpack(CLAIM_FIELDS))
-      local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
-      local live = tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now
-      if live and payload then
-        local claim_no = redis.call('HINCRBY', note, 'claim_no', 1)
-        redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
-        claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
-        break
-      end
-      redis.call('LPOP', queue)
-      if live then
-        -- A record without its payload cannot be sent; failing it keeps the device moving.
-        finalise(prefix, device, head, STATE.FAILED, now, retention,
-          {'last_reason', 'MissingPayload'})
-      else
-        expired[#expired + 1] = {head, fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.service_id],
-          fields[CLAIM_INDEX.action]}
-        finalise(prefix, device, head, STATE.EXPIRED, now, retention, {})
-      end
-      head = redis.call('LINDEX', queue, 0)
-    end
-    rearm(prefix, device, now)
-    if head then
+local rounds = 0
+while limit > #claimed and rounds < PARK_ROUNDS do
+  rounds = rounds + 1
+  local parked_now = 0
+  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+    limit - #claimed)
+  for j = 1, #due, 2 do
+    local device = due[j]
+    -- A device is "<app>:<token>" and a token is hex: the app is everything before the last colon.
+    local parked = parking[string.match(device, '^(.*):')]
+    if parked then
+      redis.call('ZADD', parked, due[j + 1], device)
       redis.call('ZREM', DUE, device)
-      redis.call('ZADD', LEASE, now + lease_ms, device)
+      parked_now = parked_now + 1
+    else
+      lease_head(prefix, device, now, lease_ms, retention, claimed, expired)
     end
+  end
+  if parked_now == 0 then
+    break
   end
 end
 local more = #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1)

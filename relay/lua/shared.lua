@@ -89,3 +89,40 @@ local function fail_queued(prefix, device, first, now, retention, fields)
   end
   return #ids
 end
+
+-- Lease `device`'s head, finalising on the way the heads that cannot be sent (past expires_at:
+-- into `expired`; without a payload: failed). Appends {id, claim number, payload, CLAIM_FIELDS
+-- values...} to `claimed` when a head was leased; the device then leaves DUE for LEASE, or every
+-- index when nothing is left.
+local function lease_head(prefix, device, now, lease_ms, retention, claimed, expired)
+  local queue = prefix .. K_QUEUE .. device
+  local head = redis.call('LINDEX', queue, 0)
+  while head do
+    local note = prefix .. K_NOTE .. head
+    local fields = redis.call('HMGET', note, unpack(CLAIM_FIELDS))
+    local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
+    local live = tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now
+    if live and payload then
+      local claim_no = redis.call('HINCRBY', note, 'claim_no', 1)
+      redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
+      claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
+      break
+    end
+    redis.call('LPOP', queue)
+    if live then
+      -- A record without its payload cannot be sent; failing it keeps the device moving.
+      finalise(prefix, device, head, STATE.FAILED, now, retention,
+        {'last_reason', 'MissingPayload'})
+    else
+      expired[#expired + 1] = {head, fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.service_id],
+        fields[CLAIM_INDEX.action]}
+      finalise(prefix, device, head, STATE.EXPIRED, now, retention, {})
+    end
+    head = redis.call('LINDEX', queue, 0)
+  end
+  rearm(prefix, device, now)
+  if head then
+    redis.call('ZREM', DUE, device)
+    redis.call('ZADD', LEASE, now + lease_ms, device)
+  end
+end
