@@ -12,8 +12,9 @@ shared/reference/aioapns.md:
 5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
                                         ones above last_stream_id fail at once (status 0), the
-                                        rest drain; a send racing GOAWAY gets status 0; discard
-                                        is idempotent
+                                        rest drain (h2 would refuse their answers: see
+                                        DrainingStateMachine); a send racing GOAWAY gets status 0;
+                                        discard is idempotent
 7. 10 s idle close                   -> connections stay open for an hour of idleness
 Flow control is also acknowledged for response bodies, which aioapns never does (a long run of error
 bodies would otherwise exhaust the connection window and hang every later answer).
@@ -40,6 +41,7 @@ from aioapns.connection import (
     AuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed
+from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -135,6 +137,35 @@ class SharedJWT(AuthorizationHeaderProvider):
         log.info("jwt_signed", app=self.app, key_id=self.credentials.key_id)
 
 
+class DrainingStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, but still reading after a GOAWAY.
+
+    h2 closes the whole connection on GOAWAY and treats any later frame as a protocol error;
+    RFC 9113 section 6.8 lets the server still answer the streams up to last_stream_id, and a
+    graceful GOAWAY does. Sending new streams stays refused.
+    """
+
+    DRAIN_INPUTS = frozenset(
+        {
+            ConnectionInputs.RECV_HEADERS,
+            ConnectionInputs.RECV_DATA,
+            ConnectionInputs.RECV_WINDOW_UPDATE,
+            ConnectionInputs.RECV_PING,
+            ConnectionInputs.RECV_SETTINGS,
+            ConnectionInputs.RECV_RST_STREAM,
+            ConnectionInputs.RECV_PRIORITY,
+            ConnectionInputs.SEND_WINDOW_UPDATE,
+            ConnectionInputs.SEND_RST_STREAM,
+            ConnectionInputs.SEND_PING,
+        }
+    )
+
+    def process_input(self, input_: ConnectionInputs) -> list[Any]:
+        if self.state is ConnectionState.CLOSED and input_ in self.DRAIN_INPUTS:
+            return []
+        return super().process_input(input_)
+
+
 class PlainHpackEncoder(Encoder):
     """HPACK without Huffman coding: a few more bytes per request, a third of the CPU."""
 
@@ -164,6 +195,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         # send's CPU. Every header here is built below from validated data (lower-case names;
         # payload._collapse_id checks the one free text), so none of them is needed.
         self.conn.encoder = PlainHpackEncoder()
+        self.conn.state_machine = DrainingStateMachine()
         self.conn.config.validate_outbound_headers = False
         self.conn.config.normalize_outbound_headers = False
         self._flush_scheduled = False

@@ -24,6 +24,7 @@ import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
 
+from relay.apns import DrainingStateMachine
 from relay.apns_sim import info
 from relay.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
 
@@ -254,6 +255,8 @@ class RawH2Client:
                 validate_inbound_headers=False,
             )
         )
+        # Reads the answers a graceful GOAWAY still owes, as the relay does.
+        self.conn.state_machine = DrainingStateMachine()
         self.streams: dict[int, _PendingStream] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
         self.closed = asyncio.get_running_loop().create_future()  # result: the read error or None
@@ -363,6 +366,3 @@ class RawH2Client:
             self.settings_received.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = event
-            # h2 would refuse the answers a graceful GOAWAY still owes (streams up to
-            # last_stream_id): keep reading them, as RFC 9113 section 6.8 lets a client do.
-            self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
