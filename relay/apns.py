@@ -9,6 +9,10 @@ shared/reference/aioapns.md:
 4. busy polling when streams run out -> in-flight bounded by a semaphore; waits are on an event;
                                         a new connection is used only once APNs' SETTINGS (its
                                         stream limit) have arrived
+4b. a stream limit that moves        -> StreamSlots follows SETTINGS_MAX_CONCURRENT_STREAMS as
+                                        APNs moves it (1 on a new connection, the full limit
+                                        after a success, 1 after a rejection); aioapns' pool
+                                        keeps 2 streams when the limit rises with all in use
 5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
                                         ones above last_stream_id fail at once (status 0), the
@@ -41,7 +45,12 @@ from aioapns.connection import (
     AuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed
-from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -52,6 +61,7 @@ from h2.events import (
     StreamReset,
 )
 from h2.exceptions import H2Error, NoAvailableStreamIDError
+from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
@@ -166,6 +176,47 @@ class DrainingStateMachine(H2ConnectionStateMachine):
         return super().process_input(input_)
 
 
+class StreamSlots:
+    """The streams one connection may open, against APNs' current SETTINGS_MAX_CONCURRENT_STREAMS.
+
+    Counts streams in use rather than free ones, so the limit can move either way at any time:
+    a drop below the streams in use just makes the connection busy until enough have ended.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.next_stream_id = 1
+        self.closed: Exception | None = None
+
+    @property
+    def is_busy(self) -> bool:
+        return self.in_use >= self.limit
+
+    def acquire(self) -> int:
+        """A stream id; the caller has checked `is_busy` (the pool only hands out free ones)."""
+        if self.closed is not None:
+            raise self.closed
+        if self.is_busy:
+            raise ConnectionBusy
+        if self.next_stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
+            raise NoAvailableStreamIDError
+        stream_id = self.next_stream_id
+        self.next_stream_id += 2
+        self.in_use += 1
+        return stream_id
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+    def destroy(self, exc: Exception) -> None:
+        self.closed = exc
+
+
+class ConnectionBusy(Exception):
+    """A send reached a connection whose streams are all in use (its limit just dropped)."""
+
+
 class PlainHpackEncoder(Encoder):
     """HPACK without Huffman coding: a few more bytes per request, a third of the CPU."""
 
@@ -196,6 +247,9 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         # payload._collapse_id checks the one free text), so none of them is needed.
         self.conn.encoder = PlainHpackEncoder()
         self.conn.state_machine = DrainingStateMachine()
+        # In place of aioapns' free_channels (a ChannelPool); 1000 until APNs' SETTINGS arrive,
+        # which the pool waits for before it uses the connection.
+        self.slots = StreamSlots(1000)
         self.conn.config.validate_outbound_headers = False
         self.conn.config.normalize_outbound_headers = False
         self._flush_scheduled = False
@@ -211,7 +265,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
 
     @property
     def is_busy(self) -> bool:
-        return self.retired_because is not None or bool(self.free_channels.is_busy)
+        return self.retired_because is not None or self.slots.is_busy
 
     async def send_raw(
         self,
@@ -224,9 +278,11 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if self.retired_because is not None:
             return ApnsResponse(0, self.retired_because)
         try:
-            stream_id: int = await self.free_channels.acquire()
+            stream_id = self.slots.acquire()
         except ConnectionClosed:
             return ApnsResponse(0, "ConnectionClosed")
+        except ConnectionBusy:
+            return ApnsResponse(0, "ConnectionBusy")
         except NoAvailableStreamIDError:
             self._retire("StreamIdsExhausted")
             return ApnsResponse(0, "StreamIdsExhausted")
@@ -297,7 +353,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             elif isinstance(event, StreamReset):
                 self._finish(event.stream_id, ApnsResponse(0, "StreamReset"))
             elif isinstance(event, RemoteSettingsChanged):
-                self.on_remote_settings_changed(cast(Any, event.changed_settings))
+                limit = event.changed_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+                if limit is not None and limit.new_value is not None:
+                    self.slots.limit = limit.new_value
+                    self.on_stream_freed()  # a raised limit frees streams for waiting sends
                 if not self.settings_received.done():
                     self.settings_received.set_result(None)
             elif isinstance(event, ConnectionTerminated):
@@ -327,7 +386,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         stream.timer.cancel()
         if not stream.future.done():
             stream.future.set_result(response)
-        self.free_channels.release()
+        self.slots.release()
         self.on_stream_freed()
         if self.retired_because is not None and not self.streams:
             self.close()
@@ -411,7 +470,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             self.on_connection_lost(self)
         for stream_id in list(self.streams):
             self._finish(stream_id, ApnsResponse(0, "ConnectionClosed"))
-        self.free_channels.destroy(ConnectionClosed(str(exc)))
+        self.slots.destroy(ConnectionClosed(str(exc)))
         self.on_stream_freed()
 
 

@@ -319,9 +319,9 @@ class ApnsServerProtocol(asyncio.Protocol):
         frame.last_stream_id = self.last_stream_id
         frame.error_code = error_code
         frame.additional_data = goaway_debug_data(reason)
-        self._flush()
         if self.transport is not None:
-            self.transport.write(frame.serialize())
+            # One write with the answer before it: a client reads both together.
+            self.transport.write(self.conn.data_to_send() + frame.serialize())
         self._settled(0)
         if not self.closed:
             grace = self.loop.call_later(GOAWAY_GRACE_S, self._close)
