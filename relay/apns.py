@@ -225,13 +225,14 @@ class PlainHpackEncoder(Encoder):
 
 
 class _Stream:
-    __slots__ = ("apns_id", "body", "future", "status", "timer")
+    __slots__ = ("apns_id", "body", "future", "status", "timer", "unique_id")
 
     def __init__(self, future: asyncio.Future[ApnsResponse], timer: asyncio.TimerHandle) -> None:
         self.future = future
         self.timer = timer
         self.status = 0
         self.apns_id: str | None = None
+        self.unique_id: str | None = None
         self.body = b""
 
 
@@ -341,6 +342,8 @@ class RelayClientProtocol(APNsProductionClientProtocol):
                             stream.status = int(value)
                         elif name == b"apns-id":
                             stream.apns_id = value.decode()
+                        elif name == b"apns-unique-id":
+                            stream.unique_id = value.decode()
             elif isinstance(event, DataReceived):
                 # aioapns never does this: without it the connection window closes for good
                 # after 64 KiB of error bodies and every later answer hangs.
@@ -377,7 +380,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
                 reason = "UnreadableBody"
         if stream.status == 0:
             reason = "NoStatus"
-        self._finish(stream_id, ApnsResponse(stream.status, reason, stream.apns_id, timestamp))
+        self._finish(
+            stream_id,
+            ApnsResponse(stream.status, reason, stream.apns_id, timestamp, stream.unique_id),
+        )
 
     def _finish(self, stream_id: int, response: ApnsResponse) -> None:
         stream = self.streams.pop(stream_id, None)

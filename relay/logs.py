@@ -18,8 +18,8 @@ _JWT = re.compile(r"\beyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]+")
 _CREDENTIALS = re.compile(r"\b(Bearer|Basic|bearer|basic)\s+[\w.~+/=-]+")
 _PEM = re.compile(r"-----BEGIN [A-Z ]+-----.*?-----END [A-Z ]+-----", re.S)
 _SECRET_KEYS = frozenset({"authorization", "jwt", "key", "password", "secret", "api_token"})
-# Identifiers the relay makes itself: hex, but not device tokens, and operators search by them.
-_OWN_IDS = frozenset({"id", "apns_id", "request_id"})
+# Identifiers the relay or APNs makes: hex, but not device tokens, and operators search by them.
+_OWN_IDS = frozenset({"id", "apns_id", "apns_unique_id", "request_id"})
 
 AIOAPNS_LOG_INTERVAL_S = 10.0
 

@@ -102,6 +102,7 @@ class ApnsResponse:
     reason: str | None = None
     apns_id: str | None = None
     timestamp_ms: int | None = None  # 410 only: when APNs learned the token went invalid
+    apns_unique_id: str | None = None  # 200 in sandbox: the key of Apple's Delivery Log
 
 
 # The outcome of one attempt: a small closed set, so that policy is a type decision.
@@ -110,6 +111,7 @@ class ApnsResponse:
 @dataclass(frozen=True, slots=True)
 class Delivered:
     apns_id: str | None
+    apns_unique_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,11 @@ _NOTIFICATION_STATUS = {
         "expires_at": {"type": "integer"},
         "last_status": {"type": ["integer", "null"]},
         "last_reason": {"type": ["string", "null"]},
+        "apns_id": {"type": ["string", "null"]},
+        "apns_unique_id": {
+            "type": ["string", "null"],
+            "description": "sandbox only: APNs' key of the push in its Delivery Log",
+        },
     },
 }
 _DEVICE = {

@@ -148,7 +148,11 @@ def simulator_app(info: SimInfo) -> App:
                     "team_id": info.team_id,
                 }
             },
-            "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": info.ca},
+            "endpoint": {
+                "host": "127.0.0.1",
+                "port": info.port_of("sandbox"),
+                "ca_file": info.ca,
+            },
         }
     )
 

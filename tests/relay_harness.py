@@ -87,6 +87,15 @@ class RelayHarness:
                 parsed = raw.decode(errors="replace")
             return r.status, parsed, r.headers
 
+    async def device_tokens(self, count: int, app: str | None = None) -> list[str]:
+        """Tokens the simulator issued for the app (default: the first), as phones get them:
+        the one way a test gets a token APNs will accept."""
+        config = next(a for a in self.settings.apps if app in (None, a.name))
+        return await self.control.issue_tokens(count, config.topic, config.environment)
+
+    async def device_token(self, app: str | None = None) -> str:
+        return (await self.device_tokens(1, app))[0]
+
     async def gms_push(self, device_id: str, message: Any) -> tuple[int, Any, Any]:
         return await self.call(
             "POST", "/gms/push", {"deviceId": device_id, "message": message}, auth="basic"
