@@ -56,7 +56,7 @@ from relay.device_sim.app import (
     entries_of,
     item_labelled,
 )
-from relay.device_sim.phone import Phone
+from relay.device_sim.phone import Phone, register_device
 from relay.embedded import EmbeddedServer
 from relay.gms import CHAT_ACTION
 from relay.gms_sim.dialogs import (
@@ -80,7 +80,6 @@ from relay.gms_sim.server import GmsSimServer, GmsSimulator
 from relay.logs import configure_logging
 from relay.service import run_relay, simulator_app
 
-DEMO_TOKEN = "de" * 32  # the simulated phone's device token (hex)
 GMS_USER = "demo-user"
 GMS_BASIC_USER = "gms"
 STEP_TIMEOUT_S = 10.0  # how long one push may take to reach the phone and be acted on
@@ -255,8 +254,9 @@ def flow_ends(
     control_url: str,
     relay_app: App,
     gms: GmsSimServer,
-    token: str = DEMO_TOKEN,
+    token: str,
 ) -> FlowEnds:
+    """`token`: the phone's device token, as the APNs simulator issued it (register_device)."""
     user = ScriptedUser()
     app = RecordingApp(
         AppSettings(
@@ -653,20 +653,28 @@ async def run_demo(scenarios: Sequence[str], state_dir: Path, out: TextIO | None
                 GmsSimServer(GmsSimulator()) as gms,
                 aiohttp.ClientSession() as session,
             ):
+                relay_app = settings.apps[0]
+                token = await register_device(
+                    session, info.control_url, relay_app.topic, relay_app.environment
+                )
                 ends = flow_ends(
                     session,
                     relay_url=relay_url,
                     authorization=basic_authorization(GMS_BASIC_USER, password),
                     control_url=info.control_url,
-                    relay_app=settings.apps[0],
+                    relay_app=relay_app,
                     gms=gms,
+                    token=token,
                 )
                 report.note("apns-relay demo: the GMS flow end to end, times since the start")
                 report.note(f"Valkey (embedded)  {valkey.url}")
-                report.note(f"APNs simulator     https://{info.host}:{info.port}")
+                report.note(
+                    f"APNs simulator     https://{info.host}:{info.port_of(relay_app.environment)}"
+                    f" ({relay_app.environment})"
+                )
                 report.note(f"relay              {relay_url}  (GMS pushes to /gms/push)")
                 report.note(f"GMS simulator      {gms.base_url}{gms.simulator.url_path}")
-                report.note(f"phone              device token {DEMO_TOKEN[:16]}...")
+                report.note(f"phone              device token {token[:16]}... (registered)")
                 for name in scenarios:
                     try:
                         await DEMO_SCENARIOS[name](ends, report)

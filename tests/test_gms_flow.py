@@ -36,7 +36,6 @@ from relay.gms_sim.scenarios import (
 )
 from relay.gms_sim.server import CallbackService, GmsSimServer, GmsSimulator
 
-TOKEN = "c0ffee" * 10 + "abcd"
 DEMO_TIMEOUT_S = 60
 TRUE_MENU = "get-dialog-user-confirmation-provide_code-true"
 FALSE_MENU = "get-dialog-user-confirmation-provide_code-false"
@@ -60,7 +59,7 @@ async def gms_flow(
                 control_url=relay.sim.control_url,
                 relay_app=relay.settings.apps[0],
                 gms=gms_server,
-                token=TOKEN,
+                token=await relay.device_token(),
             ),
         )
 
@@ -188,7 +187,7 @@ async def test_chat_session_alerts_in_order_once_and_none_for_the_client(
         assert CLIENT_NICK not in repr(entries_of(transcript, AlertShown))
         assert len(entries_of(transcript, PushNotPosted)) == 4
         assert not entries_of(transcript, UrlPosted)
-        assert len(await relay.received(TOKEN)) == 4
+        assert len(await relay.received(ends.phone.token)) == 4
         totals = await relay.queue.totals()
         assert (totals.enqueued, totals.delivered, totals.pending) == (4, 4, 0)
 
@@ -213,7 +212,7 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
             return (await ends.pusher.push(ends.device_id, event)).answer
 
         # The head (position 2) is held in flight by the stalled APNs until the faults go.
-        await relay.control.put_faults({"stall": {"tokens": [TOKEN]}})
+        await relay.control.put_faults({"stall": {"tokens": [ends.phone.token]}})
         await post(2)
         await wait_for_stalls(relay, 1)
         answers = {position: await post(position) for position in (5, 3, 4)}

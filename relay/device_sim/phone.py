@@ -20,6 +20,29 @@ class ControlApiError(RuntimeError):
     """The APNs simulator's control API answered with something other than the documented shape."""
 
 
+async def register_device(
+    session: aiohttp.ClientSession,
+    control_url: str,
+    topic: str,
+    environment: str,
+    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> str:
+    """A device token from the APNs simulator for `topic` in `environment`, as an app gets one
+    from APNs when it registers for remote notifications."""
+    async with session.post(
+        control_url.rstrip("/") + "/tokens",
+        json={"topic": topic, "environment": environment},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    ) as response:
+        if response.status != 200:
+            raise ControlApiError(f"POST /tokens answered {response.status}")
+        document = await response.json()
+    token = document.get("token") if isinstance(document, dict) else None
+    if not isinstance(token, str):
+        raise ControlApiError(f"POST /tokens: no `token` in {document!r}")
+    return token
+
+
 @dataclass
 class Phone:
     """One device token: fetches its pushes from the APNs simulator and runs the app on them."""
