@@ -542,15 +542,23 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections))
         self.stream_freed.set()  # a waiter may now open a connection in its place
 
+    def least_loaded(self) -> RelayClientProtocol | None:
+        """The open connection with the fewest streams in use, if any has one free.
+
+        Spreading the load matters because APNs drops a connection to one stream after any
+        rejected request until its next success: a connection carrying everything would then
+        stall everything, one carrying a share stalls only that share.
+        """
+        free = [c for c in cast(list[RelayClientProtocol], self.connections) if not c.is_busy]
+        return min(free, key=lambda c: c.slots.in_use, default=None)
+
     async def acquire(self) -> RelayClientProtocol:
         while True:
-            for connection in self.connections:
-                if not connection.is_busy:
-                    return cast(RelayClientProtocol, connection)
+            if (connection := self.least_loaded()) is not None:
+                return connection
             async with self._lock:
-                for connection in self.connections:
-                    if not connection.is_busy:
-                        return cast(RelayClientProtocol, connection)
+                if (connection := self.least_loaded()) is not None:
+                    return connection
                 if len(self.connections) < self.max_connections:
                     connection = await self.create_connection()
                     self.connections.append(connection)
