@@ -537,6 +537,27 @@ async def test_a_connection_starting_at_one_stream_reaches_its_full_limit(
     assert elapsed < 0.2 * 75 / 3
 
 
+async def test_streams_are_spread_over_the_connections(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_streams=1000) as h:
+        client = h.client(max_connections=4)
+        # Four connections, each past its first success (one stream until then).
+        await asyncio.gather(*(client.send(notification(h.token), new_apns_id()) for _ in range(8)))
+        assert client.connections == 4
+        await h.control.put_faults({"latency_ms": 1000})
+        sends = [
+            asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
+            for _ in range(200)
+        ]
+        deadline = time.monotonic() + 5
+        while sum(c.slots.in_use for c in client.pool.connections) < 200:
+            assert time.monotonic() < deadline, "the sends never all left"
+            await asyncio.sleep(0.01)
+        in_use = sorted(c.slots.in_use for c in client.pool.connections)
+        await asyncio.gather(*sends)
+    # Least loaded first: 50 each, not 200 on the first connection that has room.
+    assert in_use == [50, 50, 50, 50]
+
+
 # --- aioapns 4.0 alone, against the same simulator: the failures the adapter exists for -----
 
 
