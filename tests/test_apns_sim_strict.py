@@ -105,6 +105,29 @@ async def test_aioapns_gets_a_burst_through_a_connection_that_starts_at_one_stre
     client.pool.close()
 
 
+async def test_more_streams_than_allowed_is_a_connection_error(
+    sim: tuple[SimInfo, ControlClient],
+) -> None:
+    info, control = sim
+    token = await control.issue_token()
+    raw = await RawH2Client.connect(info)
+    # Before the server's SETTINGS arrive the client's h2 allows any number: two at once.
+    first, second = raw.send_together(
+        [(raw.headers_for(info, token), BODY), (raw.headers_for(info, token), BODY)]
+    )
+    async with asyncio.timeout(5):
+        await raw.closed
+    assert raw.terminated is not None
+    assert raw.terminated.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert raw.terminated.last_stream_id == 0  # neither was answered: both may be resent
+    assert not raw.terminated.additional_data
+    for stream_id in (first, second):
+        with pytest.raises(ConnectionError):
+            await raw.response(stream_id)
+    stats = await control.stats()
+    assert (stats["protocol_errors"], stats["accepted"]) == (1, 0)
+
+
 # --- the token registry -------------------------------------------------------------------------
 
 

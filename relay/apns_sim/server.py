@@ -171,7 +171,8 @@ class ApnsServerProtocol(asyncio.Protocol):
             # naming only streams answered, so the client knows what it may resend.
             self.stats.counters["protocol_errors"] += 1
             self.conn.data_to_send()
-            self._goaway("ProtocolError", error.error_code, self._highest_answered_prefix())
+            # No reason: Apple documents none for a connection error.
+            self._goaway(None, error.error_code, self._highest_answered_prefix())
             self.abort()
             return
         self.receiving = True
@@ -307,7 +308,10 @@ class ApnsServerProtocol(asyncio.Protocol):
             self._close()
 
     def _goaway(
-        self, reason: str, error_code: int = ErrorCodes.NO_ERROR, last_stream_id: int | None = None
+        self,
+        reason: str | None,
+        error_code: int = ErrorCodes.NO_ERROR,
+        last_stream_id: int | None = None,
     ) -> None:
         """Announce that no stream above last_stream_id (default: every admitted one) will be
         processed; the admitted ones still get their answers, then the connection closes."""
@@ -318,7 +322,7 @@ class ApnsServerProtocol(asyncio.Protocol):
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.last_stream_id
         frame.error_code = error_code
-        frame.additional_data = goaway_debug_data(reason)
+        frame.additional_data = b"" if reason is None else goaway_debug_data(reason)
         if self.transport is not None:
             # One write with the answer before it: a client reads both together.
             self.transport.write(self.conn.data_to_send() + frame.serialize())
