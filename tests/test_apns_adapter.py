@@ -352,6 +352,24 @@ async def test_goaway_shutdown_then_later_sends_succeed_on_new_connections(
     assert callback_errors.contexts == []
 
 
+async def test_graceful_goaway_still_delivers_the_streams_it_took_in(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    async with harness(tmp_path) as h:
+        client = h.client()
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
+        await h.control.put_faults({"goaway": {"after_streams": 2}, "latency_ms": 300})
+        # Both in flight when GOAWAY (after the first answer) names the second as the last:
+        # its answer comes after the GOAWAY and must be read, not lost and sent again.
+        answers = await asyncio.gather(
+            *(client.send(notification(h.token), new_apns_id()) for _ in range(2))
+        )
+        stats = await h.stats()
+    assert [a.status for a in answers] == [200, 200]
+    assert (stats["goaways"], stats["accepted"]) == (1, 3)
+    assert callback_errors.contexts == []
+
+
 async def test_goaway_fails_streams_above_last_stream_id_fast_and_retryable(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
