@@ -194,11 +194,10 @@ class StreamSlots:
         return self.in_use >= self.limit
 
     def acquire(self) -> int:
-        """A stream id; the caller has checked `is_busy` (the pool only hands out free ones)."""
+        """A stream id. The pool hands out only a connection with a free stream, and nothing
+        awaits between that and this call, so the limit is never exceeded here."""
         if self.closed is not None:
             raise self.closed
-        if self.is_busy:
-            raise ConnectionBusy
         if self.next_stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
             raise NoAvailableStreamIDError
         stream_id = self.next_stream_id
@@ -211,10 +210,6 @@ class StreamSlots:
 
     def destroy(self, exc: Exception) -> None:
         self.closed = exc
-
-
-class ConnectionBusy(Exception):
-    """A send reached a connection whose streams are all in use (its limit just dropped)."""
 
 
 class PlainHpackEncoder(Encoder):
@@ -282,8 +277,6 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             stream_id = self.slots.acquire()
         except ConnectionClosed:
             return ApnsResponse(0, "ConnectionClosed")
-        except ConnectionBusy:
-            return ApnsResponse(0, "ConnectionBusy")
         except NoAvailableStreamIDError:
             self._retire("StreamIdsExhausted")
             return ApnsResponse(0, "StreamIdsExhausted")

@@ -19,7 +19,9 @@ from typing import Any
 import aiohttp
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
@@ -240,6 +242,18 @@ class _PendingStream:
     body: bytearray = field(default_factory=bytearray)
 
 
+class UnlimitedSettings(h2.settings.Settings):
+    """A peer's settings with no stream limit: what a misbehaving client assumes."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
 class RawH2Client:
     """HTTP/2 over TLS with no header checks of its own, so tests can send anything."""
 
@@ -262,6 +276,7 @@ class RawH2Client:
         self.closed = asyncio.get_running_loop().create_future()  # result: the read error or None
         self.remote_max_streams: int | None = None
         self.limits_seen: list[int] = []  # SETTINGS_MAX_CONCURRENT_STREAMS, as announced
+        self.resets: dict[int, h2.errors.ErrorCodes | int] = {}  # RST_STREAM by the server
         self.provider_tokens: dict[SimInfo, str] = {}  # one per connection, as APNs wants
         self.settings_received = asyncio.Event()
         self.conn.initiate_connection()
@@ -296,6 +311,10 @@ class RawH2Client:
 
     def provider_token(self, info: SimInfo) -> str:
         return self.provider_tokens.setdefault(info, info.provider_token())
+
+    def ignore_stream_limit(self) -> None:
+        """Open streams whatever the server's SETTINGS say (h2 would refuse to), from now on."""
+        self.conn.remote_settings = UnlimitedSettings(client=False)
 
     def send(self, headers: list[tuple[str, str]], body: bytes = b"") -> int:
         return self.send_together([(headers, body)])[0]
@@ -364,5 +383,10 @@ class RawH2Client:
             self.remote_max_streams = self.conn.remote_settings.max_concurrent_streams
             self.limits_seen.append(self.remote_max_streams)
             self.settings_received.set()
+        elif isinstance(event, h2.events.StreamReset):
+            self.resets[event.stream_id] = event.error_code
+            pending = self.streams[event.stream_id]
+            if not pending.done.done():
+                pending.done.set_exception(ConnectionError(f"stream reset: {event.error_code!r}"))
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = event

@@ -105,27 +105,44 @@ async def test_aioapns_gets_a_burst_through_a_connection_that_starts_at_one_stre
     client.pool.close()
 
 
-async def test_more_streams_than_allowed_is_a_connection_error(
+async def test_a_burst_before_the_client_has_seen_the_limit_is_served(
     sim: tuple[SimInfo, ControlClient],
 ) -> None:
+    """RFC 9113: until the client has acknowledged SETTINGS it may assume no limit (node-apn
+    bursts like this on a fresh connection)."""
     info, control = sim
     token = await control.issue_token()
     raw = await RawH2Client.connect(info)
-    # Before the server's SETTINGS arrive the client's h2 allows any number: two at once.
-    first, second = raw.send_together(
-        [(raw.headers_for(info, token), BODY), (raw.headers_for(info, token), BODY)]
-    )
+    streams = raw.send_together([(raw.headers_for(info, token), BODY)] * 5)
+    assert [(await raw.response(s)).status for s in streams] == [200] * 5
+    assert raw.terminated is None
+    await raw.close()
+
+
+async def test_a_stream_over_the_acknowledged_limit_is_refused_alone(
+    sim: tuple[SimInfo, ControlClient],
+) -> None:
+    info, control = sim
+    token, stalled = await control.issue_tokens(2)
+    await control.put_faults({"stall": {"tokens": [stalled]}})
+    raw = await RawH2Client.connect(info)
     async with asyncio.timeout(5):
-        await raw.closed
-    assert raw.terminated is not None
-    assert raw.terminated.error_code == ErrorCodes.PROTOCOL_ERROR
-    assert raw.terminated.last_stream_id == 0  # neither was answered: both may be resent
-    assert not raw.terminated.additional_data
-    for stream_id in (first, second):
-        with pytest.raises(ConnectionError):
-            await raw.response(stream_id)
+        await raw.settings_received.wait()
+    held = raw.send(raw.headers_for(info, stalled), BODY)  # the one stream allowed, never freed
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await control.stats())["stalled"] < 1:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    raw.ignore_stream_limit()
+    over = raw.send(raw.headers_for(info, token), BODY)
+    with pytest.raises(ConnectionError):
+        await raw.response(over)
+    assert raw.resets[over] == ErrorCodes.REFUSED_STREAM  # never processed: safe to retry
+    assert raw.terminated is None  # the connection and its held stream live on
+    assert held not in raw.resets
     stats = await control.stats()
-    assert (stats["protocol_errors"], stats["accepted"]) == (1, 0)
+    assert (stats["refused_streams"], stats["accepted"], stats["protocol_errors"]) == (1, 0, 0)
+    await raw.close()
 
 
 # --- the token registry -------------------------------------------------------------------------

@@ -145,6 +145,7 @@ COUNTERS = (
     "goaways",
     "drops",
     "protocol_errors",
+    "refused_streams",
     "error_goaways",
     "idle_goaways",
 )

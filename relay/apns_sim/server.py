@@ -54,6 +54,7 @@ from relay.apns_sim.protocol import (
 
 DEFAULT_MAX_STREAMS = 1000
 MAX_HEADER_LIST_SIZE = 8000  # what Apple advertises
+UNENFORCED_STREAM_LIMIT = 2**31 - 1
 GOAWAY_GRACE_S = 10.0  # after a graceful GOAWAY, admitted streams have this long to be answered
 BODY_KEEP_BYTES = 8192  # more than any payload limit: a larger body is only counted, for 413
 CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -87,6 +88,24 @@ class Backplane(Protocol):
     ) -> None: ...
 
     def record(self, accepted: Accepted, received_at: float) -> None: ...
+
+
+class AnnouncedSettings(h2.settings.Settings):
+    """Local settings whose stream limit is announced but not enforced by h2.
+
+    h2 makes a stream over the limit a connection error, and applies the limit from the very
+    first frame; RFC 9113 lets a client open streams before it has seen the server's SETTINGS
+    (node's http2 does, bursting), and a stream over an acknowledged limit is better refused
+    alone (REFUSED_STREAM: safe to retry). The server enforces the limit itself.
+    """
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return UNENFORCED_STREAM_LIMIT
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
 
 
 @dataclass(slots=True)
@@ -126,6 +145,9 @@ class ApnsServerProtocol(asyncio.Protocol):
         self.highest_admitted = 0  # the highest stream whose request went to the core
         self.unanswered: set[int] = set()  # admitted, answer still to come (stalls excluded)
         self.last_stream_id: int | None = None  # set once GOAWAY has gone
+        # The stream limit the client has acknowledged; None until it acknowledges any SETTINGS
+        # (until then RFC 9113 lets it assume no limit).
+        self.acknowledged_limit: int | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.receiving = False  # inside data_received: one write at its end
@@ -138,7 +160,7 @@ class ApnsServerProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.open_connections.add(self)
         self.stats.counters["connections_opened"] += 1
-        self.conn.local_settings = h2.settings.Settings(
+        self.conn.local_settings = AnnouncedSettings(
             client=False,
             initial_values={
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.policing.stream_limit,
@@ -189,6 +211,11 @@ class ApnsServerProtocol(asyncio.Protocol):
         if isinstance(event, h2.events.RequestReceived):
             if self._beyond_goaway(event.stream_id):
                 return
+            limit = self.acknowledged_limit
+            if limit is not None and self.conn.open_inbound_streams > limit:
+                self.stats.counters["refused_streams"] += 1
+                self.conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+                return
             # header_encoding="utf-8" makes h2 hand over str pairs.
             headers: list[tuple[str, str]] = list(event.headers)  # type: ignore[arg-type]
             self.streams[event.stream_id] = _StreamBuffer(headers, bytearray())
@@ -206,6 +233,13 @@ class ApnsServerProtocol(asyncio.Protocol):
         elif isinstance(event, h2.events.StreamReset):
             self.streams.pop(event.stream_id, None)
             self._settled(event.stream_id)
+        elif isinstance(event, h2.events.SettingsAcknowledged):
+            # One event per SETTINGS frame, in order: the first is the connection's own.
+            changed = event.changed_settings.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+            if changed is not None:
+                self.acknowledged_limit = changed.new_value
+            elif self.acknowledged_limit is None:
+                self.acknowledged_limit = self.rules.initial_streams
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._close()
 
