@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,8 @@ async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     )
     assert (first["attempt"], first["status"], first["reason"]) == (1, 200, None)
     assert first["apns_id"]
+    # A sandbox app: APNs' Delivery Log key, in full (an id, not a device token).
+    assert uuid.UUID(first["apns_unique_id"]).version == 4
     assert first["latency_ms"] >= 0
     # ExpiredProviderToken asks for a new JWT, but not within a minute of the last one.
     assert len(by_name["jwt_signed"]) == 1
