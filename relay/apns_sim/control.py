@@ -174,7 +174,7 @@ class SimulatorState:
 
     def issue_token(self, binding: TokenBinding) -> str:
         """A new device token, as APNs hands one to an app that registers."""
-        token = secrets.token_hex(self.token_length // 2 + 1)[: self.token_length]
+        token = secrets.token_hex(self.token_length // 2)  # the length is even (validated)
         self.registry[token] = binding
         return token
 
