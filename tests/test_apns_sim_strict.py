@@ -145,6 +145,22 @@ async def test_a_stream_over_the_acknowledged_limit_is_refused_alone(
     await raw.close()
 
 
+async def test_a_protocol_error_closes_with_goaway_naming_the_last_stream_answered(
+    sim: tuple[SimInfo, ControlClient],
+) -> None:
+    info, control = sim
+    raw = await RawH2Client.connect(info)
+    assert await status_and_reason(raw, info, await control.issue_token()) == (200, None)
+    raw.writer.write(bytes.fromhex("000004080000000000" + "00000000"))  # WINDOW_UPDATE of 0
+    async with asyncio.timeout(5):
+        await raw.closed
+    assert raw.terminated is not None
+    assert raw.terminated.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert raw.terminated.last_stream_id == 1
+    assert not raw.terminated.additional_data  # Apple documents no reason for it
+    assert (await control.stats())["protocol_errors"] == 1
+
+
 # --- the token registry -------------------------------------------------------------------------
 
 

@@ -195,7 +195,7 @@ class ApnsServerProtocol(asyncio.Protocol):
             self.conn.data_to_send()
             # No reason: Apple documents none for a connection error.
             self._goaway(None, error.error_code, self._highest_answered_prefix())
-            self.abort()
+            self._close()  # after the GOAWAY is written (abort would drop it)
             return
         self.receiving = True
         try:
