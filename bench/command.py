@@ -192,8 +192,10 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
             )
             phases = run_phases(bench)
         notes.append(
-            f"simulator: {args.sim_workers} server processes; its cores_busy per phase shows "
-            "its headroom (it is the bottleneck only if that approaches its process count)"
+            f"simulator: {args.sim_workers} server processes, --tokens open (the generated "
+            "device tokens are not issued by it; every other rule, the moving stream limit "
+            "included, is Apple's); its cores_busy per phase shows its headroom (it is the "
+            "bottleneck only if that approaches its process count)"
         )
         notes.append(
             f"relay: 1 api process, worker processes as each phase says; app max_connections "

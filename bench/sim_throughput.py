@@ -3,7 +3,9 @@
     .venv/bin/python bench/sim_throughput.py --sends 20000 --concurrency 200 --workers 1
     .venv/bin/python bench/sim_throughput.py --sends 20000 --concurrency 200 --workers 2 --clients 2
 
-Starts `apns-relay apns-sim --no-log` as a child process, then runs `--clients` load processes,
+Starts `apns-relay apns-sim --no-log --tokens open --stream-limit fixed` as a child process (made-up
+tokens; aioapns' own pool cannot follow Apple's moving stream limit, and this measures the
+simulator, not the client), then runs `--clients` load processes,
 each with one aioapns client (`--connections` connections) keeping `--concurrency` sends in
 flight. Prints one JSON line: sends, seconds, notifications/s, and the simulator's own count.
 """
@@ -68,7 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as state_dir,
-        simulator_process(Path(state_dir), "--no-log", "--workers", str(args.workers)) as sim,
+        simulator_process(
+            Path(state_dir),
+            *("--no-log", "--tokens", "open", "--stream-limit", "fixed"),
+            *("--workers", str(args.workers)),
+        ) as sim,
     ):
         per_client = args.sends // args.clients
         start = time.time() + 1.0

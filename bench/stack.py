@@ -58,6 +58,10 @@ def start_simulator(
                 str(workers),
                 "--log-limit",
                 str(log_limit),
+                # The load generator makes up its device tokens: the simulator accepts any
+                # well-formed one. Every other rule (stream limits, environments) stays Apple's.
+                "--tokens",
+                "open",
             ),
             work_dir / "logs" / "apns-sim.log",
         )

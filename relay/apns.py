@@ -9,14 +9,19 @@ shared/reference/aioapns.md:
 4. busy polling when streams run out -> in-flight bounded by a semaphore; waits are on an event;
                                         a new connection is used only once APNs' SETTINGS (its
                                         stream limit) have arrived
+4b. a stream limit that moves        -> StreamSlots follows SETTINGS_MAX_CONCURRENT_STREAMS as
+                                        APNs moves it (1 on a new connection, the full limit
+                                        after a success, 1 after a rejection); aioapns' pool
+                                        keeps 2 streams when the limit rises with all in use
 5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
                                         ones above last_stream_id (never processed) are sent
-                                        again at once on another connection, the rest drain; a
-                                        send racing GOAWAY is sent again too; discard is
-                                        idempotent
-8. a connection that only answers 500 -> retired after a streak (configurable) and replaced
+                                        again at once on another connection, the rest drain
+                                        (h2 would refuse their answers: see
+                                        DrainingStateMachine); a send racing GOAWAY is sent
+                                        again too; discard is idempotent
 7. 10 s idle close                   -> connections stay open for an hour of idleness
+8. a connection that only answers 500 -> retired after a streak (configurable) and replaced
 Flow control is also acknowledged for response bodies, which aioapns never does (a long run of error
 bodies would otherwise exhaust the connection window and hang every later answer).
 """
@@ -42,6 +47,12 @@ from aioapns.connection import (
     AuthorizationHeaderProvider,
 )
 from aioapns.exceptions import ConnectionClosed
+from h2.connection import (
+    ConnectionInputs,
+    ConnectionState,
+    H2Connection,
+    H2ConnectionStateMachine,
+)
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -52,6 +63,7 @@ from h2.events import (
     StreamReset,
 )
 from h2.exceptions import H2Error, NoAvailableStreamIDError
+from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
@@ -143,6 +155,71 @@ class SharedJWT(AuthorizationHeaderProvider):
         log.info("jwt_signed", app=self.app, key_id=self.credentials.key_id)
 
 
+class DrainingStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, but still reading after a GOAWAY.
+
+    h2 closes the whole connection on GOAWAY and treats any later frame as a protocol error;
+    RFC 9113 section 6.8 lets the server still answer the streams up to last_stream_id, and a
+    graceful GOAWAY does. Sending new streams stays refused.
+    """
+
+    DRAIN_INPUTS = frozenset(
+        {
+            ConnectionInputs.RECV_HEADERS,
+            ConnectionInputs.RECV_DATA,
+            ConnectionInputs.RECV_WINDOW_UPDATE,
+            ConnectionInputs.RECV_PING,
+            ConnectionInputs.RECV_SETTINGS,
+            ConnectionInputs.RECV_RST_STREAM,
+            ConnectionInputs.RECV_PRIORITY,
+            ConnectionInputs.SEND_WINDOW_UPDATE,
+            ConnectionInputs.SEND_RST_STREAM,
+            ConnectionInputs.SEND_PING,
+        }
+    )
+
+    def process_input(self, input_: ConnectionInputs) -> list[Any]:
+        if self.state is ConnectionState.CLOSED and input_ in self.DRAIN_INPUTS:
+            return []
+        return super().process_input(input_)
+
+
+class StreamSlots:
+    """The streams one connection may open, against APNs' current SETTINGS_MAX_CONCURRENT_STREAMS.
+
+    Counts streams in use rather than free ones, so the limit can move either way at any time:
+    a drop below the streams in use just makes the connection busy until enough have ended.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.next_stream_id = 1
+        self.closed: Exception | None = None
+
+    @property
+    def is_busy(self) -> bool:
+        return self.in_use >= self.limit
+
+    def acquire(self) -> int:
+        """A stream id. The pool hands out only a connection with a free stream, and nothing
+        awaits between that and this call, so the limit is never exceeded here."""
+        if self.closed is not None:
+            raise self.closed
+        if self.next_stream_id > H2Connection.HIGHEST_ALLOWED_STREAM_ID:
+            raise NoAvailableStreamIDError
+        stream_id = self.next_stream_id
+        self.next_stream_id += 2
+        self.in_use += 1
+        return stream_id
+
+    def release(self) -> None:
+        self.in_use -= 1
+
+    def destroy(self, exc: Exception) -> None:
+        self.closed = exc
+
+
 class PlainHpackEncoder(Encoder):
     """HPACK without Huffman coding: a few more bytes per request, a third of the CPU."""
 
@@ -151,13 +228,14 @@ class PlainHpackEncoder(Encoder):
 
 
 class _Stream:
-    __slots__ = ("apns_id", "body", "future", "status", "timer")
+    __slots__ = ("apns_id", "body", "future", "status", "timer", "unique_id")
 
     def __init__(self, future: asyncio.Future[ApnsResponse], timer: asyncio.TimerHandle) -> None:
         self.future = future
         self.timer = timer
         self.status = 0
         self.apns_id: str | None = None
+        self.unique_id: str | None = None
         self.body = b""
 
 
@@ -173,6 +251,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         # send's CPU. Every header here is built below from validated data (lower-case names;
         # payload._collapse_id checks the one free text), so none of them is needed.
         self.conn.encoder = PlainHpackEncoder()
+        self.conn.state_machine = DrainingStateMachine()
+        # In place of aioapns' free_channels (a ChannelPool); 1000 until APNs' SETTINGS arrive,
+        # which the pool waits for before it uses the connection.
+        self.slots = StreamSlots(1000)
         self.conn.config.validate_outbound_headers = False
         self.conn.config.normalize_outbound_headers = False
         self._flush_scheduled = False
@@ -189,7 +271,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
 
     @property
     def is_busy(self) -> bool:
-        return self.retired_because is not None or bool(self.free_channels.is_busy)
+        return self.retired_because is not None or self.slots.is_busy
 
     async def send_raw(
         self,
@@ -202,7 +284,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if self.retired_because is not None:
             return ApnsResponse(0, self.retired_because, unprocessed=True)
         try:
-            stream_id: int = await self.free_channels.acquire()
+            stream_id = self.slots.acquire()
         except ConnectionClosed:
             return ApnsResponse(0, "ConnectionClosed", unprocessed=True)
         except NoAvailableStreamIDError:
@@ -266,6 +348,8 @@ class RelayClientProtocol(APNsProductionClientProtocol):
                             stream.status = int(value)
                         elif name == b"apns-id":
                             stream.apns_id = value.decode()
+                        elif name == b"apns-unique-id":
+                            stream.unique_id = value.decode()
             elif isinstance(event, DataReceived):
                 # aioapns never does this: without it the connection window closes for good
                 # after 64 KiB of error bodies and every later answer hangs.
@@ -278,7 +362,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             elif isinstance(event, StreamReset):
                 self._finish(event.stream_id, ApnsResponse(0, "StreamReset"))
             elif isinstance(event, RemoteSettingsChanged):
-                self.on_remote_settings_changed(cast(Any, event.changed_settings))
+                limit = event.changed_settings.get(SettingCodes.MAX_CONCURRENT_STREAMS)
+                if limit is not None and limit.new_value is not None:
+                    self.slots.limit = limit.new_value
+                    self.on_stream_freed()  # a raised limit frees streams for waiting sends
                 if not self.settings_received.done():
                     self.settings_received.set_result(None)
             elif isinstance(event, ConnectionTerminated):
@@ -299,7 +386,16 @@ class RelayClientProtocol(APNsProductionClientProtocol):
                 reason = "UnreadableBody"
         if stream.status == 0:
             reason = "NoStatus"
-        self._finish(stream_id, ApnsResponse(stream.status, reason, stream.apns_id, timestamp))
+        self._finish(
+            stream_id,
+            ApnsResponse(
+                stream.status,
+                reason,
+                stream.apns_id,
+                timestamp,
+                apns_unique_id=stream.unique_id,
+            ),
+        )
         self._count_internal_errors(stream.status)
 
     def _count_internal_errors(self, status: int) -> None:
@@ -323,7 +419,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         stream.timer.cancel()
         if not stream.future.done():
             stream.future.set_result(response)
-        self.free_channels.release()
+        self.slots.release()
         self.on_stream_freed()
         if self.retired_because is not None and not self.streams:
             self.close()
@@ -418,7 +514,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             self.on_connection_lost(self)
         for stream_id in list(self.streams):
             self._finish(stream_id, ApnsResponse(0, "ConnectionClosed"))
-        self.free_channels.destroy(ConnectionClosed(str(exc)))
+        self.slots.destroy(ConnectionClosed(str(exc)))
         self.on_stream_freed()
 
 
@@ -489,15 +585,23 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections))
         self.stream_freed.set()  # a waiter may now open a connection in its place
 
+    def least_loaded(self) -> RelayClientProtocol | None:
+        """The open connection with the fewest streams in use, if any has one free.
+
+        Spreading the load matters because APNs drops a connection to one stream after any
+        rejected request until its next success: a connection carrying everything would then
+        stall everything, one carrying a share stalls only that share.
+        """
+        free = [c for c in cast(list[RelayClientProtocol], self.connections) if not c.is_busy]
+        return min(free, key=lambda c: c.slots.in_use, default=None)
+
     async def acquire(self) -> RelayClientProtocol:
         while True:
-            for connection in self.connections:
-                if not connection.is_busy:
-                    return cast(RelayClientProtocol, connection)
+            if (connection := self.least_loaded()) is not None:
+                return connection
             async with self._lock:
-                for connection in self.connections:
-                    if not connection.is_busy:
-                        return cast(RelayClientProtocol, connection)
+                if (connection := self.least_loaded()) is not None:
+                    return connection
                 if len(self.connections) < self.max_connections:
                     connection = await self.create_connection()
                     self.connections.append(connection)

@@ -65,7 +65,7 @@ from relay.device_sim.dialogs import (
     UnknownDialog,
     dialog_url,
 )
-from relay.device_sim.phone import Phone, acquire_device_token
+from relay.device_sim.phone import Phone, register_device
 from relay.embedded import EmbeddedServer
 from relay.gms_sim.callback import CallbackOptions, CallbackState
 from relay.gms_sim.chat import AGENT_NICK, TranscriptLine
@@ -310,7 +310,8 @@ async def flow_ends(
     relay_app: App,
     gms: GmsSimServer,
 ) -> FlowEnds:
-    token = await acquire_device_token(session, control_url)
+    # The phone registers with APNs (the simulator) for the app's topic and environment.
+    token = await register_device(session, control_url, relay_app.topic, relay_app.environment)
     app = RecordingApp(AppSettings(server_url=gms.base_url, url_path=gms.simulator.url_path))
     gms.simulator.pusher = CustomHttpPusher(session, relay_url, authorization)
     return FlowEnds(
@@ -998,20 +999,26 @@ async def run_demo(
                 GmsSimServer(GmsSimulator()) as gms,
                 aiohttp.ClientSession() as session,
             ):
+                relay_app = settings.apps[0]
                 ends = await flow_ends(
                     session,
                     relay_url=relay_url,
                     authorization=basic_authorization(GMS_BASIC_USER, password),
                     control_url=info.control_url,
-                    relay_app=settings.apps[0],
+                    relay_app=relay_app,
                     gms=gms,
                 )
                 report.note("apns-relay demo: the GMS flow end to end, times since the start")
                 report.note(f"Valkey (embedded)  {valkey.url}")
-                report.note(f"APNs simulator     https://{info.host}:{info.port}  ({auth} auth)")
+                environment = relay_app.environment
+                report.note(
+                    f"APNs simulator     https://{info.host}:{info.port_of(environment)}"
+                    f"  {environment} ({auth} auth)"
+                )
                 report.note(f"relay              {relay_url}  (GMS pushes to /gms/push)")
                 report.note(f"GMS simulator      {gms.base_url}{gms.simulator.url_path}")
-                report.note(f"phone              device token {ends.phone.token[:16]}...")
+                token = ends.phone.token
+                report.note(f"phone              device token {token[:16]}... (registered)")
                 try:
                     for name in scenarios:
                         try:

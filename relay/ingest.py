@@ -203,6 +203,7 @@ class Ingest:
             last_status=None,
             last_reason=None,
             apns_id=None,
+            apns_unique_id=None,
             collapse_id=n.collapse_id,
             push_type=n.push_type,
             priority=n.priority,

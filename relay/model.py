@@ -122,6 +122,7 @@ class ApnsResponse:
     # Status 0 only: the request never reached APNs, or APNs said it did not process it (a stream
     # above GOAWAY's last_stream_id). Sending it again cannot duplicate a push.
     unprocessed: bool = False
+    apns_unique_id: str | None = None  # 200 in sandbox: the key of Apple's Delivery Log
 
 
 # The outcome of one attempt: a small closed set, so that policy is a type decision.
@@ -130,6 +131,7 @@ class ApnsResponse:
 @dataclass(frozen=True, slots=True)
 class Delivered:
     apns_id: str | None
+    apns_unique_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

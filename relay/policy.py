@@ -124,7 +124,7 @@ def _outcome_for(
         return Retry(reason=reason, status=status, delay_ms=delay_ms)
 
     if status == 200:
-        return Delivered(apns_id=response.apns_id)
+        return Delivered(apns_id=response.apns_id, apns_unique_id=response.apns_unique_id)
     if status == TRANSPORT_FAILURE_STATUS:
         if reason.startswith(f"{CERTIFICATE_REFUSED}:"):
             return PauseApp(reason=reason, status=status)

@@ -238,6 +238,7 @@ class NotificationStatus:
     last_status: int | None
     last_reason: str | None
     apns_id: str | None
+    apns_unique_id: str | None  # sandbox only: the key of Apple's Delivery Log
     collapse_id: str | None
     push_type: str
     priority: int
@@ -428,17 +429,18 @@ class ScriptCall:
 
 
 def _outcome_args(outcome: DeliveryOutcome) -> tuple[ScriptArg, ...]:
-    """(kind, status, reason, apns_id, delay_ms, invalid_since_ms) for settle.lua; '' = none."""
+    """(kind, status, reason, apns_id, delay_ms, invalid_since_ms, apns_unique_id) for
+    settle.lua; '' = none."""
     match outcome:
-        case Delivered(apns_id=apns_id):
-            return "delivered", 200, "", apns_id or "", "", ""
+        case Delivered(apns_id=apns_id, apns_unique_id=unique_id):
+            return "delivered", 200, "", apns_id or "", "", "", unique_id or ""
         case Retry(reason=reason, delay_ms=delay_ms, status=status):
-            return "retry", status or "", reason, "", max(0, delay_ms), ""
+            return "retry", status or "", reason, "", max(0, delay_ms), "", ""
         case Failed(reason=reason, status=status, dead_token=dead, token_invalid_since_ms=since):
             kind = "dead" if dead else "failed"
-            return kind, status, reason, "", "", "" if since is None else since
+            return kind, status, reason, "", "", "" if since is None else since, ""
         case Expired():
-            return "expired", "", "", "", "", ""
+            return "expired", "", "", "", "", "", ""
         case PauseApp():
             raise ValueError(
                 "settle: PauseApp is not a final outcome; release the claim with"
@@ -803,6 +805,7 @@ class RelayQueue:
             last_status=_optional_int(values.get("last_status")),
             last_reason=_optional_text(values.get("last_reason")),
             apns_id=_optional_text(values.get("apns_id")),
+            apns_unique_id=_optional_text(values.get("apns_unique_id")),
             collapse_id=_optional_text(values.get("collapse_id")),
             push_type=_text(values["push_type"]),
             priority=int(values["priority"]),

@@ -180,6 +180,11 @@ _NOTIFICATION_STATUS = {
                 "last_answer": {"type": "string"},
             },
         },
+        "apns_id": {"type": ["string", "null"]},
+        "apns_unique_id": {
+            "type": ["string", "null"],
+            "description": "sandbox only: APNs' key of the push in its Delivery Log",
+        },
     },
 }
 _DEVICE = {

@@ -195,7 +195,11 @@ def simulator_app(info: SimInfo, auth: str = "token") -> App:
             "environment": "sandbox",
             "default": True,
             "auth": credentials,
-            "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": info.ca},
+            "endpoint": {
+                "host": "127.0.0.1",
+                "port": info.port_of("sandbox"),
+                "ca_file": info.ca,
+            },
         }
     )
 

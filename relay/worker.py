@@ -550,6 +550,7 @@ class DeliveryWorker:
             status=response.status,
             reason=response.reason,
             apns_id=response.apns_id,
+            apns_unique_id=response.apns_unique_id,
             latency_ms=round(latency * 1000, 2),
             outcome=type(outcome).__name__.lower(),
         )

@@ -20,7 +20,7 @@ import yaml
 from simulator import ControlClient, SimInfo, control_client, running_simulator
 
 from relay.api import RelayState
-from relay.config import Settings
+from relay.config import App, Settings
 from relay.embedded import free_port
 from relay.queue import RelayQueue
 from relay.service import run_relay, simulator_app
@@ -46,6 +46,12 @@ def relay_document(redis_url: str, info: SimInfo, **sections: Any) -> dict[str, 
     for section, values in sections.items():
         document[section] = {**document.get(section, {}), **values}
     return document
+
+
+async def app_tokens(control: ControlClient, app: App, count: int) -> list[str]:
+    """Device tokens the simulator issued for `app`'s topic and environment, as phones get
+    theirs from APNs: the one way a test gets a token the strict simulator accepts."""
+    return await control.issue_tokens(count, app.topic, app.environment)
 
 
 def relay_settings(redis_url: str, info: SimInfo, **sections: Any) -> Settings:
@@ -87,6 +93,14 @@ class RelayHarness:
             except ValueError:
                 parsed = raw.decode(errors="replace")
             return r.status, parsed, r.headers
+
+    async def device_tokens(self, count: int, app: str | None = None) -> list[str]:
+        """Tokens issued for the app (default: the first); see app_tokens."""
+        config = next(a for a in self.settings.apps if app in (None, a.name))
+        return await app_tokens(self.control, config, count)
+
+    async def device_token(self, app: str | None = None) -> str:
+        return (await self.device_tokens(1, app))[0]
 
     async def gms_push(self, device_id: str, message: Any) -> tuple[int, Any, Any]:
         return await self.call(

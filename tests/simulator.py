@@ -19,11 +19,14 @@ from typing import Any
 import aiohttp
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.settings
 import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
 
+from relay.apns import DrainingStateMachine
 from relay.apns_sim import info
 from relay.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
 
@@ -182,6 +185,24 @@ class ControlClient:
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/faults")
 
+    async def issue_token(
+        self, topic: str = "com.example.app", environment: str = "production"
+    ) -> str:
+        """A device token the simulator accepts for `topic` in `environment`: the one way tests
+        get a valid token, as a phone gets one from APNs."""
+        document = await self._call("POST", "/tokens", {"topic": topic, "environment": environment})
+        token: str = document["token"]
+        return token
+
+    async def issue_tokens(
+        self, count: int, topic: str = "com.example.app", environment: str = "production"
+    ) -> list[str]:
+        return [await self.issue_token(topic, environment) for _ in range(count)]
+
+    async def describe_token(self, token: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/tokens/{token}")
+        return result
+
     async def unregister(self, token: str, timestamp_ms: int | None = None) -> None:
         body = {} if timestamp_ms is None else {"timestamp_ms": timestamp_ms}
         await self._call("POST", f"/tokens/{token}/unregister", body)
@@ -231,6 +252,18 @@ class _PendingStream:
     body: bytearray = field(default_factory=bytearray)
 
 
+class UnlimitedSettings(h2.settings.Settings):
+    """A peer's settings with no stream limit: what a misbehaving client assumes."""
+
+    @property
+    def max_concurrent_streams(self) -> int:
+        return 2**31 - 1
+
+    @max_concurrent_streams.setter
+    def max_concurrent_streams(self, value: int) -> None:
+        self[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = value
+
+
 class RawH2Client:
     """HTTP/2 over TLS with no header checks of its own, so tests can send anything."""
 
@@ -246,10 +279,14 @@ class RawH2Client:
                 validate_inbound_headers=False,
             )
         )
+        # Reads the answers a graceful GOAWAY still owes, as the relay does.
+        self.conn.state_machine = DrainingStateMachine()
         self.streams: dict[int, _PendingStream] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
         self.closed = asyncio.get_running_loop().create_future()  # result: the read error or None
         self.remote_max_streams: int | None = None
+        self.limits_seen: list[int] = []  # SETTINGS_MAX_CONCURRENT_STREAMS, as announced
+        self.resets: dict[int, h2.errors.ErrorCodes | int] = {}  # RST_STREAM by the server
         self.provider_tokens: dict[SimInfo, str] = {}  # one per connection, as APNs wants
         self.settings_received = asyncio.Event()
         self.conn.initiate_connection()
@@ -257,9 +294,14 @@ class RawH2Client:
         self.reading = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, info: SimInfo, alpn: list[str] | None = None) -> RawH2Client:
+    async def connect(
+        cls, info: SimInfo, alpn: list[str] | None = None, environment: str = "production"
+    ) -> RawH2Client:
         reader, writer = await asyncio.open_connection(
-            info.host, info.port, ssl=info.ssl_context(alpn), server_hostname="localhost"
+            info.host,
+            info.port_of(environment),
+            ssl=info.ssl_context(alpn),
+            server_hostname="localhost",
         )
         return cls(reader, writer)
 
@@ -280,14 +322,25 @@ class RawH2Client:
     def provider_token(self, info: SimInfo) -> str:
         return self.provider_tokens.setdefault(info, info.provider_token())
 
+    def ignore_stream_limit(self) -> None:
+        """Open streams whatever the server's SETTINGS say (h2 would refuse to), from now on."""
+        self.conn.remote_settings = UnlimitedSettings(client=False)
+
     def send(self, headers: list[tuple[str, str]], body: bytes = b"") -> int:
-        stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, headers, end_stream=not body)
-        if body:
-            self.conn.send_data(stream_id, body, end_stream=True)
+        return self.send_together([(headers, body)])[0]
+
+    def send_together(self, requests: list[tuple[list[tuple[str, str]], bytes]]) -> list[int]:
+        """Several requests in one write, so the server reads them in one go; their stream ids."""
+        stream_ids = []
+        for headers, body in requests:
+            stream_id = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self.conn.send_data(stream_id, body, end_stream=True)
+            self.streams[stream_id] = _PendingStream(asyncio.get_running_loop().create_future())
+            stream_ids.append(stream_id)
         self.writer.write(self.conn.data_to_send())
-        self.streams[stream_id] = _PendingStream(asyncio.get_running_loop().create_future())
-        return stream_id
+        return stream_ids
 
     async def response(self, stream_id: int, within_s: float = 5.0) -> RawResponse:
         async with asyncio.timeout(within_s):
@@ -338,6 +391,12 @@ class RawH2Client:
             )
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             self.remote_max_streams = self.conn.remote_settings.max_concurrent_streams
+            self.limits_seen.append(self.remote_max_streams)
             self.settings_received.set()
+        elif isinstance(event, h2.events.StreamReset):
+            self.resets[event.stream_id] = event.error_code
+            pending = self.streams[event.stream_id]
+            if not pending.done.done():
+                pending.done.set_exception(ConnectionError(f"stream reset: {event.error_code!r}"))
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = event

@@ -171,10 +171,16 @@ async def test_scoped_credentials_act_only_for_their_apps(
     async with running_relay(redis_url, state_dir) as relay, two_app_relay(relay) as url:
         session = relay.session
         dev, other = f"Bearer {DEV_TOKEN}", f"Bearer {OTHER_TOKEN}"
+        device_token = await relay.device_token()
 
         # A credential for one app pushes to it without naming it.
         status, accepted, _ = await scoped_call(
-            session, url, dev, "POST", "/v1/notifications", {"device_token": TOKEN, "alert": "a"}
+            session,
+            url,
+            dev,
+            "POST",
+            "/v1/notifications",
+            {"device_token": device_token, "alert": "a"},
         )
         assert status == 202, accepted
         await relay.wait_state(accepted["id"], {"delivered"})
@@ -191,17 +197,17 @@ async def test_scoped_credentials_act_only_for_their_apps(
             assert_problem(hidden, 404, "id", "no such notification")
             assert hidden[:2] == missing[:2]
 
-            body = {"device_token": TOKEN, "app": "dev", "alert": "b"}
+            body = {"device_token": device_token, "app": "dev", "alert": "b"}
             answer = await scoped_call(
                 session, url, authorization, "POST", "/v1/notifications", body
             )
             assert_problem(answer, 403, "app", "may not act for app 'dev'")
-            gms = {"deviceId": f"dev:{TOKEN}", "message": "c"}
+            gms = {"deviceId": f"dev:{device_token}", "message": "c"}
             answer = await scoped_call(session, url, authorization, "POST", "/gms/push", gms)
             assert_problem(answer, 403, "deviceId", "may not act for app 'dev'")
             for method in ("GET", "DELETE"):
                 answer = await scoped_call(
-                    session, url, authorization, method, f"/v1/devices/dev/{TOKEN}"
+                    session, url, authorization, method, f"/v1/devices/dev/{device_token}"
                 )
                 assert_problem(answer, 403, "app", "may not act for app 'dev'")
             answer = await scoped_call(session, url, authorization, "GET", "/v1/queue")
@@ -225,7 +231,7 @@ async def test_scoped_credentials_act_only_for_their_apps(
                 assert answers[0] == answers[1] == (403, answers[0][1]), answers
                 assert "other" in answers[0][1]  # its own app it may be told
 
-            batch = {"notifications": [{"device_token": TOKEN, "app": "dev"}]}
+            batch = {"notifications": [{"device_token": device_token, "app": "dev"}]}
             status, results, _ = await scoped_call(
                 session, url, authorization, "POST", "/v1/notifications:batch", batch
             )

@@ -247,7 +247,7 @@ async def test_batch_answers_per_item_and_stores_only_the_valid(
 ) -> None:
     async with running_relay(redis_url, state_dir) as relay:
         items = [
-            {"device_token": token(1), "alert": "ok"},
+            {"device_token": await relay.device_token(), "alert": "ok"},
             {"device_token": "zz"},
             {"device_token": token(2), "app": "nope"},
             {"device_token": token(3), "expires_at": 1},
@@ -297,14 +297,17 @@ async def test_device_routes_refuse_bad_token_and_unknown_app(
     redis_url: str, state_dir: Path, redis: aioredis.Redis
 ) -> None:
     async with running_relay(redis_url, state_dir) as relay:
-        await relay.wait_state(await relay.notify(device_token=TOKEN, alert="a"), {"delivered"})
+        device_token = await relay.device_token()
+        await relay.wait_state(
+            await relay.notify(device_token=device_token, alert="a"), {"delivered"}
+        )
         app = relay.settings.apps[0].name
         for method in ("GET", "DELETE"):
             answer = await refused(relay, redis, method, f"/v1/devices/{app}/xyz1")
             assert_problem(answer, 400, "token", "hex")
-            answer = await refused(relay, redis, method, f"/v1/devices/nope/{TOKEN}")
+            answer = await refused(relay, redis, method, f"/v1/devices/nope/{device_token}")
             assert_problem(answer, 404, "app", "unknown app 'nope'")
-        status, device, _ = await relay.call("GET", f"/v1/devices/{app}/{TOKEN.upper()}")
+        status, device, _ = await relay.call("GET", f"/v1/devices/{app}/{device_token.upper()}")
         assert (status, device["pending"], device["dead"]) == (200, 0, None)
 
 
@@ -449,11 +452,12 @@ async def test_an_idempotency_key_repeats_only_with_the_same_request(
     redis_url: str, state_dir: Path, redis: aioredis.Redis
 ) -> None:
     async with running_relay(redis_url, state_dir) as relay:
-        first = {"device_token": TOKEN, "alert": "first", "idempotency_key": "k1", "ttl": 60}
+        device = await relay.device_token()
+        first = {"device_token": device, "alert": "first", "idempotency_key": "k1", "ttl": 60}
         status, accepted, _ = await relay.call("POST", "/v1/notifications", first)
         assert (status, accepted["duplicate"]) == (202, False), accepted
         # The same request again (a retry; the token in upper case is the same token).
-        again = {**first, "device_token": TOKEN.upper()}
+        again = {**first, "device_token": device.upper()}
         status, repeated, _ = await relay.call("POST", "/v1/notifications", again)
         assert (status, repeated["id"], repeated["duplicate"]) == (202, accepted["id"], True)
         # Delivered first, so Redis holds still while the refusals below are checked against it.

@@ -26,13 +26,11 @@ from relay.apns import ApnsClient, Endpoint, TokenCredentials
 from relay.model import ApnsResponse, Notification
 
 TOPIC = "com.example.app"
-TOKEN = "ab" * 32
-STALLED_TOKEN = "cd" * 32
 PAYLOAD = b'{"aps":{"alert":"Agent available"},"message":{"_id":"s1"}}'
 SLACK_S = 1.0  # scheduling allowance on a loaded 2-core machine
 
 
-def notification(token: str = TOKEN, **changes: Any) -> Notification:
+def notification(token: str, **changes: Any) -> Notification:
     fields: dict[str, Any] = {
         "app": "adapter-test",
         "device_token": token,
@@ -53,6 +51,8 @@ def new_apns_id() -> str:
 class Harness:
     sim: SimInfo
     control: ControlClient
+    token: str  # issued by the simulator, as every token a test sends
+    stalled_token: str
     clients: list[ApnsClient] = field(default_factory=list)
 
     def client(self, **options: Any) -> ApnsClient:
@@ -77,7 +77,7 @@ async def harness(state_dir: Path, **options: Any) -> AsyncIterator[Harness]:
         running_simulator(state_dir, seed=7, **options) as sim,
         control_client(sim) as control,
     ):
-        test_harness = Harness(sim, control)
+        test_harness = Harness(sim, control, *await control.issue_tokens(2, TOPIC))
         try:
             yield test_harness
         finally:
@@ -128,9 +128,9 @@ def jwt_signed(app: str) -> float:
 async def test_headers_sent_are_exactly_apples(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         client = h.client()
-        alert = notification(collapse_id="chat-s1", expires_at=1_900_000_000)
+        alert = notification(h.token, collapse_id="chat-s1", expires_at=1_900_000_000)
         background = notification(
-            "ef" * 32, push_type="background", priority=5, expires_at=1_800_000_000
+            h.stalled_token, push_type="background", priority=5, expires_at=1_800_000_000
         )
         alert_id, background_id = new_apns_id(), new_apns_id()
         assert await client.send(alert, alert_id) == ApnsResponse(200, None, alert_id)
@@ -165,19 +165,19 @@ async def test_stalled_stream_times_out_and_stalled_connection_is_replaced(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        await h.control.put_faults({"stall": {"tokens": [h.stalled_token]}})
         client = h.client(request_timeout_s=0.3)
         started = time.monotonic()
-        assert await client.send(notification(STALLED_TOKEN), new_apns_id()) == ApnsResponse(
+        assert await client.send(notification(h.stalled_token), new_apns_id()) == ApnsResponse(
             0, "Timeout"
         )
         assert 0.3 <= time.monotonic() - started < 0.3 + SLACK_S
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         assert (await h.stats())["connections_opened"] == 1  # one timeout is no reason to leave
 
-        stalls = [client.send(notification(STALLED_TOKEN), new_apns_id()) for _ in range(3)]
+        stalls = [client.send(notification(h.stalled_token), new_apns_id()) for _ in range(3)]
         assert {r.reason for r in await asyncio.gather(*stalls)} == {"Timeout"}
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         stats = await h.stats()
     assert stats["connections_opened"] == 2  # three unanswered in a row: a fresh connection
     assert stats["stalled"] == 4
@@ -195,7 +195,7 @@ async def test_error_status_without_body_resolves_with_status_and_no_reason(
         await h.control.put_faults(
             {
                 "scripted": {
-                    TOKEN: [
+                    h.token: [
                         {"status": 500, "body": False},
                         {"status": 503, "reason": "Shutdown", "body": False},
                     ]
@@ -205,9 +205,11 @@ async def test_error_status_without_body_resolves_with_status_and_no_reason(
         client = h.client(request_timeout_s=5.0)
         first, second = new_apns_id(), new_apns_id()
         async with asyncio.timeout(SLACK_S):
-            assert await client.send(notification(), first) == ApnsResponse(500, None, first)
-            assert await client.send(notification(), second) == ApnsResponse(503, None, second)
-            assert (await client.send(notification(), new_apns_id())).status == 200
+            assert await client.send(notification(h.token), first) == ApnsResponse(500, None, first)
+            assert await client.send(notification(h.token), second) == ApnsResponse(
+                503, None, second
+            )
+            assert (await client.send(notification(h.token), new_apns_id())).status == 200
 
 
 # --- gap 3: timeouts, then the connection drops ----------------------------------------------
@@ -217,27 +219,29 @@ async def test_timeouts_then_drop_finish_every_stream_without_callback_errors(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        await h.control.put_faults({"stall": {"tokens": [h.stalled_token]}})
         client = h.client(request_timeout_s=0.2)
-        timed_out = [client.send(notification(STALLED_TOKEN), new_apns_id()) for _ in range(2)]
+        # A success first: a new connection carries one stream until one request succeeds.
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
+        timed_out = [client.send(notification(h.stalled_token), new_apns_id()) for _ in range(2)]
         assert {r.reason for r in await asyncio.gather(*timed_out)} == {"Timeout"}
 
         client.request_timeout_s = 30.0
         with pytest.raises(TimeoutError):  # a caller's own wait_for, as aioapns users write
-            await asyncio.wait_for(client.send(notification(STALLED_TOKEN), new_apns_id()), 0.1)
+            await asyncio.wait_for(client.send(notification(h.stalled_token), new_apns_id()), 0.1)
         in_flight = [
-            asyncio.ensure_future(client.send(notification(STALLED_TOKEN), new_apns_id()))
+            asyncio.ensure_future(client.send(notification(h.stalled_token), new_apns_id()))
             for _ in range(2)
         ]
         await stats_when(h.control, lambda stats: stats["stalled"] == 5)
         assert not any(task.done() for task in in_flight)
-        await h.control.put_faults({"drop": {"after_streams": 5}})
+        await h.control.put_faults({"drop": {"after_streams": 6}})
         started = time.monotonic()
-        dropped = await client.send(notification(), new_apns_id())
+        dropped = await client.send(notification(h.token), new_apns_id())
         results = await asyncio.gather(*in_flight)
         elapsed = time.monotonic() - started
         await h.control.clear_faults()
-        after = await client.send(notification(), new_apns_id())
+        after = await client.send(notification(h.token), new_apns_id())
         stats = await h.stats()
     assert dropped == ApnsResponse(0, "ConnectionClosed")
     assert results == [ApnsResponse(0, "ConnectionClosed")] * 2
@@ -260,7 +264,7 @@ async def test_more_sends_than_streams_all_complete_without_polling(
         client = h.client(max_connections=2)
         await client.pool.acquire()  # a burst right as a connection opens: the limit is known
         ids = [new_apns_id() for _ in range(200)]
-        responses = await asyncio.gather(*(client.send(notification(), i) for i in ids))
+        responses = await asyncio.gather(*(client.send(notification(h.token), i) for i in ids))
         stats = await h.stats()
     assert [r.status for r in responses] == [200] * 200
     assert [r.apns_id for r in responses] == ids
@@ -278,7 +282,7 @@ async def test_one_provider_token_for_all_connections_of_an_app(tmp_path: Path) 
         await h.control.put_faults({"latency_ms": 20})
         client = h.client(max_connections=4)
         responses = await asyncio.gather(
-            *(client.send(notification(), new_apns_id()) for _ in range(40))
+            *(client.send(notification(h.token), new_apns_id()) for _ in range(40))
         )
         stats = await h.stats()
         assert [r.status for r in responses] == [200] * 40
@@ -295,13 +299,13 @@ async def test_provider_token_is_resigned_after_45_minutes_on_the_same_connectio
         assert client.jwt is not None
         offset_s = [-50 * 60.0]  # the first token is signed 50 minutes in the past
         client.jwt.clock = lambda: time.time() + offset_s[0]
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         first = client.jwt.header
         offset_s[0] += 45 * 60 - 5
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         assert client.jwt.header == first
         offset_s[0] += 5
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         second = client.jwt.header
         stats = await h.stats()
     assert second != first
@@ -320,12 +324,12 @@ async def test_expired_provider_token_is_resigned_once_and_the_send_then_succeed
         assert client.jwt is not None
         real_clock = client.jwt.clock
         client.jwt.clock = lambda: real_clock() - 61 * 60  # a token signed an hour ago
-        expired = await client.send(notification(), new_apns_id())
+        expired = await client.send(notification(h.token), new_apns_id())
         assert (expired.status, expired.reason) == (403, "ExpiredProviderToken")
         client.jwt.clock = real_clock
         assert client.refresh_jwt() is True
         assert client.refresh_jwt() is False  # every in-flight 403 asks; one signature serves all
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         stats = await h.stats()
     assert jwt_signed(client.app) == 2
     assert stats["connections_opened"] == 1
@@ -340,7 +344,7 @@ async def test_goaway_shutdown_then_later_sends_succeed_on_new_connections(
     async with harness(tmp_path) as h:
         await h.control.put_faults({"goaway": {"after_streams": 3, "reason": "Shutdown"}})
         client = h.client()
-        responses = [await client.send(notification(), new_apns_id()) for _ in range(10)]
+        responses = [await client.send(notification(h.token), new_apns_id()) for _ in range(10)]
         stats = await h.stats()
     assert [r.status for r in responses] == [200] * 10
     assert stats["accepted"] == 10
@@ -349,15 +353,35 @@ async def test_goaway_shutdown_then_later_sends_succeed_on_new_connections(
     assert callback_errors.contexts == []
 
 
-async def test_goaway_resends_streams_above_last_stream_id_at_once_on_a_new_connection(
+async def test_graceful_goaway_still_delivers_the_streams_it_took_in(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        client = h.client()
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
+        await h.control.put_faults({"goaway": {"after_streams": 2}, "latency_ms": 300})
+        # Both in flight when GOAWAY (after the first answer) names the second as the last:
+        # its answer comes after the GOAWAY and must be read, not lost and sent again.
+        answers = await asyncio.gather(
+            *(client.send(notification(h.token), new_apns_id()) for _ in range(2))
+        )
+        stats = await h.stats()
+    assert [a.status for a in answers] == [200, 200]
+    assert (stats["goaways"], stats["accepted"]) == (1, 3)
+    assert callback_errors.contexts == []
+
+
+async def test_goaway_resends_streams_above_last_stream_id_at_once_on_a_new_connection(
+    tmp_path: Path, callback_errors: CallbackErrors
+) -> None:
+    # A fixed stream limit: the resent streams and the next send share one new connection, as
+    # the connection count below says (Apple's 1-stream start would open one per stalled send).
+    async with harness(tmp_path, dynamic_streams=False) as h:
+        await h.control.put_faults({"stall": {"tokens": [h.stalled_token]}})
         client = h.client(request_timeout_s=30.0)
-        assert (await client.send(notification(), new_apns_id())).status == 200  # stream 1
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200  # stream 1
         stalled = [
-            asyncio.ensure_future(client.send(notification(STALLED_TOKEN), new_apns_id()))
+            asyncio.ensure_future(client.send(notification(h.stalled_token), new_apns_id()))
             for _ in range(3)  # streams 3, 5, 7
         ]
         await stats_when(h.control, lambda stats: stats["stalled"] == 3)
@@ -376,7 +400,7 @@ async def test_goaway_resends_streams_above_last_stream_id_at_once_on_a_new_conn
         elapsed = time.monotonic() - started
         assert not any(send.done() for send in stalled)  # 3 may still be answered
         assert connection.retired_because == "GoAway:Shutdown"
-        after = await client.send(notification(), new_apns_id())
+        after = await client.send(notification(h.token), new_apns_id())
         stats = await h.stats()
         assert client.pool.connections[0] is not connection
         assert resent._value.get() - resent_before == 2
@@ -399,18 +423,18 @@ async def test_send_racing_goaway_before_connection_lost_is_a_status_0_response(
         deadline = asyncio.get_running_loop().time() + 5.0
         authorization = client.jwt.get_header() if client.jwt else None
         first = await connection.send_raw(
-            notification(), new_apns_id(), deadline, authorization, lambda: None
+            notification(h.token), new_apns_id(), deadline, authorization, lambda: None
         )
         assert first.status == 200
         # The answer came with GOAWAY right behind it: read, but connection_lost has not run.
         assert connection.retired_because == "GoAway:Shutdown"
         assert not connection.lost.done()
         late = await connection.send_raw(
-            notification(), new_apns_id(), deadline, authorization, lambda: None
+            notification(h.token), new_apns_id(), deadline, authorization, lambda: None
         )
         # Unprocessed: ApnsClient.send sends such a one again at once on another connection.
         assert late == ApnsResponse(0, "GoAway:Shutdown", unprocessed=True)
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         # aioapns #55: connection_lost may run the discard more than once.
         client.pool.discard_connection(connection)
         client.pool.discard_connection(connection)
@@ -425,7 +449,7 @@ async def test_idle_connection_is_kept_for_an_hour_then_closed_and_replaced(
 ) -> None:
     async with harness(tmp_path) as h:
         client = h.client()
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         (connection,) = client.pool.connections
         loop = asyncio.get_running_loop()
         assert connection.inactivity_timer is not None
@@ -439,7 +463,7 @@ async def test_idle_connection_is_kept_for_an_hour_then_closed_and_replaced(
         connection.refresh_inactivity_timer()
         await stats_when(h.control, lambda stats: stats["connections_closed"] == 1)
         assert client.connections == 0
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         stats = await h.stats()
     assert stats["connections_opened"] == 2
 
@@ -464,10 +488,10 @@ async def test_thousands_of_error_bodies_do_not_exhaust_the_flow_control_window(
             internal_error_streak=count + 1,
         )
         responses = await asyncio.gather(
-            *(client.send(notification(), new_apns_id()) for _ in range(count))
+            *(client.send(notification(h.token), new_apns_id()) for _ in range(count))
         )
         await h.control.clear_faults()
-        after = await client.send(notification(), new_apns_id())
+        after = await client.send(notification(h.token), new_apns_id())
         stats = await h.stats()
     assert {(r.status, r.reason) for r in responses} == {(500, "InternalServerError")}
     assert len(responses) == count
@@ -479,19 +503,22 @@ async def test_connection_dropped_mid_flight_answers_connection_closed_then_reco
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"latency_ms": 2000})
         client = h.client()
+        # A success first: a new connection carries one stream until one request succeeds.
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
+        await h.control.put_faults({"latency_ms": 2000})
         in_flight = [
-            asyncio.ensure_future(client.send(notification(), new_apns_id())) for _ in range(3)
+            asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
+            for _ in range(3)
         ]
-        await stats_when(h.control, lambda stats: stats["streams"] == 3)
-        await h.control.put_faults({"latency_ms": 2000, "drop": {"after_streams": 3}})
+        await stats_when(h.control, lambda stats: stats["streams"] == 4)
+        await h.control.put_faults({"latency_ms": 2000, "drop": {"after_streams": 4}})
         started = time.monotonic()
-        dropped = await client.send(notification(), new_apns_id())
+        dropped = await client.send(notification(h.token), new_apns_id())
         results = await asyncio.gather(*in_flight)
         elapsed = time.monotonic() - started
         await h.control.clear_faults()
-        after = await client.send(notification(), new_apns_id())
+        after = await client.send(notification(h.token), new_apns_id())
     assert [dropped, *results] == [ApnsResponse(0, "ConnectionClosed")] * 4
     assert elapsed < SLACK_S
     assert after.status == 200
@@ -501,14 +528,14 @@ async def test_connection_dropped_mid_flight_answers_connection_closed_then_reco
 async def test_exhausted_stream_ids_move_to_a_new_connection(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         client = h.client()
-        assert (await client.send(notification(), new_apns_id())).status == 200
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
         (connection,) = client.pool.connections
         # A connection kept for days at thousands of sends a second runs out of stream ids.
-        connection.free_channels._stream_id = H2Connection.HIGHEST_ALLOWED_STREAM_ID - 2
-        last = await client.send(notification(), new_apns_id())
+        connection.slots.next_stream_id = H2Connection.HIGHEST_ALLOWED_STREAM_ID
+        last = await client.send(notification(h.token), new_apns_id())
         # The next one finds no stream id left: it never reached APNs, so it goes at once on a
         # new connection within the same send.
-        moved = await client.send(notification(), new_apns_id())
+        moved = await client.send(notification(h.token), new_apns_id())
         stats = await h.stats()
     assert last.status == 200
     assert moved.status == 200
@@ -516,19 +543,70 @@ async def test_exhausted_stream_ids_move_to_a_new_connection(tmp_path: Path) -> 
     assert stats["connections_opened"] == 2
 
 
+# --- gap 4b: a stream limit that moves ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad_every", [0, 10], ids=["all-good", "one-in-ten-rejected"])
+async def test_a_connection_starting_at_one_stream_reaches_its_full_limit(
+    tmp_path: Path, bad_every: int
+) -> None:
+    async with harness(tmp_path, max_streams=50) as h:
+        await h.control.put_faults({"latency_ms": 200})
+        client = h.client(max_connections=1)
+        tokens = [
+            "ab" * 32 if bad_every and n % bad_every == bad_every - 1 else h.token
+            for n in range(150)
+        ]
+        started = time.monotonic()
+        responses = await asyncio.gather(
+            *(client.send(notification(token), new_apns_id()) for token in tokens)
+        )
+        elapsed = time.monotonic() - started
+        (connection,) = client.pool.connections
+        stats = await h.stats()
+    answers = {(t, r.status, r.reason) for t, r in zip(tokens, responses, strict=True)}
+    assert answers <= {(h.token, 200, None), ("ab" * 32, 400, "BadDeviceToken")}
+    assert stats["connections_opened"] == 1
+    assert connection.slots.limit in (1, 50)
+    # One stream for the first 200 ms, then up to 50 at once: a few rounds of 200 ms. Stuck at
+    # aioapns' two streams (its pool when the limit rises with every stream in use) it is 75.
+    assert elapsed < 0.2 * 75 / 3
+
+
+async def test_streams_are_spread_over_the_connections(tmp_path: Path) -> None:
+    async with harness(tmp_path, max_streams=1000) as h:
+        client = h.client(max_connections=4)
+        # Four connections, each past its first success (one stream until then).
+        await asyncio.gather(*(client.send(notification(h.token), new_apns_id()) for _ in range(8)))
+        assert client.connections == 4
+        await h.control.put_faults({"latency_ms": 1000})
+        sends = [
+            asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
+            for _ in range(200)
+        ]
+        deadline = time.monotonic() + 5
+        while sum(c.slots.in_use for c in client.pool.connections) < 200:
+            assert time.monotonic() < deadline, "the sends never all left"
+            await asyncio.sleep(0.01)
+        in_use = sorted(c.slots.in_use for c in client.pool.connections)
+        await asyncio.gather(*sends)
+    # Least loaded first: 50 each, not 200 on the first connection that has room.
+    assert in_use == [50, 50, 50, 50]
+
+
 # --- aioapns 4.0 alone, against the same simulator: the failures the adapter exists for -----
 
 
-def aioapns_request(token: str = TOKEN) -> NotificationRequest:
+def aioapns_request(token: str) -> NotificationRequest:
     return NotificationRequest(token, {"aps": {"alert": "Agent available"}})
 
 
 async def test_aioapns_alone_hangs_on_an_error_without_body(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"scripted": {TOKEN: [{"status": 500, "body": False}]}})
+        await h.control.put_faults({"scripted": {h.token: [{"status": 500, "body": False}]}})
         client = aioapns_client(h.sim)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(client.send_notification(aioapns_request()), 0.5)
+            await asyncio.wait_for(client.send_notification(aioapns_request(h.token)), 0.5)
         client.pool.close()
 
 
@@ -536,10 +614,10 @@ async def test_aioapns_alone_breaks_connection_lost_after_a_wait_for_timeout(
     tmp_path: Path, callback_errors: CallbackErrors
 ) -> None:
     async with harness(tmp_path) as h:
-        await h.control.put_faults({"stall": {"tokens": [STALLED_TOKEN]}})
+        await h.control.put_faults({"stall": {"tokens": [h.stalled_token]}})
         client = aioapns_client(h.sim)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(client.send_notification(aioapns_request(STALLED_TOKEN)), 0.2)
+            await asyncio.wait_for(client.send_notification(aioapns_request(h.stalled_token)), 0.2)
         client.pool.close()
         await asyncio.wait_for(callback_errors.seen.wait(), 5.0)
     assert isinstance(callback_errors.contexts[0].get("exception"), asyncio.InvalidStateError)
@@ -552,8 +630,10 @@ async def test_aioapns_alone_polls_and_logs_when_streams_run_out(
     async with harness(tmp_path, max_streams=5) as h:
         await h.control.put_faults({"latency_ms": 20})
         client = aioapns_client(h.sim, max_connections=1)
-        await client.send_notification(aioapns_request())  # the stream limit is now known
-        await asyncio.gather(*(client.send_notification(aioapns_request()) for _ in range(30)))
+        await client.send_notification(aioapns_request(h.token))  # the stream limit is now known
+        await asyncio.gather(
+            *(client.send_notification(aioapns_request(h.token)) for _ in range(30))
+        )
         client.pool.close()
     busy = [r for r in caplog.records if "completely busy" in r.getMessage()]
     assert len(busy) >= 25  # one line per waiting caller; RelayConnectionPool logs none
@@ -565,7 +645,7 @@ async def test_aioapns_alone_discard_twice_raises_and_closes_idle_after_10_s(
     assert APNsProductionClientProtocol.INACTIVITY_TIME == 10
     async with harness(tmp_path) as h:
         client = aioapns_client(h.sim)
-        await client.send_notification(aioapns_request())
+        await client.send_notification(aioapns_request(h.token))
         (connection,) = client.pool.connections
         client.pool.discard_connection(connection)
         with pytest.raises(ValueError, match="remove"):  # aioapns #55
@@ -578,17 +658,17 @@ async def test_a_connection_answering_a_streak_of_500s_is_replaced(
 ) -> None:
     async with harness(tmp_path) as h:
         streak = [{"status": 500, "reason": "InternalServerError"}] * 3
-        await h.control.put_faults({"scripted": {STALLED_TOKEN: streak}})
+        await h.control.put_faults({"scripted": {h.stalled_token: streak}})
         client = h.client(internal_error_streak=3)
         replaced = metrics.APNS_CONNECTIONS_REPLACED.labels(reason="InternalServerErrorStreak")
         replaced_before = replaced._value.get()
         answers = [
-            (await client.send(notification(STALLED_TOKEN), new_apns_id())) for _ in range(3)
+            (await client.send(notification(h.stalled_token), new_apns_id())) for _ in range(3)
         ]
         (first,) = {*client.pool.connections, *client.pool.retiring} or {None}
         assert first is not None
         assert first.retired_because == "InternalServerErrorStreak"
-        after = await client.send(notification(STALLED_TOKEN), new_apns_id())
+        after = await client.send(notification(h.stalled_token), new_apns_id())
         stats = await h.stats()
         assert client.pool.connections[0] is not first
     assert [a.status for a in answers] == [500, 500, 500]
@@ -601,10 +681,10 @@ async def test_a_connection_answering_a_streak_of_500s_is_replaced(
 async def test_500s_broken_by_other_answers_keep_the_connection(tmp_path: Path) -> None:
     async with harness(tmp_path) as h:
         script = [{"status": 500, "reason": "InternalServerError"}, {"status": 200}] * 3
-        await h.control.put_faults({"scripted": {STALLED_TOKEN: script}})
+        await h.control.put_faults({"scripted": {h.stalled_token: script}})
         client = h.client(internal_error_streak=2)
         answers = [
-            (await client.send(notification(STALLED_TOKEN), new_apns_id())) for _ in range(6)
+            (await client.send(notification(h.stalled_token), new_apns_id())) for _ in range(6)
         ]
         stats = await h.stats()
     assert [a.status for a in answers] == [500, 200] * 3

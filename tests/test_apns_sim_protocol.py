@@ -12,14 +12,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.apns_sim.faults import FaultConfig, FaultConfigError
 from relay.apns_sim.protocol import (
+    PRODUCTION,
+    SANDBOX,
     STALL,
     Accepted,
+    AfterAnswer,
     Answer,
     ConnectionAuth,
+    ConnectionPolicing,
+    ConnectionRules,
     DeviceLedger,
     Policy,
     Request,
+    TokenBinding,
     TrustedKey,
+    after_answer,
     answer_delay_s,
     authorize,
     device_answer,
@@ -54,6 +61,7 @@ KEYS = {
     "KEY3333333": TrustedKey("KEY3333333", "TEAM333333", OTHER_PRIVATE.public_key()),
 }
 POLICY = Policy(keys=KEYS)
+REGISTRY = {TOKEN: TokenBinding("com.example.app", PRODUCTION)}
 
 
 def token_for(
@@ -92,8 +100,13 @@ def request(
     return Request.from_header_list([(k, v) for k, v in fields.items() if k not in drop], body)
 
 
-def judge(req: Request, auth: ConnectionAuth | None = None, policy: Policy = POLICY) -> object:
-    return evaluate(req, auth or ConnectionAuth(), policy, NOW)
+def judge(
+    req: Request,
+    auth: ConnectionAuth | None = None,
+    policy: Policy = POLICY,
+    registry: dict[str, TokenBinding] = REGISTRY,
+) -> object:
+    return evaluate(req, auth or ConnectionAuth(), policy, registry, NOW)
 
 
 def test_a_valid_request_is_accepted_with_its_headers_minus_authorization() -> None:
@@ -144,9 +157,9 @@ def test_a_valid_request_is_accepted_with_its_headers_minus_authorization() -> N
             request(apns_push_type="voip", body=b"{" + b" " * 5120),
             Answer(413, "PayloadTooLarge"),
         ),
-        (request(body=b"[1, 2]"), Answer(400, "BadPayload")),
-        (request(body=b'"text"'), Answer(400, "BadPayload")),
-        (request(body=b"{not json"), Answer(400, "BadPayload")),
+        (request(body=b"[1, 2]"), Answer(400, "PayloadEmpty")),
+        (request(body=b'"text"'), Answer(400, "PayloadEmpty")),
+        (request(body=b"{not json"), Answer(400, "PayloadEmpty")),
         (request(drop=("authorization",)), Answer(403, "MissingProviderToken")),
         (request(authorization=""), Answer(403, "MissingProviderToken")),
         (request(authorization=f"basic {GOOD_JWT}"), Answer(403, "InvalidProviderToken")),
@@ -171,7 +184,6 @@ def test_each_malformed_request_gets_apples_status_and_reason(
         request(body=b"{" + b" " * 4094 + b"}"),  # exactly 4096 bytes
         request(apns_push_type="voip", body=b"{" + b" " * 5118 + b"}"),  # exactly 5120
         request(**{":path": f"/3/device/{TOKEN.upper()}"}),
-        request(**{":path": "/3/device/abc"}),  # Apple: do not assume a token length
     ],
 )
 def test_edge_values_apple_allows_are_accepted(req: Request) -> None:
@@ -216,7 +228,7 @@ def test_method_is_checked_before_path_and_path_before_credentials() -> None:
 
 
 def auth_check(token: str, auth: ConnectionAuth, now: float = NOW) -> Answer | None:
-    return authorize(f"bearer {token}", auth, KEYS, now)
+    return authorize({"authorization": f"bearer {token}"}, auth, POLICY, now)
 
 
 @pytest.mark.parametrize(
@@ -472,7 +484,7 @@ def test_goaway_follows_the_nth_answer_with_a_json_reason() -> None:
     config = faults(goaway={"after_streams": 2, "reason": "Shutdown"})
     assert [goaway_after(config, n) for n in (1, 2, 3)] == [False, True, True]
     assert not goaway_after(FaultConfig(), 10**6)
-    assert goaway_debug_data(config) == b'{"reason":"Shutdown"}'
+    assert goaway_debug_data(config.goaway_reason) == b'{"reason":"Shutdown"}'
 
 
 def test_replacing_faults_restarts_scripts() -> None:
@@ -486,6 +498,140 @@ def test_replacing_faults_restarts_scripts() -> None:
 
 def test_wall_clock_is_only_an_input() -> None:
     # The same request judged "now" against a real clock: the token minted at NOW is long expired.
-    assert evaluate(request(), ConnectionAuth(), POLICY, time.time()) == Answer(
+    assert evaluate(request(), ConnectionAuth(), POLICY, REGISTRY, time.time()) == Answer(
         403, "ExpiredProviderToken"
     )
+
+
+# --- the token registry and environments -----------------------------------------------------
+
+SANDBOX_TOKEN = "b2" * 32
+BAD_DEVICE = Answer(400, "BadDeviceToken")
+
+
+@pytest.mark.parametrize(
+    ("path_token", "topic", "policy", "expected"),
+    [
+        (TOKEN, "com.example.app", POLICY, None),
+        (TOKEN.upper(), "com.example.app", POLICY, None),
+        (TOKEN, "com.example.app.voip", POLICY, None),  # the app's own suffixed topic
+        ("c3" * 32, "com.example.app", POLICY, Answer(400, "BadDeviceToken")),  # never issued
+        (TOKEN[:62], "com.example.app", POLICY, Answer(400, "BadDeviceToken")),  # truncated
+        (TOKEN + "00", "com.example.app", POLICY, Answer(400, "BadDeviceToken")),
+        ("zz" * 32, "com.example.app", POLICY, Answer(400, "BadDeviceToken")),
+        (TOKEN, "com.other.app", POLICY, Answer(400, "DeviceTokenNotForTopic")),
+        (TOKEN, "com.example.application", POLICY, Answer(400, "DeviceTokenNotForTopic")),
+        (SANDBOX_TOKEN, "com.example.app", POLICY, Answer(400, "BadDeviceToken")),
+        (
+            SANDBOX_TOKEN,
+            "com.example.app",
+            Policy(keys=KEYS, environment=SANDBOX),
+            None,
+        ),
+        (TOKEN, "com.example.app", Policy(keys=KEYS, environment=SANDBOX), BAD_DEVICE),
+        ("c3" * 32, "com.any.app", Policy(keys=KEYS, open_tokens=True), None),
+        (TOKEN[:62], "com.any.app", Policy(keys=KEYS, open_tokens=True), BAD_DEVICE),
+        ("c3" * 50, "com.any.app", Policy(keys=KEYS, open_tokens=True, token_length=100), None),
+    ],
+)
+def test_only_issued_tokens_of_this_environment_and_topic_are_accepted(
+    path_token: str, topic: str, policy: Policy, expected: Answer | None
+) -> None:
+    registry = {
+        TOKEN: TokenBinding("com.example.app", PRODUCTION),
+        SANDBOX_TOKEN: TokenBinding("com.example.app", SANDBOX),
+    }
+    verdict = judge(
+        request(apns_topic=topic, **{":path": f"/3/device/{path_token}"}),
+        policy=policy,
+        registry=registry,
+    )
+    if expected is None:
+        assert isinstance(verdict, Accepted)
+    else:
+        assert verdict == expected
+
+
+def test_a_key_restricted_to_one_environment_is_refused_in_the_other() -> None:
+    sandbox_only = {
+        "KEY1111111": TrustedKey(
+            "KEY1111111", "TEAM111111", PRIVATE.public_key(), frozenset({SANDBOX})
+        )
+    }
+    registry = {TOKEN: TokenBinding("com.example.app", SANDBOX)}
+    production = Policy(keys=sandbox_only, environment=PRODUCTION)
+    sandbox = Policy(keys=sandbox_only, environment=SANDBOX)
+    assert judge(request(), policy=production, registry=registry) == Answer(
+        403, "BadEnvironmentKeyIdInToken"
+    )
+    assert isinstance(judge(request(), policy=sandbox, registry=registry), Accepted)
+
+
+def test_a_200_in_sandbox_carries_apns_unique_id_and_errors_never_do() -> None:
+    unique = "0f0e0d0c-0b0a-4999-8888-777766665555"
+    assert response_headers(Answer(200), APNS_ID, unique) == [
+        (":status", "200"),
+        ("apns-id", APNS_ID),
+        ("apns-unique-id", unique),
+    ]
+    assert ("apns-unique-id", unique) not in response_headers(
+        Answer(400, "BadTopic"), APNS_ID, unique
+    )
+
+
+# --- connection policing ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "statuses", "limits"),
+    [
+        # Apple: 1 until the first 200, then the maximum; back to 1 after any rejection.
+        (ConnectionRules(max_streams=1000), [200, 200], [1000, 1000]),
+        (ConnectionRules(max_streams=1000), [403, 200], [1, 1000]),
+        (ConnectionRules(max_streams=1000), [200, 400, 400, 200], [1000, 1, 1, 1000]),
+        (ConnectionRules(max_streams=1000), [200, 410, 500, 200], [1000, 1, 1, 1000]),
+        (ConnectionRules(max_streams=7, dynamic_streams=False), [200, 400, 500], [7, 7, 7]),
+    ],
+)
+def test_stream_limit_follows_the_answers(
+    rules: ConnectionRules, statuses: list[int], limits: list[int]
+) -> None:
+    state = ConnectionPolicing(rules.initial_streams)
+    assert state.stream_limit == (1 if rules.dynamic_streams else rules.max_streams)
+    seen = []
+    for status in statuses:
+        after_answer(rules, state, status)
+        seen.append(state.stream_limit)
+    assert seen == limits
+
+
+def test_only_a_change_of_limit_is_announced() -> None:
+    rules = ConnectionRules(max_streams=50)
+    state = ConnectionPolicing(rules.initial_streams)
+    assert after_answer(rules, state, 200) == AfterAnswer(stream_limit=50)
+    assert after_answer(rules, state, 200) == AfterAnswer()
+    assert after_answer(rules, state, 400) == AfterAnswer(stream_limit=1)
+    assert after_answer(rules, state, 400) == AfterAnswer()
+
+
+@pytest.mark.parametrize(
+    ("statuses", "goaway_at"),
+    [
+        ([400, 400, 400], 2),  # the third consecutive 4xx
+        ([400, 400, 200, 400, 400, 400], 5),  # a 200 ends the run
+        ([400, 410, 410, 400, 403], 4),  # 410 does not count (Apple)
+        ([500, 503, 500, 400], None),  # server errors are not the client's
+    ],
+)
+def test_a_run_of_client_errors_ends_in_goaway(statuses: list[int], goaway_at: int | None) -> None:
+    rules = ConnectionRules(dynamic_streams=False, goaway_after_errors=3)
+    state = ConnectionPolicing(rules.initial_streams)
+    reasons = [after_answer(rules, state, status).goaway_reason for status in statuses]
+    first = reasons.index("TooManyRequests") if "TooManyRequests" in reasons else None
+    assert first == goaway_at
+
+
+def test_error_runs_are_never_policed_by_default() -> None:
+    rules = ConnectionRules()
+    state = ConnectionPolicing(rules.initial_streams)
+    assert all(after_answer(rules, state, 400).goaway_reason is None for _ in range(10_000))

@@ -27,7 +27,6 @@ from simulator import (
 from relay.apns_sim.certs import create_signing_key
 from relay.apns_sim.server import KeySource
 
-TOKEN = "c0ffee" * 10 + "abcd"
 MESSAGE = {"aps": {"alert": "Agent available"}, "message": {"_id": "s1", "_action": "chat"}}
 OTHER_KEY_ID, OTHER_TEAM_ID = "OTHERKEY01", "OTHERTEAM1"
 SAME_TEAM_KEY_ID = "SAMETEAM01"
@@ -60,27 +59,40 @@ async def control(sim: SimInfo) -> AsyncIterator[ControlClient]:
 
 
 @pytest.fixture
+async def token(control: ControlClient) -> str:
+    """A token the simulator issued for com.example.app in production."""
+    return await control.issue_token()
+
+
+@pytest.fixture
+async def other_token(control: ControlClient) -> str:
+    return await control.issue_token()
+
+
+@pytest.fixture
 async def raw(sim: SimInfo) -> AsyncIterator[RawH2Client]:
     client = await RawH2Client.connect(sim)
     yield client
     await client.close()
 
 
-def note(
-    token: str = TOKEN, message: dict[str, object] = MESSAGE, **kwargs: object
-) -> NotificationRequest:
+def note(token: str, message: dict[str, object] = MESSAGE, **kwargs: object) -> NotificationRequest:
     return NotificationRequest(device_token=token, message=message, **kwargs)
 
 
-async def test_aioapns_delivers_and_the_log_shows_it(sim: SimInfo, control: ControlClient) -> None:
+async def test_aioapns_delivers_and_the_log_shows_it(
+    sim: SimInfo, control: ControlClient, token: str, other_token: str
+) -> None:
     client = aioapns_client(sim)
-    result = await client.send_notification(note(priority=5, collapse_key="s1", time_to_live=60))
+    result = await client.send_notification(
+        note(token, priority=5, collapse_key="s1", time_to_live=60)
+    )
     assert (result.status, result.description) == ("200", None)
-    other = await client.send_notification(note("ab" * 32))
+    other = await client.send_notification(note(other_token))
     assert other.is_successful
 
     log = await control.notifications()
-    assert [n["token"] for n in log["notifications"]] == [TOKEN, "ab" * 32]
+    assert [n["token"] for n in log["notifications"]] == [token, other_token]
     first = log["notifications"][0]
     assert first["payload"] == MESSAGE
     assert first["topic"] == "com.example.app"
@@ -96,8 +108,9 @@ async def test_aioapns_delivers_and_the_log_shows_it(sim: SimInfo, control: Cont
         n["seq"] for n in (await control.notifications(since=first["seq"]))["notifications"]
     ] == [2]
     assert [
-        n["token"] for n in (await control.notifications(token="AB" * 32))["notifications"]
-    ] == ["ab" * 32]
+        n["token"]
+        for n in (await control.notifications(token=other_token.upper()))["notifications"]
+    ] == [other_token]
     client.pool.close()
 
 
@@ -115,38 +128,40 @@ async def test_aioapns_delivers_and_the_log_shows_it(sim: SimInfo, control: Cont
     ],
 )
 async def test_aioapns_sees_apples_reasons(
-    sim: SimInfo, request_kwargs: dict[str, object], status: str, reason: str
+    sim: SimInfo, request_kwargs: dict[str, object], status: str, reason: str, token: str
 ) -> None:
-    fields: dict[str, object] = {"device_token": TOKEN, "message": MESSAGE, **request_kwargs}
+    fields: dict[str, object] = {"device_token": token, "message": MESSAGE, **request_kwargs}
     client = aioapns_client(sim)
     result = await client.send_notification(NotificationRequest(**fields))  # type: ignore[arg-type]
     assert (result.status, result.description) == (status, reason)
     client.pool.close()
 
 
-async def test_voip_may_be_larger(sim: SimInfo) -> None:
+async def test_voip_may_be_larger(sim: SimInfo, token: str) -> None:
     client = aioapns_client(sim, topic="com.example.app.voip")
     big = {"aps": {}, "pad": "x" * 4500}
     assert (
-        await client.send_notification(note(push_type=PushType.VOIP, message=big))
+        await client.send_notification(note(token, push_type=PushType.VOIP, message=big))
     ).is_successful
     client.pool.close()
 
 
-async def test_aioapns_with_an_unknown_key_gets_invalid_provider_token(sim: SimInfo) -> None:
+async def test_aioapns_with_an_unknown_key_gets_invalid_provider_token(
+    sim: SimInfo, token: str
+) -> None:
     client = aioapns_client(sim)
     client.pool.key_id = "UNKNOWN999"
-    result = await client.send_notification(note())
+    result = await client.send_notification(note(token))
     assert (result.status, result.description) == ("403", "InvalidProviderToken")
     client.pool.close()
 
 
 async def test_unregistered_token_answers_410_with_its_timestamp(
-    sim: SimInfo, control: ControlClient
+    sim: SimInfo, control: ControlClient, token: str
 ) -> None:
-    await control.unregister(TOKEN, timestamp_ms=1_700_000_000_123)
+    await control.unregister(token, timestamp_ms=1_700_000_000_123)
     client = aioapns_client(sim)
-    result = await client.send_notification(note())
+    result = await client.send_notification(note(token))
     assert (result.status, result.description, result.timestamp) == (
         "410",
         "Unregistered",
@@ -157,21 +172,21 @@ async def test_unregistered_token_answers_410_with_its_timestamp(
 
 
 def raw_cases(
-    sim: SimInfo, raw: RawH2Client
+    sim: SimInfo, raw: RawH2Client, token: str
 ) -> list[tuple[list[tuple[str, str]], bytes, int, str]]:
     headers = raw.headers_for
     return [
-        (headers(sim, TOKEN, **{":method": "GET"}), b"", 405, "MethodNotAllowed"),
-        (headers(sim, TOKEN, **{":path": "/3/notdevice/x"}), b"{}", 404, "BadPath"),
+        (headers(sim, token, **{":method": "GET"}), b"", 405, "MethodNotAllowed"),
+        (headers(sim, token, **{":path": "/3/notdevice/x"}), b"{}", 404, "BadPath"),
         (headers(sim, "", **{":path": "/3/device/"}), b"{}", 400, "MissingDeviceToken"),
-        ([h for h in headers(sim, TOKEN) if h[0] != "apns-topic"], b"{}", 400, "MissingTopic"),
-        (headers(sim, TOKEN, apns_push_type="pager"), b"{}", 400, "InvalidPushType"),
-        (headers(sim, TOKEN, apns_expiration="tomorrow"), b"{}", 400, "BadExpirationDate"),
-        (headers(sim, TOKEN), b"", 400, "PayloadEmpty"),
-        (headers(sim, TOKEN), b"[1]", 400, "BadPayload"),
-        ([*headers(sim, TOKEN), ("apns-topic", "com.example.app")], b"{}", 400, "DuplicateHeaders"),
+        ([h for h in headers(sim, token) if h[0] != "apns-topic"], b"{}", 400, "MissingTopic"),
+        (headers(sim, token, apns_push_type="pager"), b"{}", 400, "InvalidPushType"),
+        (headers(sim, token, apns_expiration="tomorrow"), b"{}", 400, "BadExpirationDate"),
+        (headers(sim, token), b"", 400, "PayloadEmpty"),
+        (headers(sim, token), b"[1]", 400, "PayloadEmpty"),
+        ([*headers(sim, token), ("apns-topic", "com.example.app")], b"{}", 400, "DuplicateHeaders"),
         (
-            [h for h in headers(sim, TOKEN) if h[0] != "authorization"],
+            [h for h in headers(sim, token) if h[0] != "authorization"],
             b"{}",
             403,
             "MissingProviderToken",
@@ -179,29 +194,35 @@ def raw_cases(
     ]
 
 
-async def test_raw_h2_requests_aioapns_cannot_send(sim: SimInfo, raw: RawH2Client) -> None:
-    for headers, body, status, reason in raw_cases(sim, raw):
+async def test_raw_h2_requests_aioapns_cannot_send(
+    sim: SimInfo, raw: RawH2Client, token: str
+) -> None:
+    for headers, body, status, reason in raw_cases(sim, raw, token):
         response = await raw.request(headers, body)
         assert (response.status, response.json()["reason"]) == (status, reason), headers
         assert response.headers["content-type"] == "application/json"
         assert response.headers["apns-id"]
 
 
-async def test_every_response_echoes_the_apns_id(sim: SimInfo, raw: RawH2Client) -> None:
+async def test_every_response_echoes_the_apns_id(
+    sim: SimInfo, raw: RawH2Client, token: str
+) -> None:
     apns_id = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
-    ok = await raw.request(raw.headers_for(sim, TOKEN, apns_id=apns_id), b"{}")
+    ok = await raw.request(raw.headers_for(sim, token, apns_id=apns_id), b"{}")
     assert (ok.status, ok.headers["apns-id"], ok.body) == (200, apns_id, b"")
     bad = await raw.request(raw.headers_for(sim, "xyz", apns_id=apns_id), b"{}")
     assert (bad.status, bad.headers["apns-id"]) == (400, apns_id)
 
 
-async def test_expired_provider_token(sim: SimInfo, raw: RawH2Client) -> None:
+async def test_expired_provider_token(sim: SimInfo, raw: RawH2Client, token: str) -> None:
     old = sim.provider_token(issued_at=int(time.time()) - 3700)
-    response = await raw.request(raw.headers_for(sim, TOKEN, authorization=f"bearer {old}"), b"{}")
+    response = await raw.request(raw.headers_for(sim, token, authorization=f"bearer {old}"), b"{}")
     assert (response.status, response.json()["reason"]) == (403, "ExpiredProviderToken")
 
 
-async def test_token_rules_that_bind_to_the_connection(sim: SimInfo, raw: RawH2Client) -> None:
+async def test_token_rules_that_bind_to_the_connection(
+    sim: SimInfo, raw: RawH2Client, token: str
+) -> None:
     now = int(time.time())
     first = sim.provider_token(issued_at=now - 600)
     other_pem = (sim.key_file.parent.parent / "keys" / f"AuthKey_{OTHER_KEY_ID}.p8").read_text()
@@ -209,9 +230,9 @@ async def test_token_rules_that_bind_to_the_connection(sim: SimInfo, raw: RawH2C
     same_team_other_key = sim.provider_token(key_id=SAME_TEAM_KEY_ID, key_pem=other_pem)
     refreshed_too_soon = sim.provider_token(issued_at=now)
 
-    async def send(token: str) -> tuple[int, str | None]:
+    async def send(provider_token: str) -> tuple[int, str | None]:
         response = await raw.request(
-            raw.headers_for(sim, TOKEN, authorization=f"bearer {token}"), b"{}"
+            raw.headers_for(sim, token, authorization=f"bearer {provider_token}"), b"{}"
         )
         return response.status, response.json()["reason"] if response.body else None
 
@@ -222,7 +243,7 @@ async def test_token_rules_that_bind_to_the_connection(sim: SimInfo, raw: RawH2C
     assert await send(first) == (200, None)
     fresh_connection = await RawH2Client.connect(sim)
     response = await fresh_connection.request(
-        fresh_connection.headers_for(sim, TOKEN, authorization=f"bearer {other_team}"), b"{}"
+        fresh_connection.headers_for(sim, token, authorization=f"bearer {other_team}"), b"{}"
     )
     assert response.status == 200  # the other team is fine on a connection of its own
     await fresh_connection.close()
@@ -230,12 +251,12 @@ async def test_token_rules_that_bind_to_the_connection(sim: SimInfo, raw: RawH2C
 
 @pytest.mark.parametrize("alpn", [None, ["h2"]], ids=["prior-knowledge", "alpn-h2"])
 async def test_h2_with_and_without_alpn_and_the_stream_limit(
-    sim: SimInfo, alpn: list[str] | None
+    sim: SimInfo, alpn: list[str] | None, token: str
 ) -> None:
     client = await RawH2Client.connect(sim, alpn=alpn)
     negotiated = client.writer.get_extra_info("ssl_object").selected_alpn_protocol()
     assert negotiated == (alpn[0] if alpn else None)
-    response = await client.request(client.headers_for(sim, TOKEN), b"{}")
+    response = await client.request(client.headers_for(sim, token), b"{}")
     assert response.status == 200
     async with asyncio.timeout(5):
         await client.settings_received.wait()
@@ -248,7 +269,7 @@ async def test_h2_with_and_without_alpn_and_the_stream_limit(
     or "HTTP2" not in subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout,
     reason="curl is missing or was built without HTTP2 support",
 )
-async def test_curl_as_apple_documents_it(sim: SimInfo, control: ControlClient) -> None:
+async def test_curl_as_apple_documents_it(sim: SimInfo, control: ControlClient, token: str) -> None:
     command = [
         "curl",
         "--silent",
@@ -266,7 +287,7 @@ async def test_curl_as_apple_documents_it(sim: SimInfo, control: ControlClient) 
         json.dumps(MESSAGE),
         "--write-out",
         "%{http_code} %{http_version}",
-        f"https://localhost:{sim.port}/3/device/{TOKEN}",
+        f"https://localhost:{sim.port}/3/device/{token}",
     ]
     done = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE)
     stdout, _ = await asyncio.wait_for(done.communicate(), 20)
@@ -277,11 +298,13 @@ async def test_curl_as_apple_documents_it(sim: SimInfo, control: ControlClient) 
 # --- faults, seen from the client -----------------------------------------------------------
 
 
-async def test_scripted_answers_then_normal_service(sim: SimInfo, control: ControlClient) -> None:
+async def test_scripted_answers_then_normal_service(
+    sim: SimInfo, control: ControlClient, token: str
+) -> None:
     await control.put_faults(
         {
             "scripted": {
-                TOKEN: [
+                token: [
                     {"status": 500, "reason": "InternalServerError"},
                     {"status": 503, "reason": "ServiceUnavailable"},
                 ]
@@ -289,25 +312,27 @@ async def test_scripted_answers_then_normal_service(sim: SimInfo, control: Contr
         }
     )
     client = aioapns_client(sim)
-    answers = [(await client.send_notification(note())).description for _ in range(3)]
+    answers = [(await client.send_notification(note(token))).description for _ in range(3)]
     assert answers == ["InternalServerError", "ServiceUnavailable", None]
     client.pool.close()
 
 
-async def test_random_error_with_certainty(sim: SimInfo, control: ControlClient) -> None:
+async def test_random_error_with_certainty(
+    sim: SimInfo, control: ControlClient, token: str
+) -> None:
     await control.put_faults(
         {"error": {"probability": 1.0, "status": 503, "reason": "ServiceUnavailable"}}
     )
     client = aioapns_client(sim)
-    result = await client.send_notification(note())
+    result = await client.send_notification(note(token))
     assert (result.status, result.description) == ("503", "ServiceUnavailable")
     client.pool.close()
 
 
-async def test_rate_limit_answers_429(sim: SimInfo, control: ControlClient) -> None:
+async def test_rate_limit_answers_429(sim: SimInfo, control: ControlClient, token: str) -> None:
     await control.put_faults({"rate_limit": {"per_second": 3}})
     client = aioapns_client(sim)
-    results = await asyncio.gather(*(client.send_notification(note()) for _ in range(10)))
+    results = await asyncio.gather(*(client.send_notification(note(token)) for _ in range(10)))
     rejected = [r for r in results if r.status == "429"]
     assert {r.description for r in rejected} == {"TooManyRequests"}
     assert 1 <= len([r for r in results if r.is_successful]) <= 6  # 3 a second, maybe 2 seconds
@@ -315,12 +340,14 @@ async def test_rate_limit_answers_429(sim: SimInfo, control: ControlClient) -> N
     client.pool.close()
 
 
-async def test_latency_is_measured_by_the_client(sim: SimInfo, control: ControlClient) -> None:
+async def test_latency_is_measured_by_the_client(
+    sim: SimInfo, control: ControlClient, token: str
+) -> None:
     client = aioapns_client(sim)
-    await client.send_notification(note())  # connect first: measure only the answer
+    await client.send_notification(note(token))  # connect first: measure only the answer
     await control.put_faults({"latency_ms": 300})
     started = time.monotonic()
-    result = await client.send_notification(note())
+    result = await client.send_notification(note(token))
     elapsed = time.monotonic() - started
     assert result.is_successful
     assert 0.3 <= elapsed < 2.0
@@ -328,11 +355,13 @@ async def test_latency_is_measured_by_the_client(sim: SimInfo, control: ControlC
 
 
 async def test_stall_is_no_answer_within_a_deadline(
-    sim: SimInfo, control: ControlClient, raw: RawH2Client
+    sim: SimInfo, control: ControlClient, raw: RawH2Client, token: str, other_token: str
 ) -> None:
-    await control.put_faults({"stall": {"tokens": [TOKEN]}})
-    stalled = raw.send(raw.headers_for(sim, TOKEN), b"{}")
-    answered = await raw.request(raw.headers_for(sim, "ab" * 32), b"{}")
+    await control.put_faults({"stall": {"tokens": [token]}})
+    # A first success lifts the connection's limit of one stream.
+    assert (await raw.request(raw.headers_for(sim, other_token), b"{}")).status == 200
+    stalled = raw.send(raw.headers_for(sim, token), b"{}")
+    answered = await raw.request(raw.headers_for(sim, other_token), b"{}")
     assert answered.status == 200  # the connection still serves other streams
     with pytest.raises(TimeoutError):
         await raw.response(stalled, within_s=0.5)
@@ -340,22 +369,22 @@ async def test_stall_is_no_answer_within_a_deadline(
 
 
 async def test_error_without_body_is_a_bare_status(
-    sim: SimInfo, control: ControlClient, raw: RawH2Client
+    sim: SimInfo, control: ControlClient, raw: RawH2Client, token: str
 ) -> None:
     await control.put_faults(
-        {"scripted": {TOKEN: [{"status": 500, "reason": "InternalServerError", "body": False}]}}
+        {"scripted": {token: [{"status": 500, "reason": "InternalServerError", "body": False}]}}
     )
-    response = await raw.request(raw.headers_for(sim, TOKEN), b"{}")
+    response = await raw.request(raw.headers_for(sim, token), b"{}")
     assert (response.status, response.body) == (500, b"")
     assert "content-type" not in response.headers
 
 
 async def test_goaway_after_n_streams_closes_the_connection(
-    sim: SimInfo, control: ControlClient, raw: RawH2Client
+    sim: SimInfo, control: ControlClient, raw: RawH2Client, token: str
 ) -> None:
     await control.put_faults({"goaway": {"after_streams": 2, "reason": "Shutdown"}})
-    assert (await raw.request(raw.headers_for(sim, TOKEN), b"{}")).status == 200
-    assert (await raw.request(raw.headers_for(sim, TOKEN), b"{}")).status == 200
+    assert (await raw.request(raw.headers_for(sim, token), b"{}")).status == 200
+    assert (await raw.request(raw.headers_for(sim, token), b"{}")).status == 200
     async with asyncio.timeout(5):
         await raw.closed
     assert raw.terminated is not None
@@ -364,7 +393,7 @@ async def test_goaway_after_n_streams_closes_the_connection(
 
 
 async def test_aioapns_sees_goaway_as_a_closed_connection_and_reconnects(
-    sim: SimInfo, control: ControlClient
+    sim: SimInfo, control: ControlClient, token: str
 ) -> None:
     await control.put_faults({"goaway": {"after_streams": 1}})
     client = aioapns_client(sim)
@@ -376,27 +405,27 @@ async def test_aioapns_sees_goaway_as_a_closed_connection_and_reconnects(
         discarded.set()
 
     client.pool.discard_connection = discard_and_tell  # aioapns's "connection closed" hook
-    assert (await client.send_notification(note())).is_successful
+    assert (await client.send_notification(note(token))).is_successful
     async with asyncio.timeout(5):
         await discarded.wait()
-    assert (await client.send_notification(note())).is_successful
+    assert (await client.send_notification(note(token))).is_successful
     stats = await control.stats()
     assert (stats["goaways"], stats["connections_opened"]) == (2, 2)
     client.pool.close()
 
 
 async def test_drop_after_n_streams_is_a_connection_error(
-    sim: SimInfo, control: ControlClient, raw: RawH2Client
+    sim: SimInfo, control: ControlClient, raw: RawH2Client, token: str
 ) -> None:
     await control.put_faults({"drop": {"after_streams": 1}})
-    assert (await raw.request(raw.headers_for(sim, TOKEN), b"{}")).status == 200
+    assert (await raw.request(raw.headers_for(sim, token), b"{}")).status == 200
     with pytest.raises(ConnectionError):
-        await raw.request(raw.headers_for(sim, TOKEN), b"{}")
+        await raw.request(raw.headers_for(sim, token), b"{}")
     assert raw.terminated is None  # no GOAWAY: the TCP connection was just cut
     await control.put_faults({"drop": {"probability": 1.0}})
     client = aioapns_client(sim, max_connection_attempts=2)
     with pytest.raises(MaxAttemptsExceeded):  # aioapns's word for "every connection broke"
-        await asyncio.wait_for(client.send_notification(note()), 10)
+        await asyncio.wait_for(client.send_notification(note(token)), 10)
     assert (await control.stats())["drops"] == 3
     client.pool.close()
 
@@ -421,21 +450,23 @@ async def test_faults_can_be_read_replaced_and_cleared(
             assert reply.status == 400
 
 
-async def test_stats_and_reset(sim: SimInfo, control: ControlClient) -> None:
+async def test_stats_and_reset(
+    sim: SimInfo, control: ControlClient, token: str, other_token: str
+) -> None:
     client = aioapns_client(sim)
-    await client.send_notification(note())
+    await client.send_notification(note(token))
     await client.send_notification(note("zz"))
     stats = await control.stats()
     assert stats["responses"] == {"200": {"": 1}, "400": {"BadDeviceToken": 1}}
     assert (stats["streams"], stats["connections_opened"], stats["accepted"]) == (2, 1, 1)
     await control.put_faults({"latency_ms": 5})
-    await control.unregister("ab" * 32)
+    await control.unregister(other_token)
     await control.reset()
     stats = await control.stats()
     assert stats["responses"] == {}
     assert (await control.notifications())["notifications"] == []
     assert (await control.get_faults())["latency_ms"] is None
-    assert (await client.send_notification(note("ab" * 32))).is_successful
+    assert (await client.send_notification(note(other_token))).is_successful
     client.pool.close()
 
 
@@ -458,12 +489,13 @@ def test_command_writes_its_state_and_stops_cleanly_on_sigterm(tmp_path: Path) -
 async def test_two_workers_share_one_port_and_one_log(tmp_path: Path) -> None:
     with simulator_process(tmp_path / "state", "--workers", "2") as sim:
         clients = [aioapns_client(sim.info) for _ in range(16)]
-        tokens = [f"{n:02x}" * 32 for n in range(len(clients))]
-        results = await asyncio.gather(
-            *(c.send_notification(note(t)) for c, t in zip(clients, tokens, strict=True))
-        )
-        assert all(r.is_successful for r in results)
         async with control_client(sim.info) as control:
+            # Issued by the owning process, known to both workers before the answer comes.
+            tokens = await control.issue_tokens(len(clients))
+            results = await asyncio.gather(
+                *(c.send_notification(note(t)) for c, t in zip(clients, tokens, strict=True))
+            )
+            assert all(r.is_successful for r in results)
             logged = (await control.notifications())["notifications"]
             assert sorted(n["token"] for n in logged) == sorted(tokens)
             stats = await control.stats()

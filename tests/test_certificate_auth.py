@@ -41,6 +41,9 @@ WAIT_S = 20.0
 
 
 def token(n: int) -> str:
+    """A well-formed device token. These tests are about certificates, not tokens: their
+    simulators accept any well-formed token (open_tokens); the token registry is tested in
+    test_apns_sim_strict and the rest of the suite runs against it."""
     return f"{n:064x}"
 
 
@@ -55,14 +58,22 @@ async def issue(
 
 
 def certificate_app(
-    info: SimInfo, name: str, certificate: dict[str, Any], **fields: Any
+    info: SimInfo,
+    name: str,
+    certificate: dict[str, Any],
+    listener: str | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
+    """An app sending with `certificate` to the simulator's listener of its environment (or of
+    `listener`: another environment's)."""
+    environment = fields.pop("environment", "sandbox")
+    port = info.port_of(listener or environment)
     return {
         "name": name,
         "topic": TOPIC,
-        "environment": "sandbox",
+        "environment": environment,
         "auth": {"certificate": {k: str(v) for k, v in certificate.items()}},
-        "endpoint": {"host": "127.0.0.1", "port": info.port, "ca_file": str(info.ca)},
+        "endpoint": {"host": "127.0.0.1", "port": port, "ca_file": str(info.ca)},
         **fields,
     }
 
@@ -102,7 +113,10 @@ def responses(app: str, status: int, reason: str) -> float:
 async def test_delivery_with_pem_and_p12_and_a_universal_certificate_for_voip(
     redis_url: str, state_dir: Path
 ) -> None:
-    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+    async with (
+        running_simulator(state_dir / "sim", open_tokens=True) as info,
+        control_client(info) as control,
+    ):
         single = await issue(control, state_dir / "single.pem")
         cert, key = single["pem"].split("-----BEGIN PRIVATE KEY")
         (state_dir / "cert.pem").write_text(cert)
@@ -150,7 +164,7 @@ def foreign_certificate(directory: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("fault", "simulator_environment", "reason"),
+    ("fault", "listener", "reason"),
     [
         ("expired", "sandbox", "BadCertificate"),
         ("revoked", "sandbox", "BadCertificate"),
@@ -158,11 +172,11 @@ def foreign_certificate(directory: Path) -> Path:
     ],
 )
 async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_one_resumes_it(
-    redis_url: str, state_dir: Path, fault: str, simulator_environment: str, reason: str
+    redis_url: str, state_dir: Path, fault: str, listener: str, reason: str
 ) -> None:
     app = f"refused-{fault}"
     async with (
-        running_simulator(state_dir / "sim", environment=simulator_environment) as info,
+        running_simulator(state_dir / "sim", open_tokens=True) as info,
         control_client(info) as control,
     ):
         bad = state_dir / "bad.pem"
@@ -175,7 +189,7 @@ async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_
             await issue(control, bad, environment="sandbox")
         devices = [token(1), token(2)]
         async with relay_with_apps(
-            redis_url, info, [certificate_app(info, app, {"cert_file": bad})]
+            redis_url, info, [certificate_app(info, app, {"cert_file": bad}, listener=listener)]
         ) as relay:
             ids = [
                 await relay.notify(device_token=device, service_id=f"S{n}", action="x")
@@ -192,10 +206,8 @@ async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_
         assert (await control.notifications())["notifications"] == []
         # Configured with a valid certificate, the app sends what was kept, in order.
         good = state_dir / "good.pem"
-        await issue(control, good, environment=simulator_environment)
-        valid_app = certificate_app(
-            info, app, {"cert_file": good}, environment=simulator_environment
-        )
+        await issue(control, good, environment=listener)
+        valid_app = certificate_app(info, app, {"cert_file": good}, environment=listener)
         async with relay_with_apps(redis_url, info, [valid_app]) as relay:
             for notification_id in ids:
                 assert (await relay.wait_state(notification_id, {"delivered"}))["state"] == (
@@ -217,7 +229,7 @@ async def certified_client(info: SimInfo, pem_file: Path) -> RawH2Client:
     context = info.ssl_context(["h2"])
     context.load_cert_chain(pem_file)
     reader, writer = await asyncio.open_connection(
-        info.host, info.port, ssl=context, server_hostname="localhost"
+        info.host, info.port_of("sandbox"), ssl=context, server_hostname="localhost"
     )
     return RawH2Client(reader, writer)
 
@@ -245,7 +257,10 @@ async def reason_of(client: RawH2Client, **headers: str) -> tuple[int, str | Non
 async def test_the_simulator_applies_apples_certificate_rules(
     state_dir: Path,
 ) -> None:
-    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+    async with (
+        running_simulator(state_dir / "sim", open_tokens=True) as info,
+        control_client(info) as control,
+    ):
         await issue(control, state_dir / "single.pem")
         await issue(control, state_dir / "universal.pem", voip=True, environment="both")
         single = await certified_client(info, state_dir / "single.pem")
@@ -301,7 +316,10 @@ async def test_the_simulator_applies_apples_certificate_rules(
 async def test_a_foreign_certificate_fails_the_tls_handshake_an_expired_one_its_requests(
     state_dir: Path,
 ) -> None:
-    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+    async with (
+        running_simulator(state_dir / "sim", open_tokens=True) as info,
+        control_client(info) as control,
+    ):
         try:
             # TLS 1.3: our side of the handshake completes; the server then closes.
             foreign = await certified_client(info, foreign_certificate(state_dir))
@@ -360,7 +378,10 @@ async def test_a_tls_alert_refusing_the_certificate_pauses_the_app(
     redis_url: str, state_dir: Path, fault: str, reason: str
 ) -> None:
     app = f"alerted-{fault}"
-    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+    async with (
+        running_simulator(state_dir / "sim", open_tokens=True) as info,
+        control_client(info) as control,
+    ):
         bad = state_dir / "bad.pem"
         if fault == "expired":
             await issue(control, bad, expired=True)
@@ -380,7 +401,10 @@ async def test_a_tls_alert_refusing_the_certificate_pauses_the_app(
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path) -> None:
     sim_dir = state_dir / "sim"
-    async with running_simulator(sim_dir) as info, control_client(info) as control:
+    async with (
+        running_simulator(sim_dir, open_tokens=True) as info,
+        control_client(info) as control,
+    ):
         out = state_dir / "app.p12"
         command = [sys.executable, "-m", "relay.cli", "apns-sim", "issue-cert"]
         done = await asyncio.to_thread(
@@ -412,7 +436,7 @@ async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path)
             subprocess.run,
             ["curl", "-sS", "--http2", "--cacert", str(info.ca), "--cert", str(pem),
              "-H", f"apns-topic: {TOPIC}", "-d", PAYLOAD.decode(), "-o", "/dev/null",
-             "-w", "%{http_code}", f"https://localhost:{info.port}/3/device/{token(5)}"],
+             "-w", "%{http_code}", f"https://localhost:{info.port_of('sandbox')}/3/device/{token(5)}"],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert curl.stdout == "200", curl.stderr
@@ -422,7 +446,7 @@ async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path)
 async def test_with_worker_processes_every_worker_checks_certificates_and_revocations(
     state_dir: Path,
 ) -> None:
-    with simulator_process(state_dir / "sim", "--workers", "2", "--environment", "sandbox") as sim:
+    with simulator_process(state_dir / "sim", "--workers", "2", "--tokens", "open") as sim:
         info = sim.info
         async with control_client(info) as control:
             issued = await issue(control, state_dir / "app.pem")

@@ -21,7 +21,14 @@ import pytest
 import topologies
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
-from relay_harness import API_TOKEN, RelayProcess, relay_document, start_relay_process, write_config
+from relay_harness import (
+    API_TOKEN,
+    RelayProcess,
+    app_tokens,
+    relay_document,
+    start_relay_process,
+    write_config,
+)
 from simulator import ControlClient, control_client, running_simulator
 from topologies import ValkeyCluster
 
@@ -30,6 +37,7 @@ from relay.config import RedisSettings
 from relay.model import Notification
 from relay.queue import LEASE, NOTE, PAYLOAD, QUEUE, QueueLimits, RelayQueue, shard_prefix
 from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, connect
+from relay.service import simulator_app
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster
@@ -51,6 +59,7 @@ RESEND_SLACK_S = 3.0  # claim loop tick, restart and CPU contention on 2 cores
 
 
 def token(device: int) -> str:
+    """A device token for the queue-only tests (nothing here is sent to APNs)."""
     return f"{device:064x}"
 
 
@@ -134,7 +143,11 @@ async def post_batch(
 
 
 async def steady_load(
-    session: aiohttp.ClientSession, fleet: Fleet, ledger: ChaosLedger, until: float
+    session: aiohttp.ClientSession,
+    fleet: Fleet,
+    ledger: ChaosLedger,
+    until: float,
+    tokens: list[str],
 ) -> int:
     """Batches round-robin over the devices, one request at a time, so that per device the
     order of `n` is the order of acceptance. Returns how many notifications were offered."""
@@ -145,7 +158,7 @@ async def steady_load(
     while loop.time() < until:
         items = [
             {
-                "device_token": token((n + i) % DEVICES),
+                "device_token": tokens[(n + i) % len(tokens)],
                 "service_id": f"S{n + i}",
                 "action": "wait-for-agent",
                 "extra": {"n": n + i},
@@ -308,9 +321,10 @@ async def test_chaos_loses_nothing_acknowledged_and_keeps_order(
         try:
             await fleet.start(apis=2, workers=3)
             async with aiohttp.ClientSession() as session, control_client(info) as control:
+                tokens = await app_tokens(control, simulator_app(info), DEVICES)
                 until = asyncio.get_running_loop().time() + CHAOS_SECONDS
                 offered, _ = await asyncio.gather(
-                    steady_load(session, fleet, ledger, until),
+                    steady_load(session, fleet, ledger, until, tokens),
                     chaos(cluster, fleet, control, ledger, until, rng),
                 )
                 await control.put_faults({})

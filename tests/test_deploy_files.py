@@ -175,6 +175,11 @@ def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return [*spec.get("initContainers", []), *spec["containers"]]
 
 
+def listener_option(app: dict[str, Any]) -> str:
+    """The simulator option naming the port of the app's APNs environment."""
+    return "--sandbox-port" if app["environment"] == "sandbox" else "--port"
+
+
 def option_value(args: list[str], option: str) -> str:
     return args[args.index(option) + 1]
 
@@ -475,7 +480,7 @@ def test_compose_relay_reads_the_simulator_key_and_ca_from_the_shared_volume() -
     assert token["team_id"] == option_value(sim_args, "--team-id")
     assert PurePosixPath(token["key_file"]).name == f"AuthKey_{token['key_id']}.p8"
     assert app["endpoint"]["host"] == "apns-sim"
-    assert app["endpoint"]["port"] == int(option_value(sim_args, "--port"))
+    assert app["endpoint"]["port"] == int(option_value(sim_args, listener_option(app)))
 
     for relay_service in ("api", "worker"):
         service = services[relay_service]
@@ -726,7 +731,7 @@ def test_dev_overlay_runs_valkey_with_aof_and_the_simulator() -> None:
     token = app["auth"]["token"]
     assert app["endpoint"]["host"] == sim_service["metadata"]["name"]
     assert app["endpoint"]["host"] in sim_args[sim_args.index("--tls-name") + 1 :]
-    assert app["endpoint"]["port"] == int(option_value(sim_args, "--port"))
+    assert app["endpoint"]["port"] == int(option_value(sim_args, listener_option(app)))
     assert app["endpoint"]["port"] in {port["port"] for port in sim_service["spec"]["ports"]}
     assert (token["key_id"], token["team_id"]) == (
         option_value(sim_args, "--key-id"),

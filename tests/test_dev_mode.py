@@ -19,10 +19,9 @@ import pytest
 
 from relay.config import Settings
 from relay.embedded import ping
-from relay.service import development_requested, missing_settings
+from relay.service import DEV_TOPIC, development_requested, missing_settings
 
 WAIT_S = 60.0
-TOKEN = "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899"
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
 
 
@@ -135,13 +134,17 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
         dev = json.loads(dev_json.read_text())
         assert dev["app"] == "dev"
         assert dev["api_token"]
+        control_url = f"http://127.0.0.1:{dev['apns_sim']['control_port']}"
+        # A phone's token, as the simulator issues it for the dev app (README, Quickstart).
+        issued = call(f"{control_url}/tokens", {"topic": DEV_TOPIC, "environment": "sandbox"})
+        token = issued["token"]
         answer = call(
             f"{dev['relay_url']}/gms/push",
-            {"deviceId": TOKEN, "message": {"_id": SERVICE_ID, "_action": "wait-for-agent"}},
+            {"deviceId": token, "message": {"_id": SERVICE_ID, "_action": "wait-for-agent"}},
             dev["api_token"],
         )
         assert answer["pushed"] is True
-        control = f"http://127.0.0.1:{dev['apns_sim']['control_port']}/notifications?token={TOKEN}"
+        control = f"{control_url}/notifications?token={token}"
         while not (received := call(control)["notifications"]):
             assert time.monotonic() < deadline, "the push never reached the simulator"
             time.sleep(0.05)
@@ -156,7 +159,7 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
             try:
                 answer = call(
                     f"{dev['relay_url']}/gms/push",
-                    {"deviceId": TOKEN, "message": {"_id": SERVICE_ID, "_action": "after-crash"}},
+                    {"deviceId": token, "message": {"_id": SERVICE_ID, "_action": "after-crash"}},
                     dev["api_token"],
                 )
                 break

@@ -8,10 +8,12 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
+from simulator import control_client, running_simulator
 
 from relay.device_sim.app import (
     AlertShown,
@@ -47,7 +49,7 @@ from relay.device_sim.dialogs import (
     UnknownDialog,
     read_push,
 )
-from relay.device_sim.phone import Phone, acquire_device_token
+from relay.device_sim.phone import Phone, register_device
 from relay.gms_sim.callback import CallbackOptions, CallbackState
 from relay.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
 from relay.gms_sim.dialogs import DialogContext, seed_dialog
@@ -467,10 +469,21 @@ def _phone(http: aiohttp.ClientSession, control: StandInControlApi, app: DeviceA
     return Phone(http, control.url, TOKEN, app)
 
 
-async def test_device_tokens_are_32_random_bytes(http: aiohttp.ClientSession) -> None:
-    tokens = {await acquire_device_token(http, "http://127.0.0.1:9") for _ in range(3)}
+async def test_a_phone_registers_with_the_simulator_for_its_app(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    async with running_simulator(tmp_path) as info:
+        tokens = {
+            await register_device(http, info.control_url, "com.example.gms", "sandbox")
+            for _ in range(3)
+        }
+        async with control_client(info) as control:
+            bindings = [await control.describe_token(token) for token in tokens]
     assert len(tokens) == 3
     assert all(len(token) == 64 and int(token, 16) >= 0 for token in tokens)
+    assert all(
+        (b["topic"], b["environment"]) == ("com.example.gms", "sandbox") for b in bindings
+    ), bindings
 
 
 async def test_phone_runs_a_callback_against_the_gms_simulator(

@@ -24,6 +24,7 @@ import topologies
 from relay_harness import (
     API_TOKEN,
     RelayProcess,
+    app_tokens,
     basic_authorization,
     relay_document,
     running_relay,
@@ -34,6 +35,7 @@ from simulator import SimInfo, control_client, simulator_process
 from topologies import ValkeyCluster
 
 from relay.embedded import EmbeddedServer
+from relay.service import simulator_app
 from relay.spool import LOG_FILE
 from relay.spool_log import scan
 
@@ -51,10 +53,6 @@ HOLD_S = 1.3
 DELIVERY_WAIT_S = 90.0
 PUSH_ID = re.compile(r"d(\d+)n(\d+)")
 pytestmark = pytest.mark.timeout(240)
-
-
-def token(device: int) -> str:
-    return f"{device:064x}"
 
 
 @dataclass
@@ -103,9 +101,9 @@ def gms_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
-async def push(session: aiohttp.ClientSession, api_url: str, item: Push) -> None:
+async def push(session: aiohttp.ClientSession, api_url: str, item: Push, tokens: list[str]) -> None:
     """One GMS customhttp call, as GMS makes it: once, with its socket timeout."""
-    body = {"deviceId": token(item.device), "message": {"_id": f"d{item.device}n{item.n}"}}
+    body = {"deviceId": tokens[item.device], "message": {"_id": f"d{item.device}n{item.n}"}}
     item.started = time.monotonic()
     try:
         async with session.post(
@@ -123,9 +121,11 @@ async def push(session: aiohttp.ClientSession, api_url: str, item: Push) -> None
 
 
 async def open_loop(
-    session: aiohttp.ClientSession, api_url: str, seconds: float, devices: int = DEVICES
+    session: aiohttp.ClientSession, api_url: str, seconds: float, tokens: list[str]
 ) -> list[Push]:
-    """RATE pushes a second for `seconds`, each sent on time whatever the earlier ones do."""
+    """RATE pushes a second for `seconds` over the devices of `tokens`, each sent on time
+    whatever the earlier ones do."""
+    devices = len(tokens)
     loop = asyncio.get_running_loop()
     start = loop.time()
     pushes: list[Push] = []
@@ -134,7 +134,7 @@ async def open_loop(
         await asyncio.sleep(max(0.0, start + k / RATE - loop.time()))
         item = Push(device=k % devices, n=k // devices)
         pushes.append(item)
-        tasks.append(asyncio.create_task(push(session, api_url, item)))
+        tasks.append(asyncio.create_task(push(session, api_url, item, tokens)))
     await asyncio.gather(*tasks)
     return pushes
 
@@ -249,6 +249,13 @@ def sim(tmp_path: Path) -> Iterator[SimInfo]:
         yield process.info
 
 
+@pytest.fixture
+async def tokens(sim: SimInfo) -> list[str]:
+    """DEVICES phones' tokens, issued by the simulator for the relay's app."""
+    async with control_client(sim) as control:
+        return await app_tokens(control, simulator_app(sim), DEVICES)
+
+
 def rig(tmp_path: Path, sim: SimInfo, redis_url: str, **sections: Any) -> Rig:
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
@@ -281,12 +288,12 @@ def stop(*processes: RelayProcess) -> None:
 
 
 async def test_standalone_valkey_killed_and_restarted_refuses_nothing(
-    tmp_path: Path, sim: SimInfo, standalone: EmbeddedServer
+    tmp_path: Path, sim: SimInfo, tokens: list[str], standalone: EmbeddedServer
 ) -> None:
     setup = await asyncio.to_thread(rig, tmp_path, sim, standalone.url)
     try:
         async with gms_session() as session:
-            load = asyncio.create_task(open_loop(session, setup.api.url, 14.0))
+            load = asyncio.create_task(open_loop(session, setup.api.url, 14.0, tokens))
             await asyncio.sleep(3.0)
             await asyncio.to_thread(standalone.stop, signal.SIGKILL)
             await asyncio.sleep(2.5)
@@ -309,7 +316,7 @@ async def test_standalone_valkey_killed_and_restarted_refuses_nothing(
 
 
 async def test_cluster_primary_killed_refuses_nothing(
-    tmp_path: Path, sim: SimInfo, cluster: ValkeyCluster
+    tmp_path: Path, sim: SimInfo, tokens: list[str], cluster: ValkeyCluster
 ) -> None:
     # WAIT for a replica: a write acknowledged by a primary that dies before replicating it
     # would be lost with it; unacknowledged, it is held and then spooled instead.
@@ -318,7 +325,7 @@ async def test_cluster_primary_killed_refuses_nothing(
     )
     try:
         async with gms_session() as session:
-            load = asyncio.create_task(open_loop(session, setup.api.url, 12.0))
+            load = asyncio.create_task(open_loop(session, setup.api.url, 12.0, tokens))
             await asyncio.sleep(3.0)
             victim = (await asyncio.to_thread(cluster.primaries))[0]
             await asyncio.to_thread(cluster.kill_primary, victim)
@@ -333,13 +340,13 @@ async def test_cluster_primary_killed_refuses_nothing(
 
 
 async def test_api_killed_with_a_full_spool_delivers_it_after_restart(
-    tmp_path: Path, sim: SimInfo, standalone: EmbeddedServer
+    tmp_path: Path, sim: SimInfo, tokens: list[str], standalone: EmbeddedServer
 ) -> None:
     setup = await asyncio.to_thread(rig, tmp_path, sim, standalone.url)
     try:
         await asyncio.to_thread(standalone.stop, signal.SIGKILL)
         async with gms_session() as session:
-            pushes = await open_loop(session, setup.api.url, 2.0)
+            pushes = await open_loop(session, setup.api.url, 2.0, tokens)
         assert all(p.accepted and p.answer["spooled"] for p in pushes), pushes[:3]
         # The status API answers for a spooled id, from the api that holds it.
         status, record = await setup.get(f"/v1/notifications/{pushes[-1].answer['id']}")
@@ -357,7 +364,7 @@ async def test_api_killed_with_a_full_spool_delivers_it_after_restart(
 
 
 async def test_a_full_spool_answers_503_and_writes_nothing_half(
-    tmp_path: Path, sim: SimInfo, standalone: EmbeddedServer
+    tmp_path: Path, sim: SimInfo, tokens: list[str], standalone: EmbeddedServer
 ) -> None:
     capacity = 50
     setup = await asyncio.to_thread(
@@ -367,7 +374,7 @@ async def test_a_full_spool_answers_503_and_writes_nothing_half(
         await asyncio.to_thread(standalone.stop, signal.SIGKILL)
         async with gms_session() as session:
             # One device: only its first push waits out the hold, the rest queue behind it.
-            pushes = await open_loop(session, setup.api.url, 0.3, devices=1)
+            pushes = await open_loop(session, setup.api.url, 0.3, tokens[:1])
         accepted = [p for p in pushes if p.status == 200]
         refused = [p for p in pushes if p.status == 503]
         assert len(accepted) == capacity, pushes
@@ -378,7 +385,7 @@ async def test_a_full_spool_answers_503_and_writes_nothing_half(
             aiohttp.ClientSession() as session,
             session.post(
                 setup.api.url + "/gms/push",
-                json={"deviceId": token(0), "message": {"_id": "extra"}},
+                json={"deviceId": tokens[0], "message": {"_id": "extra"}},
                 headers={"Authorization": basic_authorization()},
             ) as response,
         ):
@@ -405,7 +412,7 @@ async def test_idempotency_keys_hold_across_the_spool_and_redis(
         tmp_path,
         ingest={"spool_dir": str(tmp_path / "spool"), "hold_seconds": 0.2},
     ) as relay:
-        device = token(7)
+        device = await relay.device_token()
         body = {"device_token": device, "alert": "hi", "idempotency_key": "k1"}
         await asyncio.to_thread(standalone.stop, signal.SIGKILL)
         status, first, _ = await relay.call("POST", "/v1/notifications", body)

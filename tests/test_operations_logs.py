@@ -21,11 +21,19 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from relay_harness import API_TOKEN, BASIC, relay_document, relay_processes, write_config
+from relay_harness import (
+    API_TOKEN,
+    BASIC,
+    app_tokens,
+    relay_document,
+    relay_processes,
+    write_config,
+)
 from simulator import control_client, running_simulator
 
 from relay.embedded import EmbeddedServer
 from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
+from relay.service import simulator_app
 
 WAIT_S = 20.0
 WRONG_BEARER = "wrong-token-5f2c9a7e41"
@@ -127,17 +135,17 @@ async def wait_until_final(session: aiohttp.ClientSession, url: str, ids: list[s
 async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     redis_url: str, state_dir: Path
 ) -> None:
-    delivered = [random_token() for _ in range(3)]
-    unregistered, bad, expired_jwt, paused = (random_token() for _ in range(4))
+    bad = random_token()  # never issued: APNs answers BadDeviceToken
     bearer = {"Authorization": f"Bearer {API_TOKEN}"}
     gms = {"Authorization": "Basic " + basic(*BASIC)}
     started = int(time.time())
     async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+        issued = await app_tokens(control, simulator_app(info), 6)
+        delivered, (unregistered, expired_jwt, paused) = issued[:3], issued[3:]
         await control.unregister(unregistered)
         await control.put_faults(
             {
                 "scripted": {
-                    bad: [{"status": 400, "reason": "BadDeviceToken"}],
                     expired_jwt: [{"status": 403, "reason": "ExpiredProviderToken"}],
                     paused: [{"status": 403, "reason": "InvalidProviderToken"}],
                 }
@@ -214,6 +222,8 @@ async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     )
     assert (first["attempt"], first["status"], first["reason"]) == (1, 200, None)
     assert first["apns_id"]
+    # A sandbox app: APNs' Delivery Log key, in full (an id, not a device token).
+    assert uuid.UUID(first["apns_unique_id"]).version == 4
     assert first["latency_ms"] >= 0
     # ExpiredProviderToken asks for a new JWT, but not within a minute of the last one.
     assert len(by_name["jwt_signed"]) == 1

@@ -10,20 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from relay_harness import API_TOKEN, relay_document, relay_processes, write_config
+from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import control_client, running_simulator
 
 from relay.config import Settings
-from relay.service import make_queue
+from relay.service import make_queue, simulator_app
 
 GRACE_S = 10.0  # `apns-relay serve --grace` default
 LATENCY_MS = 1500  # long enough that every send is in flight when the signal lands
 WAIT_S = 20.0
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 async def post_notification(
@@ -37,9 +33,9 @@ async def post_notification(
 async def test_sigterm_drains_sends_in_flight_releases_the_unfinished_and_exits_0(
     redis_url: str, state_dir: Path
 ) -> None:
-    devices = [token(n) for n in range(1, 11)]
-    stuck = token(99)  # never answered: still in flight when the grace period ends
     async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+        *devices, stuck = await app_tokens(control, simulator_app(info), 11)
+        # `stuck` is never answered: still in flight when the grace period ends.
         await control.put_faults({"latency_ms": LATENCY_MS, "stall": {"tokens": [stuck]}})
         document = relay_document(
             redis_url, info, delivery={"request_timeout_seconds": 60}, queue={"lease_seconds": 300}
@@ -68,7 +64,7 @@ async def test_sigterm_drains_sends_in_flight_releases_the_unfinished_and_exits_
                     assert time.monotonic() < deadline, f"still ready after SIGTERM: {readiness}"
                     await asyncio.sleep(0.01)
                 assert "draining" in readiness["reasons"]
-                status, problem, headers = await post_notification(session, relay.url, token(50))
+                status, problem, headers = await post_notification(session, relay.url, "ab" * 32)
                 assert status == 503, problem
                 assert headers["Content-Type"].startswith("application/problem+json")
                 assert headers["Retry-After"] == "1"
@@ -82,7 +78,7 @@ async def test_sigterm_drains_sends_in_flight_releases_the_unfinished_and_exits_
     assert exit_code == 0, log
     assert GRACE_S - 0.5 < stopped_after < GRACE_S + 3, stopped_after
     # In flight at the signal: answered during the grace period and recorded as delivered.
-    assert sorted(record["token"] for record in sent) == devices
+    assert sorted(record["token"] for record in sent) == sorted(devices)
     queue = make_queue(Settings.model_validate(document))
     try:
         for device in devices:
@@ -118,11 +114,13 @@ async def test_sigterm_gives_back_claims_still_waiting_for_a_stream_at_once(
     redis_url: str, state_dir: Path
 ) -> None:
     """Two streams allowed: two sends on the wire finish, the eight waiting go straight back."""
-    devices = [token(n) for n in range(1, 11)]
     async with (
-        running_simulator(state_dir / "sim", max_streams=2) as info,
+        # Two streams from the start: this is about claims waiting for a stream, not about how
+        # a new connection's limit grows (test_apns_adapter covers that).
+        running_simulator(state_dir / "sim", max_streams=2, dynamic_streams=False) as info,
         control_client(info) as control,
     ):
+        devices = await app_tokens(control, simulator_app(info), 10)
         await control.put_faults({"latency_ms": LATENCY_MS})
         document = relay_document(
             redis_url,

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from relay_harness import API_TOKEN, RelayProcess, relay_processes, write_config
+from relay_harness import API_TOKEN, RelayProcess, app_tokens, relay_processes, write_config
 from simulator import ControlClient, SimulatorProcess, control_client, simulator_process
 
 from relay.service import simulator_app
@@ -41,10 +41,6 @@ FINAL = {"delivered", "failed", "expired", "superseded"}
 # After an outage, the first probe may be up to probe_max_ms (30 s) away, then the backlog drains.
 DRAIN_TIMEOUT_S = 90.0
 LONG_OUTAGE_S = float(os.environ.get("OUTAGE_LONG_SECONDS", "0"))
-
-
-def token(device: int) -> str:
-    return f"{device:064x}"
 
 
 def app_entry(name: str, sim: SimulatorProcess, *, default: bool) -> dict[str, Any]:
@@ -71,6 +67,7 @@ class Relay:
     api: RelayProcess
     workers: list[RelayProcess]
     session: aiohttp.ClientSession
+    tokens: dict[str, list[str]]  # per app: its devices' tokens, as its simulator issued them
     ledger: Ledger = field(default_factory=Ledger)
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -94,7 +91,7 @@ class Relay:
             items = [
                 {
                     "app": app,
-                    "device_token": token(i % self.devices),
+                    "device_token": self.tokens[app][i % self.devices],
                     "service_id": f"S{i}",
                     "action": "wait-for-agent",
                     "ttl": SHORT_TTL_S if i % SHORT_TTL_EVERY == 0 else LONG_TTL_S,
@@ -189,9 +186,13 @@ async def relay(
         "apps": apps,
     }
     config = write_config(tmp_path / "relay.yaml", document)
+    tokens = {}
+    for entry, sim in zip(apps, sims, strict=True):
+        async with control_client(sim.info) as control:
+            tokens[entry["name"]] = await app_tokens(control, simulator_app(sim.info), DEVICES + 2)
     with relay_processes("api", *["worker"] * workers, config=config, log_dir=tmp_path) as started:
         async with aiohttp.ClientSession() as session:
-            yield Relay(started[0], started[1:], session)
+            yield Relay(started[0], started[1:], session, tokens)
 
 
 def delivered_in_device_order(records: list[dict[str, Any]]) -> bool:
@@ -346,12 +347,12 @@ async def test_a_fault_ends_with_everything_delivered_or_expired(
 async def test_a_poison_notification_fails_after_max_attempts_while_others_deliver(
     redis_url: str, tmp_path: Path
 ) -> None:
-    poison = token(DEVICES + 1)
     with simulators(tmp_path, 1) as (sim,):
         async with (
             relay(redis_url, tmp_path, [sim], workers=1) as r,
             control_client(sim.info) as control,
         ):
+            poison = r.tokens[APP][DEVICES + 1]  # a device the offered traffic never uses
             always_503 = [{"status": 503, "reason": "ServiceUnavailable"}] * 50
             await control.put_faults({"scripted": {poison: always_503}})
             offering = asyncio.ensure_future(r.offer(APP, 6.0))

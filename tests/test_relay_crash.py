@@ -16,28 +16,32 @@ from typing import Any
 
 import aiohttp
 import redis as syncredis
-from relay_harness import API_TOKEN, relay_document, relay_processes, write_config
+from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import SimInfo, control_client, running_simulator
 
 from relay.apns_sim.faults import FaultConfig
 from relay.embedded import EmbeddedServer
 from relay.queue import NOTE, shard_of_id, shard_prefix
+from relay.service import simulator_app
 
 DEVICES = 200
 PER_DEVICE = 10
 LEASE_S = 2
 
 
-def token(n: int) -> str:
-    return f"{n:064x}"
+async def issued_tokens(info: SimInfo) -> list[str]:
+    async with control_client(info) as control:
+        return await app_tokens(control, simulator_app(info), DEVICES)
 
 
-async def submit(session: aiohttp.ClientSession, api_url: str, count: int) -> list[str]:
-    """`count` notifications spread over DEVICES devices, in batches of 1000; their ids, the
-    n-th notification's at index n."""
+async def submit(
+    session: aiohttp.ClientSession, api_url: str, count: int, tokens: list[str]
+) -> list[str]:
+    """`count` notifications spread over the devices, in batches of 1000; their ids, the n-th
+    notification's at index n."""
     items = [
         {
-            "device_token": token(n % DEVICES),
+            "device_token": tokens[n % len(tokens)],
             "service_id": f"S{n}",
             "action": "wait-for-agent",
             "extra": {"n": n},
@@ -119,7 +123,7 @@ async def test_worker_killed_mid_run_loses_nothing(redis_url: str, state_dir: Pa
         )
         with relay_processes("api", config=config, log_dir=state_dir) as [api]:
             async with aiohttp.ClientSession() as session:
-                ids = await submit(session, api.url, count)
+                ids = await submit(session, api.url, count, await issued_tokens(info))
                 assert len(ids) == count
                 with relay_processes("worker", config=config, log_dir=state_dir) as [worker]:
 
@@ -164,7 +168,7 @@ async def test_valkey_killed_between_accept_and_delivery_loses_nothing(
             )
             async with aiohttp.ClientSession() as session:
                 with relay_processes("api", config=config, log_dir=state_dir) as [api]:
-                    ids = await submit(session, api.url, count)
+                    ids = await submit(session, api.url, count, await issued_tokens(info))
                 assert len(ids) == count
                 valkey.stop(signal.SIGKILL)
                 valkey.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,6 @@ SEED_ACTIONS = (
     "connect-outbound",
     "wait-for-agent",
 )
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 def message_of(record: dict[str, Any]) -> Any:
@@ -42,8 +39,8 @@ async def test_each_seed_action_reaches_apns_with_headers_and_payload(
     redis_url: str, state_dir: Path, encoding: str
 ) -> None:
     async with running_relay(redis_url, state_dir, app={"message_encoding": encoding}) as relay:
-        for index, action in enumerate(SEED_ACTIONS):
-            device = token(index + 1)
+        devices = await relay.device_tokens(len(SEED_ACTIONS))
+        for device, action in zip(devices, SEED_ACTIONS, strict=True):
             status, body, _ = await relay.gms_push(device, {"_id": SERVICE_ID, "_action": action})
             assert status == 200, body
             assert body["pushed"] is True
@@ -61,6 +58,8 @@ async def test_each_seed_action_reaches_apns_with_headers_and_payload(
             assert aps["thread-id"] == SERVICE_ID
             state = await relay.wait_state(body["id"], {"delivered"})
             assert state["apns_id"] == headers["apns-id"]
+            # The app is a sandbox one: APNs gave the push its Delivery Log key.
+            assert uuid.UUID(state["apns_unique_id"]).version == 4
             assert state["last_status"] == 200
 
 
@@ -68,16 +67,16 @@ async def test_per_device_order_holds_under_concurrency(redis_url: str, state_di
     devices, per_device = 50, 20
     async with running_relay(redis_url, state_dir, queue={"supersede": False}) as relay:
 
-        async def feed(device: int) -> None:
+        async def feed(device: str) -> None:
             for seq in range(per_device):
                 await relay.notify(
-                    device_token=token(device),
-                    service_id=f"S{device}",
+                    device_token=device,
+                    service_id=f"S{device[:8]}",
                     action="wait-for-agent",
                     extra={"seq": seq},
                 )
 
-        await asyncio.gather(*(feed(d) for d in range(devices)))
+        await asyncio.gather(*(feed(d) for d in await relay.device_tokens(devices)))
         records = await relay.received(count=devices * per_device, timeout_s=60)
         by_device: dict[str, list[int]] = {}
         for record in records:
@@ -90,19 +89,21 @@ async def test_per_device_order_holds_under_concurrency(redis_url: str, state_di
 async def test_transient_answers_are_retried_until_delivered(
     redis_url: str, state_dir: Path
 ) -> None:
-    scripts = {
-        token(101): [{"status": 429, "reason": "TooManyRequests"}],
-        token(102): [{"status": 500, "reason": "InternalServerError"}],
-        token(103): [{"status": 503, "reason": "ServiceUnavailable"}],
-        token(104): [{"status": 503, "body": False}],
-        token(105): [{"status": 503, "reason": "Shutdown"}, {"status": 500}],
-        token(106): [{"status": 403, "reason": "ExpiredProviderToken"}],
-        token(107): [{"status": 400, "reason": "IdleTimeout"}],
-    }
+    answers = [
+        [{"status": 429, "reason": "TooManyRequests"}],
+        [{"status": 500, "reason": "InternalServerError"}],
+        [{"status": 503, "reason": "ServiceUnavailable"}],
+        [{"status": 503, "body": False}],
+        [{"status": 503, "reason": "Shutdown"}, {"status": 500}],
+        [{"status": 403, "reason": "ExpiredProviderToken"}],
+        [{"status": 400, "reason": "IdleTimeout"}],
+    ]
     # Seven devices failing at once would open the route's circuit (and attempts made while it
     # is open do not count); here each device's answers are its own, so the threshold is raised.
     circuit = {"failure_threshold": 50}
     async with running_relay(redis_url, state_dir, circuit=circuit) as relay:
+        devices = await relay.device_tokens(len(answers))
+        scripts = dict(zip(devices, answers, strict=True))
         await relay.control.put_faults({"scripted": scripts})
         ids = {
             device: await relay.notify(device_token=device, service_id="S1", action="x")
@@ -119,19 +120,15 @@ async def test_stall_goaway_and_dropped_connections_end_delivered(
     redis_url: str, state_dir: Path
 ) -> None:
     async with running_relay(redis_url, state_dir) as relay:
-        stalled = token(200)
+        stalled = await relay.device_token()
         await relay.control.put_faults({"stall": {"tokens": [stalled]}})
         first = await relay.notify(device_token=stalled, service_id="S1", action="wait-for-agent")
         await wait_for_stalls(relay, 1)
-        for phase, faults in enumerate(
-            ({"goaway": {"after_streams": 3}}, {"drop": {"after_streams": 3}})
-        ):
+        for faults in ({"goaway": {"after_streams": 3}}, {"drop": {"after_streams": 3}}):
             await relay.control.put_faults(faults)
             others = [
-                await relay.notify(
-                    device_token=token(300 + 20 * phase + n), service_id="S", action="x"
-                )
-                for n in range(10)
+                await relay.notify(device_token=device, service_id="S", action="x")
+                for device in await relay.device_tokens(10)
             ]
             for notification_id in others:
                 state = await relay.wait_state(notification_id, {"delivered", "failed"})
@@ -148,12 +145,10 @@ async def test_stall_goaway_and_dropped_connections_end_delivered(
 async def test_permanent_answers_fail_at_once_and_mark_the_token(
     redis_url: str, state_dir: Path
 ) -> None:
-    unregistered, bad = token(401), token(402)
+    bad = "ab" * 32  # never issued: APNs answers BadDeviceToken
     async with running_relay(redis_url, state_dir) as relay:
+        unregistered = await relay.device_token()
         await relay.control.unregister(unregistered, timestamp_ms=1_700_000_000_000)
-        await relay.control.put_faults(
-            {"scripted": {bad: [{"status": 400, "reason": "BadDeviceToken"}]}}
-        )
         for device, reason in ((unregistered, "Unregistered"), (bad, "BadDeviceToken")):
             notification_id = await relay.notify(device_token=device, service_id="S", action="x")
             state = await relay.wait_state(notification_id, {"delivered", "failed"})
@@ -176,8 +171,8 @@ async def test_permanent_answers_fail_at_once_and_mark_the_token(
 
 
 async def test_nothing_is_sent_after_it_expires(redis_url: str, state_dir: Path) -> None:
-    device = token(500)
     async with running_relay(redis_url, state_dir) as relay:
+        device = await relay.device_token()
         await relay.control.put_faults({"stall": {"tokens": [device]}})
         head = await relay.notify(device_token=device, service_id="A", action="wait-for-agent")
         short = await relay.notify(device_token=device, service_id="B", action="x", ttl=1)
@@ -194,8 +189,8 @@ async def test_nothing_is_sent_after_it_expires(redis_url: str, state_dir: Path)
 async def test_credential_error_pauses_the_app_keeps_the_queue_and_resumes(
     redis_url: str, state_dir: Path
 ) -> None:
-    device = token(600)
     async with running_relay(redis_url, state_dir) as relay:
+        device, other = await relay.device_tokens(2)
         await relay.control.put_faults(
             {"scripted": {device: [{"status": 403, "reason": "InvalidProviderToken"}]}}
         )
@@ -207,7 +202,7 @@ async def test_credential_error_pauses_the_app_keeps_the_queue_and_resumes(
         status, ready, _ = await relay.call("GET", "/readyz", auth=None)
         assert status == 503
         assert ready["paused_apps"] == {"dev": "InvalidProviderToken"}
-        second = await relay.notify(device_token=token(601), service_id="B", action="x")
+        second = await relay.notify(device_token=other, service_id="B", action="x")
         for notification_id in (first, second):
             assert (await relay.wait_state(notification_id, {"delivered"}))["state"] == "delivered"
         assert relay.worker.paused_apps == {}

@@ -269,14 +269,10 @@ async def test_ack_replicas_waits_on_the_primary_that_owns_the_shard(
     await queue.aclose()
 
 
-async def notify_as_a_client(relay: RelayHarness, device: int) -> str:
+async def notify_as_a_client(relay: RelayHarness, device: str) -> str:
     """POST one notification, sending it again while the relay answers 503 (as while Redis fails
     over: "nothing was stored, retry shortly"), for at most FAILOVER_RETRY_S."""
-    body = {
-        "device_token": f"{device:064x}",
-        "service_id": f"S{device}",
-        "action": "wait-for-agent",
-    }
+    body = {"device_token": device, "service_id": f"S{device[:8]}", "action": "wait-for-agent"}
     deadline = time.monotonic() + FAILOVER_RETRY_S
     while True:
         status, answer, headers = await relay.call("POST", "/v1/notifications", body)
@@ -288,8 +284,8 @@ async def notify_as_a_client(relay: RelayHarness, device: int) -> str:
         await asyncio.sleep(0.1)  # a client's back-off, shorter than Retry-After to keep CI fast
 
 
-async def push_and_deliver(relay: RelayHarness, first: int, count: int) -> None:
-    ids = [await notify_as_a_client(relay, d) for d in range(first, first + count)]
+async def push_and_deliver(relay: RelayHarness, count: int) -> None:
+    ids = [await notify_as_a_client(relay, d) for d in await relay.device_tokens(count)]
     await asyncio.gather(*(relay.wait_state(i, {"delivered"}) for i in ids))
 
 
@@ -297,10 +293,10 @@ async def test_the_relay_delivers_through_a_cluster_primary_failover(
     cluster: ValkeyCluster, state_dir: Path
 ) -> None:
     async with warm_relay(cluster.url, state_dir, queue={"supersede": False}) as relay:
-        await push_and_deliver(relay, 0, 30)
+        await push_and_deliver(relay, 30)
         victim = cluster.owner_of_slot(key_slot(shard_prefix(0).encode()))
         cluster.kill_primary(victim)
-        await push_and_deliver(relay, 100, 30)
+        await push_and_deliver(relay, 30)
     cluster.restart(victim)
 
 
@@ -311,11 +307,11 @@ async def test_the_relay_delivers_through_a_sentinel_failover(
     sentinel_set: SentinelTopology, state_dir: Path
 ) -> None:
     async with warm_relay(sentinel_set.url, state_dir, queue={"supersede": False}) as relay:
-        await push_and_deliver(relay, 0, 20)
+        await push_and_deliver(relay, 20)
         client = connect(RedisSettings(url=sentinel_set.url))
-        ids = [await notify_as_a_client(relay, d) for d in range(200, 205)]
+        ids = [await notify_as_a_client(relay, d) for d in await relay.device_tokens(5)]
         assert await ReplicaAcknowledgement(client, 1, 1000).confirm(ids) == 1
         await client.aclose()
         old = sentinel_set.kill_primary()
-        await push_and_deliver(relay, 100, 20)
+        await push_and_deliver(relay, 20)
     sentinel_set.restart(old)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Final
 
 from cryptography import x509
@@ -30,6 +30,7 @@ from relay.apns_sim.protocol import (
     ConnectionAuth,
     Policy,
     Request,
+    TokenBinding,
     evaluate,
 )
 from relay.client_certificate import PushCertificateInfo, read_push_certificate
@@ -60,23 +61,24 @@ def certificate_verdict(
 def evaluate_certified(
     request: Request,
     certificate: PushCertificateInfo,
-    environment: str,
     revoked: Collection[int],
     auth: ConnectionAuth,
     policy: Policy,
+    registry: Mapping[str, TokenBinding],
     now: float,
 ) -> Accepted | Answer:
-    """The certificate's rules, then every other rule of `evaluate` on the request as the
-    certificate authorises it: its topic filled in, no authorization header."""
+    """The certificate's rules in the listener's environment, then every other rule of
+    `evaluate` on the request as the certificate authorises it: its topic filled in, no
+    authorization header."""
     verdict = certificate_verdict(
-        certificate, request.headers.get("apns-topic"), environment, revoked, now
+        certificate, request.headers.get("apns-topic"), policy.environment, revoked, now
     )
     if isinstance(verdict, Answer):
         return verdict
     headers = {k: v for k, v in request.headers.items() if k != "authorization"}
     headers["apns-topic"] = verdict
     return evaluate(
-        dataclasses.replace(request, headers=headers), auth, policy, now, certified=True
+        dataclasses.replace(request, headers=headers), auth, policy, registry, now, certified=True
     )
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.apns_sim.protocol import TrustedKey
+from relay.apns_sim.protocol import ENVIRONMENTS, TrustedKey
 
 CERT_LIFETIME = datetime.timedelta(days=30)
 IDENTIFIER_ALPHABET = string.ascii_uppercase + string.digits
@@ -129,7 +129,12 @@ def create_signing_key(directory: Path, key_id: str, team_id: str) -> SigningKey
     return SigningKey(key_id, team_id, key_file.resolve())
 
 
-def load_trusted_key(key_id: str, team_id: str, pem_file: Path) -> TrustedKey:
+def load_trusted_key(
+    key_id: str,
+    team_id: str,
+    pem_file: Path,
+    environments: frozenset[str] = frozenset(ENVIRONMENTS),
+) -> TrustedKey:
     """A key from a PEM file holding either the P-256 public key or the private .p8 key."""
     pem = pem_file.read_bytes()
     public_key: object
@@ -141,7 +146,7 @@ def load_trusted_key(key_id: str, team_id: str, pem_file: Path) -> TrustedKey:
         public_key.curve, ec.SECP256R1
     ):
         raise ValueError(f"{pem_file}: not a P-256 (ES256) key")
-    return TrustedKey(key_id, team_id, public_key)
+    return TrustedKey(key_id, team_id, public_key, environments)
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:

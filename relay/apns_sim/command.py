@@ -36,16 +36,23 @@ from relay.apns_sim.control import (
 )
 from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
 from relay.apns_sim.info import SIM_JSON
+from relay.apns_sim.protocol import (
+    DEFAULT_TOKEN_LENGTH,
+    ENVIRONMENTS,
+    PRODUCTION,
+    SANDBOX,
+    ConnectionRules,
+)
 from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay.apns_sim.server import (
     DEFAULT_MAX_STREAMS,
     H2Server,
     KeySource,
+    ServerSetup,
     WorkerSpec,
     listening_socket,
-    load_policy,
     server_ssl_context,
-    start_h2_server,
+    start_listeners,
     worker_main,
 )
 
@@ -59,10 +66,17 @@ log = logging.getLogger("relay.apns_sim")
 class SimulatorOptions:
     state_dir: Path
     host: str = "127.0.0.1"
-    port: int = 0
+    port: int = 0  # production
+    sandbox_port: int = 0
     control_port: int = 0
     workers: int = 1
     max_streams: int = DEFAULT_MAX_STREAMS
+    dynamic_streams: bool = True  # --stream-limit apple (False: fixed)
+    open_tokens: bool = False  # --tokens open
+    token_length: int = DEFAULT_TOKEN_LENGTH
+    idle_timeout_s: float | None = None
+    goaway_after_errors: int | None = None
+    key_environments: frozenset[str] = frozenset(ENVIRONMENTS)  # of the generated key
     topics: frozenset[str] | None = None
     extra_keys: tuple[KeySource, ...] = ()
     faults: FaultConfig = NO_FAULTS
@@ -71,7 +85,6 @@ class SimulatorOptions:
     key_id: str = field(default_factory=random_identifier)
     team_id: str = field(default_factory=random_identifier)
     tls_names: tuple[str, ...] = ()
-    environment: str = "sandbox"  # the one push certificates must be valid for
 
 
 class Simulator:
@@ -80,7 +93,7 @@ class Simulator:
     def __init__(self, options: SimulatorOptions) -> None:
         self.options = options
         self.info: dict[str, Any] = {}
-        self._h2_server: H2Server | None = None
+        self._h2_servers: list[H2Server] = []
         self._control: web.AppRunner | None = None
         self._hub: WorkerHub | None = None
         self._workers: list[BaseProcess] = []
@@ -103,47 +116,69 @@ class Simulator:
         push_authority = PushCertificateAuthority.in_directory(state_dir)
         push_ca = state_dir / CA_FILE
         keys = (
-            KeySource(signing_key.key_id, signing_key.team_id, signing_key.key_file),
+            KeySource(
+                signing_key.key_id,
+                signing_key.team_id,
+                signing_key.key_file,
+                options.key_environments,
+            ),
             *options.extra_keys,
         )
-        state = SimulatorState(options.faults, options.log_limit)
+        setup = ServerSetup(
+            keys=keys,
+            topics=options.topics,
+            token_length=options.token_length,
+            open_tokens=options.open_tokens,
+            rules=ConnectionRules(
+                max_streams=options.max_streams,
+                dynamic_streams=options.dynamic_streams,
+                idle_timeout_s=options.idle_timeout_s,
+                goaway_after_errors=options.goaway_after_errors,
+            ),
+        )
+        state = SimulatorState(options.faults, options.log_limit, options.token_length)
+        wanted_ports = {PRODUCTION: options.port, SANDBOX: options.sandbox_port}
         plane: ControlPlane
         if options.workers <= 1:
             local = LocalPlane(state)
-            sock = listening_socket(options.host, options.port, reuse_port=False)
-            port = sock.getsockname()[1]
-            self._h2_server = await start_h2_server(
+            socks = {
+                env: listening_socket(options.host, port, reuse_port=False)
+                for env, port in wanted_ports.items()
+            }
+            ports = {env: sock.getsockname()[1] for env, sock in socks.items()}
+            self._h2_servers = await start_listeners(
                 local,
-                load_policy(keys, options.topics),
+                setup,
                 server_ssl_context(identity.cert_file, identity.key_file, push_ca),
-                sock,
-                options.max_streams,
+                socks,
                 options.seed,
-                options.environment,
             )
             plane = local
         else:
             hub = self._hub = WorkerHub(state)
             hub_address = f"\0apns-sim-{os.getpid()}-{secrets.token_hex(6)}"
             await hub.listen(hub_address)
-            # Held (bound, not listening) until the workers have bound the same port.
-            reservation = listening_socket(options.host, options.port, reuse_port=True)
-            port = reservation.getsockname()[1]
+            # Held (bound, not listening) until the workers have bound the same ports.
+            reservations = [
+                listening_socket(options.host, port, reuse_port=True)
+                for port in wanted_ports.values()
+            ]
+            ports = {
+                env: sock.getsockname()[1]
+                for env, sock in zip(wanted_ports, reservations, strict=True)
+            }
             try:
                 context = multiprocessing.get_context("spawn")
                 for index in range(options.workers):
                     spec = WorkerSpec(
                         hub_address=hub_address,
                         host=options.host,
-                        port=port,
+                        ports=tuple(ports.items()),
                         cert_file=identity.cert_file,
                         key_file=identity.key_file,
-                        keys=keys,
-                        topics=options.topics,
-                        max_streams=options.max_streams,
+                        setup=setup,
                         seed=None if options.seed is None else options.seed + index,
                         client_ca_file=push_ca,
-                        environment=options.environment,
                     )
                     process = context.Process(
                         target=worker_main, args=(spec,), name=f"apns-sim-worker-{index}"
@@ -153,8 +188,10 @@ class Simulator:
                 async with asyncio.timeout(WORKER_START_TIMEOUT_S):
                     await hub.wait_ready(options.workers)
             finally:
-                reservation.close()
+                for reservation in reservations:
+                    reservation.close()
             plane = hub
+        port = ports[PRODUCTION]
         control_app = build_control_app(plane)
         certificate_api.add_certificate_routes(control_app, push_authority, plane)
         self._control = web.AppRunner(control_app, access_log=None)
@@ -165,22 +202,26 @@ class Simulator:
         self.info = {
             "host": options.host,
             "port": port,
+            "sandbox_port": ports[SANDBOX],
             "control_port": control_port,
             "ca": str(identity.ca_file),
             "key_file": str(signing_key.key_file),
             "key_id": signing_key.key_id,
             "team_id": signing_key.team_id,
             "workers": options.workers,
+            "tokens": "open" if options.open_tokens else "registry",
+            "stream_limit": "apple" if options.dynamic_streams else "fixed",
             "pid": os.getpid(),
-            "environment": options.environment,
             "push_ca": str(push_ca),
         }
         write_sim_json(state_dir, self.info)
         log.info(
-            "apns-sim: HTTP/2+TLS on https://%s:%d (%d worker%s), control API on http://%s:%d, "
-            "CA %s, signing key %s (key id %s, team id %s), state in %s",
+            "apns-sim: HTTP/2+TLS production on https://%s:%d, sandbox on port %d (%d worker%s), "
+            "control API on http://%s:%d, CA %s, signing key %s (key id %s, team id %s), "
+            "state in %s",
             options.host,
             port,
+            ports[SANDBOX],
             options.workers,
             "" if options.workers == 1 else "s",
             options.host,
@@ -193,8 +234,8 @@ class Simulator:
         )
 
     async def stop(self) -> None:
-        if self._h2_server is not None:
-            await self._h2_server.close()
+        for server in self._h2_servers:
+            await server.close()
         for process in self._workers:
             process.terminate()
         for process in self._workers:
@@ -219,7 +260,12 @@ def write_sim_json(state_dir: Path, info: dict[str, Any]) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="HTTP/2 TLS port (0: a free one)")
+    parser.add_argument(
+        "--port", type=int, default=0, help="production HTTP/2 TLS port (0: a free one)"
+    )
+    parser.add_argument(
+        "--sandbox-port", type=int, default=0, help="sandbox HTTP/2 TLS port (0: a free one)"
+    )
     parser.add_argument("--control-port", type=int, default=0, help="control API port (0: free)")
     parser.add_argument(
         "--state-dir",
@@ -232,7 +278,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max-streams",
         type=int,
         default=DEFAULT_MAX_STREAMS,
-        help="SETTINGS_MAX_CONCURRENT_STREAMS (default 1000)",
+        help="SETTINGS_MAX_CONCURRENT_STREAMS once a request has succeeded (default 1000)",
+    )
+    parser.add_argument(
+        "--stream-limit",
+        choices=("apple", "fixed"),
+        default="apple",
+        help="apple (default): 1 stream until a 200 on the connection, then --max-streams, "
+        "back to 1 after any other answer until the next 200; fixed: --max-streams always",
+    )
+    parser.add_argument(
+        "--tokens",
+        choices=("registry", "open"),
+        default="registry",
+        help="registry (default): only device tokens issued by POST /tokens, for their topic "
+        "and environment; open: any well-formed token (load generation)",
+    )
+    parser.add_argument(
+        "--token-length",
+        type=int,
+        default=DEFAULT_TOKEN_LENGTH,
+        help=f"device token length in hex digits (default {DEFAULT_TOKEN_LENGTH})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="GOAWAY IdleTimeout after this long without a request (default: never)",
+    )
+    parser.add_argument(
+        "--goaway-after-errors",
+        type=int,
+        metavar="N",
+        help="GOAWAY a connection after N consecutive 4xx answers, 410 excepted (default: never)",
+    )
+    parser.add_argument(
+        "--key-environment",
+        choices=("both", *ENVIRONMENTS),
+        default="both",
+        help="where the generated signing key is valid (default both); elsewhere its tokens "
+        "get 403 BadEnvironmentKeyIdInToken",
     )
     parser.add_argument(
         "--topic",
@@ -248,20 +333,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="tls_names",
         help="another DNS name for the server certificate (repeatable), e.g. apns-sim",
     )
-    parser.add_argument(
-        "--environment",
-        choices=("sandbox", "production"),
-        default="sandbox",
-        help="the APNs environment served: push certificates must be valid for it",
-    )
     parser.add_argument("--key-id", help="key id of the generated signing key (default random)")
     parser.add_argument("--team-id", help="team id of the generated signing key (default random)")
     parser.add_argument(
         "--trust-key",
         action="append",
         default=[],
-        metavar="KEY_ID:TEAM_ID:PEM",
-        help="also accept tokens signed by this key (public or private PEM)",
+        metavar="KEY_ID:TEAM_ID:PEM[:ENVIRONMENT]",
+        help="also accept tokens signed by this key (public or private PEM), in both "
+        "environments or only the one named",
     )
     parser.add_argument(
         "--log-limit",
@@ -322,13 +402,25 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
         raise ValueError("--workers: must be at least 1")
     if args.max_streams < 1:
         raise ValueError("--max-streams: must be at least 1")
+    if args.token_length < 2 or args.token_length % 2:
+        raise ValueError("--token-length: must be an even number of hex digits, at least 2")
+    if args.idle_timeout is not None and args.idle_timeout <= 0:
+        raise ValueError("--idle-timeout: must be a number of seconds above 0")
+    if args.goaway_after_errors is not None and args.goaway_after_errors < 1:
+        raise ValueError("--goaway-after-errors: must be at least 1")
     extra_keys = []
     for text in args.trust_key:
         key_id, _, rest = text.partition(":")
         team_id, _, pem = rest.partition(":")
+        pem, _, environment = pem.partition(":")
         if not (is_identifier(key_id) and is_identifier(team_id) and pem):
-            raise ValueError(f"--trust-key: expected KEY_ID:TEAM_ID:PEM_FILE, got {text!r}")
-        extra_keys.append(KeySource(key_id, team_id, Path(pem).resolve()))
+            raise ValueError(
+                f"--trust-key: expected KEY_ID:TEAM_ID:PEM_FILE[:ENVIRONMENT], got {text!r}"
+            )
+        if environment and environment not in ENVIRONMENTS:
+            raise ValueError(f"--trust-key: environment must be one of {list(ENVIRONMENTS)}")
+        environments = frozenset([environment] if environment else ENVIRONMENTS)
+        extra_keys.append(KeySource(key_id, team_id, Path(pem).resolve(), environments))
     try:
         faults = FaultConfig.from_json(fault_document(args))
     except FaultConfigError as error:
@@ -338,16 +430,24 @@ def options_from(args: argparse.Namespace) -> SimulatorOptions:
         state_dir=args.state_dir,
         host=args.host,
         port=args.port,
+        sandbox_port=args.sandbox_port,
         control_port=args.control_port,
         workers=args.workers,
         max_streams=args.max_streams,
+        dynamic_streams=args.stream_limit == "apple",
+        open_tokens=args.tokens == "open",
+        token_length=args.token_length,
+        idle_timeout_s=args.idle_timeout,
+        goaway_after_errors=args.goaway_after_errors,
+        key_environments=frozenset(
+            ENVIRONMENTS if args.key_environment == "both" else [args.key_environment]
+        ),
         topics=frozenset(args.topics) if args.topics else None,
         extra_keys=tuple(extra_keys),
         faults=faults,
         log_limit=0 if args.no_log else args.log_limit,
         seed=args.seed,
         tls_names=tuple(args.tls_names),
-        environment=args.environment,
         **{k: v for k, v in identifiers.items() if v is not None},
     )
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import secrets
 import struct
 import time
 from collections import Counter, deque
@@ -26,7 +27,16 @@ import orjson
 from aiohttp import web
 
 from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
-from relay.apns_sim.protocol import Accepted, Answer, DeviceLedger, device_answer
+from relay.apns_sim.protocol import (
+    DEFAULT_TOKEN_LENGTH,
+    ENVIRONMENTS,
+    Accepted,
+    Answer,
+    DeviceLedger,
+    TokenBinding,
+    device_answer,
+    is_topic,
+)
 
 DEFAULT_LOG_LIMIT = 100_000
 REPORT_INTERVAL_S = 0.05
@@ -135,14 +145,25 @@ COUNTERS = (
     "goaways",
     "drops",
     "protocol_errors",
+    "refused_streams",
+    "error_goaways",
+    "idle_goaways",
 )
 
 
 class SimulatorState:
     """Everything the control API shows and changes."""
 
-    def __init__(self, faults: FaultConfig = NO_FAULTS, log_limit: int = DEFAULT_LOG_LIMIT) -> None:
+    def __init__(
+        self,
+        faults: FaultConfig = NO_FAULTS,
+        log_limit: int = DEFAULT_LOG_LIMIT,
+        token_length: int = DEFAULT_TOKEN_LENGTH,
+    ) -> None:
         self.faults = faults
+        self.token_length = token_length
+        # Issued device tokens; they outlive POST /reset, as a phone outlives a cleared log.
+        self.registry: dict[str, TokenBinding] = {}
         self.ledger = DeviceLedger()
         self.log = NotificationLog(log_limit)
         self.stats = Stats()
@@ -151,6 +172,12 @@ class SimulatorState:
     def replace_faults(self, faults: FaultConfig) -> None:
         self.faults = faults
         self.ledger.forget_fault_state()
+
+    def issue_token(self, binding: TokenBinding) -> str:
+        """A new device token, as APNs hands one to an app that registers."""
+        token = secrets.token_hex(self.token_length // 2)  # the length is even (validated)
+        self.registry[token] = binding
+        return token
 
     def record(self, accepted: Accepted, received_at: float) -> None:
         self.log.append(
@@ -176,6 +203,9 @@ class ControlPlane(Protocol):
     async def publish(self) -> None:
         """Make every server process use the state's current faults and dead tokens."""
 
+    async def publish_token(self, token: str, binding: TokenBinding) -> None:
+        """Make every server process know a newly issued token."""
+
 
 class LocalPlane:
     """One process: the h2 server and the control API share the state directly."""
@@ -188,6 +218,10 @@ class LocalPlane:
     @property
     def faults(self) -> FaultConfig:
         return self.state.faults
+
+    @property
+    def registry(self) -> dict[str, TokenBinding]:
+        return self.state.registry
 
     def device_answer(self, token: str, now: float, then: AnswerCallback) -> None:
         then(device_answer(self.state.ledger, self.state.faults, token, now))
@@ -202,6 +236,9 @@ class LocalPlane:
         return None
 
     async def publish(self) -> None:
+        return None
+
+    async def publish_token(self, token: str, binding: TokenBinding) -> None:
         return None
 
 
@@ -219,6 +256,34 @@ def build_control_app(plane: ControlPlane) -> web.Application:
         await plane.settle()
         entries = [e.to_json() for e in state.log.since(since, token.lower() if token else None)]
         return _json({"notifications": entries, "last_seq": state.log.last_seq})
+
+    @routes.post("/tokens")
+    async def issue_token(request: web.Request) -> web.Response:
+        document = await _json_body(request, default=None)
+        topic, environment = document.get("topic"), document.get("environment")
+        if not isinstance(topic, str) or not is_topic(topic):
+            raise _bad_request(f"topic: must be an app's bundle id, got {topic!r}")
+        if environment not in ENVIRONMENTS:
+            raise _bad_request(f"environment: must be one of {list(ENVIRONMENTS)}")
+        binding = TokenBinding(topic, environment)
+        token = state.issue_token(binding)
+        await plane.publish_token(token, binding)
+        return _json({"token": token, "topic": topic, "environment": environment})
+
+    @routes.get("/tokens/{token}")
+    async def describe_token(request: web.Request) -> web.Response:
+        token = request.match_info["token"].lower()
+        binding = state.registry.get(token)
+        if binding is None:
+            return _json({"error": f"token: {token[:8]}... was never issued"}, status=404)
+        return _json(
+            {
+                "token": token,
+                "topic": binding.topic,
+                "environment": binding.environment,
+                "unregistered_at_ms": state.ledger.unregistered.get(token),
+            }
+        )
 
     @routes.post("/tokens/{token}/unregister")
     async def unregister(request: web.Request) -> web.Response:
@@ -348,6 +413,7 @@ def published_state(state: SimulatorState) -> JsonObject:
         "unregistered": state.ledger.unregistered,
         # Serials are up to 159 bits: text on the wire (orjson stops at 64).
         "revoked_certificates": [str(serial) for serial in state.revoked_certificates],
+        "registry": {t: [b.topic, b.environment] for t, b in state.registry.items()},
     }
 
 
@@ -380,6 +446,11 @@ class WorkerHub:
 
     async def publish(self) -> None:
         await self._round_trip({"op": "config", **published_state(self.state)})
+
+    async def publish_token(self, token: str, binding: TokenBinding) -> None:
+        await self._round_trip(
+            {"op": "token", "token": token, "binding": [binding.topic, binding.environment]}
+        )
 
     async def close(self) -> None:
         for link in self.links:
@@ -453,6 +524,7 @@ class HubClient:
         self.writer = writer
         self.faults = NO_FAULTS
         self.ledger = DeviceLedger()  # dead tokens as published; scripts are the hub's
+        self.registry: dict[str, TokenBinding] = {}
         self.stats = Stats()
         self.revoked_certificates: set[int] = set()
         self.pending_log: list[list[Any]] = []
@@ -526,6 +598,9 @@ class HubClient:
             self.ledger.unregistered.update(message["unregistered"])
             self.revoked_certificates.clear()
             self.revoked_certificates.update(map(int, message["revoked_certificates"]))
+            self.registry = {t: TokenBinding(*b) for t, b in message["registry"].items()}
+        elif op == "token":
+            self.registry[message["token"]] = TokenBinding(*message["binding"])
         elif op == "sync":
             self.send_report()
         self.writer.write(encode_frame({"op": "done", "id": message["id"]}))

@@ -17,13 +17,14 @@ class SimInfo:
     """Where the simulator listens and which key it trusts (sim.json, written last)."""
 
     host: str
-    port: int
+    port: int  # production
     control_port: int
     ca: Path
     key_file: Path
     key_id: str
     team_id: str
     workers: int = 1
+    sandbox_port: int = 0
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> Self:
@@ -36,6 +37,7 @@ class SimInfo:
             key_id=document["key_id"],
             team_id=document["team_id"],
             workers=document.get("workers", 1),
+            sandbox_port=document.get("sandbox_port", 0),
         )
 
     @classmethod
@@ -61,6 +63,9 @@ class SimInfo:
     def document(self) -> dict[str, Any]:
         """As sim.json has it (paths as text)."""
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+    def port_of(self, environment: str) -> int:
+        return self.sandbox_port if environment == "sandbox" else self.port
 
     @property
     def control_url(self) -> str:

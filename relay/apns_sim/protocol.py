@@ -4,12 +4,18 @@ No I/O here: the clock (`now`, epoch seconds) and the random source are handed i
 is tested by feeding plain data in and checking answers out.
 
 Checks run in this order, first failure answers: duplicate headers, method, path, provider token,
-apns-id, topic, push type, priority, expiration, collapse id, device token, body; then, for a
-valid request, the injected faults and the per-device state (script, rate limit, unregistered).
+apns-id, topic, push type, priority, expiration, collapse id, device token (shape, then the token
+registry: issued, same environment, same topic), body; then, for a valid request, the injected
+faults and the per-device state (script, rate limit, unregistered).
 
 Choices where Apple documents nothing:
-- a body that is not a JSON object answers 400 `BadPayload` (Apple's table has no reason for it;
-  the relay treats every unlisted 400 reason as "malformed: fail, do not retry");
+- a body that is not a JSON object answers 400 `PayloadEmpty`: only Apple's documented reasons
+  are ever sent, and a body APNs cannot read as a JSON dictionary leaves it no payload to deliver;
+  the relay's policy for it (malformed: fail, do not retry) is the one a malformed payload needs;
+- a token's topic binding admits the app's own topic and its suffixed ones (`<bundle>.voip`,
+  `<bundle>.complication`, `<bundle>.push-type.liveactivity`, ...); others: DeviceTokenNotForTopic;
+- a run of errors ends in GOAWAY with reason `TooManyRequests` and ENHANCE_YOUR_CALM (Apple
+  documents that it closes such connections, not what it says then);
 - a different team on a connection answers 403 `InvalidProviderToken`; the same team with another
   key id answers 403 `UnrelatedKeyIdInToken` (Apple: "open a new connection");
 - "a new token more often than every 20 minutes" compares the `iat` of the new token with the
@@ -37,6 +43,10 @@ DEVICE_PATH: Final = "/3/device/"
 PROVIDER_TOKEN_MAX_AGE_S: Final = 3600
 PROVIDER_TOKEN_MIN_REFRESH_S: Final = 20 * 60
 DEFAULT_PRIORITY: Final = 10
+DEFAULT_TOKEN_LENGTH: Final = 64  # hex digits: Apple's device tokens today are 32 bytes
+PRODUCTION: Final = "production"
+SANDBOX: Final = "sandbox"
+ENVIRONMENTS: Final = (PRODUCTION, SANDBOX)
 VERDICT_CACHE_SIZE: Final = 64  # distinct token strings remembered per connection
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -70,12 +80,13 @@ BAD_EXPIRATION_DATE: Final = Answer(400, "BadExpirationDate")
 BAD_COLLAPSE_ID: Final = Answer(400, "BadCollapseId")
 DUPLICATE_HEADERS: Final = Answer(400, "DuplicateHeaders")
 PAYLOAD_EMPTY: Final = Answer(400, "PayloadEmpty")
-BAD_PAYLOAD: Final = Answer(400, "BadPayload")
 PAYLOAD_TOO_LARGE: Final = Answer(413, "PayloadTooLarge")
 MISSING_PROVIDER_TOKEN: Final = Answer(403, "MissingProviderToken")
 INVALID_PROVIDER_TOKEN: Final = Answer(403, "InvalidProviderToken")
 EXPIRED_PROVIDER_TOKEN: Final = Answer(403, "ExpiredProviderToken")
 UNRELATED_KEY_ID: Final = Answer(403, "UnrelatedKeyIdInToken")
+BAD_ENVIRONMENT_KEY: Final = Answer(403, "BadEnvironmentKeyIdInToken")
+DEVICE_TOKEN_NOT_FOR_TOPIC: Final = Answer(400, "DeviceTokenNotForTopic")
 TOO_MANY_PROVIDER_TOKEN_UPDATES: Final = Answer(429, "TooManyProviderTokenUpdates")
 TOO_MANY_REQUESTS: Final = Answer(429, "TooManyRequests")
 
@@ -87,12 +98,26 @@ class TrustedKey:
     key_id: str
     team_id: str
     public_key: EllipticCurvePublicKey
+    environments: frozenset[str] = frozenset(ENVIRONMENTS)  # where Apple lets it sign
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBinding:
+    """What a device token was issued for: APNs ties a token to one app and one environment."""
+
+    topic: str
+    environment: str
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
+    """What one listener (one APNs environment) accepts."""
+
     keys: Mapping[str, TrustedKey]  # by key id
+    environment: str = PRODUCTION
     topics: frozenset[str] | None = None  # allow-list; None allows any well-formed topic
+    token_length: int = DEFAULT_TOKEN_LENGTH  # hex digits
+    open_tokens: bool = False  # any well-formed token is "issued" (load generation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +182,16 @@ class Accepted:
 
 
 def evaluate(
-    request: Request, auth: ConnectionAuth, policy: Policy, now: float, *, certified: bool = False
+    request: Request,
+    auth: ConnectionAuth,
+    policy: Policy,
+    registry: Mapping[str, TokenBinding],
+    now: float,
+    *,
+    certified: bool = False,
 ) -> Accepted | Answer:
     """Validate one request as APNs does; may bind or update the connection's provider token.
+    `registry`: the device tokens issued so far (unused with `policy.open_tokens`).
     `certified`: the connection's client certificate authorised it (certificate_rules)."""
     if request.duplicate_header is not None:
         return DUPLICATE_HEADERS
@@ -169,7 +201,7 @@ def evaluate(
     if isinstance(token_or_answer, Answer):
         return token_or_answer
     if not certified:
-        rejection = authorize(request.headers.get("authorization"), auth, policy.keys, now)
+        rejection = authorize(request.headers, auth, policy, now)
         if rejection is not None:
             return rejection
     headers = request.headers
@@ -179,7 +211,7 @@ def evaluate(
     topic = headers.get("apns-topic")
     if not topic:
         return MISSING_TOPIC
-    if not _TOPIC.match(topic):
+    if not is_topic(topic):
         return BAD_TOPIC
     if policy.topics is not None and topic not in policy.topics:
         return TOPIC_DISALLOWED
@@ -197,8 +229,9 @@ def evaluate(
     collapse_id = headers.get("apns-collapse-id")
     if collapse_id is not None and len(collapse_id.encode()) > MAX_COLLAPSE_ID_BYTES:
         return BAD_COLLAPSE_ID
-    if not _HEX.match(token_or_answer):
-        return BAD_DEVICE_TOKEN
+    token_answer = check_device_token(token_or_answer.lower(), topic, policy, registry)
+    if token_answer is not None:
+        return token_answer
     payload_answer = check_payload(request.body, request.body_size, push_type)
     if payload_answer is not None:
         return payload_answer
@@ -209,6 +242,10 @@ def evaluate(
         headers=tuple((k, v) for k, v in headers.items() if k != "authorization"),
         payload=request.body,
     )
+
+
+def is_topic(text: str) -> bool:
+    return _TOPIC.match(text) is not None
 
 
 def device_token_in(path: str) -> str | Answer:
@@ -223,6 +260,22 @@ def device_token_in(path: str) -> str | Answer:
     return token
 
 
+def check_device_token(
+    token: str, topic: str, policy: Policy, registry: Mapping[str, TokenBinding]
+) -> Answer | None:
+    """A token Apple never issued, or issued in the other environment, is BadDeviceToken."""
+    if len(token) != policy.token_length or not _HEX.match(token):
+        return BAD_DEVICE_TOKEN
+    if policy.open_tokens:
+        return None
+    binding = registry.get(token)
+    if binding is None or binding.environment != policy.environment:
+        return BAD_DEVICE_TOKEN
+    if topic != binding.topic and not topic.startswith(binding.topic + "."):
+        return DEVICE_TOKEN_NOT_FOR_TOPIC
+    return None
+
+
 def check_payload(body: bytes, body_size: int, push_type: str) -> Answer | None:
     if body_size == 0:
         return PAYLOAD_EMPTY
@@ -231,14 +284,18 @@ def check_payload(body: bytes, body_size: int, push_type: str) -> Answer | None:
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return BAD_PAYLOAD
-    return None if isinstance(document, dict) else BAD_PAYLOAD
+        return PAYLOAD_EMPTY
+    return None if isinstance(document, dict) else PAYLOAD_EMPTY
 
 
 def authorize(
-    authorization: str | None, auth: ConnectionAuth, keys: Mapping[str, TrustedKey], now: float
+    headers: Mapping[str, str], auth: ConnectionAuth, policy: Policy, now: float
 ) -> Answer | None:
-    """Check a bearer provider token against the connection's state; None when it is good."""
+    """Whether the request may be sent on this connection; None when it may.
+
+    Token-based trust only: a bearer provider token checked against the connection's state.
+    """
+    authorization = headers.get("authorization")
     if not authorization:
         return MISSING_PROVIDER_TOKEN
     scheme, _, token = authorization.partition(" ")
@@ -247,7 +304,7 @@ def authorize(
         return INVALID_PROVIDER_TOKEN
     verdict = auth.verdicts.get(token)
     if verdict is None:
-        verdict = verify_provider_token(token, keys)
+        verdict = verify_provider_token(token, policy.keys, policy.environment)
         if len(auth.verdicts) >= VERDICT_CACHE_SIZE:
             auth.verdicts.clear()
         auth.verdicts[token] = verdict
@@ -270,8 +327,10 @@ def authorize(
     return None
 
 
-def verify_provider_token(token: str, keys: Mapping[str, TrustedKey]) -> TokenClaims | Answer:
-    """Verify an ES256 provider JWT's signature, key id and claims (not its age)."""
+def verify_provider_token(
+    token: str, keys: Mapping[str, TrustedKey], environment: str
+) -> TokenClaims | Answer:
+    """Verify an ES256 provider JWT's signature, key id, environment and claims (not its age)."""
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -295,6 +354,8 @@ def verify_provider_token(token: str, keys: Mapping[str, TrustedKey]) -> TokenCl
         or not isinstance(issued_at, int)
     ):
         return INVALID_PROVIDER_TOKEN
+    if environment not in key.environments:
+        return BAD_ENVIRONMENT_KEY
     return TokenClaims(key.key_id, key.team_id, issued_at)
 
 
@@ -303,7 +364,12 @@ def echoed_apns_id(request: Request) -> str | None:
     return request.headers.get("apns-id") or None
 
 
-def response_headers(answer: Answer, apns_id: str) -> list[tuple[str, str]]:
+def response_headers(
+    answer: Answer, apns_id: str, unique_id: str | None = None
+) -> list[tuple[str, str]]:
+    """`unique_id`: the apns-unique-id a 200 carries in the development (sandbox) environment."""
+    if answer.status == 200 and unique_id is not None:
+        return [(":status", "200"), ("apns-id", apns_id), ("apns-unique-id", unique_id)]
     if answer.status == 200 or not answer.body:
         return [(":status", str(answer.status)), ("apns-id", apns_id)]
     return [
@@ -320,6 +386,67 @@ def response_body(answer: Answer) -> bytes:
     if answer.timestamp_ms is not None:
         document["timestamp"] = answer.timestamp_ms
     return orjson.dumps(document)
+
+
+# --- connection policing -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRules:
+    """How APNs polices one connection: its stream limit, idleness, runs of errors."""
+
+    max_streams: int = 1000
+    # Apple: one stream until a request with a valid token succeeds, then max_streams; observed
+    # (Pushy #732) dropping back to one after a rejected request until the next success.
+    dynamic_streams: bool = True
+    idle_timeout_s: float | None = None
+    goaway_after_errors: int | None = None  # consecutive counted errors; None: never
+
+    @property
+    def initial_streams(self) -> int:
+        return 1 if self.dynamic_streams else self.max_streams
+
+
+@dataclass(slots=True)
+class ConnectionPolicing:
+    """One connection's policed state."""
+
+    stream_limit: int
+    error_run: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AfterAnswer:
+    """What the connection does once an answer has gone: new stream limit, or GOAWAY."""
+
+    stream_limit: int | None = None  # None: unchanged
+    goaway_reason: str | None = None
+
+
+KEEP_GOING: Final = AfterAnswer()
+TOO_MANY_ERRORS_REASON: Final = "TooManyRequests"
+
+
+def after_answer(rules: ConnectionRules, state: ConnectionPolicing, status: int) -> AfterAnswer:
+    """Update `state` for an answer with `status`; what the connection must announce.
+
+    Errors counted towards GOAWAY are the client's (4xx) except 410, which Apple says it does
+    not count; a 200 ends the run.
+    """
+    if status == 200:
+        state.error_run = 0
+    elif 400 <= status < 500 and status != 410:
+        state.error_run += 1
+    limit = rules.max_streams if status == 200 or not rules.dynamic_streams else 1
+    changed = limit if limit != state.stream_limit else None
+    state.stream_limit = limit
+    if rules.goaway_after_errors is not None and state.error_run >= rules.goaway_after_errors:
+        return AfterAnswer(changed, TOO_MANY_ERRORS_REASON)
+    return KEEP_GOING if changed is None else AfterAnswer(changed)
+
+
+def goaway_debug_data(reason: str) -> bytes:
+    return orjson.dumps({"reason": reason})
 
 
 # --- faults ---------------------------------------------------------------------------------
@@ -353,10 +480,6 @@ def drops_connection(faults: FaultConfig, stream_number: int, rng: random.Random
 def goaway_after(faults: FaultConfig, stream_number: int) -> bool:
     """Whether the answer to the `stream_number`-th stream is followed by GOAWAY."""
     return faults.goaway_after_streams is not None and stream_number >= faults.goaway_after_streams
-
-
-def goaway_debug_data(faults: FaultConfig) -> bytes:
-    return orjson.dumps({"reason": faults.goaway_reason})
 
 
 def stream_fault(faults: FaultConfig, token: str, rng: random.Random) -> Stall | Answer | None:

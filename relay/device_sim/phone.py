@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -37,11 +36,27 @@ class ControlApiError(RuntimeError):
     """The APNs simulator's control API answered with something other than the documented shape."""
 
 
-async def acquire_device_token(session: aiohttp.ClientSession, control_url: str) -> str:
-    """The token APNs gives this phone: 32 random bytes in hex, as an iPhone's is today.
-    (The one place a phone gets its token: registering it with the simulator goes here.)"""
-    del session, control_url  # the simulator accepts any well-formed token for now
-    return secrets.token_hex(DEVICE_TOKEN_BYTES)
+async def register_device(
+    session: aiohttp.ClientSession,
+    control_url: str,
+    topic: str,
+    environment: str,
+    timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> str:
+    """A device token from the APNs simulator for `topic` in `environment`, as an app gets one
+    from APNs when it registers for remote notifications."""
+    async with session.post(
+        control_url.rstrip("/") + "/tokens",
+        json={"topic": topic, "environment": environment},
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    ) as response:
+        if response.status != 200:
+            raise ControlApiError(f"POST /tokens answered {response.status}")
+        document = await response.json()
+    token = document.get("token") if isinstance(document, dict) else None
+    if not isinstance(token, str):
+        raise ControlApiError(f"POST /tokens: no `token` in {document!r}")
+    return token
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 -- settle: record the outcomes of a batch of this shard's claims.
 -- KEYS[1..4] the shard's due, lease, heads, stats.
 -- ARGV[1] shard key prefix; ARGV[2] now (ms); ARGV[3] retention (s); ARGV[4] dead-token TTL (s);
--- then 8 values per claim: id, claim number, outcome ('delivered' | 'retry' | 'failed' | 'dead' |
--- 'expired'), APNs status, reason, apns_id, retry delay (ms), token invalid since (ms); '' = none.
+-- then 9 values per claim: id, claim number, outcome ('delivered' | 'retry' | 'failed' | 'dead' |
+-- 'expired'), APNs status, reason, apns_id, retry delay (ms), token invalid since (ms),
+-- apns_unique_id (sandbox: the key of Apple's Delivery Log); '' = none.
 -- Returns how many claims were applied; a claim whose lease was lost (claimed again since, ended
 -- already, or no longer the head) is ignored. PUBLISHes the shard's prefix on the wake channel when
 -- a device's next notification became due, as enqueue does for a new one: an idle worker would
@@ -24,7 +25,7 @@ local function given(...)
   return pairs_given
 end
 
-for i = 5, #ARGV, 8 do
+for i = 5, #ARGV, 9 do
   local id, outcome, status, reason = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local device = claimed_device(prefix, id, ARGV[i + 1])
   if device then
@@ -43,7 +44,8 @@ for i = 5, #ARGV, 8 do
         redis.call('HINCRBY', note, 'attempts', 1)
         redis.call('HDEL', note, 'last_reason')
         finalise(prefix, device, id, STATE.DELIVERED, now, retention,
-          given('delivered_at_ms', now, 'apns_id', ARGV[i + 5], 'last_status', status))
+          given('delivered_at_ms', now, 'apns_id', ARGV[i + 5], 'last_status', status,
+            'apns_unique_id', ARGV[i + 8]))
       else
         redis.call('HINCRBY', note, 'attempts', 1)
         local result = given('last_status', status, 'last_reason', reason)
