@@ -51,6 +51,9 @@ PROVIDER_TOKEN_UPDATES_DELAY_MS = 60_000
 CERTIFICATE_REFUSED = "CertificateRefused"
 TRANSPORT_FAILURE_STATUS = 0
 TRANSPORT_FAILURE_REASON = "TransportError"
+# No answer because the connection itself went (dropped, or never made): every stream on it fails
+# alike, so such a failure says nothing about the notification and never makes it a poison one.
+CONNECTION_LOSS_REASONS = frozenset({"ConnectionClosed", "ConnectError", "ConnectTimeout"})
 UNKNOWN_REASON = "Unknown"
 
 
@@ -80,6 +83,11 @@ def is_route_failure(response: ApnsResponse) -> bool:
     return response.status == TRANSPORT_FAILURE_STATUS or response.status >= 500
 
 
+def is_connection_loss(response: ApnsResponse) -> bool:
+    lost = response.reason in CONNECTION_LOSS_REASONS
+    return response.status == TRANSPORT_FAILURE_STATUS and lost
+
+
 def classify(
     response: ApnsResponse,
     *,
@@ -97,12 +105,15 @@ def classify(
     one exception: a route failure (is_route_failure) when the route delivered nothing since this
     notification's previous attempt (`route_delivered` False). The route is failing then, not
     the notification, and only its lifetime bounds it: max_attempts is the guard against a
-    poison notification, one that keeps failing while the same route delivers others.
+    poison notification, one that keeps failing while the same route delivers others. A lost
+    connection (CONNECTION_LOSS_REASONS) fails every stream on it alike, so it never makes a
+    notification poison either: only its lifetime bounds it too.
     """
     outcome = _outcome_for(response, attempt, policy, rng)
     if not isinstance(outcome, Retry):
         return outcome
-    if attempt >= policy.max_attempts and (route_delivered or not is_route_failure(response)):
+    route_failing = is_route_failure(response) and not route_delivered
+    if attempt >= policy.max_attempts and not (route_failing or is_connection_loss(response)):
         return Failed(reason=outcome.reason, status=outcome.status)
     if now_ms + outcome.delay_ms >= expires_at_s * 1000:
         return Expired()

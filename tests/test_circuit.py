@@ -211,6 +211,18 @@ def test_a_route_failure_past_max_attempts_retries_while_the_route_delivers_noth
     )
 
 
+@pytest.mark.parametrize("reason", ["ConnectionClosed", "ConnectError", "ConnectTimeout"])
+def test_a_lost_connection_never_makes_a_notification_poison(reason: str) -> None:
+    # Every stream on a dropped connection fails alike, whatever the route delivered meanwhile
+    # (a regression: connections dropped under load failed notifications with their TTL left).
+    for route_delivered in (True, False):
+        outcome = decide(0, reason, attempt=50, route_delivered=route_delivered)
+        assert isinstance(outcome, Retry), outcome
+    assert decide(0, reason, attempt=50, route_delivered=True, expires_at_s=T0 // 1000) == Expired()
+    # A stream left unanswered on a connection that still works is the notification's own.
+    assert decide(0, "Timeout", attempt=8, route_delivered=True) == Failed("Timeout", 0)
+
+
 def test_other_retries_still_stop_at_max_attempts() -> None:
     assert decide(429, "TooManyProviderTokenUpdates", attempt=8, route_delivered=False) == Failed(
         "TooManyProviderTokenUpdates", 429
