@@ -897,6 +897,17 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     assert queried["ApnsRelayRouteOpen"] == {"apns_relay_route_state"}
     route_open = next(rule for rule in rules if rule["alert"] == "ApnsRelayRouteOpen")
     assert route_open["for"] == "2m"
+    # A certificate's lifecycle: a warning 30 days ahead, then critical once it has expired.
+    expiring = next(rule for rule in rules if rule["alert"] == "ApnsRelayCredentialExpiringSoon")
+    expired = next(rule for rule in rules if rule["alert"] == "ApnsRelayCredentialExpired")
+    for rule in (expiring, expired):
+        assert queried[rule["alert"]] == {"apns_relay_credential_expiry_timestamp_seconds"}
+        assert "- time()" in rule["expr"]
+    assert expiring["expr"].endswith("< 30 * 86400")
+    assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
+        "warning",
+        "critical",
+    )
 
 
 def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
@@ -929,7 +940,19 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_http_requests_total",
         "apns_relay_route_state",
         "apns_relay_route_transitions_total",
+        "apns_relay_credential_expiry_timestamp_seconds",
     } <= queried
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
 
 
 def every_query() -> list[tuple[str, str]]:
