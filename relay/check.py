@@ -23,20 +23,23 @@ ES256_CURVE: Final = "secp256r1"
 
 @dataclass(frozen=True, slots=True)
 class TokenKeyFacts:
-    """What the `.p8` file holds: `curve` of its EC key, None if it is no EC private key."""
+    """What the `.p8` file holds: its key's algorithm ("EC", "RSA", ...) and, for EC, the curve;
+    `problem` says why it is no PEM private key at all."""
 
     key_file: str
-    curve: str | None
-    problem: str | None = None  # why it could not be read at all
+    algorithm: str | None
+    curve: str | None = None
+    problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CertificateFacts:
-    """What the push certificate says of itself (topics and environment are checked when the
-    configuration is loaded: a certificate that cannot send the app's topic is a start-up error)."""
+    """When the push certificate expires (its topics and environment are checked when the
+    configuration is loaded: a certificate that cannot send the app's topic is a start-up error).
+    `problem`: why it could not be read again (the file changed since the configuration loaded)."""
 
-    not_after: datetime.datetime
-    describes: str  # "topics ... in production"
+    not_after: datetime.datetime | None
+    problem: str | None = None
 
 
 CredentialFacts = TokenKeyFacts | CertificateFacts
@@ -73,22 +76,29 @@ def credential_verdict(app: AppUnderCheck, now: datetime.datetime) -> Verdict | 
     """A verdict from the files alone when they cannot work (then nothing is sent); else None."""
     credential = app.credential
     if isinstance(credential, TokenKeyFacts):
-        if credential.problem is not None or credential.curve is None:
+        if credential.algorithm is None:
             return _failed(
                 app,
                 "key-unreadable",
-                f"{credential.key_file} is not a PEM private key"
-                + (f" ({credential.problem})" if credential.problem else ""),
+                f"{credential.key_file} is not a PEM private key ({credential.problem})",
                 "download the .p8 again from Apple's portal (Keys) and point key_file at it",
             )
-        if credential.curve != ES256_CURVE:
+        if (credential.algorithm, credential.curve) != ("EC", ES256_CURVE):
+            found = credential.algorithm + (f" on {credential.curve}" if credential.curve else "")
             return _failed(
                 app,
                 "key-not-es256",
-                f"{credential.key_file} is an EC key on {credential.curve}, not P-256 (ES256)",
-                "use the APNs .p8 key Apple issued: it is an ES256 (P-256) key",
+                f"{credential.key_file} holds a key of {found}, not ES256 (EC on P-256)",
+                "use the APNs .p8 key Apple issued: it is an ES256 (EC P-256) key",
             )
         return None
+    if credential.problem is not None or credential.not_after is None:
+        return _failed(
+            app,
+            "certificate-unreadable",
+            f"the certificate cannot be read: {credential.problem}",
+            "point auth.certificate at the push certificate (.p12 or PEM) and its password",
+        )
     if credential.not_after <= now:
         return _failed(
             app,
@@ -105,7 +115,7 @@ def answer_verdict(app: AppUnderCheck, answer: ApnsResponse, now: datetime.datet
     status, reason = answer.status, answer.reason or ""
     code, ok, detail, fix = _judge(app, status, reason)
     expires_at = None
-    if isinstance(app.credential, CertificateFacts):
+    if isinstance(app.credential, CertificateFacts) and app.credential.not_after is not None:
         expires_at = app.credential.not_after.isoformat()
         remaining = app.credential.not_after - now
         if ok and remaining <= EXPIRY_WARNING:

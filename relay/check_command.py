@@ -123,15 +123,15 @@ def _credential_facts(app: App) -> CredentialFacts:
         try:
             key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         except (ValueError, TypeError, OSError) as error:
-            return TokenKeyFacts(str(key_file), None, str(error))
-        curve = key.curve.name if isinstance(key, ec.EllipticCurvePrivateKey) else None
-        return TokenKeyFacts(str(key_file), curve)
+            return TokenKeyFacts(str(key_file), None, problem=str(error))
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return TokenKeyFacts(str(key_file), "EC", key.curve.name)
+        return TokenKeyFacts(str(key_file), type(key).__name__.removesuffix("PrivateKey"))
     assert app.auth.certificate is not None  # AppAuth allows exactly one
     try:
-        info = app.auth.certificate.load().info
-    except CertificateError as error:  # loaded once already by the config; the file changed
-        raise SystemExit(f"config: apps: {app.name}: auth.certificate: {error}") from None
-    return CertificateFacts(info.not_after, info.describe())
+        return CertificateFacts(app.auth.certificate.load().info.not_after)
+    except (CertificateError, OSError) as error:  # the configuration read it: the file changed
+        return CertificateFacts(None, str(error))
 
 
 def _probe(app: App) -> Notification:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from simulator import REPO_ROOT, SimInfo, control_client, running_simulator
 
 from relay.check import (
@@ -32,7 +32,7 @@ from relay.model import ApnsResponse
 
 TOPIC = "com.example.checked"
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
-KEY = TokenKeyFacts("AuthKey.p8", "secp256r1")
+KEY = TokenKeyFacts("AuthKey.p8", "EC", "secp256r1")
 
 
 def under_check(credential: TokenKeyFacts | CertificateFacts = KEY) -> AppUnderCheck:
@@ -40,7 +40,7 @@ def under_check(credential: TokenKeyFacts | CertificateFacts = KEY) -> AppUnderC
 
 
 def certificate(days_left: float) -> CertificateFacts:
-    return CertificateFacts(NOW + datetime.timedelta(days=days_left), f"topics {TOPIC}")
+    return CertificateFacts(NOW + datetime.timedelta(days=days_left))
 
 
 # --- the verdict table -------------------------------------------------------------------------
@@ -81,13 +81,14 @@ def test_each_answer_has_a_verdict_and_a_fix(
     ("credential", "verdict"),
     [
         (KEY, None),
-        (TokenKeyFacts("AuthKey.p8", None, "Could not deserialize key data"), "key-unreadable"),
-        (TokenKeyFacts("AuthKey.p8", None), "key-unreadable"),  # an RSA key
-        (TokenKeyFacts("AuthKey.p8", "secp384r1"), "key-not-es256"),
+        (TokenKeyFacts("AuthKey.p8", None, problem="Could not deserialize"), "key-unreadable"),
+        (TokenKeyFacts("AuthKey.p8", "RSA"), "key-not-es256"),
+        (TokenKeyFacts("AuthKey.p8", "EC", "secp384r1"), "key-not-es256"),
         (certificate(200), None),
         (certificate(0.5), None),  # not expired yet: APNs decides
         (certificate(0), "certificate-expired"),
         (certificate(-3), "certificate-expired"),
+        (CertificateFacts(None, "push.p12: cannot open"), "certificate-unreadable"),
     ],
 )
 def test_credential_files_that_cannot_work_are_refused_before_sending(
@@ -166,6 +167,17 @@ def write_key(path: Path, curve: ec.EllipticCurve) -> Path:
     return path
 
 
+def write_rsa_key(path: Path) -> Path:
+    path.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
 async def verdicts_of(apps: list[dict[str, Any]]) -> dict[str, tuple[str, int | None, str | None]]:
     settings = Settings.model_validate({"apps": apps})
     return {
@@ -181,6 +193,8 @@ async def test_token_key_verdicts_against_the_simulator(state_dir: Path) -> None
         state_dir / "sim", key_environments=frozenset({"sandbox"}), topics=frozenset({TOPIC})
     ) as info:
         stranger = write_key(state_dir / "AuthKey_STRANGER1.p8", ec.SECP256R1())
+        not_a_key = state_dir / "AuthKey_COPIED.p8"
+        not_a_key.write_text("-----BEGIN PRIVATE KEY-----\ncut off in the copy\n")
         verdicts = await verdicts_of(
             [
                 token_app(info, "ready"),
@@ -191,6 +205,8 @@ async def test_token_key_verdicts_against_the_simulator(state_dir: Path) -> None
                 token_app(
                     info, "p384", key_file=str(write_key(state_dir / "p384.p8", ec.SECP384R1()))
                 ),
+                token_app(info, "rsa", key_file=str(write_rsa_key(state_dir / "rsa.p8"))),
+                token_app(info, "not-a-key", key_file=str(not_a_key)),
                 {
                     **token_app(info, "nobody-listens"),
                     "endpoint": {"host": "127.0.0.1", "port": free_port(), "ca_file": str(info.ca)},
@@ -204,6 +220,8 @@ async def test_token_key_verdicts_against_the_simulator(state_dir: Path) -> None
         "production-only": ("key-wrong-environment", 403, "BadEnvironmentKeyIdInToken"),
         "other-topic": ("topic-disallowed", 400, "TopicDisallowed"),
         "p384": ("key-not-es256", None, None),
+        "rsa": ("key-not-es256", None, None),
+        "not-a-key": ("key-unreadable", None, None),
         "nobody-listens": ("unreachable", 0, "ConnectError"),
     }
 
