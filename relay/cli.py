@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("relay.service", "the delivery loop (serves /healthz, /readyz, /metrics)"),
     "push": ("relay.remote", "send one notification to a running relay and wait for its fate"),
     "status": ("relay.remote", "queue totals, or one notification's state"),
+    "check": (
+        "relay.check_command",
+        "for every app: are its APNs credentials, topic and environment right?",
+    ),
     "apns-sim": ("relay.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),
     "gms-sim": ("relay.gms_sim.command", "run the GMS simulator (dialogs and push scenarios)"),
     "demo": ("relay.demo", "the whole GMS flow with simulators, every hop checked and printed"),

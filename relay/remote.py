@@ -20,7 +20,11 @@ POLL_INTERVAL_S = 0.1
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--relay-url", default=os.environ.get("RELAY_URL"))
+    parser.add_argument(
+        "--relay-url",
+        default=os.environ.get("RELAY_URL"),
+        help="the relay's base URL (default: $RELAY_URL, else the development dev.json)",
+    )
     parser.add_argument(
         "--api-token",
         default=os.environ.get("RELAY_API_TOKEN"),

@@ -142,6 +142,7 @@ async def test_delivery_with_pem_and_p12_and_a_universal_certificate_for_voip(
         assert received["alerts"]["topic"] == TOPIC
         for record in received.values():
             assert "authorization" not in record["headers"]  # no JWT: the certificate is the auth
+        # The series the credential-expiry alerts and dashboard panel query, live.
         expiry = {
             app: REGISTRY.get_sample_value(
                 "apns_relay_credential_expiry_timestamp_seconds", {"app": app}

@@ -6,6 +6,7 @@ import fnmatch
 import functools
 import importlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -33,6 +34,8 @@ OPERATOR_SECRETS = {"apns-relay-keys", "apns-relay-redis", "apns-relay-auth"}
 # Series Prometheus makes itself rather than scraping them from the relay.
 PROMETHEUS_SERIES = {"up"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+APNS_PORTS = {443, 2197}
+APPLE_RANGE = "17.0.0.0/8"  # Apple's own network, where APNs lives (Apple's APNs documentation)
 
 Manifest = dict[str, Any]
 
@@ -774,8 +777,102 @@ def test_network_policies_admit_only_gms_and_prometheus(kustomization: str) -> N
     assert source_namespaces(worker) == {"monitoring"}
     worker_ports = {port["port"] for rule in worker["egress"] for port in rule["ports"]}
     assert worker_ports == {53, 6379, 443, 2197}
+    apns_rules = [rule for rule in worker["egress"] if rule_ports(rule) & APNS_PORTS]
+    assert all(rule_ports(rule) <= APNS_PORTS for rule in apns_rules)
+    assert rule_ports(apns_rules[0]) == APNS_PORTS
+    assert apns_rules[0]["to"] == [{"ipBlock": {"cidr": APPLE_RANGE}}], "Apple's range only"
+    if kustomization == "k8s/overlays/dev":  # and the simulator's pod, nothing else
+        (simulator_rule,) = apns_rules[1:]
+        (peer,) = simulator_rule["to"]
+        simulator = pod_labels(find(manifests, "Deployment", "apns-sim"))
+        assert labels_match(peer["podSelector"]["matchLabels"], simulator)
+        assert {port["port"] for port in simulator_rule["ports"]} <= container_ports(
+            find(manifests, "Deployment", "apns-sim")
+        )
+    else:
+        assert len(apns_rules) == 1
     api_ports = {port["port"] for rule in api["egress"] for port in rule["ports"]}
     assert api_ports == {53, 6379}
+
+
+def rule_ports(rule: dict[str, Any]) -> set[int]:
+    return {port["port"] for port in rule["ports"]}
+
+
+def pod_labels(manifest: Manifest) -> dict[str, str]:
+    labels: dict[str, str] = manifest["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def container_ports(manifest: Manifest) -> set[int]:
+    spec = pod_spec(manifest)
+    assert spec is not None
+    return {port["containerPort"] for c in all_containers(spec) for port in c.get("ports", [])}
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_replicas_spread_over_hosts_and_zones(kustomization: str, role: str) -> None:
+    deployment = find(rendered(kustomization), "Deployment", f"apns-relay-{role}")
+    spec = pod_spec(deployment)
+    assert spec is not None
+    constraints = {c["topologyKey"]: c for c in spec["topologySpreadConstraints"]}
+    assert set(constraints) == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert constraints["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule"
+    assert constraints["topology.kubernetes.io/zone"]["whenUnsatisfiable"] == "ScheduleAnyway"
+    for constraint in constraints.values():
+        assert constraint["maxSkew"] == 1
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+        selector = constraint["labelSelector"]["matchLabels"]
+        assert selector == deployment["spec"]["selector"]["matchLabels"], "its own pods only"
+        assert labels_match(selector, pod_labels(deployment))
+
+
+def test_an_overlay_pins_the_image_by_digest_and_widens_egress_for_a_gateway(
+    tmp_path: Path,
+) -> None:
+    """What the production overlay's comments tell an operator to do, done in an overlay of it."""
+    digest = "sha256:" + "0123456789abcdef" * 4
+    production = ROOT / "k8s/overlays/production"
+    (tmp_path / "apns-egress-gateway.yaml").write_text(
+        (production / "apns-egress-gateway.yaml").read_text()
+    )
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(production, tmp_path)],  # kustomize: relative only
+                "images": [{"name": "registry.example.com/gms-apns-relay", "digest": digest}],
+                "patches": [
+                    {
+                        "path": "apns-egress-gateway.yaml",
+                        "target": {"kind": "NetworkPolicy", "name": "apns-relay-worker"},
+                    }
+                ],
+            }
+        )
+    )
+    result = subprocess.run(
+        [str(KUBECTL), "kustomize", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    manifests = tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+    for manifest in manifests:
+        validate_schema(manifest)
+    for role in ("api", "worker"):
+        image = relay_container(manifests, role)["image"]
+        assert image == f"registry.example.com/gms-apns-relay@{digest}"
+    egress = find(manifests, "NetworkPolicy", "apns-relay-worker")["spec"]["egress"]
+    apns_peers = [rule["to"] for rule in egress if rule_ports(rule) == APNS_PORTS]
+    assert apns_peers == [
+        [{"ipBlock": {"cidr": APPLE_RANGE}}],
+        [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
+    ]
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -897,6 +994,17 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     assert queried["ApnsRelayRouteOpen"] == {"apns_relay_route_state"}
     route_open = next(rule for rule in rules if rule["alert"] == "ApnsRelayRouteOpen")
     assert route_open["for"] == "2m"
+    # A certificate's lifecycle: a warning 30 days ahead, then critical once it has expired.
+    expiring = next(rule for rule in rules if rule["alert"] == "ApnsRelayCredentialExpiringSoon")
+    expired = next(rule for rule in rules if rule["alert"] == "ApnsRelayCredentialExpired")
+    for rule in (expiring, expired):
+        assert queried[rule["alert"]] == {"apns_relay_credential_expiry_timestamp_seconds"}
+        assert "- time()" in rule["expr"]
+    assert expiring["expr"].endswith("< 30 * 86400")
+    assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
+        "warning",
+        "critical",
+    )
 
 
 def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
@@ -929,7 +1037,19 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_http_requests_total",
         "apns_relay_route_state",
         "apns_relay_route_transitions_total",
+        "apns_relay_credential_expiry_timestamp_seconds",
     } <= queried
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    taken: dict[tuple[int, int], str] = {}
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in taken, f"{panel['title']} overlaps {taken[(x, y)]}"
+                taken[(x, y)] = panel["title"]
 
 
 def every_query() -> list[tuple[str, str]]:

@@ -1,0 +1,312 @@
+"""`apns-relay check`: the verdict table (pure), then every verdict produced for real, against the
+strict APNs simulator over TLS + HTTP/2, by configurations an operator could get wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from simulator import REPO_ROOT, SimInfo, control_client, running_simulator
+
+from relay.check import (
+    AppUnderCheck,
+    CertificateFacts,
+    TokenKeyFacts,
+    answer_verdict,
+    credential_verdict,
+    exit_status,
+)
+from relay.check_command import check_apps
+from relay.config import Settings
+from relay.embedded import free_port
+from relay.model import ApnsResponse
+
+TOPIC = "com.example.checked"
+NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
+KEY = TokenKeyFacts("AuthKey.p8", "EC", "secp256r1")
+
+
+def under_check(credential: TokenKeyFacts | CertificateFacts = KEY) -> AppUnderCheck:
+    return AppUnderCheck("gms-ios", TOPIC, "production", "api.push.apple.com:443", credential)
+
+
+def certificate(days_left: float) -> CertificateFacts:
+    return CertificateFacts(NOW + datetime.timedelta(days=days_left))
+
+
+# --- the verdict table -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "verdict", "ok"),
+    [
+        (400, "BadDeviceToken", "ready", True),
+        (200, None, "ready", True),
+        (403, "InvalidProviderToken", "invalid-provider-token", False),
+        (403, "BadEnvironmentKeyIdInToken", "key-wrong-environment", False),
+        (403, "ExpiredProviderToken", "clock-skew", False),
+        (400, "TopicDisallowed", "topic-disallowed", False),
+        (403, "BadCertificate", "certificate-refused", False),
+        (403, "BadCertificateEnvironment", "certificate-wrong-environment", False),
+        (403, "Forbidden", "credential-refused", False),
+        (403, None, "credential-refused", False),
+        (0, "CertificateRefused:SSLV3_ALERT_CERTIFICATE_EXPIRED", "certificate-refused", False),
+        (0, "ConnectError", "unreachable", False),
+        (0, "Timeout", "unreachable", False),
+        (429, "TooManyRequests", "apns-unavailable", False),
+        (503, "ServiceUnavailable", "apns-unavailable", False),
+        (400, "DeviceTokenNotForTopic", "unexpected-answer", False),
+        (400, "MissingTopic", "unexpected-answer", False),
+    ],
+)
+def test_each_answer_has_a_verdict_and_a_fix(
+    status: int, reason: str | None, verdict: str, ok: bool
+) -> None:
+    judged = answer_verdict(under_check(), ApnsResponse(status, reason), NOW)
+    assert (judged.verdict, judged.ok) == (verdict, ok)
+    assert bool(judged.fix) is not ok, "a failure says how to fix it; a pass asks for nothing"
+    assert judged.line().startswith("ok   gms-ios: " if ok else "FAIL gms-ios: ")
+
+
+@pytest.mark.parametrize(
+    ("credential", "verdict"),
+    [
+        (KEY, None),
+        (TokenKeyFacts("AuthKey.p8", None, problem="Could not deserialize"), "key-unreadable"),
+        (TokenKeyFacts("AuthKey.p8", "RSA"), "key-not-es256"),
+        (TokenKeyFacts("AuthKey.p8", "EC", "secp384r1"), "key-not-es256"),
+        (certificate(200), None),
+        (certificate(0.5), None),  # not expired yet: APNs decides
+        (certificate(0), "certificate-expired"),
+        (certificate(-3), "certificate-expired"),
+        (CertificateFacts(None, "push.p12: cannot open"), "certificate-unreadable"),
+    ],
+)
+def test_credential_files_that_cannot_work_are_refused_before_sending(
+    credential: TokenKeyFacts | CertificateFacts, verdict: str | None
+) -> None:
+    judged = credential_verdict(under_check(credential), NOW)
+    assert (judged and judged.verdict) == verdict
+    assert judged is None or (not judged.ok and judged.fix)
+
+
+@pytest.mark.parametrize(("days_left", "verdict"), [(31, "ready"), (30, "certificate-expiring")])
+def test_a_certificate_within_30_days_of_expiry_passes_with_a_warning(
+    days_left: int, verdict: str
+) -> None:
+    judged = answer_verdict(
+        under_check(certificate(days_left)), ApnsResponse(400, "BadDeviceToken"), NOW
+    )
+    assert judged.ok
+    assert judged.verdict == verdict
+    assert judged.expires_at == (NOW + datetime.timedelta(days=days_left)).isoformat()
+
+
+def test_one_failed_app_fails_the_whole_check() -> None:
+    ready = answer_verdict(under_check(), ApnsResponse(400, "BadDeviceToken"), NOW)
+    refused = answer_verdict(under_check(), ApnsResponse(403, "InvalidProviderToken"), NOW)
+    assert exit_status([ready, ready]) == 0
+    assert exit_status([ready, refused]) == 1
+
+
+# --- against the simulator ---------------------------------------------------------------------
+
+
+def token_app(
+    info: SimInfo, name: str, environment: str = "sandbox", **auth: str
+) -> dict[str, Any]:
+    """An app sending with the simulator's own key unless `auth` replaces part of it."""
+    token = {
+        "key_file": str(info.key_file),
+        "key_id": info.key_id,
+        "team_id": info.team_id,
+        **auth,
+    }
+    return {
+        "name": name,
+        "topic": TOPIC,
+        "environment": environment,
+        "auth": {"token": token},
+        "endpoint": {
+            "host": "127.0.0.1",
+            "port": info.port_of(environment),
+            "ca_file": str(info.ca),
+        },
+    }
+
+
+def certificate_app(
+    info: SimInfo, name: str, cert_file: Path, environment: str, listener: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "topic": TOPIC,
+        "environment": environment,
+        "auth": {"certificate": {"cert_file": str(cert_file)}},
+        "endpoint": {"host": "127.0.0.1", "port": info.port_of(listener), "ca_file": str(info.ca)},
+    }
+
+
+def write_key(path: Path, curve: ec.EllipticCurve) -> Path:
+    path.write_bytes(
+        ec.generate_private_key(curve).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+def write_rsa_key(path: Path) -> Path:
+    path.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return path
+
+
+async def verdicts_of(apps: list[dict[str, Any]]) -> dict[str, tuple[str, int | None, str | None]]:
+    settings = Settings.model_validate({"apps": apps})
+    return {
+        v.app: (v.verdict, v.status, v.reason)
+        for v in await check_apps(settings, settings.apps, timeout_s=20.0)
+    }
+
+
+async def test_token_key_verdicts_against_the_simulator(state_dir: Path) -> None:
+    """The simulator's own key passes (a random token is BadDeviceToken); a key Apple does not
+    know, a key for the other environment and a topic the team does not own are each named."""
+    async with running_simulator(
+        state_dir / "sim", key_environments=frozenset({"sandbox"}), topics=frozenset({TOPIC})
+    ) as info:
+        stranger = write_key(state_dir / "AuthKey_STRANGER1.p8", ec.SECP256R1())
+        not_a_key = state_dir / "AuthKey_COPIED.p8"
+        not_a_key.write_text("-----BEGIN PRIVATE KEY-----\ncut off in the copy\n")
+        verdicts = await verdicts_of(
+            [
+                token_app(info, "ready"),
+                token_app(info, "foreign-key", key_file=str(stranger)),
+                token_app(info, "other-team", team_id="ZZZZZZZZZZ"),
+                token_app(info, "production-only", environment="production"),
+                {**token_app(info, "other-topic"), "topic": "com.example.unowned"},
+                token_app(
+                    info, "p384", key_file=str(write_key(state_dir / "p384.p8", ec.SECP384R1()))
+                ),
+                token_app(info, "rsa", key_file=str(write_rsa_key(state_dir / "rsa.p8"))),
+                token_app(info, "not-a-key", key_file=str(not_a_key)),
+                {
+                    **token_app(info, "nobody-listens"),
+                    "endpoint": {"host": "127.0.0.1", "port": free_port(), "ca_file": str(info.ca)},
+                },
+            ]
+        )
+    assert verdicts == {
+        "ready": ("ready", 400, "BadDeviceToken"),
+        "foreign-key": ("invalid-provider-token", 403, "InvalidProviderToken"),
+        "other-team": ("invalid-provider-token", 403, "InvalidProviderToken"),
+        "production-only": ("key-wrong-environment", 403, "BadEnvironmentKeyIdInToken"),
+        "other-topic": ("topic-disallowed", 400, "TopicDisallowed"),
+        "p384": ("key-not-es256", None, None),
+        "rsa": ("key-not-es256", None, None),
+        "not-a-key": ("key-unreadable", None, None),
+        "nobody-listens": ("unreachable", 0, "ConnectError"),
+    }
+
+
+async def test_certificate_verdicts_against_the_simulator(state_dir: Path) -> None:
+    """A valid certificate passes; a revoked one, one for the other environment and an expired one
+    are each named (the expired one without sending: APNs would refuse it in the handshake)."""
+    async with running_simulator(state_dir / "sim") as info, control_client(info) as control:
+
+        async def issued(name: str, **options: Any) -> tuple[Path, dict[str, Any]]:
+            document = await control.issue_certificate(TOPIC, **options)
+            path = state_dir / f"{name}.pem"
+            path.write_text(document["pem"])
+            return path, document
+
+        good, _ = await issued("good", environment="sandbox")
+        revoked, revoked_document = await issued("revoked", environment="sandbox")
+        await control.revoke_certificate(revoked_document["serial"])
+        production, _ = await issued("production", environment="production")
+        expired, _ = await issued("expired", environment="sandbox", expired=True)
+        verdicts = await verdicts_of(
+            [
+                certificate_app(info, "good", good, "sandbox", "sandbox"),
+                certificate_app(info, "revoked", revoked, "sandbox", "sandbox"),
+                # configured for production, as the certificate says, but aimed at sandbox
+                certificate_app(info, "wrong-listener", production, "production", "sandbox"),
+                certificate_app(info, "expired", expired, "sandbox", "sandbox"),
+            ]
+        )
+    assert verdicts == {
+        "good": ("ready", 400, "BadDeviceToken"),
+        "revoked": ("certificate-refused", 403, "BadCertificate"),
+        "wrong-listener": ("certificate-wrong-environment", 403, "BadCertificateEnvironment"),
+        "expired": ("certificate-expired", None, None),
+    }
+
+
+async def test_the_command_prints_one_line_per_app_and_json_and_exits_non_zero(
+    state_dir: Path,
+) -> None:
+    async with running_simulator(state_dir / "sim") as info:
+        config = state_dir / "relay.yaml"
+        apps = [token_app(info, "ready"), token_app(info, "other-team", team_id="ZZZZZZZZZZ")]
+        config.write_text(yaml.safe_dump({"apps": apps}))
+
+        def check(*options: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "relay.cli", "check", "--config", str(config), *options],
+                capture_output=True,
+                text=True,
+                cwd=REPO_ROOT,
+                timeout=60,
+            )
+
+        text, as_json, one = await asyncio.gather(
+            asyncio.to_thread(check),
+            asyncio.to_thread(check, "--json"),
+            asyncio.to_thread(check, "--app", "ready"),
+        )
+    assert text.returncode == 1, text.stderr
+    lines = text.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("ok   ready: ready — APNs accepted the credential")
+    assert lines[1].startswith("FAIL other-team: invalid-provider-token — ")
+    assert "Fix: key_id must be the .p8 key's id" in lines[1]
+    assert as_json.returncode == 1
+    document = json.loads(as_json.stdout)
+    assert document["ok"] is False
+    assert [(a["app"], a["ok"], a["status"], a["reason"]) for a in document["apps"]] == [
+        ("ready", True, 400, "BadDeviceToken"),
+        ("other-team", False, 403, "InvalidProviderToken"),
+    ]
+    assert (one.returncode, len(one.stdout.splitlines())) == (0, 1), one.stderr
+
+
+def test_the_command_names_a_bad_configuration_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "relay.yaml"
+    config.write_text(yaml.safe_dump({"apps": [{"name": "x", "topic": "com.example.x"}]}))
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.cli", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "apps[0].environment" in result.stderr
+    assert "Traceback" not in result.stderr
