@@ -1024,6 +1024,10 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
             ("GET", "/v1/queue", queue_totals),
             ("GET", "/openapi.json", openapi),
         ]
+        # Imported here: the Live Activity routes build on this module's auth and problems.
+        from relay.activity_routes import ROUTES as ACTIVITY_ROUTES
+
+        routes += ACTIVITY_ROUTES
     for method, path, handler in routes:
         if method == "GET":  # with HEAD, as aiohttp's add_get does
             app.router.add_get(path, handler, expect_handler=expect_continue)
