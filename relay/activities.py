@@ -72,16 +72,25 @@ def plan_activity_push(
     return None
 
 
-def next_timestamp(last_sent_s: int | None, event_s: int) -> int | None:
-    """The `aps.timestamp` for an event that happened at `event_s`, or None when it is older than
-    the last one sent for the activity: the phone would ignore it, and worse, it would stand for
-    a state the customer has already left. Two events in one second get successive stamps, so
-    the stamps strictly increase (their queue keeps them in order)."""
-    if last_sent_s is None or event_s > last_sent_s:
+@dataclass(frozen=True, slots=True)
+class LastSent:
+    """The last Live Activity push taken for an activity: when its event happened, its stamp."""
+
+    event_s: int
+    timestamp_s: int
+
+
+def next_timestamp(last: LastSent | None, event_s: int) -> int | None:
+    """The `aps.timestamp` for an event that happened at `event_s`, or None when it happened
+    before the last one sent for the activity: it stands for a state the customer has already
+    left (and the phone would ignore it). Events in one second get successive stamps, so stamps
+    strictly increase (their queue keeps them in order) while an event is judged old by when it
+    happened, never by a stamp that ran ahead of the clock."""
+    if last is None:
         return event_s
-    if event_s == last_sent_s:
-        return last_sent_s + 1
-    return None
+    if event_s < last.event_s:
+        return None
+    return max(event_s, last.timestamp_s + 1)
 
 
 def activity_notification(

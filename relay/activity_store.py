@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.activities import ActivityTokens, next_timestamp
+from relay.activities import ActivityTokens, LastSent, next_timestamp
 from relay.queue import KEY_ROOT, RelayQueue, ScriptCall, load_script
 
-ACTIVITY = "activity:"  # HASH: activity_token, device_token, last_ts
+ACTIVITY = "activity:"  # HASH: activity_token, device_token, last (<event_s>:<timestamp_s>)
 PUSH_TO_START = "pts:"  # STRING: a device's push-to-start token
 # A push-to-start token lives as long as the app's install; the app sends it again at every
 # launch (ActivityKit's pushToStartTokenUpdates), so a month without one means it is gone.
 PUSH_TO_START_TTL_S = 30 * 86_400
-STAMP_ATTEMPTS = 8  # compare-and-set rounds before giving up under extreme contention
+# Compare-and-set rounds: each round one contender wins, so this many events for one activity
+# may race at once (GMS sends a service a handful of events over minutes).
+STAMP_ATTEMPTS = 32
 ACTIVITY_STAMP = load_script("activity_stamp", shard_script=False)
 ACTIVITY_REGISTER = load_script("activity_register", shard_script=False)
 
@@ -32,11 +34,23 @@ def push_to_start_key(app: str, device_token: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ActivityRecord:
     tokens: ActivityTokens
-    last_ts: int | None
+    last: LastSent | None
 
 
 def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _encode_last(last: LastSent | None) -> str:
+    return "" if last is None else f"{last.event_s}:{last.timestamp_s}"
+
+
+def _decode_last(raw: bytes | str | None) -> LastSent | None:
+    text = _text(raw)
+    if not text:
+        return None
+    event_s, _, timestamp_s = text.partition(":")
+    return LastSent(int(event_s), int(timestamp_s))
 
 
 class ActivityStore:
@@ -82,30 +96,30 @@ class ActivityStore:
     async def read(self, app: str, service_id: str, device_token: str) -> ActivityRecord:
         """What is known of the service's activity and the device, in one round trip."""
         pipe = self._queue.client.pipeline(transaction=False)
-        pipe.hmget(activity_key(app, service_id), "activity_token", "last_ts")
+        pipe.hmget(activity_key(app, service_id), "activity_token", "last")
         pipe.get(push_to_start_key(app, device_token))
-        (activity_token, last_ts), push_to_start = await pipe.execute()
-        last = _text(last_ts)
+        (activity_token, last), push_to_start = await pipe.execute()
         return ActivityRecord(
-            ActivityTokens(_text(activity_token), _text(push_to_start)),
-            None if last is None else int(last),
+            ActivityTokens(_text(activity_token), _text(push_to_start)), _decode_last(last)
         )
 
     async def take_stamp(
-        self, app: str, service_id: str, event_s: int, last_ts: int | None, lifetime_s: int
+        self, app: str, service_id: str, event_s: int, last: LastSent | None, lifetime_s: int
     ) -> int | None:
         """The activity's next aps.timestamp for an event at `event_s` (taken: no other process
-        gets it), or None when the event is older than the last stamp sent."""
+        gets it), or None when the event happened before the last one sent. `last` is what a
+        read found; when another process took a stamp since, it is read again."""
         key = activity_key(app, service_id)
         for _ in range(STAMP_ATTEMPTS):
-            stamp = next_timestamp(last_ts, event_s)
+            stamp = next_timestamp(last, event_s)
             if stamp is None:
                 return None
-            expected = "" if last_ts is None else str(last_ts)
-            call = ScriptCall(ACTIVITY_STAMP, [key], [expected, stamp, lifetime_s])
-            (taken,) = await self._queue.run_scripts([call])
-            if taken:
+            taken = LastSent(event_s, stamp)
+            call = ScriptCall(
+                ACTIVITY_STAMP, [key], [_encode_last(last), _encode_last(taken), lifetime_s]
+            )
+            (done,) = await self._queue.run_scripts([call])
+            if done:
                 return stamp
-            raw = _text(await self._queue.client.hget(key, "last_ts"))
-            last_ts = None if raw is None else int(raw)
+            last = _decode_last(await self._queue.client.hget(key, "last"))
         raise RuntimeError(f"activity {service_id}: no timestamp after {STAMP_ATTEMPTS} attempts")

@@ -9,6 +9,7 @@ from relay.activities import (
     ActivityEvent,
     ActivityPush,
     ActivityTokens,
+    LastSent,
     activity_notification,
     next_timestamp,
     plan_activity_push,
@@ -128,10 +129,18 @@ def test_content_state_carries_gms_fields_but_not_over_its_own() -> None:
 
 @pytest.mark.parametrize(
     ("last", "event_s", "stamp"),
-    [(None, 100, 100), (99, 100, 100), (100, 100, 101), (101, 100, None), (105, 100, None)],
+    [
+        (None, 100, 100),
+        (LastSent(99, 99), 100, 100),
+        (LastSent(100, 100), 100, 101),  # one second, two events: successive stamps
+        (LastSent(100, 102), 100, 103),  # a burst ran ahead of the clock: keep increasing
+        (LastSent(100, 102), 101, 103),  # ...and a later event is not taken for an old one
+        (LastSent(100, 102), 105, 105),
+        (LastSent(101, 101), 100, None),  # happened before the last one sent: dropped
+    ],
 )
 def test_timestamps_strictly_increase_and_older_events_are_dropped(
-    last: int | None, event_s: int, stamp: int | None
+    last: LastSent | None, event_s: int, stamp: int | None
 ) -> None:
     assert next_timestamp(last, event_s) == stamp
 
