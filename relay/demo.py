@@ -32,6 +32,7 @@ import aiohttp
 from relay.apns_sim.command import Simulator, SimulatorOptions
 from relay.apns_sim.info import SimInfo
 from relay.config import App, Settings
+from relay.device_sim.activities import ActivityShown
 from relay.device_sim.app import (
     AlertShown,
     AppSettings,
@@ -258,6 +259,10 @@ def transcript_hop(entry: TranscriptEntry) -> Hop:
             return Hop(at, "phone", "chat ended")
         case GmsFailure(at=at, url=url, status=status, detail=detail):
             return Hop(at, "GMS ✗ phone", f"{url}: {status} {detail}")
+        case ActivityShown(at=at, change=change, stage=stage, label=label, detail=detail):
+            shown = f"{stage or '-'} {label!r}" if label else (stage or "")
+            why = f" ({detail})" if detail else ""
+            return Hop(at, "Lock Screen", f"Live Activity {change}: {shown}{why}".rstrip())
     raise TypeError(f"not a transcript entry: {entry!r}")
 
 
