@@ -122,10 +122,19 @@ async def put_push_to_start(request: web.Request) -> web.Response:
     return web.json_response({"registered": True})
 
 
+async def delete_push_to_start(request: web.Request) -> web.Response:
+    app, _ = _app(request)
+    device_token = normalize_device_token(request.match_info["token"], "token")
+    removed = await _store(request).drop_push_to_start(app.name, device_token)
+    log.info("push_to_start_unregistered", app=app.name, token=mask_token(device_token))
+    return web.json_response({"removed": removed})
+
+
 ROUTES: list[tuple[str, str, Handler]] = [
     ("PUT", ACTIVITY_PATH, put_activity),
     ("DELETE", ACTIVITY_PATH, delete_activity),
     ("PUT", PUSH_TO_START_PATH, put_push_to_start),
+    ("DELETE", PUSH_TO_START_PATH, delete_push_to_start),
 ]
 
 
@@ -154,6 +163,11 @@ def openapi_paths(
         "required": ["service_id", "expires_in_s"],
         "properties": {"service_id": {"type": "string"}, "expires_in_s": {"type": "integer"}},
     }
+    removed = {
+        "type": "object",
+        "required": ["removed"],
+        "properties": {"removed": {"type": "boolean"}},
+    }
     return {
         ACTIVITY_PATH: {
             "put": operation(
@@ -170,11 +184,7 @@ def openapi_paths(
                 "deleteActivity",
                 "Forget a service's Live Activity token (the app ended the activity)",
                 200,
-                {
-                    "type": "object",
-                    "required": ["removed"],
-                    "properties": {"removed": {"type": "boolean"}},
-                },
+                removed,
                 parameters=[app, service],
                 errors=(400, 403, 404),
             ),
@@ -193,6 +203,14 @@ def openapi_paths(
                 body={"$ref": ref.format(model="PushToStartIn")},
                 parameters=[app, token],
                 errors=errors,
-            )
+            ),
+            "delete": operation(
+                "deletePushToStart",
+                "Forget a device's push-to-start token (the user turned Live Activities off)",
+                200,
+                removed,
+                parameters=[app, token],
+                errors=(400, 403, 404),
+            ),
         },
     }

@@ -90,8 +90,8 @@ class ActivityStore:
             push_to_start_key(app, device_token), token, ex=PUSH_TO_START_TTL_S
         )
 
-    async def drop_push_to_start(self, app: str, device_token: str) -> None:
-        await self._queue.client.delete(push_to_start_key(app, device_token))
+    async def drop_push_to_start(self, app: str, device_token: str) -> bool:
+        return bool(await self._queue.client.delete(push_to_start_key(app, device_token)))
 
     async def read(self, app: str, service_id: str, device_token: str) -> ActivityRecord:
         """What is known of the service's activity and the device, in one round trip."""

@@ -569,6 +569,16 @@ class App(_Section):
         return value
 
     @model_validator(mode="after")
+    def _live_activity_needs_token_auth(self) -> App:
+        # Apple takes Live Activity pushes only over token-based connections.
+        if self.live_activity is not None and self.auth.token is None:
+            raise ValueError(
+                "live_activity: Apple accepts Live Activity pushes only with token auth "
+                "(auth.token), not with a certificate"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _certificate_fits(self) -> App:
         """A certificate that cannot send this app's topic in its environment is refused now:
         APNs would refuse every push (TopicDisallowed, BadCertificateEnvironment)."""

@@ -47,6 +47,9 @@ async def test_register_then_forget_an_activity(
         pts = push_to_start_key("dev", DEVICE)
         assert await redis.get(pts) == ("b7" * 32).encode()
         assert PUSH_TO_START_TTL_S - 10 <= await redis.ttl(pts) <= PUSH_TO_START_TTL_S
+        status, answer, _ = await relay.call("DELETE", f"/v1/devices/dev/{DEVICE}/push-to-start")
+        assert (status, answer) == (200, {"removed": True})
+        assert await redis.exists(pts) == 0
 
 
 async def test_bad_registrations_are_refused_and_store_nothing(
@@ -145,6 +148,6 @@ async def test_a_scoped_credential_registers_only_for_its_app(
 def test_the_routes_are_documented() -> None:
     paths = openapi_document()["paths"]
     assert set(paths["/v1/activities/{app}/{service_id}"]) == {"put", "delete"}
-    assert set(paths["/v1/devices/{app}/{token}/push-to-start"]) == {"put"}
+    assert set(paths["/v1/devices/{app}/{token}/push-to-start"]) == {"put", "delete"}
     schemas = openapi_document()["components"]["schemas"]
     assert schemas["ActivityIn"]["required"] == ["activity_token", "device_token"]

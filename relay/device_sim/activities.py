@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 import aiohttp
 
@@ -127,6 +127,7 @@ class ActivityWatcher:
     # service id, returns the token to watch.
     on_started: Callable[[str], Awaitable[str]] | None = None
     last_seq: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)  # the pushes it acted on
 
     async def poll_once(self, at: float) -> list[ActivityShown]:
         async with self.session.get(
@@ -144,6 +145,7 @@ class ActivityWatcher:
                 continue
             if token not in self.activities.tokens:
                 continue
+            self.records.append(record)
             entry = self.activities.receive(token, record["payload"], at)
             shown.append(entry)
             if entry.change == "started" and self.on_started is not None:
