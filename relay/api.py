@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import SecretStr, ValidationError
 
 from relay import metrics
+from relay.activity_ingest import queue_activity_push
 from relay.config import App, ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
 from relay.ingest import Ingest
@@ -686,10 +687,11 @@ async def _enqueue(
     grant = request[GRANT]
     spec = _scoped_spec(grant, spec)
     app = resolve_app(state.settings, grant, spec.app, app_field)
+    now_s = int(time.time())
     notification = to_notification(
         spec,
         app,
-        now_s=int(time.time()),
+        now_s=now_s,
         default_ttl_s=state.settings.queue.default_ttl_seconds,
         max_ttl_s=state.settings.queue.max_ttl_seconds,
     )
@@ -702,6 +704,10 @@ async def _enqueue(
         _count_enqueued(app.name, accepted)
     except QueueRefusal as refusal:
         raise Problem.from_refusal(refusal) from None
+    if not client_key and not accepted.duplicate:  # a GMS event: its Live Activity step too
+        await queue_activity_push(
+            state.ingest, app, spec, now_s=now_s, expires_at=notification.expires_at
+        )
     return accepted
 
 
@@ -1024,6 +1030,10 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
             ("GET", "/v1/queue", queue_totals),
             ("GET", "/openapi.json", openapi),
         ]
+        # Imported here: the Live Activity routes build on this module's auth and problems.
+        from relay.activity_routes import ROUTES as ACTIVITY_ROUTES
+
+        routes += ACTIVITY_ROUTES
     for method, path, handler in routes:
         if method == "GET":  # with HEAD, as aiohttp's add_get does
             app.router.add_get(path, handler, expect_handler=expect_continue)

@@ -70,6 +70,7 @@ from relay import metrics
 from relay.client_certificate import ClientCertificate
 from relay.model import ApnsResponse, Notification, Route
 from relay.policy import CERTIFICATE_REFUSED
+from relay.push_types import topic_for
 
 log = structlog.get_logger("relay.apns")
 
@@ -298,7 +299,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             NeverIndexedHeaderTuple(":path", f"/3/device/{notification.device_token}"),
             (":authority", self.APNS_SERVER),
             NeverIndexedHeaderTuple("apns-id", apns_id),
-            ("apns-topic", self.apns_topic),
+            ("apns-topic", topic_for(self.apns_topic, notification.push_type)),
             ("apns-push-type", notification.push_type),
             ("apns-priority", str(notification.priority)),
             NeverIndexedHeaderTuple("apns-expiration", str(notification.expires_at)),

@@ -475,6 +475,76 @@ class ChatSettings(_Section):
             raise ValueError(error.rule) from None
 
 
+STAGE_PATTERN = r"^[a-z][a-z0-9-]*$"
+
+
+class LiveActivityStep(_Section):
+    """What one GMS callback action does to the service's Live Activity."""
+
+    stage: Annotated[str, Field(pattern=STAGE_PATTERN, max_length=64)]
+    label: str
+    event: Literal["update", "end"] = "update"
+    # Apple budgets priority-10 Live Activity updates per hour: keep 10 for what the customer
+    # must see now.
+    priority: Literal[5, 10] = 5
+
+
+DEFAULT_LIVE_ACTIVITY_STEPS: Mapping[str, LiveActivityStep] = {
+    "wait-for-agent": LiveActivityStep(stage="waiting", label="Waiting for an agent"),
+    "get-dialog-user-confirmation-provide_code-true": LiveActivityStep(
+        stage="agent-available", label="An agent is available", priority=10
+    ),
+    "get-dialog-user-confirmation-provide_code-false": LiveActivityStep(
+        stage="agent-available", label="An agent is available", priority=10
+    ),
+    "connect-inbound": LiveActivityStep(
+        stage="connecting", label="Connecting you to an agent", event="end", priority=10
+    ),
+    "connect-outbound": LiveActivityStep(
+        stage="connecting", label="We are calling you", event="end", priority=10
+    ),
+    "cancel": LiveActivityStep(stage="cancelled", label="Callback cancelled", event="end"),
+    "expired": LiveActivityStep(stage="expired", label="Callback expired", event="end"),
+}
+
+
+class LiveActivitySettings(_Section):
+    """An app's callback Live Activity: off unless the section is given."""
+
+    attributes_type: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
+        "CallbackAttributes"
+    )
+    steps: dict[str, LiveActivityStep] = dict(DEFAULT_LIVE_ACTIVITY_STEPS)
+    # Actions that start the activity through the push-to-start token when none is registered.
+    start_actions: list[str] = ["wait-for-agent"]
+    start_alert: AlertTemplate = AlertTemplate(
+        title="You are in the queue", body="We will show your callback here."
+    )
+    # How long a registration lives: the GMS callback service's lifetime. Apple ends an activity
+    # after 8 hours and takes it off the Lock Screen after 12, so longer would only keep garbage.
+    service_lifetime_s: Annotated[int, Field(gt=0, le=43_200)] = 43_200
+    stale_after_s: PositiveInt = 1_800
+    dismiss_after_s: Annotated[int, Field(ge=0, le=14_400)] = 300
+    relevance_score: Annotated[float, Field(ge=0, le=100)] = 100
+
+    @field_validator("steps")
+    @classmethod
+    def _usable_actions(cls, steps: dict[str, LiveActivityStep]) -> dict[str, LiveActivityStep]:
+        for action in steps:
+            try:
+                validate_action(action, "steps")
+            except InvalidInput as error:
+                raise ValueError(f"{action!r}: {error.rule}") from None
+        return steps
+
+    @model_validator(mode="after")
+    def _start_actions_are_steps(self) -> LiveActivitySettings:
+        unknown = sorted(set(self.start_actions) - self.steps.keys())
+        if unknown:
+            raise ValueError(f"start_actions: {', '.join(unknown)} must also be in steps")
+        return self
+
+
 class App(_Section):
     name: Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=64)]
     topic: Annotated[str, Field(pattern=BUNDLE_ID_PATTERN, max_length=255)]
@@ -489,6 +559,7 @@ class App(_Section):
     max_connections: PositiveInt = 4
     endpoint: Endpoint | None = None
     chat: ChatSettings = ChatSettings()
+    live_activity: LiveActivitySettings | None = None
 
     @field_validator("push_type")
     @classmethod
@@ -496,6 +567,16 @@ class App(_Section):
         if value not in PUSH_TYPES:
             raise ValueError(f"must be one of {', '.join(sorted(PUSH_TYPES))} (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _live_activity_needs_token_auth(self) -> App:
+        # Apple takes Live Activity pushes only over token-based connections.
+        if self.live_activity is not None and self.auth.token is None:
+            raise ValueError(
+                "live_activity: Apple accepts Live Activity pushes only with token auth "
+                "(auth.token), not with a certificate"
+            )
+        return self
 
     @model_validator(mode="after")
     def _certificate_fits(self) -> App:

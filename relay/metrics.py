@@ -22,6 +22,13 @@ NOTIFICATIONS_ENQUEUED = Counter(
     "apns_relay_notifications_enqueued_total", "Notifications durably queued", ["app"]
 )
 
+LIVE_ACTIVITY_PUSHES = Counter(
+    "apns_relay_live_activity_pushes_total",
+    "Live Activity pushes a GMS callback event asked for, by event (start, update, end) and "
+    "outcome (queued, stale: older than the last one sent, dead-token, failed)",
+    ["app", "event", "outcome"],
+)
+
 # Delivery
 NOTIFICATIONS_DELIVERED = Counter(
     "apns_relay_notifications_delivered_total", "Notifications accepted by APNs (200)", ["app"]

@@ -17,6 +17,7 @@ from relay.model import (
     Notification,
     payload_limit,
 )
+from relay.push_types import check_priority
 
 if TYPE_CHECKING:
     from relay.config import App
@@ -203,9 +204,7 @@ def _priority(spec: PushSpec, app: App, push_type: str) -> int:
         priority = app.priority
     if priority not in PRIORITIES:
         raise InvalidInput("priority", f"must be 1, 5 or 10 (got {priority})")
-    if push_type == BACKGROUND and priority != BACKGROUND_PRIORITY:
-        raise InvalidInput("priority", f"must be 5 for push type background (got {priority})")
-    return priority
+    return check_priority(push_type, priority)
 
 
 def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) -> int:

@@ -293,6 +293,9 @@ def _path_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route; request schemas come from the models above."""
+    # Imported here: the Live Activity routes' module builds on the api, which imports this one.
+    from relay.activity_routes import openapi_paths as activity_openapi_paths
+
     ref = "#/components/schemas/{model}"
     schemas: dict[str, Any] = {"Problem": _PROBLEM, "Accepted": _ACCEPTED}
     for model in (NotificationIn, BatchIn):
@@ -437,5 +440,6 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/openapi.json": {"get": _operation("openapi", "This document", 200, _ANY_OBJECT)},
+            **activity_openapi_paths(_operation, _path_parameter, schemas, ref),
         },
     }

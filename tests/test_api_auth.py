@@ -128,9 +128,10 @@ async def test_request_rate_per_credential_is_429_with_retry_after(
         assert (await relay.call("GET", "/healthz", auth=None))[0] == 200
 
 
-def two_app_settings(relay: RelayHarness) -> Settings:
-    """The harness's settings with a second app, and credentials scoped to each app."""
-    document = relay_document(str(relay.settings.redis.url), relay.sim)
+def two_app_settings(relay: RelayHarness, app: dict[str, Any] | None = None) -> Settings:
+    """The harness's settings with a second app, and credentials scoped to each app; `app`
+    overrides sections of both apps."""
+    document = relay_document(str(relay.settings.redis.url), relay.sim, app=app or {})
     other = {**document["apps"][0], "name": "other", "topic": "com.example.other"}
     other["default"] = False
     document["apps"].append(other)
@@ -143,10 +144,12 @@ def two_app_settings(relay: RelayHarness) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def two_app_relay(relay: RelayHarness) -> AsyncIterator[str]:
+async def two_app_relay(
+    relay: RelayHarness, app: dict[str, Any] | None = None
+) -> AsyncIterator[str]:
     """An api on the harness's queue that knows a second app "other" (never delivered to:
     the tests only ever queue for "dev")."""
-    settings = two_app_settings(relay)
+    settings = two_app_settings(relay, app)
     state = RelayState(settings, relay.queue, Credentials.from_settings(settings))
     async with limited_server(state) as url:
         yield url

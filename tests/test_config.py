@@ -408,3 +408,14 @@ def test_the_example_loads_and_shows_the_defaults(tmp_path: Path) -> None:
     sandbox = settings.app("demo-sandbox")
     assert sandbox.endpoint is not None
     assert sandbox.endpoint.port == 2197
+
+
+def test_live_activities_need_token_auth(tmp_path: Path) -> None:
+    # Apple refuses Live Activity pushes on certificate connections.
+    (tmp_path / "cert.pem").write_text("pem")
+    entry = app_entry()
+    entry["auth"] = {"certificate": {"cert_file": "cert.pem"}}
+    entry["live_activity"] = {}
+    assert problems_of(write_config(tmp_path, {"apps": [entry]}))[0].startswith(
+        "apps[0]: live_activity: Apple accepts Live Activity pushes only with token auth"
+    )

@@ -86,10 +86,12 @@ async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, enco
 
 
 @pytest.mark.parametrize(
-    "scenario", ["callback-snooze", "callback-cancel", "callback-timeout", "chat"]
+    "scenario",
+    ["callback-snooze", "callback-cancel", "callback-timeout", "chat", "callback-live-activity"],
 )
 async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
-    async with gms_flow(redis_url, state_dir) as (relay, ends):
+    live_activity = {"live_activity": {"dismiss_after_s": 2}}
+    async with gms_flow(redis_url, state_dir, app=live_activity) as (relay, ends):
         report = DemoReport()
         await DEMO_SCENARIOS[scenario](ends, report)
         assert report.failures == []

@@ -235,6 +235,13 @@ def evaluate(
     payload_answer = check_payload(request.body, request.body_size, push_type)
     if payload_answer is not None:
         return payload_answer
+    if push_type == "liveactivity":
+        # Imported here: its checks answer with this module's Answers.
+        from relay.apns_sim.live_activity import check_live_activity
+
+        live_answer = check_live_activity(topic, int(priority_text), orjson.loads(request.body))
+        if live_answer is not None:
+            return live_answer
     return Accepted(
         token=token_or_answer.lower(),
         topic=topic,

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
 
+from relay.device_sim.activities import ActivityShown
 from relay.device_sim.dialogs import (
     ChatUpdate,
     Dialog,
@@ -236,6 +237,7 @@ TranscriptEntry: TypeAlias = (
     | ChatLineShown
     | ChatEnded
     | GmsFailure
+    | ActivityShown
 )
 
 # ---- what the app asks its shell to do ----

@@ -16,6 +16,7 @@ from aiocometd_ng.client import Client as CometClient
 from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
 
+from relay.device_sim.activities import ActivityWatcher
 from relay.device_sim.app import (
     CloseComet,
     DeviceApp,
@@ -96,6 +97,7 @@ class Phone:
     last_seq: int = 0
     pushes: list[dict[str, object]] = field(default_factory=list)  # the control API's records
     comet_messages: list[dict[str, object]] = field(default_factory=list)  # as received
+    activity_watcher: ActivityWatcher | None = None  # the phone's Live Activities, if any
     _comet: CometClient | None = None
     _comet_reader: asyncio.Task[None] | None = None
 
@@ -141,6 +143,10 @@ class Phone:
                     f"notification seq {record.get('seq')}: payload not an object"
                 )
             await self.perform(self.app.receive_push(payload, self.clock()))
+        if self.activity_watcher is not None:
+            shown = await self.activity_watcher.poll_once(self.clock())
+            self.app.transcript.extend(shown)
+            return len(fresh) + len(shown)
         return len(fresh)
 
     async def perform(self, effects: Sequence[Effect]) -> None:

@@ -1,0 +1,138 @@
+"""GMS callback action -> Live Activity push (start, update, end), by Apple's ActivityKit rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+import orjson
+
+from relay.model import MAX_PAYLOAD_BYTES, InvalidInput, Notification
+from relay.payload import PAYLOAD_TOO_LARGE_STATUS
+
+if TYPE_CHECKING:
+    from relay.config import LiveActivitySettings
+
+LIVE_ACTIVITY = "liveactivity"
+
+
+class ActivityEvent(StrEnum):
+    """Apple's `aps.event` values."""
+
+    START = "start"
+    UPDATE = "update"
+    END = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityTokens:
+    """What the relay knows of one service's Live Activity when an event for it arrives."""
+
+    activity_token: str | None  # registered by the app for this service (its update token)
+    push_to_start_token: str | None  # the device's push-to-start token (iOS 17.2+)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityPush:
+    """The Live Activity push an event asks for, before its timestamp is drawn (next_timestamp)."""
+
+    event: ActivityEvent
+    token: str  # the activity's update token, or the push-to-start token for START
+    priority: int
+    content_state: dict[str, object]
+
+
+def plan_activity_push(
+    settings: LiveActivitySettings,
+    *,
+    service_id: str,
+    action: str,
+    fields: dict[str, object],
+    tokens: ActivityTokens,
+) -> ActivityPush | None:
+    """The push the GMS callback `action` asks for, or None: the action is not a step of the
+    activity, or there is no token to reach it (an update for an activity never started, a
+    start on a device without a push-to-start token, anything but a start action)."""
+    step = settings.steps.get(action)
+    if step is None:
+        return None
+    # GMS's own fields (an estimated wait, a position) come first, so the relay's keys win.
+    state: dict[str, object] = {
+        **{key: value for key, value in fields.items() if value is not None},
+        "stage": step.stage,
+        "service_id": service_id,
+        "label": step.label,
+    }
+    if tokens.activity_token is not None:
+        event = ActivityEvent.END if step.event == "end" else ActivityEvent.UPDATE
+        return ActivityPush(event, tokens.activity_token, step.priority, state)
+    if action in settings.start_actions and tokens.push_to_start_token is not None:
+        return ActivityPush(ActivityEvent.START, tokens.push_to_start_token, step.priority, state)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class LastSent:
+    """The last Live Activity push taken for an activity: when its event happened, its stamp."""
+
+    event_s: int
+    timestamp_s: int
+
+
+def next_timestamp(last: LastSent | None, event_s: int) -> int | None:
+    """The `aps.timestamp` for an event that happened at `event_s`, or None when it happened
+    before the last one sent for the activity: it stands for a state the customer has already
+    left (and the phone would ignore it). Events in one second get successive stamps, so stamps
+    strictly increase (their queue keeps them in order) while an event is judged old by when it
+    happened, never by a stamp that ran ahead of the clock."""
+    if last is None:
+        return event_s
+    if event_s < last.event_s:
+        return None
+    return max(event_s, last.timestamp_s + 1)
+
+
+def activity_notification(
+    app_name: str,
+    settings: LiveActivitySettings,
+    push: ActivityPush,
+    *,
+    service_id: str,
+    timestamp_s: int,
+    now_s: int,
+    expires_at: int,
+) -> Notification:
+    """The APNs request for `push` stamped `timestamp_s`; InvalidInput if it is over Apple's limit
+    (the GMS message carried too much for a content-state)."""
+    aps: dict[str, object] = {
+        "timestamp": timestamp_s,
+        "event": push.event.value,
+        "content-state": push.content_state,
+    }
+    if push.event is ActivityEvent.END:
+        aps["dismissal-date"] = now_s + settings.dismiss_after_s
+    else:
+        aps["stale-date"] = now_s + settings.stale_after_s
+        aps["relevance-score"] = settings.relevance_score
+    if push.event is ActivityEvent.START:
+        aps["attributes-type"] = settings.attributes_type
+        aps["attributes"] = {"service_id": service_id}
+        aps["alert"] = {"title": settings.start_alert.title, "body": settings.start_alert.body}
+    body = orjson.dumps({"aps": aps})
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(
+            "message",
+            f"makes a Live Activity payload of {len(body)} bytes; APNs accepts at most "
+            f"{MAX_PAYLOAD_BYTES}",
+            PAYLOAD_TOO_LARGE_STATUS,
+        )
+    return Notification(
+        app=app_name,
+        device_token=push.token,
+        payload=body,
+        push_type=LIVE_ACTIVITY,
+        priority=push.priority,
+        expires_at=expires_at,
+        action=push.event.value,
+    )

@@ -1,0 +1,153 @@
+"""Live Activity registration over HTTP: stored with the service's lifetime, scoped, refused
+with problem+json when wrong (and then nothing stored)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from relay_harness import running_relay
+from test_api_auth import DEV_TOKEN, OTHER_TOKEN, scoped_call, two_app_relay
+from test_api_input import assert_problem, refused
+
+from relay.activity_store import PUSH_TO_START_TTL_S, activity_key, push_to_start_key
+from relay.schema import openapi_document
+
+SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
+ACTIVITY_TOKEN = "a1" * 40  # Apple does not promise a length: a longer one must pass too
+DEVICE = "d4" * 32
+LIVE_ACTIVITY = {"live_activity": {"service_lifetime_s": 600}}
+
+
+async def test_register_then_forget_an_activity(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay:
+        path = f"/v1/activities/dev/{SERVICE}"
+        body = {"activity_token": ACTIVITY_TOKEN.upper(), "device_token": DEVICE}
+        status, answer, _ = await relay.call("PUT", path, body)
+        assert (status, answer) == (200, {"service_id": SERVICE, "expires_in_s": 600})
+        key = activity_key("dev", SERVICE)
+        assert await redis.hgetall(key) == {
+            b"activity_token": ACTIVITY_TOKEN.encode(),
+            b"device_token": DEVICE.encode(),
+        }
+        assert 590 <= await redis.ttl(key) <= 600
+
+        status, answer, _ = await relay.call("DELETE", path)
+        assert (status, answer) == (200, {"removed": True})
+        assert await redis.hgetall(key) == {}
+        status, answer, _ = await relay.call("DELETE", path)
+        assert (status, answer) == (200, {"removed": False})
+
+        status, answer, _ = await relay.call(
+            "PUT", f"/v1/devices/dev/{DEVICE}/push-to-start", {"push_to_start_token": "B7" * 32}
+        )
+        assert (status, answer) == (200, {"registered": True})
+        pts = push_to_start_key("dev", DEVICE)
+        assert await redis.get(pts) == ("b7" * 32).encode()
+        assert PUSH_TO_START_TTL_S - 10 <= await redis.ttl(pts) <= PUSH_TO_START_TTL_S
+        status, answer, _ = await relay.call("DELETE", f"/v1/devices/dev/{DEVICE}/push-to-start")
+        assert (status, answer) == (200, {"removed": True})
+        assert await redis.exists(pts) == 0
+
+
+async def test_bad_registrations_are_refused_and_store_nothing(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay:
+        path = f"/v1/activities/dev/{SERVICE}"
+        cases = [
+            ({"activity_token": "xyz", "device_token": DEVICE}, "activity_token", "at least 8"),
+            (
+                {"activity_token": "0123456789abcdeg", "device_token": DEVICE},
+                "activity_token",
+                "pattern",
+            ),
+            ({"activity_token": ACTIVITY_TOKEN}, "device_token", "required"),
+            ({"activity_token": 5, "device_token": DEVICE}, "activity_token", "string"),
+            (
+                {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE, "x": 1},
+                "x",
+                "Extra inputs",
+            ),
+        ]
+        for body, field, rule in cases:
+            assert_problem(await refused(relay, redis, "PUT", path, body), 400, field, rule)
+        assert_problem(
+            await refused(relay, redis, "PUT", path, b"{not json"), 400, "body", "not valid JSON"
+        )
+        assert_problem(
+            await refused(
+                relay,
+                redis,
+                "PUT",
+                f"/v1/activities/dev/{'s' * 129}",
+                {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE},
+            ),
+            400,
+            "service_id",
+            "at most 128",
+        )
+        assert_problem(
+            await refused(
+                relay,
+                redis,
+                "PUT",
+                "/v1/devices/dev/zz/push-to-start",
+                {"push_to_start_token": DEVICE},
+            ),
+            400,
+            "token",
+            "8 to 200 hex digits",
+        )
+        assert_problem(
+            await refused(
+                relay,
+                redis,
+                "PUT",
+                f"/v1/activities/nosuch/{SERVICE}",
+                {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE},
+            ),
+            404,
+            "app",
+            "nosuch",
+        )
+
+
+async def test_an_app_without_live_activities_refuses_registrations(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with running_relay(redis_url, state_dir) as relay:
+        answer = await refused(
+            relay,
+            redis,
+            "PUT",
+            f"/v1/activities/dev/{SERVICE}",
+            {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE},
+        )
+        assert_problem(answer, 404, "app", "no live_activity section")
+
+
+async def test_a_scoped_credential_registers_only_for_its_app(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    async with (
+        running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay,
+        two_app_relay(relay, LIVE_ACTIVITY) as url,
+    ):
+        body = {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE}
+        path = f"/v1/activities/dev/{SERVICE}"
+        answer = await scoped_call(relay.session, url, f"Bearer {OTHER_TOKEN}", "PUT", path, body)
+        assert_problem(answer, 403, "app", "may not act for app 'dev'")
+        assert await redis.exists(activity_key("dev", SERVICE)) == 0
+        answer = await scoped_call(relay.session, url, f"Bearer {DEV_TOKEN}", "PUT", path, body)
+        assert answer[0] == 200, answer
+
+
+def test_the_routes_are_documented() -> None:
+    paths = openapi_document()["paths"]
+    assert set(paths["/v1/activities/{app}/{service_id}"]) == {"put", "delete"}
+    assert set(paths["/v1/devices/{app}/{token}/push-to-start"]) == {"put", "delete"}
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["ActivityIn"]["required"] == ["activity_token", "device_token"]
