@@ -23,11 +23,11 @@ demo: $(STAMP)
 	$(BIN)/apns-relay demo --auth $(AUTH)
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests bench
-	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/ruff check relay relay_devkit tests bench
+	$(BIN)/ruff format --check relay relay_devkit tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy relay
+	$(BIN)/mypy relay relay_devkit
 
 unit: $(STAMP)
 	$(BIN)/pytest

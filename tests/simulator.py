@@ -27,8 +27,8 @@ from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
 
 from relay.apns import DrainingStateMachine
-from relay.apns_sim import info
-from relay.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
+from relay_devkit.apns_sim import info
+from relay_devkit.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0

@@ -14,7 +14,7 @@ import pytest
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
 from bench.report import evaluate_targets
-from relay import benchcli
+from relay_devkit import bench as benchcli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

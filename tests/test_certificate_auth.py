@@ -31,10 +31,10 @@ from simulator import (
     simulator_process,
 )
 
-from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay.config import Settings
-from relay.embedded import free_port
 from relay.service import run_relay
+from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
+from relay_devkit.embedded import free_port
 
 TOPIC = "com.example.certified"
 WAIT_S = 20.0

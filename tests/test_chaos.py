@@ -32,12 +32,12 @@ from relay_harness import (
 from simulator import ControlClient, control_client, running_simulator
 from topologies import ValkeyCluster
 
-from relay.apns_sim.faults import FaultConfig
 from relay.config import RedisSettings
 from relay.model import Notification
 from relay.queue import LEASE, NOTE, PAYLOAD, QUEUE, QueueLimits, RelayQueue, shard_prefix
 from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, connect
-from relay.service import simulator_app
+from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.dev_mode import simulator_app
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster

@@ -17,7 +17,7 @@ import pytest
 from relay_harness import RelayHarness, basic_authorization, running_relay
 from simulator import REPO_ROOT
 
-from relay.demo import (
+from relay_devkit.demo import (
     DEMO_SCENARIOS,
     SEED_CHAT_EVENTS,
     DemoReport,
@@ -29,10 +29,10 @@ from relay.demo import (
     flow_ends,
     normalised_event,
 )
-from relay.device_sim.app import AlertShown, AppSettings, entries_of
-from relay.device_sim.phone import Phone
-from relay.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay_devkit.device_sim.app import AlertShown, AppSettings, entries_of
+from relay_devkit.device_sim.phone import Phone
+from relay_devkit.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 DEMO_TIMEOUT_S = 90
 

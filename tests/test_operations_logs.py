@@ -31,9 +31,9 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.embedded import EmbeddedServer
 from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer
 
 WAIT_S = 20.0
 WRONG_BEARER = "wrong-token-5f2c9a7e41"
@@ -41,7 +41,7 @@ WRONG_BASIC = ("gms", "not-the-password-83c1")
 JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 LOG_PROBE = """
 import structlog
-from relay.embedded import EmbeddedServer
+from relay_devkit.embedded import EmbeddedServer
 from relay.logs import configure_logging
 configure_logging({fmt!r})
 structlog.get_logger("probe").info("probe_event", answer=42)

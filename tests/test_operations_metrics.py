@@ -22,7 +22,7 @@ from simulator import ControlClient, control_client, running_simulator
 from test_deploy_files import PROMETHEUS_SERIES, every_query, promql_metric_names
 
 from relay import __version__
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
 
 APP = "dev"
 WAIT_S = 20.0

@@ -26,7 +26,7 @@ import pytest
 from relay_harness import API_TOKEN, RelayProcess, app_tokens, relay_processes, write_config
 from simulator import ControlClient, SimulatorProcess, control_client, simulator_process
 
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
 
 APP = "alpha"
 OTHER_APP = "beta"

@@ -19,10 +19,10 @@ import redis as syncredis
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import SimInfo, control_client, running_simulator
 
-from relay.apns_sim.faults import FaultConfig
-from relay.embedded import EmbeddedServer
 from relay.queue import NOTE, shard_of_id, shard_prefix
-from relay.service import simulator_app
+from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer
 
 DEVICES = 200
 PER_DEVICE = 10

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.apns_sim.protocol import ENVIRONMENTS, TrustedKey
+from relay_devkit.apns_sim.protocol import ENVIRONMENTS, TrustedKey
 
 CERT_LIFETIME = datetime.timedelta(days=30)
 IDENTIFIER_ALPHABET = string.ascii_uppercase + string.digits

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
 
-from relay.device_sim.dialogs import (
+from relay_devkit.device_sim.dialogs import (
     ChatUpdate,
     Dialog,
     DialogError,
