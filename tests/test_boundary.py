@@ -226,3 +226,16 @@ def test_kit_commands_say_so_when_the_kit_is_not_installed(
     assert completed.returncode == 2, completed.stderr
     assert says in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_loading_settings_touches_no_redis_or_lua_code() -> None:
+    script = (
+        "import sys\n"
+        "from relay.config import load_settings\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')"
+        " or m in ('relay.queue', 'relay.redis_connection', 'relay.routes')))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert completed.stdout.strip() == "[]", completed.stdout

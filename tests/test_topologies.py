@@ -33,16 +33,12 @@ from relay.config import ConfigError, RedisSettings, load_settings
 from relay.model import Notification
 from relay.queue import QueueLimits, RelayQueue, shard_prefix
 from relay.redis_connection import (
-    ClusterSeeds,
     ReplicaAcknowledgement,
     ReplicasBehind,
-    SentinelSet,
-    Standalone,
     connect,
-    parse_redis_url,
     replica_acknowledgement,
-    topology,
 )
+from relay.redis_topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster
