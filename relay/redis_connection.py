@@ -119,10 +119,10 @@ class ReplicasBehind(QueueRefusal):
     most likely be delivered, but a failover now could lose it: the client should send it again,
     with the same idempotency key so a copy that survived is not queued twice."""
 
+    reason = "replicas_behind"
+
     def __init__(self, acknowledged: int, wanted: int, timeout_ms: int) -> None:
         super().__init__(
-            503,
-            "replicas_behind",
             f"only {acknowledged} of the {wanted} Redis replicas asked for (redis.ack_replicas)"
             f" confirmed the write within {timeout_ms} ms; send it again with the same"
             " idempotency key",

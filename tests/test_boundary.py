@@ -17,6 +17,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from relay.api import REFUSAL_STATUSES
+from relay.queue import QueueRefusal
 from relay_devkit.embedded import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -239,3 +241,16 @@ def test_loading_settings_touches_no_redis_or_lua_code() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert completed.stdout.strip() == "[]", completed.stdout
+
+
+def kinds_of(refusal: type[QueueRefusal]) -> set[type[QueueRefusal]]:
+    return {refusal}.union(*(kinds_of(kind) for kind in refusal.__subclasses__()))
+
+
+def test_the_store_refuses_in_types_and_the_http_layer_gives_each_a_status() -> None:
+    kinds = kinds_of(QueueRefusal) - {QueueRefusal}
+    assert len(kinds) >= 7  # the queue's four, the spool's two, the replicas' one
+    for kind in kinds:
+        assert not hasattr(kind, "status"), kind
+        assert 400 <= REFUSAL_STATUSES[kind.reason] < 600, kind
+    assert len({kind.reason for kind in kinds}) == len(kinds)

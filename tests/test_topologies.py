@@ -244,7 +244,7 @@ async def test_ack_replicas_waits_on_the_primary_that_owns_the_shard(
     assert await ReplicaAcknowledgement(redis, 1, 1000).confirm([accepted.id]) == 1
     with pytest.raises(ReplicasBehind) as caught:
         await ReplicaAcknowledgement(redis, 2, 50).confirm([accepted.id])
-    assert (caught.value.status, caught.value.retry_after_s) == (503, 1)
+    assert (caught.value.reason, caught.value.retry_after_s) == ("replicas_behind", 1)
     assert caught.value.acknowledged == 1
     # A replica that has not taken the write cannot acknowledge it.
     shard = queue.shard_of("dev", f"{1:064x}")
