@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -101,13 +100,6 @@ async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenari
             assert (totals.delivered, totals.pending) == (2, 0)  # + get-dialog-start-chat
 
 
-async def wait_for_stalls(relay: RelayHarness, count: int, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await relay.control.stats()).get("stalled", 0) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} stalls"
-        await asyncio.sleep(0.02)
-
-
 async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_still_pushed(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -130,7 +122,7 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
         # The head (position 2) is held in flight by the stalled APNs until the faults go.
         await relay.control.put_faults({"stall": {"tokens": [ends.phone.token]}})
         await post(2)
-        await wait_for_stalls(relay, 1)
+        await relay.control.wait_for_stalls(1)
         answers = {position: await post(position) for position in (5, 3, 4)}
         repeat = await post(4)
         assert (repeat["id"], repeat["duplicate"]) == (answers[4]["id"], True)

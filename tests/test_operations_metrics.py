@@ -18,7 +18,7 @@ from relay_harness import (
     relay_processes,
 )
 from relay_harness import write_config as write_relay_config
-from simulator import ControlClient, control_client, running_simulator
+from simulator import control_client, running_simulator
 from test_deploy_files import PROMETHEUS_SERIES, every_query, promql_metric_names
 
 from relay import __version__
@@ -86,13 +86,6 @@ class Relay:
             return parse_exposition(await response.text())
 
 
-async def wait_for_stalls(control: ControlClient, count: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while (await control.stats()).get("stalled", 0) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} stalled requests"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exactly(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -130,7 +123,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 await relay.wait_state(answer["id"], {"delivered"})
                 await relay.wait_state(ids[retried], {"delivered"})
                 assert (await relay.wait_state(ids[failing], {"failed"}))["attempts"] == 1
-                await wait_for_stalls(control, 1)
+                await control.wait_for_stalls(1)
                 expires_at = (await relay.notification(late))["expires_at"]
                 await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # the clock
                 await control.clear_faults()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from relay_harness import RelayHarness, running_relay
+from relay_harness import running_relay
 
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
 SEED_ACTIONS = (
@@ -25,13 +25,6 @@ SEED_ACTIONS = (
 def message_of(record: dict[str, Any]) -> Any:
     message = record["payload"]["message"]
     return json.loads(message) if isinstance(message, str) else message
-
-
-async def wait_for_stalls(relay: RelayHarness, count: int, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await relay.control.stats()).get("stalled", 0) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} stalls"
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
@@ -123,7 +116,7 @@ async def test_stall_goaway_and_dropped_connections_end_delivered(
         stalled = await relay.device_token()
         await relay.control.put_faults({"stall": {"tokens": [stalled]}})
         first = await relay.notify(device_token=stalled, service_id="S1", action="wait-for-agent")
-        await wait_for_stalls(relay, 1)
+        await relay.control.wait_for_stalls(1)
         for faults in ({"goaway": {"after_streams": 3}}, {"drop": {"after_streams": 3}}):
             await relay.control.put_faults(faults)
             others = [
@@ -177,7 +170,7 @@ async def test_nothing_is_sent_after_it_expires(redis_url: str, state_dir: Path)
         head = await relay.notify(device_token=device, service_id="A", action="wait-for-agent")
         short = await relay.notify(device_token=device, service_id="B", action="x", ttl=1)
         # Two stalled attempts of the head (1 s deadline each): `short` is past its expiry.
-        await wait_for_stalls(relay, 2)
+        await relay.control.wait_for_stalls(2)
         await relay.control.clear_faults()
         assert (await relay.wait_state(head, {"delivered"}))["attempts"] >= 3
         state = await relay.wait_state(short, {"expired", "delivered"})
