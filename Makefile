@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint types unit bench clean
+.PHONY: run demo test test-fast lint types unit bench clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint types unit
+
+# The quick loop while editing: lint, types and every test not marked slow. `make test` (and
+# .ci/run) still runs everything.
+test-fast: lint types $(STAMP)
+	$(BIN)/pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/apns-relay bench

@@ -165,6 +165,7 @@ def foreign_certificate(directory: Path) -> Path:
         ("environment", "production", "BadCertificateEnvironment"),
     ],
 )
+@pytest.mark.slow
 async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_one_resumes_it(
     redis_url: str, state_dir: Path, fault: str, listener: str, reason: str
 ) -> None:
@@ -437,6 +438,7 @@ async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path)
         assert (await control.notifications())["notifications"][0]["token"] == token(5)
 
 
+@pytest.mark.slow
 async def test_with_worker_processes_every_worker_checks_certificates_and_revocations(
     state_dir: Path,
 ) -> None:

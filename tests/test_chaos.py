@@ -52,7 +52,7 @@ LEASE_S = 2
 DRAIN_TIMEOUT_S = 90.0
 TRANSIENT_ERRORS = {"probability": 0.05, "status": 503, "reason": "ServiceUnavailable"}
 FINAL_STATES = {"delivered", "failed", "expired", "superseded"}
-pytestmark = pytest.mark.timeout(CHAOS_SECONDS + DRAIN_TIMEOUT_S + 120)
+pytestmark = [pytest.mark.timeout(CHAOS_SECONDS + DRAIN_TIMEOUT_S + 120), pytest.mark.slow]
 # A write acknowledged this long before a primary died may be lost by asynchronous replication.
 LOSS_WINDOW_S = 1.0
 RESEND_SLACK_S = 3.0  # claim loop tick, restart and CPU contention on 2 cores

@@ -69,6 +69,7 @@ def chat_alerts(ends: FlowEnds) -> list[tuple[int, str | None, str | None]]:
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
+@pytest.mark.slow
 async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, encoding: str) -> None:
     async with gms_flow(redis_url, state_dir, app={"message_encoding": encoding}) as (_, ends):
         report = DemoReport()
@@ -87,6 +88,7 @@ async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, enco
 @pytest.mark.parametrize(
     "scenario", ["callback-snooze", "callback-cancel", "callback-timeout", "chat"]
 )
+@pytest.mark.slow
 async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
     async with gms_flow(redis_url, state_dir) as (relay, ends):
         report = DemoReport()
@@ -178,6 +180,7 @@ async def test_a_step_that_differs_from_the_seed_fails_the_check() -> None:
 
 
 @pytest.mark.parametrize("auth", ["token", "certificate"])
+@pytest.mark.slow
 def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "relay.cli", "demo", "--auth", auth],

@@ -52,7 +52,7 @@ LEASE_S = 2
 HOLD_S = 1.3
 DELIVERY_WAIT_S = 90.0
 PUSH_ID = re.compile(r"d(\d+)n(\d+)")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 @dataclass

@@ -132,6 +132,7 @@ async def wait_until_final(session: aiohttp.ClientSession, url: str, ids: list[s
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -337,6 +338,7 @@ def test_a_repeated_condition_logs_its_start_a_summary_per_interval_and_its_end(
     assert log.lines[-1][1]["phase"] == "started"
 
 
+@pytest.mark.slow
 async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
     state_dir: Path,
 ) -> None:

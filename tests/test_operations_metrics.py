@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from relay_harness import (
     API_TOKEN,
@@ -86,6 +87,7 @@ class Relay:
             return parse_exposition(await response.text())
 
 
+@pytest.mark.slow
 async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exactly(
     redis_url: str, state_dir: Path
 ) -> None:

@@ -28,6 +28,10 @@ from simulator import ControlClient, SimulatorProcess, control_client, simulator
 
 from relay_devkit.dev_mode import simulator_app
 
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
+
 APP = "alpha"
 OTHER_APP = "beta"
 DEVICES = 60

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import redis as syncredis
 from eventually import eventually
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
@@ -22,6 +23,10 @@ from relay.queue import NOTE, shard_of_id, shard_prefix
 from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 DEVICES = 200
 PER_DEVICE = 10

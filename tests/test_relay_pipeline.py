@@ -28,6 +28,7 @@ def message_of(record: dict[str, Any]) -> Any:
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
+@pytest.mark.slow
 async def test_each_seed_action_reaches_apns_with_headers_and_payload(
     redis_url: str, state_dir: Path, encoding: str
 ) -> None:
@@ -56,6 +57,7 @@ async def test_each_seed_action_reaches_apns_with_headers_and_payload(
             assert state["last_status"] == 200
 
 
+@pytest.mark.slow
 async def test_per_device_order_holds_under_concurrency(redis_url: str, state_dir: Path) -> None:
     devices, per_device = 50, 20
     async with running_relay(redis_url, state_dir, queue={"supersede": False}) as relay:
@@ -79,6 +81,7 @@ async def test_per_device_order_holds_under_concurrency(redis_url: str, state_di
             assert seqs == list(range(per_device))
 
 
+@pytest.mark.slow
 async def test_transient_answers_are_retried_until_delivered(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -109,6 +112,7 @@ async def test_transient_answers_are_retried_until_delivered(
             assert len(await relay.received(device)) == 1
 
 
+@pytest.mark.slow
 async def test_stall_goaway_and_dropped_connections_end_delivered(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -135,6 +139,7 @@ async def test_stall_goaway_and_dropped_connections_end_delivered(
         assert stats["drops"] >= 1
 
 
+@pytest.mark.slow
 async def test_permanent_answers_fail_at_once_and_mark_the_token(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -163,6 +168,7 @@ async def test_permanent_answers_fail_at_once_and_mark_the_token(
         assert (await relay.call("GET", f"/v1/devices/dev/{unregistered}"))[1]["dead"] is None
 
 
+@pytest.mark.slow
 async def test_nothing_is_sent_after_it_expires(redis_url: str, state_dir: Path) -> None:
     async with running_relay(redis_url, state_dir) as relay:
         device = await relay.device_token()
@@ -179,6 +185,7 @@ async def test_nothing_is_sent_after_it_expires(redis_url: str, state_dir: Path)
         assert sent == ["A"]
 
 
+@pytest.mark.slow
 async def test_credential_error_pauses_the_app_keeps_the_queue_and_resumes(
     redis_url: str, state_dir: Path
 ) -> None:

@@ -285,6 +285,7 @@ async def push_and_deliver(relay: RelayHarness, count: int) -> None:
     await asyncio.gather(*(relay.wait_state(i, {"delivered"}) for i in ids))
 
 
+@pytest.mark.slow
 async def test_the_relay_delivers_through_a_cluster_primary_failover(
     cluster: ValkeyCluster, state_dir: Path
 ) -> None:
@@ -299,6 +300,7 @@ async def test_the_relay_delivers_through_a_cluster_primary_failover(
 # ---- Sentinel ----
 
 
+@pytest.mark.slow
 async def test_the_relay_delivers_through_a_sentinel_failover(
     sentinel_set: SentinelTopology, state_dir: Path
 ) -> None:
