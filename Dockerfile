@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
-# One image for every role: `apns-relay api`, `apns-relay worker`, `apns-relay serve`, `apns-relay apns-sim`.
+# One image for every role: `apns-relay api`, `apns-relay worker`, `apns-relay serve`.
 # Build: docker build -t gms-apns-relay:dev .
+# The development image adds the development kit (relay_devkit: `apns-relay apns-sim`, the
+# simulators compose and the kind overlay stand in for Apple with):
+#   docker build --build-arg DEVKIT=true -t gms-apns-relay-devkit:dev .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -18,8 +21,13 @@ COPY requirements/runtime.lock requirements/runtime.lock
 RUN pip install --require-hashes --only-binary=:all: -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY relay ./relay
+# The development kit is copied aside and joins the package only for the development image
+# (DEVKIT=true); the production image (the default) holds none of it.
+ARG DEVKIT=false
+COPY relay_devkit /opt/devkit/relay_devkit
 # Installed (not editable), byte-compiled by pip, so the read-only runtime never writes .pyc files.
-RUN pip install --no-deps .
+RUN if [ "$DEVKIT" = "true" ]; then cp -r /opt/devkit/relay_devkit ./relay_devkit; fi \
+    && pip install --no-deps .
 
 # --- runtime: the interpreter, the venv and an unprivileged user; no pip builds, no compilers ---
 FROM ${PYTHON_IMAGE} AS runtime

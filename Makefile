@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test lint types unit bench clean
+.PHONY: run demo test test-fast lint types unit bench clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,16 +23,21 @@ demo: $(STAMP)
 	$(BIN)/apns-relay demo --auth $(AUTH)
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests bench
-	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/ruff check relay relay_devkit tests bench
+	$(BIN)/ruff format --check relay relay_devkit tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy relay
+	$(BIN)/mypy relay relay_devkit
 
 unit: $(STAMP)
 	$(BIN)/pytest
 
 test: lint types unit
+
+# The quick loop while editing: lint, types and every test not marked slow. `make test` (and
+# .ci/run) still runs everything.
+test-fast: lint types $(STAMP)
+	$(BIN)/pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/apns-relay bench

@@ -19,7 +19,7 @@ import redis
 
 from bench.processes import REPO_ROOT, CpuLedger, RssSampler, Tracked, python_argv, start_process
 from bench.stack import API_TOKEN, Relay, sim_target
-from relay.apns_sim.info import SimInfo
+from relay_devkit.apns_sim.info import SimInfo
 
 NODE_DIR = REPO_ROOT / "bench" / "node"
 NODE_WORK_DIR = REPO_ROOT / "bench" / ".work" / "node"

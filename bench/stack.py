@@ -16,9 +16,9 @@ from bench.processes import (
     start_process,
     wait_until,
 )
-from relay.apns_sim.info import SimInfo
-from relay.embedded import EmbeddedServer, free_port
-from relay.service import simulator_app
+from relay_devkit.apns_sim.info import SimInfo
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer, free_port
 
 TOPIC = "com.example.gms.bench"
 APP = "bench"

@@ -40,12 +40,15 @@ from relay.queue import (
     REDIS_ERRORS,
     REDIS_UNAVAILABLE,
     Accepted,
+    DeadToken,
+    DeviceQueueFull,
     IdempotencyKeyReused,
     NotificationStatus,
+    PendingCapReached,
     QueueRefusal,
     RelayQueue,
 )
-from relay.redis_connection import ReplicaAcknowledgement
+from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.routes import RouteStore, route_for
 from relay.schema import (
     MAX_JSON_DEPTH,
@@ -55,9 +58,21 @@ from relay.schema import (
     NotificationIn,
     openapi_document,
 )
-from relay.spool import Spool
+from relay.spool import Spool, SpoolFull, SpoolUnavailable
 
 log = structlog.get_logger("relay.api")
+
+# What each kind of refusal from the store means to an HTTP client: the store's refusals are
+# typed and carry no status (tests/test_boundary.py checks every kind has one here).
+REFUSAL_STATUSES: dict[str, int] = {
+    IdempotencyKeyReused.reason: 409,
+    DeadToken.reason: 410,
+    DeviceQueueFull.reason: 429,
+    PendingCapReached.reason: 503,
+    ReplicasBehind.reason: 503,
+    SpoolFull.reason: 503,
+    SpoolUnavailable.reason: 503,
+}
 
 PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 QUEUE_GAUGES_MAX_AGE_S = 1.0
@@ -131,7 +146,7 @@ class Problem(Exception):
                 "status_url": _status_url(refusal.notification_id),
             }
         return cls(
-            refusal.status,
+            REFUSAL_STATUSES[refusal.reason],
             refusal.reason.replace("_", "-"),
             refusal.message,
             field=field,

@@ -10,6 +10,12 @@ from typing import Protocol
 
 from relay import __version__
 
+# Development mode's state (`serve --dev`): dev.json there names the relay and its API token,
+# which `push` and `status` read when none is given.
+DEV_STATE_DIR = ".relay-dev"
+DEV_JSON = "dev.json"
+DEV_AUTH_CHOICES = ("token", "certificate")  # the simulator app's APNs credentials
+
 
 class CommandModule(Protocol):
     def configure(self, parser: argparse.ArgumentParser) -> None: ...
@@ -18,7 +24,8 @@ class CommandModule(Protocol):
 
 
 # name -> (module holding configure() and run(), one-line help). Imported only when chosen,
-# so `apns-relay apns-sim` does not pay for the relay's imports and vice versa.
+# so `apns-relay apns-sim` does not pay for the relay's imports and vice versa, and the
+# production roles never load the development kit (relay_devkit), which the image leaves out.
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("relay.service", "api and worker in one process; --dev: development mode"),
     "api": ("relay.service", "the HTTP ingest and status API"),
@@ -29,10 +36,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "relay.check_command",
         "for every app: are its APNs credentials, topic and environment right?",
     ),
-    "apns-sim": ("relay.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),
-    "gms-sim": ("relay.gms_sim.command", "run the GMS simulator (dialogs and push scenarios)"),
-    "demo": ("relay.demo", "the whole GMS flow with simulators, every hop checked and printed"),
-    "bench": ("relay.benchcli", "run the benchmark harness (from a source checkout)"),
+    "apns-sim": ("relay_devkit.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),
+    "gms-sim": (
+        "relay_devkit.gms_sim.command",
+        "run the GMS simulator (dialogs and push scenarios)",
+    ),
+    "demo": (
+        "relay_devkit.demo",
+        "the whole GMS flow with simulators, every hop checked and printed",
+    ),
+    "bench": ("relay_devkit.bench", "run the benchmark harness (from a source checkout)"),
 }
 
 
@@ -52,9 +65,25 @@ def build_parser(
     return parser, modules
 
 
+def development_kit_missing(name: str) -> int:
+    print(
+        f"apns-relay {name}: this command belongs to the development kit (relay_devkit), which"
+        " this installation does not include (the production image leaves it out); run it from"
+        " a source checkout (make lint bootstraps one)",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
-    parser, modules = build_parser(next((a for a in arguments if a in COMMANDS), None))
+    chosen = next((a for a in arguments if a in COMMANDS), None)
+    try:
+        parser, modules = build_parser(chosen)
+    except ModuleNotFoundError as error:
+        if chosen is None or error.name != "relay_devkit":
+            raise
+        return development_kit_missing(chosen)
     args = parser.parse_args(arguments)
     return modules[args.command].run(args)
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeAlias, cast, get_type_hints
+from typing import Any, ClassVar, TypeAlias, cast, get_type_hints
 
 import structlog
 from redis.asyncio import Redis, RedisCluster
@@ -130,12 +130,14 @@ class QueueLimits:
 
 
 class QueueRefusal(Exception):
-    """Enqueue refused; nothing was stored. `retry_after_s` is None when waiting does not help."""
+    """Enqueue refused; nothing was stored. `reason` names the kind of refusal (each subclass has
+    its own; the HTTP layer maps it to a status, relay.api.REFUSAL_STATUSES), `retry_after_s` is
+    None when waiting does not help. The store knows nothing of HTTP."""
 
-    def __init__(self, status: int, reason: str, message: str, retry_after_s: int | None) -> None:
+    reason: ClassVar[str]
+
+    def __init__(self, message: str, retry_after_s: int | None) -> None:
         super().__init__(message)
-        self.status = status
-        self.reason = reason
         self.message = message
         self.retry_after_s = retry_after_s
 
@@ -143,10 +145,10 @@ class QueueRefusal(Exception):
 class IdempotencyKeyReused(QueueRefusal):
     """The idempotency key was used before for a different request: the first one stands."""
 
+    reason = "idempotency_key_reused"
+
     def __init__(self, key: str, notification_id: str) -> None:
         super().__init__(
-            409,
-            "idempotency_key_reused",
             f"idempotency_key {key!r} was used for notification {notification_id} with a"
             " different request; send that same request again, or use a new key",
             None,
@@ -155,12 +157,12 @@ class IdempotencyKeyReused(QueueRefusal):
 
 
 class DeadToken(QueueRefusal):
+    reason = "device_token_dead"
+
     def __init__(
         self, app: str, token: str, apns_reason: str, invalid_since_ms: int | None
     ) -> None:
         super().__init__(
-            410,
-            "device_token_dead",
             f"device_token: APNs reported {token} dead for app {app} ({apns_reason});"
             " refused until the device registers again",
             None,
@@ -170,10 +172,10 @@ class DeadToken(QueueRefusal):
 
 
 class DeviceQueueFull(QueueRefusal):
+    reason = "device_queue_full"
+
     def __init__(self, app: str, token: str, limit: int, retry_after_s: int) -> None:
         super().__init__(
-            429,
-            "device_queue_full",
             f"device_token: {token} of app {app} already has {limit} notifications queued,"
             f" the most allowed per device",
             retry_after_s,
@@ -181,10 +183,10 @@ class DeviceQueueFull(QueueRefusal):
 
 
 class PendingCapReached(QueueRefusal):
+    reason = "pending_cap_reached"
+
     def __init__(self, limit: int, retry_after_s: int) -> None:
         super().__init__(
-            503,
-            "pending_cap_reached",
             f"the relay holds its maximum of {limit} undelivered notifications; try again later",
             retry_after_s,
         )

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from relay.cli import DEV_JSON, DEV_STATE_DIR
 from relay.model import FINAL_STATES
-from relay.service import DEFAULT_STATE_DIR
 
 POLL_INTERVAL_S = 0.1
 
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("RELAY_API_TOKEN"),
         help="bearer token (default: $RELAY_API_TOKEN, else the development dev.json)",
     )
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    parser.add_argument("--state-dir", default=DEV_STATE_DIR)
     if parser.prog.endswith("push"):
         parser.add_argument("--token", required=True, help="device token (hex)")
         parser.add_argument("--service-id", required=True)
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _relay(args: argparse.Namespace) -> tuple[str, str]:
     url, token = args.relay_url, args.api_token
-    dev_json = Path(args.state_dir) / "dev.json"
+    dev_json = Path(args.state_dir) / DEV_JSON
     if (not url or not token) and dev_json.exists():
         dev = orjson.loads(dev_json.read_bytes())
         url = url or dev["relay_url"]

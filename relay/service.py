@@ -1,4 +1,5 @@
-"""The relay's processes: `serve` (api + worker), `api`, `worker`; development mode wiring."""
+"""The relay's processes: `serve` (api + worker), `api`, `worker`. Development mode (`serve --dev`)
+lives in the development kit (relay_devkit.dev_mode), imported only when asked for."""
 
 from __future__ import annotations
 
@@ -7,25 +8,20 @@ import asyncio
 import contextlib
 import datetime
 import os
-import secrets
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
 import structlog
 from aiohttp import web
-from pydantic import SecretStr
 
 from relay import apns, metrics
 from relay.api import Credentials, RelayState, create_app, server_options
-from relay.apns_sim.info import SIM_JSON, SimInfo
+from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, load_settings
-from relay.embedded import EmbeddedServer, EmbeddedServerError
 from relay.logs import configure_logging, redact_text
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect, replica_acknowledgement
@@ -34,15 +30,17 @@ from relay.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.service")
 
-DEFAULT_STATE_DIR = ".relay-dev"
-DEV_APP = "dev"
-DEV_TOPIC = "com.example.gms"
-SIMULATOR_START_TIMEOUT_S = 20.0
 DEFAULT_WORKER_PORT = 8081
 DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev
-VALKEY_WATCH_S = 0.5  # how often development mode looks whether its Valkey is still running
-DEV_AUTH_CHOICES = ("token", "certificate")
-DEV_CERTIFICATE = "dev-app.pem"
+
+
+class DevelopmentMode(Protocol):
+    """What `serve --dev` adds to a serving relay (relay_devkit.dev_mode.DevEnvironment)."""
+
+    def announce(self, settings: Settings, relay_url: str) -> None: ...
+
+    async def watch(self) -> None:
+        """Returns only when a part development mode started has failed for good."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default: http.port, 8080)")
     parser.add_argument(
         "--state-dir",
-        default=DEFAULT_STATE_DIR,
+        default=DEV_STATE_DIR,
         help="development mode: where the embedded Valkey and the simulator keep their files",
     )
     parser.add_argument(
@@ -117,170 +115,31 @@ def run(args: argparse.Namespace) -> int:
 
         uvloop.install()
     # Only development mode writes files: api and worker run on a read-only root filesystem.
-    state_dir = Path(args.state_dir).resolve()
+    if not dev_mode:
+        try:
+            return asyncio.run(_serve(args.command, settings, args, None))
+        except ConfigError as error:
+            return _refuse(str(error))
     try:
-        with (
-            development_mode(settings, state_dir, args.auth)
-            if dev_mode
-            else contextlib.nullcontext((settings, None))
-        ) as (settings, dev):
+        # Imported only here: production processes load nothing of the development kit.
+        from relay_devkit import dev_mode as kit
+    except ModuleNotFoundError as error:
+        if error.name != "relay_devkit":
+            raise
+        return _refuse(
+            "serve --dev: development mode needs the development kit (relay_devkit), which this"
+            " installation does not include (the production image leaves it out); run it from"
+            " a source checkout (make run)"
+        )
+    errors: tuple[type[Exception], ...] = (ConfigError, *kit.START_ERRORS)
+    try:
+        with kit.development_mode(settings, Path(args.state_dir).resolve(), args.auth) as (
+            settings,
+            dev,
+        ):
             return asyncio.run(_serve(args.command, settings, args, dev))
-    except (ConfigError, EmbeddedServerError) as error:
+    except errors as error:
         return _refuse(str(error))
-
-
-# Development mode: whatever is not configured is started here, and said loudly.
-
-
-@dataclass
-class DevEnvironment:
-    state_dir: Path
-    valkey: EmbeddedServer | None = None
-    simulator: subprocess.Popen[bytes] | None = None
-    simulator_info: SimInfo | None = None
-    api_token: str | None = None
-
-    def close(self) -> None:
-        if self.simulator is not None and self.simulator.poll() is None:
-            self.simulator.send_signal(signal.SIGTERM)
-            try:
-                self.simulator.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.simulator.kill()
-        if self.valkey is not None:
-            self.valkey.stop()
-
-
-def start_simulator(state_dir: Path) -> tuple[subprocess.Popen[bytes], SimInfo]:
-    """The APNs simulator as a child process; returns once its sim.json is written."""
-    (state_dir / SIM_JSON).unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay.cli",
-            "apns-sim",
-            "--port",
-            "0",
-            "--control-port",
-            "0",
-            "--state-dir",
-            str(state_dir),
-        ],
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        info = SimInfo.wait_for(
-            state_dir, SIMULATOR_START_TIMEOUT_S, alive=lambda: process.poll() is None
-        )
-    except (RuntimeError, TimeoutError) as error:
-        process.kill()
-        raise ConfigError([f"the APNs simulator did not start: {error}"]) from None
-    return process, info
-
-
-def simulator_app(info: SimInfo, auth: str = "token") -> App:
-    """The development app, sending to the simulator with a token key or a push certificate."""
-    credentials: dict[str, Any]
-    if auth == "certificate":
-        credentials = {"certificate": {"cert_file": simulator_certificate(info)}}
-    else:
-        credentials = {
-            "token": {"key_file": info.key_file, "key_id": info.key_id, "team_id": info.team_id}
-        }
-    return App.model_validate(
-        {
-            "name": DEV_APP,
-            "topic": DEV_TOPIC,
-            "environment": "sandbox",
-            "default": True,
-            "auth": credentials,
-            "endpoint": {
-                "host": "127.0.0.1",
-                "port": info.port_of("sandbox"),
-                "ca_file": info.ca,
-            },
-        }
-    )
-
-
-def simulator_certificate(info: SimInfo) -> Path:
-    """A universal sandbox push certificate for DEV_TOPIC from the simulator's push CA (kept
-    beside its ca.pem), written as PEM next to it."""
-    # Imported here: the development kit stays out of production processes.
-    from relay.apns_sim.push_certificates import PushCertificateAuthority
-
-    state_dir = info.ca.parent
-    issued = PushCertificateAuthority.in_directory(state_dir).issue(DEV_TOPIC, voip=True)
-    path = state_dir / DEV_CERTIFICATE
-    path.touch(mode=0o600)
-    path.write_bytes(issued.pem())
-    return path
-
-
-@contextlib.contextmanager
-def development_mode(
-    settings: Settings, state_dir: Path, auth: str = "token"
-) -> Iterator[tuple[Settings, DevEnvironment]]:
-    """Fill in what production would configure: Redis, an app, an API token."""
-    dev = DevEnvironment(state_dir)
-    try:
-        if not settings.redis.url:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            dev.valkey = EmbeddedServer(data_dir=state_dir / "valkey").start()
-            settings = settings.model_copy(
-                update={"redis": settings.redis.model_copy(update={"url": dev.valkey.url})}
-            )
-            log.warning(
-                "DEVELOPMENT MODE: embedded Valkey started",
-                url=dev.valkey.url,
-                pid=dev.valkey.pid,
-                binary=dev.valkey.binary.origin,
-                data_dir=str(dev.valkey.data_dir),
-            )
-        if not settings.apps:
-            dev.simulator, dev.simulator_info = start_simulator(state_dir / "apns-sim")
-            app = simulator_app(dev.simulator_info, auth)
-            settings = settings.model_copy(update={"apps": [app]})
-            log.warning(
-                "DEVELOPMENT MODE: no app configured, delivering to the APNs simulator",
-                app=DEV_APP,
-                topic=DEV_TOPIC,
-                auth=auth,
-                port=dev.simulator_info.port,
-                control_port=dev.simulator_info.control_port,
-            )
-        if not settings.auth.api_tokens and not settings.auth.basic:
-            state_dir.mkdir(parents=True, exist_ok=True)  # dev.json holds the token
-            dev.api_token = secrets.token_urlsafe(24)
-            settings = settings.model_copy(
-                update={
-                    "auth": settings.auth.model_copy(
-                        update={"api_tokens": [SecretStr(dev.api_token)]}
-                    )
-                }
-            )
-        yield settings, dev
-    finally:
-        dev.close()
-
-
-def write_dev_json(dev: DevEnvironment, settings: Settings, relay_url: str) -> Path:
-    path = dev.state_dir / "dev.json"
-    app = settings.app(None)
-    path.write_bytes(
-        orjson.dumps(
-            {
-                "relay_url": relay_url,
-                "api_token": dev.api_token,
-                "app": app.name,
-                "topic": app.topic,
-                "apns_sim": dev.simulator_info.document() if dev.simulator_info else None,
-            },
-            option=orjson.OPT_INDENT_2,
-        )
-    )
-    return path
 
 
 # Building the parts from settings
@@ -470,7 +329,7 @@ async def _serve(
     role: str,
     settings: Settings,
     args: argparse.Namespace,
-    dev: DevEnvironment | None,
+    dev: DevelopmentMode | None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (0), or until the worker or development mode's Valkey fails
     for good (1, so that whatever runs the process restarts it)."""
@@ -488,19 +347,13 @@ async def _serve(
     ) as relay:
         log.info("listening", role=role, url=relay.url, pid=os.getpid())
         if dev is not None:
-            path = write_dev_json(dev, settings, relay.url)
-            if dev.api_token:
-                print(
-                    f"\n  relay     {relay.url}\n  api token {dev.api_token}\n  (also in {path})\n",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            dev.announce(settings, relay.url)
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
         if relay.worker_task:
             waiters.add(relay.worker_task)
         supervisor = None
-        if dev is not None and dev.valkey is not None:
-            supervisor = asyncio.ensure_future(supervise_valkey(dev.valkey))
+        if dev is not None:
+            supervisor = asyncio.ensure_future(dev.watch())
             waiters.add(supervisor)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for waiter in waiters:
@@ -509,28 +362,3 @@ async def _serve(
     failed = supervisor is not None and supervisor.done() and not supervisor.cancelled()
     log.info("stopped", role=role, exit_status=1 if failed else 0)
     return 1 if failed else 0
-
-
-async def supervise_valkey(valkey: EmbeddedServer) -> None:
-    """Development mode's Valkey is a child process: when it dies (a crash, kill -9) it is reaped
-    and started again on the same port with the same data (its AOF). Returns only when it cannot
-    be started again, which ends the relay with a failing status."""
-    while True:
-        await asyncio.sleep(VALKEY_WATCH_S)
-        status = valkey.exit_status()
-        if status is None:
-            continue
-        log.warning(
-            "DEVELOPMENT MODE: embedded Valkey exited", exit_status=status, port=valkey.port
-        )
-        try:
-            await asyncio.to_thread(valkey.start)
-        except EmbeddedServerError as error:
-            log.error("DEVELOPMENT MODE: embedded Valkey cannot be restarted", error=str(error))
-            return
-        log.warning(
-            "DEVELOPMENT MODE: embedded Valkey restarted",
-            url=valkey.url,
-            pid=valkey.pid,
-            data_dir=str(valkey.data_dir),
-        )

@@ -35,10 +35,10 @@ SPOOL_FULL_RETRY_AFTER_S = 1
 
 
 class SpoolFull(QueueRefusal):
+    reason = "spool_full"
+
     def __init__(self, max_notifications: int, max_bytes: int) -> None:
         super().__init__(
-            503,
-            "spool_full",
             "the queue (Redis) cannot be reached and this api's spool is full"
             f" ({max_notifications} notifications or {max_bytes} bytes,"
             " ingest.spool_max_notifications / ingest.spool_max_bytes); nothing was stored",
@@ -47,10 +47,10 @@ class SpoolFull(QueueRefusal):
 
 
 class SpoolUnavailable(QueueRefusal):
+    reason = "spool_unavailable"
+
     def __init__(self, error: str) -> None:
         super().__init__(
-            503,
-            "spool_unavailable",
             f"the queue (Redis) cannot be reached and this api's spool cannot be written ({error});"
             " nothing was stored",
             SPOOL_FULL_RETRY_AFTER_S,

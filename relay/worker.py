@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import structlog
 
 from relay import circuit, metrics
-from relay.apns import ApnsClient
 from relay.circuit import Circuit, CircuitPolicy
 from relay.logs import mask_token
 from relay.model import (
@@ -31,6 +30,7 @@ from relay.model import (
 from relay.policy import RetryPolicy, classify, is_route_failure
 from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE, ClaimBatch, RelayQueue
 from relay.routes import RouteStore, StoredCircuit
+from relay.sender import Sender
 
 log = structlog.get_logger("relay.worker")
 
@@ -68,7 +68,7 @@ class AppGate:
 @dataclass
 class DeliveryWorker:
     queue: RelayQueue
-    clients: Mapping[str, ApnsClient]
+    clients: Mapping[str, Sender]
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     batch_size: int = 256
     pause_probe_s: float = 30.0

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from relay.embedded import EmbeddedServer
+from relay_devkit.embedded import EmbeddedServer
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,11 @@ from simulator import ControlClient, SimInfo, control_client, running_simulator
 
 from relay.api import RelayState
 from relay.config import App, Settings
-from relay.embedded import free_port
 from relay.queue import RelayQueue
-from relay.service import run_relay, simulator_app
+from relay.service import run_relay
 from relay.worker import DeliveryWorker
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import free_port
 
 API_TOKEN = "test-token-0123456789"
 BASIC = ("gms", "gms-secret")

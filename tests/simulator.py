@@ -25,10 +25,11 @@ import h2.settings
 import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
+from eventually import eventually
 
 from relay.apns import DrainingStateMachine
-from relay.apns_sim import info
-from relay.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
+from relay_devkit.apns_sim import info
+from relay_devkit.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -210,6 +211,14 @@ class ControlClient:
     async def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("GET", "/stats")
         return result
+
+    async def wait_for_stalls(self, count: int, timeout_s: float = 20.0) -> None:
+        """Until the simulator holds at least `count` requests stalled (unanswered)."""
+
+        async def stalled() -> bool:
+            return int((await self.stats()).get("stalled", 0)) >= count
+
+        await eventually(stalled, timeout_s=timeout_s, what=f"{count} stalled requests")
 
     async def reset(self) -> None:
         await self._call("POST", "/reset")

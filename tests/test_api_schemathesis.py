@@ -8,10 +8,14 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from relay_harness import API_TOKEN, running_relay
 
 from relay.api import create_app
 from relay.schema import openapi_document
+
+# A whole relay under generated requests: seconds (`make test-fast` leaves it out).
+pytestmark = pytest.mark.slow
 
 # Bounded so the file stays well under 40 s on two cores; the seed makes a failure repeatable
 # (`st run ... --seed` with the same options reproduces it).

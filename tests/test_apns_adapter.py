@@ -471,6 +471,7 @@ async def test_idle_connection_is_kept_for_an_hour_then_closed_and_replaced(
 # --- flow control, drops, stream ids ---------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_thousands_of_error_bodies_do_not_exhaust_the_flow_control_window(
     tmp_path: Path,
 ) -> None:

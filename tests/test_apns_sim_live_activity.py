@@ -8,7 +8,7 @@ import orjson
 import pytest
 from test_apns_sim_protocol import judge, request
 
-from relay.apns_sim.protocol import Accepted, Answer
+from relay_devkit.apns_sim.protocol import Accepted, Answer
 
 TOPIC = "com.example.app.push-type.liveactivity"
 STATE = {"stage": "waiting"}

@@ -10,8 +10,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.apns_sim.faults import FaultConfig, FaultConfigError
-from relay.apns_sim.protocol import (
+from relay_devkit.apns_sim.faults import FaultConfig, FaultConfigError
+from relay_devkit.apns_sim.protocol import (
     PRODUCTION,
     SANDBOX,
     STALL,

@@ -24,8 +24,8 @@ from simulator import (
     simulator_process,
 )
 
-from relay.apns_sim.certs import create_signing_key
-from relay.apns_sim.server import KeySource
+from relay_devkit.apns_sim.certs import create_signing_key
+from relay_devkit.apns_sim.server import KeySource
 
 MESSAGE = {"aps": {"alert": "Agent available"}, "message": {"_id": "s1", "_action": "chat"}}
 OTHER_KEY_ID, OTHER_TEAM_ID = "OTHERKEY01", "OTHERTEAM1"
@@ -519,7 +519,7 @@ def test_server_certificate_names_extra_hosts(tmp_path: Path) -> None:
     """A container network reaches the simulator by service name: --tls-name puts it on the cert."""
     from cryptography import x509
 
-    from relay.apns_sim.certs import create_server_identity
+    from relay_devkit.apns_sim.certs import create_server_identity
 
     identity = create_server_identity(tmp_path, ["apns-sim"])
     cert = x509.load_pem_x509_certificate(identity.cert_file.read_bytes())

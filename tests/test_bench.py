@@ -14,7 +14,7 @@ import pytest
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
 from bench.report import evaluate_targets
-from relay import benchcli
+from relay_devkit import bench as benchcli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +49,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_quick_run_writes_every_phase(quick_run: tuple[Path, dict[str, Any], str]) -> None:
     _, document, _ = quick_run
     phases = {p["name"]: p for p in document["phases"]}
@@ -71,6 +72,7 @@ def test_quick_run_writes_every_phase(quick_run: tuple[Path, dict[str, Any], str
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_quick_run_measures_latency_backlog_and_idle(
     quick_run: tuple[Path, dict[str, Any], str],
 ) -> None:
@@ -89,6 +91,7 @@ def test_quick_run_measures_latency_backlog_and_idle(
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_quick_run_reports_targets_and_machine(
     quick_run: tuple[Path, dict[str, Any], str],
 ) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from eventually import eventually
 from prometheus_client import REGISTRY
 from relay_harness import RelayHarness, relay_document
 from simulator import (
@@ -31,10 +32,10 @@ from simulator import (
     simulator_process,
 )
 
-from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay.config import Settings
-from relay.embedded import free_port
 from relay.service import run_relay
+from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
+from relay_devkit.embedded import free_port
 
 TOPIC = "com.example.certified"
 WAIT_S = 20.0
@@ -94,13 +95,6 @@ async def relay_with_apps(
         yield RelayHarness(
             relay.url, settings, relay.queue, relay.worker, relay.state, session, info, control
         )
-
-
-async def wait_until(condition: Any, what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.02)
 
 
 def responses(app: str, status: int, reason: str) -> float:
@@ -172,6 +166,7 @@ def foreign_certificate(directory: Path) -> Path:
         ("environment", "production", "BadCertificateEnvironment"),
     ],
 )
+@pytest.mark.slow
 async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_one_resumes_it(
     redis_url: str, state_dir: Path, fault: str, listener: str, reason: str
 ) -> None:
@@ -196,11 +191,11 @@ async def test_a_refused_certificate_pauses_the_app_keeps_the_queue_and_a_valid_
                 await relay.notify(device_token=device, service_id=f"S{n}", action="x")
                 for n, device in enumerate(devices)
             ]
-            await wait_until(lambda: relay.worker.paused_apps, "the app never paused")
+            await eventually(lambda: relay.worker.paused_apps, what="the app paused")
             assert relay.worker.paused_apps == {app: reason}
             assert REGISTRY.get_sample_value("apns_relay_app_paused", {"app": app}) == 1
             # It probes (pause_probe_seconds is 1 here): a second refusal, nothing given up.
-            await wait_until(lambda: responses(app, _status(reason), reason) >= 2, "no probe")
+            await eventually(lambda: responses(app, _status(reason), reason) >= 2, what="a probe")
             for notification_id in ids:
                 state = (await relay.call("GET", f"/v1/notifications/{notification_id}"))[1]
                 assert state["state"] == "queued", state
@@ -393,7 +388,7 @@ async def test_a_tls_alert_refusing_the_certificate_pauses_the_app(
             refused_app["endpoint"]["port"] = port
             async with relay_with_apps(redis_url, info, [refused_app]) as relay:
                 notification_id = await relay.notify(device_token=token(3), service_id="S")
-                await wait_until(lambda: relay.worker.paused_apps, "the app never paused")
+                await eventually(lambda: relay.worker.paused_apps, what="the app paused")
                 assert relay.worker.paused_apps == {app: reason}
                 state = (await relay.call("GET", f"/v1/notifications/{notification_id}"))[1]
                 assert state["state"] == "queued", state
@@ -444,6 +439,7 @@ async def test_issue_cert_command_and_curl_with_the_certificate(state_dir: Path)
         assert (await control.notifications())["notifications"][0]["token"] == token(5)
 
 
+@pytest.mark.slow
 async def test_with_worker_processes_every_worker_checks_certificates_and_revocations(
     state_dir: Path,
 ) -> None:

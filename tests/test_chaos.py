@@ -32,12 +32,12 @@ from relay_harness import (
 from simulator import ControlClient, control_client, running_simulator
 from topologies import ValkeyCluster
 
-from relay.apns_sim.faults import FaultConfig
 from relay.config import RedisSettings
 from relay.model import Notification
 from relay.queue import LEASE, NOTE, PAYLOAD, QUEUE, QueueLimits, RelayQueue, shard_prefix
 from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, connect
-from relay.service import simulator_app
+from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.dev_mode import simulator_app
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster
@@ -52,7 +52,7 @@ LEASE_S = 2
 DRAIN_TIMEOUT_S = 90.0
 TRANSIENT_ERRORS = {"probability": 0.05, "status": 503, "reason": "ServiceUnavailable"}
 FINAL_STATES = {"delivered", "failed", "expired", "superseded"}
-pytestmark = pytest.mark.timeout(CHAOS_SECONDS + DRAIN_TIMEOUT_S + 120)
+pytestmark = [pytest.mark.timeout(CHAOS_SECONDS + DRAIN_TIMEOUT_S + 120), pytest.mark.slow]
 # A write acknowledged this long before a primary died may be lost by asynchronous replication.
 LOSS_WINDOW_S = 1.0
 RESEND_SLACK_S = 3.0  # claim loop tick, restart and CPU contention on 2 cores

@@ -27,8 +27,8 @@ from relay.check import (
 )
 from relay.check_command import check_apps
 from relay.config import Settings
-from relay.embedded import free_port
 from relay.model import ApnsResponse
+from relay_devkit.embedded import free_port
 
 TOPIC = "com.example.checked"
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)

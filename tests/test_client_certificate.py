@@ -17,14 +17,6 @@ import yaml
 from cryptography import x509
 
 from relay.apns import connect_failure
-from relay.apns_sim.certificate_rules import (
-    BAD_CERTIFICATE,
-    BAD_CERTIFICATE_ENVIRONMENT,
-    certificate_verdict,
-)
-from relay.apns_sim.certs import create_server_identity
-from relay.apns_sim.protocol import MISSING_TOPIC, TOPIC_DISALLOWED, Answer
-from relay.apns_sim.push_certificates import PushCertificateAuthority, encode_topics
 from relay.client_certificate import (
     CertificateError,
     PushCertificateInfo,
@@ -36,6 +28,14 @@ from relay.client_certificate import (
 from relay.config import ConfigError, load_settings
 from relay.model import ApnsResponse, PauseApp, Retry
 from relay.policy import RetryPolicy, classify
+from relay_devkit.apns_sim.certificate_rules import (
+    BAD_CERTIFICATE,
+    BAD_CERTIFICATE_ENVIRONMENT,
+    certificate_verdict,
+)
+from relay_devkit.apns_sim.certs import create_server_identity
+from relay_devkit.apns_sim.protocol import MISSING_TOPIC, TOPIC_DISALLOWED, Answer
+from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority, encode_topics
 
 TOPIC = "com.example.cert"
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)

@@ -11,7 +11,6 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from relay.apns_sim.push_certificates import PushCertificateAuthority
 from relay.config import (
     DEFAULT_ALERTS,
     GENERIC_ALERT,
@@ -23,6 +22,7 @@ from relay.config import (
 )
 from relay.model import InvalidInput
 from relay.policy import RetryPolicy
+from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "relay.example.yaml"
 

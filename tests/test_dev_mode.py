@@ -18,8 +18,13 @@ from typing import Any
 import pytest
 
 from relay.config import Settings
-from relay.embedded import ping
-from relay.service import DEV_TOPIC, development_requested, missing_settings
+from relay.service import development_requested, missing_settings
+from relay_devkit.dev_mode import DEV_TOPIC
+from relay_devkit.embedded import ping
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 WAIT_S = 60.0
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"

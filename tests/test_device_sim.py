@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from simulator import control_client, running_simulator
 
-from relay.device_sim.app import (
+from relay_devkit.device_sim.app import (
     AlertShown,
     AppSettings,
     AppState,
@@ -41,7 +41,7 @@ from relay.device_sim.app import (
     UserReacted,
     entries_of,
 )
-from relay.device_sim.dialogs import (
+from relay_devkit.device_sim.dialogs import (
     ConfirmationDialog,
     DialNumber,
     DisplayMenu,
@@ -49,11 +49,11 @@ from relay.device_sim.dialogs import (
     UnknownDialog,
     read_push,
 )
-from relay.device_sim.phone import Phone, register_device
-from relay.gms_sim.callback import CallbackOptions, CallbackState
-from relay.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
-from relay.gms_sim.dialogs import DialogContext, seed_dialog
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay_devkit.device_sim.phone import Phone, register_device
+from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
+from relay_devkit.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
+from relay_devkit.gms_sim.dialogs import DialogContext, seed_dialog
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 SERVER_URL = "http://135.34.145.123:8080"
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"

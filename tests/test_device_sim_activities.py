@@ -9,9 +9,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from relay_harness import RelayHarness, running_relay
 
-from relay.device_sim.activities import ActivityShown, ActivityWatcher, LiveActivities
-from relay.device_sim.app import AppSettings, DeviceApp, TranscriptEntry
-from relay.device_sim.phone import Phone
+from relay_devkit.device_sim.activities import ActivityShown, ActivityWatcher, LiveActivities
+from relay_devkit.device_sim.app import AppSettings, DeviceApp, TranscriptEntry
+from relay_devkit.device_sim.phone import Phone
 
 SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
 CONFIRM = "get-dialog-user-confirmation-provide_code-true"

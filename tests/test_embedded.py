@@ -7,7 +7,7 @@ from pathlib import Path
 
 import redis as syncredis
 
-from relay.embedded import EmbeddedServer, find_server_binary, ping
+from relay_devkit.embedded import EmbeddedServer, find_server_binary, ping
 
 
 def test_finds_a_server_binary_and_says_where() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from relay_harness import RelayHarness, basic_authorization, running_relay
 from simulator import REPO_ROOT
 
-from relay.demo import (
+from relay_devkit.demo import (
     DEMO_SCENARIOS,
     SEED_CHAT_EVENTS,
     DemoReport,
@@ -29,10 +28,10 @@ from relay.demo import (
     flow_ends,
     normalised_event,
 )
-from relay.device_sim.app import AlertShown, AppSettings, entries_of
-from relay.device_sim.phone import Phone
-from relay.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay_devkit.device_sim.app import AlertShown, AppSettings, entries_of
+from relay_devkit.device_sim.phone import Phone
+from relay_devkit.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 DEMO_TIMEOUT_S = 90
 
@@ -70,6 +69,7 @@ def chat_alerts(ends: FlowEnds) -> list[tuple[int, str | None, str | None]]:
 
 
 @pytest.mark.parametrize("encoding", ["object", "string"])
+@pytest.mark.slow
 async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, encoding: str) -> None:
     async with gms_flow(redis_url, state_dir, app={"message_encoding": encoding}) as (_, ends):
         report = DemoReport()
@@ -89,6 +89,7 @@ async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, enco
     "scenario",
     ["callback-snooze", "callback-cancel", "callback-timeout", "chat", "callback-live-activity"],
 )
+@pytest.mark.slow
 async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
     live_activity = {"live_activity": {"dismiss_after_s": 2}}
     async with gms_flow(redis_url, state_dir, app=live_activity) as (relay, ends):
@@ -101,13 +102,6 @@ async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenari
             assert chat_alerts(ends) == [(6, AGENT_NICK, "How can I help you?")]
             totals = await relay.queue.totals()
             assert (totals.delivered, totals.pending) == (2, 0)  # + get-dialog-start-chat
-
-
-async def wait_for_stalls(relay: RelayHarness, count: int, timeout_s: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (await relay.control.stats()).get("stalled", 0) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"fewer than {count} stalls"
-        await asyncio.sleep(0.02)
 
 
 async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_still_pushed(
@@ -132,7 +126,7 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
         # The head (position 2) is held in flight by the stalled APNs until the faults go.
         await relay.control.put_faults({"stall": {"tokens": [ends.phone.token]}})
         await post(2)
-        await wait_for_stalls(relay, 1)
+        await relay.control.wait_for_stalls(1)
         answers = {position: await post(position) for position in (5, 3, 4)}
         repeat = await post(4)
         assert (repeat["id"], repeat["duplicate"]) == (answers[4]["id"], True)
@@ -188,6 +182,7 @@ async def test_a_step_that_differs_from_the_seed_fails_the_check() -> None:
 
 
 @pytest.mark.parametrize("auth", ["token", "certificate"])
+@pytest.mark.slow
 def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     finished = subprocess.run(
         [sys.executable, "-m", "relay.cli", "demo", "--auth", auth],

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.gms_sim import command
-from relay.gms_sim.callback import CallbackOptions, CallbackState
-from relay.gms_sim.chat import ChatSession, TranscriptLine
-from relay.gms_sim.dialogs import (
+from relay_devkit.gms_sim import command
+from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
+from relay_devkit.gms_sim.chat import ChatSession, TranscriptLine
+from relay_devkit.gms_sim.dialogs import (
     SEED_DIALOGS,
     DialogContext,
     JsonObject,
@@ -29,14 +29,14 @@ from relay.gms_sim.dialogs import (
     fill_placeholders,
     seed_dialog,
 )
-from relay.gms_sim.push import CustomHttpPusher, basic_authorization
-from relay.gms_sim.scenarios import (
+from relay_devkit.gms_sim.push import CustomHttpPusher, basic_authorization
+from relay_devkit.gms_sim.scenarios import (
     ScenarioOptions,
     callback_with_user_confirmation,
     chat_delayed,
     chat_session,
 )
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
 EXT = "http://135.34.145.123:8080/genesys"

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from relay.gms_sim.callback import (
+from relay_devkit.gms_sim.callback import (
     DEFAULT_MAX_CONFIRMATION_ATTEMPTS,
     DEFAULT_SNOOZE_DELAY_S,
     DEFAULT_USER_CONFIRM_TIMEOUT_S,

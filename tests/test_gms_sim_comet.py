@@ -10,11 +10,11 @@ import pytest
 from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
 
-from relay.device_sim.app import AppSettings, CloseComet, DeviceApp, OpenComet
-from relay.device_sim.phone import Phone
-from relay.gms_sim.chat import AGENT_NICK, TranscriptLine
-from relay.gms_sim.comet import CometServer
-from relay.gms_sim.server import GmsSimServer, GmsSimulator
+from relay_devkit.device_sim.app import AppSettings, CloseComet, DeviceApp, OpenComet
+from relay_devkit.device_sim.phone import Phone
+from relay_devkit.gms_sim.chat import AGENT_NICK, TranscriptLine
+from relay_devkit.gms_sim.comet import CometServer
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 JOINED = TranscriptLine("Notice.Joined", AGENT_NICK, "has joined the session", "AGENT")
 
@@ -160,7 +160,7 @@ async def _wait_for_held_connect(simulator: GmsSimulator) -> None:
 async def test_aiocometd_ng_close_leaks_a_cancelled_connect_which_the_phone_silences(
     gms: GmsSimServer,
 ) -> None:
-    """Contract for relay.device_sim.phone._quiet_comet_close: aiocometd-ng 0.5.6 closes by
+    """Contract for relay_devkit.device_sim.phone._quiet_comet_close: aiocometd-ng 0.5.6 closes by
     cancelling its held /meta/connect, and TransportBase._connect_done lets the CancelledError
     reach the loop's error report. If this stops failing upstream, drop the workaround."""
     loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as syncredis
 from hostile_catalogue import (
     API_TOKEN,
@@ -28,6 +29,10 @@ from hostile_catalogue import (
 )
 from relay_harness import relay_document, relay_processes, write_config
 from simulator import running_simulator
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 READ_TIMEOUT_S = 20.0
 

@@ -34,10 +34,10 @@ from relay_harness import (
 from simulator import SimInfo, control_client, simulator_process
 from topologies import ValkeyCluster
 
-from relay.embedded import EmbeddedServer
-from relay.service import simulator_app
 from relay.spool import LOG_FILE
 from relay.spool_log import scan
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer
 
 valkey_cluster = topologies.valkey_cluster
 cluster = topologies.cluster
@@ -52,7 +52,7 @@ LEASE_S = 2
 HOLD_S = 1.3
 DELIVERY_WAIT_S = 90.0
 PUSH_ID = re.compile(r"d(\d+)n(\d+)")
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
 
 @dataclass

@@ -31,9 +31,9 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.embedded import EmbeddedServer
 from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer
 
 WAIT_S = 20.0
 WRONG_BEARER = "wrong-token-5f2c9a7e41"
@@ -41,7 +41,7 @@ WRONG_BASIC = ("gms", "not-the-password-83c1")
 JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 LOG_PROBE = """
 import structlog
-from relay.embedded import EmbeddedServer
+from relay_devkit.embedded import EmbeddedServer
 from relay.logs import configure_logging
 configure_logging({fmt!r})
 structlog.get_logger("probe").info("probe_event", answer=42)
@@ -132,6 +132,7 @@ async def wait_until_final(session: aiohttp.ClientSession, url: str, ids: list[s
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_a_full_run_logs_no_token_jwt_key_or_credential(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -337,6 +338,7 @@ def test_a_repeated_condition_logs_its_start_a_summary_per_interval_and_its_end(
     assert log.lines[-1][1]["phase"] == "started"
 
 
+@pytest.mark.slow
 async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
     state_dir: Path,
 ) -> None:

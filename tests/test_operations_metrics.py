@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from relay_harness import (
     API_TOKEN,
@@ -18,11 +19,11 @@ from relay_harness import (
     relay_processes,
 )
 from relay_harness import write_config as write_relay_config
-from simulator import ControlClient, control_client, running_simulator
+from simulator import control_client, running_simulator
 from test_deploy_files import PROMETHEUS_SERIES, every_query, promql_metric_names
 
 from relay import __version__
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
 
 APP = "dev"
 # Exported only for apps sending with a client certificate (test_certificate_auth checks it).
@@ -88,13 +89,7 @@ class Relay:
             return parse_exposition(await response.text())
 
 
-async def wait_for_stalls(control: ControlClient, count: int) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while (await control.stats()).get("stalled", 0) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} stalled requests"
-        await asyncio.sleep(0.02)
-
-
+@pytest.mark.slow
 async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exactly(
     redis_url: str, state_dir: Path
 ) -> None:
@@ -132,7 +127,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 await relay.wait_state(answer["id"], {"delivered"})
                 await relay.wait_state(ids[retried], {"delivered"})
                 assert (await relay.wait_state(ids[failing], {"failed"}))["attempts"] == 1
-                await wait_for_stalls(control, 1)
+                await control.wait_for_stalls(1)
                 expires_at = (await relay.notification(late))["expires_at"]
                 await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # the clock
                 await control.clear_faults()

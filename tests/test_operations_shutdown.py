@@ -10,11 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import control_client, running_simulator
 
 from relay.config import Settings
-from relay.service import make_queue, simulator_app
+from relay.service import make_queue
+from relay_devkit.dev_mode import simulator_app
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 GRACE_S = 10.0  # `apns-relay serve --grace` default
 LATENCY_MS = 1500  # long enough that every send is in flight when the signal lands

@@ -26,7 +26,11 @@ import pytest
 from relay_harness import API_TOKEN, RelayProcess, app_tokens, relay_processes, write_config
 from simulator import ControlClient, SimulatorProcess, control_client, simulator_process
 
-from relay.service import simulator_app
+from relay_devkit.dev_mode import simulator_app
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 APP = "alpha"
 OTHER_APP = "beta"

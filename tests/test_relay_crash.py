@@ -7,22 +7,26 @@ So each notification is sent at most as many times as it was claimed, and duplic
 
 from __future__ import annotations
 
-import asyncio
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import redis as syncredis
+from eventually import eventually
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import SimInfo, control_client, running_simulator
 
-from relay.apns_sim.faults import FaultConfig
-from relay.embedded import EmbeddedServer
 from relay.queue import NOTE, shard_of_id, shard_prefix
-from relay.service import simulator_app
+from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.embedded import EmbeddedServer
+
+# Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 DEVICES = 200
 PER_DEVICE = 10
@@ -60,13 +64,6 @@ async def submit(
             assert body["rejected"] == 0, body
             ids.extend(result["id"] for result in body["results"])
     return ids
-
-
-async def wait_until(condition: Any, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def queue_totals(session: aiohttp.ClientSession, api_url: str) -> dict[str, Any]:
@@ -130,7 +127,7 @@ async def test_worker_killed_mid_run_loses_nothing(redis_url: str, state_dir: Pa
                     async def some_sent() -> bool:
                         return len(await sent_numbers(info)) >= count // 4
 
-                    await wait_until(some_sent, "a quarter delivered")
+                    await eventually(some_sent, timeout_s=60, what="a quarter delivered")
                     assert worker.kill(signal.SIGKILL) == -signal.SIGKILL
                     sent_at_kill = len(await sent_numbers(info))
                     assert sent_at_kill < count, "the kill came too late to mean anything"
@@ -140,7 +137,7 @@ async def test_worker_killed_mid_run_loses_nothing(redis_url: str, state_dir: Pa
                         totals = await queue_totals(session, api.url)
                         return bool(totals["pending"] == 0)
 
-                    await wait_until(all_final, "every notification final")
+                    await eventually(all_final, timeout_s=60, what="every notification final")
                     totals = await queue_totals(session, api.url)
         sent = await sent_numbers(info)
     duplicates = assert_at_least_once(sent, claims(redis_url, ids))
@@ -177,7 +174,7 @@ async def test_valkey_killed_between_accept_and_delivery_loses_nothing(
                     async def all_final() -> bool:
                         return bool((await queue_totals(session, api.url))["pending"] == 0)
 
-                    await wait_until(all_final, "every notification final")
+                    await eventually(all_final, timeout_s=60, what="every notification final")
                     assert (await queue_totals(session, api.url))["delivered"] == count
             sent = await sent_numbers(info)
             duplicates = assert_at_least_once(sent, claims(valkey.url, ids))

@@ -226,7 +226,7 @@ async def test_a_full_spool_refuses_and_writes_nothing(tmp_path: Path) -> None:
     before = (tmp_path / LOG_FILE).read_bytes()
     with pytest.raises(SpoolFull) as refused:
         await spool.add(spooled(3, 1))
-    assert (refused.value.status, refused.value.retry_after_s) == (503, 1)
+    assert (refused.value.reason, refused.value.retry_after_s) == ("spool_full", 1)
     assert (tmp_path / LOG_FILE).read_bytes() == before
     assert len(spool.ledger.pending) == 2
     await spool.close()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis as syncredis
 
-from relay.embedded import EmbeddedServer, ServerBinary, find_server_binary, free_port, ping
+from relay_devkit.embedded import EmbeddedServer, ServerBinary, find_server_binary, free_port, ping
 
 CLUSTER_BUS_OFFSET = 10_000  # a cluster node also listens on port + 10000
 MAX_CLUSTER_PORT = 65_535 - CLUSTER_BUS_OFFSET

@@ -29,11 +29,15 @@ from typing import TextIO
 
 import aiohttp
 
-from relay.apns_sim.command import Simulator, SimulatorOptions
-from relay.apns_sim.info import SimInfo
+from relay.cli import DEV_AUTH_CHOICES
 from relay.config import App, Settings
-from relay.device_sim.activities import ActivityShown, ActivityWatcher, LiveActivities
-from relay.device_sim.app import (
+from relay.logs import configure_logging
+from relay.service import run_relay
+from relay_devkit.apns_sim.command import Simulator, SimulatorOptions
+from relay_devkit.apns_sim.info import SimInfo
+from relay_devkit.dev_mode import simulator_app
+from relay_devkit.device_sim.activities import ActivityShown, ActivityWatcher, LiveActivities
+from relay_devkit.device_sim.app import (
     AlertShown,
     AppSettings,
     AppState,
@@ -58,7 +62,7 @@ from relay.device_sim.app import (
     UserReacted,
     entries_of,
 )
-from relay.device_sim.dialogs import (
+from relay_devkit.device_sim.dialogs import (
     ConfirmationDialog,
     DialNumber,
     DisplayMenu,
@@ -66,21 +70,19 @@ from relay.device_sim.dialogs import (
     UnknownDialog,
     dialog_url,
 )
-from relay.device_sim.phone import Phone, register_device
-from relay.embedded import EmbeddedServer
-from relay.gms_sim.callback import CallbackOptions, CallbackState
-from relay.gms_sim.chat import AGENT_NICK, TranscriptLine
-from relay.gms_sim.dialogs import (
+from relay_devkit.device_sim.phone import Phone, register_device
+from relay_devkit.embedded import EmbeddedServer
+from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
+from relay_devkit.gms_sim.chat import AGENT_NICK, TranscriptLine
+from relay_devkit.gms_sim.dialogs import (
     SEED_DIALOGS,
     DialogContext,
     JsonObject,
     JsonValue,
     fill_placeholders,
 )
-from relay.gms_sim.push import CustomHttpPusher, basic_authorization
-from relay.gms_sim.server import GmsSimServer, GmsSimulator, Service
-from relay.logs import configure_logging
-from relay.service import DEV_AUTH_CHOICES, run_relay, simulator_app
+from relay_devkit.gms_sim.push import CustomHttpPusher, basic_authorization
+from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator, Service
 
 GMS_USER = "demo-user"
 GMS_BASIC_USER = "gms"

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay.apns_sim.control import ControlPlane, _bad_request, _json, _json_body
-from relay.apns_sim.info import SIM_JSON, SimInfo
-from relay.apns_sim.push_certificates import ENVIRONMENTS, PushCertificateAuthority
 from relay.client_certificate import read_push_certificate
+from relay_devkit.apns_sim.control import ControlPlane, _bad_request, _json, _json_body
+from relay_devkit.apns_sim.info import SIM_JSON, SimInfo
+from relay_devkit.apns_sim.push_certificates import ENVIRONMENTS, PushCertificateAuthority
 
 _BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*\Z")
 PKCS12_SUFFIXES = (".p12", ".pfx")

@@ -11,10 +11,10 @@ import sys
 
 import aiohttp
 
-from relay.gms_sim.dialogs import CONNECT_MODES
-from relay.gms_sim.push import CustomHttpPusher, basic_authorization
-from relay.gms_sim.scenarios import SCENARIOS, ScenarioOptions
-from relay.gms_sim.server import DEFAULT_URL_PATH, GmsSimServer, GmsSimulator
+from relay_devkit.gms_sim.dialogs import CONNECT_MODES
+from relay_devkit.gms_sim.push import CustomHttpPusher, basic_authorization
+from relay_devkit.gms_sim.scenarios import SCENARIOS, ScenarioOptions
+from relay_devkit.gms_sim.server import DEFAULT_URL_PATH, GmsSimServer, GmsSimulator
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.apns_sim.protocol import ENVIRONMENTS, TrustedKey
+from relay_devkit.apns_sim.protocol import ENVIRONMENTS, TrustedKey
 
 CERT_LIFETIME = datetime.timedelta(days=30)
 IDENTIFIER_ALPHABET = string.ascii_uppercase + string.digits
@@ -47,25 +47,28 @@ def is_identifier(value: str) -> bool:
     return len(value) == IDENTIFIER_LENGTH and all(c in IDENTIFIER_ALPHABET for c in value)
 
 
-def create_server_identity(directory: Path, extra_names: Sequence[str] = ()) -> ServerIdentity:
-    """A fresh CA and a certificate it signs for localhost, 127.0.0.1, ::1 and `extra_names`
-    (the host name a container network gives the simulator, e.g. apns-sim)."""
+def self_signed_ca(
+    key: ec.EllipticCurvePrivateKey,
+    name: x509.Name,
+    lifetime: datetime.timedelta,
+    *,
+    digital_signature: bool,
+) -> x509.Certificate:
+    """A CA certificate for `key`, valid from five minutes ago (clock skew) for `lifetime`,
+    that may sign end-entity certificates only (path length 0)."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apns-sim local CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca_cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + CERT_LIFETIME)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True,
+                digital_signature=digital_signature,
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,
@@ -77,9 +80,19 @@ def create_server_identity(directory: Path, extra_names: Sequence[str] = ()) -> 
             ),
             critical=True,
         )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+
+
+def create_server_identity(directory: Path, extra_names: Sequence[str] = ()) -> ServerIdentity:
+    """A fresh CA and a certificate it signs for localhost, 127.0.0.1, ::1 and `extra_names`
+    (the host name a container network gives the simulator, e.g. apns-sim)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "apns-sim local CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = self_signed_ca(ca_key, ca_name, CERT_LIFETIME, digital_signature=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()

@@ -26,7 +26,7 @@ import string
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from relay.gms_sim.dialogs import JsonObject, JsonValue, format_timestamp
+from relay_devkit.gms_sim.dialogs import JsonObject, JsonValue, format_timestamp
 
 COMET_CHANNEL = "/_genesys"
 CHAT_SERVICE_MESSAGE = "Chat service is available"

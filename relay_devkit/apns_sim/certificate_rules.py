@@ -22,7 +22,8 @@ from typing import Final
 
 from cryptography import x509
 
-from relay.apns_sim.protocol import (
+from relay.client_certificate import PushCertificateInfo, read_push_certificate
+from relay_devkit.apns_sim.protocol import (
     MISSING_TOPIC,
     TOPIC_DISALLOWED,
     Accepted,
@@ -33,7 +34,6 @@ from relay.apns_sim.protocol import (
     TokenBinding,
     evaluate,
 )
-from relay.client_certificate import PushCertificateInfo, read_push_certificate
 
 BAD_CERTIFICATE: Final = Answer(403, "BadCertificate")
 BAD_CERTIFICATE_ENVIRONMENT: Final = Answer(403, "BadCertificateEnvironment")

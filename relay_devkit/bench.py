@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -13,13 +14,23 @@ HARNESS = "bench.command"
 
 
 def harness() -> ModuleType | None:
-    """bench.command, found on sys.path or beside this package in a checkout; None if neither."""
-    if (CHECKOUT_ROOT / "bench" / "command.py").is_file() and str(CHECKOUT_ROOT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT_ROOT))
+    """bench.command, already importable or loaded from the checkout's bench/ folder (by its file
+    location, leaving sys.path alone); None if neither."""
+    package = HARNESS.partition(".")[0]
+    folder = CHECKOUT_ROOT / package
+    if package not in sys.modules and (folder / "__init__.py").is_file():
+        spec = importlib.util.spec_from_file_location(
+            package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
     try:
         return importlib.import_module(HARNESS)
     except ModuleNotFoundError as error:
-        if error.name not in ("bench", HARNESS):
+        if error.name not in (package, HARNESS):
             raise  # the harness is there but something it imports is not: say that, not this
         return None
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from relay.gms_sim.dialogs import JsonObject, JsonValue
+from relay_devkit.gms_sim.dialogs import JsonObject, JsonValue
 
 PUSH_PATH = "/gms/push"
 

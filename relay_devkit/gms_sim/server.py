@@ -17,11 +17,11 @@ from types import TracebackType
 
 from aiohttp import web
 
-from relay.gms_sim import callback as machine
-from relay.gms_sim.callback import Callback, CallbackOptions, Step
-from relay.gms_sim.chat import CLIENT_NICK, ChatSession, TranscriptLine
-from relay.gms_sim.comet import CometServer
-from relay.gms_sim.dialogs import (
+from relay_devkit.gms_sim import callback as machine
+from relay_devkit.gms_sim.callback import Callback, CallbackOptions, Step
+from relay_devkit.gms_sim.chat import CLIENT_NICK, ChatSession, TranscriptLine
+from relay_devkit.gms_sim.comet import CometServer
+from relay_devkit.gms_sim.dialogs import (
     CANCELLED_TEXT,
     CONNECT_MODES,
     GAVE_UP_TEXT,
@@ -33,7 +33,7 @@ from relay.gms_sim.dialogs import (
     seed_dialog,
     snooze_text,
 )
-from relay.gms_sim.push import CustomHttpPusher, callback_message
+from relay_devkit.gms_sim.push import CustomHttpPusher, callback_message
 
 DEFAULT_URL_PATH = "/genesys/1/service/"
 # The seed's dialog URLs are "$(ExtURLBase)/1/service/...", so URLPath must end with this.

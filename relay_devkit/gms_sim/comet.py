@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from relay.gms_sim.dialogs import JsonObject, JsonValue
+from relay_devkit.gms_sim.dialogs import JsonObject, JsonValue
 
 BAYEUX_VERSION = "1.0"
 LONG_POLLING = "long-polling"

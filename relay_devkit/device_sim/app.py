@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
 
-from relay.device_sim.activities import ActivityShown
-from relay.device_sim.dialogs import (
+from relay_devkit.device_sim.activities import ActivityShown
+from relay_devkit.device_sim.dialogs import (
     ChatUpdate,
     Dialog,
     DialogError,

@@ -16,8 +16,8 @@ from aiocometd_ng.client import Client as CometClient
 from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
 
-from relay.device_sim.activities import ActivityWatcher
-from relay.device_sim.app import (
+from relay_devkit.device_sim.activities import ActivityWatcher
+from relay_devkit.device_sim.app import (
     CloseComet,
     DeviceApp,
     Effect,

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
-from relay.apns_sim.protocol import (
+from relay_devkit.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
+from relay_devkit.apns_sim.protocol import (
     DEFAULT_TOKEN_LENGTH,
     ENVIRONMENTS,
     Accepted,

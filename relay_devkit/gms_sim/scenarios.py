@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from relay.gms_sim.callback import CallbackOptions
-from relay.gms_sim.chat import AGENT_NICK, TranscriptLine
-from relay.gms_sim.push import callback_message
-from relay.gms_sim.server import GmsSimulator, PushRecord
+from relay_devkit.gms_sim.callback import CallbackOptions
+from relay_devkit.gms_sim.chat import AGENT_NICK, TranscriptLine
+from relay_devkit.gms_sim.push import callback_message
+from relay_devkit.gms_sim.server import GmsSimulator, PushRecord
 
 
 @dataclass(frozen=True, slots=True)

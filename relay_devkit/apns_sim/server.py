@@ -23,11 +23,12 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from relay.apns_sim.certificate_rules import evaluate_certified, peer_certificate
-from relay.apns_sim.certs import load_trusted_key
-from relay.apns_sim.control import HubClient, Stats
-from relay.apns_sim.faults import FaultConfig
-from relay.apns_sim.protocol import (
+from relay.client_certificate import PushCertificateInfo
+from relay_devkit.apns_sim.certificate_rules import evaluate_certified, peer_certificate
+from relay_devkit.apns_sim.certs import load_trusted_key
+from relay_devkit.apns_sim.control import HubClient, Stats
+from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.apns_sim.protocol import (
     DEFAULT_TOKEN_LENGTH,
     ENVIRONMENTS,
     OK,
@@ -52,7 +53,6 @@ from relay.apns_sim.protocol import (
     response_headers,
     stream_fault,
 )
-from relay.client_certificate import PushCertificateInfo
 
 DEFAULT_MAX_STREAMS = 1000
 MAX_HEADER_LIST_SIZE = 8000  # what Apple advertises

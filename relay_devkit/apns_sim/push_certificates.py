@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from relay.client_certificate import ENVIRONMENT_OIDS, OID_TOPICS
+from relay_devkit.apns_sim.certs import self_signed_ca
 
 CA_FILE: Final = "push-ca.pem"
 CA_KEY_FILE: Final = "push-ca-key.pem"
@@ -91,7 +92,6 @@ class PushCertificateAuthority:
 
     @classmethod
     def create(cls) -> PushCertificateAuthority:
-        now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name(
             [
@@ -99,33 +99,7 @@ class PushCertificateAuthority:
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "apns-sim"),
             ]
         )
-        certificate = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + CA_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
-        return cls(certificate, key)
+        return cls(self_signed_ca(key, name, CA_LIFETIME, digital_signature=False), key)
 
     def issue(
         self,

@@ -19,14 +19,14 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.apns_sim import certificate_api
-from relay.apns_sim.certs import (
+from relay_devkit.apns_sim import certificate_api
+from relay_devkit.apns_sim.certs import (
     create_server_identity,
     create_signing_key,
     is_identifier,
     random_identifier,
 )
-from relay.apns_sim.control import (
+from relay_devkit.apns_sim.control import (
     DEFAULT_LOG_LIMIT,
     ControlPlane,
     LocalPlane,
@@ -34,17 +34,17 @@ from relay.apns_sim.control import (
     WorkerHub,
     build_control_app,
 )
-from relay.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
-from relay.apns_sim.info import SIM_JSON
-from relay.apns_sim.protocol import (
+from relay_devkit.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
+from relay_devkit.apns_sim.info import SIM_JSON
+from relay_devkit.apns_sim.protocol import (
     DEFAULT_TOKEN_LENGTH,
     ENVIRONMENTS,
     PRODUCTION,
     SANDBOX,
     ConnectionRules,
 )
-from relay.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
-from relay.apns_sim.server import (
+from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
+from relay_devkit.apns_sim.server import (
     DEFAULT_MAX_STREAMS,
     H2Server,
     KeySource,
@@ -59,7 +59,7 @@ from relay.apns_sim.server import (
 WORKER_START_TIMEOUT_S = 60.0
 WORKER_STOP_TIMEOUT_S = 5.0
 
-log = logging.getLogger("relay.apns_sim")
+log = logging.getLogger("relay_devkit.apns_sim")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from relay.apns_sim.faults import FaultConfig
 from relay.model import MAX_COLLAPSE_ID_BYTES, PRIORITIES, PUSH_TYPES, payload_limit
+from relay_devkit.apns_sim.faults import FaultConfig
 
 DEVICE_PATH: Final = "/3/device/"
 PROVIDER_TOKEN_MAX_AGE_S: Final = 3600
@@ -237,7 +237,7 @@ def evaluate(
         return payload_answer
     if push_type == "liveactivity":
         # Imported here: its checks answer with this module's Answers.
-        from relay.apns_sim.live_activity import check_live_activity
+        from relay_devkit.apns_sim.live_activity import check_live_activity
 
         live_answer = check_live_activity(topic, int(priority_text), orjson.loads(request.body))
         if live_answer is not None:

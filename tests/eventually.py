@@ -1,0 +1,37 @@
+"""`eventually()`: wait for a condition with a deadline, the one polling loop of the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 20.0  # generous: the suite runs on a loaded 2-core machine
+INTERVAL_S = 0.02
+
+
+async def eventually(
+    condition: Callable[[], T | Awaitable[T | None] | None],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    interval_s: float = INTERVAL_S,
+    what: str = "",
+) -> T:
+    """The condition's first truthy value, polled every `interval_s`; AssertionError naming
+    `what` and the last value seen when none came within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not within {timeout_s} s: {what or condition!r} (last value {value!r})"
+            )
+        await asyncio.sleep(interval_s)
