@@ -31,7 +31,14 @@ from bench.phases import (
 )
 from bench.processes import REPO_ROOT, CpuLedger, RssSampler
 from bench.report import machine_info, results_document, target_lines, write_outputs
-from bench.stack import Relay, start_simulator, start_valkey, write_relay_config
+from bench.stack import (
+    LOG_LEVEL,
+    VALKEY_ARGS,
+    Relay,
+    start_simulator,
+    start_valkey,
+    write_relay_config,
+)
 
 COMMITTED_RESULTS = REPO_ROOT / "bench" / "results"
 SIM_LOG_LIMIT = 100_000  # enough for the latency phase's matching; older entries roll off
@@ -201,6 +208,10 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
             f"relay: 1 api process, worker processes as each phase says; app max_connections "
             f"{RELAY_MAX_CONNECTIONS}, delivery.batch_size {RELAY_BATCH_SIZE}; GMS generator "
             f"{generator}, 64 connections"
+        )
+        notes.append(
+            f"production settings: relay log level {LOG_LEVEL}, JSON log lines to a file per "
+            f"process; Valkey {' '.join(VALKEY_ARGS)}"
         )
     finally:
         if relay is not None:

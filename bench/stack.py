@@ -24,6 +24,9 @@ TOPIC = "com.example.gms.bench"
 APP = "bench"
 API_TOKEN = "bench-api-token"
 START_TIMEOUT_S = 60.0
+LOG_LEVEL = "info"
+# Valkey as production runs it: AOF on, fsync once a second (the relay's durability promise).
+VALKEY_ARGS = ("--appendonly", "yes", "--appendfsync", "everysec")
 
 
 def sim_target(sim: SimInfo) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def sim_target(sim: SimInfo) -> dict[str, Any]:
 
 
 def start_valkey(ledger: CpuLedger, work_dir: Path) -> tuple[EmbeddedServer, Tracked]:
-    server = EmbeddedServer(data_dir=work_dir / "valkey").start()
+    server = EmbeddedServer(data_dir=work_dir / "valkey", extra_args=VALKEY_ARGS).start()
     assert server.process is not None
     return server, ledger.add(Tracked("valkey", "valkey", server.process.pid))
 
@@ -79,7 +82,9 @@ def write_relay_config(
         # Generous caps: the benchmark measures speed, not refusals.
         "queue": {"max_per_device": 1000, "max_pending": 2_000_000},
         "delivery": {"batch_size": batch_size},
-        "logging": {"format": "json", "level": "warning"},
+        # Production settings: every process's JSON log lines go to its log file (stdout is
+        # redirected there) at the level a deployment runs, so their cost is in the figures.
+        "logging": {"format": "json", "level": LOG_LEVEL},
         "apps": [
             {
                 **simulator_app(sim).model_dump(mode="json", exclude_defaults=True),
