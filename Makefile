@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run demo test test-fast lint types unit bench clean
+.PHONY: run demo test test-fast lint types unit bench bench-setup clean
 
 $(STAMP): requirements/dev.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ test-fast: lint types $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/apns-relay bench
+
+# The benchmark's optional tools, installed once before a run (a run itself installs nothing):
+# wrk for the GMS phase (apt-get, as root; without it the Python generator is used and the report
+# says so) and @parse/node-apn for the peer phase (npm ci from bench/node's lock file).
+NODE_WORK := bench/.work/node
+bench-setup: $(STAMP)
+	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
+	mkdir -p $(NODE_WORK)
+	cp bench/node/package.json bench/node/package-lock.json $(NODE_WORK)/
+	cd $(NODE_WORK) && npm ci --no-audit --no-fund
 
 clean:
 	rm -rf $(VENV) .relay-dev .pytest_cache .mypy_cache .ruff_cache

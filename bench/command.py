@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,7 +42,6 @@ COMMITTED_RESULTS = REPO_ROOT / "bench" / "results"
 SIM_LOG_LIMIT = 100_000  # enough for the latency phase's matching; older entries roll off
 RELAY_MAX_CONNECTIONS = 4
 RELAY_BATCH_SIZE = 256
-APT_TIMEOUT_S = 300.0
 
 CEILING = "1. Ceiling: raw aioapns"
 PEER = "2. Peer: @parse/node-apn"
@@ -99,26 +96,17 @@ def output_dir(args: argparse.Namespace) -> Path:
     return out
 
 
-def choose_generator(requested: str, plan: Plan, notes: list[str]) -> str:
-    """wrk when asked for or available (installing it as root in full mode), else Python."""
+def choose_generator(requested: str, notes: list[str]) -> str:
+    """wrk when asked for or installed (`make bench-setup`; a run installs nothing), else Python."""
     if requested == "python":
         return "python"
-    if shutil.which("wrk") is None and plan.install_tools and os.geteuid() == 0:
-        log("  wrk not found: apt-get install -y wrk")
-        try:
-            subprocess.run(
-                ["apt-get", "install", "-y", "-q", "wrk"],
-                capture_output=True,
-                timeout=APT_TIMEOUT_S,
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            notes.append(f"apt-get install wrk failed: {error}")
     if shutil.which("wrk") is not None:
         return "wrk"
     if requested == "wrk":
-        raise ValueError("--generator wrk: wrk is not installed")
-    notes.append("wrk not available: the GMS phase used the Python generator")
+        raise ValueError("--generator wrk: wrk is not installed (make bench-setup installs it)")
+    notes.append(
+        "wrk not installed (make bench-setup installs it): the GMS phase used the Python generator"
+    )
     return "python"
 
 
@@ -167,7 +155,7 @@ def run_phases(bench: Bench) -> list[PhaseResult]:
 def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
     plan = Plan.quick() if args.quick else Plan.full()
     notes: list[str] = []
-    generator = choose_generator(args.generator, plan, notes)
+    generator = choose_generator(args.generator, notes)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="apns-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     log(f"benchmark ({'quick' if args.quick else 'full'}): work dir {work_dir}, out {out_dir}")

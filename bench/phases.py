@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,7 +25,6 @@ NODE_WORK_DIR = REPO_ROOT / "bench" / ".work" / "node"
 WRK_SCRIPT = REPO_ROOT / "bench" / "wrk" / "gms_push.lua"
 DELIVERY_POLL_S = 0.05
 LOADGEN_TIMEOUT_S = 600.0
-NPM_TIMEOUT_S = 300.0
 
 JsonObject = dict[str, Any]
 
@@ -49,7 +47,6 @@ class Plan:
     idle_s: float
     backlog_n: int
     scale_n: int
-    install_tools: bool  # npm install the peer, apt-get install wrk (as root)
     delivery_timeout_s: float
 
     @classmethod
@@ -69,7 +66,6 @@ class Plan:
             idle_s=30.0,
             backlog_n=200_000,
             scale_n=50_000,
-            install_tools=True,
             delivery_timeout_s=600.0,
         )
 
@@ -90,7 +86,6 @@ class Plan:
             idle_s=2.5,
             backlog_n=2000,
             scale_n=1000,
-            install_tools=False,
             delivery_timeout_s=60.0,
         )
 
@@ -292,41 +287,20 @@ def ceiling(bench: Bench, title: str) -> PhaseResult:
 # --- phase 2: the peer ------------------------------------------------------------------------
 
 
-def node_peer_ready(bench: Bench) -> str | None:
-    """None when node-apn can run, else why not (installing it if the plan allows)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None:
+def node_peer_ready() -> str | None:
+    """None when node-apn can run, else why not (`make bench-setup` installs it, a run never)."""
+    if shutil.which("node") is None:
         return "node is not installed"
     installed = NODE_WORK_DIR / "node_modules" / "@parse" / "node-apn" / "package.json"
-    if installed.exists():
-        return None
-    if not bench.plan.install_tools:
-        return f"@parse/node-apn is not installed in {NODE_WORK_DIR} (quick mode installs nothing)"
-    if npm is None:
-        return "npm is not installed"
-    NODE_WORK_DIR.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy2(NODE_DIR / name, NODE_WORK_DIR / name)
-    bench.log(f"  npm ci (@parse/node-apn, as locked in {NODE_DIR}) into {NODE_WORK_DIR}")
-    try:
-        completed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=NODE_WORK_DIR,
-            capture_output=True,
-            text=True,
-            timeout=NPM_TIMEOUT_S,
-        )
-    except subprocess.TimeoutExpired:
-        return f"npm ci took more than {NPM_TIMEOUT_S} s (registry unreachable?)"
-    if completed.returncode != 0:
-        return f"npm ci failed: {completed.stderr.strip()[-500:]}"
+    if not installed.exists():
+        return f"@parse/node-apn is not installed in {NODE_WORK_DIR} (run make bench-setup)"
     return None
 
 
 def peer(bench: Bench, title: str, raw: PhaseResult) -> PhaseResult:
     """The same N through @parse/node-apn at the ceiling's best concurrency and connections."""
     result = PhaseResult("peer", title)
-    why_not = node_peer_ready(bench)
+    why_not = node_peer_ready()
     if why_not is not None:
         result.skipped = why_not
         return result
