@@ -51,6 +51,9 @@ LATENCY = "5. Latency at steady load"
 BACKLOG = "6. Backlog drain (1 worker)"
 IDLE = "7. Idle relay"
 SCALE = ("8. Scale: 1 worker", "8. Scale: 2 workers")
+PHASES = ("ceiling", "peer", "single", "batch", "latency", "backlog", "idle", "scale")
+NEEDS_RUNNING_RELAY = frozenset({"single", "batch", "latency", "idle"})
+NEEDS_API_ONLY = frozenset({"backlog", "scale"})
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +80,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="load generator for the GMS phase: wrk if available (auto), or the Python one",
     )
     parser.add_argument(
+        "--phase",
+        action="append",
+        choices=PHASES,
+        metavar="NAME",
+        help=(
+            "run only this phase (repeatable, for an A/B; default all): "
+            f"{', '.join(PHASES)}; the ceiling always runs, as the headline's reference"
+        ),
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="process logs, Valkey data, specs (default: a temp dir)"
     )
 
@@ -86,13 +99,18 @@ def log(message: str) -> None:
 
 
 def output_dir(args: argparse.Namespace) -> Path:
+    partial_run = args.phase is not None and set(args.phase) != set(PHASES)
+    if args.out is None and partial_run and not args.quick:
+        raise ValueError(
+            "--phase: a run of some phases needs --out (the committed results hold all)"
+        )
     if args.out is None:
         return (
             Path(tempfile.mkdtemp(prefix="apns-bench-quick-")) if args.quick else COMMITTED_RESULTS
         )
     out: Path = args.out.resolve()
-    if args.quick and out == COMMITTED_RESULTS.resolve():
-        raise ValueError(f"--out: quick results must not overwrite the committed ones in {out}")
+    if (args.quick or partial_run) and out == COMMITTED_RESULTS.resolve():
+        raise ValueError(f"--out: quick or --phase results must not overwrite the ones in {out}")
     return out
 
 
@@ -131,24 +149,35 @@ def guarded(
     return result
 
 
-def run_phases(bench: Bench) -> list[PhaseResult]:
-    """Run order differs from numbering: idle needs the running worker the backlog stops."""
+def run_phases(bench: Bench, selected: frozenset[str]) -> list[PhaseResult]:
+    """Run the selected phases in an order that differs from their numbering: idle needs the
+    running worker the backlog stops. The ceiling always runs: it is every headline's reference."""
     phases: list[PhaseResult] = []
     plan = bench.plan
     raw = guarded("ceiling", CEILING, lambda: ceiling(bench, CEILING), phases)
-    guarded("peer", PEER, lambda: peer(bench, PEER, raw), phases)
-    bench.relay.start_api()
-    bench.relay.start_workers(1)
-    guarded("single", SINGLE, partial(through_relay, bench, "single", SINGLE, "gms"), phases)
-    guarded("batch", BATCH, partial(through_relay, bench, "batch", BATCH, "batch"), phases)
-    guarded("latency", LATENCY, lambda: latency(bench, LATENCY), phases)
-    guarded("idle", IDLE, lambda: idle(bench, IDLE), phases)
-    guarded(
-        "backlog", BACKLOG, partial(drain, bench, "backlog", BACKLOG, plan.backlog_n, 1), phases
-    )
-    for workers, title in enumerate(SCALE, start=1):
-        name = f"scale-{workers}"
-        guarded(name, title, partial(drain, bench, name, title, plan.scale_n, workers), phases)
+    if "peer" in selected:
+        guarded("peer", PEER, lambda: peer(bench, PEER, raw), phases)
+    if selected & NEEDS_RUNNING_RELAY:
+        bench.relay.start_api()
+        bench.relay.start_workers(1)
+    if "single" in selected:
+        guarded("single", SINGLE, partial(through_relay, bench, "single", SINGLE, "gms"), phases)
+    if "batch" in selected:
+        guarded("batch", BATCH, partial(through_relay, bench, "batch", BATCH, "batch"), phases)
+    if "latency" in selected:
+        guarded("latency", LATENCY, lambda: latency(bench, LATENCY), phases)
+    if "idle" in selected:
+        guarded("idle", IDLE, lambda: idle(bench, IDLE), phases)
+    if selected & NEEDS_API_ONLY and bench.relay.api is None:
+        bench.relay.start_api()  # the drains start their own workers
+    if "backlog" in selected:
+        backlog = partial(drain, bench, "backlog", BACKLOG, plan.backlog_n, 1)
+        guarded("backlog", BACKLOG, backlog, phases)
+    if "scale" in selected:
+        for workers, title in enumerate(SCALE, start=1):
+            name = f"scale-{workers}"
+            scale = partial(drain, bench, name, title, plan.scale_n, workers)
+            guarded(name, title, scale, phases)
     return sorted(phases, key=lambda p: p.title)
 
 
@@ -185,7 +214,7 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
                 log=log,
                 generator=generator,
             )
-            phases = run_phases(bench)
+            phases = run_phases(bench, frozenset(args.phase or PHASES))
         notes.append(
             f"simulator: {args.sim_workers} server processes, --tokens open (the generated "
             "device tokens are not issued by it; every other rule, the moving stream limit "

@@ -128,9 +128,22 @@ def test_quick_refuses_to_overwrite_committed_results() -> None:
 def test_benchcli_takes_the_harness_options() -> None:
     parser = argparse.ArgumentParser()
     benchcli.configure(parser)
-    args = parser.parse_args(["--quick", "--sim-workers", "3"])
+    args = parser.parse_args(
+        ["--quick", "--sim-workers", "3", "--phase", "batch", "--phase", "idle"]
+    )
     assert args.quick
     assert args.sim_workers == 3
+    assert args.phase == ["batch", "idle"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--phase", "no-such-phase"])
+
+
+def test_a_run_of_some_phases_needs_its_own_out(capsys: pytest.CaptureFixture[str]) -> None:
+    """A partial run must not replace the committed results, which hold every phase."""
+    parser = argparse.ArgumentParser()
+    benchcli.configure(parser)
+    assert benchcli.run(parser.parse_args(["--phase", "single"])) == 2
+    assert "needs --out" in capsys.readouterr().err
 
 
 def test_benchcli_says_when_the_harness_is_missing(
