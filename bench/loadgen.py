@@ -238,7 +238,11 @@ async def http_closed_loop(spec: JsonObject) -> JsonObject:
 
 
 async def http_steady(spec: JsonObject) -> JsonObject:
-    """Open loop: request i is due at i / rate; each record is (id, sent_at, answered_at)."""
+    """Open loop: request i is due at i / rate; each record is (id, due_at, answered_at).
+
+    Latency counts from the request's *scheduled* time, not from when it got a connection or
+    left the socket: time a request spends queued behind a late generator or a busy connection
+    is latency a GMS sender would see (no coordinated omission)."""
     connections: asyncio.Queue[HttpConnection] = asyncio.Queue()
     for connection in await open_connections(spec):
         connections.put_nowait(connection)
@@ -247,11 +251,10 @@ async def http_steady(spec: JsonObject) -> JsonObject:
     late = 0
     in_flight: set[asyncio.Task[None]] = set()
 
-    async def send(ids: list[str], request: bytes) -> None:
+    async def send(ids: list[str], request: bytes, due_at: float) -> None:
         connection = await connections.get()
-        sent_at = time.time()
         status, _ = await connection.exchange(request)
-        records.append((ids[0], sent_at, time.time(), status))
+        records.append((ids[0], due_at, time.time(), status))
         connections.put_nowait(connection)
 
     started_at, started = time.time(), time.perf_counter()
@@ -262,7 +265,7 @@ async def http_steady(spec: JsonObject) -> JsonObject:
             await asyncio.sleep(delay)  # pacing the offered load, not waiting for a condition
         elif delay < -0.01:
             late += 1
-        task = asyncio.create_task(send(ids, request))
+        task = asyncio.create_task(send(ids, request, started_at + index / rate))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
     await asyncio.gather(*in_flight)
@@ -275,7 +278,7 @@ async def http_steady(spec: JsonObject) -> JsonObject:
         "statuses": dict(statuses),
         "elapsed_s": elapsed,
         "late_sends": late,
-        "records": [[i, sent, answered] for i, sent, answered, status in records if status == 200],
+        "records": [[i, due, answered] for i, due, answered, status in records if status == 200],
     }
 
 

@@ -446,7 +446,8 @@ def percentiles_ms(samples: list[float]) -> JsonObject:
 
 
 def latency(bench: Bench, title: str) -> PhaseResult:
-    """Steady offered load; request sent -> simulator receipt, matched by GMS _id."""
+    """Steady offered load; request's scheduled send time -> simulator receipt, matched by GMS
+    _id (no coordinated omission: see loadgen.http_steady)."""
     plan = bench.plan
     n = int(plan.latency_rate * plan.latency_s)
     measurement = bench.measure()
@@ -456,13 +457,13 @@ def latency(bench: Bench, title: str) -> PhaseResult:
     )
     bench.control.wait_accepted(seq_before + outcome["accepted"], plan.delivery_timeout_s)
     result = measurement.finish(PhaseResult("latency", title))
-    sent_at = {service_id: sent for service_id, sent, _ in outcome["records"]}
-    ingest_ms = [(answered - sent) * 1000 for _, sent, answered in outcome["records"]]
+    due_at = {service_id: due for service_id, due, _ in outcome["records"]}
+    ingest_ms = [(answered - due) * 1000 for _, due, answered in outcome["records"]]
     latencies_ms = []
     for entry in bench.control.notifications_since(seq_before):
         service_id = service_id_of(entry["payload"])
-        if service_id in sent_at:
-            latencies_ms.append((entry["received_at"] - sent_at[service_id]) * 1000)
+        if service_id in due_at:
+            latencies_ms.append((entry["received_at"] - due_at[service_id]) * 1000)
     result.delivered = len(latencies_ms)
     result.rates = {
         "offered_per_s": plan.latency_rate,
