@@ -13,7 +13,7 @@ import pytest
 
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
-from bench.report import evaluate_targets
+from bench.report import evaluate_targets, headline
 from relay_devkit import bench as benchcli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +96,16 @@ def test_quick_run_reports_targets_and_machine(
     quick_run: tuple[Path, dict[str, Any], str],
 ) -> None:
     out, document, stdout = quick_run
-    assert len(document["targets"]) == 11
+    assert len(document["targets"]) == 14
     for target in document["targets"]:
         assert target["verdict"] in ("met", "MISSED"), target
         assert target["goal"] in stdout
+    headline = {row["phase"]: row for row in document["headline"]}
+    assert set(headline) == set(RELAY_PHASES)
+    assert all(row["x_client"] > 0 for row in headline.values())
+    notes = " ".join(document["notes"])
+    assert "log level info" in notes
+    assert "appendfsync everysec" in notes
     machine = document["machine"]
     assert machine["cores"] >= 1
     assert machine["python"]
@@ -107,6 +113,7 @@ def test_quick_run_reports_targets_and_machine(
     assert machine["valkey"]
     markdown = (out / "results.md").read_text()
     assert "| goal | measured | limit | verdict | inputs |" in markdown
+    assert "## Headline: the relay's CPU per delivered notification" in markdown
     assert all(p["title"] in markdown for p in document["phases"])
     png = (out / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
@@ -193,13 +200,32 @@ def test_targets_compare_against_the_ceiling() -> None:
         "4",
         delivered=1000,
         rates={"delivered_per_s": 900.0},
-        cpu_s={"relay-api": 0.1, "relay-worker": 0.35},
+        cpu_s={"relay-api": 0.1, "relay-worker": 0.3, "valkey": 0.05},
     )
     single = PhaseResult("single", "3", skipped="not run")
     targets = {t.goal: t for t in evaluate_targets({p.name: p for p in (ceiling, batch, single)})}
     assert targets["R_batch >= 0.8 x R_raw"].verdict == "met"
     assert targets["R_batch >= 0.8 x R_raw"].measured == pytest.approx(0.9)
-    cpu = targets["relay CPU per delivered (batch) <= 2 x raw aioapns client"]
+    cpu = targets[
+        "relay CPU per delivered (batch; api + worker + Valkey) <= 1.0 x raw aioapns client"
+    ]
     assert cpu.measured == pytest.approx(2.25)
     assert cpu.verdict == "MISSED"
+    assert targets["Valkey CPU per delivered at full load (batch) <= 60 µs"].verdict == "met"
     assert targets["R_single >= 0.5 x R_raw"].verdict == "n/a"
+
+
+def test_headline_is_relay_roles_cpu_as_a_multiple_of_the_raw_client() -> None:
+    ceiling = PhaseResult("ceiling", "1", delivered=1000, cpu_s={"loadgen": 0.5})
+    single = PhaseResult(
+        "single",
+        "3",
+        delivered=1000,
+        cpu_s={"relay-api": 0.2, "relay-worker": 0.3, "valkey": 0.25, "simulator": 9.0},
+    )
+    latency = PhaseResult("latency", "5", error="RuntimeError: boom")
+    rows = {row["phase"]: row for row in headline({p.name: p for p in (ceiling, single, latency)})}
+    assert rows["single"]["relay_us"] == pytest.approx(750.0)  # the simulator is not the relay
+    assert rows["single"]["client_us"] == pytest.approx(500.0)
+    assert rows["single"]["x_client"] == pytest.approx(1.5)
+    assert rows["latency"]["x_client"] is None
