@@ -1047,8 +1047,9 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
         ]
         # Imported here: the Live Activity routes build on this module's auth and problems.
         from relay.activity_routes import ROUTES as ACTIVITY_ROUTES
+        from relay.check_route import ROUTES as CHECK_ROUTES
 
-        routes += ACTIVITY_ROUTES
+        routes += ACTIVITY_ROUTES + CHECK_ROUTES
     for method, path, handler in routes:
         if method == "GET":  # with HEAD, as aiohttp's add_get does
             app.router.add_get(path, handler, expect_handler=expect_continue)

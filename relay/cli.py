@@ -16,6 +16,17 @@ DEV_STATE_DIR = ".relay-dev"
 DEV_JSON = "dev.json"
 DEV_AUTH_CHOICES = ("token", "certificate")  # the simulator app's APNs credentials
 
+DESCRIPTION = """\
+Relay Genesys Mobile Services (GMS) push notifications to iPhones over Apple's APNs. GMS posts to
+the relay's /gms/push; the relay queues every push in Redis and delivers it, at least once and in
+order per device. Start with `apns-relay serve --dev` (no setup), check your Apple credentials with
+`apns-relay check --config relay.yaml`, then run `api` and `worker` in production."""
+
+EPILOG = """\
+environment: RELAY_CONFIG (the config file for serve, api, worker, check), RELAY_URL and
+RELAY_API_TOKEN (the relay and its bearer token for push and status), RELAY_DEV=1 (serve in
+development mode). `apns-relay COMMAND --help` shows a command's options."""
+
 
 class CommandModule(Protocol):
     def configure(self, parser: argparse.ArgumentParser) -> None: ...
@@ -52,7 +63,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser(
     chosen: str | None,
 ) -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
-    parser = argparse.ArgumentParser(prog="apns-relay", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="apns-relay",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules: dict[str, CommandModule] = {}

@@ -697,7 +697,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: not valid YAML: {error}"]) from None
+        # PyYAML's own text spans lines with a caret drawing; where and what is enough.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError([f"{path}: not valid YAML{where}: {what}"]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -28,16 +28,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-token",
         default=os.environ.get("RELAY_API_TOKEN"),
-        help="bearer token (default: $RELAY_API_TOKEN, else the development dev.json)",
+        help="the relay API's bearer token, not the device's (default: $RELAY_API_TOKEN, else the"
+        " development dev.json)",
     )
-    parser.add_argument("--state-dir", default=DEV_STATE_DIR)
+    parser.add_argument(
+        "--state-dir",
+        default=DEV_STATE_DIR,
+        help=f"where `serve --dev` wrote {DEV_JSON}, read when no URL or token is given"
+        f" (default {DEV_STATE_DIR})",
+    )
     if parser.prog.endswith("push"):
-        parser.add_argument("--token", required=True, help="device token (hex)")
-        parser.add_argument("--service-id", required=True)
-        parser.add_argument("--action", required=True)
-        parser.add_argument("--app")
+        parser.add_argument(
+            "--device",
+            "--token",  # its first name, kept so that scripts written for it still run
+            dest="device",
+            required=True,
+            metavar="HEX",
+            help="the phone's APNs device token, 64 (or more) hex digits; `--token` is an alias",
+        )
+        parser.add_argument(
+            "--service-id", required=True, help="the GMS service id the push is about"
+        )
+        parser.add_argument(
+            "--action",
+            required=True,
+            help="what happened, e.g. wait-for-agent or connect-inbound; picks the app's template",
+        )
+        parser.add_argument(
+            "--app", help="which configured app sends it (default: the default one)"
+        )
         parser.add_argument("--alert", help="alert text (default: the app's template)")
-        parser.add_argument("--ttl", type=int)
+        parser.add_argument("--ttl", type=int, help="seconds APNs may hold it for an offline phone")
         parser.add_argument(
             "--wait", type=float, default=30.0, help="seconds to wait for a final state"
         )
@@ -70,7 +91,7 @@ def _print(body: Any) -> None:
 
 async def _push(url: str, token: str, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {
-        "device_token": args.token,
+        "device_token": args.device,
         "service_id": args.service_id,
         "action": args.action,
     }

@@ -290,6 +290,23 @@ def _path_parameter(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
+_VERDICT: dict[str, Any] = {
+    "type": "object",
+    "required": ["app", "ok", "verdict", "detail", "fix", "endpoint"],
+    "properties": {
+        "app": {"type": "string"},
+        "ok": {"type": "boolean"},
+        "verdict": {"type": "string", "description": "ready, invalid-provider-token, ..."},
+        "detail": {"type": "string"},
+        "fix": {"type": "string", "description": "what to do; empty when nothing is"},
+        "endpoint": {"type": "string", "description": "the APNs host:port probed"},
+        "status": {"type": ["integer", "null"], "description": "APNs' HTTP status (0: none)"},
+        "reason": {"type": ["string", "null"], "description": "APNs' reason"},
+        "expires_at": {"type": ["string", "null"], "description": "a certificate's not_after"},
+    },
+}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route; request schemas come from the models above."""
@@ -409,6 +426,17 @@ def openapi_document() -> dict[str, Any]:
                     parameters=device_parameters,
                     errors=(400, 403, 404),
                 ),
+            },
+            "/v1/apps/{app}/check": {
+                "get": _operation(
+                    "checkApp",
+                    "`apns-relay check` for one app: its credential files, then one probe push to"
+                    " a random token (APNs' BadDeviceToken means ready); 200 with the verdict",
+                    200,
+                    _VERDICT,
+                    parameters=device_parameters[:1],
+                    errors=(403, 404),
+                )
             },
             "/v1/queue": {
                 "get": _operation(

@@ -10,6 +10,7 @@ import datetime
 import os
 import signal
 import sys
+import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from redis.exceptions import AuthenticationError, NoPermissionError
 
 from relay import apns, metrics
 from relay.api import Credentials, RelayState, create_app, server_options
@@ -32,6 +34,17 @@ log = structlog.get_logger("relay.service")
 
 DEFAULT_WORKER_PORT = 8081
 DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev
+# Exit statuses of a process that does not start: its configuration is wrong (2), or something
+# outside it refused (3): the port is taken, Redis turns the relay's credentials away.
+EXIT_CONFIG = 2
+EXIT_START = 3
+# Redis answers but refuses this relay: no retry mends that. An unreachable Redis is not among
+# them: the api holds and spools, the worker waits, readiness says so (see the README).
+REDIS_REFUSALS = (AuthenticationError, NoPermissionError)
+
+
+class StartupError(Exception):
+    """The process cannot start here for a reason outside its configuration: its port, Redis."""
 
 
 class DevelopmentMode(Protocol):
@@ -61,6 +74,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="when the process cannot start, print the traceback under the one-line reason",
+    )
     if parser.prog.endswith(" serve"):  # the one role with a development mode
         parser.add_argument(
             "--auth",
@@ -88,16 +106,26 @@ def missing_settings(settings: Settings, role: str) -> list[str]:
     return missing
 
 
-def _refuse(message: str) -> int:
+def _refuse(message: str, status: int = EXIT_CONFIG, *, debug: bool = False) -> int:
+    if debug:
+        traceback.print_exc()
     print(f"apns-relay: {redact_text(message)}", file=sys.stderr)
-    return 2
+    return status
+
+
+def _cannot_start(error: ConfigError | StartupError, debug: bool) -> int:
+    if isinstance(error, StartupError):
+        return _refuse(str(error), EXIT_START, debug=debug)
+    # One line, however many problems: a log collector keeps it as one event.
+    return _refuse(f"invalid configuration: {'; '.join(error.problems)}", debug=debug)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
-        return _refuse(str(error))
+        return _cannot_start(error, args.debug)
+    debug = args.debug or settings.logging.level == "debug"
     if args.dev and args.command != "serve":
         return _refuse(f"{args.command} --dev: development mode is for `serve` only")
     # RELAY_DEV concerns `serve` alone: an api or worker started from the same shell is unaffected.
@@ -118,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
     if not dev_mode:
         try:
             return asyncio.run(_serve(args.command, settings, args, None))
-        except ConfigError as error:
-            return _refuse(str(error))
+        except (ConfigError, StartupError) as error:
+            return _cannot_start(error, debug)
     try:
         # Imported only here: production processes load nothing of the development kit.
         from relay_devkit import dev_mode as kit
@@ -131,15 +159,16 @@ def run(args: argparse.Namespace) -> int:
             " installation does not include (the production image leaves it out); run it from"
             " a source checkout (make run)"
         )
-    errors: tuple[type[Exception], ...] = (ConfigError, *kit.START_ERRORS)
     try:
         with kit.development_mode(settings, Path(args.state_dir).resolve(), args.auth) as (
             settings,
             dev,
         ):
             return asyncio.run(_serve(args.command, settings, args, dev))
-    except errors as error:
-        return _refuse(str(error))
+    except (ConfigError, StartupError) as error:
+        return _cannot_start(error, debug)
+    except kit.START_ERRORS as error:
+        return _refuse(str(error), debug=debug)
 
 
 # Building the parts from settings
@@ -218,7 +247,11 @@ async def http_server(
         application, access_log=None, handle_signals=False, **server_options(application)
     )
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise StartupError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
     try:
         yield runner
     finally:
@@ -288,7 +321,7 @@ async def run_relay(
         metrics.prime_app_series(
             (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
         )
-        with contextlib.suppress(*REDIS_ERRORS):
+        try:
             # One command first: a fresh cluster client learns the slot map once, rather than
             # under a burst of first requests.
             await queue.ping()
@@ -296,6 +329,12 @@ async def run_relay(
                 # Listening before the first request: a push is then picked up at once, not at
                 # the idle worker's next look a second later.
                 await queue.listen_for_work()
+        except REDIS_REFUSALS as error:
+            raise StartupError(
+                f"Redis refused the relay (redis.url, RELAY_REDIS_URL): {error}"
+            ) from error
+        except REDIS_ERRORS:
+            pass  # unreachable for now: served all the same, readiness reports it
         async with http_server(create_app(state, ingest=ingest), host, port) as runner:
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
             try:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -310,3 +311,60 @@ def test_the_command_names_a_bad_configuration_and_exits_2(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "apps[0].environment" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_the_api_route_checks_one_app_for_a_credential_that_may_see_it(
+    state_dir: Path, redis_url: str
+) -> None:
+    """GET /v1/apps/{app}/check on a running api: the verdicts the command gives, and for apps a
+    credential may not see, the answer every other per-app route gives."""
+    from relay.service import run_relay  # the api's whole stack, as in production
+
+    full, scoped = "full-token-0123456789", "scoped-token-0123456789"
+    async with running_simulator(state_dir / "sim") as info:
+        settings = Settings.model_validate(
+            {
+                "redis": {"url": redis_url},
+                "auth": {
+                    "api_tokens": [full],
+                    "scoped": [{"token": scoped, "apps": ["ready"]}],
+                },
+                "apps": [
+                    token_app(info, "ready"),
+                    token_app(info, "other-team", team_id="ZZZZZZZZZZ"),
+                ],
+            }
+        )
+        async with (
+            run_relay(settings, role="api") as relay,
+            aiohttp.ClientSession() as session,
+        ):
+
+            async def check(app: str, token: str) -> tuple[int, dict[str, Any]]:
+                headers = {"Authorization": f"Bearer {token}"}
+                url = f"{relay.url}/v1/apps/{app}/check"
+                async with session.get(url, headers=headers) as response:
+                    return response.status, await response.json(content_type=None)
+
+            ready, refused, unknown, other, nowhere, anonymous = await asyncio.gather(
+                check("ready", scoped),
+                check("other-team", full),
+                check("absent", full),
+                check("other-team", scoped),
+                check("absent", scoped),
+                check("ready", "not-a-token-0123456789"),
+            )
+    assert ready[0] == 200
+    assert (ready[1]["ok"], ready[1]["verdict"], ready[1]["reason"]) == (
+        True,
+        "ready",
+        "BadDeviceToken",
+    )
+    assert refused[0] == 200
+    assert (refused[1]["ok"], refused[1]["verdict"]) == (False, "invalid-provider-token")
+    assert "key_id" in refused[1]["fix"]
+    assert (unknown[0], unknown[1]["type"].rsplit(":", 1)[-1]) == (404, "unknown-app")
+    # A scoped credential learns no other app's name: the other app and no app answer alike.
+    assert other[0] == nowhere[0] == 403
+    assert other[1]["type"] == nowhere[1]["type"]
+    assert anonymous[0] == 401

@@ -32,7 +32,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--message-as-string", action="store_true", help="send `message` as a JSON-encoded string"
     )
-    parser.add_argument("--connect-mode", choices=CONNECT_MODES, default="outbound")
+    parser.add_argument(
+        "--connect-mode",
+        choices=CONNECT_MODES,
+        default="outbound",
+        help="which connect dialog Yes answers with: the agent calls (outbound) or the user"
+        " calls in (inbound); default outbound",
+    )
     parser.add_argument("--gms-user", default="", help="$(GMSUser) for the scenario's service")
     parser.add_argument(
         "--once", action="store_true", help="exit after the scenario instead of serving on"

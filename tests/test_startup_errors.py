@@ -1,0 +1,137 @@
+"""A process that cannot start says why in one line on stderr and exits 2 (its configuration) or
+3 (its port, its Redis), for every role; the traceback only with --debug."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+ROLES = ("serve", "api", "worker")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def document(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_file = tmp_path / "AuthKey.p8"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return {
+        "redis": {"url": redis_url},
+        "auth": {"api_tokens": ["test-token-0123456789"]},
+        "apps": [
+            {
+                "name": "demo",
+                "topic": "com.example.demo",
+                "environment": "sandbox",
+                "auth": {
+                    "token": {
+                        "key_file": str(key_file),
+                        "key_id": "ABCDE12345",
+                        "team_id": "TEAM123456",
+                    }
+                },
+            }
+        ],
+    }
+
+
+def write(path: Path, content: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def start(role: str, config: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", role, "--config", str(config), *options],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def each_role(config: Path, *options: str) -> dict[str, subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(len(ROLES)) as pool:
+        results = pool.map(lambda role: start(role, config, *options), ROLES)
+        return dict(zip(ROLES, results, strict=True))
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], status: int, *words: str) -> None:
+    lines = result.stderr.splitlines()
+    assert result.returncode == status, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("apns-relay: "), result.stderr
+    for word in words:
+        assert word in lines[0], result.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+def test_a_port_in_use_is_one_line_and_exit_3(
+    tmp_path: Path, redis_url: str, taken_port: int
+) -> None:
+    config = write(tmp_path / "relay.yaml", document(tmp_path, redis_url))
+    for role, result in each_role(config, "--port", str(taken_port)).items():
+        assert_one_line(result, 3, f"cannot listen on 127.0.0.1:{taken_port}", "in use")
+        assert "Traceback" not in result.stdout, role
+
+
+def test_debug_adds_the_traceback(tmp_path: Path, redis_url: str, taken_port: int) -> None:
+    config = write(tmp_path / "relay.yaml", document(tmp_path, redis_url))
+    result = start("api", config, "--port", str(taken_port), "--debug")
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("apns-relay: cannot listen on")
+
+
+def test_an_unreadable_or_invalid_config_is_one_line_and_exit_2(
+    tmp_path: Path, redis_url: str
+) -> None:
+    missing = tmp_path / "absent.yaml"
+    for result in each_role(missing).values():
+        assert_one_line(result, 2, str(missing), "cannot read", "No such file")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("apps: [\n")
+    for result in each_role(broken).values():
+        assert_one_line(result, 2, str(broken), "not valid YAML")
+    invalid = document(tmp_path, redis_url)
+    invalid["apps"][0]["environment"] = "staging"
+    invalid["queue"] = {"max_per_device": 0}
+    for result in each_role(write(tmp_path / "invalid.yaml", invalid)).values():
+        assert_one_line(result, 2, "apps[0].environment", "queue.max_per_device")
+
+
+def test_a_redis_that_refuses_the_relay_is_one_line_and_exit_3(
+    tmp_path: Path, redis_url: str
+) -> None:
+    parts = urlsplit(redis_url)
+    refused = urlunsplit(
+        parts._replace(netloc=f"nobody:wrong-secret@{parts.hostname}:{parts.port}")
+    )
+    config = write(tmp_path / "relay.yaml", document(tmp_path, refused))
+    for result in each_role(config, "--port", "0").values():
+        assert_one_line(result, 3, "Redis refused the relay")
+        assert "wrong-secret" not in result.stderr
