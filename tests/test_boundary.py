@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from production_config import production_document
 
 from relay.api import REFUSAL_STATUSES
 from relay.queue import QueueRefusal
@@ -63,36 +62,8 @@ def test_production_entry_points_import_nothing_of_the_kit() -> None:
 def test_a_serving_production_process_loads_nothing_of_the_kit(
     role: str, redis_url: str, tmp_path: Path
 ) -> None:
-    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    key_file = tmp_path / "AuthKey_ABCDE12345.p8"
-    key_file.write_bytes(key)
     config = tmp_path / "relay.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "redis": {"url": redis_url},
-                "auth": {"api_tokens": ["boundary-token-0123456789"]},
-                "apps": [
-                    {
-                        "name": "demo",
-                        "topic": "com.example.demo",
-                        "environment": "sandbox",
-                        "auth": {
-                            "token": {
-                                "key_file": str(key_file),
-                                "key_id": "ABCDE12345",
-                                "team_id": "TEAM123456",
-                            }
-                        },
-                    }
-                ],
-            }
-        )
-    )
+    config.write_text(yaml.safe_dump(production_document(tmp_path, redis_url)))
     port = free_port()
     output = tmp_path / "stderr.txt"
     with output.open("wb") as stderr:

@@ -14,41 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from production_config import production_document
 
 ROLES = ("serve", "api", "worker")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def document(tmp_path: Path, redis_url: str) -> dict[str, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_file = tmp_path / "AuthKey.p8"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return {
-        "redis": {"url": redis_url},
-        "auth": {"api_tokens": ["test-token-0123456789"]},
-        "apps": [
-            {
-                "name": "demo",
-                "topic": "com.example.demo",
-                "environment": "sandbox",
-                "auth": {
-                    "token": {
-                        "key_file": str(key_file),
-                        "key_id": "ABCDE12345",
-                        "team_id": "TEAM123456",
-                    }
-                },
-            }
-        ],
-    }
 
 
 def write(path: Path, content: dict[str, Any]) -> Path:
@@ -93,14 +62,14 @@ def taken_port() -> Iterator[int]:
 def test_a_port_in_use_is_one_line_and_exit_3(
     tmp_path: Path, redis_url: str, taken_port: int
 ) -> None:
-    config = write(tmp_path / "relay.yaml", document(tmp_path, redis_url))
+    config = write(tmp_path / "relay.yaml", production_document(tmp_path, redis_url))
     for role, result in each_role(config, "--port", str(taken_port)).items():
         assert_one_line(result, 3, f"cannot listen on 127.0.0.1:{taken_port}", "in use")
         assert "Traceback" not in result.stdout, role
 
 
 def test_debug_adds_the_traceback(tmp_path: Path, redis_url: str, taken_port: int) -> None:
-    config = write(tmp_path / "relay.yaml", document(tmp_path, redis_url))
+    config = write(tmp_path / "relay.yaml", production_document(tmp_path, redis_url))
     result = start("api", config, "--port", str(taken_port), "--debug")
     assert result.returncode == 3
     assert "Traceback" in result.stderr
@@ -117,7 +86,7 @@ def test_an_unreadable_or_invalid_config_is_one_line_and_exit_2(
     broken.write_text("apps: [\n")
     for result in each_role(broken).values():
         assert_one_line(result, 2, str(broken), "not valid YAML")
-    invalid = document(tmp_path, redis_url)
+    invalid = production_document(tmp_path, redis_url)
     invalid["apps"][0]["environment"] = "staging"
     invalid["queue"] = {"max_per_device": 0}
     for result in each_role(write(tmp_path / "invalid.yaml", invalid)).values():
@@ -131,7 +100,7 @@ def test_a_redis_that_refuses_the_relay_is_one_line_and_exit_3(
     refused = urlunsplit(
         parts._replace(netloc=f"nobody:wrong-secret@{parts.hostname}:{parts.port}")
     )
-    config = write(tmp_path / "relay.yaml", document(tmp_path, refused))
+    config = write(tmp_path / "relay.yaml", production_document(tmp_path, refused))
     for result in each_role(config, "--port", "0").values():
         assert_one_line(result, 3, "Redis refused the relay")
         assert "wrong-secret" not in result.stderr
