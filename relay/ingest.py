@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay import metrics
 from relay.logs import mask_token
@@ -24,7 +23,8 @@ from relay.queue import (
     QueueRefusal,
     RelayQueue,
 )
-from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, closed_transport
+from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
+from relay.redis_errors import vanished_as_unreachable
 from relay.spool import Spool, SpoolUnavailable
 from relay.spool_log import Device, SpooledNotification
 
@@ -130,14 +130,10 @@ class Ingest:
         """The enqueue, and the replicas' acknowledgement when asked for (redis.ack_replicas):
         the same for a request and for the replay, under the same id, so that storing again
         what is stored already (an answer lost, a replay repeated) changes nothing."""
-        try:
+        with vanished_as_unreachable():
             accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
             if self.replicas is not None and not accepted.duplicate:
                 await self.replicas.confirm([accepted.id])
-        except RuntimeError as error:
-            if not closed_transport(error):
-                raise
-            raise RedisConnectionError(str(error)) from error
         return accepted
 
     async def _store_held(self, n: Notification, notification_id: str, deadline: float) -> Accepted:

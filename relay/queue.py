@@ -34,6 +34,7 @@ from relay.model import (
     PauseApp,
     Retry,
 )
+from relay.redis_errors import vanished_as_unreachable
 
 # ---- Key names: the only place they are spelled (the Lua scripts get them in a prelude). ----
 # Every key of shard s starts with shard_prefix(s) = "relay:{<tag>}:"; the hash tag puts all of a
@@ -475,6 +476,10 @@ class RelayQueue:
     # ---- script running ----
 
     async def _execute(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        with vanished_as_unreachable():
+            return await self._send(calls)
+
+    async def _send(self, calls: Sequence[ScriptCall]) -> list[Any]:
         if len(calls) == 1:
             call = calls[0]
             try:

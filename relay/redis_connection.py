@@ -102,15 +102,6 @@ def connect(settings: RedisSettings) -> Redis | RedisCluster:
     )
 
 
-def closed_transport(error: RuntimeError) -> bool:
-    """Whether a RuntimeError is redis-py writing to a connection whose peer just vanished
-    under uvloop ("unable to perform operation on <TCPTransport closed=True ...>; the handler
-    is closed"): uvloop raises RuntimeError where asyncio's own loop raises nothing and the next
-    read fails with a ConnectionError. It means the same, Redis unreachable, and nothing more."""
-    text = str(error)
-    return "unable to perform operation" in text and "closed=True" in text
-
-
 # ---- acknowledged writes ----
 
 
