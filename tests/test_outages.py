@@ -2,9 +2,9 @@
 lifetime fails nothing, costs probes rather than one request per notification, and never slows
 another app.
 
-CI runs the 20 s and the 2 min outage (the longest test here, marked `long_outage`) and short
-fault runs; OUTAGE_LONG_SECONDS=600 adds a 10-minute outage. Figures are printed (-s): the README's
-reliability section records them.
+CI runs the 20 s and the 2 min outage and short fault runs (marked `beside`: they mostly wait,
+and `make test` runs them in a second pytest beside the rest); OUTAGE_LONG_SECONDS=600 adds a
+10-minute outage. Figures are printed (-s): the README's reliability section records them.
 """
 
 from __future__ import annotations
@@ -289,13 +289,14 @@ async def outage_run(redis_url: str, tmp_path: Path, outage_s: float) -> None:
     assert opened_lines[0]["last_answer"] == "503 ServiceUnavailable"
 
 
+@pytest.mark.beside
 async def test_a_20_second_outage_fails_nothing_and_costs_only_probes(
     redis_url: str, tmp_path: Path
 ) -> None:
     await outage_run(redis_url, tmp_path, 20.0)
 
 
-@pytest.mark.long_outage
+@pytest.mark.beside
 @pytest.mark.timeout(400)
 async def test_a_2_minute_outage_fails_nothing_and_costs_only_probes(
     redis_url: str, tmp_path: Path
@@ -319,6 +320,7 @@ FAULTS = {
 }
 
 
+@pytest.mark.beside
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_fault_ends_with_everything_delivered_or_expired(
     redis_url: str, tmp_path: Path, fault: str
@@ -348,6 +350,7 @@ async def test_a_fault_ends_with_everything_delivered_or_expired(
         assert faults_seen["goaways"] >= 1
 
 
+@pytest.mark.beside
 async def test_a_poison_notification_fails_after_max_attempts_while_others_deliver(
     redis_url: str, tmp_path: Path
 ) -> None:
