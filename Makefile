@@ -29,7 +29,7 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy relay relay_devkit
 
-# Two lanes: the tests that mostly wait (marked `beside`: the 20 s and 2 min APNs outages, a few
+# Two lanes: the tests that mostly wait (marked `beside`: the APNs outage and fault runs, a few
 # requests a second) run in a second pytest beside the rest instead of after it; their report
 # follows the main one, and either lane failing fails the target.
 BESIDE_LOG := .pytest-beside.log
