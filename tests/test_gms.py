@@ -150,7 +150,7 @@ def test_device_id_may_name_the_app_and_is_lowered() -> None:
         (body("hi", "zz"), "deviceId", "; received 2 characters"),
         (body("hi", "q" * 64), "deviceId", 'received 64 characters, "q" at 1 not a hex digit'),
         (body("hi", 5), "deviceId", "must be a string; received 5"),
-        (body("hi", "Bad App:" + TOKEN), "deviceId", 'app prefix must be an app name: 1 to 64'),
+        (body("hi", "Bad App:" + TOKEN), "deviceId", "app prefix must be an app name: 1 to 64"),
         (body("hi", "Bad App:" + TOKEN), "deviceId", 'received "Bad App"'),
         (orjson.dumps({"deviceId": TOKEN}), "message", "is required"),
         (body(42), "message", "must be an object, a JSON string of one, or text; received 42"),

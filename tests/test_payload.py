@@ -214,7 +214,11 @@ def test_background_push_refuses_visible_content_and_high_priority(
         ({"ttl_s": MAX_TTL + 1}, "ttl", "must be 1 to 86400 seconds; received 86401"),
         ({"ttl_s": 5, "expires_at": NOW + 5}, "ttl", "give ttl or expires_at, not both"),
         ({"expires_at": NOW + MAX_TTL + 1}, "expires_at", "must be at most 86400 s from now"),
-        ({"collapse_id": "x" * 65}, "collapse_id", "collapse_id must be 1 to 64 bytes; received 65"),
+        (
+            {"collapse_id": "x" * 65},
+            "collapse_id",
+            "collapse_id must be 1 to 64 bytes; received 65",
+        ),
         ({"collapse_id": ""}, "collapse_id", "collapse_id must be 1 to 64 bytes; received 0 bytes"),
         ({"service_id": "S" * 65}, "collapse_id", "service_id (the default collapse id) must"),
         ({"service_id": "S" * 129}, "service_id", "must be at most 128 characters"),
@@ -273,7 +277,8 @@ def test_payload_over_the_limit_is_413_naming_size_and_limit(app: App) -> None:
     error = refusal(callback(message_fields={"pad": "x" * (fits + 1)}), app)
     assert (error.field, error.status) == ("payload", 413)
     assert error.detail == (
-        "must be at most 4096 bytes once built (APNs' limit for push type alert); received 4097 bytes"
+        f"must be at most 4096 bytes once built (APNs' limit for push type alert);"
+        " received 4097 bytes"
     )
 
 
@@ -283,7 +288,8 @@ def test_voip_allows_5120_bytes(app: App) -> None:
     assert len(build(spec, app).payload) == MAX_VOIP_PAYLOAD_BYTES
     error = refusal(replace(spec, message_fields={"pad": "x" * (5121 - base)}), app)
     assert error.detail == (
-        "must be at most 5120 bytes once built (APNs' limit for push type voip); received 5121 bytes"
+        f"must be at most 5120 bytes once built (APNs' limit for push type voip);"
+        " received 5121 bytes"
     )
 
 
