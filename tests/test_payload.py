@@ -277,7 +277,7 @@ def test_payload_over_the_limit_is_413_naming_size_and_limit(app: App) -> None:
     error = refusal(callback(message_fields={"pad": "x" * (fits + 1)}), app)
     assert (error.field, error.status) == ("payload", 413)
     assert error.detail == (
-        f"must be at most 4096 bytes once built (APNs' limit for push type alert);"
+        "must be at most 4096 bytes once built (APNs' limit for push type alert);"
         " received 4097 bytes"
     )
 
@@ -288,7 +288,7 @@ def test_voip_allows_5120_bytes(app: App) -> None:
     assert len(build(spec, app).payload) == MAX_VOIP_PAYLOAD_BYTES
     error = refusal(replace(spec, message_fields={"pad": "x" * (5121 - base)}), app)
     assert error.detail == (
-        f"must be at most 5120 bytes once built (APNs' limit for push type voip);"
+        "must be at most 5120 bytes once built (APNs' limit for push type voip);"
         " received 5121 bytes"
     )
 
