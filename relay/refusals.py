@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 import types
 import typing
@@ -11,13 +12,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from relay.logs import redact_text
+from relay.logs import mask_token, redact_text
 from relay.model import InvalidInput
 
 # A received string is quoted up to this many characters, then cut with its length said.
 MAX_SHOWN_CHARS = 32
 # Numbers longer than this are described, not quoted (a hostile 10,000-digit integer).
 MAX_SHOWN_DIGITS = 24
+# A hex run long enough to be a device token, wherever it stands (the logs' own rule leaves one
+# glued to a word alone); one already masked ("a1b2c3d4…(64)") is left as it is.
+_HEX_RUN = re.compile(r"(?<![0-9a-f])[0-9a-f]{8,}(?![0-9a-f…])", re.I)
 # A body can break many rules at once (10,000 unknown keys): the answer lists this many.
 MAX_LISTED_ERRORS = 10
 
@@ -57,7 +61,7 @@ def shown(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         # Masked before it is cut, so a cut can never leave part of a token unmasked.
-        masked = redact_text(value)
+        masked = _HEX_RUN.sub(lambda m: mask_token(m.group(0)), redact_text(value))
         if len(masked) <= MAX_SHOWN_CHARS:
             return json.dumps(masked, ensure_ascii=False)
         cut = json.dumps(masked[:MAX_SHOWN_CHARS] + "…", ensure_ascii=False)
