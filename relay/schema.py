@@ -49,23 +49,24 @@ def _house_rule(check: Callable[[str, str], str]) -> BeforeValidator:
     return BeforeValidator(validate)
 
 
+# The constraints before the house rule: pydantic then keeps the pattern in the JSON schema.
 DeviceToken = Annotated[
     str,
-    _house_rule(normalize_device_token),
     Field(pattern=DEVICE_TOKEN, min_length=MIN_TOKEN_HEX, max_length=MAX_TOKEN_HEX),
+    _house_rule(normalize_device_token),
 ]
 AppName = Annotated[
-    str, _house_rule(validate_app_name), Field(pattern=APP_NAME, max_length=MAX_APP_NAME_CHARS)
+    str, Field(pattern=APP_NAME, max_length=MAX_APP_NAME_CHARS), _house_rule(validate_app_name)
 ]
 ServiceId = Annotated[
     str,
-    _house_rule(validate_service_id),
     Field(min_length=1, max_length=MAX_SERVICE_ID_CHARS),
+    _house_rule(validate_service_id),
 ]
 Action = Annotated[
     str,
-    _house_rule(validate_action),
     Field(pattern=ACTION_SCHEMA_PATTERN, max_length=MAX_ACTION_CHARS),
+    _house_rule(validate_action),
 ]
 
 
@@ -154,6 +155,20 @@ _PROBLEM = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "field": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "bad input: each rule broken (at most 10), the first as"
+            " `field` and `detail`; `received` is bounded and never a device token in full",
+            "items": {
+                "type": "object",
+                "required": ["field", "rule"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "rule": {"type": "string"},
+                    "received": {"type": "string"},
+                },
+            },
+        },
     },
 }
 _ACCEPTED = {
