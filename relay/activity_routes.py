@@ -6,7 +6,7 @@ from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relay.activity_store import ActivityStore
 from relay.api import (
@@ -18,6 +18,7 @@ from relay.api import (
     problem_from_validation,
     read_body,
     resolve_app,
+    unknown_app_problem,
 )
 from relay.config import App, LiveActivitySettings
 from relay.logs import mask_token
@@ -29,7 +30,7 @@ from relay.payload import (
     normalize_device_token,
     validate_service_id,
 )
-from relay.schema import APP_NAME, DEVICE_TOKEN
+from relay.schema import APP_NAME, DEVICE_TOKEN, DeviceToken
 
 log = structlog.get_logger()
 Model = TypeVar("Model", bound=BaseModel)
@@ -38,23 +39,19 @@ ACTIVITY_PATH = "/v1/activities/{app}/{service_id}"
 PUSH_TO_START_PATH = "/v1/devices/{app}/{token}/push-to-start"
 
 
-def _token_field() -> Any:
-    return Field(pattern=DEVICE_TOKEN, min_length=MIN_TOKEN_HEX, max_length=MAX_TOKEN_HEX)
-
-
 class ActivityIn(BaseModel):
     """The Live Activity the app started (or was started) for a GMS service."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    activity_token: str = _token_field()  # Activity.pushTokenUpdates
-    device_token: str = _token_field()  # the app's own APNs token (alerts)
+    activity_token: DeviceToken  # Activity.pushTokenUpdates
+    device_token: DeviceToken  # the app's own APNs token (alerts)
 
 
 class PushToStartIn(BaseModel):
     """The device's push-to-start token (Activity<...>.pushToStartTokenUpdates, iOS 17.2+)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    push_to_start_token: str = _token_field()
+    push_to_start_token: DeviceToken
 
 
 def _app(request: web.Request) -> tuple[App, LiveActivitySettings]:
@@ -62,7 +59,7 @@ def _app(request: web.Request) -> tuple[App, LiveActivitySettings]:
     try:
         app = resolve_app(state.settings, request[GRANT], request.match_info["app"], "app")
     except InvalidInput as error:
-        raise Problem(404, "unknown-app", error.rule, field="app") from None
+        raise unknown_app_problem(error) from None
     if app.live_activity is None:
         raise Problem(
             404,
@@ -81,7 +78,7 @@ async def _body(request: web.Request, model: type[Model]) -> Model:
     try:
         return model.model_validate(parse_json(await read_body(request)))
     except ValidationError as error:
-        raise problem_from_validation(error) from None
+        raise problem_from_validation(error, model) from None
 
 
 async def put_activity(request: web.Request) -> web.Response:

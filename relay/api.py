@@ -20,7 +20,7 @@ import orjson
 import structlog
 from aiohttp import HttpVersion11, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from relay import metrics
 from relay.activity_ingest import queue_activity_push
@@ -49,6 +49,7 @@ from relay.queue import (
     RelayQueue,
 )
 from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
+from relay.refusals import invalid_inputs, shown
 from relay.routes import RouteStore, route_for
 from relay.schema import (
     MAX_JSON_DEPTH,
@@ -108,7 +109,7 @@ class Problem(Exception):
         retry_after_s: int | None = None,
         headers: Mapping[str, str] | None = None,
         close_connection: bool = False,
-        extensions: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
         self.extensions = dict(extensions or {})  # RFC 9457 extension members
@@ -124,16 +125,26 @@ class Problem(Exception):
         self.close_connection = close_connection
 
     @classmethod
-    def from_invalid(cls, error: InvalidInput, field_prefix: str = "") -> Problem:
+    def from_invalid(cls, *errors: InvalidInput, field_prefix: str = "") -> Problem:
+        """Bad input, from the relay's own checks or pydantic's (relay.refusals): the first
+        error is `field` and `detail`, and `errors` lists each as {field, rule, received}."""
         codes = {
             PAYLOAD_TOO_LARGE_STATUS: "payload-too-large",
             EXPIRED_ON_ARRIVAL_STATUS: "expired-on-arrival",
         }
+        first = errors[0]
+        entries = []
+        for error in errors:
+            entry = {"field": _printable(field_prefix + error.field), "rule": error.rule}
+            if error.received is not None:
+                entry["received"] = _printable(error.received)
+            entries.append(entry)
         return cls(
-            error.status,
-            codes.get(error.status, "invalid-input"),
-            error.rule,
-            field=field_prefix + error.field,
+            first.status,
+            codes.get(first.status, "invalid-input"),
+            first.detail,
+            field=field_prefix + first.field,
+            extensions={"errors": entries},
         )
 
     @classmethod
@@ -180,12 +191,18 @@ class Problem(Exception):
         return response
 
 
-def problem_from_validation(error: ValidationError, prefix: str = "") -> Problem:
-    first = error.errors(include_url=False)[0]
-    location = ".".join(str(part) for part in first["loc"] if not str(part).startswith("function"))
-    # pydantic names the union branch it tried ("alert.str"); the API field is what matters.
-    location = location.replace(".str", "").replace(".AlertIn", "")
-    return Problem(400, "invalid-input", first["msg"], field=f"{prefix}{location}" or "body")
+def unknown_app_problem(error: InvalidInput) -> Problem:
+    """A per-app route naming an app that is not configured: 404, as for a missing resource."""
+    problem = Problem.from_invalid(error)
+    problem.status, problem.code = 404, "unknown-app"
+    return problem
+
+
+def problem_from_validation(
+    error: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> Problem:
+    """A request `model` refused: pydantic's errors said as the relay's own checks say them."""
+    return Problem.from_invalid(*invalid_inputs(error, model), field_prefix=prefix)
 
 
 # Request bodies
@@ -273,7 +290,7 @@ def _check_encoding(request: web.Request) -> None:
         raise Problem(
             415,
             "unsupported-media-type",
-            "Content-Type must be application/json",
+            f"must be application/json (or application/*+json); received {shown(content_type)}",
             field="Content-Type",
             close_connection=True,
         )
@@ -799,7 +816,7 @@ async def create_notification(request: web.Request) -> web.Response:
         raise
     except ValidationError as error:
         _count_event("api", "rejected", "invalid-input")
-        raise problem_from_validation(error) from None
+        raise problem_from_validation(error, NotificationIn) from None
     accepted = await _ingest("api", request, body.to_spec(), "app")
     assert accepted is not None, "only chat typing notices are dropped, and they come from GMS"
     return _json(
@@ -821,7 +838,7 @@ async def create_batch(request: web.Request) -> web.Response:
     try:
         batch = BatchIn.model_validate(parse_json(await read_body(request)))
     except ValidationError as error:
-        raise problem_from_validation(error) from None
+        raise problem_from_validation(error, BatchIn) from None
     results: list[dict[str, Any]] = []
     valid: list[tuple[int, Any]] = []
     now_s = int(time.time())
@@ -840,9 +857,9 @@ async def create_batch(request: web.Request) -> web.Response:
             valid.append((index, _bind_key(notification, spec, app)))
             results.append({})
         except ValidationError as error:
-            results.append(_item_problem(problem_from_validation(error, prefix)))
+            results.append(_item_problem(problem_from_validation(error, NotificationIn, prefix)))
         except InvalidInput as error:
-            results.append(_item_problem(Problem.from_invalid(error, prefix)))
+            results.append(_item_problem(Problem.from_invalid(error, field_prefix=prefix)))
         except Problem as problem:
             results.append(_item_problem(problem))
     # A device with notifications in the spool takes new ones behind them, one by one.
@@ -932,7 +949,7 @@ def _device_key(request: web.Request) -> tuple[str, str]:
     try:
         app = resolve_app(state.settings, request[GRANT], request.match_info["app"], "app").name
     except InvalidInput as error:
-        raise Problem(404, "unknown-app", error.rule, field="app") from None
+        raise unknown_app_problem(error) from None
     return app, normalize_device_token(request.match_info["token"], "token")
 
 
@@ -1018,7 +1035,11 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         request.writer.output_size = 0  # the interim answer is not part of the response's size
         return None
     return Problem(
-        417, "expectation-failed", "only Expect: 100-continue is supported", field="Expect"
+        417,
+        "expectation-failed",
+        f"must be 100-continue, the only expectation supported; received"
+        f" {shown(request.headers.get('Expect', ''))}",
+        field="Expect",
     ).response()
 
 

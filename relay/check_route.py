@@ -8,7 +8,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from relay.api import GRANT, STATE, Handler, Problem, resolve_app
+from relay.api import GRANT, STATE, Handler, resolve_app, unknown_app_problem
 from relay.check_command import check_apps
 from relay.model import InvalidInput
 
@@ -26,7 +26,7 @@ async def check_app_route(request: web.Request) -> web.Response:
     try:
         app = resolve_app(state.settings, request[GRANT], request.match_info["app"], "app")
     except InvalidInput as error:
-        raise Problem(404, "unknown-app", error.rule, field="app") from None
+        raise unknown_app_problem(error) from None
     [verdict] = await check_apps(state.settings, [app], CHECK_TIMEOUT_S)
     log.info("app_checked", app=app.name, verdict=verdict.verdict, ok=verdict.ok)
     return web.Response(

@@ -29,6 +29,7 @@ from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.redis_topology import cluster_url, parse_address, parse_redis_url, sentinel_url
+from relay.refusals import shown
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -646,7 +647,9 @@ class Settings(_Section):
             if app.name == name:
                 return app
         configured = ", ".join(app.name for app in self.apps) or "none"
-        raise InvalidInput("app", f"unknown app {name!r} (configured: {configured})")
+        raise InvalidInput(
+            "app", f"must be a configured app (configured: {configured})", received=shown(name)
+        )
 
 
 # Sections whose scalars can be overridden as RELAY_<SECTION>_<KEY>; auth is overridden only as a

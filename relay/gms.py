@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -18,8 +17,10 @@ from relay.payload import (
     build_notification,
     normalize_device_token,
     validate_action,
+    validate_app_name,
     validate_service_id,
 )
+from relay.refusals import shown
 
 if TYPE_CHECKING:
     from relay.config import App
@@ -32,7 +33,6 @@ CHAT_DISCONNECTED = "DISCONNECTED"
 CLIENT_PARTY = "CLIENT"
 CHAT_ENDED_TEXT = "Chat ended"
 MAX_CHAT_SESSION_ID_CHARS = 128
-APP_PREFIX = re.compile(r"[a-z0-9][a-z0-9_-]*")
 # Keys of a callback message that become the alert instead of staying in `message`.
 ALERT_KEYS = ("alert", "title", "body")
 ALERT_OBJECT_KEYS = (
@@ -62,7 +62,11 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
     except orjson.JSONDecodeError as error:
         raise InvalidInput("body", f"is not valid JSON: {error}") from None
     if not isinstance(document, dict):
-        raise InvalidInput("body", 'must be a JSON object {"deviceId": ..., "message": ...}')
+        raise InvalidInput(
+            "body",
+            'must be a JSON object {"deviceId": ..., "message": ...}',
+            received=shown(document),
+        )
     app, token = parse_device_id(document.get("deviceId"))
     if "message" not in document:
         raise InvalidInput("message", "is required")
@@ -73,7 +77,9 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
             return PushSpec(device_token=token, app=app, alert=message)
         message = decoded
     if not isinstance(message, dict):
-        raise InvalidInput("message", "must be a JSON object, a JSON string of one, or text")
+        raise InvalidInput(
+            "message", "must be an object, a JSON string of one, or text", received=shown(message)
+        )
     envelope = _chat_envelope(message)
     if envelope is not None:
         return _chat_spec(*envelope, app=app, token=token)
@@ -97,13 +103,18 @@ def to_notification(
 
 def parse_device_id(raw: object) -> tuple[str | None, str]:
     """`deviceId` as (app or None, token): the hex token, optionally prefixed `<app>:`."""
+    if raw is None:
+        raise InvalidInput("deviceId", "is required")
     if not isinstance(raw, str):
-        raise InvalidInput("deviceId", 'is required: the device token in hex, or "<app>:<token>"')
+        raise InvalidInput("deviceId", "must be a string", received=shown(raw))
     app, colon, token = raw.rpartition(":")
-    if colon and not APP_PREFIX.fullmatch(app):
-        raise InvalidInput(
-            "deviceId", f"app prefix {app!r} must be a configured app name ([a-z0-9][a-z0-9_-]*)"
-        )
+    if colon:
+        try:
+            validate_app_name(app, "deviceId")
+        except InvalidInput as error:
+            raise InvalidInput(
+                "deviceId", f"its app prefix {error.rule}", received=error.received
+            ) from None
     return (app or None), normalize_device_token(token, "deviceId")
 
 
@@ -111,7 +122,7 @@ def _json_object_in_text(text: str) -> dict[str, object] | None:
     """The object a JSON-encoded `message` holds; None for plain text."""
     stripped = text.strip()
     if not stripped:
-        raise InvalidInput("message", "must not be empty")
+        raise InvalidInput("message", "must not be empty", received=shown(text))
     if not stripped.startswith("{"):
         return None
     try:
@@ -127,7 +138,11 @@ def _callback_spec(message: dict[str, object], *, app: str | None, token: str) -
     alert_parts = {key: fields.pop(key) for key in ALERT_KEYS if key in fields}
     alert = _explicit_alert(alert_parts)
     if raw_id is None and raw_action is None and alert is None:
-        raise InvalidInput("message", "has neither _id/_action nor alert text: nothing to push")
+        raise InvalidInput(
+            "message",
+            "must have _id, _action or alert text (alert, title, body): there is nothing to push",
+            received=shown(message),
+        )
     return PushSpec(
         device_token=token,
         app=app,
@@ -148,8 +163,8 @@ def _explicit_alert(parts: dict[str, object]) -> str | AlertFields | None:
     strings: dict[str, str] = {}
     for key, value in parts.items():
         if not isinstance(value, str):
-            allowed = "a string or an alert object" if key == "alert" else "a string"
-            raise InvalidInput(f"message.{key}", f"must be {allowed}")
+            allowed = "a string or an object" if key == "alert" else "a string"
+            raise InvalidInput(f"message.{key}", f"must be {allowed}", received=shown(value))
         strings[key] = value
     if "alert" in strings and "body" in strings:
         raise InvalidInput("message.alert", "give alert or body, not both")
@@ -161,24 +176,30 @@ def _explicit_alert(parts: dict[str, object]) -> str | AlertFields | None:
 def _alert_object(alert: dict[str, object]) -> AlertFields:
     unknown = sorted(alert.keys() - ALERT_OBJECT_KEYS)
     if unknown:
+        # Worded as the JSON API's refusal of an unknown field (relay.refusals).
         raise InvalidInput(
             f"message.alert.{unknown[0]}",
-            f"is not an alert key (allowed: {', '.join(ALERT_OBJECT_KEYS)})",
+            f"is not a field here (allowed: {', '.join(sorted(ALERT_OBJECT_KEYS))})",
         )
 
     def text(key: str) -> str | None:
         value = alert.get(key)
         if value is None or isinstance(value, str):
             return value
-        raise InvalidInput(f"message.alert.{key}", "must be a string")
+        raise InvalidInput(f"message.alert.{key}", "must be a string", received=shown(value))
 
     def arguments(key: str) -> tuple[str, ...] | None:
         value = alert.get(key)
         if value is None:
             return None
-        if isinstance(value, list) and all(isinstance(item, str) for item in value):
-            return tuple(value)
-        raise InvalidInput(f"message.alert.{key}", "must be a list of strings")
+        if not isinstance(value, list):
+            raise InvalidInput(f"message.alert.{key}", "must be a list", received=shown(value))
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise InvalidInput(
+                    f"message.alert.{key}[{index}]", "must be a string", received=shown(item)
+                )
+        return tuple(value)
 
     return AlertFields(
         title=text("title"),
@@ -213,7 +234,9 @@ def _chat_spec(
 ) -> PushSpec | None:
     tag = data.get("tag")
     if not isinstance(tag, str) or not tag.startswith(CHAT_TAG_PREFIX):
-        raise InvalidInput(f"{path}.tag", f"must be {CHAT_TAG_PREFIX}<service id>")
+        raise InvalidInput(
+            f"{path}.tag", f"must be {CHAT_TAG_PREFIX}<service id>", received=shown(tag)
+        )
     chat_service_id = validate_service_id(tag.removeprefix(CHAT_TAG_PREFIX), f"{path}.tag")
     chat = data["message"]
     assert isinstance(chat, dict)  # _chat_envelope chose `data` for holding this object
@@ -223,6 +246,7 @@ def _chat_spec(
         raise InvalidInput(
             f"{path}.chatSessionId",
             f"must be a non-empty string of at most {MAX_CHAT_SESSION_ID_CHARS} characters",
+            received="nothing" if session_id is None else shown(session_id),
         )
     raw_position = chat.get("transcriptPosition")
     position_field = f"{path}.transcriptPosition"
@@ -266,7 +290,11 @@ def _position(raw: object, field_name: str) -> int:
         return raw
     if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 18:
         return int(raw)
-    raise InvalidInput(field_name, "must be a non-negative integer (or its decimal string)")
+    raise InvalidInput(
+        field_name,
+        "must be a non-negative integer (or its decimal string)",
+        received="nothing" if raw is None else shown(raw),
+    )
 
 
 class _TranscriptLine(NamedTuple):
@@ -281,7 +309,11 @@ def _line_to_push(lines: object, field_name: str) -> _TranscriptLine | None:
     than the customer; a typing notice only when nothing else is there. The app shows the
     whole transcript once opened, so one alert per event is enough."""
     if not isinstance(lines, list):
-        raise InvalidInput(field_name, "must be a list of [type, nick, text, position, party]")
+        raise InvalidInput(
+            field_name,
+            "must be a list of [type, nick, text, position, party]",
+            received=shown(lines),
+        )
     chosen: _TranscriptLine | None = None
     for index, line in enumerate(lines):
         if (
@@ -291,7 +323,9 @@ def _line_to_push(lines: object, field_name: str) -> _TranscriptLine | None:
             or not isinstance(line[4], str)
         ):
             raise InvalidInput(
-                f"{field_name}[{index}]", "must be [type, nick, text, position, party] (strings)"
+                f"{field_name}[{index}]",
+                "must be [type, nick, text, position, party] (strings)",
+                received=shown(line),
             )
         kind = _LINE_KINDS.get(line[0])
         # Unknown line types (GMS may add notices) are skipped rather than refused.

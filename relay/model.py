@@ -52,13 +52,23 @@ MAX_COLLAPSE_ID_BYTES = 64
 
 
 class InvalidInput(ValueError):
-    """Bad input, said as the field it concerns and the rule it broke (problem+json material)."""
+    """Bad input, said as the field it concerns, the rule it broke and what was received
+    (problem+json material). `received` is already shown as a refusal may show it: bounded, no
+    secret, no device token in full (relay.refusals.shown); None when nothing was received."""
 
-    def __init__(self, field: str, rule: str, status: int = 400) -> None:
+    def __init__(
+        self, field: str, rule: str, status: int = 400, *, received: str | None = None
+    ) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
         self.status = status
+        self.received = received
+
+    @property
+    def detail(self) -> str:
+        """The rule and what was received, in the one wording every route uses."""
+        return self.rule if self.received is None else f"{self.rule}; received {self.received}"
 
 
 def payload_limit(push_type: str) -> int:

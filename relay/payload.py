@@ -18,12 +18,23 @@ from relay.model import (
     payload_limit,
 )
 from relay.push_types import check_priority
+from relay.refusals import shown, shown_token
 
 if TYPE_CHECKING:
     from relay.config import App
 
 MIN_TOKEN_HEX = 8
 MAX_TOKEN_HEX = 200
+TOKEN_RULE = (
+    f"must be {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} hex digits (0-9, a-f), an even number of them"
+)
+PRIORITY_RULE = "must be 1, 5 or 10"  # PRIORITIES, worded as pydantic's Literal error is
+APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+MAX_APP_NAME_CHARS = 64
+APP_NAME_RULE = (
+    f"must be an app name: 1 to {MAX_APP_NAME_CHARS} of a-z, 0-9, '_', '-', starting with a-z"
+    " or 0-9"
+)
 MAX_SERVICE_ID_CHARS = 128
 MAX_ACTION_CHARS = 128
 MAX_KEY_CHARS = 256  # an idempotency key becomes part of a Redis key
@@ -37,6 +48,7 @@ ACTION_SCHEMA_PATTERN = rf"^{ACTION_SEGMENT}(?:/{ACTION_SEGMENT})*$"
 ACTION_PATTERN = re.compile(ACTION_SCHEMA_PATTERN.strip("^$"))
 _DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
 _HEX = re.compile(r"[0-9a-f]*")
+_APP_NAME = re.compile(APP_NAME_PATTERN.strip("^$"))
 BACKGROUND = "background"
 BACKGROUND_PRIORITY = 5
 RESERVED_KEYS = frozenset({"aps", "message"})
@@ -117,39 +129,58 @@ class PushSpec:
 
 
 def normalize_device_token(raw: str, field_name: str = "device_token") -> str:
-    """A device token as lower-case hex; Apple says not to assume its length, so only bounds."""
+    """A device token as lower-case hex; Apple says not to assume its length, so only bounds.
+    One rule for every way a token can be wrong; what was received says which (never the
+    token itself)."""
     token = raw.lower()
-    if not MIN_TOKEN_HEX <= len(token) <= MAX_TOKEN_HEX:
-        raise InvalidInput(
-            field_name,
-            f"must be {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} hex digits (got {len(token)})",
-        )
-    if not _HEX.fullmatch(token) or len(token) % 2:
-        raise InvalidInput(field_name, "must be hex digits (0-9, a-f), an even number of them")
+    if not MIN_TOKEN_HEX <= len(raw) <= MAX_TOKEN_HEX or len(raw) % 2 or not _HEX.fullmatch(token):
+        raise InvalidInput(field_name, TOKEN_RULE, received=shown_token(raw))
     return token
+
+
+def _must_be_string(raw: object, field_name: str) -> str:
+    if not isinstance(raw, str):
+        raise InvalidInput(field_name, "must be a string", received=shown(raw))
+    return raw
 
 
 def validate_service_id(raw: object, field_name: str = "service_id") -> str:
     """A GMS service id: any non-empty string of bounded length (GMS's own are 32 A-Z0-9)."""
-    if not isinstance(raw, str) or not raw:
-        raise InvalidInput(field_name, "must be a non-empty string")
-    if len(raw) > MAX_SERVICE_ID_CHARS:
-        raise InvalidInput(field_name, f"must be at most {MAX_SERVICE_ID_CHARS} characters")
-    return raw
+    service_id = _must_be_string(raw, field_name)
+    if not service_id:
+        raise InvalidInput(field_name, "must not be empty", received=shown(raw))
+    if len(service_id) > MAX_SERVICE_ID_CHARS:
+        raise InvalidInput(
+            field_name, f"must be at most {MAX_SERVICE_ID_CHARS} characters", received=shown(raw)
+        )
+    return service_id
 
 
 def validate_action(raw: object, field_name: str = "action") -> str:
     """A GMS action name; the set is open, so only its alphabet and length are checked."""
-    if isinstance(raw, str) and _DOT_SEGMENT.search(raw):
-        raise InvalidInput(field_name, "must not have a '.' or '..' segment")
-    if not isinstance(raw, str) or not ACTION_PATTERN.fullmatch(raw):
+    action = _must_be_string(raw, field_name)
+    if _DOT_SEGMENT.search(action):
+        raise InvalidInput(
+            field_name, "must not have a '.' or '..' segment", received=shown(action)
+        )
+    if not ACTION_PATTERN.fullmatch(action):
         raise InvalidInput(
             field_name,
             "must be a non-empty string of A-Z, a-z, 0-9, '_', '.', '-' "
             "(segments separated by '/')",
+            received=shown(action),
         )
-    if len(raw) > MAX_ACTION_CHARS:
-        raise InvalidInput(field_name, f"must be at most {MAX_ACTION_CHARS} characters")
+    if len(action) > MAX_ACTION_CHARS:
+        raise InvalidInput(
+            field_name, f"must be at most {MAX_ACTION_CHARS} characters", received=shown(action)
+        )
+    return action
+
+
+def validate_app_name(raw: str, field_name: str = "app") -> str:
+    """An app's name as a request gives it (whether it is configured is the settings' call)."""
+    if len(raw) > MAX_APP_NAME_CHARS or not _APP_NAME.fullmatch(raw):
+        raise InvalidInput(field_name, APP_NAME_RULE, received=shown(raw))
     return raw
 
 
@@ -163,10 +194,18 @@ def build_notification(
     if spec.action is not None:
         validate_action(spec.action)
     if spec.idempotency_key is not None and not 0 < len(spec.idempotency_key) <= MAX_KEY_CHARS:
-        raise InvalidInput("idempotency_key", f"must be 1 to {MAX_KEY_CHARS} characters")
+        raise InvalidInput(
+            "idempotency_key",
+            f"must be 1 to {MAX_KEY_CHARS} characters",
+            received=shown(spec.idempotency_key),
+        )
     push_type = spec.push_type or app.push_type
     if push_type not in PUSH_TYPES:
-        raise InvalidInput("push_type", f"must be one of {', '.join(sorted(PUSH_TYPES))}")
+        raise InvalidInput(
+            "push_type",
+            f"must be one of {', '.join(sorted(PUSH_TYPES))}",
+            received=shown(push_type),
+        )
     priority = _priority(spec, app, push_type)
     expires_at = _expires_at(spec, now_s, default_ttl_s, max_ttl_s)
     body = _payload(spec, app, push_type)
@@ -174,8 +213,9 @@ def build_notification(
     if len(body) > limit:
         raise InvalidInput(
             "payload",
-            f"is {len(body)} bytes; APNs accepts at most {limit} for push type {push_type}",
+            f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
             PAYLOAD_TOO_LARGE_STATUS,
+            received=f"{len(body)} bytes",
         )
     return Notification(
         app=app.name,
@@ -203,7 +243,7 @@ def _priority(spec: PushSpec, app: App, push_type: str) -> int:
     else:
         priority = app.priority
     if priority not in PRIORITIES:
-        raise InvalidInput("priority", f"must be 1, 5 or 10 (got {priority})")
+        raise InvalidInput("priority", PRIORITY_RULE, received=shown(priority))
     return check_priority(push_type, priority)
 
 
@@ -214,17 +254,20 @@ def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) 
         if spec.expires_at <= now_s:
             raise InvalidInput(
                 "expires_at",
-                f"is in the past ({spec.expires_at} <= now {now_s}): expired on arrival",
+                f"must be in the future (now: {now_s}); this push expired on arrival",
                 EXPIRED_ON_ARRIVAL_STATUS,
+                received=shown(spec.expires_at),
             )
         if spec.expires_at > now_s + max_ttl_s:
             raise InvalidInput(
-                "expires_at", f"must be at most {max_ttl_s} s from now ({now_s + max_ttl_s})"
+                "expires_at",
+                f"must be at most {max_ttl_s} s from now ({now_s + max_ttl_s})",
+                received=shown(spec.expires_at),
             )
         return spec.expires_at
     ttl = default_ttl_s if spec.ttl_s is None else spec.ttl_s
     if not 0 < ttl <= max_ttl_s:
-        raise InvalidInput("ttl", f"must be > 0 and <= {max_ttl_s} seconds (got {ttl})")
+        raise InvalidInput("ttl", f"must be 1 to {max_ttl_s} seconds", received=shown(ttl))
     return now_s + ttl
 
 
@@ -241,7 +284,8 @@ def _collapse_id(spec: PushSpec) -> str | None:
     if not 0 < size <= MAX_COLLAPSE_ID_BYTES:
         raise InvalidInput(
             "collapse_id",
-            f"{source} must be 1 to {MAX_COLLAPSE_ID_BYTES} bytes (got {size})",
+            f"{source} must be 1 to {MAX_COLLAPSE_ID_BYTES} bytes",
+            received=f"{size} bytes",
         )
     # It becomes an HTTP/2 header value, which the sender does not re-validate.
     if collapse_id != collapse_id.strip() or any(
@@ -250,6 +294,7 @@ def _collapse_id(spec: PushSpec) -> str | None:
         raise InvalidInput(
             "collapse_id",
             f"{source} must not contain control characters or surrounding white space",
+            received=shown(collapse_id),
         )
     return collapse_id
 
@@ -290,7 +335,9 @@ def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -
         # Apple drops background pushes that carry user-visible content, so refuse them early.
         for name, value in (("alert", spec.alert), ("sound", spec.sound), ("badge", spec.badge)):
             if value is not None:
-                raise InvalidInput(name, "is not allowed with push type background")
+                raise InvalidInput(
+                    name, "is not allowed with push type background", received=shown(value)
+                )
         aps["content-available"] = 1
     else:
         alert = _alert(spec, app, push_type, message)
@@ -302,7 +349,7 @@ def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -
             aps["sound"] = sound
         if spec.badge is not None:
             if spec.badge < 0:
-                raise InvalidInput("badge", f"must be >= 0 (got {spec.badge})")
+                raise InvalidInput("badge", "must be at least 0", received=shown(spec.badge))
             aps["badge"] = spec.badge
     thread_id = spec.thread_id or spec.service_id
     if thread_id:

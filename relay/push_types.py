@@ -46,6 +46,6 @@ def check_priority(push_type: str, priority: int) -> int:
     if priority not in allowed:
         choices = " or ".join(str(value) for value in sorted(allowed))
         raise InvalidInput(
-            "priority", f"must be {choices} for push type {push_type} (got {priority})"
+            "priority", f"must be {choices} for push type {push_type}", received=str(priority)
         )
     return priority

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from relay import __version__
-from relay.model import PRIORITIES, PUSH_TYPES, InvalidInput
+from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import (
     ACTION_SCHEMA_PATTERN,
+    APP_NAME_PATTERN,
     MAX_ACTION_CHARS,
+    MAX_APP_NAME_CHARS,
+    MAX_SERVICE_ID_CHARS,
     MAX_TOKEN_HEX,
     MIN_TOKEN_HEX,
+    PRIORITY_RULE,
     AlertFields,
     PushSpec,
+    normalize_device_token,
+    validate_action,
+    validate_app_name,
+    validate_service_id,
 )
+from relay.refusals import shown
 
 MAX_BATCH = 1000
 PROBLEM_JSON = "application/problem+json"
@@ -25,7 +35,39 @@ PROBLEM_JSON = "application/problem+json"
 MAX_JSON_DEPTH = 32
 MAX_NOTIFICATION_ID_CHARS = 128
 DEVICE_TOKEN = r"^(?:[0-9a-fA-F]{2})+$"
-APP_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+APP_NAME = APP_NAME_PATTERN
+
+
+def _house_rule(check: Callable[[str, str], str]) -> BeforeValidator:
+    """A field checked by the relay's own rule before pydantic's constraints, so a request to
+    /v1 is refused in the words /gms/push uses; the constraints stay for the OpenAPI document.
+    Not a string: left to pydantic's strict type check, whose error says so."""
+
+    def validate(value: object, info: ValidationInfo) -> object:
+        return check(value, info.field_name or "") if isinstance(value, str) else value
+
+    return BeforeValidator(validate)
+
+
+# The constraints before the house rule: pydantic then keeps the pattern in the JSON schema.
+DeviceToken = Annotated[
+    str,
+    Field(pattern=DEVICE_TOKEN, min_length=MIN_TOKEN_HEX, max_length=MAX_TOKEN_HEX),
+    _house_rule(normalize_device_token),
+]
+AppName = Annotated[
+    str, Field(pattern=APP_NAME, max_length=MAX_APP_NAME_CHARS), _house_rule(validate_app_name)
+]
+ServiceId = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_SERVICE_ID_CHARS),
+    _house_rule(validate_service_id),
+]
+Action = Annotated[
+    str,
+    Field(pattern=ACTION_SCHEMA_PATTERN, max_length=MAX_ACTION_CHARS),
+    _house_rule(validate_action),
+]
 
 
 # Strict: JSON's types are the contract, so "5" or true is no badge (the OpenAPI document says
@@ -47,12 +89,10 @@ class NotificationIn(BaseModel):
         strict=True,
         json_schema_extra={"not": {"required": ["ttl", "expires_at"]}},
     )
-    device_token: str = Field(
-        pattern=DEVICE_TOKEN, min_length=MIN_TOKEN_HEX, max_length=MAX_TOKEN_HEX
-    )
-    app: str | None = Field(None, pattern=APP_NAME, max_length=64)
-    service_id: str | None = Field(None, min_length=1, max_length=128)
-    action: str | None = Field(None, pattern=ACTION_SCHEMA_PATTERN, max_length=MAX_ACTION_CHARS)
+    device_token: DeviceToken
+    app: AppName | None = None
+    service_id: ServiceId | None = None
+    action: Action | None = None
     alert: str | AlertIn | None = None
     sound: str | None = Field(None, max_length=256)
     badge: int | None = Field(None, ge=0, le=1_000_000)
@@ -69,7 +109,7 @@ class NotificationIn(BaseModel):
     def _priority_not_bool(cls, value: object) -> object:
         # A Literal of ints takes true as 1 even in strict mode.
         if isinstance(value, bool):
-            raise ValueError(f"must be one of {sorted(PRIORITIES)}, not a boolean")
+            raise InvalidInput("priority", PRIORITY_RULE, received=shown(value))
         return value
 
     def to_spec(self) -> PushSpec:
@@ -115,6 +155,20 @@ _PROBLEM = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "field": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "bad input: each rule broken (at most 10), the first as"
+            " `field` and `detail`; `received` is bounded and never a device token in full",
+            "items": {
+                "type": "object",
+                "required": ["field", "rule"],
+                "properties": {
+                    "field": {"type": "string"},
+                    "rule": {"type": "string"},
+                    "received": {"type": "string"},
+                },
+            },
+        },
     },
 }
 _ACCEPTED = {

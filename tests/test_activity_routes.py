@@ -58,18 +58,26 @@ async def test_bad_registrations_are_refused_and_store_nothing(
     async with running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay:
         path = f"/v1/activities/dev/{SERVICE}"
         cases = [
-            ({"activity_token": "xyz", "device_token": DEVICE}, "activity_token", "at least 8"),
+            (
+                {"activity_token": "xyz", "device_token": DEVICE},
+                "activity_token",
+                "must be 8 to 200 hex digits",
+            ),
             (
                 {"activity_token": "0123456789abcdeg", "device_token": DEVICE},
                 "activity_token",
-                "pattern",
+                'received 16 characters, "g" at 16 not a hex digit',
             ),
-            ({"activity_token": ACTIVITY_TOKEN}, "device_token", "required"),
-            ({"activity_token": 5, "device_token": DEVICE}, "activity_token", "string"),
+            ({"activity_token": ACTIVITY_TOKEN}, "device_token", "is required"),
+            (
+                {"activity_token": 5, "device_token": DEVICE},
+                "activity_token",
+                "must be a string; received 5",
+            ),
             (
                 {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE, "x": 1},
                 "x",
-                "Extra inputs",
+                "is not a field here (allowed: activity_token, device_token)",
             ),
         ]
         for body, field, rule in cases:

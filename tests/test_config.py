@@ -316,8 +316,9 @@ def test_app_lookup(tmp_path: Path, key_file: Path) -> None:
     marked = load_settings(write_config(tmp_path, {"apps": apps}), env={})
     assert marked.app(None).name == "b"
     assert marked.app("a").name == "a"
-    with pytest.raises(InvalidInput, match=r"app: unknown app 'c' \(configured: a, b\)"):
+    with pytest.raises(InvalidInput) as unknown:
         marked.app("c")
+    assert unknown.value.detail == 'must be a configured app (configured: a, b); received "c"'
 
     apps = [app_entry("a", key_file), app_entry("b", key_file)]
     unmarked = load_settings(write_config(tmp_path, {"apps": apps}), env={})

@@ -775,24 +775,26 @@ def test_network_policies_admit_only_gms_and_prometheus(kustomization: str) -> N
 
     assert source_namespaces(api) == {"gms", "monitoring"}
     assert source_namespaces(worker) == {"monitoring"}
-    worker_ports = {port["port"] for rule in worker["egress"] for port in rule["ports"]}
-    assert worker_ports == {53, 6379, 443, 2197}
-    apns_rules = [rule for rule in worker["egress"] if rule_ports(rule) & APNS_PORTS]
-    assert all(rule_ports(rule) <= APNS_PORTS for rule in apns_rules)
-    assert rule_ports(apns_rules[0]) == APNS_PORTS
-    assert apns_rules[0]["to"] == [{"ipBlock": {"cidr": APPLE_RANGE}}], "Apple's range only"
-    if kustomization == "k8s/overlays/dev":  # and the simulator's pod, nothing else
-        (simulator_rule,) = apns_rules[1:]
-        (peer,) = simulator_rule["to"]
-        simulator = pod_labels(find(manifests, "Deployment", "apns-sim"))
-        assert labels_match(peer["podSelector"]["matchLabels"], simulator)
-        assert {port["port"] for port in simulator_rule["ports"]} <= container_ports(
-            find(manifests, "Deployment", "apns-sim")
-        )
-    else:
-        assert len(apns_rules) == 1
-    api_ports = {port["port"] for rule in api["egress"] for port in rule["ports"]}
-    assert api_ports == {53, 6379}
+    # The worker sends to APNs; the api probes it (GET /v1/apps/{app}/check): the same narrow
+    # egress for both, and nothing else.
+    for policy in (api, worker):
+        ports = {port["port"] for rule in policy["egress"] for port in rule["ports"]}
+        assert ports == {53, 6379, 443, 2197}
+        apns_rules = [rule for rule in policy["egress"] if rule_ports(rule) & APNS_PORTS]
+        assert all(rule_ports(rule) <= APNS_PORTS for rule in apns_rules)
+        assert rule_ports(apns_rules[0]) == APNS_PORTS
+        assert apns_rules[0]["to"] == [{"ipBlock": {"cidr": APPLE_RANGE}}], "Apple's range only"
+        if kustomization == "k8s/overlays/dev":  # and the simulator's pod, nothing else
+            (simulator_rule,) = apns_rules[1:]
+            (peer,) = simulator_rule["to"]
+            simulator = pod_labels(find(manifests, "Deployment", "apns-sim"))
+            assert labels_match(peer["podSelector"]["matchLabels"], simulator)
+            assert {port["port"] for port in simulator_rule["ports"]} <= container_ports(
+                find(manifests, "Deployment", "apns-sim")
+            )
+        else:
+            assert len(apns_rules) == 1
+    assert api["egress"] == worker["egress"]
 
 
 def rule_ports(rule: dict[str, Any]) -> set[int]:
@@ -847,7 +849,7 @@ def test_an_overlay_pins_the_image_by_digest_and_widens_egress_for_a_gateway(
                 "patches": [
                     {
                         "path": "apns-egress-gateway.yaml",
-                        "target": {"kind": "NetworkPolicy", "name": "apns-relay-worker"},
+                        "target": {"kind": "NetworkPolicy", "name": "apns-relay-(api|worker)"},
                     }
                 ],
             }
@@ -867,12 +869,13 @@ def test_an_overlay_pins_the_image_by_digest_and_widens_egress_for_a_gateway(
     for role in ("api", "worker"):
         image = relay_container(manifests, role)["image"]
         assert image == f"registry.example.com/gms-apns-relay@{digest}"
-    egress = find(manifests, "NetworkPolicy", "apns-relay-worker")["spec"]["egress"]
-    apns_peers = [rule["to"] for rule in egress if rule_ports(rule) == APNS_PORTS]
-    assert apns_peers == [
-        [{"ipBlock": {"cidr": APPLE_RANGE}}],
-        [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
-    ]
+    for role in ("api", "worker"):
+        egress = find(manifests, "NetworkPolicy", f"apns-relay-{role}")["spec"]["egress"]
+        apns_peers = [rule["to"] for rule in egress if rule_ports(rule) == APNS_PORTS]
+        assert apns_peers == [
+            [{"ipBlock": {"cidr": APPLE_RANGE}}],
+            [{"ipBlock": {"cidr": "10.0.0.10/32"}}],
+        ], role
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)

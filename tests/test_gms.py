@@ -49,7 +49,7 @@ def notify(spec: PushSpec, app: App) -> Notification | None:
     return to_notification(spec, app, now_s=NOW, default_ttl_s=3_600, max_ttl_s=86_400)
 
 
-def body(message: object, device_id: str = TOKEN) -> bytes:
+def body(message: object, device_id: object = TOKEN) -> bytes:
     return orjson.dumps({"deviceId": device_id, "message": message})
 
 
@@ -147,24 +147,28 @@ def test_device_id_may_name_the_app_and_is_lowered() -> None:
         (b"[1]", "body", "must be a JSON object"),
         (orjson.dumps({"message": "hi"}), "deviceId", "is required"),
         (body("hi", "zz"), "deviceId", "must be 8 to 200 hex digits"),
-        (body("hi", "q" * 64), "deviceId", "must be hex digits"),
-        (body("hi", "Bad App:" + TOKEN), "deviceId", "app prefix 'Bad App' must be"),
+        (body("hi", "zz"), "deviceId", "; received 2 characters"),
+        (body("hi", "q" * 64), "deviceId", 'received 64 characters, "q" at 1 not a hex digit'),
+        (body("hi", 5), "deviceId", "must be a string; received 5"),
+        (body("hi", "Bad App:" + TOKEN), "deviceId", "app prefix must be an app name: 1 to 64"),
+        (body("hi", "Bad App:" + TOKEN), "deviceId", 'received "Bad App"'),
         (orjson.dumps({"deviceId": TOKEN}), "message", "is required"),
-        (body(42), "message", "must be a JSON object, a JSON string of one, or text"),
-        (body(None), "message", "must be a JSON object"),
-        (body("   "), "message", "must not be empty"),
+        (body(42), "message", "must be an object, a JSON string of one, or text; received 42"),
+        (body(None), "message", "must be an object"),
+        (body("   "), "message", 'must not be empty; received "   "'),
         (body("{broken"), "message", "looks like JSON but is not valid"),
         (body("[1, 2]"), "message", None),  # text that is not an object stays text
-        (body({"foo": 1}), "message", "has neither _id/_action nor alert text"),
-        (body({"_id": ""}), "message._id", "must be a non-empty string"),
-        (body({"_id": 5}), "message._id", "must be a non-empty string"),
-        (body({"_id": "x" * 129}), "message._id", "at most 128 characters"),
+        (body({"foo": 1}), "message", "must have _id, _action or alert text"),
+        (body({"_id": ""}), "message._id", 'must not be empty; received ""'),
+        (body({"_id": 5}), "message._id", "must be a string; received 5"),
+        (body({"_id": "x" * 129}), "message._id", "at most 128 characters; received"),
         (body({"_id": "S", "_action": "a b"}), "message._action", "A-Z, a-z, 0-9"),
         (body({"_id": "S", "_action": "ixn/../x"}), "message._action", "'..' segment"),
-        (body({"_id": "S", "title": 3}), "message.title", "must be a string"),
+        (body({"_id": "S", "title": 3}), "message.title", "must be a string; received 3"),
         (body({"_id": "S", "alert": "a", "body": "b"}), "message.alert", "not both"),
-        (body({"_id": "S", "alert": {"text": "a"}}), "message.alert.text", "is not an alert key"),
-        (body({"_id": "S", "alert": {"loc-args": "a"}}), "message.alert.loc-args", "list"),
+        (body({"_id": "S", "alert": {"text": "a"}}), "message.alert.text", "not a field here"),
+        (body({"_id": "S", "alert": {"loc-args": "a"}}), "message.alert.loc-args", "be a list"),
+        (body({"_id": "S", "alert": {"loc-args": [1]}}), "message.alert.loc-args[0]", "string"),
     ],
 )
 def test_bad_bodies_are_refused_naming_the_field(raw: bytes, field: str, rule: str | None) -> None:
@@ -173,7 +177,7 @@ def test_bad_bodies_are_refused_naming_the_field(raw: bytes, field: str, rule: s
         return
     error = refusal(raw)
     assert (error.field, error.status) == (field, 400)
-    assert rule in error.rule
+    assert rule in error.detail
 
 
 def test_the_customers_own_chat_line_is_not_pushed() -> None:
@@ -319,7 +323,7 @@ def test_unknown_line_types_are_skipped() -> None:
     ("mutate", "field", "rule"),
     [
         (lambda d: d.update(tag="service.other.X"), "message.data.tag", "service.chat.refresh."),
-        (lambda d: d.update(tag="service.chat.refresh."), "message.data.tag", "non-empty"),
+        (lambda d: d.update(tag="service.chat.refresh."), "message.data.tag", "not be empty"),
         (lambda d: d["message"].pop("chatSessionId"), "message.data.message.chatSessionId", ""),
         (
             lambda d: d["message"].update(transcriptPosition="two"),

@@ -209,25 +209,30 @@ def test_background_push_refuses_visible_content_and_high_priority(
     ("changes", "field", "rule"),
     [
         ({"push_type": "banner"}, "push_type", "must be one of alert, background"),
-        ({"priority": 7}, "priority", "must be 1, 5 or 10 (got 7)"),
-        ({"ttl_s": 0}, "ttl", "must be > 0 and <= 86400 seconds (got 0)"),
-        ({"ttl_s": MAX_TTL + 1}, "ttl", "must be > 0 and <= 86400 seconds (got 86401)"),
+        ({"priority": 7}, "priority", "must be 1, 5 or 10; received 7"),
+        ({"ttl_s": 0}, "ttl", "must be 1 to 86400 seconds; received 0"),
+        ({"ttl_s": MAX_TTL + 1}, "ttl", "must be 1 to 86400 seconds; received 86401"),
         ({"ttl_s": 5, "expires_at": NOW + 5}, "ttl", "give ttl or expires_at, not both"),
         ({"expires_at": NOW + MAX_TTL + 1}, "expires_at", "must be at most 86400 s from now"),
-        ({"collapse_id": "x" * 65}, "collapse_id", "collapse_id must be 1 to 64 bytes (got 65)"),
-        ({"collapse_id": ""}, "collapse_id", "collapse_id must be 1 to 64 bytes (got 0)"),
+        (
+            {"collapse_id": "x" * 65},
+            "collapse_id",
+            "collapse_id must be 1 to 64 bytes; received 65",
+        ),
+        ({"collapse_id": ""}, "collapse_id", "collapse_id must be 1 to 64 bytes; received 0 bytes"),
         ({"service_id": "S" * 65}, "collapse_id", "service_id (the default collapse id) must"),
         ({"service_id": "S" * 129}, "service_id", "must be at most 128 characters"),
-        ({"service_id": ""}, "service_id", "must be a non-empty string"),
+        ({"service_id": ""}, "service_id", 'must not be empty; received ""'),
         ({"action": "get dialog"}, "action", "must be a non-empty string of A-Z"),
         ({"action": "a" * 129}, "action", "must be at most 128 characters"),
-        ({"badge": -1}, "badge", "must be >= 0 (got -1)"),
+        ({"badge": -1}, "badge", "must be at least 0; received -1"),
         ({"idempotency_key": ""}, "idempotency_key", "must be 1 to 256 characters"),
         ({"idempotency_key": "k" * 257}, "idempotency_key", "must be 1 to 256 characters"),
-        ({"device_token": "xyz" * 10}, "device_token", "must be hex digits"),
-        ({"device_token": "abc"}, "device_token", "must be 8 to 200 hex digits (got 3)"),
-        ({"device_token": "a" * 201}, "device_token", "must be 8 to 200 hex digits (got 201)"),
-        ({"device_token": "abcdef123"}, "device_token", "an even number of them"),
+        ({"device_token": "xyz" * 10}, "device_token", '30 characters, "x" at 1 not a hex digit'),
+        ({"device_token": "abc"}, "device_token", "200 hex digits (0-9, a-f), an even number of"),
+        ({"device_token": "abc"}, "device_token", "; received 3 hex digits"),
+        ({"device_token": "a" * 201}, "device_token", "; received 201 hex digits"),
+        ({"device_token": "abcdef123"}, "device_token", "an even number of them; received 9 hex"),
     ],
 )
 def test_bad_requests_are_refused_with_400_naming_the_field(
@@ -235,7 +240,7 @@ def test_bad_requests_are_refused_with_400_naming_the_field(
 ) -> None:
     error = refusal(callback(**changes), app)
     assert (error.field, error.status) == (field, 400)
-    assert rule in error.rule
+    assert rule in error.detail
 
 
 def test_expired_on_arrival_is_422(app: App) -> None:
@@ -271,7 +276,10 @@ def test_payload_over_the_limit_is_413_naming_size_and_limit(app: App) -> None:
     assert len(build(callback(message_fields={"pad": "x" * fits}), app).payload) == 4096
     error = refusal(callback(message_fields={"pad": "x" * (fits + 1)}), app)
     assert (error.field, error.status) == ("payload", 413)
-    assert error.rule == "is 4097 bytes; APNs accepts at most 4096 for push type alert"
+    assert error.detail == (
+        "must be at most 4096 bytes once built (APNs' limit for push type alert);"
+        " received 4097 bytes"
+    )
 
 
 def test_voip_allows_5120_bytes(app: App) -> None:
@@ -279,7 +287,10 @@ def test_voip_allows_5120_bytes(app: App) -> None:
     spec = callback(push_type="voip", message_fields={"pad": "x" * (MAX_VOIP_PAYLOAD_BYTES - base)})
     assert len(build(spec, app).payload) == MAX_VOIP_PAYLOAD_BYTES
     error = refusal(replace(spec, message_fields={"pad": "x" * (5121 - base)}), app)
-    assert error.rule == "is 5121 bytes; APNs accepts at most 5120 for push type voip"
+    assert error.detail == (
+        "must be at most 5120 bytes once built (APNs' limit for push type voip);"
+        " received 5121 bytes"
+    )
 
 
 def test_values_json_cannot_hold_are_refused(app: App) -> None:
