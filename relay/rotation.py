@@ -57,8 +57,10 @@ def same_credentials(a: Credentials, b: Credentials) -> bool:
 def describe(credentials: Credentials) -> str:
     """Which credentials, in words a log may hold: ids and dates, never key material."""
     if isinstance(credentials, CertificateCredentials):
+        # Not the serial: a run of hex digits is masked in logs as a device token would be.
         info = credentials.certificate.info
-        return f"certificate serial {info.serial:x} valid until {info.not_after:%Y-%m-%d}"
+        valid = f"{info.not_before:%Y-%m-%d %H:%M} to {info.not_after:%Y-%m-%d %H:%M} UTC"
+        return f"certificate for {info.bundle_id or ', '.join(info.topics)} valid {valid}"
     return f"key {credentials.key_id} of team {credentials.team_id}"
 
 

@@ -70,9 +70,9 @@ def under_check(facts: CredentialFacts) -> AppUnderCheck:
         # A new key under the same id (the config's key_id kept) is a new key all the same.
         (EC_KEY, TOKEN_A, TokenCredentials(KEY_B, "KEYAAAAAAA", "TEAM123456"), "rotated", ""),
         (EC_KEY, TOKEN_A, TokenCredentials(KEY_A, "KEYAAAAAAA", "TEAM123456"), "unchanged", ""),
-        (EC_KEY, TOKEN_A, CERT_B, "rotated", "replaced by certificate serial"),
-        (VALID_CERTIFICATE, CERT_A, CERT_A, "unchanged", "certificate serial"),
-        (VALID_CERTIFICATE, CERT_A, CERT_B, "rotated", "valid until"),
+        (EC_KEY, TOKEN_A, CERT_B, "rotated", "replaced by certificate for com.example.app valid"),
+        (VALID_CERTIFICATE, CERT_A, CERT_A, "unchanged", "certificate for com.example.app"),
+        (VALID_CERTIFICATE, CERT_A, CERT_B, "rotated", " UTC replaced by certificate for"),
         (VALID_CERTIFICATE, CERT_A, TOKEN_A, "rotated", "replaced by key KEYAAAAAAA"),
         # Invalid files: check's verdict, and the ones in use are kept.
         (
