@@ -13,7 +13,9 @@ shared/reference/aioapns.md:
                                         APNs moves it (1 on a new connection, the full limit
                                         after a success, 1 after a rejection); aioapns' pool
                                         keeps 2 streams when the limit rises with all in use
-5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand
+5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand;
+                                        each connection keeps the one it started with, so a
+                                        rotated key (replace_credentials) reaches only new ones
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
                                         ones above last_stream_id (never processed) are sent
                                         again at once on another connection, the rest drain
@@ -270,6 +272,10 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         self.consecutive_internal_errors = 0
         self.last_activity = 0.0
         self.on_stream_freed: Callable[[], None] = lambda: None
+        # The provider token of the credentials this connection was opened with (None with a
+        # certificate): APNs binds a connection to one key, so a rotation never changes it.
+        self.jwt: SharedJWT | None = None
+        self.credentials_generation = 0
         self.settings_received: asyncio.Future[None] = self.loop.create_future()
         self.lost: asyncio.Future[None] = self.loop.create_future()
 
@@ -412,9 +418,13 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if self.consecutive_internal_errors == self.INTERNAL_ERROR_STREAK:
             log.warning("apns_connection_replaced", internal_errors=self.INTERNAL_ERROR_STREAK)
             metrics.APNS_CONNECTIONS_REPLACED.labels(reason="InternalServerErrorStreak").inc()
-            self._retire("InternalServerErrorStreak")
-            if not self.streams:
-                self.close()
+            self.retire("InternalServerErrorStreak")
+
+    def retire(self, reason: str) -> None:
+        """No new streams here; the ones in flight finish, then the connection closes."""
+        self._retire(reason)
+        if not self.streams:
+            self.close()
 
     def _finish(self, stream_id: int, response: ApnsResponse) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -525,9 +535,9 @@ class RelayClientProtocol(APNsProductionClientProtocol):
 class RelayConnectionPool(APNsBaseConnectionPool):
     """aioapns' pool with an endpoint of our choosing and no busy-wait when streams run out.
 
-    `connections` holds the ones new streams may use; a retired connection (GOAWAY, closing)
-    moves to `retiring` until it is gone, so it neither takes streams nor counts against the
-    connection limit.
+    `connections` holds the ones new streams may use; a retired connection (GOAWAY, closing,
+    credentials replaced) moves to `retiring` until it is gone, so it neither takes streams nor
+    counts against the connection limit.
     """
 
     def __init__(
@@ -538,6 +548,7 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         ssl_context: ssl.SSLContext,
         max_connections: int,
         internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
+        jwt: SharedJWT | None = None,
     ) -> None:
         super().__init__(topic=topic, max_connections=max_connections)
         self.app = app
@@ -552,20 +563,36 @@ class RelayConnectionPool(APNsBaseConnectionPool):
             },
         )
         self.ssl_context = ssl_context
+        self.jwt = jwt
+        # Counts replace_credentials() calls: a connection opened with older credentials is
+        # retired rather than used.
+        self.credentials_generation = 0
         self.stream_freed = asyncio.Event()
         self.retiring: set[RelayClientProtocol] = set()
+
+    def replace_credentials(self, ssl_context: ssl.SSLContext, jwt: SharedJWT | None) -> None:
+        """New connections use these; every open one is retired: its streams in flight finish
+        with the credentials they were sent with, then it closes."""
+        self.ssl_context = ssl_context
+        self.jwt = jwt
+        self.credentials_generation += 1
+        for connection in list(cast(list[RelayClientProtocol], self.connections)):
+            connection.retire("CredentialsReplaced")
+        self.stream_freed.set()  # a waiter may open a connection with the new credentials
 
     async def create_connection(self) -> RelayClientProtocol:
         factory = partial(
             self.protocol_class, self.topic, self.loop, cast(Any, self.discard_connection)
         )
+        ssl_context, jwt, generation = self.ssl_context, self.jwt, self.credentials_generation
         _, protocol = await self.loop.create_connection(
             factory,
             host=self.protocol_class.APNS_SERVER,
             port=self.protocol_class.APNS_PORT,
-            ssl=self.ssl_context,
+            ssl=ssl_context,
         )
         protocol = cast(RelayClientProtocol, protocol)
+        protocol.jwt, protocol.credentials_generation = jwt, generation
         try:
             # Until APNs' SETTINGS arrive the stream limit is unknown (aioapns assumes 1000);
             # a burst sent before then goes over the real limit and the connection is lost.
@@ -608,6 +635,10 @@ class RelayConnectionPool(APNsBaseConnectionPool):
                     return connection
                 if len(self.connections) < self.max_connections:
                     connection = await self.create_connection()
+                    if connection.credentials_generation != self.credentials_generation:
+                        # Opened with credentials replaced while it connected.
+                        connection.retire("CredentialsReplaced")
+                        continue
                     self.connections.append(connection)
                     return connection
             self.stream_freed.clear()
@@ -674,10 +705,9 @@ class ApnsClient:
     ) -> None:
         self.app = app
         self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
+        self.endpoint = endpoint
         self.request_timeout_s = request_timeout_s
-        self.jwt = (
-            SharedJWT(credentials, app) if isinstance(credentials, TokenCredentials) else None
-        )
+        self.credentials = credentials
         self.pool = RelayConnectionPool(
             app,
             topic,
@@ -685,6 +715,7 @@ class ApnsClient:
             make_ssl_context(endpoint, credentials),
             max_connections,
             internal_error_streak,
+            self._provider_token(credentials),
         )
         self.max_in_flight = max_in_flight
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -751,8 +782,26 @@ class ApnsClient:
             return connect_failure(exc)
         if loop.time() >= deadline:
             return ApnsResponse(0, "ConnectTimeout")
-        authorization = self.jwt.get_header() if self.jwt else None
+        # The connection's own token: one opened before a rotation keeps the key it is bound to.
+        authorization = connection.jwt.get_header() if connection.jwt else None
         return await connection.send_raw(notification, apns_id, deadline, authorization, on_wire)
+
+    def _provider_token(self, credentials: Credentials) -> SharedJWT | None:
+        if isinstance(credentials, TokenCredentials):
+            return SharedJWT(credentials, self.app)
+        return None
+
+    def replace_credentials(self, credentials: Credentials) -> None:
+        """Rotate: new connections use `credentials` (a new provider token, or a TLS context with
+        the new certificate); the open ones finish their streams and close."""
+        context = make_ssl_context(self.endpoint, credentials)
+        self.credentials = credentials
+        self.pool.replace_credentials(context, self._provider_token(credentials))
+
+    @property
+    def jwt(self) -> SharedJWT | None:
+        """The provider token new connections send (None with a certificate)."""
+        return self.pool.jwt
 
     def refresh_jwt(self) -> bool:
         return self.jwt.force_refresh() if self.jwt else False

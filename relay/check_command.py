@@ -13,22 +13,17 @@ import time
 import uuid
 
 import orjson
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.apns import default_endpoint
 from relay.check import (
     AppUnderCheck,
-    CertificateFacts,
-    CredentialFacts,
-    TokenKeyFacts,
     Verdict,
     answer_verdict,
     credential_verdict,
     exit_status,
 )
-from relay.client_certificate import CertificateError
 from relay.config import App, ConfigError, Settings, load_settings
+from relay.credential_files import credential_facts
 from relay.logs import configure_logging
 from relay.model import Notification
 from relay.service import make_client
@@ -98,7 +93,7 @@ async def check_apps(settings: Settings, apps: list[App], timeout_s: float) -> l
 
 async def check_app(settings: Settings, app: App) -> Verdict:
     under_check = AppUnderCheck(
-        app.name, app.topic, app.environment, _endpoint_of(app), _credential_facts(app)
+        app.name, app.topic, app.environment, _endpoint_of(app), credential_facts(app)
     )
     now = datetime.datetime.now(datetime.UTC)
     refused = credential_verdict(under_check, now)
@@ -115,23 +110,6 @@ async def check_app(settings: Settings, app: App) -> Verdict:
 def _endpoint_of(app: App) -> str:
     endpoint = app.endpoint or default_endpoint(app.environment)
     return f"{endpoint.host}:{endpoint.port}"
-
-
-def _credential_facts(app: App) -> CredentialFacts:
-    if app.auth.token is not None:
-        key_file = app.auth.token.key_file
-        try:
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
-        except (ValueError, TypeError, OSError) as error:
-            return TokenKeyFacts(str(key_file), None, problem=str(error))
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return TokenKeyFacts(str(key_file), "EC", key.curve.name)
-        return TokenKeyFacts(str(key_file), type(key).__name__.removesuffix("PrivateKey"))
-    assert app.auth.certificate is not None  # AppAuth allows exactly one
-    try:
-        return CertificateFacts(app.auth.certificate.load().info.not_after)
-    except (CertificateError, OSError) as error:  # the configuration read it: the file changed
-        return CertificateFacts(None, str(error))
 
 
 def _probe(app: App) -> Notification:

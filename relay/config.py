@@ -262,6 +262,9 @@ class DeliverySettings(_Section):
     # A connection answering this many 500s in a row is closed and replaced (peers found a
     # connection can go bad alone: Pushy #408, node-apn #463).
     connection_internal_error_streak: PositiveInt = 10
+    # How often a delivering process compares its credential files and the config file with
+    # what it last read, to rotate credentials without a restart (0: only on SIGHUP).
+    credential_poll_seconds: Annotated[float, Field(ge=0)] = 10.0
 
 
 class CircuitSettings(_Section):
@@ -678,18 +681,24 @@ def env_override_names() -> dict[str, tuple[str, str]]:
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
     """Settings from `path` (else $RELAY_CONFIG, else built-in defaults) and the environment."""
-    if path is None and env.get(CONFIG_PATH_ENV):
-        path = env[CONFIG_PATH_ENV]
-    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
-    file_label = "built-in defaults" if path is None else f"file {path}"
+    file = config_file(path, env)
+    raw: dict[str, Any] = {} if file is None else _read_yaml(file)
+    file_label = "built-in defaults" if file is None else f"file {file}"
     env_sources = _apply_env(raw, env)
-    base_dir = None if path is None else Path(path).resolve().parent
+    base_dir = None if file is None else file.resolve().parent
     try:
         return Settings.model_validate(raw, context={_BASE_DIR: base_dir, _ENV: env})
     except ValidationError as error:
         raise ConfigError(
             [_describe(detail, env_sources, file_label) for detail in error.errors()]
         ) from None
+
+
+def config_file(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Path | None:
+    """The file load_settings reads: `path`, else $RELAY_CONFIG, else none."""
+    if path is None and env.get(CONFIG_PATH_ENV):
+        path = env[CONFIG_PATH_ENV]
+    return None if path is None else Path(path)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

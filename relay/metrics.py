@@ -96,6 +96,13 @@ CREDENTIAL_EXPIRY = Gauge(
     "When the app's APNs client certificate expires (Unix time); token keys do not expire",
     ["app"],
 )
+CREDENTIAL_RELOADS = Counter(
+    "apns_relay_credential_reloads_total",
+    "Credential reloads (SIGHUP, a changed file) per app, by outcome: rotated (new connections"
+    " use the new key or certificate), unchanged, rejected (invalid: the old ones are kept)",
+    ["app", "outcome"],
+)
+CREDENTIAL_RELOAD_OUTCOMES = ("rotated", "unchanged", "rejected")
 ROUTE_STATE = Gauge(
     "apns_relay_route_state",
     "A route's circuit as this worker last read it: 0 closed (sending), 1 open (parked, probing"
@@ -182,3 +189,5 @@ def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> No
             APNS_CONNECTIONS.labels(app=app)
             APP_PAUSED.labels(app=app)
             JWT_REFRESHES.labels(app=app)
+            for outcome in CREDENTIAL_RELOAD_OUTCOMES:
+                CREDENTIAL_RELOADS.labels(app=app, outcome=outcome)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import os
 import signal
 import sys
@@ -23,10 +22,12 @@ from redis.exceptions import AuthenticationError, NoPermissionError
 from relay import apns, metrics
 from relay.api import Credentials, RelayState, create_app, server_options
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
-from relay.config import App, ConfigError, Settings, load_settings
+from relay.config import App, ConfigError, Settings, config_file, load_settings
+from relay.credential_files import load_credentials, publish_certificate_expiry
 from relay.logs import configure_logging, redact_text
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect, replica_acknowledgement
+from relay.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.spool import Spool
 from relay.worker import DeliveryWorker
 
@@ -204,20 +205,9 @@ def open_spool(settings: Settings) -> Spool | None:
 
 
 def make_client(app: App, settings: Settings) -> apns.ApnsClient:
-    credentials: apns.Credentials
-    if app.auth.token is not None:
-        token = app.auth.token
-        credentials = apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
-    else:
-        assert app.auth.certificate is not None
-        certificate = app.auth.certificate.load()
-        credentials = apns.CertificateCredentials(certificate)
-        expires_at = certificate.info.not_after
-        metrics.CREDENTIAL_EXPIRY.labels(app=app.name).set(expires_at.timestamp())
-        if expires_at <= datetime.datetime.now(datetime.UTC):
-            # Started anyway: ingest keeps queueing, the worker pauses the app on APNs' refusal
-            # and delivers the queue once a valid certificate is configured.
-            log.error("certificate_expired", app=app.name, not_after=expires_at.isoformat())
+    credentials = load_credentials(app)
+    if isinstance(credentials, apns.CertificateCredentials):
+        publish_certificate_expiry(app.name, credentials.certificate)
     endpoint = (
         apns.Endpoint(
             app.endpoint.host,
@@ -265,21 +255,25 @@ def bound_address(runner: web.AppRunner) -> str:
 
 @dataclass
 class RunningRelay:
-    """One process's relay, serving: its HTTP address, queue, worker (when it delivers), state."""
+    """One process's relay, serving: its HTTP address, queue, worker and its APNs clients (when
+    it delivers), state."""
 
     url: str
     queue: RelayQueue
     state: RelayState
     worker: DeliveryWorker | None
     worker_task: asyncio.Task[None] | None
+    clients: Mapping[str, apns.ApnsClient]
 
 
-def make_worker(settings: Settings, queue: RelayQueue) -> DeliveryWorker:
+def make_worker(
+    settings: Settings, queue: RelayQueue, clients: Mapping[str, apns.ApnsClient]
+) -> DeliveryWorker:
     if not settings.apps:
         raise ConfigError(["apps: a worker needs at least one app"])
     return DeliveryWorker(
         queue,
-        {app.name: make_client(app, settings) for app in settings.apps},
+        clients,
         retry=settings.retry.policy(),
         batch_size=settings.delivery.batch_size,
         pause_probe_s=settings.delivery.pause_probe_seconds,
@@ -307,7 +301,9 @@ async def run_relay(
     replay_stop = asyncio.Event()
     replay_task: asyncio.Task[None] | None = None
     try:
-        worker = make_worker(settings, queue) if role in ("serve", "worker") else None
+        delivers = role in ("serve", "worker")
+        clients = {app.name: make_client(app, settings) for app in settings.apps if delivers}
+        worker = make_worker(settings, queue, clients) if delivers else None
         state = RelayState(
             settings,
             queue,
@@ -338,15 +334,17 @@ async def run_relay(
         async with http_server(create_app(state, ingest=ingest), host, port) as runner:
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
             try:
-                yield RunningRelay(bound_address(runner), queue, state, worker, worker_task)
+                yield RunningRelay(
+                    bound_address(runner), queue, state, worker, worker_task, clients
+                )
             finally:
                 state.draining = True
                 log.info("shutting_down", role=role, grace_s=grace_s if worker else 0)
                 if worker is not None and worker_task is not None:
                     worker.stop()
                     await worker_task
-                    for client in worker.clients.values():
-                        await client.close()
+                for client in clients.values():
+                    await client.close()
                 # What is spooled survives the exit on the volume; moving it to Redis now, if
                 # Redis answers, spares it depending on that volume.
                 if spool is not None and not await state.ingest.drain(grace_s):
@@ -388,6 +386,14 @@ async def _serve(
         if dev is not None:
             dev.announce(settings, relay.url)
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+        watcher = None
+        # Development mode's credentials are the simulator's own: nothing to rotate there.
+        if relay.clients and dev is None:
+            rotator = CredentialRotator(config_file(args.config), settings, relay.clients)
+            loop.add_signal_handler(signal.SIGHUP, rotator.reload, SIGHUP_TRIGGER)
+            if settings.delivery.credential_poll_seconds > 0:
+                poll_s = settings.delivery.credential_poll_seconds
+                watcher = asyncio.ensure_future(rotator.watch(poll_s))
         if relay.worker_task:
             waiters.add(relay.worker_task)
         supervisor = None
@@ -395,6 +401,8 @@ async def _serve(
             supervisor = asyncio.ensure_future(dev.watch())
             waiters.add(supervisor)
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if watcher is not None:
+            watcher.cancel()
         for waiter in waiters:
             if waiter is not relay.worker_task:
                 waiter.cancel()

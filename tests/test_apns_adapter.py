@@ -16,6 +16,7 @@ import jwt
 import pytest
 from aioapns import NotificationRequest
 from aioapns.connection import APNsProductionClientProtocol
+from eventually import eventually
 from h2.connection import H2Connection
 from hyperframe.frame import GoAwayFrame
 from prometheus_client import REGISTRY
@@ -24,6 +25,8 @@ from simulator import ControlClient, SimInfo, aioapns_client, control_client, ru
 from relay import metrics
 from relay.apns import ApnsClient, Endpoint, TokenCredentials
 from relay.model import ApnsResponse, Notification
+from relay_devkit.apns_sim.certs import create_signing_key
+from relay_devkit.apns_sim.server import KeySource
 
 TOPIC = "com.example.app"
 PAYLOAD = b'{"aps":{"alert":"Agent available"},"message":{"_id":"s1"}}'
@@ -690,3 +693,31 @@ async def test_500s_broken_by_other_answers_keep_the_connection(tmp_path: Path) 
         stats = await h.stats()
     assert [a.status for a in answers] == [500, 200] * 3
     assert stats["connections_opened"] == 1
+
+
+async def test_replaced_credentials_reach_new_connections_while_sends_in_flight_finish(
+    tmp_path: Path,
+) -> None:
+    """A rotated key: the open connection stays bound to the old key (APNs refuses another key
+    there: UnrelatedKeyIdInToken), its stream in flight is answered, then it closes."""
+    team = "TEAM123456"
+    key_b = create_signing_key(tmp_path, "KEYBBBBBBB", team)
+    trusted_b = KeySource(key_b.key_id, team, key_b.key_file)
+    async with harness(tmp_path / "sim", team_id=team, extra_keys=(trusted_b,)) as h:
+        client = h.client()
+        assert (await client.send(notification(h.token), new_apns_id())).status == 200
+        await h.control.put_faults({"latency_ms": 500})
+        in_flight = asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
+        await eventually(lambda: client.pool.connections[0].streams, what="a stream in flight")
+        [old] = client.pool.connections
+        client.replace_credentials(TokenCredentials(key_b.key_file.read_text(), key_b.key_id, team))
+        assert client.connections == 0
+        assert old.retired_because == "CredentialsReplaced"
+        after = await client.send(notification(h.token), new_apns_id())
+        assert (after.status, (await in_flight).status) == (200, 200)
+        await asyncio.wait_for(old.lost, SLACK_S)  # closed once its stream ended
+        logged = (await h.control.notifications())["notifications"]
+        stats = await h.stats()
+    assert [record["key_id"] for record in logged] == [h.sim.key_id, h.sim.key_id, key_b.key_id]
+    assert stats["connections_opened"] == 2
+    assert jwt_signed(client.app) == 2

@@ -100,6 +100,7 @@ async def test_aioapns_delivers_and_the_log_shows_it(
     assert first["headers"]["apns-priority"] == "5"
     assert first["headers"]["apns-collapse-id"] == "s1"
     assert "authorization" not in first["headers"]
+    assert first["key_id"] == sim.key_id  # the key its connection is bound to
     assert abs(first["received_at"] - time.time()) < 30
     assert log["last_seq"] == 2
     assert first["seq"] < log["notifications"][1]["seq"]
@@ -498,6 +499,7 @@ async def test_two_workers_share_one_port_and_one_log(tmp_path: Path) -> None:
             assert all(r.is_successful for r in results)
             logged = (await control.notifications())["notifications"]
             assert sorted(n["token"] for n in logged) == sorted(tokens)
+            assert {n["key_id"] for n in logged} == {sim.info.key_id}  # reported by each worker
             stats = await control.stats()
             # 16 connections hashed onto 2 sockets: all on one has odds of 1 in 32768.
             assert len(stats["workers"]) == 2

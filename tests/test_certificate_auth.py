@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import aiohttp
 import pytest
 from eventually import eventually
 from prometheus_client import REGISTRY
-from relay_harness import RelayHarness, relay_document
+from relay_harness import RelayHarness, relay_document, write_config
 from simulator import (
     ControlClient,
     RawH2Client,
@@ -32,8 +33,11 @@ from simulator import (
     simulator_process,
 )
 
-from relay.config import Settings
-from relay.service import run_relay
+from relay.apns import CertificateCredentials
+from relay.config import Settings, load_settings
+from relay.model import Notification
+from relay.rotator import CredentialRotator
+from relay.service import make_client, run_relay
 from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay_devkit.embedded import free_port
 
@@ -460,3 +464,42 @@ async def test_with_worker_processes_every_worker_checks_certificates_and_revoca
             finally:
                 for client in clients:
                     await client.close()
+
+
+async def test_a_renewed_certificate_is_rotated_in_for_new_connections_and_its_expiry_exported(
+    tmp_path: Path,
+) -> None:
+    async with (
+        running_simulator(tmp_path / "sim", open_tokens=True) as info,
+        control_client(info) as control,
+    ):
+        pem = tmp_path / "push.pem"
+        first = await issue(control, pem)
+        config = write_config(
+            tmp_path / "relay.yaml",
+            {"apps": [certificate_app(info, "renewed", {"cert_file": pem})]},
+        )
+        settings = load_settings(config, env={})
+        client = make_client(settings.apps[0], settings)
+        rotator = CredentialRotator(config, settings, {"renewed": client}, env={})
+        probe = Notification("renewed", token(1), PAYLOAD, "alert", 10, int(time.time()) + 60)
+        try:
+            assert (await client.send(probe, str(uuid.uuid4()))).status == 200
+            assert not rotator.changed()
+            assert rotator.reload("SIGHUP")["renewed"].outcome == "unchanged"
+            await issue(control, pem)  # renewed in place
+            await control.revoke_certificate(first["serial"])
+            assert rotator.changed()
+            assert rotator.reload("SIGHUP")["renewed"].outcome == "rotated"
+            # The revoked one would be refused (403 BadCertificate): the new connection has the
+            # renewed one.
+            assert (await client.send(probe, str(uuid.uuid4()))).status == 200
+        finally:
+            await client.close()
+    assert isinstance(client.credentials, CertificateCredentials)
+    renewed = client.credentials.certificate.info
+    assert renewed.serial != int(first["serial"])
+    expiry = REGISTRY.get_sample_value(
+        "apns_relay_credential_expiry_timestamp_seconds", {"app": "renewed"}
+    )
+    assert expiry == renewed.not_after.timestamp()

@@ -56,6 +56,7 @@ class LoggedNotification:
     headers: tuple[tuple[str, str], ...]
     payload: bytes  # kept as received; parsed only when read, to keep the hot path lean
     received_at: float
+    key_id: str | None  # the provider key its connection is bound to (None: certificate)
 
     def to_json(self) -> JsonObject:
         return {
@@ -65,6 +66,7 @@ class LoggedNotification:
             "headers": dict(self.headers),
             "payload": orjson.loads(self.payload),
             "received_at": self.received_at,
+            "key_id": self.key_id,
         }
 
 
@@ -83,11 +85,14 @@ class NotificationLog:
         headers: tuple[tuple[str, str], ...],
         payload: bytes,
         received_at: float,
+        key_id: str | None,
     ) -> None:
         self.last_seq += 1
         if self.enabled:
             self.entries.append(
-                LoggedNotification(self.last_seq, token, topic, headers, payload, received_at)
+                LoggedNotification(
+                    self.last_seq, token, topic, headers, payload, received_at, key_id
+                )
             )
 
     def since(self, seq: int, token: str | None = None) -> Iterator[LoggedNotification]:
@@ -181,7 +186,12 @@ class SimulatorState:
 
     def record(self, accepted: Accepted, received_at: float) -> None:
         self.log.append(
-            accepted.token, accepted.topic, accepted.headers, accepted.payload, received_at
+            accepted.token,
+            accepted.topic,
+            accepted.headers,
+            accepted.payload,
+            received_at,
+            accepted.key_id,
         )
 
     def reset(self) -> None:
@@ -490,9 +500,9 @@ class WorkerHub:
     def _on_worker_message(self, message: JsonObject, writer: asyncio.StreamWriter) -> None:
         op = message["op"]
         if op == "report":
-            for token, topic, headers, payload, received_at in message["log"]:
+            for token, topic, headers, payload, received_at, key_id in message["log"]:
                 self.state.log.append(
-                    token, topic, tuple(map(tuple, headers)), payload.encode(), received_at
+                    token, topic, tuple(map(tuple, headers)), payload.encode(), received_at, key_id
                 )
             self.state.stats.add(message["stats"])
             pid = str(message["pid"])
@@ -548,6 +558,7 @@ class HubClient:
                 accepted.headers,
                 accepted.payload.decode(),
                 received_at,
+                accepted.key_id,
             ]
         )
         if len(self.pending_log) >= REPORT_BATCH:

@@ -179,6 +179,7 @@ class Accepted:
     push_type: str
     headers: tuple[tuple[str, str], ...]  # every regular header except authorization
     payload: bytes
+    key_id: str | None = None  # the provider key the connection is bound to (None: certificate)
 
 
 def evaluate(
@@ -248,6 +249,7 @@ def evaluate(
         push_type=push_type,
         headers=tuple((k, v) for k, v in headers.items() if k != "authorization"),
         payload=request.body,
+        key_id=None if certified else auth.key_id,
     )
 
 

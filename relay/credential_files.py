@@ -1,0 +1,54 @@
+"""An app's credential files, read: the credentials a client sends with, and the facts `check`
+and a rotation judge them by."""
+
+from __future__ import annotations
+
+import datetime
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from relay import apns, metrics
+from relay.check import CertificateFacts, CredentialFacts, TokenKeyFacts
+from relay.client_certificate import CertificateError, ClientCertificate
+from relay.config import App
+
+log = structlog.get_logger("relay.credentials")
+
+
+def load_credentials(app: App) -> apns.Credentials:
+    """The key or certificate the app's settings name, read now (OSError, CertificateError)."""
+    if app.auth.token is not None:
+        token = app.auth.token
+        return apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
+    assert app.auth.certificate is not None  # AppAuth allows exactly one
+    return apns.CertificateCredentials(app.auth.certificate.load())
+
+
+def credential_facts(app: App) -> CredentialFacts:
+    """What relay.check judges the app's credential files by, read from them now."""
+    if app.auth.token is not None:
+        key_file = app.auth.token.key_file
+        try:
+            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        except (ValueError, TypeError, OSError) as error:
+            return TokenKeyFacts(str(key_file), None, problem=str(error))
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            return TokenKeyFacts(str(key_file), "EC", key.curve.name)
+        return TokenKeyFacts(str(key_file), type(key).__name__.removesuffix("PrivateKey"))
+    assert app.auth.certificate is not None
+    try:
+        return CertificateFacts(app.auth.certificate.load().info.not_after)
+    except (CertificateError, OSError) as error:  # the configuration read it: the file changed
+        return CertificateFacts(None, str(error))
+
+
+def publish_certificate_expiry(app: str, certificate: ClientCertificate) -> None:
+    """The expiry gauge (its alert fires 30 days ahead), and an error line if it has passed."""
+    expires_at = certificate.info.not_after
+    metrics.CREDENTIAL_EXPIRY.labels(app=app).set(expires_at.timestamp())
+    if expires_at <= datetime.datetime.now(datetime.UTC):
+        # Used anyway: ingest keeps queueing, the worker pauses the app on APNs' refusal and
+        # delivers the queue once a valid certificate is configured.
+        log.error("certificate_expired", app=app, not_after=expires_at.isoformat())

@@ -1,0 +1,164 @@
+"""Credentials rotated without a restart: on SIGHUP, or when the config file or a credential file
+changes (a Kubernetes Secret swaps its files in place), a delivering process loads its settings as
+at start-up and gives each running app's client the re-read key or certificate, if valid."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import os
+import ssl
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import structlog
+
+from relay import metrics
+from relay.apns import ApnsClient, CertificateCredentials, Credentials
+from relay.check import AppUnderCheck
+from relay.config import AppAuth, ConfigError, Settings, load_settings
+from relay.credential_files import credential_facts, load_credentials, publish_certificate_expiry
+from relay.rotation import Judgement, describe, judge, restart_needed
+
+log = structlog.get_logger("relay.rotation")
+
+SIGHUP_TRIGGER = "SIGHUP"
+FILES_CHANGED = "files-changed"
+
+
+def credential_paths(auth: AppAuth) -> list[Path]:
+    if auth.token is not None:
+        return [auth.token.key_file]
+    assert auth.certificate is not None  # AppAuth allows exactly one
+    certificate = auth.certificate
+    return [p for p in (certificate.cert_file, certificate.key_file, certificate.p12_file) if p]
+
+
+def file_digest(path: Path) -> str:
+    """What a file holds, as a digest (its content, not its timestamps: a Secret's swap keeps
+    the path and may keep the time)."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as error:
+        return f"unreadable: {error.strerror or error}"
+
+
+class CredentialRotator:
+    """Re-reads the settings from `config` and the environment, as start-up did, and swaps each
+    running app's credentials (auth) in its client; everything else needs a restart."""
+
+    def __init__(
+        self,
+        config: Path | None,
+        running: Settings,
+        clients: Mapping[str, ApnsClient],
+        env: Mapping[str, str] = os.environ,
+    ) -> None:
+        self.config = config
+        self.running = running
+        self.clients = clients
+        self.env = env
+        # Each app's auth settings as last taken: the files its credentials in use came from.
+        self.in_use = {app.name: app.auth for app in running.apps if app.name in clients}
+        self.seen: dict[Path, str] = {}
+        self._watch({}, ())
+
+    def changed(self) -> bool:
+        """Whether a watched file holds something else than when it was last read."""
+        return any(file_digest(path) != digest for path, digest in self.seen.items())
+
+    def reload(self, trigger: str) -> dict[str, Judgement]:
+        """Each running app's outcome (logged and counted): its new credentials in use for new
+        connections, the same ones, or the old ones kept because the new ones are invalid."""
+        before = {path: file_digest(path) for path in self.seen}  # a change from now on counts
+        try:
+            reloaded = load_settings(self.config, self.env)
+        except ConfigError as error:
+            log.error(
+                "credentials_reload_failed",
+                trigger=trigger,
+                problems=error.problems,
+                kept="the credentials in use, for every app",
+            )
+            self._watch(before, ())
+            for name in self.clients:
+                metrics.CREDENTIAL_RELOADS.labels(app=name, outcome="rejected").inc()
+            return dict.fromkeys(self.clients, Judgement("rejected", "; ".join(error.problems)))
+        if changes := restart_needed(self.running, reloaded):
+            log.warning("settings_changed_restart_needed", trigger=trigger, changes=changes)
+        now = datetime.datetime.now(datetime.UTC)
+        judgements = {}
+        for app in reloaded.apps:
+            client = self.clients.get(app.name)
+            if client is None:
+                continue  # added: restart_needed said so
+            candidate: Credentials | Exception
+            try:
+                candidate = load_credentials(app)
+            except (OSError, ValueError) as error:  # CertificateError, a .p8 that is not text
+                candidate = error
+            under_check = AppUnderCheck(
+                app.name, app.topic, app.environment, client.route.endpoint, credential_facts(app)
+            )
+            in_use = client.credentials
+            judgement = judge(under_check, now, in_use, candidate)
+            if judgement.outcome == "rotated":
+                assert not isinstance(candidate, Exception)
+                judgement = self._swap(client, candidate, judgement)
+            if judgement.outcome != "rejected":
+                self.in_use[app.name] = app.auth
+            self._report(app.name, trigger, judgement, in_use)
+            judgements[app.name] = judgement
+        self._watch(before, [app.auth for app in reloaded.apps])
+        return judgements
+
+    def _swap(self, client: ApnsClient, credentials: Credentials, rotated: Judgement) -> Judgement:
+        try:
+            client.replace_credentials(credentials)
+        except ssl.SSLError as error:  # a certificate OpenSSL refuses to load
+            return Judgement(
+                "rejected",
+                f"the TLS library refuses the certificate: {error}",
+                "export the push certificate and its key again",
+            )
+        if isinstance(credentials, CertificateCredentials):
+            publish_certificate_expiry(client.app, credentials.certificate)
+        else:  # a token key does not expire
+            metrics.CREDENTIAL_EXPIRY.remove(client.app)
+        return rotated
+
+    def _report(self, app: str, trigger: str, judgement: Judgement, in_use: Credentials) -> None:
+        metrics.CREDENTIAL_RELOADS.labels(app=app, outcome=judgement.outcome).inc()
+        if judgement.outcome == "rejected":
+            log.error(
+                "credentials_rejected",
+                app=app,
+                trigger=trigger,
+                problem=judgement.detail,
+                fix=judgement.fix,
+                kept=describe(in_use),
+            )
+        else:
+            event = f"credentials_{judgement.outcome}"
+            log.info(event, app=app, trigger=trigger, detail=judgement.detail)
+
+    def _watch(self, before: Mapping[Path, str], reloaded: Iterable[AppAuth]) -> None:
+        """Watch, from now on, the config file, the files of the credentials in use and those of
+        the ones just read (a rejected file is watched until it is mended); a file as it was
+        before this reload read it, so that a change meanwhile is not missed."""
+        auths = [*self.in_use.values(), *reloaded]
+        paths = {path for auth in auths for path in credential_paths(auth)}
+        if self.config is not None:
+            paths.add(self.config)
+        self.seen = {path: before.get(path) or file_digest(path) for path in paths}
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload whenever a watched file's content changes, compared every `interval_s`."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.changed():
+                    self.reload(FILES_CHANGED)
+            except Exception:  # a fault here must not end the watching (nor the process)
+                log.exception("credentials_watch_failed")
