@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import sys
@@ -55,6 +56,9 @@ class DevelopmentMode(Protocol):
 
     async def watch(self) -> None:
         """Returns only when a part development mode started has failed for good."""
+
+
+NO_CREDENTIALS = "this process holds no APNs credentials to reload (the worker's are)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -394,6 +398,13 @@ async def _serve(
             if settings.delivery.credential_poll_seconds > 0:
                 poll_s = settings.delivery.credential_poll_seconds
                 watcher = asyncio.ensure_future(rotator.watch(poll_s))
+        else:
+            # Nothing to reload here, but a SIGHUP sent to every pod of a release (a config
+            # reloader does that) must not stop an api: the default action would.
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                functools.partial(log.info, "sighup_ignored", role=role, reason=NO_CREDENTIALS),
+            )
         if relay.worker_task:
             waiters.add(relay.worker_task)
         supervisor = None

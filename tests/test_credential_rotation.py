@@ -193,6 +193,10 @@ async def test_a_swapped_secret_is_rotated_without_a_signal(
             lambda: events(worker, "credentials_rotated"), what="rotated on the file change"
         )
         assert rotated["trigger"] == "files-changed"
+        # The api has nothing to reload; a SIGHUP sent to every pod must not stop it.
+        api.process.send_signal(signal.SIGHUP)
+        await eventually(lambda: events(api, "sighup_ignored"), what="the api's SIGHUP logged")
+        assert api.process.poll() is None
         assert await rotation.deliver(api) == rotation.key_b.key_id
         assert (await rotation.reloads(worker))["rotated"] == 1
         # Read once more after the swap (the config's new digest), and not again.
