@@ -23,10 +23,11 @@ def scripts_table(profile: JsonObject) -> list[str]:
     if not rows:
         return ["No Lua script ran."]
     return [
-        "| script | calls | per delivered |",
-        "|---|---:|---:|",
+        "| script | calls | per delivered | per s |",
+        "|---|---:|---:|---:|",
         *(
-            f"| {row['script']} | {row['calls']:,} | {_num(row['calls_per_delivered'], 3)} |"
+            f"| {row['script']} | {row['calls']:,} | {_num(row['calls_per_delivered'], 3)} | "
+            f"{_num(row['calls'] / profile['wall_s'], 1)} |"
             for row in rows
         ),
     ]
@@ -37,12 +38,12 @@ def commandstats_table(profile: JsonObject) -> list[str]:
     if not rows:
         return ["Valkey ran no command."]
     return [
-        "| command | calls | per delivered | µs | µs per call | µs per delivered |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| command | calls | per delivered | per s | µs | µs per call | µs per delivered |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {row['command']} | {row['calls']:,} | {_num(row['calls_per_delivered'], 3)} | "
-            f"{row['usec']:,} | {row['usec_per_call']:.2f} | "
-            f"{_num(row['usec_per_delivered'], 2)} |"
+            f"{_num(row['calls'] / profile['wall_s'], 1)} | {row['usec']:,} | "
+            f"{row['usec_per_call']:.2f} | {_num(row['usec_per_delivered'], 2)} |"
             for row in rows
         ),
     ]
@@ -65,7 +66,7 @@ def slowlog_lines(profile: JsonObject) -> list[str]:
 def py_spy_lines(profile: JsonObject) -> list[str]:
     py_spy = profile["py_spy"]
     if py_spy["status"] == "absent":
-        return [f"py-spy absent: {py_spy['why']}."]
+        return [f"Not sampled: {py_spy['why']}."]
     if not py_spy["processes"]:
         return ["No relay process ran in this phase."]
     lines: list[str] = []
@@ -146,8 +147,10 @@ def profile_markdown(document: JsonObject) -> str:
         "Per relay phase, over the phase's measured window: the Lua scripts the relay sent, "
         "what Valkey spent per command, its slowest commands, and each relay process's "
         "hottest functions by py-spy's sampling (own: the function itself; cumulative: it and "
-        "what it called). The CPU figures are this profiled run's; compare them with a run "
-        "without `--profile`. Notes: " + "; ".join(document["notes"]) + ".",
+        "what it called; own time on `Runner.run` is the event loop's native code). The CPU "
+        "figures are this profiled run's; compare them with a run without `--profile`. Notes: "
+        + "; ".join(document["notes"])
+        + ".",
         "",
     ]
     for phase in document["phases"]:
