@@ -119,7 +119,7 @@ def py_spy_error(log: str) -> str:
             break
         if line.strip() and not line.startswith("py-spy>"):
             lines.append(line.strip())
-    return " ".join(lines) or "py-spy exited without output"
+    return " ".join(lines) or "no error printed (it had not attached yet when the phase ended)"
 
 
 @dataclass
