@@ -52,10 +52,15 @@ bench: $(STAMP)
 
 # The benchmark's optional tools, installed once before a run (a run itself installs nothing):
 # wrk for the GMS phase (apt-get, as root; without it the Python generator is used and the report
-# says so) and @parse/node-apn for the peer phase (npm ci from bench/node's lock file).
+# says so), @parse/node-apn for the peer phase (npm ci from bench/node's lock file) and py-spy for
+# `--profile` (a binary wheel, beside the venv: the venv stays exactly the hash-pinned lock).
 NODE_WORK := bench/.work/node
+PY_SPY_WORK := bench/.work/py-spy
+PY_SPY_VERSION := 0.4.3
 bench-setup: $(STAMP)
 	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk
+	test -x $(PY_SPY_WORK)/bin/py-spy || $(BIN)/python -m pip install --quiet \
+		--target $(PY_SPY_WORK) py-spy==$(PY_SPY_VERSION)
 	mkdir -p $(NODE_WORK)
 	cp bench/node/package.json bench/node/package-lock.json $(NODE_WORK)/
 	cd $(NODE_WORK) && npm ci --no-audit --no-fund

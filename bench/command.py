@@ -28,6 +28,7 @@ from bench.phases import (
     through_relay,
 )
 from bench.processes import REPO_ROOT, CpuLedger, RssSampler
+from bench.profile import Profiler
 from bench.report import machine_info, results_document, target_lines, write_outputs
 from bench.stack import (
     LOG_LEVEL,
@@ -90,6 +91,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help=(
+            "also profile each relay phase: py-spy on the api and workers (make bench-setup "
+            "installs it), Valkey's INFO commandstats and SLOWLOG, Lua script calls per "
+            "delivered notification; written to profile.md (needs --out: py-spy's sampling "
+            "takes CPU the committed figures must not share)"
+        ),
+    )
+    parser.add_argument(
         "--work-dir", type=Path, help="process logs, Valkey data, specs (default: a temp dir)"
     )
 
@@ -104,13 +115,20 @@ def output_dir(args: argparse.Namespace) -> Path:
         raise ValueError(
             "--phase: a run of some phases needs --out (the committed results hold all)"
         )
+    if args.out is None and args.profile and not args.quick:
+        raise ValueError(
+            "--profile: a profiled run needs --out (its CPU figures share the cores with "
+            "py-spy; copy its profile.md into bench/results/ under a name of its own)"
+        )
     if args.out is None:
         return (
             Path(tempfile.mkdtemp(prefix="apns-bench-quick-")) if args.quick else COMMITTED_RESULTS
         )
     out: Path = args.out.resolve()
-    if (args.quick or partial_run) and out == COMMITTED_RESULTS.resolve():
-        raise ValueError(f"--out: quick or --phase results must not overwrite the ones in {out}")
+    if (args.quick or partial_run or args.profile) and out == COMMITTED_RESULTS.resolve():
+        raise ValueError(
+            f"--out: quick, --phase or --profile results must not overwrite the ones in {out}"
+        )
     return out
 
 
@@ -129,7 +147,11 @@ def choose_generator(requested: str, notes: list[str]) -> str:
 
 
 def guarded(
-    name: str, title: str, phase: Callable[[], PhaseResult], phases: list[PhaseResult]
+    bench: Bench,
+    name: str,
+    title: str,
+    phase: Callable[[], PhaseResult],
+    phases: list[PhaseResult],
 ) -> PhaseResult:
     """Run a phase; a failure is recorded in its result and the next phases still run."""
     log(f"{title} ...")
@@ -139,6 +161,7 @@ def guarded(
     except Exception as error:
         log(traceback.format_exc())
         result = PhaseResult(name, title, error=f"{type(error).__name__}: {error}")
+    bench.report_profile(result)
     phases.append(result)
     summary = (
         result.skipped
@@ -154,30 +177,34 @@ def run_phases(bench: Bench, selected: frozenset[str]) -> list[PhaseResult]:
     running worker the backlog stops. The ceiling always runs: it is every headline's reference."""
     phases: list[PhaseResult] = []
     plan = bench.plan
-    raw = guarded("ceiling", CEILING, lambda: ceiling(bench, CEILING), phases)
+    raw = guarded(bench, "ceiling", CEILING, lambda: ceiling(bench, CEILING), phases)
     if "peer" in selected:
-        guarded("peer", PEER, lambda: peer(bench, PEER, raw), phases)
+        guarded(bench, "peer", PEER, lambda: peer(bench, PEER, raw), phases)
     if selected & NEEDS_RUNNING_RELAY:
         bench.relay.start_api()
         bench.relay.start_workers(1)
     if "single" in selected:
-        guarded("single", SINGLE, partial(through_relay, bench, "single", SINGLE, "gms"), phases)
+        guarded(
+            bench, "single", SINGLE, partial(through_relay, bench, "single", SINGLE, "gms"), phases
+        )
     if "batch" in selected:
-        guarded("batch", BATCH, partial(through_relay, bench, "batch", BATCH, "batch"), phases)
+        guarded(
+            bench, "batch", BATCH, partial(through_relay, bench, "batch", BATCH, "batch"), phases
+        )
     if "latency" in selected:
-        guarded("latency", LATENCY, lambda: latency(bench, LATENCY), phases)
+        guarded(bench, "latency", LATENCY, lambda: latency(bench, LATENCY), phases)
     if "idle" in selected:
-        guarded("idle", IDLE, lambda: idle(bench, IDLE), phases)
+        guarded(bench, "idle", IDLE, lambda: idle(bench, IDLE), phases)
     if selected & NEEDS_API_ONLY and bench.relay.api is None:
         bench.relay.start_api()  # the drains start their own workers
     if "backlog" in selected:
         backlog = partial(drain, bench, "backlog", BACKLOG, plan.backlog_n, 1)
-        guarded("backlog", BACKLOG, backlog, phases)
+        guarded(bench, "backlog", BACKLOG, backlog, phases)
     if "scale" in selected:
         for workers, title in enumerate(SCALE, start=1):
             name = f"scale-{workers}"
             scale = partial(drain, bench, name, title, plan.scale_n, workers)
-            guarded(name, title, scale, phases)
+            guarded(bench, name, title, scale, phases)
     return sorted(phases, key=lambda p: p.title)
 
 
@@ -199,6 +226,10 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
         )
         relay = Relay(ledger, config, work_dir / "logs")
         redis_client = redis.Redis.from_url(valkey.url)
+        profiler = Profiler(redis_client, work_dir / "profiles") if args.profile else None
+        if profiler is not None:
+            notes.append(profiler.note())
+            log(f"--profile: {profiler.note()}")
         server_info = redis_client.info("server")
         valkey_version = server_info.get("valkey_version") or server_info.get("redis_version")
         with RssSampler(ledger) as sampler:
@@ -213,6 +244,7 @@ def benchmark(args: argparse.Namespace, out_dir: Path) -> int:
                 relay=relay,
                 log=log,
                 generator=generator,
+                profiler=profiler,
             )
             phases = run_phases(bench, frozenset(args.phase or PHASES))
         notes.append(

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from bench.processes import REPO_ROOT, CpuLedger, RssSampler, Tracked, python_argv, start_process
+from bench.profile import Profiler, ProfileSession
 from bench.stack import API_TOKEN, Relay, sim_target
 from relay_devkit.apns_sim.info import SimInfo
 
@@ -104,6 +105,7 @@ class PhaseResult:
     details: JsonObject = field(default_factory=dict)
     skipped: str | None = None
     error: str | None = None
+    profile: JsonObject | None = None  # --profile: see bench.profile
 
     def cpu_us_per_delivered(self) -> dict[str, float]:
         if not self.delivered:
@@ -130,15 +132,20 @@ class PhaseResult:
             "details": self.details,
             "skipped": self.skipped,
             "error": self.error,
+            "profile": self.profile,
         }
 
 
 class Measurement:
-    """CPU per role, peak RSS per process and wall time from creation to `finish`."""
+    """CPU per role, peak RSS per process and wall time from creation to `finish`; with a
+    profile session, the profile's recording stops at `finish` too."""
 
-    def __init__(self, ledger: CpuLedger, sampler: RssSampler) -> None:
+    def __init__(
+        self, ledger: CpuLedger, sampler: RssSampler, session: ProfileSession | None = None
+    ) -> None:
         self.ledger = ledger
         self.sampler = sampler
+        self.session = session
         sampler.take_peaks()
         self.cpu_before = ledger.snapshot()
         self.started = time.perf_counter()
@@ -147,6 +154,8 @@ class Measurement:
         result.wall_s = time.perf_counter() - self.started
         result.cpu_s = self.ledger.by_role_since(self.cpu_before)
         result.peak_rss_bytes = {n: rss for n, (_, rss) in self.sampler.take_peaks().items()}
+        if self.session is not None:
+            self.session.stop()
         return result
 
 
@@ -194,11 +203,25 @@ class Bench:
     relay: Relay
     log: Callable[[str], None]
     generator: str = "python"  # or "wrk"
+    profiler: Profiler | None = None  # --profile
     runs: Iterator[int] = field(default_factory=lambda: iter(range(1, 1_000_000)))
     seed: int = field(default_factory=lambda: secrets.randbits(32))
 
-    def measure(self) -> Measurement:
-        return Measurement(self.ledger, self.sampler)
+    profiles: dict[str, ProfileSession] = field(default_factory=dict)  # by phase, until reported
+
+    def measure(self, profile: str | None = None) -> Measurement:
+        """Start measuring; with --profile, the relay phase `profile` names is profiled over the
+        same window (see bench.profile; `report_profile` adds it to the phase's result)."""
+        if profile is None or self.profiler is None:
+            return Measurement(self.ledger, self.sampler)
+        session = self.profiler.session(profile, self.relay)
+        self.profiles[profile] = session
+        return Measurement(self.ledger, self.sampler, session)
+
+    def report_profile(self, result: PhaseResult) -> None:
+        session = self.profiles.pop(result.name, None)
+        if session is not None:
+            result.profile = session.report(result.delivered, result.wall_s)
 
     def spec(self, mode: str, n: int, **extra: Any) -> tuple[Path, JsonObject]:
         """A load-generator spec with fresh ids (a new prefix per run: supersede never fires)."""
@@ -376,7 +399,7 @@ def wrk_single(bench: Bench) -> tuple[int, float, float, JsonObject]:
 
 def through_relay(bench: Bench, name: str, title: str, kind: str) -> PhaseResult:
     """Load the api as fast as it answers: ingest rate, and delivered rate as the simulator saw."""
-    measurement = bench.measure()
+    measurement = bench.measure(profile=name)
     before = bench.control.accepted()
     plan = bench.plan
     if kind == "gms" and bench.generator == "wrk":
@@ -450,7 +473,7 @@ def latency(bench: Bench, title: str) -> PhaseResult:
     _id (no coordinated omission: see loadgen.http_steady)."""
     plan = bench.plan
     n = int(plan.latency_rate * plan.latency_s)
-    measurement = bench.measure()
+    measurement = bench.measure(profile="latency")
     seq_before = bench.control.accepted()
     outcome = bench.python_loadgen(
         "steady", n, rate=plan.latency_rate, **bench.relay_http("gms", connections=64)
@@ -505,7 +528,7 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
     # SYNC: Valkey frees lazily by default, which would leave "before" counting the old data.
     bench.redis_client.execute_command("FLUSHALL", "SYNC")  # type: ignore[no-untyped-call]
     memory_before = used_memory(bench.redis_client)
-    measurement = bench.measure()
+    measurement = bench.measure(profile=name)
     ingest = bench.python_loadgen(
         "closed",
         n,
@@ -539,7 +562,7 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
 
 def idle(bench: Bench, title: str) -> PhaseResult:
     """The relay with nothing to do: CPU over a fixed window."""
-    measurement = bench.measure()
+    measurement = bench.measure(profile="idle")
     time.sleep(bench.plan.idle_s)  # the window being measured, not a wait for a condition
     result = measurement.finish(PhaseResult("idle", title))
     relay_cpu = result.cpu_s.get("relay-api", 0.0) + result.cpu_s.get("relay-worker", 0.0)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.phases import NODE_WORK_DIR, PhaseResult
+from bench.profile_report import profile_markdown
 
 ROLES = ("relay-api", "relay-worker", "valkey", "simulator", "loadgen")
 # The relay's cost is its processes and its store: a durable queue is what the relay adds.
@@ -481,7 +482,11 @@ def write_outputs(document: JsonObject, phases: list[PhaseResult], out_dir: Path
     json_path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")
     md_path.write_text(markdown(document))
     chart(phases, png_path)
-    return [json_path, md_path, png_path]
+    written = [json_path, md_path, png_path]
+    if any(phase.profile is not None for phase in phases):
+        written.append(out_dir / "profile.md")
+        written[-1].write_text(profile_markdown(document))
+    return written
 
 
 def target_lines(document: JsonObject) -> list[str]:

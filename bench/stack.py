@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,21 @@ class Relay:
     api_url: str = ""
     workers: list[Tracked] = field(default_factory=list)
     started_workers: int = 0
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # by process name
+    # Told of each process once it answers /healthz (--profile attaches to it then).
+    on_start: Callable[[Tracked, str], None] | None = None
+
+    def processes(self) -> list[tuple[Tracked, str]]:
+        """The running api and workers, each with its /metrics URL."""
+        running = [self.api] if self.api is not None and self.api.exit_code is None else []
+        return [(p, self.metrics_urls[p.name]) for p in [*running, *self.workers]]
 
     def start_api(self) -> None:
         port = free_port()
         self.api = self.ledger.add(self._start("api", "relay-api", "relay-api", port))
         self.api_url = f"http://127.0.0.1:{port}"
         wait_until(http_ok(self.api_url + "/healthz"), self.api, START_TIMEOUT_S, "/healthz")
+        self._started(self.api, port)
 
     def start_workers(self, count: int) -> list[Tracked]:
         """Start `count` workers at once, then wait until every one answers /healthz."""
@@ -131,6 +141,7 @@ class Relay:
             wait_until(
                 http_ok(f"http://127.0.0.1:{port}/healthz"), worker, START_TIMEOUT_S, "/healthz"
             )
+            self._started(worker, port)
         self.workers.extend(worker for worker, _ in started)
         return [worker for worker, _ in started]
 
@@ -143,6 +154,11 @@ class Relay:
         self.stop_workers()
         if self.api is not None:
             self.api.stop()
+
+    def _started(self, tracked: Tracked, port: int) -> None:
+        self.metrics_urls[tracked.name] = f"http://127.0.0.1:{port}/metrics"
+        if self.on_start is not None:
+            self.on_start(tracked, self.metrics_urls[tracked.name])
 
     def _start(self, command: str, role: str, name: str, port: int) -> Tracked:
         return start_process(

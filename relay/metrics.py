@@ -153,6 +153,13 @@ INGEST_HELD = Counter(
     ["outcome"],
 )
 
+# Redis
+REDIS_SCRIPT_CALLS = Counter(
+    "apns_relay_redis_script_calls_total",
+    "Lua scripts this process sent to Redis (EVALSHA, a NOSCRIPT resend included), by script",
+    ["script"],
+)
+
 # HTTP
 HTTP_REQUESTS = Counter(
     "apns_relay_http_requests_total", "HTTP requests served", ["route", "method", "status"]

@@ -13,12 +13,17 @@ import pytest
 
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
+from bench.profile import parse_collapsed, script_names, top_frames
 from bench.report import evaluate_targets, headline
+from relay.activity_store import ACTIVITY_STAMP
+from relay.queue import CLAIM, ENQUEUE, SETTLE
+from relay.routes import ROUTE_WRITE
 from relay_devkit import bench as benchcli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 RELAY_PHASES = ("single", "batch", "latency", "backlog", "scale-1", "scale-2")
+PROFILED_PHASES = (*RELAY_PHASES, "idle")
 ROLES = {"relay-api", "relay-worker", "valkey", "simulator", "loadgen"}
 
 
@@ -34,6 +39,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
             "--quick",
             "--generator",
             "python",
+            "--profile",
             "--out",
             str(out),
             "--work-dir",
@@ -120,6 +126,39 @@ def test_quick_run_reports_targets_and_machine(
     assert len(png) > 10_000
 
 
+@pytest.mark.timeout(150)
+@pytest.mark.slow
+def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, Any], str]) -> None:
+    out, document, _ = quick_run
+    phases = {p["name"]: p for p in document["phases"]}
+    assert phases["ceiling"]["profile"] is None  # the raw client is no relay role
+    markdown = (out / "profile.md").read_text()
+    for name in PROFILED_PHASES:
+        profile, delivered = phases[name]["profile"], phases[name]["delivered"]
+        assert f"## {phases[name]['title']}" in markdown
+        commands = {row["command"]: row for row in profile["commandstats"]}
+        scripts = {row["script"]: row["calls"] for row in profile["scripts"]}
+        assert scripts.get("claim", 0) > 0, name  # a worker claims, busy or idle
+        assert commands["evalsha"]["calls"] > 0, name
+        if name != "idle":
+            assert scripts["enqueue"] >= delivered > 0, name
+            assert scripts["settle"] > 0, name
+            assert commands["evalsha"]["calls_per_delivered"] > 1, name
+        for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/lua file
+            assert row["script"] is None or row["script"] in scripts, row
+        py_spy = profile["py_spy"]
+        if py_spy["status"] == "absent":  # the suite's machine need not have run bench-setup
+            assert "make bench-setup" in py_spy["why"]
+            assert "Not sampled: py-spy is not installed" in markdown
+            continue
+        sampled = {process["name"]: process for process in py_spy["processes"]}
+        assert "relay-api" in sampled, name
+        assert any(process["role"] == "relay-worker" for process in sampled.values()), name
+        for process in sampled.values():
+            assert "error" in process or len(process["top_own"]) <= 15, process
+            assert f"#### {process['name']}" in markdown
+
+
 def test_quick_refuses_to_overwrite_committed_results() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", "bench/results"],
@@ -145,12 +184,17 @@ def test_benchcli_takes_the_harness_options() -> None:
         parser.parse_args(["--phase", "no-such-phase"])
 
 
-def test_a_run_of_some_phases_needs_its_own_out(capsys: pytest.CaptureFixture[str]) -> None:
-    """A partial run must not replace the committed results, which hold every phase."""
+def test_a_run_of_some_phases_or_profiled_needs_its_own_out(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A partial or profiled run must not replace the committed results, which hold every
+    phase's figures taken without a profiler."""
     parser = argparse.ArgumentParser()
     benchcli.configure(parser)
     assert benchcli.run(parser.parse_args(["--phase", "single"])) == 2
-    assert "needs --out" in capsys.readouterr().err
+    assert "--phase: a run of some phases needs --out" in capsys.readouterr().err
+    assert benchcli.run(parser.parse_args(["--profile"])) == 2
+    assert "--profile: a profiled run needs --out" in capsys.readouterr().err
 
 
 def test_benchcli_says_when_the_harness_is_missing(
@@ -229,3 +273,28 @@ def test_headline_is_relay_roles_cpu_as_a_multiple_of_the_raw_client() -> None:
     assert rows["single"]["client_us"] == pytest.approx(500.0)
     assert rows["single"]["x_client"] == pytest.approx(1.5)
     assert rows["latency"]["x_client"] is None
+
+
+def test_script_shas_name_the_relays_scripts() -> None:
+    names = script_names()
+    for script in (ENQUEUE, CLAIM, SETTLE, ROUTE_WRITE, ACTIVITY_STAMP):
+        assert names[script.sha] == script.name
+
+
+def test_top_frames_counts_own_and_cumulative_samples() -> None:
+    stacks = parse_collapsed(
+        "main (m.py:1);serve (s.py:5);parse (p.py:9) 6\n"
+        "main (m.py:1);serve (s.py:5) 3\n"
+        "main (m.py:1);log (l.py:2) 1\n"
+        " 1\n"
+    )
+    top = top_frames(stacks)
+    assert top["samples"] == 11
+    own = [(row["frame"], row["own"], row["cumulative"]) for row in top["top_own"]]
+    assert own[:2] == [("parse (p.py:9)", 6, 6), ("serve (s.py:5)", 3, 9)]
+    assert ("(no Python frame: native code)", 1, 1) in own
+    assert top["top_own"][0]["own_share"] == pytest.approx(6 / 11)
+    # main is on 10 of 11 samples with no time of its own: the entry chain, left out.
+    cumulative = [row["frame"] for row in top["top_cumulative"]]
+    assert cumulative[:2] == ["serve (s.py:5)", "parse (p.py:9)"]
+    assert "main (m.py:1)" not in cumulative
