@@ -928,14 +928,19 @@ class RelayQueue:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         shards: set[int] = set()
-        while not shards and (remaining := deadline - loop.time()) > 0:
+        while True:
+            # Wake-ups already queued are read even when no time is left: a worker whose next
+            # due time has passed (a push enqueued between its claim and its look at due times)
+            # then claims the shard named, not all of them.
+            remaining = max(0.0, deadline - loop.time())
             message = await wake.get_message(ignore_subscribe_messages=True, timeout=remaining)
             while message is not None:
                 shard = self._shard_by_prefix.get(message["data"])
                 # A prefix this queue does not know (another shard count): look everywhere.
                 shards.update(range(self.limits.shards) if shard is None else (shard,))
                 message = await wake.get_message(ignore_subscribe_messages=True, timeout=0.0)
-        return frozenset(shards)
+            if shards or deadline - loop.time() <= 0:
+                return frozenset(shards)
 
     @property
     def client(self) -> RedisClient:
