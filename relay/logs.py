@@ -38,9 +38,15 @@ _URL_USERINFO = re.compile(r"(://)[^/\s@:'\"]*:[^/\s@'\"]*@")
 # one of the relay's own ids (notification ids "07-<hex>", UUIDs), and a run followed by '…' is
 # already masked.
 _HEX_TOKEN = re.compile(r"(?:(?<![\w-])|(?<=\\x[0-9a-f]{2}))[0-9a-f]{8,200}(?![\w…-])", re.I)
+# re.I also matches U+017F (long s) for s, U+0131 (dotless i) and U+0130 (I with a dot) for i,
+# which str.lower() keeps as they are or spells as "i" + U+0307 (a combining dot): folded as re.I
+# folds them, so _may_hold_secret finds the literal starts wherever the patterns would.
+_RE_ONLY_FOLDS = ("\u017f", "\u0131", "\u0307")
+_FOLD_LIKE_RE = str.maketrans({"\u017f": "s", "\u0131": "i", "\u0307": None})
 _SECRET_KEYS = frozenset(
     {"authorization", "proxy-authorization", "jwt", "key", "password", "secret", "api_token"}
 )
+_PLAIN_TYPES = (int, float, bool, type(None))
 
 AIOAPNS_LOG_INTERVAL_S = 10.0
 
@@ -50,8 +56,35 @@ def mask_token(token: str) -> str:
     return f"{token[: min(8, len(token) // 4)]}…({len(token)})"
 
 
+def _may_hold_secret(text: str) -> bool:
+    """False only if no pattern of mask_secrets can match anywhere in `text`: it holds no device
+    token and not the literal start of any other pattern. One search and a few substring tests
+    instead of six substitutions (a case-insensitive regex of the starts costs 6 times as much);
+    most values of a line (event names, ids, UUIDs, masked tokens) hold nothing."""
+    if _HEX_TOKEN.search(text) is not None:
+        return True
+    lowered = text.lower()
+    if not lowered.isascii() and any(char in lowered for char in _RE_ONLY_FOLDS):
+        lowered = lowered.translate(_FOLD_LIKE_RE)
+    return (
+        "://" in lowered
+        or "bearer" in lowered
+        or "basic" in lowered
+        or "authorization" in lowered
+        or "eyj" in lowered
+        or "-----begin " in lowered
+    )
+
+
 def redact_text(text: str) -> str:
-    """`text` with every credential, key, JWT and device token in it masked."""
+    """`text` with every credential, key, JWT and device token in it masked (the same as
+    mask_secrets, returned at once when nothing in it can be a secret)."""
+    return mask_secrets(text) if _may_hold_secret(text) else text
+
+
+def mask_secrets(text: str) -> str:
+    """Every substitution, in order: PEM blocks first (a key holds hex), then credentials, JWTs
+    and userinfo, device tokens last (a credential may hold hex)."""
     text = _PEM.sub("[pem]", text)
     text = _AUTHORIZATION.sub(r"\1\2[redacted]", text)
     text = _CREDENTIALS.sub(r"\1 [redacted]", text)
@@ -61,14 +94,16 @@ def redact_text(text: str) -> str:
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """structlog processor, the last before rendering of every record (structlog's and the
-    stdlib's): secret-named fields dropped, every other non-number value through redact_text."""
+    """structlog processor for every record (structlog's and the stdlib's), after every step that
+    copies caller data into it: secret-named fields dropped, every other non-number value through
+    redact_text."""
     for key, value in event.items():
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
         elif isinstance(value, str):
-            event[key] = redact_text(value)
-        elif not isinstance(value, int | float | bool | type(None)):
+            if _may_hold_secret(value):
+                event[key] = mask_secrets(value)
+        elif not isinstance(value, _PLAIN_TYPES):
             event[key] = redact_text(str(value))
     return event
 
@@ -183,39 +218,54 @@ class RepeatedCondition:
         self.since_summary = {}
 
 
-def _orjson_dumps(obj: Any, default: Any = None) -> str:
-    return orjson.dumps(obj, default=default).decode()
+def _render_json_bytes(_: Any, __: str, event: MutableMapping[str, Any]) -> bytes:
+    """The relay's own lines: bytes straight from orjson to the bytes logger, never decoded."""
+    return orjson.dumps(event)
+
+
+def _render_json_text(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    """The stdlib's lines: a logging.Formatter must return text."""
+    return orjson.dumps(event).decode()
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Route structlog and stdlib logging (aioapns, aiohttp) through one masked renderer."""
+    """Route structlog and stdlib logging (aioapns, aiohttp) through one masked renderer.
+
+    The relay's own lines (every hot-path line: `apns_attempt`, `request_refused`) go from
+    structlog straight to stderr, JSON bytes in one orjson call, without a stdlib LogRecord,
+    handler or formatter; the stdlib's lines (aiohttp, asyncio, aioapns) go through the root
+    handler. Both chains end in the same `redact` and the same rendering, so every line of every
+    logger passes the one redaction step."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: Any = (
-        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
+    # The timestamp is the relay's own clock: stamped after the redaction, which need not read it.
+    masked: list[Any] = [redact, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    own_renderer: Any
+    foreign_renderer: Any
+    logger_factory: Any
+    if use_json:
+        own_renderer, foreign_renderer = _render_json_bytes, _render_json_text
+        logger_factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    else:
+        own_renderer = foreign_renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        logger_factory = structlog.WriteLoggerFactory(sys.stderr)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, *masked, own_renderer],
+        logger_factory=logger_factory,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            # The root handler's one formatter renders every record of every logger, so the
-            # redaction here is the one step each line passes.
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redact,
-                renderer,
+                *masked,
+                foreign_renderer,
             ],
             foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         )

@@ -21,6 +21,8 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from relay_harness import (
     API_TOKEN,
     BASIC,
@@ -31,7 +33,14 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.logs import RateLimitFilter, RepeatedCondition, mask_token, redact_text
+from relay.logs import (
+    RateLimitFilter,
+    RepeatedCondition,
+    mask_secrets,
+    mask_token,
+    redact,
+    redact_text,
+)
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
 
@@ -51,6 +60,38 @@ structlog.get_logger("probe").info("probe_event", answer=42)
 def random_token() -> str:
     """Distinct first 8 digits too, so each masked form names one device."""
     return secrets.token_hex(32)
+
+
+SECRETS_PROBE = """
+import logging
+import structlog
+from relay.logs import configure_logging
+configure_logging("json")
+structlog.get_logger("probe").info("probe_event", header="Authorization: Bearer sEcReT-own",
+                                   device={token!r})
+logging.getLogger("aiohttp.server").warning("bad header %s from %s", "BEARER sEcReT-std", {token!r})
+"""
+# Pieces of every pattern the redaction knows, in both cases, with the characters re.IGNORECASE
+# folds differently from str.lower() (long s, dotless i, dotted capital I), joined at random.
+REDACTION_PIECES = st.sampled_from(
+    [
+        *"0123456789abcdefABCDEF-_ :/@'\"\n\r\t\\x…\u017f\u0131\u0130\u0307",
+        "\\x",
+        "\\r\\n",
+        "eyJ",
+        "Bearer ",
+        "BASIC ",
+        "ba\u017fic ",
+        "Author\u0131zation: ",
+        "authorization",
+        "-----BEGIN KEY-----",
+        "-----END KEY-----",
+        "redis://",
+        "c0ffee12",
+        "0a1b2c3d4e5f",
+        ".",
+    ]
+)
 
 
 def record(message: str) -> logging.LogRecord:
@@ -289,6 +330,51 @@ async def test_a_full_run_logs_no_token_jwt_key_or_credential(
 )
 def test_redaction_masks_every_form_of_secret_in_any_case(text: str, secret: str) -> None:
     assert secret not in redact_text(text)
+
+
+@given(st.lists(REDACTION_PIECES, max_size=30).map("".join))
+@example("Author\u0130zation: Bearer sEcReT")
+@example("ba\u017fic Z21zOnNlY3JldA==")
+@example("\\xffaabbccddeeff0011")
+def test_redaction_skips_only_texts_in_which_no_pattern_matches(text: str) -> None:
+    # redact_text returns a text unchanged after a cheap look when nothing in it can be a secret;
+    # that look must never pass over what the full masking would change.
+    assert redact_text(text) == mask_secrets(text)
+
+
+def test_the_processor_masks_every_value_and_drops_secret_named_fields() -> None:
+    token = random_token()
+    event = {
+        "event": f"device {token} gone",
+        "id": "07-0123456789abcdef0123456789abcdef",
+        "Password": "hunter2",
+        "headers": {"Authorization": "Bearer sEcReT"},
+        "attempt": 2,
+        "reason": None,
+    }
+    assert redact(None, "info", event) == {
+        "event": f"device {mask_token(token)} gone",
+        "id": "07-0123456789abcdef0123456789abcdef",
+        "Password": "[redacted]",
+        "headers": "{'Authorization': '[redacted]'}",
+        "attempt": 2,
+        "reason": None,
+    }
+
+
+def test_the_relays_lines_and_the_stdlibs_pass_the_same_redaction() -> None:
+    token = random_token()
+    command = [sys.executable, "-c", SECRETS_PROBE.format(token=token)]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stderr
+    own, stdlib = (json.loads(line) for line in output.splitlines())
+    assert own["header"] == "Authorization: [redacted]"
+    assert own["device"] == mask_token(token)
+    assert stdlib["event"] == f"bad header BEARER [redacted] from {mask_token(token)}"
+    assert (own["level"], stdlib["level"]) == ("info", "warning")
+    assert own["timestamp"].endswith("Z")
+    assert stdlib["timestamp"].endswith("Z")
+    assert "sEcReT" not in output
+    assert token not in output
 
 
 @pytest.mark.parametrize(
