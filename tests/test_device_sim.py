@@ -38,6 +38,7 @@ from relay_devkit.device_sim.app import (
     OpenComet,
     PushAnswer,
     PushNotPosted,
+    Reaction,
     ScriptedUser,
     UrlPosted,
     UserReacted,
@@ -152,8 +153,8 @@ def test_a_tapped_notification_opens_the_app_then_posts() -> None:
 
 @pytest.mark.parametrize("reaction", ["decline", "ignore"])
 @pytest.mark.parametrize("foreground", [True, False])
-def test_a_declined_or_ignored_push_posts_nothing(reaction: str, foreground: bool) -> None:
-    app = _app(PushAnswer(reaction), foreground=foreground)  # type: ignore[arg-type]
+def test_a_declined_or_ignored_push_posts_nothing(reaction: Reaction, foreground: bool) -> None:
+    app = _app(PushAnswer(reaction), foreground=foreground)
     assert app.receive_push(_callback(SERVICE_ID, "wait-for-agent"), AT) == []
     assert [r.reaction for r in entries_of(app.transcript, UserReacted)] == [reaction]
     assert not entries_of(app.transcript, UrlPosted)
