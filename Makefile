@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check relay relay_devkit tests bench
 
 types: $(STAMP)
-	$(BIN)/mypy relay relay_devkit
+	$(BIN)/mypy relay relay_devkit tests bench
 
 # Two lanes: the tests that mostly wait (marked `beside`: the APNs outage and fault runs, a few
 # requests a second) run in a second pytest beside the rest instead of after it; their report

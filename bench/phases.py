@@ -526,6 +526,7 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
     plan = bench.plan
     bench.relay.stop_workers()
     # SYNC: Valkey frees lazily by default, which would leave "before" counting the old data.
+    # (redis-py leaves execute_command unannotated.)
     bench.redis_client.execute_command("FLUSHALL", "SYNC")  # type: ignore[no-untyped-call]
     memory_before = used_memory(bench.redis_client)
     measurement = bench.measure(profile=name)

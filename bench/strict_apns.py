@@ -140,6 +140,7 @@ async def waiting_for_a_stream(info: SimInfo, which: str, seconds: float = 3.0) 
     async with control_client(info) as control:
         await control.put_faults({"stall": {"tokens": [stalled]}})
     counter = LogCount()
+    first: asyncio.Future[object]
     tasks: list[asyncio.Future[Any]]
     if which == "relay":
         client = relay_client(info, max_in_flight=1000, timeout_s=60)

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -14,8 +14,27 @@ DEFAULT_TIMEOUT_S = 20.0  # generous: the suite runs on a loaded 2-core machine
 INTERVAL_S = 0.02
 
 
+# Two signatures so that a condition returning `X | None`, or an awaitable of it, gives back X (an
+# async condition's value is what it awaits to, not the coroutine). When X holds an explicit Any,
+# both signatures match and mypy gives Any: annotate the result where precision matters.
+@overload
 async def eventually(
-    condition: Callable[[], T | Awaitable[T | None] | None],
+    condition: Callable[[], Awaitable[T | None]],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    what: str = ...,
+) -> T: ...
+@overload
+async def eventually(
+    condition: Callable[[], T | None],
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+    what: str = ...,
+) -> T: ...
+async def eventually(
+    condition: Callable[[], Awaitable[T | None] | T | None],
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     interval_s: float = INTERVAL_S,

@@ -423,9 +423,9 @@ def method_cases() -> Iterator[Case]:
     yield Case("method with NUL", request(b"GE\x00T", b"/v1/queue", []), plain_ok=True)
 
 
-def _post(headers: list[tuple[bytes, bytes]], body: bytes = b"", **kw: bool) -> bytes:
+def _post(headers: list[tuple[bytes, bytes]], body: bytes = b"", *, length: bool = True) -> bytes:
     return request(
-        b"POST", b"/v1/notifications", [(b"Authorization", BEARER), *headers], body, **kw
+        b"POST", b"/v1/notifications", [(b"Authorization", BEARER), *headers], body, length=length
     )
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import h2.config
@@ -29,7 +29,8 @@ from eventually import eventually
 
 from relay.apns import DrainingStateMachine
 from relay_devkit.apns_sim import info
-from relay_devkit.apns_sim.command import SIM_JSON, Simulator, SimulatorOptions
+from relay_devkit.apns_sim.command import Simulator, SimulatorOptions
+from relay_devkit.apns_sim.info import SIM_JSON
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -136,7 +137,7 @@ def simulator_process(state_dir: Path, *arguments: str) -> Iterator[SimulatorPro
 def aioapns_client(info: SimInfo, topic: str = "com.example.app", **kwargs: Any) -> APNs:
     """An aioapns 4.0 client aimed at the simulator; call it inside the running loop."""
 
-    class SimulatorProtocol(APNsProductionClientProtocol):  # type: ignore[misc]
+    class SimulatorProtocol(APNsProductionClientProtocol):
         APNS_SERVER = info.host
         APNS_PORT = info.port
 
@@ -385,7 +386,9 @@ class RawH2Client:
     def _on_event(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.ResponseReceived):
             pending = self.streams[event.stream_id]
-            for name, value in event.headers:
+            # The connection's header_encoding makes h2 give str names and values; h2's types
+            # say bytes, as they would be without it.
+            for name, value in cast(list[tuple[str, str]], event.headers):
                 if name == ":status":
                     pending.status = int(value)
                 else:

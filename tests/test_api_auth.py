@@ -217,7 +217,7 @@ async def test_scoped_credentials_act_only_for_their_apps(
             assert_problem(answer, 403, "Authorization", "every app")
 
             # An unknown app gets the answer another's app gets: no configured name leaks.
-            for method, path, body in (
+            for method, path, template in (
                 ("POST", "/v1/notifications", {"device_token": TOKEN, "app": "{app}"}),
                 ("POST", "/gms/push", {"deviceId": f"{{app}}:{TOKEN}", "message": "d"}),
                 ("GET", f"/v1/devices/{{app}}/{TOKEN}", None),
@@ -225,7 +225,7 @@ async def test_scoped_credentials_act_only_for_their_apps(
             ):
                 answers = []
                 for app in ("dev", "nope"):
-                    filled = orjson.loads(orjson.dumps(body).replace(b"{app}", app.encode()))
+                    filled = orjson.loads(orjson.dumps(template).replace(b"{app}", app.encode()))
                     status, problem, _ = await scoped_call(
                         session, url, authorization, method, path.format(app=app), filled
                     )

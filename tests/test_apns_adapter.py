@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jwt
 import pytest
@@ -23,7 +23,7 @@ from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
 from relay import metrics
-from relay.apns import ApnsClient, Endpoint, TokenCredentials
+from relay.apns import ApnsClient, Endpoint, RelayClientProtocol, TokenCredentials
 from relay.model import ApnsResponse, Notification
 from relay_devkit.apns_sim.certs import create_signing_key
 from relay_devkit.apns_sim.server import KeySource
@@ -48,6 +48,12 @@ def notification(token: str, **changes: Any) -> Notification:
 
 def new_apns_id() -> str:
     return str(uuid.uuid4())
+
+
+def open_connections(client: ApnsClient) -> list[RelayClientProtocol]:
+    """The client's open connections: aioapns types them as its base protocol, but the adapter's
+    pool makes only RelayClientProtocol ones (as relay.apns itself casts them)."""
+    return cast(list[RelayClientProtocol], client.pool.connections)
 
 
 @dataclass
@@ -80,7 +86,8 @@ async def harness(state_dir: Path, **options: Any) -> AsyncIterator[Harness]:
         running_simulator(state_dir, seed=7, **options) as sim,
         control_client(sim) as control,
     ):
-        test_harness = Harness(sim, control, *await control.issue_tokens(2, TOPIC))
+        token, stalled_token = await control.issue_tokens(2, TOPIC)
+        test_harness = Harness(sim, control, token, stalled_token)
         try:
             yield test_harness
         finally:
@@ -388,7 +395,7 @@ async def test_goaway_resends_streams_above_last_stream_id_at_once_on_a_new_conn
             for _ in range(3)  # streams 3, 5, 7
         ]
         await stats_when(h.control, lambda stats: stats["stalled"] == 3)
-        (connection,) = client.pool.connections
+        (connection,) = open_connections(client)
         resent = metrics.APNS_UNPROCESSED_RESENDS.labels(app=client.app, reason="GoAway:Shutdown")
         resent_before = resent._value.get()
         # APNs said GOAWAY having read up to stream 3; 5 and 7 crossed it on the wire.
@@ -533,7 +540,7 @@ async def test_exhausted_stream_ids_move_to_a_new_connection(tmp_path: Path) -> 
     async with harness(tmp_path) as h:
         client = h.client()
         assert (await client.send(notification(h.token), new_apns_id())).status == 200
-        (connection,) = client.pool.connections
+        (connection,) = open_connections(client)
         # A connection kept for days at thousands of sends a second runs out of stream ids.
         connection.slots.next_stream_id = H2Connection.HIGHEST_ALLOWED_STREAM_ID
         last = await client.send(notification(h.token), new_apns_id())
@@ -566,7 +573,7 @@ async def test_a_connection_starting_at_one_stream_reaches_its_full_limit(
             *(client.send(notification(token), new_apns_id()) for token in tokens)
         )
         elapsed = time.monotonic() - started
-        (connection,) = client.pool.connections
+        (connection,) = open_connections(client)
         stats = await h.stats()
     answers = {(t, r.status, r.reason) for t, r in zip(tokens, responses, strict=True)}
     assert answers <= {(h.token, 200, None), ("ab" * 32, 400, "BadDeviceToken")}
@@ -589,10 +596,10 @@ async def test_streams_are_spread_over_the_connections(tmp_path: Path) -> None:
             for _ in range(200)
         ]
         deadline = time.monotonic() + 5
-        while sum(c.slots.in_use for c in client.pool.connections) < 200:
+        while sum(c.slots.in_use for c in open_connections(client)) < 200:
             assert time.monotonic() < deadline, "the sends never all left"
             await asyncio.sleep(0.01)
-        in_use = sorted(c.slots.in_use for c in client.pool.connections)
+        in_use = sorted(c.slots.in_use for c in open_connections(client))
         await asyncio.gather(*sends)
     # Least loaded first: 50 each, not 200 on the first connection that has room.
     assert in_use == [50, 50, 50, 50]
@@ -669,7 +676,8 @@ async def test_a_connection_answering_a_streak_of_500s_is_replaced(
         answers = [
             (await client.send(notification(h.stalled_token), new_apns_id())) for _ in range(3)
         ]
-        (first,) = {*client.pool.connections, *client.pool.retiring} or {None}
+        live: set[RelayClientProtocol | None] = {*open_connections(client), *client.pool.retiring}
+        (first,) = live or {None}
         assert first is not None
         assert first.retired_because == "InternalServerErrorStreak"
         after = await client.send(notification(h.stalled_token), new_apns_id())
@@ -708,8 +716,8 @@ async def test_replaced_credentials_reach_new_connections_while_sends_in_flight_
         assert (await client.send(notification(h.token), new_apns_id())).status == 200
         await h.control.put_faults({"latency_ms": 500})
         in_flight = asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
-        await eventually(lambda: client.pool.connections[0].streams, what="a stream in flight")
-        [old] = client.pool.connections
+        await eventually(lambda: open_connections(client)[0].streams, what="a stream in flight")
+        [old] = open_connections(client)
         client.replace_credentials(TokenCredentials(key_b.key_file.read_text(), key_b.key_id, team))
         assert client.connections == 0
         assert old.retired_because == "CredentialsReplaced"

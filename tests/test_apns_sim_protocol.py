@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Mapping
 
 import jwt
 import pytest
@@ -82,9 +83,14 @@ GOOD_JWT = token_for()
 
 
 def request(
-    *, body: bytes = b'{"aps":{"alert":"hi"}}', drop: tuple[str, ...] = (), **headers: str
+    *,
+    body: bytes = b'{"aps":{"alert":"hi"}}',
+    drop: tuple[str, ...] = (),
+    pseudo: Mapping[str, str] | None = None,
+    **headers: str,
 ) -> Request:
-    """A valid request; keyword headers replace (`_` for `-`), `drop` removes."""
+    """A valid request; `pseudo` replaces pseudo-headers (`:path`), keyword headers replace others
+    (`_` for `-`), `drop` removes."""
     fields = {
         ":method": "POST",
         ":path": f"/3/device/{TOKEN}",
@@ -96,6 +102,7 @@ def request(
         "apns-priority": "10",
         "apns-expiration": str(NOW + 60),
     }
+    fields.update(pseudo or {})
     fields.update({k.replace("_", "-"): v for k, v in headers.items()})
     return Request.from_header_list([(k, v) for k, v in fields.items() if k not in drop], body)
 
@@ -122,15 +129,15 @@ def test_a_valid_request_is_accepted_with_its_headers_minus_authorization() -> N
 @pytest.mark.parametrize(
     ("req", "expected"),
     [
-        (request(**{":method": "GET"}), Answer(405, "MethodNotAllowed")),
-        (request(**{":method": "PUT"}), Answer(405, "MethodNotAllowed")),
-        (request(**{":path": "/3/devices/ab"}), Answer(404, "BadPath")),
-        (request(**{":path": "/"}), Answer(404, "BadPath")),
-        (request(**{":path": f"/3/device/{TOKEN}/x"}), Answer(404, "BadPath")),
-        (request(**{":path": "/3/device/"}), Answer(400, "MissingDeviceToken")),
-        (request(**{":path": "/3/device"}), Answer(400, "MissingDeviceToken")),
-        (request(**{":path": "/3/device/xyz"}), Answer(400, "BadDeviceToken")),
-        (request(**{":path": "/3/device/ab cd"}), Answer(400, "BadDeviceToken")),
+        (request(pseudo={":method": "GET"}), Answer(405, "MethodNotAllowed")),
+        (request(pseudo={":method": "PUT"}), Answer(405, "MethodNotAllowed")),
+        (request(pseudo={":path": "/3/devices/ab"}), Answer(404, "BadPath")),
+        (request(pseudo={":path": "/"}), Answer(404, "BadPath")),
+        (request(pseudo={":path": f"/3/device/{TOKEN}/x"}), Answer(404, "BadPath")),
+        (request(pseudo={":path": "/3/device/"}), Answer(400, "MissingDeviceToken")),
+        (request(pseudo={":path": "/3/device"}), Answer(400, "MissingDeviceToken")),
+        (request(pseudo={":path": "/3/device/xyz"}), Answer(400, "BadDeviceToken")),
+        (request(pseudo={":path": "/3/device/ab cd"}), Answer(400, "BadDeviceToken")),
         (request(apns_id="not-a-uuid"), Answer(400, "BadMessageId")),
         (request(apns_id=APNS_ID.upper()), Answer(400, "BadMessageId")),
         (request(apns_id=APNS_ID.replace("-", "")), Answer(400, "BadMessageId")),
@@ -183,7 +190,7 @@ def test_each_malformed_request_gets_apples_status_and_reason(
         request(apns_expiration="0"),
         request(body=b"{" + b" " * 4094 + b"}"),  # exactly 4096 bytes
         request(apns_push_type="voip", body=b"{" + b" " * 5118 + b"}"),  # exactly 5120
-        request(**{":path": f"/3/device/{TOKEN.upper()}"}),
+        request(pseudo={":path": f"/3/device/{TOKEN.upper()}"}),
     ],
 )
 def test_edge_values_apple_allows_are_accepted(req: Request) -> None:
@@ -218,10 +225,10 @@ def test_topic_allow_list() -> None:
 
 
 def test_method_is_checked_before_path_and_path_before_credentials() -> None:
-    assert judge(request(**{":method": "GET", ":path": "/x"}, drop=("authorization",))) == Answer(
-        405, "MethodNotAllowed"
-    )
-    assert judge(request(**{":path": "/x"}, drop=("authorization",))) == Answer(404, "BadPath")
+    assert judge(
+        request(pseudo={":method": "GET", ":path": "/x"}, drop=("authorization",))
+    ) == Answer(405, "MethodNotAllowed")
+    assert judge(request(pseudo={":path": "/x"}, drop=("authorization",))) == Answer(404, "BadPath")
 
 
 # --- provider tokens ------------------------------------------------------------------------
@@ -542,7 +549,7 @@ def test_only_issued_tokens_of_this_environment_and_topic_are_accepted(
         SANDBOX_TOKEN: TokenBinding("com.example.app", SANDBOX),
     }
     verdict = judge(
-        request(apns_topic=topic, **{":path": f"/3/device/{path_token}"}),
+        request(apns_topic=topic, pseudo={":path": f"/3/device/{path_token}"}),
         policy=policy,
         registry=registry,
     )

@@ -9,10 +9,12 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, TypedDict, Unpack, cast
 
 import aiohttp
 import pytest
 from aioapns import NotificationRequest, PushType
+from aioapns.connection import APNsBaseClientProtocol, APNsKeyConnectionPool
 from aioapns.exceptions import MaxAttemptsExceeded
 from simulator import (
     ControlClient,
@@ -76,8 +78,35 @@ async def raw(sim: SimInfo) -> AsyncIterator[RawH2Client]:
     await client.close()
 
 
-def note(token: str, message: dict[str, object] = MESSAGE, **kwargs: object) -> NotificationRequest:
-    return NotificationRequest(device_token=token, message=message, **kwargs)
+class NoteOptions(TypedDict, total=False):
+    """The optional fields of aioapns's NotificationRequest a test may set."""
+
+    notification_id: str
+    time_to_live: int
+    priority: int
+    collapse_key: str
+    push_type: PushType
+    apns_topic: str
+
+
+class NoteFields(NoteOptions):
+    """A whole request's fields."""
+
+    device_token: str
+    message: dict[str, Any]  # the payload's JSON object, as aioapns takes it
+
+
+class NoteChanges(NoteOptions, total=False):
+    """What a test changes in a valid request."""
+
+    device_token: str
+    message: dict[str, Any]
+
+
+def note(
+    token: str, message: dict[str, Any] = MESSAGE, **options: Unpack[NoteOptions]
+) -> NotificationRequest:
+    return NotificationRequest(device_token=token, message=message, **options)
 
 
 async def test_aioapns_delivers_and_the_log_shows_it(
@@ -129,11 +158,11 @@ async def test_aioapns_delivers_and_the_log_shows_it(
     ],
 )
 async def test_aioapns_sees_apples_reasons(
-    sim: SimInfo, request_kwargs: dict[str, object], status: str, reason: str, token: str
+    sim: SimInfo, request_kwargs: NoteChanges, status: str, reason: str, token: str
 ) -> None:
-    fields: dict[str, object] = {"device_token": token, "message": MESSAGE, **request_kwargs}
+    fields: NoteFields = {"device_token": token, "message": MESSAGE, **request_kwargs}
     client = aioapns_client(sim)
-    result = await client.send_notification(NotificationRequest(**fields))  # type: ignore[arg-type]
+    result = await client.send_notification(NotificationRequest(**fields))
     assert (result.status, result.description) == (status, reason)
     client.pool.close()
 
@@ -151,7 +180,8 @@ async def test_aioapns_with_an_unknown_key_gets_invalid_provider_token(
     sim: SimInfo, token: str
 ) -> None:
     client = aioapns_client(sim)
-    client.pool.key_id = "UNKNOWN999"
+    # aioapns_client signs with the simulator's key, so its pool is a key pool.
+    cast(APNsKeyConnectionPool, client.pool).key_id = "UNKNOWN999"
     result = await client.send_notification(note(token))
     assert (result.status, result.description) == ("403", "InvalidProviderToken")
     client.pool.close()
@@ -389,6 +419,7 @@ async def test_goaway_after_n_streams_closes_the_connection(
     async with asyncio.timeout(5):
         await raw.closed
     assert raw.terminated is not None
+    assert raw.terminated.additional_data is not None
     assert json.loads(raw.terminated.additional_data) == {"reason": "Shutdown"}
     assert raw.terminated.last_stream_id == 3
 
@@ -401,11 +432,12 @@ async def test_aioapns_sees_goaway_as_a_closed_connection_and_reconnects(
     discarded = asyncio.Event()
     discard = client.pool.discard_connection
 
-    def discard_and_tell(connection: object) -> None:
+    def discard_and_tell(connection: APNsBaseClientProtocol) -> None:
         discard(connection)
         discarded.set()
 
-    client.pool.discard_connection = discard_and_tell  # aioapns's "connection closed" hook
+    # aioapns's "connection closed" hook, wrapped on this one pool to see it called.
+    client.pool.discard_connection = discard_and_tell  # type: ignore[method-assign]
     assert (await client.send_notification(note(token))).is_successful
     async with asyncio.timeout(5):
         await discarded.wait()

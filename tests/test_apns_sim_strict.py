@@ -313,6 +313,7 @@ async def test_goaway_names_the_last_stream_answered_and_drops_the_rest_unlogged
         await raw.closed
     assert raw.terminated is not None
     assert raw.terminated.last_stream_id == first
+    assert raw.terminated.additional_data is not None
     assert json.loads(raw.terminated.additional_data) == {"reason": "Shutdown"}
     with pytest.raises(ConnectionError):
         await raw.response(second)
@@ -351,6 +352,7 @@ async def test_idle_connection_gets_goaway_idle_timeout(tmp_path: Path) -> None:
             await raw.closed
         assert raw.terminated is not None
         assert raw.terminated.last_stream_id == 1
+        assert raw.terminated.additional_data is not None
         assert json.loads(raw.terminated.additional_data) == {"reason": "IdleTimeout"}
         assert (await control.stats())["idle_goaways"] == 1
 
@@ -365,6 +367,7 @@ async def test_a_run_of_errors_ends_in_goaway(tmp_path: Path) -> None:
         assert raw.terminated is not None
         assert raw.terminated.error_code == ErrorCodes.ENHANCE_YOUR_CALM
         assert raw.terminated.last_stream_id == 5
+        assert raw.terminated.additional_data is not None
         assert json.loads(raw.terminated.additional_data) == {"reason": "TooManyRequests"}
         assert (await control.stats())["error_goaways"] == 1
 

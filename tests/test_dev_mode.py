@@ -3,6 +3,7 @@ configured; without it, a missing setting is a start-up error."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -92,8 +93,8 @@ def test_development_mode_is_the_flag_or_the_variable(
     flag: bool, variable: str | None, wanted: bool
 ) -> None:
     env = {} if variable is None else {"RELAY_DEV": variable}
-    args = type("Args", (), {"dev": flag})()
-    assert development_requested(args, env) is wanted  # type: ignore[arg-type]
+    args = argparse.Namespace(dev=flag)
+    assert development_requested(args, env) is wanted
 
 
 def test_missing_settings_names_each_key() -> None:
@@ -116,7 +117,7 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
 ) -> None:
     state_dir = tmp_path / "dev"
     log_file = tmp_path / "serve.log"
-    with log_file.open("wb") as output:
+    with log_file.open("wb") as log_sink:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "relay.cli", "serve", "--dev", "--port", "0"),
@@ -126,7 +127,7 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
             cwd=tmp_path,
             env=unconfigured_env(),
             stdin=subprocess.DEVNULL,
-            stdout=output,
+            stdout=log_sink,
             stderr=subprocess.STDOUT,
         )
     try:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import aiohttp
 import pytest
@@ -26,6 +27,7 @@ from relay_devkit.device_sim.app import (
     ConfirmationShown,
     DeviceApp,
     DialogShown,
+    Effect,
     FlowClosed,
     GmsFailure,
     HttpRequest,
@@ -36,6 +38,7 @@ from relay_devkit.device_sim.app import (
     OpenComet,
     PushAnswer,
     PushNotPosted,
+    Reaction,
     ScriptedUser,
     UrlPosted,
     UserReacted,
@@ -52,7 +55,7 @@ from relay_devkit.device_sim.dialogs import (
 from relay_devkit.device_sim.phone import Phone, register_device
 from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
 from relay_devkit.gms_sim.chat import AGENT_NICK, ChatSession, TranscriptLine
-from relay_devkit.gms_sim.dialogs import DialogContext, seed_dialog
+from relay_devkit.gms_sim.dialogs import DialogContext, JsonObject, JsonValue, seed_dialog
 from relay_devkit.gms_sim.server import GmsSimServer, GmsSimulator
 
 SERVER_URL = "http://135.34.145.123:8080"
@@ -87,7 +90,7 @@ def _app(*answers: PushAnswer | MenuAnswer, foreground: bool = True, **settings:
     )
 
 
-def _request(effects: list[object]) -> HttpRequest:
+def _request(effects: Sequence[Effect]) -> HttpRequest:
     [request] = effects
     assert isinstance(request, HttpRequest)
     return request
@@ -150,8 +153,8 @@ def test_a_tapped_notification_opens_the_app_then_posts() -> None:
 
 @pytest.mark.parametrize("reaction", ["decline", "ignore"])
 @pytest.mark.parametrize("foreground", [True, False])
-def test_a_declined_or_ignored_push_posts_nothing(reaction: str, foreground: bool) -> None:
-    app = _app(PushAnswer(reaction), foreground=foreground)  # type: ignore[arg-type]
+def test_a_declined_or_ignored_push_posts_nothing(reaction: Reaction, foreground: bool) -> None:
+    app = _app(PushAnswer(reaction), foreground=foreground)
     assert app.receive_push(_callback(SERVICE_ID, "wait-for-agent"), AT) == []
     assert [r.reaction for r in entries_of(app.transcript, UserReacted)] == [reaction]
     assert not entries_of(app.transcript, UrlPosted)
@@ -194,7 +197,7 @@ def test_pushes_with_nothing_to_post(payload: dict[str, object], reason: str) ->
 
 def _menu_app(
     action: str, *answers: PushAnswer | MenuAnswer, body: bytes | None = None
-) -> tuple[DeviceApp, list[object]]:
+) -> tuple[DeviceApp, list[Effect]]:
     app = _app(PushAnswer(), *answers)
     request = _request(app.receive_push(_callback(SERVICE_ID, action), AT))
     return app, list(app.receive_answer(request, 200, body or _answer(action), AT))
@@ -233,10 +236,13 @@ def test_yes_shows_its_notification_confirmation_then_posts_with_its_method() ->
     assert app.transcript[-1] == FlowClosed(AT + 3, "exit://")
 
 
-def _changed_menu(**item: object) -> bytes:
+def _changed_menu(**item: JsonValue) -> bytes:
     menu = seed_dialog(FALSE_MENU, CONTEXT)
     assert menu is not None
-    first = menu["_content"][0]["_group_content"][0]  # type: ignore[index,call-overload]
+    # The seed menu's shape, fixed by the seed: _content holds the group objects, each group's
+    # _group_content its item objects.
+    group = cast(list[JsonObject], menu["_content"])[0]
+    first = cast(list[JsonObject], group["_group_content"])[0]
     first.update(item)
     return json.dumps(menu).encode()
 

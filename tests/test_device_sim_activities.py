@@ -94,7 +94,11 @@ async def test_the_lock_screen_follows_a_callback_from_waiting_to_dismissed(
         ]
         for action, change in steps:
             await callback_event(relay, device, action)
-            await phone.run_until(lambda t, c=change: c in changes(t), timeout_s=20)
+
+            def shows(t: list[TranscriptEntry], c: tuple[str, str] = change) -> bool:
+                return c in changes(t)
+
+            await phone.run_until(shows, timeout_s=20)
         await phone.run_until(lambda t: ("dismissed", "connecting") in changes(t), timeout_s=20)
         assert changes(phone.transcript) == [
             ("started", "waiting"),

@@ -150,6 +150,7 @@ async def test_a_step_that_differs_from_the_seed_fails_the_check() -> None:
     async with aiohttp.ClientSession() as session:
         gms = GmsSimServer(GmsSimulator())
         app = RecordingApp(AppSettings(gms.base_url))
+        # No relay here: this check reads the seed and GMS's answer, never the relay's App.
         ends = FlowEnds(gms, Phone(session, "http://127.0.0.1:9", "ab" * 32, app), app, None, "x")  # type: ignore[arg-type]
         sid = "S" * 32
         url = ends.seed_url(sid, "wait-for-agent")

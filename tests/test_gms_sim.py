@@ -12,7 +12,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -218,10 +218,12 @@ def test_chat_lines_carry_a_number_of_their_own_beside_the_position() -> None:
     ]
     refreshed = chat.refresh(3)
     assert refreshed["transcriptPosition"] == "4"
-    assert [line[3] for line in refreshed["transcriptToShow"]] == ["17", "20"]  # type: ignore[index,union-attr]
+    # The seed's shapes: transcriptToShow is a list of line arrays, data.message an object.
+    lines = cast(list[list[str]], refreshed["transcriptToShow"])
+    assert [line[3] for line in lines] == ["17", "20"]
     ended = chat.disconnect()["data"]
     assert isinstance(ended, dict)
-    assert ended["message"]["chatIxnState"] == "DISCONNECTED"  # type: ignore[index,call-overload]
+    assert cast(dict[str, Any], ended["message"])["chatIxnState"] == "DISCONNECTED"
     with pytest.raises(ValueError, match="disconnected"):
         chat.add(TranscriptLine("Message.Text", "Stan", "late", "CLIENT"), started)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from relay_devkit.gms_sim.callback import (
@@ -26,8 +24,8 @@ FALSE_MENU = "get-dialog-user-confirmation-provide_code-false"
 T0 = 1_000.0
 
 
-def confirming(attempts: int = 1, deadline: float = T0 + 30, **options: object) -> Callback:
-    return Callback(replace(OPTIONS, **options), S.CONFIRMING, attempts, deadline)  # type: ignore[arg-type]
+def confirming(attempts: int = 1, deadline: float = T0 + 30) -> Callback:
+    return Callback(OPTIONS, S.CONFIRMING, attempts, deadline)
 
 
 def test_gms_defaults_are_the_documented_ones() -> None:
@@ -183,4 +181,5 @@ def test_timers_without_a_deadline_change_nothing() -> None:
 )
 def test_options_are_checked(options: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
+        # Values of the wrong kind on purpose: the options check them at run time.
         CallbackOptions(**options)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -59,7 +60,11 @@ async def test_a_cometd_client_receives_the_chat_events_on_genesys(
     assert data["tag"] == f"service.chat.refresh.{service.service_id}"
     assert data["message"]["transcriptToShow"][0][:3] == [JOINED.kind, JOINED.nick, JOINED.text]
     # While a client listened nothing was pushed; the closed session is gone.
-    assert [p.message["data"]["message"]["transcriptPosition"] for p in simulator.pushes] == ["1"]  # type: ignore[index]
+    # Each push is the seed's Bayeux event: its data.message is the chat refresh object.
+    assert [
+        cast(dict[str, Any], p.message["data"])["message"]["transcriptPosition"]
+        for p in simulator.pushes
+    ] == ["1"]
     assert simulator.comet.clients == {}
 
 

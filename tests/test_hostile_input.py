@@ -89,7 +89,7 @@ def exchange(port: int, case: Case) -> list[Answer]:
     return parse_answers(received)
 
 
-def redis_dump(client: syncredis.Redis) -> dict[bytes, Any]:
+def redis_dump(client: syncredis.Redis) -> dict[bytes | str, Any]:
     return {key: client.dump(key) for key in sorted(client.keys("*"))}
 
 

@@ -312,7 +312,7 @@ async def test_a_long_outage_fails_nothing_and_costs_only_probes(
     await outage_run(redis_url, tmp_path, LONG_OUTAGE_S)
 
 
-FAULTS = {
+FAULTS: dict[str, dict[str, Any]] = {
     "429 storm": {"error": {"probability": 1.0, "status": 429, "reason": "TooManyRequests"}},
     "stall": {"stall": {"probability": 1.0}},
     "goaway every 7 streams": {"goaway": {"after_streams": 7}},

@@ -85,7 +85,7 @@ async def test_per_device_order_holds_under_concurrency(redis_url: str, state_di
 async def test_transient_answers_are_retried_until_delivered(
     redis_url: str, state_dir: Path
 ) -> None:
-    answers = [
+    answers: list[list[dict[str, int | str | bool]]] = [
         [{"status": 429, "reason": "TooManyRequests"}],
         [{"status": 500, "reason": "InternalServerError"}],
         [{"status": 503, "reason": "ServiceUnavailable"}],

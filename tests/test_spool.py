@@ -293,13 +293,14 @@ async def test_a_connection_disconnected_mid_command_counts_as_redis_unreachable
     # then meets a connection without a writer and fails with AttributeError, not ConnectionError.
     # (A push met it in CI during a primary's kill -9 and was refused.)
     client = Redis.from_url(redis_url, health_check_interval=1)
-    connection = client.connection_pool.make_connection()
+    # redis-py leaves make_connection (and the connection's connect) unannotated.
+    connection = client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
     await connection.connect()
 
     async def disconnected_meanwhile() -> None:
         await connection.disconnect()
 
-    connection.check_health = disconnected_meanwhile  # type: ignore[method-assign]
+    connection.check_health = disconnected_meanwhile
     with pytest.raises(AttributeError) as raised:
         await connection.send_command("PING")
     assert vanished_connection(raised.value)

@@ -20,7 +20,7 @@ class BrokenClient(ApnsClient):
 
     async def send(
         self, notification: Notification, apns_id: str, on_wire: object = None
-    ) -> ApnsResponse:  # type: ignore[override]
+    ) -> ApnsResponse:
         raise RuntimeError("a bug")
 
 

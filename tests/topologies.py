@@ -98,6 +98,7 @@ class ClusterNodeView:
 def cluster_nodes(client: syncredis.Redis) -> list[ClusterNodeView]:
     """CLUSTER NODES as redis-py parses it: "host:port" -> node_id, flags, master_id, slots."""
     views = []
+    # redis-py leaves execute_command unannotated; its CLUSTER NODES callback gives this shape.
     parsed: dict[str, dict[str, Any]] = client.execute_command("CLUSTER NODES")  # type: ignore[no-untyped-call]
     for address, node in parsed.items():
         flags = set(node["flags"].split(","))
@@ -115,6 +116,7 @@ def cluster_nodes(client: syncredis.Redis) -> list[ClusterNodeView]:
 
 
 def cluster_ok(client: syncredis.Redis, known_nodes: int | None = None) -> bool:
+    # redis-py leaves execute_command unannotated; CLUSTER INFO parses to a dict of strings.
     info: dict[str, str] = client.execute_command("CLUSTER INFO")  # type: ignore[no-untyped-call]
     if info["cluster_state"] != "ok":
         return False
