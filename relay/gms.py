@@ -20,7 +20,7 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
-from relay.refusals import shown
+from relay.quoting import shown
 
 if TYPE_CHECKING:
     from relay.config import App
@@ -176,7 +176,7 @@ def _explicit_alert(parts: dict[str, object]) -> str | AlertFields | None:
 def _alert_object(alert: dict[str, object]) -> AlertFields:
     unknown = sorted(alert.keys() - ALERT_OBJECT_KEYS)
     if unknown:
-        # Worded as the JSON API's refusal of an unknown field (relay.refusals).
+        # Worded as the JSON API's refusal of an unknown field (relay.http.refusals).
         raise InvalidInput(
             f"message.alert.{unknown[0]}",
             f"is not a field here (allowed: {', '.join(sorted(ALERT_OBJECT_KEYS))})",

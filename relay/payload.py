@@ -18,7 +18,7 @@ from relay.model import (
     payload_limit,
 )
 from relay.push_types import check_priority
-from relay.refusals import shown, shown_token
+from relay.quoting import shown, shown_token
 
 if TYPE_CHECKING:
     from relay.config import App

@@ -8,8 +8,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from relay.api import GRANT, STATE, Handler, resolve_app, unknown_app_problem
 from relay.check_command import check_apps
+from relay.http.auth import resolve_app
+from relay.http.problems import unknown_app_problem
+from relay.http.state import GRANT, STATE, Route
 from relay.model import InvalidInput
 
 log = structlog.get_logger("relay.check")
@@ -34,4 +36,4 @@ async def check_app_route(request: web.Request) -> web.Response:
     )
 
 
-ROUTES: list[tuple[str, str, Handler]] = [("GET", CHECK_PATH, check_app_route)]
+ROUTES: list[Route] = [("GET", CHECK_PATH, check_app_route)]

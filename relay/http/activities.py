@@ -9,18 +9,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relay.activity_store import ActivityStore
-from relay.api import (
-    GRANT,
-    STATE,
-    Handler,
-    Problem,
-    parse_json,
-    problem_from_validation,
-    read_body,
-    resolve_app,
-    unknown_app_problem,
-)
 from relay.config import App, LiveActivitySettings
+from relay.http.auth import resolve_app
+from relay.http.body import parse_json, read_body
+from relay.http.problems import Problem, problem_from_validation, unknown_app_problem
+from relay.http.requests import APP_NAME, DEVICE_TOKEN, DeviceToken
+from relay.http.state import GRANT, STATE, Route
 from relay.logs import mask_token
 from relay.model import InvalidInput
 from relay.payload import (
@@ -30,7 +24,6 @@ from relay.payload import (
     normalize_device_token,
     validate_service_id,
 )
-from relay.schema import APP_NAME, DEVICE_TOKEN, DeviceToken
 
 log = structlog.get_logger()
 Model = TypeVar("Model", bound=BaseModel)
@@ -127,7 +120,7 @@ async def delete_push_to_start(request: web.Request) -> web.Response:
     return web.json_response({"removed": removed})
 
 
-ROUTES: list[tuple[str, str, Handler]] = [
+ROUTES: list[Route] = [
     ("PUT", ACTIVITY_PATH, put_activity),
     ("DELETE", ACTIVITY_PATH, delete_activity),
     ("PUT", PUSH_TO_START_PATH, put_push_to_start),
