@@ -13,8 +13,10 @@ from relay.model import (
     MAX_COLLAPSE_ID_BYTES,
     PRIORITIES,
     PUSH_TYPES,
+    ExpiredOnArrival,
     InvalidInput,
     Notification,
+    PayloadTooLarge,
     payload_limit,
 )
 from relay.push_types import check_priority
@@ -52,10 +54,6 @@ _APP_NAME = re.compile(APP_NAME_PATTERN.strip("^$"))
 BACKGROUND = "background"
 BACKGROUND_PRIORITY = 5
 RESERVED_KEYS = frozenset({"aps", "message"})
-# Refusals that are well-formed but cannot be served: one status for "expired on arrival"
-# everywhere, distinct from the 400 of a malformed request so callers can tell them apart.
-EXPIRED_ON_ARRIVAL_STATUS = 422
-PAYLOAD_TOO_LARGE_STATUS = 413
 
 
 class ChatEventKind(StrEnum):
@@ -211,10 +209,9 @@ def build_notification(
     body = _payload(spec, app, push_type)
     limit = payload_limit(push_type)
     if len(body) > limit:
-        raise InvalidInput(
+        raise PayloadTooLarge(
             "payload",
             f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
-            PAYLOAD_TOO_LARGE_STATUS,
             received=f"{len(body)} bytes",
         )
     return Notification(
@@ -252,10 +249,9 @@ def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) 
         raise InvalidInput("ttl", "give ttl or expires_at, not both")
     if spec.expires_at is not None:
         if spec.expires_at <= now_s:
-            raise InvalidInput(
+            raise ExpiredOnArrival(
                 "expires_at",
                 f"must be in the future (now: {now_s}); this push expired on arrival",
-                EXPIRED_ON_ARRIVAL_STATUS,
                 received=shown(spec.expires_at),
             )
         if spec.expires_at > now_s + max_ttl_s:

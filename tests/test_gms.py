@@ -176,7 +176,7 @@ def test_bad_bodies_are_refused_naming_the_field(raw: bytes, field: str, rule: s
         assert parse_customhttp(raw) == PushSpec(device_token=TOKEN, alert="[1, 2]")
         return
     error = refusal(raw)
-    assert (error.field, error.status) == (field, 400)
+    assert (error.field, type(error)) == (field, InvalidInput)
     assert rule in error.detail
 
 
@@ -434,7 +434,7 @@ def test_any_body_is_refused_dropped_or_pushed_within_the_limit(
     except InvalidInput as error:
         refused = error
     if refused is not None:
-        assert refused.status in (400, 413, 422)
+        assert refused.rule
     elif notification is not None:
         assert len(notification.payload) <= payload_limit(notification.push_type)
         assert isinstance(orjson.loads(notification.payload)["aps"], dict)

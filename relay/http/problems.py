@@ -10,8 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from relay.http.refusals import invalid_inputs
-from relay.model import InvalidInput
-from relay.payload import EXPIRED_ON_ARRIVAL_STATUS, PAYLOAD_TOO_LARGE_STATUS
+from relay.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
 from relay.queue import (
     DeadToken,
     DeviceQueueFull,
@@ -34,6 +33,13 @@ REFUSAL_STATUSES: dict[str, int] = {
     ReplicasBehind.reason: 503,
     SpoolFull.reason: 503,
     SpoolUnavailable.reason: 503,
+}
+# Bad input is a 400 invalid-input; a kind of it that is well-formed but cannot be served has a
+# status and problem type of its own (tests/test_boundary.py checks every kind has one here).
+INVALID_INPUT_ANSWERS: dict[type[InvalidInput], tuple[int, str]] = {
+    InvalidInput: (400, "invalid-input"),
+    PayloadTooLarge: (413, "payload-too-large"),
+    ExpiredOnArrival: (422, "expired-on-arrival"),
 }
 
 
@@ -77,11 +83,12 @@ class Problem(Exception):
     def from_invalid(cls, *errors: InvalidInput, field_prefix: str = "") -> Problem:
         """Bad input, from the relay's own checks or pydantic's (relay.http.refusals): the first
         error is `field` and `detail`, and `errors` lists each as {field, rule, received}."""
-        codes = {
-            PAYLOAD_TOO_LARGE_STATUS: "payload-too-large",
-            EXPIRED_ON_ARRIVAL_STATUS: "expired-on-arrival",
-        }
         first = errors[0]
+        status, code = next(
+            INVALID_INPUT_ANSWERS[kind]
+            for kind in type(first).__mro__
+            if kind in INVALID_INPUT_ANSWERS
+        )
         entries = []
         for error in errors:
             entry = {"field": printable(field_prefix + error.field), "rule": error.rule}
@@ -89,8 +96,8 @@ class Problem(Exception):
                 entry["received"] = printable(error.received)
             entries.append(entry)
         return cls(
-            first.status,
-            codes.get(first.status, "invalid-input"),
+            status,
+            code,
             first.detail,
             field=field_prefix + first.field,
             extensions={"errors": entries},
