@@ -18,9 +18,9 @@ from relay.http.app import create_app, server_options
 from relay.http.body import MAX_JSON_DEPTH, json_depth_exceeds
 from relay.http.limits import ApiLimits
 from relay.http.problems import Problem
-from relay.http.requests import MAX_BATCH
 from relay.http.state import RelayState
 from relay.payload import PushSpec, build_notification
+from relay.queue import MAX_BATCH
 from relay.service import bound_address
 
 TOKEN = "a1" * 32

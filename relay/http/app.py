@@ -8,7 +8,8 @@ from aiohttp import web
 
 from relay.http import activities, devices, gms_push, health, notifications, openapi
 from relay.http.middleware import authenticate, expect_continue, request_context
-from relay.http.state import STATE, RelayState, Route
+from relay.http.routing import Route
+from relay.http.state import STATE, RelayState
 
 
 def server_options(application: web.Application) -> dict[str, Any]:
@@ -23,6 +24,23 @@ def server_options(application: web.Application) -> dict[str, Any]:
     }
 
 
+def every_route() -> list[Route]:
+    """Every route an api serves, in the order they are matched."""
+    # Imported here: the check runs `apns-relay check`, which builds on relay.service, which
+    # builds on this module.
+    from relay.http import check
+
+    return [
+        *health.ROUTES,
+        *gms_push.ROUTES,
+        *notifications.ROUTES,
+        *devices.ROUTES,
+        *openapi.ROUTES,
+        *activities.ROUTES,
+        *check.ROUTES,
+    ]
+
+
 def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
     """The relay's HTTP application; a worker-only process serves just health and metrics."""
     app = web.Application(
@@ -30,23 +48,11 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
         client_max_size=state.settings.http.max_body_bytes,
     )
     app[STATE] = state
-    routes: list[Route] = list(health.ROUTES)
-    if ingest:
-        # Imported here: the check runs `apns-relay check`, which builds on relay.service, which
-        # builds on this module.
-        from relay.http import check
-
-        routes += (
-            gms_push.ROUTES
-            + notifications.ROUTES
-            + devices.ROUTES
-            + openapi.ROUTES
-            + activities.ROUTES
-            + check.ROUTES
-        )
-    for method, path, handler in routes:
-        if method == "GET":  # with HEAD, as aiohttp's add_get does
-            app.router.add_get(path, handler, expect_handler=expect_continue)
+    for route in every_route() if ingest else health.ROUTES:
+        if route.method == "GET":  # with HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, route.handler, expect_handler=expect_continue)
         else:
-            app.router.add_route(method, path, handler, expect_handler=expect_continue)
+            app.router.add_route(
+                route.method, route.path, route.handler, expect_handler=expect_continue
+            )
     return app

@@ -8,8 +8,10 @@ from relay.gms import parse_customhttp
 from relay.http.body import check_embedded_message, parse_json, read_body
 from relay.http.enqueue import count_event, ingest_push, refuse_while_draining
 from relay.http.problems import Problem
-from relay.http.responses import json_response
-from relay.http.state import STATE, Route
+from relay.http.requests import GmsPushIn
+from relay.http.responses import GmsPushOut, json_response
+from relay.http.routing import INGEST_ERRORS, Route
+from relay.http.state import STATE
 from relay.model import InvalidInput
 
 
@@ -28,15 +30,23 @@ async def gms_push(request: web.Request) -> web.Response:
     if accepted is None:
         if spec is None:
             count_event("gms", "accepted", "nothing-to-push")
-        return json_response({"id": None, "pushed": False})
+        return json_response(GmsPushOut(id=None, pushed=False))
     return json_response(
-        {
-            "id": accepted.id,
-            "pushed": True,
-            "duplicate": accepted.duplicate,
-            "spooled": accepted.spooled,
-        }
+        GmsPushOut(
+            id=accepted.id, pushed=True, duplicate=accepted.duplicate, spooled=accepted.spooled
+        )
     )
 
 
-ROUTES: list[Route] = [("POST", "/gms/push", gms_push)]
+ROUTES = [
+    Route(
+        "POST",
+        "/gms/push",
+        gms_push,
+        "gmsPush",
+        "GMS customhttp push: {deviceId, message}; 200 once queued",
+        {200: GmsPushOut},
+        body=GmsPushIn,
+        errors=INGEST_ERRORS,
+    )
+]

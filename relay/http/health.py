@@ -8,15 +8,16 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import metrics
-from relay.http.responses import json_response
-from relay.http.state import STATE, Route
+from relay.http.responses import HealthOut, ReadinessOut, json_response
+from relay.http.routing import Route
+from relay.http.state import STATE
 from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE
 
 QUEUE_GAUGES_MAX_AGE_S = 1.0
 
 
 async def healthz(_: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    return json_response(HealthOut(status="ok"))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -39,12 +40,9 @@ async def readyz(request: web.Request) -> web.Response:
     if state.settings.apps and len(paused) >= len(state.settings.apps):
         reasons.append("every app is paused: " + ", ".join(f"{a} ({r})" for a, r in paused.items()))
     reasons.extend(r for check in state.extra_ready_checks if (r := check()))
-    body = {
-        "ready": not reasons,
-        "reasons": reasons,
-        "degraded": degraded,
-        "paused_apps": dict(paused),
-    }
+    body = ReadinessOut(
+        ready=not reasons, reasons=reasons, degraded=degraded, paused_apps=dict(paused)
+    )
     return json_response(body, status=200 if not reasons else 503)
 
 
@@ -65,8 +63,32 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-ROUTES: list[Route] = [
-    ("GET", "/healthz", healthz),
-    ("GET", "/readyz", readyz),
-    ("GET", "/metrics", metrics_endpoint),
+ROUTES = [
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "healthz",
+        "The process is serving",
+        {200: HealthOut},
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "readyz",
+        "Redis reachable, not draining, an app not paused (503 and why when not)",
+        {200: ReadinessOut, 503: ReadinessOut},
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics_endpoint,
+        "metrics",
+        "Prometheus metrics (text exposition format)",
+        {200: None},
+        public=True,
+    ),
 ]

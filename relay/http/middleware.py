@@ -13,7 +13,8 @@ from aiohttp import HttpVersion11, web
 from relay import metrics
 from relay.http.auth import WWW_AUTHENTICATE
 from relay.http.problems import Problem
-from relay.http.state import GRANT, STATE, Handler
+from relay.http.routing import Handler
+from relay.http.state import GRANT, STATE
 from relay.model import InvalidInput
 from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.quoting import shown

@@ -20,11 +20,21 @@ from relay.http.enqueue import (
 )
 from relay.http.problems import Problem, problem_from_validation, status_url
 from relay.http.requests import MAX_NOTIFICATION_ID_CHARS, BatchIn, NotificationIn
-from relay.http.responses import json_response
-from relay.http.state import GRANT, STATE, Route
+from relay.http.responses import (
+    AcceptedOut,
+    BatchItemAcceptedOut,
+    BatchItemRefusedOut,
+    BatchOut,
+    NotificationStatusOut,
+    ProblemOut,
+    RouteWaitOut,
+    json_response,
+)
+from relay.http.routing import INGEST_ERRORS, Route
+from relay.http.state import GRANT, STATE
 from relay.model import DeliveryState, InvalidInput
 from relay.payload import build_notification
-from relay.queue import Accepted, NotificationStatus, QueueRefusal
+from relay.queue import MAX_BATCH, Accepted, NotificationStatus, QueueRefusal
 from relay.routes import RouteStore, route_for
 
 
@@ -42,12 +52,12 @@ async def create_notification(request: web.Request) -> web.Response:
     accepted = await ingest_push("api", request, body.to_spec(), "app")
     assert accepted is not None, "only chat typing notices are dropped, and they come from GMS"
     return json_response(
-        {
-            "id": accepted.id,
-            "status_url": status_url(accepted.id),
-            "duplicate": accepted.duplicate,
-            "spooled": accepted.spooled,
-        },
+        AcceptedOut(
+            id=accepted.id,
+            status_url=status_url(accepted.id),
+            duplicate=accepted.duplicate,
+            spooled=accepted.spooled,
+        ),
         status=202,
     )
 
@@ -61,7 +71,7 @@ async def create_batch(request: web.Request) -> web.Response:
         batch = BatchIn.model_validate(parse_json(await read_body(request)))
     except ValidationError as error:
         raise problem_from_validation(error, BatchIn) from None
-    results: list[dict[str, Any]] = []
+    results: list[BatchItemAcceptedOut | BatchItemRefusedOut | None] = []
     valid: list[tuple[int, Any]] = []
     now_s = int(time.time())
     for index, item in enumerate(batch.notifications):
@@ -77,7 +87,7 @@ async def create_batch(request: web.Request) -> web.Response:
                 max_ttl_s=state.settings.queue.max_ttl_seconds,
             )
             valid.append((index, bind_key(notification, spec, app)))
-            results.append({})
+            results.append(None)  # answered once queued
         except ValidationError as error:
             results.append(_item_problem(problem_from_validation(error, NotificationIn, prefix)))
         except InvalidInput as error:
@@ -108,29 +118,30 @@ async def create_batch(request: web.Request) -> web.Response:
             results[index] = _item_problem(Problem.from_refusal(outcome, field_name))
         else:
             count_enqueued(notification.app, outcome)
-            results[index] = {
-                "status": 202,
-                "id": outcome.id,
-                "status_url": status_url(outcome.id),
-                "duplicate": outcome.duplicate,
-                "spooled": outcome.spooled,
-            }
-    for result in results:
-        if result["status"] == 202:
-            count_event("batch", "duplicate" if result["duplicate"] else "accepted")
+            results[index] = BatchItemAcceptedOut(
+                status=202,
+                id=outcome.id,
+                status_url=status_url(outcome.id),
+                duplicate=outcome.duplicate,
+                spooled=outcome.spooled,
+            )
+    answered = [result for result in results if result is not None]
+    for result in answered:
+        if isinstance(result, BatchItemAcceptedOut):
+            count_event("batch", "duplicate" if result.duplicate else "accepted")
         else:
-            count_event("batch", "rejected", result["problem"]["type"].rsplit(":", 1)[-1])
-    accepted = sum(1 for r in results if r["status"] == 202)
+            count_event("batch", "rejected", result.problem.type.rsplit(":", 1)[-1])
+    accepted = sum(1 for r in answered if isinstance(r, BatchItemAcceptedOut))
     return json_response(
-        {"accepted": accepted, "rejected": len(results) - accepted, "results": results}
+        BatchOut(accepted=accepted, rejected=len(answered) - accepted, results=answered)
     )
 
 
-def _item_problem(problem: Problem) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": problem.status, "problem": problem.body()}
+def _item_problem(problem: Problem) -> BatchItemRefusedOut:
+    item = BatchItemRefusedOut(status=problem.status, problem=ProblemOut(**problem.body()))
     if problem.retry_after_s is not None:
-        body["retry_after_s"] = problem.retry_after_s
-    return body
+        item.retry_after_s = problem.retry_after_s
+    return item
 
 
 async def get_notification(request: web.Request) -> web.Response:
@@ -146,11 +157,13 @@ async def get_notification(request: web.Request) -> web.Response:
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
     return json_response(
-        {**asdict(status), "waiting_for_route": await _route_wait(request, status)}
+        NotificationStatusOut(
+            **asdict(status), waiting_for_route=await _route_wait(request, status)
+        )
     )
 
 
-async def _route_wait(request: web.Request, status: NotificationStatus) -> dict[str, Any] | None:
+async def _route_wait(request: web.Request, status: NotificationStatus) -> RouteWaitOut | None:
     """Why a waiting notification is not being sent: its route's circuit is open (since when,
     APNs' last answer on it); None when it is not waiting or its route sends."""
     state = request.app[STATE]
@@ -163,15 +176,51 @@ async def _route_wait(request: web.Request, status: NotificationStatus) -> dict[
     (stored,) = (await RouteStore(state.queue).read([route])).values()
     if stored.circuit.sending:
         return None
-    return {
-        "state": stored.circuit.state.value,
-        "since_ms": stored.circuit.since_ms,
-        "last_answer": stored.circuit.last_answer,
-    }
+    circuit = stored.circuit
+    return RouteWaitOut.model_validate(
+        {
+            "state": circuit.state.value,
+            "since_ms": circuit.since_ms,
+            "last_answer": circuit.last_answer,
+        }
+    )
 
 
-ROUTES: list[Route] = [
-    ("POST", "/v1/notifications", create_notification),
-    ("POST", "/v1/notifications:batch", create_batch),
-    ("GET", "/v1/notifications/{id}", get_notification),
+ROUTES = [
+    Route(
+        "POST",
+        "/v1/notifications",
+        create_notification,
+        "createNotification",
+        "Queue one notification",
+        {202: AcceptedOut},
+        body=NotificationIn,
+        # 409: its idempotency key came with a different request before.
+        errors=(*INGEST_ERRORS, 409),
+        links={
+            "GetNotification": {
+                "operationId": "getNotification",
+                "parameters": {"id": "$response.body#/id"},
+            }
+        },
+    ),
+    Route(
+        "POST",
+        "/v1/notifications:batch",
+        create_batch,
+        "createBatch",
+        f"Queue up to {MAX_BATCH} notifications, answered per item in request order",
+        {200: BatchOut},
+        body=BatchIn,
+        errors=(400, 408, 413, 415, 417, 503),
+    ),
+    Route(
+        "GET",
+        "/v1/notifications/{id}",
+        get_notification,
+        "getNotification",
+        "One notification's delivery state (404 also for another app's)",
+        {200: NotificationStatusOut},
+        errors=(404,),
+    ),
 ]

@@ -25,12 +25,11 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
+from relay.queue import MAX_BATCH
 from relay.quoting import shown
 
-MAX_BATCH = 1000
 MAX_NOTIFICATION_ID_CHARS = 128
 DEVICE_TOKEN = r"^(?:[0-9a-fA-F]{2})+$"
-APP_NAME = APP_NAME_PATTERN
 
 
 def _house_rule(check: Callable[[str, str], str]) -> BeforeValidator:
@@ -51,13 +50,16 @@ DeviceToken = Annotated[
     _house_rule(normalize_device_token),
 ]
 AppName = Annotated[
-    str, Field(pattern=APP_NAME, max_length=MAX_APP_NAME_CHARS), _house_rule(validate_app_name)
+    str,
+    Field(pattern=APP_NAME_PATTERN, max_length=MAX_APP_NAME_CHARS),
+    _house_rule(validate_app_name),
 ]
 ServiceId = Annotated[
     str,
     Field(min_length=1, max_length=MAX_SERVICE_ID_CHARS),
     _house_rule(validate_service_id),
 ]
+NotificationId = Annotated[str, Field(min_length=1, max_length=MAX_NOTIFICATION_ID_CHARS)]
 Action = Annotated[
     str,
     Field(pattern=ACTION_SCHEMA_PATTERN, max_length=MAX_ACTION_CHARS),
@@ -137,4 +139,18 @@ class NotificationIn(BaseModel):
 
 class BatchIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    # Queued in one enqueue_many call: the store's bound is the API's.
     notifications: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class GmsPushIn(BaseModel):
+    """GMS's customhttp body, for the OpenAPI document: relay.gms.parse_customhttp reads it (the
+    shapes GMS sends, refused in the house wording)."""
+
+    deviceId: str = Field(  # GMS's name
+        pattern=r"^(?:[a-z0-9][a-z0-9_-]*:)?(?:[0-9a-fA-F]{2})+$",
+        description='the device token in hex, or "<app>:<token>"',
+    )
+    message: dict[str, Any] | Annotated[str, Field(min_length=1)] = Field(
+        description="a callback event object, a JSON string of one, or text"
+    )

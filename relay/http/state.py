@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -14,9 +14,6 @@ from relay.ingest import Ingest
 from relay.queue import RelayQueue
 from relay.redis_connection import ReplicaAcknowledgement
 from relay.spool import Spool
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Route = tuple[str, str, Handler]  # method, path, handler
 
 
 @dataclass
