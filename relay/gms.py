@@ -23,7 +23,7 @@ from relay.payload import (
 from relay.quoting import shown
 
 if TYPE_CHECKING:
-    from relay.config import App
+    from relay.app_profile import AppProfile
 
 # The action a chat push carries until to_notification() sets the app's own (chat.action):
 # parsing does not know the app's settings.
@@ -87,15 +87,15 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
 
 
 def to_notification(
-    spec: PushSpec, app: App, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
 ) -> Notification | None:
     """The notification to queue for `spec`, or None when the app does not want this kind of
     push (typing notices, unless the app's chat.typing is "background")."""
     typing = spec.chat is not None and spec.chat.kind is ChatEventKind.TYPING
-    if typing and app.chat.typing == "none":
+    if typing and app.chat_typing == "none":
         return None
     if spec.chat is not None:
-        spec = replace(spec, action=app.chat.action)
+        spec = replace(spec, action=app.chat_action)
     return build_notification(
         spec, app, now_s=now_s, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl_s
     )

@@ -23,7 +23,7 @@ from relay.push_types import check_priority
 from relay.quoting import shown, shown_token
 
 if TYPE_CHECKING:
-    from relay.config import App
+    from relay.app_profile import AppProfile
 
 MIN_TOKEN_HEX = 8
 MAX_TOKEN_HEX = 200
@@ -183,7 +183,7 @@ def validate_app_name(raw: str, field_name: str = "app") -> str:
 
 
 def build_notification(
-    spec: PushSpec, app: App, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
 ) -> Notification:
     """The APNs request for `spec` sent through `app`, or InvalidInput naming what is wrong."""
     token = normalize_device_token(spec.device_token)
@@ -232,7 +232,7 @@ def build_notification(
     )
 
 
-def _priority(spec: PushSpec, app: App, push_type: str) -> int:
+def _priority(spec: PushSpec, app: AppProfile, push_type: str) -> int:
     if spec.priority is not None:
         priority = spec.priority
     elif push_type == BACKGROUND:
@@ -295,7 +295,7 @@ def _collapse_id(spec: PushSpec) -> str | None:
     return collapse_id
 
 
-def _payload(spec: PushSpec, app: App, push_type: str) -> bytes:
+def _payload(spec: PushSpec, app: AppProfile, push_type: str) -> bytes:
     collisions = sorted(RESERVED_KEYS & spec.extra.keys())
     if collisions:
         raise InvalidInput(f"extra.{collisions[0]}", "is reserved for the relay (aps, message)")
@@ -325,7 +325,9 @@ def _message(spec: PushSpec) -> dict[str, object]:
     return message
 
 
-def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -> dict[str, object]:
+def _aps(
+    spec: PushSpec, app: AppProfile, push_type: str, message: dict[str, object]
+) -> dict[str, object]:
     aps: dict[str, object] = {}
     if push_type == BACKGROUND:
         # Apple drops background pushes that carry user-visible content, so refuse them early.
@@ -354,7 +356,7 @@ def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -
 
 
 def _alert(
-    spec: PushSpec, app: App, push_type: str, message: dict[str, object]
+    spec: PushSpec, app: AppProfile, push_type: str, message: dict[str, object]
 ) -> str | dict[str, object] | None:
     if isinstance(spec.alert, AlertFields):
         return spec.alert.as_aps()

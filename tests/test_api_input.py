@@ -69,7 +69,7 @@ async def queue_not_due(relay: RelayHarness, device_token: str, count: int) -> N
     for _ in range(count):
         notification = build_notification(
             PushSpec(device_token=device_token, alert="hold"),
-            app,
+            app.profile(),
             now_s=now_s,
             default_ttl_s=7200,
             max_ttl_s=7200,

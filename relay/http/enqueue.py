@@ -56,7 +56,7 @@ async def _enqueue(
     now_s = int(time.time())
     notification = to_notification(
         spec,
-        app,
+        app.profile(),
         now_s=now_s,
         default_ttl_s=state.settings.queue.default_ttl_seconds,
         max_ttl_s=state.settings.queue.max_ttl_seconds,

@@ -81,7 +81,7 @@ async def create_batch(request: web.Request) -> web.Response:
             app = resolve_app(state.settings, grant, spec.app, prefix + "app")
             notification = build_notification(
                 spec,
-                app,
+                app.profile(),
                 now_s=now_s,
                 default_ttl_s=state.settings.queue.default_ttl_seconds,
                 max_ttl_s=state.settings.queue.max_ttl_seconds,
