@@ -115,7 +115,7 @@ async def test_every_route_answers_as_its_document_says(redis_url: str, state_di
             relay, "POST", "/v1/notifications:batch", {"notifications": items}
         )
         assert (status, batch["accepted"], batch["rejected"]) == (200, 1, 3), batch
-        empty = {"notifications": []}
+        empty: dict[str, list[Any]] = {"notifications": []}
         assert (await checked.call(relay, "POST", "/v1/notifications:batch", empty))[0] == 400
 
         # A dead token: refused on push, and its device record says why.

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from relay import __version__
 from relay.http.body import MAX_JSON_DEPTH
@@ -49,9 +49,11 @@ def _schemas(routes: Iterable[Route]) -> dict[str, Any]:
     requests = {route.body for route in routes if route.body is not None}
     answers = {model for route in routes for model in route.answers.values() if model is not None}
     answers.add(ProblemOut)
-    inputs = [(model, "validation") for model in sorted(requests, key=lambda m: m.__name__)]
-    outputs = [(model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)]
-    _, document = models_json_schema([*inputs, *outputs], ref_template=REF)  # type: ignore[list-item]
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((model, "validation") for model in sorted(requests, key=lambda m: m.__name__)),
+        *((model, "serialization") for model in sorted(answers, key=lambda m: m.__name__)),
+    ]
+    _, document = models_json_schema(modes, ref_template=REF)
     schemas: dict[str, Any] = document["$defs"]
     return schemas
 
