@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from relay.model import MAX_PAYLOAD_BYTES, InvalidInput, Notification
-from relay.payload import PAYLOAD_TOO_LARGE_STATUS
+from relay.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
 
 if TYPE_CHECKING:
     from relay.config import LiveActivitySettings
@@ -121,11 +120,10 @@ def activity_notification(
         aps["alert"] = {"title": settings.start_alert.title, "body": settings.start_alert.body}
     body = orjson.dumps({"aps": aps})
     if len(body) > MAX_PAYLOAD_BYTES:
-        raise InvalidInput(
+        raise PayloadTooLarge(
             "message",
             f"makes a Live Activity payload of {len(body)} bytes; APNs accepts at most "
             f"{MAX_PAYLOAD_BYTES}",
-            PAYLOAD_TOO_LARGE_STATUS,
         )
     return Notification(
         app=app_name,

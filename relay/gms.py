@@ -20,10 +20,10 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
-from relay.refusals import shown
+from relay.quoting import shown
 
 if TYPE_CHECKING:
-    from relay.config import App
+    from relay.app_profile import AppProfile
 
 # The action a chat push carries until to_notification() sets the app's own (chat.action):
 # parsing does not know the app's settings.
@@ -87,15 +87,15 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
 
 
 def to_notification(
-    spec: PushSpec, app: App, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
 ) -> Notification | None:
     """The notification to queue for `spec`, or None when the app does not want this kind of
     push (typing notices, unless the app's chat.typing is "background")."""
     typing = spec.chat is not None and spec.chat.kind is ChatEventKind.TYPING
-    if typing and app.chat.typing == "none":
+    if typing and app.chat_typing == "none":
         return None
     if spec.chat is not None:
-        spec = replace(spec, action=app.chat.action)
+        spec = replace(spec, action=app.chat_action)
     return build_notification(
         spec, app, now_s=now_s, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl_s
     )
@@ -176,7 +176,7 @@ def _explicit_alert(parts: dict[str, object]) -> str | AlertFields | None:
 def _alert_object(alert: dict[str, object]) -> AlertFields:
     unknown = sorted(alert.keys() - ALERT_OBJECT_KEYS)
     if unknown:
-        # Worded as the JSON API's refusal of an unknown field (relay.refusals).
+        # Worded as the JSON API's refusal of an unknown field (relay.http.refusals).
         raise InvalidInput(
             f"message.alert.{unknown[0]}",
             f"is not a field here (allowed: {', '.join(sorted(ALERT_OBJECT_KEYS))})",

@@ -54,21 +54,28 @@ MAX_COLLAPSE_ID_BYTES = 64
 class InvalidInput(ValueError):
     """Bad input, said as the field it concerns, the rule it broke and what was received
     (problem+json material). `received` is already shown as a refusal may show it: bounded, no
-    secret, no device token in full (relay.refusals.shown); None when nothing was received."""
+    secret, no device token in full (relay.quoting.shown); None when nothing was received."""
 
-    def __init__(
-        self, field: str, rule: str, status: int = 400, *, received: str | None = None
-    ) -> None:
+    def __init__(self, field: str, rule: str, *, received: str | None = None) -> None:
         super().__init__(f"{field}: {rule}")
         self.field = field
         self.rule = rule
-        self.status = status
         self.received = received
 
     @property
     def detail(self) -> str:
         """The rule and what was received, in the one wording every route uses."""
         return self.rule if self.received is None else f"{self.rule}; received {self.received}"
+
+
+# Input that is well-formed but cannot be served: kinds of their own, so a caller can tell them
+# from a malformed request (the HTTP layer gives each its status, relay.http.problems).
+class PayloadTooLarge(InvalidInput):
+    """The APNs body the input builds is over APNs' limit for its push type."""
+
+
+class ExpiredOnArrival(InvalidInput):
+    """The push's expiry had passed when it arrived."""
 
 
 def payload_limit(push_type: str) -> int:

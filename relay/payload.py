@@ -13,15 +13,17 @@ from relay.model import (
     MAX_COLLAPSE_ID_BYTES,
     PRIORITIES,
     PUSH_TYPES,
+    ExpiredOnArrival,
     InvalidInput,
     Notification,
+    PayloadTooLarge,
     payload_limit,
 )
 from relay.push_types import check_priority
-from relay.refusals import shown, shown_token
+from relay.quoting import shown, shown_token
 
 if TYPE_CHECKING:
-    from relay.config import App
+    from relay.app_profile import AppProfile
 
 MIN_TOKEN_HEX = 8
 MAX_TOKEN_HEX = 200
@@ -52,10 +54,6 @@ _APP_NAME = re.compile(APP_NAME_PATTERN.strip("^$"))
 BACKGROUND = "background"
 BACKGROUND_PRIORITY = 5
 RESERVED_KEYS = frozenset({"aps", "message"})
-# Refusals that are well-formed but cannot be served: one status for "expired on arrival"
-# everywhere, distinct from the 400 of a malformed request so callers can tell them apart.
-EXPIRED_ON_ARRIVAL_STATUS = 422
-PAYLOAD_TOO_LARGE_STATUS = 413
 
 
 class ChatEventKind(StrEnum):
@@ -185,7 +183,7 @@ def validate_app_name(raw: str, field_name: str = "app") -> str:
 
 
 def build_notification(
-    spec: PushSpec, app: App, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
 ) -> Notification:
     """The APNs request for `spec` sent through `app`, or InvalidInput naming what is wrong."""
     token = normalize_device_token(spec.device_token)
@@ -211,10 +209,9 @@ def build_notification(
     body = _payload(spec, app, push_type)
     limit = payload_limit(push_type)
     if len(body) > limit:
-        raise InvalidInput(
+        raise PayloadTooLarge(
             "payload",
             f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
-            PAYLOAD_TOO_LARGE_STATUS,
             received=f"{len(body)} bytes",
         )
     return Notification(
@@ -235,7 +232,7 @@ def build_notification(
     )
 
 
-def _priority(spec: PushSpec, app: App, push_type: str) -> int:
+def _priority(spec: PushSpec, app: AppProfile, push_type: str) -> int:
     if spec.priority is not None:
         priority = spec.priority
     elif push_type == BACKGROUND:
@@ -252,10 +249,9 @@ def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) 
         raise InvalidInput("ttl", "give ttl or expires_at, not both")
     if spec.expires_at is not None:
         if spec.expires_at <= now_s:
-            raise InvalidInput(
+            raise ExpiredOnArrival(
                 "expires_at",
                 f"must be in the future (now: {now_s}); this push expired on arrival",
-                EXPIRED_ON_ARRIVAL_STATUS,
                 received=shown(spec.expires_at),
             )
         if spec.expires_at > now_s + max_ttl_s:
@@ -299,7 +295,7 @@ def _collapse_id(spec: PushSpec) -> str | None:
     return collapse_id
 
 
-def _payload(spec: PushSpec, app: App, push_type: str) -> bytes:
+def _payload(spec: PushSpec, app: AppProfile, push_type: str) -> bytes:
     collisions = sorted(RESERVED_KEYS & spec.extra.keys())
     if collisions:
         raise InvalidInput(f"extra.{collisions[0]}", "is reserved for the relay (aps, message)")
@@ -329,7 +325,9 @@ def _message(spec: PushSpec) -> dict[str, object]:
     return message
 
 
-def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -> dict[str, object]:
+def _aps(
+    spec: PushSpec, app: AppProfile, push_type: str, message: dict[str, object]
+) -> dict[str, object]:
     aps: dict[str, object] = {}
     if push_type == BACKGROUND:
         # Apple drops background pushes that carry user-visible content, so refuse them early.
@@ -358,7 +356,7 @@ def _aps(spec: PushSpec, app: App, push_type: str, message: dict[str, object]) -
 
 
 def _alert(
-    spec: PushSpec, app: App, push_type: str, message: dict[str, object]
+    spec: PushSpec, app: AppProfile, push_type: str, message: dict[str, object]
 ) -> str | dict[str, object] | None:
     if isinstance(spec.alert, AlertFields):
         return spec.alert.as_aps()

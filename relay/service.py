@@ -21,10 +21,12 @@ from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from relay import apns, metrics
-from relay.api import Credentials, RelayState, create_app, server_options
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
+from relay.http.app import create_app, server_options
+from relay.http.auth import Credentials
+from relay.http.state import RelayState
 from relay.logs import configure_logging, redact_text
 from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
 from relay.redis_connection import connect, replica_acknowledgement

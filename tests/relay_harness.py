@@ -19,8 +19,8 @@ import aiohttp
 import yaml
 from simulator import ControlClient, SimInfo, control_client, running_simulator
 
-from relay.api import RelayState
 from relay.config import App, Settings
+from relay.http.state import RelayState
 from relay.queue import RelayQueue
 from relay.service import run_relay
 from relay.worker import DeliveryWorker

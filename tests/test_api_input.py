@@ -14,16 +14,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from relay_harness import API_TOKEN, RelayHarness, running_relay
 
-from relay.api import (
-    ApiLimits,
-    Problem,
-    RelayState,
-    create_app,
-    json_depth_exceeds,
-    server_options,
-)
+from relay.http.app import create_app, server_options
+from relay.http.body import MAX_JSON_DEPTH, json_depth_exceeds
+from relay.http.limits import ApiLimits
+from relay.http.problems import Problem
+from relay.http.state import RelayState
 from relay.payload import PushSpec, build_notification
-from relay.schema import MAX_BATCH, MAX_JSON_DEPTH
+from relay.queue import MAX_BATCH
 from relay.service import bound_address
 
 TOKEN = "a1" * 32
@@ -72,7 +69,7 @@ async def queue_not_due(relay: RelayHarness, device_token: str, count: int) -> N
     for _ in range(count):
         notification = build_notification(
             PushSpec(device_token=device_token, alert="hold"),
-            app,
+            app.profile(),
             now_s=now_s,
             default_ttl_s=7200,
             max_ttl_s=7200,

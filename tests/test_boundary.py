@@ -11,19 +11,28 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
 from production_config import production_document
 
-from relay.api import REFUSAL_STATUSES
+from relay import model, payload
+from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.queue import QueueRefusal
 from relay_devkit.embedded import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KIT = "relay_devkit"
+Refusal = TypeVar("Refusal", bound=Exception)
 # What the production roles import on their way in; none of it may pull the kit in.
-PRODUCTION_MODULES = ("relay.cli", "relay.service", "relay.remote", "relay.api", "relay.worker")
+PRODUCTION_MODULES = (
+    "relay.cli",
+    "relay.service",
+    "relay.remote",
+    "relay.http.app",
+    "relay.worker",
+)
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:
@@ -100,7 +109,7 @@ def test_a_serving_production_process_loads_nothing_of_the_kit(
     text = output.read_text()
     assert process.returncode == 0, text[-3000:]
     modules = imported_modules(text)
-    assert "relay.api" in modules  # the parse found the imports at all
+    assert "relay.http.app" in modules  # the parse found the imports at all
     assert sorted(m for m in modules if m.split(".")[0] == KIT) == []
 
 
@@ -214,7 +223,7 @@ def test_loading_settings_touches_no_redis_or_lua_code() -> None:
     assert completed.stdout.strip() == "[]", completed.stdout
 
 
-def kinds_of(refusal: type[QueueRefusal]) -> set[type[QueueRefusal]]:
+def kinds_of(refusal: type[Refusal]) -> set[type[Refusal]]:
     return {refusal}.union(*(kinds_of(kind) for kind in refusal.__subclasses__()))
 
 
@@ -225,3 +234,16 @@ def test_the_store_refuses_in_types_and_the_http_layer_gives_each_a_status() -> 
         assert not hasattr(kind, "status"), kind
         assert 400 <= REFUSAL_STATUSES[kind.reason] < 600, kind
     assert len({kind.reason for kind in kinds}) == len(kinds)
+
+
+def test_bad_input_is_refused_in_types_and_the_http_layer_gives_each_a_status() -> None:
+    kinds = kinds_of(model.InvalidInput)
+    assert {model.PayloadTooLarge, model.ExpiredOnArrival} <= kinds
+    for kind in kinds:
+        status, code = INVALID_INPUT_ANSWERS[kind]
+        assert 400 <= status < 500, kind
+        assert code
+    assert len({status for status, _ in INVALID_INPUT_ANSWERS.values()}) == len(kinds)
+    assert not hasattr(model.InvalidInput("field", "rule"), "status")
+    # The payload rules speak in refusal types, not in HTTP statuses.
+    assert not [name for name in vars(payload) if name.endswith("_STATUS")]

@@ -11,10 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
+from relay.app_profile import AppProfile
 from relay.config import (
-    DEFAULT_ALERTS,
-    GENERIC_ALERT,
-    AlertTemplate,
     ConfigError,
     Settings,
     env_override_names,
@@ -333,12 +332,36 @@ def test_alert_templates_come_from_the_app_then_the_defaults(
 ) -> None:
     own = {"wait-for-agent": {"title": "Hold on, {name}", "body": "Ticket {_id}: {missing}."}}
     path = write_config(tmp_path, {"apps": [app_entry(key_file=key_file, alerts=own)]})
-    app = load_settings(path, env={}).app(None)
+    app = load_settings(path, env={}).app(None).profile()
     rendered = app.alert_template("wait-for-agent").render({"name": "Ann", "_id": "S1"})
     assert (rendered.title, rendered.body) == ("Hold on, Ann", "Ticket S1: .")
     assert app.alert_template("connect-outbound") == DEFAULT_ALERTS["connect-outbound"]
     assert app.alert_template("some-new-action") is GENERIC_ALERT
     assert app.alert_template(None) is GENERIC_ALERT
+
+
+def test_an_apps_profile_is_what_building_its_pushes_needs(tmp_path: Path, key_file: Path) -> None:
+    own = {"wait-for-agent": {"body": "Ticket {_id}"}}
+    entry = app_entry(
+        key_file=key_file,
+        alerts=own,
+        sound=None,
+        priority=5,
+        push_type="background",
+        message_encoding="string",
+        chat={"typing": "background", "action": "chat-line"},
+    )
+    app = load_settings(write_config(tmp_path, {"apps": [entry]}), env={}).app(None)
+    assert app.profile() == AppProfile(
+        name="demo",
+        push_type="background",
+        priority=5,
+        sound=None,
+        message_encoding="string",
+        alerts={"wait-for-agent": AlertTemplate(body="Ticket {_id}")},
+        chat_typing="background",
+        chat_action="chat-line",
+    )
 
 
 def test_defaults_cover_the_six_seed_actions_with_english_text() -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import orjson
 import structlog
 from aiohttp import web
 
-from relay.api import GRANT, STATE, Handler, resolve_app, unknown_app_problem
 from relay.check_command import check_apps
+from relay.http.auth import resolve_app
+from relay.http.problems import unknown_app_problem
+from relay.http.responses import VerdictOut, json_response
+from relay.http.routing import Route
+from relay.http.state import GRANT, STATE
 from relay.model import InvalidInput
 
 log = structlog.get_logger("relay.check")
@@ -29,9 +32,18 @@ async def check_app_route(request: web.Request) -> web.Response:
         raise unknown_app_problem(error) from None
     [verdict] = await check_apps(state.settings, [app], CHECK_TIMEOUT_S)
     log.info("app_checked", app=app.name, verdict=verdict.verdict, ok=verdict.ok)
-    return web.Response(
-        body=orjson.dumps(dataclasses.asdict(verdict)), content_type="application/json"
+    return json_response(VerdictOut(**dataclasses.asdict(verdict)))
+
+
+ROUTES = [
+    Route(
+        "GET",
+        CHECK_PATH,
+        check_app_route,
+        "checkApp",
+        "`apns-relay check` for one app: its credential files, then one probe push to"
+        " a random token (APNs' BadDeviceToken means ready); 200 with the verdict",
+        {200: VerdictOut},
+        errors=(403, 404),
     )
-
-
-ROUTES: list[tuple[str, str, Handler]] = [("GET", CHECK_PATH, check_app_route)]
+]

@@ -1,10 +1,7 @@
-"""Refusals in one voice: what a client sent, shown safely, and pydantic's errors as house rules."""
+"""pydantic's errors for a request said in the house wording the relay's own checks use."""
 
 from __future__ import annotations
 
-import json
-import re
-import string
 import types
 import typing
 from typing import Any
@@ -12,16 +9,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from relay.logs import mask_token, redact_text
 from relay.model import InvalidInput
+from relay.quoting import counted, shown
 
-# A received string is quoted up to this many characters, then cut with its length said.
-MAX_SHOWN_CHARS = 32
-# Numbers longer than this are described, not quoted (a hostile 10,000-digit integer).
-MAX_SHOWN_DIGITS = 24
-# A hex run long enough to be a device token, wherever it stands (the logs' own rule leaves one
-# glued to a word alone); one already masked ("a1b2c3d4…(64)") is left as it is.
-_HEX_RUN = re.compile(r"(?<![0-9a-f])[0-9a-f]{8,}(?![0-9a-f…])", re.I)
 # A body can break many rules at once (10,000 unknown keys): the answer lists this many.
 MAX_LISTED_ERRORS = 10
 
@@ -40,46 +30,6 @@ _TYPE_NOUNS = {
     "list_type": "a list",
     "none_required": "null",
 }
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
-def shown(value: object) -> str:
-    """`value` as a refusal may quote it: bounded, with credentials, keys and device tokens
-    masked as the logs mask them (relay.logs.redact_text), objects and lists only described."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        if value.bit_length() > MAX_SHOWN_DIGITS * 3:  # ~ its digits without writing them out
-            return "an integer too long to show"
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        # Masked before it is cut, so a cut can never leave part of a token unmasked.
-        masked = _HEX_RUN.sub(lambda m: mask_token(m.group(0)), redact_text(value))
-        if len(masked) <= MAX_SHOWN_CHARS:
-            return json.dumps(masked, ensure_ascii=False)
-        cut = json.dumps(masked[:MAX_SHOWN_CHARS] + "…", ensure_ascii=False)
-        return f"{cut} ({_count(len(value), 'character')})"
-    if isinstance(value, dict):
-        return f"an object of {_count(len(value), 'key')}"
-    if isinstance(value, list | tuple):
-        return f"a list of {_count(len(value), 'item')}"
-    return f"a {type(value).__name__}"
-
-
-def shown_token(raw: str) -> str:
-    """A refused device token described without quoting it: how long, and its first character
-    that is not a hex digit."""
-    bad = next((i for i, char in enumerate(raw) if char not in string.hexdigits), None)
-    if bad is None:
-        return _count(len(raw), "hex digit")
-    return f"{_count(len(raw), 'character')}, {shown(raw[bad])} at {bad + 1} not a hex digit"
 
 
 def field_path(parts: list[str | int]) -> str:
@@ -155,9 +105,9 @@ def _rule(error: ErrorDetails, holder: type[BaseModel] | None) -> str:
         case "string_too_long":
             return f"must be at most {ctx['max_length']} characters"
         case "too_short":
-            return f"must have at least {_count(ctx['min_length'], 'item')}"
+            return f"must have at least {counted(ctx['min_length'], 'item')}"
         case "too_long":
-            return f"must have at most {_count(ctx['max_length'], 'item')}"
+            return f"must have at most {counted(ctx['max_length'], 'item')}"
         case "greater_than":
             return f"must be greater than {ctx['gt']}"
         case "greater_than_equal":
@@ -169,8 +119,8 @@ def _rule(error: ErrorDetails, holder: type[BaseModel] | None) -> str:
         case "literal_error":
             return f"must be {ctx['expected']}"
         case "string_pattern_mismatch":
-            # Every field with a pattern is checked by a house rule first (relay.schema); this
-            # is the fallback, which names the form without quoting a regular expression.
+            # Every field with a pattern is checked by a house rule first (relay.http.requests);
+            # this is the fallback, which names the form without quoting a regular expression.
             return "is not in the form this field takes (see /openapi.json)"
         case "value_error" if isinstance(ctx.get("error"), InvalidInput):
             rule: str = ctx["error"].rule

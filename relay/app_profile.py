@@ -1,0 +1,31 @@
+"""An app as building its pushes sees it: plain data, no credentials, nothing read from disk
+(config.App.profile() makes one; pure tests make their own)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
+
+
+@dataclass(frozen=True, slots=True)
+class AppProfile:
+    name: str
+    push_type: str  # the app's default push type
+    priority: int  # the app's default priority
+    sound: str | None  # alert pushes' sound; None: silent
+    message_encoding: Literal["object", "string"]  # the message beside aps: an object, or JSON text
+    alerts: Mapping[str, AlertTemplate]  # the app's own alerts by action
+    chat_typing: Literal["none", "background"]  # typing notices: dropped, or background pushes
+    chat_action: str  # the `_action` chat pushes carry
+
+    def alert_template(self, action: str | None) -> AlertTemplate:
+        """This app's alert for an action: its own, else the shipped default, else generic."""
+        if action is not None:
+            if action in self.alerts:
+                return self.alerts[action]
+            if action in DEFAULT_ALERTS:
+                return DEFAULT_ALERTS[action]
+        return GENERIC_ALERT

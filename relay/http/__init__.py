@@ -1,0 +1,1 @@
+"""The HTTP API (aiohttp): GMS webhook and JSON ingest, status, health, metrics, problem+json."""

@@ -1,0 +1,58 @@
+"""The relay's aiohttp application: middleware, the routes of every group, and server limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from relay.http import activities, devices, gms_push, health, notifications, openapi
+from relay.http.middleware import authenticate, expect_continue, request_context
+from relay.http.routing import Route
+from relay.http.state import STATE, RelayState
+
+
+def server_options(application: web.Application) -> dict[str, Any]:
+    """aiohttp AppRunner keyword arguments that enforce the application's ApiLimits."""
+    limits = application[STATE].limits
+    return {
+        "keepalive_timeout": limits.idle_timeout_s,
+        "lingering_time": limits.linger_s,
+        "max_line_size": limits.max_request_line_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+    }
+
+
+def every_route() -> list[Route]:
+    """Every route an api serves, in the order they are matched."""
+    # Imported here: the check runs `apns-relay check`, which builds on relay.service, which
+    # builds on this module.
+    from relay.http import check
+
+    return [
+        *health.ROUTES,
+        *gms_push.ROUTES,
+        *notifications.ROUTES,
+        *devices.ROUTES,
+        *openapi.ROUTES,
+        *activities.ROUTES,
+        *check.ROUTES,
+    ]
+
+
+def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
+    """The relay's HTTP application; a worker-only process serves just health and metrics."""
+    app = web.Application(
+        middlewares=[request_context, authenticate],
+        client_max_size=state.settings.http.max_body_bytes,
+    )
+    app[STATE] = state
+    for route in every_route() if ingest else health.ROUTES:
+        if route.method == "GET":  # with HEAD, as aiohttp's add_get does
+            app.router.add_get(route.path, route.handler, expect_handler=expect_continue)
+        else:
+            app.router.add_route(
+                route.method, route.path, route.handler, expect_handler=expect_continue
+            )
+    return app

@@ -1,0 +1,94 @@
+"""The public routes: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from relay import metrics
+from relay.http.responses import HealthOut, ReadinessOut, json_response
+from relay.http.routing import Route
+from relay.http.state import STATE
+from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE
+
+QUEUE_GAUGES_MAX_AGE_S = 1.0
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return json_response(HealthOut(status="ok"))
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    reasons: list[str] = []
+    degraded: list[str] = []
+    if state.draining:
+        reasons.append("draining")
+    try:
+        await state.queue.ping()
+    except REDIS_ERRORS as error:
+        # With a spool this process still answers every push with a 200: taking it out of
+        # service would turn pushes away from the one thing still accepting them.
+        spool = state.spool
+        if spool is not None and not spool.full():
+            degraded.append(f"redis unreachable, spooling: {error}")
+        else:
+            reasons.append(f"redis unreachable: {error}")
+    paused = state.paused_apps()
+    if state.settings.apps and len(paused) >= len(state.settings.apps):
+        reasons.append("every app is paused: " + ", ".join(f"{a} ({r})" for a, r in paused.items()))
+    reasons.extend(r for check in state.extra_ready_checks if (r := check()))
+    body = ReadinessOut(
+        ready=not reasons, reasons=reasons, degraded=degraded, paused_apps=dict(paused)
+    )
+    return json_response(body, status=200 if not reasons else 503)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.spool is not None:
+        metrics.SPOOL_OLDEST_AGE.set(state.spool.oldest_age_s())
+    if time.monotonic() - state.gauges_read_at >= QUEUE_GAUGES_MAX_AGE_S:
+        try:
+            totals = await state.queue.totals()
+        except REDIS_ERRORS as error:
+            REDIS_UNAVAILABLE.occurred("totals", error)
+        else:
+            metrics.QUEUE_PENDING.set(totals.pending)
+            metrics.QUEUE_DEVICES_PENDING.set(totals.devices_pending)
+            metrics.QUEUE_OLDEST_AGE.set(totals.oldest_pending_age_s or 0.0)
+            state.gauges_read_at = time.monotonic()
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+ROUTES = [
+    Route(
+        "GET",
+        "/healthz",
+        healthz,
+        "healthz",
+        "The process is serving",
+        {200: HealthOut},
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/readyz",
+        readyz,
+        "readyz",
+        "Redis reachable, not draining, an app not paused (503 and why when not)",
+        {200: ReadinessOut, 503: ReadinessOut},
+        public=True,
+    ),
+    Route(
+        "GET",
+        "/metrics",
+        metrics_endpoint,
+        "metrics",
+        "Prometheus metrics (text exposition format)",
+        {200: None},
+        public=True,
+    ),
+]

@@ -1,0 +1,25 @@
+"""App profiles for pure tests of payload building: an app as the relay's defaults configure it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from relay.app_profile import AppProfile
+from relay.config import App, ChatSettings
+
+
+def app_profile(name: str = "demo", **changes: Any) -> AppProfile:
+    """An app configured with nothing but its name (the settings' defaults), then `changes`."""
+    defaults = App.model_fields
+    plain = AppProfile(
+        name=name,
+        push_type=defaults["push_type"].default,
+        priority=defaults["priority"].default,
+        sound=defaults["sound"].default,
+        message_encoding=defaults["message_encoding"].default,
+        alerts={},
+        chat_typing=ChatSettings().typing,
+        chat_action=ChatSettings().action,
+    )
+    return replace(plain, **changes)
