@@ -8,7 +8,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from relay.activity_store import ActivityStore
 from relay.api import (
     GRANT,
     STATE,
@@ -31,6 +30,7 @@ from relay.payload import (
     validate_service_id,
 )
 from relay.schema import APP_NAME, DEVICE_TOKEN, DeviceToken
+from relay.store.activity_store import ActivityStore
 
 log = structlog.get_logger()
 Model = TypeVar("Model", bound=BaseModel)

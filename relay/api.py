@@ -26,7 +26,6 @@ from relay import metrics
 from relay.activity_ingest import queue_activity_push
 from relay.config import App, ConfigError, Settings
 from relay.gms import parse_customhttp, to_notification
-from relay.ingest import Ingest
 from relay.logs import mask_token
 from relay.model import DeliveryState, InvalidInput, Notification
 from relay.payload import (
@@ -36,21 +35,7 @@ from relay.payload import (
     build_notification,
     normalize_device_token,
 )
-from relay.queue import (
-    REDIS_ERRORS,
-    REDIS_UNAVAILABLE,
-    Accepted,
-    DeadToken,
-    DeviceQueueFull,
-    IdempotencyKeyReused,
-    NotificationStatus,
-    PendingCapReached,
-    QueueRefusal,
-    RelayQueue,
-)
-from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.refusals import invalid_inputs, shown
-from relay.routes import RouteStore, route_for
 from relay.schema import (
     MAX_JSON_DEPTH,
     MAX_NOTIFICATION_ID_CHARS,
@@ -59,7 +44,20 @@ from relay.schema import (
     NotificationIn,
     openapi_document,
 )
-from relay.spool import Spool, SpoolFull, SpoolUnavailable
+from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.ingest import Ingest
+from relay.store.queue import RelayQueue
+from relay.store.records import Accepted, NotificationStatus
+from relay.store.refusals import (
+    DeadToken,
+    DeviceQueueFull,
+    IdempotencyKeyReused,
+    PendingCapReached,
+    QueueRefusal,
+)
+from relay.store.routes import RouteStore, route_for
+from relay.store.spool import Spool, SpoolFull, SpoolUnavailable
 
 log = structlog.get_logger("relay.api")
 

@@ -28,8 +28,8 @@ from relay.client_certificate import CertificateError, ClientCertificate, load_p
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
-from relay.redis_topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 from relay.refusals import shown
+from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"

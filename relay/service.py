@@ -26,10 +26,12 @@ from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
 from relay.logs import configure_logging, redact_text
-from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
-from relay.redis_connection import connect, replica_acknowledgement
 from relay.rotator import SIGHUP_TRIGGER, CredentialRotator
-from relay.spool import Spool
+from relay.store.connection import connect, replica_acknowledgement
+from relay.store.errors import REDIS_ERRORS
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
+from relay.store.spool import Spool
 from relay.worker import DeliveryWorker
 
 log = structlog.get_logger("relay.service")

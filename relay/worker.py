@@ -28,9 +28,11 @@ from relay.model import (
     Retry,
 )
 from relay.policy import RetryPolicy, classify, is_route_failure
-from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE, ClaimBatch, RelayQueue
-from relay.routes import RouteStore, StoredCircuit
 from relay.sender import Sender
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.queue import RelayQueue
+from relay.store.records import ClaimBatch
+from relay.store.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
 

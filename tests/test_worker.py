@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 
 from relay.apns import ApnsClient, Endpoint, TokenCredentials
 from relay.model import ApnsResponse, DeliveryState, Notification
-from relay.queue import QueueLimits, RelayQueue
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
 from relay.worker import DeliveryWorker
 
 TOKEN = "ab" * 32

@@ -14,8 +14,10 @@ from eventually import eventually
 
 from relay.model import ApnsResponse, DeliveryState, Notification, Route
 from relay.policy import RetryPolicy
-from relay.queue import DeadToken, NotificationStatus, QueueLimits, RelayQueue
 from relay.sender import Sender
+from relay.store.queue import RelayQueue
+from relay.store.records import NotificationStatus, QueueLimits
+from relay.store.refusals import DeadToken
 from relay.worker import DeliveryWorker
 
 TOKEN = "cd" * 32
