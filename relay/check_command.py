@@ -14,7 +14,6 @@ import uuid
 
 import orjson
 
-from relay.apns import default_endpoint
 from relay.check import (
     AppUnderCheck,
     Verdict,
@@ -24,6 +23,7 @@ from relay.check import (
 )
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.credential_files import credential_facts
+from relay.credentials import default_endpoint
 from relay.logs import configure_logging
 from relay.model import Notification
 from relay.service import make_client

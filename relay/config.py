@@ -23,8 +23,13 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from relay.circuit import CircuitPolicy
-from relay.client_certificate import CertificateError, ClientCertificate, load_pem, load_pkcs12
+from relay.delivery.circuit import CircuitPolicy
+from relay.delivery.client_certificate import (
+    CertificateError,
+    ClientCertificate,
+    load_pem,
+    load_pkcs12,
+)
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy

@@ -21,9 +21,9 @@ from simulator import ControlClient, SimInfo, control_client, running_simulator
 
 from relay.api import RelayState
 from relay.config import App, Settings
+from relay.delivery.worker import DeliveryWorker
 from relay.service import run_relay
 from relay.store.queue import RelayQueue
-from relay.worker import DeliveryWorker
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import free_port
 

@@ -23,7 +23,13 @@ from relay_devkit.embedded import free_port
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KIT = "relay_devkit"
 # What the production roles import on their way in; none of it may pull the kit in.
-PRODUCTION_MODULES = ("relay.cli", "relay.service", "relay.remote", "relay.api", "relay.worker")
+PRODUCTION_MODULES = (
+    "relay.cli",
+    "relay.service",
+    "relay.remote",
+    "relay.api",
+    "relay.delivery.worker",
+)
 
 
 def imported_modules(importtime_stderr: str) -> set[str]:

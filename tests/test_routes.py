@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from relay import circuit
-from relay.circuit import Circuit, CircuitPolicy, RouteState
+from relay.delivery import circuit
+from relay.delivery.circuit import Circuit, CircuitPolicy, RouteState
 from relay.model import Route
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from relay.apns import default_endpoint
-from relay.circuit import Circuit, RouteState
 from relay.config import App
+from relay.credentials import default_endpoint
+from relay.delivery.circuit import Circuit, RouteState
 from relay.model import Route
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
