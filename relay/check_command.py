@@ -23,7 +23,6 @@ from relay.check import (
 )
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.credential_files import credential_facts
-from relay.credentials import default_endpoint
 from relay.logs import configure_logging
 from relay.model import Notification
 from relay.service import make_client
@@ -108,7 +107,7 @@ async def check_app(settings: Settings, app: App) -> Verdict:
 
 
 def _endpoint_of(app: App) -> str:
-    endpoint = app.endpoint or default_endpoint(app.environment)
+    endpoint = app.apns_endpoint()
     return f"{endpoint.host}:{endpoint.port}"
 
 

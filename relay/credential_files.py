@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from relay import metrics
 from relay.check import CertificateFacts, CredentialFacts, TokenKeyFacts
 from relay.config import App
-from relay.credentials import CertificateCredentials, Credentials, TokenCredentials
+from relay.credentials import CertificateCredentials, Credentials
 from relay.delivery.client_certificate import CertificateError, ClientCertificate
 
 log = structlog.get_logger("relay.credentials")
@@ -21,8 +21,7 @@ log = structlog.get_logger("relay.credentials")
 def load_credentials(app: App) -> Credentials:
     """The key or certificate the app's settings name, read now (OSError, CertificateError)."""
     if app.auth.token is not None:
-        token = app.auth.token
-        return TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
+        return app.auth.token.load()
     assert app.auth.certificate is not None  # AppAuth allows exactly one
     return CertificateCredentials(app.auth.certificate.load())
 

@@ -25,7 +25,7 @@ from relay.api import Credentials, RelayState, create_app, server_options
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
-from relay.credentials import CertificateCredentials, Endpoint, default_endpoint
+from relay.credentials import CertificateCredentials
 from relay.delivery import apns
 from relay.delivery.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery.worker import DeliveryWorker
@@ -216,19 +216,10 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
     credentials = load_credentials(app)
     if isinstance(credentials, CertificateCredentials):
         publish_certificate_expiry(app.name, credentials.certificate)
-    endpoint = (
-        Endpoint(
-            app.endpoint.host,
-            app.endpoint.port,
-            str(app.endpoint.ca_file) if app.endpoint.ca_file else None,
-        )
-        if app.endpoint
-        else default_endpoint(app.environment)
-    )
     return apns.ApnsClient(
         app.name,
         app.topic,
-        endpoint,
+        app.apns_endpoint(),
         credentials,
         environment=app.environment,
         request_timeout_s=settings.delivery.request_timeout_seconds,

@@ -7,7 +7,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from relay.config import App
-from relay.credentials import default_endpoint
 from relay.delivery.circuit import Circuit, RouteState
 from relay.model import Route
 from relay.store.keys import route_key
@@ -19,7 +18,7 @@ ROUTE_WRITE = load_script("route_write", shard_script=False)
 
 def route_for(app: App) -> Route:
     """The route a configured app sends on (what its ApnsClient reports as `route`)."""
-    endpoint = app.endpoint or default_endpoint(app.environment)
+    endpoint = app.apns_endpoint()
     return Route(app.name, app.environment, f"{endpoint.host}:{endpoint.port}")
 
 
