@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import REPO_ROOT, Tracked
 from bench.stack import Relay
-from relay.queue import load_script
+from relay.store.scripts import load_script
 
 PY_SPY_DIR = REPO_ROOT / "bench" / ".work" / "py-spy"  # `make bench-setup` installs it here
 PY_SPY_RATE = 100  # samples per second per process
@@ -48,7 +48,7 @@ def find_py_spy() -> str | None:
 
 
 def script_names() -> dict[str, str]:
-    """SHA -> script name for every script in relay/lua, as relay.queue loads it: shard scripts
+    """SHA -> script name for every script in relay/store/lua, as relay.store.scripts loads it: shard scripts
     get the shared prelude and the others do not, so both variants of each file are named."""
     names = {}
     for path in sorted(LUA_DIR.glob("*.lua")):

@@ -36,7 +36,8 @@ import structlog
 from aioapns import NotificationRequest
 from simulator import SimInfo, aioapns_client, control_client, simulator_process
 
-from relay.apns import ApnsClient, Endpoint, TokenCredentials
+from relay.credentials import Endpoint, TokenCredentials
+from relay.delivery.apns import ApnsClient
 from relay.model import Notification
 
 TOPIC = "com.example.app"

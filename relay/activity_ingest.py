@@ -11,13 +11,14 @@ from relay.activities import (
     activity_notification,
     plan_activity_push,
 )
-from relay.activity_store import ActivityStore
 from relay.config import App
-from relay.ingest import Ingest
 from relay.logs import mask_token
 from relay.model import InvalidInput
 from relay.payload import PushSpec
-from relay.queue import REDIS_ERRORS, DeadToken, QueueRefusal
+from relay.store.activity_store import ActivityStore
+from relay.store.errors import REDIS_ERRORS
+from relay.store.ingest import Ingest
+from relay.store.refusals import DeadToken, QueueRefusal
 
 log = structlog.get_logger()
 # What may go wrong after the alert is queued: a refusal, a content-state over Apple's limit,

@@ -14,7 +14,6 @@ import uuid
 
 import orjson
 
-from relay.apns import default_endpoint
 from relay.check import (
     AppUnderCheck,
     Verdict,
@@ -108,7 +107,7 @@ async def check_app(settings: Settings, app: App) -> Verdict:
 
 
 def _endpoint_of(app: App) -> str:
-    endpoint = app.endpoint or default_endpoint(app.environment)
+    endpoint = app.apns_endpoint()
     return f"{endpoint.host}:{endpoint.port}"
 
 

@@ -23,13 +23,19 @@ from pydantic_core import ErrorDetails
 
 from relay.alerts import AlertTemplate
 from relay.app_profile import AppProfile
-from relay.circuit import CircuitPolicy
-from relay.client_certificate import CertificateError, ClientCertificate, load_pem, load_pkcs12
+from relay.credentials import Endpoint, TokenCredentials, default_endpoint
+from relay.delivery.circuit import CircuitPolicy
+from relay.delivery.client_certificate import (
+    CertificateError,
+    ClientCertificate,
+    load_pem,
+    load_pkcs12,
+)
 from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.quoting import shown
-from relay.redis_topology import cluster_url, parse_address, parse_redis_url, sentinel_url
+from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -304,15 +310,21 @@ class LoggingSettings(_Section):
         return value.lower() if isinstance(value, str) else value
 
 
-class TokenCredentials(_Section):
+class TokenAuth(_Section):
+    """An APNs token key (.p8) and the ids it is signed with; load() reads it."""
+
     key_file: Path
     key_id: Annotated[str, Field(pattern=APPLE_ID_PATTERN)]
     team_id: Annotated[str, Field(pattern=APPLE_ID_PATTERN)]
 
     _key_file_readable = field_validator("key_file")(_readable_file)
 
+    def load(self) -> TokenCredentials:
+        """The key these settings name, read now (OSError)."""
+        return TokenCredentials(self.key_file.read_text(), self.key_id, self.team_id)
 
-class CertificateCredentials(_Section):
+
+class CertificateAuth(_Section):
     """A TLS client certificate: PEM (cert_file, and key_file unless the key is in cert_file)
     or PKCS#12 (p12_file, as Keychain exports it); password opens the .p12 or an encrypted PEM
     key, password_env names the variable holding it (folded into password when validated)."""
@@ -326,7 +338,7 @@ class CertificateCredentials(_Section):
     _files_readable = field_validator("cert_file", "key_file", "p12_file")(_readable_optional)
 
     @model_validator(mode="after")
-    def _one_form(self, info: ValidationInfo) -> CertificateCredentials:
+    def _one_form(self, info: ValidationInfo) -> CertificateAuth:
         if (self.cert_file is None) == (self.p12_file is None):
             raise ValueError("give cert_file (PEM) or p12_file (PKCS#12), exactly one")
         if self.key_file is not None and self.cert_file is None:
@@ -351,8 +363,8 @@ class CertificateCredentials(_Section):
 
 
 class AppAuth(_Section):
-    token: TokenCredentials | None = None
-    certificate: CertificateCredentials | None = None
+    token: TokenAuth | None = None
+    certificate: CertificateAuth | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> AppAuth:
@@ -361,7 +373,7 @@ class AppAuth(_Section):
         return self
 
 
-class Endpoint(_Section):
+class EndpointSettings(_Section):
     """Where to reach APNs instead of Apple (the simulator, in development and tests)."""
 
     host: str
@@ -372,6 +384,9 @@ class Endpoint(_Section):
     @classmethod
     def _ca_file_readable(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _readable_file(value, info)
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, str(self.ca_file) if self.ca_file else None)
 
 
 DEFAULT_CHAT_ACTION = "ixn/chat/refresh"
@@ -476,7 +491,7 @@ class App(_Section):
     priority: Literal[1, 5, 10] = 10
     push_type: str = "alert"
     max_connections: PositiveInt = 4
-    endpoint: Endpoint | None = None
+    endpoint: EndpointSettings | None = None
     chat: ChatSettings = ChatSettings()
     live_activity: LiveActivitySettings | None = None
 
@@ -486,6 +501,10 @@ class App(_Section):
         if value not in PUSH_TYPES:
             raise ValueError(f"must be one of {', '.join(sorted(PUSH_TYPES))} (got {value!r})")
         return value
+
+    def apns_endpoint(self) -> Endpoint:
+        """Where this app's pushes go: its endpoint setting, else Apple's for its environment."""
+        return self.endpoint.endpoint() if self.endpoint else default_endpoint(self.environment)
 
     @model_validator(mode="after")
     def _live_activity_needs_token_auth(self) -> App:

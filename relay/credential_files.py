@@ -9,21 +9,21 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay import apns, metrics
+from relay import metrics
 from relay.check import CertificateFacts, CredentialFacts, TokenKeyFacts
-from relay.client_certificate import CertificateError, ClientCertificate
 from relay.config import App
+from relay.credentials import CertificateCredentials, Credentials
+from relay.delivery.client_certificate import CertificateError, ClientCertificate
 
 log = structlog.get_logger("relay.credentials")
 
 
-def load_credentials(app: App) -> apns.Credentials:
+def load_credentials(app: App) -> Credentials:
     """The key or certificate the app's settings name, read now (OSError, CertificateError)."""
     if app.auth.token is not None:
-        token = app.auth.token
-        return apns.TokenCredentials(token.key_file.read_text(), token.key_id, token.team_id)
+        return app.auth.token.load()
     assert app.auth.certificate is not None  # AppAuth allows exactly one
-    return apns.CertificateCredentials(app.auth.certificate.load())
+    return CertificateCredentials(app.auth.certificate.load())
 
 
 def credential_facts(app: App) -> CredentialFacts:

@@ -20,19 +20,23 @@ import structlog
 from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from relay import apns, metrics
+from relay import metrics
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
+from relay.credentials import CertificateCredentials
+from relay.delivery import apns
+from relay.delivery.rotator import SIGHUP_TRIGGER, CredentialRotator
+from relay.delivery.worker import DeliveryWorker
 from relay.http.app import create_app, server_options
 from relay.http.auth import Credentials
 from relay.http.state import RelayState
 from relay.logs import configure_logging, redact_text
-from relay.queue import REDIS_ERRORS, QueueLimits, RelayQueue
-from relay.redis_connection import connect, replica_acknowledgement
-from relay.rotator import SIGHUP_TRIGGER, CredentialRotator
-from relay.spool import Spool
-from relay.worker import DeliveryWorker
+from relay.store.connection import connect, replica_acknowledgement
+from relay.store.errors import REDIS_ERRORS
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
+from relay.store.spool import Spool
 
 log = structlog.get_logger("relay.service")
 
@@ -212,21 +216,12 @@ def open_spool(settings: Settings) -> Spool | None:
 
 def make_client(app: App, settings: Settings) -> apns.ApnsClient:
     credentials = load_credentials(app)
-    if isinstance(credentials, apns.CertificateCredentials):
+    if isinstance(credentials, CertificateCredentials):
         publish_certificate_expiry(app.name, credentials.certificate)
-    endpoint = (
-        apns.Endpoint(
-            app.endpoint.host,
-            app.endpoint.port,
-            str(app.endpoint.ca_file) if app.endpoint.ca_file else None,
-        )
-        if app.endpoint
-        else apns.default_endpoint(app.environment)
-    )
     return apns.ApnsClient(
         app.name,
         app.topic,
-        endpoint,
+        app.apns_endpoint(),
         credentials,
         environment=app.environment,
         request_timeout_s=settings.delivery.request_timeout_seconds,

@@ -27,7 +27,7 @@ from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
 from eventually import eventually
 
-from relay.apns import DrainingStateMachine
+from relay.delivery.apns_adapter import DrainingStateMachine
 from relay_devkit.apns_sim import info
 from relay_devkit.apns_sim.command import Simulator, SimulatorOptions
 from relay_devkit.apns_sim.info import SIM_JSON

@@ -11,8 +11,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from relay_harness import RelayHarness, running_relay
 
-from relay.activity_store import ActivityStore, activity_key, push_to_start_key
 from relay.config import DEFAULT_LIVE_ACTIVITY_STEPS
+from relay.store.activity_store import ActivityStore
+from relay.store.keys import activity_key, push_to_start_key
 
 SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
 CONFIRM = "get-dialog-user-confirmation-provide_code-true"

@@ -10,8 +10,9 @@ from relay_harness import running_relay
 from test_api_auth import DEV_TOKEN, OTHER_TOKEN, scoped_call, two_app_relay
 from test_api_input import assert_problem, refused
 
-from relay.activity_store import PUSH_TO_START_TTL_S, activity_key, push_to_start_key
 from relay.http.openapi import openapi_document
+from relay.store.activity_store import PUSH_TO_START_TTL_S
+from relay.store.keys import activity_key, push_to_start_key
 
 SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
 ACTIVITY_TOKEN = "a1" * 40  # Apple does not promise a length: a longer one must pass too

@@ -1,13 +1,16 @@
-"""The aioapns internals relay/apns.py relies on. The adapter subclasses aioapns 4.0 and reaches
-into attributes that are not its public API; an aioapns upgrade that renames or drops one must
-fail here, naming it, rather than as a delivery fault in production. Each row says what the
-adapter does with it (relay/apns.py's docstring lists every deviation and why)."""
+"""The aioapns internals relay/delivery/apns_adapter.py relies on. The adapter subclasses aioapns
+4.0 and reaches into attributes that are not its public API; an aioapns upgrade that renames or
+drops one must fail here, naming it, rather than as a delivery fault in production. Each row says
+what the adapter does with it (relay/delivery/apns_adapter.py's docstring lists every deviation
+and why)."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib.metadata
 import inspect
+from pathlib import Path
 
 import pytest
 from aioapns.connection import (
@@ -18,7 +21,7 @@ from aioapns.connection import (
 )
 from h2.connection import H2Connection
 
-from relay.apns import RelayConnectionPool
+from relay.delivery.apns_adapter import RelayConnectionPool
 
 WRITTEN_AGAINST = "4.0"
 
@@ -60,7 +63,7 @@ POOL_CLASS_ATTRIBUTES = {
 def test_the_installed_aioapns_is_the_version_the_adapter_was_written_against() -> None:
     installed = importlib.metadata.version("aioapns")
     assert installed == WRITTEN_AGAINST, (
-        f"aioapns {installed} is installed; relay/apns.py overrides internals of"
+        f"aioapns {installed} is installed; relay/delivery/apns_adapter.py overrides internals of"
         f" aioapns {WRITTEN_AGAINST}: review every row of tests/test_aioapns_contract.py"
         " against the new source, then update WRITTEN_AGAINST"
     )
@@ -113,3 +116,21 @@ async def test_instance_attributes_aioapns_sets() -> None:
 def test_the_jwt_provider_interface() -> None:
     # SharedJWT subclasses it; aioapns calls get_header() for every request it builds.
     assert callable(AuthorizationHeaderProvider.get_header)
+
+
+def test_the_adapter_is_the_only_product_module_that_imports_aioapns_or_h2() -> None:
+    # A deviation written elsewhere would escape this file's review of aioapns' internals.
+    package = Path(__file__).parent.parent / "relay"
+    adapter = package / "delivery" / "apns_adapter.py"
+    importers = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            if roots & {"aioapns", "h2", "hpack"}:
+                importers.append(str(path.relative_to(package.parent)))
+    assert set(importers) == {str(adapter.relative_to(package.parent))}, importers

@@ -20,8 +20,8 @@ from relay.http.limits import ApiLimits
 from relay.http.problems import Problem
 from relay.http.state import RelayState
 from relay.payload import PushSpec, build_notification
-from relay.queue import MAX_BATCH
 from relay.service import bound_address
+from relay.store.queue import MAX_BATCH
 
 TOKEN = "a1" * 32
 PROBLEM_JSON = "application/problem+json"

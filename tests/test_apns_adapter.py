@@ -1,4 +1,5 @@
-"""relay.apns against the APNs simulator over real TLS + HTTP/2: one test per aioapns gap, more."""
+"""relay.delivery.apns and its aioapns adapter against the APNs simulator over real TLS + HTTP/2:
+one test per aioapns gap, more."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
 from relay import metrics
-from relay.apns import ApnsClient, Endpoint, RelayClientProtocol, TokenCredentials
+from relay.credentials import Endpoint, TokenCredentials
+from relay.delivery.apns import ApnsClient
+from relay.delivery.apns_adapter import RelayClientProtocol
 from relay.model import ApnsResponse, Notification
 from relay_devkit.apns_sim.certs import create_signing_key
 from relay_devkit.apns_sim.server import KeySource

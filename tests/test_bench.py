@@ -15,9 +15,9 @@ from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
 from bench.profile import parse_collapsed, script_names, top_frames
 from bench.report import evaluate_targets, headline
-from relay.activity_store import ACTIVITY_STAMP
-from relay.queue import CLAIM, ENQUEUE, SETTLE
-from relay.routes import ROUTE_WRITE
+from relay.store.activity_store import ACTIVITY_STAMP
+from relay.store.routes import ROUTE_WRITE
+from relay.store.scripts import CLAIM, ENQUEUE, SETTLE
 from relay_devkit import bench as benchcli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +144,7 @@ def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, An
             assert scripts["enqueue"] >= delivered > 0, name
             assert scripts["settle"] > 0, name
             assert commands["evalsha"]["calls_per_delivered"] > 1, name
-        for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/lua file
+        for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/store/lua file
             assert row["script"] is None or row["script"] in scripts, row
         py_spy = profile["py_spy"]
         if py_spy["status"] == "absent":  # the suite's machine need not have run bench-setup

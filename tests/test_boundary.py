@@ -19,7 +19,7 @@ from production_config import production_document
 
 from relay import model, payload
 from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
-from relay.queue import QueueRefusal
+from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +31,7 @@ PRODUCTION_MODULES = (
     "relay.service",
     "relay.remote",
     "relay.http.app",
-    "relay.worker",
+    "relay.delivery.worker",
 )
 
 
@@ -167,7 +167,7 @@ def test_the_image_build_context_installs_no_kit(tmp_path: Path) -> None:
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(p.name for p in built.iterdir()) == ["relay"]
-    assert (built / "relay" / "lua" / "enqueue.lua").is_file()
+    assert (built / "relay" / "store" / "lua" / "enqueue.lua").is_file()
     assert (built / "relay" / "service.py").is_file()
 
 
@@ -215,7 +215,8 @@ def test_loading_settings_touches_no_redis_or_lua_code() -> None:
         "import sys\n"
         "from relay.config import load_settings\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')"
-        " or m in ('relay.queue', 'relay.redis_connection', 'relay.routes')))\n"
+        " or m in ('relay.store.queue', 'relay.store.scripts', 'relay.store.connection',"
+        " 'relay.store.routes')))\n"
     )
     completed = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True

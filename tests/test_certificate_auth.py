@@ -33,10 +33,10 @@ from simulator import (
     simulator_process,
 )
 
-from relay.apns import CertificateCredentials
 from relay.config import Settings, load_settings
+from relay.credentials import CertificateCredentials
+from relay.delivery.rotator import CredentialRotator
 from relay.model import Notification
-from relay.rotator import CredentialRotator
 from relay.service import make_client, run_relay
 from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay_devkit.embedded import free_port

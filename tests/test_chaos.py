@@ -34,8 +34,10 @@ from topologies import ValkeyCluster
 
 from relay.config import RedisSettings
 from relay.model import Notification
-from relay.queue import LEASE, NOTE, PAYLOAD, QUEUE, QueueLimits, RelayQueue, shard_prefix
-from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind, connect
+from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind, connect
+from relay.store.keys import LEASE, NOTE, PAYLOAD, QUEUE, shard_prefix
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
 from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.dev_mode import simulator_app
 

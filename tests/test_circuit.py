@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from relay import circuit
-from relay.circuit import Circuit, CircuitPolicy, RouteState
+from relay.delivery import circuit
+from relay.delivery.circuit import Circuit, CircuitPolicy, RouteState
 from relay.model import ApnsResponse, Delivered, Expired, Failed, Retry
 from relay.policy import RetryPolicy, classify, is_route_failure
 

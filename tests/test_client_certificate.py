@@ -16,8 +16,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from relay.apns import connect_failure
-from relay.client_certificate import (
+from relay.config import ConfigError, load_settings
+from relay.delivery.apns import connect_failure
+from relay.delivery.client_certificate import (
     CertificateError,
     PushCertificateInfo,
     decode_topics,
@@ -25,7 +26,6 @@ from relay.client_certificate import (
     load_pkcs12,
     read_push_certificate,
 )
-from relay.config import ConfigError, load_settings
 from relay.model import ApnsResponse, PauseApp, Retry
 from relay.policy import RetryPolicy, classify
 from relay_devkit.apns_sim.certificate_rules import (

@@ -34,8 +34,8 @@ from relay_harness import (
 from simulator import SimInfo, control_client, simulator_process
 from topologies import ValkeyCluster
 
-from relay.spool import LOG_FILE
-from relay.spool_log import scan
+from relay.store.spool import LOG_FILE
+from relay.store.spool_log import scan
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
 

@@ -22,21 +22,16 @@ from relay.model import (
     PauseApp,
     Retry,
 )
-from relay.queue import (
+from relay.store.keys import shard_of_id, shard_prefix, shard_tag
+from relay.store.queue import RelayQueue, spread
+from relay.store.records import (
     Accepted,
-    DeadToken,
-    DeviceQueueFull,
     DeviceStatus,
     ExpiredRecord,
     LeasedNotification,
-    PendingCapReached,
     QueueLimits,
-    RelayQueue,
-    shard_of_id,
-    shard_prefix,
-    shard_tag,
-    spread,
 )
+from relay.store.refusals import DeadToken, DeviceQueueFull, PendingCapReached
 
 T0 = 1_700_000_000_000  # the injected clock's start (ms)
 APP = "com.example.chat"

@@ -21,7 +21,9 @@ from relay.model import (
     Notification,
     Retry,
 )
-from relay.queue import Accepted, DeadToken, QueueLimits, QueueRefusal, RelayQueue
+from relay.store.queue import RelayQueue
+from relay.store.records import Accepted, QueueLimits
+from relay.store.refusals import DeadToken, QueueRefusal
 
 T0 = 1_700_000_000_000
 APP = "com.example.chat"

@@ -28,7 +28,8 @@ from relay.model import (
     Notification,
     Retry,
 )
-from relay.queue import LeasedNotification, QueueLimits, RelayQueue
+from relay.store.queue import RelayQueue
+from relay.store.records import LeasedNotification, QueueLimits
 
 T0 = 1_700_000_000_000
 APP = "com.example.chat"

@@ -19,7 +19,7 @@ from eventually import eventually
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import SimInfo, control_client, running_simulator
 
-from relay.queue import NOTE, shard_of_id, shard_prefix
+from relay.store.keys import NOTE, shard_of_id, shard_prefix
 from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer

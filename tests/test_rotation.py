@@ -1,4 +1,5 @@
-"""relay.rotation: whether re-read credentials are taken, and what only a restart applies."""
+"""relay.delivery.rotation: whether re-read credentials are taken, and what only a restart
+applies."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay import metrics
-from relay.apns import CertificateCredentials, Credentials, TokenCredentials
 from relay.check import AppUnderCheck, CertificateFacts, CredentialFacts, TokenKeyFacts
-from relay.client_certificate import ClientCertificate, read_push_certificate
 from relay.config import Settings
-from relay.rotation import Outcome, describe, judge, restart_needed, same_credentials
+from relay.credentials import CertificateCredentials, Credentials, TokenCredentials
+from relay.delivery.client_certificate import ClientCertificate, read_push_certificate
+from relay.delivery.rotation import Outcome, describe, judge, restart_needed, same_credentials
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)

@@ -10,11 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from relay import circuit
-from relay.circuit import Circuit, CircuitPolicy, RouteState
+from relay.delivery import circuit
+from relay.delivery.circuit import Circuit, CircuitPolicy, RouteState
 from relay.model import Route
-from relay.queue import QueueLimits, RelayQueue
-from relay.routes import RouteStore, StoredCircuit, route_key
+from relay.store.keys import route_key
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
+from relay.store.routes import RouteStore, StoredCircuit
 
 T0 = 1_700_000_000_000
 ROUTE = Route("chat", "production", "api.push.apple.com:443")

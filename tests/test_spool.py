@@ -13,11 +13,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from relay.config import ConfigError
-from relay.ingest import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
 from relay.model import Notification
-from relay.redis_errors import vanished_as_unreachable, vanished_connection
-from relay.spool import LOG_FILE, Spool, SpoolFull
-from relay.spool_log import (
+from relay.store.errors import vanished_as_unreachable, vanished_connection
+from relay.store.ingest import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
+from relay.store.spool import LOG_FILE, Spool, SpoolFull
+from relay.store.spool_log import (
     HEADER,
     MAGIC,
     Admission,

@@ -31,14 +31,16 @@ from topologies import SentinelTopology, ValkeyCluster, client_of
 
 from relay.config import ConfigError, RedisSettings, load_settings
 from relay.model import Notification
-from relay.queue import QueueLimits, RelayQueue, shard_prefix
-from relay.redis_connection import (
+from relay.store.connection import (
     ReplicaAcknowledgement,
     ReplicasBehind,
     connect,
     replica_acknowledgement,
 )
-from relay.redis_topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
+from relay.store.keys import shard_prefix
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
+from relay.store.topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster

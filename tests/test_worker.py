@@ -7,10 +7,12 @@ import time
 
 import redis.asyncio as aioredis
 
-from relay.apns import ApnsClient, Endpoint, TokenCredentials
+from relay.credentials import Endpoint, TokenCredentials
+from relay.delivery.apns import ApnsClient
+from relay.delivery.worker import DeliveryWorker
 from relay.model import ApnsResponse, DeliveryState, Notification
-from relay.queue import QueueLimits, RelayQueue
-from relay.worker import DeliveryWorker
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
 
 TOKEN = "ab" * 32
 

@@ -12,11 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 from eventually import eventually
 
+from relay.delivery.sender import Sender
+from relay.delivery.worker import DeliveryWorker
 from relay.model import ApnsResponse, DeliveryState, Notification, Route
 from relay.policy import RetryPolicy
-from relay.queue import DeadToken, NotificationStatus, QueueLimits, RelayQueue
-from relay.sender import Sender
-from relay.worker import DeliveryWorker
+from relay.store.queue import RelayQueue
+from relay.store.records import NotificationStatus, QueueLimits
+from relay.store.refusals import DeadToken
 
 TOKEN = "cd" * 32
 APP = "app"

@@ -8,7 +8,6 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from relay.activity_store import ActivityStore
 from relay.config import App, LiveActivitySettings
 from relay.http.auth import resolve_app
 from relay.http.body import parse_json, read_body
@@ -25,6 +24,7 @@ from relay.http.state import GRANT, STATE
 from relay.logs import mask_token
 from relay.model import InvalidInput
 from relay.payload import normalize_device_token, validate_service_id
+from relay.store.activity_store import ActivityStore
 
 log = structlog.get_logger()
 Model = TypeVar("Model", bound=BaseModel)

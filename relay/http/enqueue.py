@@ -18,7 +18,8 @@ from relay.http.problems import Problem
 from relay.http.state import GRANT, STATE, RelayState
 from relay.model import InvalidInput, Notification
 from relay.payload import PushSpec
-from relay.queue import Accepted, QueueRefusal
+from relay.store.records import Accepted
+from relay.store.refusals import QueueRefusal
 
 
 def refuse_while_draining(state: RelayState) -> None:

@@ -11,7 +11,7 @@ from relay import metrics
 from relay.http.responses import HealthOut, ReadinessOut, json_response
 from relay.http.routing import Route
 from relay.http.state import STATE
-from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 
 QUEUE_GAUGES_MAX_AGE_S = 1.0
 

@@ -16,8 +16,8 @@ from relay.http.problems import Problem
 from relay.http.routing import Handler
 from relay.http.state import GRANT, STATE
 from relay.model import InvalidInput
-from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.quoting import shown
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 
 log = structlog.get_logger("relay.api")
 

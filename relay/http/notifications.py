@@ -34,8 +34,10 @@ from relay.http.routing import INGEST_ERRORS, Route
 from relay.http.state import GRANT, STATE
 from relay.model import DeliveryState, InvalidInput
 from relay.payload import build_notification
-from relay.queue import MAX_BATCH, Accepted, NotificationStatus, QueueRefusal
-from relay.routes import RouteStore, route_for
+from relay.store.queue import MAX_BATCH
+from relay.store.records import Accepted, NotificationStatus
+from relay.store.refusals import QueueRefusal
+from relay.store.routes import RouteStore, route_for
 
 
 async def create_notification(request: web.Request) -> web.Response:

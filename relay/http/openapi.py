@@ -19,7 +19,7 @@ from relay.http.problems import PROBLEM_JSON
 from relay.http.requests import AppName, DeviceToken, NotificationId, ServiceId
 from relay.http.responses import OpenApiOut, ProblemOut
 from relay.http.routing import Route
-from relay.queue import MAX_BATCH
+from relay.store.queue import MAX_BATCH
 
 REF = "#/components/schemas/{model}"
 # The schema of each path parameter, by its name in a route's path.

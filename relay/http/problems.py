@@ -11,15 +11,15 @@ from pydantic import BaseModel, ValidationError
 
 from relay.http.refusals import invalid_inputs
 from relay.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
-from relay.queue import (
+from relay.store.connection import ReplicasBehind
+from relay.store.refusals import (
     DeadToken,
     DeviceQueueFull,
     IdempotencyKeyReused,
     PendingCapReached,
     QueueRefusal,
 )
-from relay.redis_connection import ReplicasBehind
-from relay.spool import SpoolFull, SpoolUnavailable
+from relay.store.spool import SpoolFull, SpoolUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 

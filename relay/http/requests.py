@@ -25,8 +25,8 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
-from relay.queue import MAX_BATCH
 from relay.quoting import shown
+from relay.store.queue import MAX_BATCH
 
 MAX_NOTIFICATION_ID_CHARS = 128
 DEVICE_TOKEN = r"^(?:[0-9a-fA-F]{2})+$"

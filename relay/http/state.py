@@ -10,10 +10,10 @@ from aiohttp import web
 from relay.config import Settings
 from relay.http.auth import Credentials, Grant
 from relay.http.limits import ApiLimits, RequestRates
-from relay.ingest import Ingest
-from relay.queue import RelayQueue
-from relay.redis_connection import ReplicaAcknowledgement
-from relay.spool import Spool
+from relay.store.connection import ReplicaAcknowledgement
+from relay.store.ingest import Ingest
+from relay.store.queue import RelayQueue
+from relay.store.spool import Spool
 
 
 @dataclass

@@ -6,26 +6,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from relay.apns import default_endpoint
-from relay.circuit import Circuit, RouteState
 from relay.config import App
+from relay.delivery.circuit import Circuit, RouteState
 from relay.model import Route
-from relay.queue import KEY_ROOT, ROUTE, RelayQueue, ScriptArg, ScriptCall, load_script
+from relay.store.keys import route_key
+from relay.store.queue import RelayQueue
+from relay.store.scripts import ScriptArg, ScriptCall, load_script
 
 ROUTE_WRITE = load_script("route_write", shard_script=False)
 
 
 def route_for(app: App) -> Route:
     """The route a configured app sends on (what its ApnsClient reports as `route`)."""
-    endpoint = app.endpoint or default_endpoint(app.environment)
+    endpoint = app.apns_endpoint()
     return Route(app.name, app.environment, f"{endpoint.host}:{endpoint.port}")
-
-
-def route_key(route: Route) -> str:
-    # Its own hash tag: a route's record is one key, so it may live in any Cluster slot.
-    return (
-        f"{KEY_ROOT}:{{{ROUTE}{route.app}}}:{ROUTE}{route.app}:{route.environment}:{route.endpoint}"
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub
 from redis.asyncio.sentinel import Sentinel
 
-from relay.queue import QueueRefusal, shard_of_id, shard_prefix
-from relay.redis_topology import SentinelSet, Standalone, topology
+from relay.store.keys import ACK_MARK, shard_of_id, shard_prefix
+from relay.store.refusals import QueueRefusal
+from relay.store.topology import SentinelSet, Standalone, topology
 
 if TYPE_CHECKING:
     from relay.config import RedisSettings
@@ -27,9 +28,6 @@ HEALTH_CHECK_INTERVAL_S = 30
 # Per process and node. redis-py's default, 100, fails the 101st concurrent command at once
 # (MaxConnectionsError) rather than queueing it; a server accepts 10000 clients.
 MAX_CONNECTIONS = 1000
-# Per shard: the key written just before WAIT. WAIT counts replicas that acknowledged this
-# connection's last write; the marker makes that write one that follows the notification's.
-ACK_MARK = "ack"
 REPLICAS_BEHIND_RETRY_AFTER_S = 1
 
 # ---- clients ----

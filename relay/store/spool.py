@@ -17,8 +17,8 @@ import structlog
 
 from relay import metrics
 from relay.config import ConfigError
-from relay.queue import QueueRefusal
-from relay.spool_log import (
+from relay.store.refusals import QueueRefusal
+from relay.store.spool_log import (
     Admission,
     Replayed,
     SpooledNotification,

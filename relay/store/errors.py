@@ -1,4 +1,4 @@
-"""Errors of a Redis command whose connection went away under it, as what they mean."""
+"""What an unreachable or failing Redis raises, and the outage reported once per process."""
 
 from __future__ import annotations
 
@@ -10,7 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis.asyncio
+import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from relay.logs import RepeatedCondition
+
+# What an unreachable or failing Redis raises: redis-py's own errors are not OSErrors.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)
+# One per process: an outage is logged as it starts, in periodic summaries and as it ends, not
+# once per request that met it. Whoever catches REDIS_ERRORS reports it; a script that runs ends it.
+# Its logger keeps the name it had before the store became a package.
+REDIS_UNAVAILABLE = RepeatedCondition("redis_unavailable", structlog.get_logger("relay.queue"))
 
 # Where a command that lost its connection fails with an error on None instead of a ConnectionError.
 _CONNECTION_CODE = (

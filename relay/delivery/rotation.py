@@ -7,9 +7,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Literal
 
-from relay.apns import CertificateCredentials, Credentials, TokenCredentials
 from relay.check import AppUnderCheck, credential_verdict
 from relay.config import App, Settings
+from relay.credentials import CertificateCredentials, Credentials, TokenCredentials
 
 # The outcomes metrics.CREDENTIAL_RELOAD_OUTCOMES lists.
 Outcome = Literal["rotated", "unchanged", "rejected"]

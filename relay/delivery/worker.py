@@ -1,4 +1,8 @@
-"""The delivery loop: claim due notifications, send each via its app's client, settle in batches."""
+"""The delivery loop: claim due notifications, send each via its app's client, settle in batches.
+
+Over ~400 lines: one loop whose parts (claiming, sending, route circuits and their probes, pauses,
+batched settling, draining at shutdown) share the worker's in-flight state; the decisions
+themselves are pure elsewhere (relay.policy, relay.delivery.circuit)."""
 
 from __future__ import annotations
 
@@ -14,8 +18,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay import circuit, metrics
-from relay.circuit import Circuit, CircuitPolicy
+from relay import metrics
+from relay.delivery import circuit
+from relay.delivery.circuit import Circuit, CircuitPolicy
+from relay.delivery.sender import Sender
 from relay.logs import mask_token
 from relay.model import (
     ApnsResponse,
@@ -28,9 +34,10 @@ from relay.model import (
     Retry,
 )
 from relay.policy import RetryPolicy, classify, is_route_failure
-from relay.queue import REDIS_ERRORS, REDIS_UNAVAILABLE, ClaimBatch, RelayQueue
-from relay.routes import RouteStore, StoredCircuit
-from relay.sender import Sender
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.queue import RelayQueue
+from relay.store.records import ClaimBatch
+from relay.store.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
 

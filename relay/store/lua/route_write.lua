@@ -4,8 +4,8 @@
 -- pairs (every field: the record is replaced whole).
 -- Returns the new version, or 0 when the version moved on (the caller reads again and decides anew).
 -- Keeps: one decision per state change across all workers (the pure logic lives in
--- relay/circuit.py; this script only makes its writes atomic), so one worker probes and one worker
--- logs each transition.
+-- relay/delivery/circuit.py; this script only makes its writes atomic), so one worker probes and
+-- one worker logs each transition.
 local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then
   return 0

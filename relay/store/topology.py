@@ -1,5 +1,5 @@
 """The Redis topology a URL names (standalone, Sentinel, Cluster), parsed without touching Redis:
-settings validate `redis.url` with it, and relay.redis_connection builds clients from it."""
+settings validate `redis.url` with it, and relay.store.connection builds clients from it."""
 
 from __future__ import annotations
 

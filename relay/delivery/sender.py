@@ -1,7 +1,8 @@
 """What the delivery worker needs of an APNs client: the `Sender` protocol.
 
-relay.apns.ApnsClient (the aioapns adapter) is the real one; tests drive the worker with a fake.
-The worker depends on this protocol alone, so delivery decisions are testable without TLS."""
+relay.delivery.apns.ApnsClient (on the aioapns adapter) is the real one; tests drive the worker
+with a fake. The worker depends on this protocol alone, so delivery decisions are testable
+without TLS."""
 
 from __future__ import annotations
 

@@ -1,12 +1,15 @@
-"""aioapns adapter: endpoint override, a deadline on every request, one shared JWT per app.
+"""The aioapns adapter: every deviation from aioapns 4.0, and only here.
 
-aioapns 4.0 is subclassed, not forked. Each override below covers one gap listed in
-shared/reference/aioapns.md:
+aioapns 4.0 is subclassed, not forked; no other module of the relay imports aioapns or h2.
+relay.delivery.apns (ApnsClient) is built on this module's pool and protocol and uses only their
+own methods; the two parts of a fix that live there are marked [client] below. Each override
+covers one gap listed in shared/reference/aioapns.md:
 1. no request deadline               -> a timer per stream answers "Timeout" and resets the stream
 2. an error status without a body    -> streams resolve on END_STREAM, body or not
 3. wait_for + connection_lost crash  -> no wait_for; futures are only resolved while not done;
                                         a caller's own cancel resets its stream at once
-4. busy polling when streams run out -> in-flight bounded by a semaphore; waits are on an event;
+4. busy polling when streams run out -> in-flight bounded by a semaphore [client]; waits are on
+                                        an event (RelayConnectionPool.acquire);
                                         a new connection is used only once APNs' SETTINGS (its
                                         stream limit) have arrived
 4b. a stream limit that moves        -> StreamSlots follows SETTINGS_MAX_CONCURRENT_STREAMS as
@@ -17,8 +20,9 @@ shared/reference/aioapns.md:
                                         each connection keeps the one it started with, so a
                                         rotated key (replace_credentials) reaches only new ones
 6. GOAWAY / discard_connection       -> a GOAWAY'd connection is retired: no new streams, the
-                                        ones above last_stream_id (never processed) are sent
-                                        again at once on another connection, the rest drain
+                                        ones above last_stream_id (never processed) answer
+                                        `unprocessed` and are sent again at once on another
+                                        connection [client], the rest drain
                                         (h2 would refuse their answers: see
                                         DrainingStateMachine); a send racing GOAWAY is sent
                                         again too; discard is idempotent
@@ -29,6 +33,9 @@ bodies would otherwise exhaust the connection window and hang every later answer
 Every aioapns internal relied upon here (conn, free_channels' replacement, the pool's _lock and
 connections, the protocol constructor's arguments, ...) is named in tests/test_aioapns_contract.py,
 which fails, naming it, if an aioapns upgrade changes it.
+
+Over ~400 lines on purpose: one module owns the whole boundary with aioapns and h2, so that an
+upgrade is reviewed in one place.
 """
 
 from __future__ import annotations
@@ -38,7 +45,6 @@ import contextlib
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
@@ -72,52 +78,17 @@ from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
 from relay import metrics
-from relay.client_certificate import ClientCertificate
-from relay.model import ApnsResponse, Notification, Route
-from relay.policy import CERTIFICATE_REFUSED
+from relay.credentials import Endpoint, TokenCredentials
+from relay.model import ApnsResponse, Notification
 from relay.push_types import topic_for
 
 log = structlog.get_logger("relay.apns")
-
-PRODUCTION_HOST = "api.push.apple.com"
-SANDBOX_HOST = "api.sandbox.push.apple.com"
-APNS_PORT = 443
 
 JWT_REFRESH_AFTER_S = 45 * 60  # Apple: no more often than every 20 min, no less than every 60
 JWT_MIN_FORCED_INTERVAL_S = 60  # a forced refresh (ExpiredProviderToken) at most once a minute
 IDLE_CLOSE_S = 3600
 STALLED_CONNECTION_TIMEOUTS = 3  # consecutive unanswered streams before a connection is replaced
 DEFAULT_INTERNAL_ERROR_STREAK = 10  # consecutive 500s before a connection is replaced
-# Sends of one request that APNs never processed (GOAWAY above last_stream_id, a retired
-# connection) made again at once on another connection, within the request's deadline.
-UNPROCESSED_RESENDS = 3
-CLOSE_TIMEOUT_S = 5.0  # how long close() waits for connections to end (TLS close_notify)
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    host: str
-    port: int = APNS_PORT
-    ca_file: str | None = None  # trust anchor for a private endpoint (the simulator)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCredentials:
-    key_pem: str
-    key_id: str
-    team_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateCredentials:
-    certificate: ClientCertificate
-
-
-Credentials = TokenCredentials | CertificateCredentials
-
-
-def default_endpoint(environment: str) -> Endpoint:
-    return Endpoint(SANDBOX_HOST if environment == "sandbox" else PRODUCTION_HOST)
 
 
 class SharedJWT(AuthorizationHeaderProvider):
@@ -651,164 +622,3 @@ class RelayConnectionPool(APNsBaseConnectionPool):
             connection.close()
         if connections:
             await asyncio.wait([c.lost for c in connections], timeout=within_s)
-
-
-def make_ssl_context(endpoint: Endpoint, credentials: Credentials) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=endpoint.ca_file)
-    context.set_alpn_protocols(["h2"])
-    if isinstance(credentials, CertificateCredentials):
-        credentials.certificate.load_into(context)
-    return context
-
-
-# TLS alerts by which a server refuses the client certificate (OpenSSL's reason names). APNs
-# refuses an expired, revoked or foreign certificate in the handshake, before any HTTP/2 frame.
-CERTIFICATE_REFUSAL_ALERTS = frozenset(
-    {
-        "SSLV3_ALERT_BAD_CERTIFICATE",
-        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
-        "SSLV3_ALERT_CERTIFICATE_REVOKED",
-        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
-        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-        "TLSV1_ALERT_UNKNOWN_CA",
-        "TLSV1_ALERT_ACCESS_DENIED",
-        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
-    }
-)
-
-
-def connect_failure(exc: OSError) -> ApnsResponse:
-    """The status-0 answer for a connection that could not be made: a refused client
-    certificate is a credential fault (CertificateRefused:<alert>, which pauses the app);
-    anything else is a transport failure, retried."""
-    alert = getattr(exc, "reason", None)
-    if isinstance(exc, ssl.SSLError) and alert in CERTIFICATE_REFUSAL_ALERTS:
-        return ApnsResponse(0, f"{CERTIFICATE_REFUSED}:{alert}")
-    return ApnsResponse(0, "ConnectError")
-
-
-class ApnsClient:
-    """Sends one app's notifications; every call returns an ApnsResponse by its deadline."""
-
-    def __init__(
-        self,
-        app: str,
-        topic: str,
-        endpoint: Endpoint,
-        credentials: Credentials,
-        *,
-        environment: str = "production",
-        request_timeout_s: float = 10.0,
-        max_connections: int = 4,
-        max_in_flight: int = 1000,
-        internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
-    ) -> None:
-        self.app = app
-        self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
-        self.endpoint = endpoint
-        self.request_timeout_s = request_timeout_s
-        self.credentials = credentials
-        self.pool = RelayConnectionPool(
-            app,
-            topic,
-            endpoint,
-            make_ssl_context(endpoint, credentials),
-            max_connections,
-            internal_error_streak,
-            self._provider_token(credentials),
-        )
-        self.max_in_flight = max_in_flight
-        self._in_flight = asyncio.Semaphore(max_in_flight)
-        self._in_flight_gauge = metrics.APNS_IN_FLIGHT.labels(app=app)
-        self._duration = metrics.APNS_REQUEST_DURATION.labels(app=app)
-
-    async def send(
-        self,
-        notification: Notification,
-        apns_id: str,
-        on_wire: Callable[[], None] = lambda: None,
-    ) -> ApnsResponse:
-        """Send once; `on_wire` is called when the request is about to leave (from then on it
-        may reach the phone, so a shutdown must let it finish rather than take it back)."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + self.request_timeout_s
-        async with self._in_flight:
-            self._in_flight_gauge.inc()
-            try:
-                response = await self._send(notification, apns_id, deadline, on_wire)
-            finally:
-                self._in_flight_gauge.dec()
-        self._duration.observe(loop.time() - started)
-        metrics.APNS_RESPONSES.labels(
-            app=self.app, status=str(response.status), reason=response.reason or ""
-        ).inc()
-        return response
-
-    async def _send(
-        self,
-        notification: Notification,
-        apns_id: str,
-        deadline: float,
-        on_wire: Callable[[], None],
-    ) -> ApnsResponse:
-        """One attempt: sent again at once, on another connection, while APNs says it did not
-        process it (no attempt is spent on what never reached it)."""
-        response = await self._send_once(notification, apns_id, deadline, on_wire)
-        for _ in range(UNPROCESSED_RESENDS):
-            if not response.unprocessed:
-                break
-            metrics.APNS_UNPROCESSED_RESENDS.labels(
-                app=self.app, reason=response.reason or ""
-            ).inc()
-            response = await self._send_once(notification, apns_id, deadline, on_wire)
-        return response
-
-    async def _send_once(
-        self,
-        notification: Notification,
-        apns_id: str,
-        deadline: float,
-        on_wire: Callable[[], None],
-    ) -> ApnsResponse:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(deadline):
-                connection = await self.pool.acquire()
-        except TimeoutError:
-            return ApnsResponse(0, "ConnectTimeout")
-        except OSError as exc:
-            log.warning("apns_connect_failed", app=self.app, error=str(exc))
-            return connect_failure(exc)
-        if loop.time() >= deadline:
-            return ApnsResponse(0, "ConnectTimeout")
-        # The connection's own token: one opened before a rotation keeps the key it is bound to.
-        authorization = connection.jwt.get_header() if connection.jwt else None
-        return await connection.send_raw(notification, apns_id, deadline, authorization, on_wire)
-
-    def _provider_token(self, credentials: Credentials) -> SharedJWT | None:
-        if isinstance(credentials, TokenCredentials):
-            return SharedJWT(credentials, self.app)
-        return None
-
-    def replace_credentials(self, credentials: Credentials) -> None:
-        """Rotate: new connections use `credentials` (a new provider token, or a TLS context with
-        the new certificate); the open ones finish their streams and close."""
-        context = make_ssl_context(self.endpoint, credentials)
-        self.credentials = credentials
-        self.pool.replace_credentials(context, self._provider_token(credentials))
-
-    @property
-    def jwt(self) -> SharedJWT | None:
-        """The provider token new connections send (None with a certificate)."""
-        return self.pool.jwt
-
-    def refresh_jwt(self) -> bool:
-        return self.jwt.force_refresh() if self.jwt else False
-
-    @property
-    def connections(self) -> int:
-        return len(self.pool.connections)
-
-    async def close(self) -> None:
-        await self.pool.close_all(CLOSE_TIMEOUT_S)

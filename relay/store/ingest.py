@@ -15,18 +15,13 @@ import structlog
 from relay import metrics
 from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
-from relay.queue import (
-    REDIS_ERRORS,
-    REDIS_UNAVAILABLE,
-    Accepted,
-    NotificationStatus,
-    QueueRefusal,
-    RelayQueue,
-)
-from relay.redis_connection import ReplicaAcknowledgement, ReplicasBehind
-from relay.redis_errors import vanished_as_unreachable
-from relay.spool import Spool, SpoolUnavailable
-from relay.spool_log import Device, SpooledNotification
+from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE, vanished_as_unreachable
+from relay.store.queue import RelayQueue
+from relay.store.records import Accepted, NotificationStatus
+from relay.store.refusals import QueueRefusal
+from relay.store.spool import Spool, SpoolUnavailable
+from relay.store.spool_log import Device, SpooledNotification
 
 log = structlog.get_logger("relay.ingest")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.activities import ActivityTokens, LastSent, next_timestamp
-from relay.queue import KEY_ROOT, RelayQueue, ScriptCall, load_script
+from relay.store.keys import activity_key, push_to_start_key
+from relay.store.queue import RelayQueue
+from relay.store.scripts import ScriptCall, load_script
 
-ACTIVITY = "activity:"  # HASH: activity_token, device_token, last (<event_s>:<timestamp_s>)
-PUSH_TO_START = "pts:"  # STRING: a device's push-to-start token
 # A push-to-start token lives as long as the app's install; the app sends it again at every
 # launch (ActivityKit's pushToStartTokenUpdates), so a month without one means it is gone.
 PUSH_TO_START_TTL_S = 30 * 86_400
@@ -18,17 +18,6 @@ PUSH_TO_START_TTL_S = 30 * 86_400
 STAMP_ATTEMPTS = 32
 ACTIVITY_STAMP = load_script("activity_stamp", shard_script=False)
 ACTIVITY_REGISTER = load_script("activity_register", shard_script=False)
-
-
-def activity_key(app: str, service_id: str) -> str:
-    # Its own hash tag: one key per activity, so it may live in any Cluster slot.
-    name = f"{ACTIVITY}{app}:{service_id}"
-    return f"{KEY_ROOT}:{{{name}}}:{name}"
-
-
-def push_to_start_key(app: str, device_token: str) -> str:
-    name = f"{PUSH_TO_START}{app}:{device_token}"
-    return f"{KEY_ROOT}:{{{name}}}:{name}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
--- Helpers every script shares: prepended (after the key-name prelude that queue.py generates) to
--- each script at load time, so a state change is written once. Every script's KEYS[1..4] are its
+-- Helpers every script shares: prepended (after the key-name prelude that scripts.py generates)
+-- to each script at load time, so a state change is written once. Every script's KEYS[1..4] are its
 -- shard's due, lease, heads and stats keys and ARGV[1] the shard's key prefix "relay:{s}:"; keys
 -- found at run time (queues, records) are built from that prefix, so they share the {s} hash tag
 -- and the script stays in one Cluster slot.

@@ -15,11 +15,12 @@ from pathlib import Path
 import structlog
 
 from relay import metrics
-from relay.apns import ApnsClient, CertificateCredentials, Credentials
 from relay.check import AppUnderCheck
 from relay.config import AppAuth, ConfigError, Settings, load_settings
 from relay.credential_files import credential_facts, load_credentials, publish_certificate_expiry
-from relay.rotation import Judgement, describe, judge, restart_needed
+from relay.credentials import CertificateCredentials, Credentials
+from relay.delivery.apns import ApnsClient
+from relay.delivery.rotation import Judgement, describe, judge, restart_needed
 
 log = structlog.get_logger("relay.rotation")
 

@@ -1,0 +1,157 @@
+"""Notifications and outcomes to script arguments, and Redis replies back to records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, get_type_hints
+
+from relay.model import (
+    Delivered,
+    DeliveryOutcome,
+    DeliveryState,
+    Expired,
+    Failed,
+    Notification,
+    PauseApp,
+    Retry,
+)
+from relay.store.records import (
+    NOTIFICATION_FIELDS,
+    DeadTokenRecord,
+    ExpiredRecord,
+    LeasedNotification,
+    NotificationStatus,
+)
+from relay.store.scripts import ScriptArg
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def optional_int(value: bytes | str | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def optional_text(value: bytes | str | None) -> str | None:
+    return None if value is None else text(value)
+
+
+def _field_decoder(annotation: Any) -> Callable[[bytes | str], Any]:
+    if annotation is bytes:
+        return lambda value: value if isinstance(value, bytes) else value.encode()
+    if annotation is int or annotation == int | None:
+        return int  # a None field is not stored, so only present values are decoded
+    return text
+
+
+_NOTIFICATION_DECODERS = {
+    name: _field_decoder(hint)
+    for name, hint in get_type_hints(Notification).items()
+    if name in NOTIFICATION_FIELDS
+}
+
+
+def notification_from(payload: bytes, values: Sequence[bytes | str | None]) -> Notification:
+    decoded: dict[str, Any] = {
+        name: None if value is None else _NOTIFICATION_DECODERS[name](value)
+        for name, value in zip(NOTIFICATION_FIELDS, values, strict=True)
+    }
+    return Notification(payload=payload, **decoded)
+
+
+def notification_pairs(n: Notification) -> list[ScriptArg]:
+    """The field/value pairs of a notification's record; None fields are left out."""
+    pairs: list[ScriptArg] = []
+    for name in NOTIFICATION_FIELDS:
+        value = getattr(n, name)
+        if value is not None:
+            pairs += (name, value)
+    return pairs
+
+
+def order_args(n: Notification) -> tuple[str, ScriptArg]:
+    """(group, order) for enqueue.lua; ('', '') when the notification is plain FIFO."""
+    if n.order_group is None or n.order is None:
+        return "", ""
+    return n.order_group, n.order
+
+
+def outcome_args(outcome: DeliveryOutcome) -> tuple[ScriptArg, ...]:
+    """(kind, status, reason, apns_id, delay_ms, invalid_since_ms, apns_unique_id) for
+    settle.lua; '' = none."""
+    match outcome:
+        case Delivered(apns_id=apns_id, apns_unique_id=unique_id):
+            return "delivered", 200, "", apns_id or "", "", "", unique_id or ""
+        case Retry(reason=reason, delay_ms=delay_ms, status=status):
+            return "retry", status or "", reason, "", max(0, delay_ms), "", ""
+        case Failed(reason=reason, status=status, dead_token=dead, token_invalid_since_ms=since):
+            kind = "dead" if dead else "failed"
+            return kind, status, reason, "", "", "" if since is None else since, ""
+        case Expired():
+            return "expired", "", "", "", "", "", ""
+        case PauseApp():
+            raise ValueError(
+                "settle: PauseApp is not a final outcome; release the claim with"
+                " delay_ms = the probe interval instead"
+            )
+
+
+def leased_from(entry: list[Any]) -> LeasedNotification:
+    notification_id, claim_no, payload, *values = entry
+    attempts, accepted_at_ms, updated_at_ms = values[len(NOTIFICATION_FIELDS) :]
+    return LeasedNotification(
+        id=text(notification_id),
+        notification=notification_from(payload, values[: len(NOTIFICATION_FIELDS)]),
+        attempts=int(attempts),
+        accepted_at_ms=int(accepted_at_ms),
+        waiting_since_ms=int(updated_at_ms),
+        claim_no=int(claim_no),
+    )
+
+
+def expired_from(entry: list[Any]) -> ExpiredRecord:
+    notification_id, app, service_id, action = entry
+    return ExpiredRecord(
+        text(notification_id), text(app), optional_text(service_id), optional_text(action)
+    )
+
+
+def status_from(
+    notification_id: str, record: Mapping[bytes | str, bytes | str]
+) -> NotificationStatus:
+    """A notification's record (HGETALL) as its status."""
+    values = {text(name): value for name, value in record.items()}
+    return NotificationStatus(
+        id=notification_id,
+        app=text(values["app"]),
+        device_token=text(values["device_token"]),
+        service_id=optional_text(values.get("service_id")),
+        action=optional_text(values.get("action")),
+        state=DeliveryState(text(values["state"])),
+        attempts=int(values["attempts"]),
+        accepted_at_ms=int(values["accepted_at_ms"]),
+        updated_at_ms=int(values["updated_at_ms"]),
+        expires_at=int(values["expires_at"]),
+        delivered_at_ms=optional_int(values.get("delivered_at_ms")),
+        last_status=optional_int(values.get("last_status")),
+        last_reason=optional_text(values.get("last_reason")),
+        apns_id=optional_text(values.get("apns_id")),
+        apns_unique_id=optional_text(values.get("apns_unique_id")),
+        collapse_id=optional_text(values.get("collapse_id")),
+        push_type=text(values["push_type"]),
+        priority=int(values["priority"]),
+    )
+
+
+def dead_token_from(mark: Mapping[bytes | str, bytes | str]) -> DeadTokenRecord | None:
+    """A device's dead mark (HGETALL), None when it has none."""
+    values = {text(name): value for name, value in mark.items()}
+    if not values:
+        return None
+    return DeadTokenRecord(
+        reason=text(values["reason"]),
+        status=optional_int(values.get("status")),
+        invalid_since_ms=optional_int(values.get("invalid_since_ms")),
+        marked_at_ms=int(values["marked_at_ms"]),
+    )

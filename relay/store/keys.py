@@ -1,0 +1,119 @@
+"""Every Redis key name and prefix the relay uses, spelled once; the shards' Cluster hash tags.
+
+The Lua scripts get the names they share in a prelude (relay.store.scripts), never spelled there.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from redis.crc import key_slot
+
+from relay.model import Route
+
+# Every key of shard s starts with shard_prefix(s) = "relay:{<tag>}:"; the hash tag puts all of a
+# shard's keys in one Cluster slot, so each script touches exactly one slot (see shard_tag).
+# A device is "<app>:<token>".
+KEY_ROOT = "relay"
+WAKE_CHANNEL = "relay:wake"  # enqueue/settle PUBLISH the shard prefix when a device becomes due
+DUE = "due"  # ZSET device -> when its head is next due (ms); only unleased devices
+LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
+HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
+STATS = "stats"  # HASH lifetime counters (STAT_COUNTERS) and the live "pending" count
+QUEUE = "q:"  # LIST + device: notification ids, oldest first
+NOTE = "n:"  # HASH + id: the notification's fields (all but the payload) and its delivery record
+# STRING + id: the APNs body, ready to send; deleted once final. Kept apart so that every value of
+# the record stays short and Redis stores the record as a compact listpack, not a hashtable.
+PAYLOAD = "p:"
+DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
+SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
+IDEM = "idem:"  # STRING + device + ":" + idempotency key -> "<id>[ <request digest>]"
+# ZSET + app: the app's devices set aside while its route's circuit is open -> the due time each
+# had; claim returns them to DUE once the route sends again.
+PARKED = "parked:"
+# STRING per shard: the key written just before WAIT (relay.store.connection). WAIT counts
+# replicas that acknowledged this connection's last write; the marker makes that write one that
+# follows the notification's.
+ACK_MARK = "ack"
+
+# Keys outside the shards, each with a hash tag of its own (one key, so any Cluster slot):
+# HASH "relay:{route:<app>}:route:<app>:<environment>:<endpoint>", a route's circuit
+# (relay.store.routes), shared by every worker.
+ROUTE = "route:"
+# HASH + app:service_id: activity_token, device_token, last (<event_s>:<timestamp_s>)
+ACTIVITY = "activity:"
+PUSH_TO_START = "pts:"  # STRING + app:device_token: a device's push-to-start token
+
+# Lifetime counters the scripts keep in each shard's stats hash; the final ones are named after
+# the state they count.
+STAT_COUNTERS = (
+    "enqueued",
+    "delivered",
+    "failed",
+    "expired",
+    "superseded",
+    "retried",
+    "dead_marked",
+)
+
+CLUSTER_SLOTS = 16384
+_TAG_CANDIDATES = 1024
+
+
+def _van_der_corput(n: int) -> float:
+    """n's binary digits mirrored behind the point: 0, 1/2, 1/4, 3/4, 1/8, ... Any first k of
+    these points are spread evenly over [0, 1)."""
+    point, scale = 0.0, 0.5
+    while n:
+        point += scale * (n & 1)
+        n >>= 1
+        scale /= 2
+    return point
+
+
+@functools.cache
+def shard_tag(shard: int) -> str:
+    """The hash tag of a shard's keys, chosen so that shards 0..n-1 land evenly on Redis
+    Cluster's slots whatever n is, and so evenly on its primaries; a plain "{3}" lands wherever
+    CRC16 happens to put it."""
+    target = int(_van_der_corput(shard) * CLUSTER_SLOTS)
+
+    def distance(n: int) -> int:
+        offset = abs(key_slot(f"{shard}.{n}".encode()) - target)
+        return min(offset, CLUSTER_SLOTS - offset)
+
+    return f"{shard}.{min(range(_TAG_CANDIDATES), key=distance)}"
+
+
+def shard_prefix(shard: int) -> str:
+    return f"{KEY_ROOT}:{{{shard_tag(shard)}}}:"
+
+
+def shard_keys(prefix: str) -> list[str]:
+    """KEYS[1..4] of every shard script: the shard's indexes and its stats."""
+    return [prefix + DUE, prefix + LEASE, prefix + HEADS, prefix + STATS]
+
+
+def shard_of_id(notification_id: str) -> int | None:
+    """The shard an id names (ids are "<shard>-<hex>"), or None for an id this queue never made."""
+    head, _, rest = notification_id.partition("-")
+    return int(head) if head.isascii() and head.isdigit() and rest else None
+
+
+def _own_slot_key(name: str) -> str:
+    return f"{KEY_ROOT}:{{{name}}}:{name}"
+
+
+def route_key(route: Route) -> str:
+    """A route's circuit record: a hash tag of its own, so it may live in any Cluster slot."""
+    return (
+        f"{KEY_ROOT}:{{{ROUTE}{route.app}}}:{ROUTE}{route.app}:{route.environment}:{route.endpoint}"
+    )
+
+
+def activity_key(app: str, service_id: str) -> str:
+    return _own_slot_key(f"{ACTIVITY}{app}:{service_id}")
+
+
+def push_to_start_key(app: str, device_token: str) -> str:
+    return _own_slot_key(f"{PUSH_TO_START}{app}:{device_token}")

@@ -1,0 +1,499 @@
+"""The Redis store: per-device FIFO queues, due and lease indexes and status records, run by Lua.
+
+Its parts: key names in relay.store.keys, the scripts in relay.store.scripts (+ lua/), the
+encoding of records in relay.store.codec, the plain data in relay.store.records. What is left here
+(~490 lines) is one class, the store's API: each method one pipelined round trip whose docstring
+states its contract; splitting it would part enqueue, claim and settle from the shard addressing
+and fairness they share."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, cast
+
+from redis.asyncio.client import PubSub
+
+from relay.model import ClaimedNotification, DeliveryOutcome, Notification
+from relay.store.codec import (
+    dead_token_from,
+    expired_from,
+    leased_from,
+    notification_pairs,
+    optional_int,
+    order_args,
+    outcome_args,
+    status_from,
+    text,
+)
+from relay.store.connection import RedisClient
+from relay.store.keys import (
+    DEAD,
+    DUE,
+    HEADS,
+    IDEM,
+    LEASE,
+    NOTE,
+    PARKED,
+    QUEUE,
+    SERVICE,
+    STAT_COUNTERS,
+    STATS,
+    WAKE_CHANNEL,
+    shard_keys,
+    shard_of_id,
+    shard_prefix,
+)
+from relay.store.records import (
+    Accepted,
+    ClaimBatch,
+    DeviceStatus,
+    ExpiredRecord,
+    LeasedNotification,
+    NotificationStatus,
+    QueueLimits,
+    QueueTotals,
+)
+from relay.store.refusals import (
+    DeadToken,
+    DeviceQueueFull,
+    IdempotencyKeyReused,
+    PendingCapReached,
+    QueueRefusal,
+)
+from relay.store.scripts import (
+    CLAIM,
+    CLAIM_PARKED,
+    CLEAR_DEVICE,
+    ENQUEUE,
+    RELEASE,
+    SETTLE,
+    ScriptArg,
+    ScriptCall,
+    run_scripts,
+)
+
+MAX_BATCH = 1000  # notifications per enqueue_many call: one bounded pipeline
+MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards with work
+MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
+SUBSCRIBE_TIMEOUT_S = 5.0
+
+
+def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
+    """`limit` claims shared over `shards` as evenly as can be, the first ones taking the rest."""
+    base, extra = divmod(limit, len(shards))
+    return [(shard, base + (1 if i < extra else 0)) for i, shard in enumerate(shards)]
+
+
+def _now_ms(now_ms: int | None) -> int:
+    return int(time.time() * 1000) if now_ms is None else now_ms
+
+
+class RelayQueue:
+    """The relay's queue in one Redis or Redis Cluster; any number of processes may share it."""
+
+    def __init__(self, redis: RedisClient, limits: QueueLimits) -> None:
+        self._redis = redis
+        self.limits = limits
+        self._next_first_shard = 0  # rotates which shards get a claim's remainder (fairness)
+        self._wake: PubSub | None = None
+        self._shard_by_prefix = {shard_prefix(s).encode(): s for s in range(limits.shards)}
+
+    # ---- addressing ----
+
+    def shard_of(self, app: str, token: str) -> int:
+        return zlib.crc32(f"{app}:{token}".encode()) % self.limits.shards
+
+    # ---- script running ----
+
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each call's reply, in one round trip (relay.store.scripts.run_scripts)."""
+        return await run_scripts(self._redis, calls)
+
+    # ---- enqueue ----
+
+    def new_id(self, n: Notification) -> str:
+        """A fresh id for `n`, naming its shard (so a status read goes to one shard)."""
+        return f"{self.shard_of(n.app, n.device_token):02d}-{uuid.uuid4().hex}"
+
+    def _enqueue_call(
+        self, n: Notification, now_ms: int, notification_id: str | None = None
+    ) -> tuple[ScriptCall, str]:
+        shard = self.shard_of(n.app, n.device_token)
+        prefix = shard_prefix(shard)
+        device = f"{n.app}:{n.device_token}"
+        notification_id = notification_id or self.new_id(n)
+        keys = [
+            *shard_keys(prefix),
+            prefix + QUEUE + device,
+            prefix + NOTE + notification_id,
+            prefix + DEAD + device,
+            prefix + SERVICE + device,
+        ]
+        if n.idempotency_key is not None:
+            keys.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
+        args: list[ScriptArg] = [
+            prefix,
+            notification_id,
+            device,
+            now_ms,
+            self.limits.retention_s,
+            self.limits.max_per_device,
+            self.limits.max_pending_per_shard,
+            (n.service_id or "") if self.limits.supersede else "",
+            *order_args(n),
+            n.payload,
+            n.request_digest or "",
+            *notification_pairs(n),
+        ]
+        return ScriptCall(ENQUEUE, keys, args), device
+
+    def _enqueue_result(self, n: Notification, reply: list[Any]) -> Accepted | QueueRefusal:
+        verdict = text(reply[0])
+        if verdict == "duplicate":
+            return Accepted(text(reply[1]), duplicate=True)
+        if verdict == "reused":
+            assert n.idempotency_key is not None
+            return IdempotencyKeyReused(n.idempotency_key, text(reply[1]))
+        if verdict == "accepted":
+            return Accepted(text(reply[1]), duplicate=False, superseded=text(reply[2]) or None)
+        if verdict == "dead":
+            return DeadToken(n.app, n.device_token, text(reply[1]), optional_int(reply[2]))
+        if verdict == "device_full":
+            return DeviceQueueFull(
+                n.app,
+                n.device_token,
+                self.limits.max_per_device,
+                self.limits.device_full_retry_after_s,
+            )
+        return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
+
+    async def enqueue(
+        self, n: Notification, *, notification_id: str | None = None, now_ms: int | None = None
+    ) -> Accepted:
+        """Store one notification (one round trip) or raise a QueueRefusal having stored nothing.
+
+        A notification goes to the tail of its device's queue, unless it carries an order (both
+        `order_group` and `order`, e.g. a chat session and a GMS transcriptPosition): then it is
+        inserted before the first notification of the same device and group that has a higher
+        order and was never sent (state queued; not in flight, not retrying), so lines GMS posts
+        out of order still go out in position order. What was sent already cannot be called back:
+        a line arriving after a higher one was sent (or is being sent, or retried) is still pushed,
+        after it, never dropped. An ordered notification may thereby overtake unordered ones
+        accepted before it, which is the one exception to per-device FIFO. A repeated position is
+        caught by the idempotency key, not here.
+
+        Sent again with the same `notification_id` (an attempt whose answer was lost, a spool
+        replay), it is accepted once: the script finds the record and stores nothing more."""
+        call, _ = self._enqueue_call(n, _now_ms(now_ms), notification_id)
+        (reply,) = await self.run_scripts([call])
+        result = self._enqueue_result(n, reply)
+        if isinstance(result, QueueRefusal):
+            raise result
+        return result
+
+    async def enqueue_many(
+        self, ns: Sequence[Notification], *, now_ms: int | None = None
+    ) -> list[Accepted | QueueRefusal]:
+        """Up to MAX_BATCH notifications in one pipelined round trip, each atomic on its own."""
+        if len(ns) > MAX_BATCH:
+            raise ValueError(f"enqueue_many: {len(ns)} notifications, at most {MAX_BATCH} a call")
+        if not ns:
+            return []
+        now = _now_ms(now_ms)
+        replies = await self.run_scripts([self._enqueue_call(n, now)[0] for n in ns])
+        return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
+
+    # ---- claim ----
+
+    def _claim_call(
+        self, shard: int, limit: int, now_ms: int, routes: Mapping[str, bool]
+    ) -> ScriptCall:
+        prefix = shard_prefix(shard)
+        args: list[ScriptArg] = [
+            prefix,
+            now_ms,
+            limit,
+            self.limits.lease_ms,
+            self.limits.retention_s,
+            MAX_REAP_PER_SHARD,
+        ]
+        keys = shard_keys(prefix)
+        for app, sending in routes.items():
+            keys.append(prefix + PARKED + app)
+            args += (app, "send" if sending else "park")
+        return ScriptCall(CLAIM, keys, args)
+
+    async def claim(
+        self,
+        limit: int,
+        *,
+        now_ms: int | None = None,
+        shards: Collection[int] = (),
+        routes: Mapping[str, bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due device heads, shared fairly over the shards (all of them, or
+        only `shards`, e.g. the ones a wake-up named).
+
+        `routes` says for each app whether its route sends (True) or its circuit is open (False):
+        an open route's due devices are parked rather than claimed (claim_parked takes its probe),
+        and a sending route's parked devices are due again, at the time they had. Apps left out
+        are claimed as usual.
+
+        Every shard asked is visited in the first round trip (the ones whose share is 0 only reap
+        run-out leases and say whether they have work); shards that had more than their share are
+        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        routes = routes or {}
+        now = _now_ms(now_ms)
+        first = self._next_first_shard
+        self._next_first_shard = (first + 1) % self.limits.shards
+        visit = sorted(shards) or range(self.limits.shards)
+        order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
+        quotas = spread(max(0, limit), order)
+        claimed: list[ClaimedNotification] = []
+        expired: list[ExpiredRecord] = []
+        for _ in range(MAX_CLAIM_ROUNDS):
+            replies = await self.run_scripts(
+                [self._claim_call(s, quota, now, routes) for s, quota in quotas]
+            )
+            with_more = []
+            for (shard, _quota), (more, leased, finalised) in zip(quotas, replies, strict=True):
+                claimed += (leased_from(entry) for entry in leased)
+                expired += (expired_from(entry) for entry in finalised)
+                if more:
+                    with_more.append(shard)
+            shortfall = limit - len(claimed)
+            if shortfall <= 0 or not with_more:
+                break
+            quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
+        return ClaimBatch(claimed, expired)
+
+    async def claim_parked(self, app: str, *, now_ms: int | None = None) -> ClaimBatch:
+        """Lease the head of the device parked longest for `app` (at most one notification: a
+        probe of its route), in two round trips: where is the oldest, then take it."""
+        now = _now_ms(now_ms)
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            pipe.zrange(shard_prefix(shard) + PARKED + app, 0, 0, withscores=True)
+        firsts = await pipe.execute()
+        candidates = [(first[0][1], shard) for shard, first in enumerate(firsts) if first]
+        if not candidates:
+            return ClaimBatch([], [])
+        _, shard = min(candidates)
+        prefix = shard_prefix(shard)
+        keys = [*shard_keys(prefix), prefix + PARKED + app]
+        args: list[ScriptArg] = [prefix, now, self.limits.lease_ms, self.limits.retention_s]
+        ((leased, finalised),) = await self.run_scripts([ScriptCall(CLAIM_PARKED, keys, args)])
+        return ClaimBatch(
+            [leased_from(entry) for entry in leased],
+            [expired_from(entry) for entry in finalised],
+        )
+
+    async def parked(self, app: str) -> int:
+        """How many of the app's devices are parked (its route's circuit is open)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            pipe.zcard(shard_prefix(shard) + PARKED + app)
+        return sum(await pipe.execute())
+
+    # ---- settle / release ----
+
+    def _by_shard(
+        self, claims: Sequence[ClaimedNotification]
+    ) -> dict[int, list[LeasedNotification]]:
+        grouped: dict[int, list[LeasedNotification]] = defaultdict(list)
+        for claim in claims:
+            if not isinstance(claim, LeasedNotification):
+                raise TypeError("settle/release take the claims that RelayQueue.claim returned")
+            grouped[self.shard_of(claim.notification.app, claim.notification.device_token)].append(
+                claim
+            )
+        return grouped
+
+    async def settle(
+        self,
+        results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]],
+        *,
+        now_ms: int | None = None,
+    ) -> None:
+        """Record a batch of outcomes in one pipelined round trip (one script per shard).
+
+        Delivered/Failed/Expired make the head final and the next one due; Retry makes it due again
+        after its delay. A result whose lease was lost (another claim since) is ignored."""
+        if not results:
+            return
+        outcomes = {id(claim): outcome_args(outcome) for claim, outcome in results}
+        now = _now_ms(now_ms)
+        calls = []
+        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+            ]
+            for claim in claims:
+                args += (claim.id, claim.claim_no, *outcomes[id(claim)])
+            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
+        await self.run_scripts(calls)
+
+    async def release(
+        self,
+        claims: Sequence[ClaimedNotification],
+        *,
+        delay_ms: int = 0,
+        now_ms: int | None = None,
+    ) -> None:
+        """Give claims back unsent: due again after `delay_ms`, attempts unchanged."""
+        if not claims:
+            return
+        now = _now_ms(now_ms)
+        calls = []
+        for shard, leased in self._by_shard(claims).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
+            for claim in leased:
+                args += (claim.id, claim.claim_no)
+            calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
+        await self.run_scripts(calls)
+
+    # ---- reading ----
+
+    async def get(self, notification_id: str) -> NotificationStatus | None:
+        shard = shard_of_id(notification_id)
+        if shard is None or shard >= self.limits.shards:
+            return None
+        record = cast(
+            dict[bytes | str, bytes | str],
+            await cast(Any, self._redis).hgetall(shard_prefix(shard) + NOTE + notification_id),
+        )
+        if not record:
+            return None
+        return status_from(notification_id, record)
+
+    async def device(self, app: str, token: str) -> DeviceStatus:
+        prefix = shard_prefix(self.shard_of(app, token))
+        device = f"{app}:{token}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.llen(prefix + QUEUE + device)
+        pipe.zscore(prefix + LEASE, device)
+        pipe.hgetall(prefix + DEAD + device)
+        pending, lease, dead = await pipe.execute()
+        return DeviceStatus(
+            pending=int(pending), in_flight=lease is not None, dead=dead_token_from(dead)
+        )
+
+    async def clear_device(self, app: str, token: str, *, now_ms: int | None = None) -> int:
+        """Lift the dead mark and purge the queue (purged ones become FAILED "Purged"; the one in
+        flight is left to its worker). Returns how many were purged."""
+        prefix = shard_prefix(self.shard_of(app, token))
+        device = f"{app}:{token}"
+        keys = [*shard_keys(prefix), prefix + QUEUE + device, prefix + DEAD + device]
+        args: list[ScriptArg] = [prefix, device, _now_ms(now_ms), self.limits.retention_s]
+        (purged,) = await self.run_scripts([ScriptCall(CLEAR_DEVICE, keys, args)])
+        return int(purged)
+
+    async def totals(self, *, now_ms: int | None = None) -> QueueTotals:
+        """Counts and lifetime counters over all shards, in one pipelined round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.hgetall(prefix + STATS)
+            pipe.zcard(prefix + HEADS)
+            pipe.zcard(prefix + LEASE)
+            pipe.zrange(prefix + HEADS, 0, 0, withscores=True)
+        replies = await pipe.execute()
+        counters = dict.fromkeys((*STAT_COUNTERS, "pending"), 0)
+        devices_pending = leased = 0
+        oldest: float | None = None
+        for i in range(0, len(replies), 4):
+            stats, heads, leases, first_head = replies[i : i + 4]
+            for name, value in stats.items():
+                counters[text(name)] += int(value)
+            devices_pending += heads
+            leased += leases
+            if first_head:
+                accepted_at = first_head[0][1]
+                oldest = accepted_at if oldest is None else min(oldest, accepted_at)
+        age = None if oldest is None else max(0.0, (_now_ms(now_ms) - oldest) / 1000)
+        return QueueTotals(
+            pending=counters["pending"],
+            devices_pending=devices_pending,
+            leased=leased,
+            oldest_pending_age_s=age,
+            **{name: counters[name] for name in STAT_COUNTERS},
+        )
+
+    # ---- waiting for work ----
+
+    async def next_due_ms(self) -> int | None:
+        """The earliest time work may be claimable: a due head or a lease running out."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.zrange(prefix + DUE, 0, 0, withscores=True)
+            pipe.zrange(prefix + LEASE, 0, 0, withscores=True)
+        scores = [int(first[0][1]) for first in await pipe.execute() if first]
+        return min(scores, default=None)
+
+    async def listen_for_work(self) -> None:
+        """Subscribe to wake-ups now: a worker calls it before its first claim, so that no
+        enqueue between that claim and its first wait_for_work goes unseen."""
+        await self._wake_subscription()
+
+    async def _wake_subscription(self) -> PubSub:
+        """The wake channel's subscription, confirmed by the server before it is returned, so that
+        every enqueue after the first wait_for_work call is seen."""
+        if self._wake is None:
+            wake = self._redis.pubsub()
+            await wake.subscribe(WAKE_CHANNEL)
+            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                while True:
+                    message = await wake.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+            self._wake = wake
+        return self._wake
+
+    async def wait_for_work(self, timeout_s: float) -> frozenset[int]:
+        """As soon as an enqueue or a settle makes a device due: the shards where that happened
+        (every wake-up already queued included, so one claim serves them all); an empty set
+        after `timeout_s` without one.
+
+        The first call subscribes (unless listen_for_work did); enqueues before the subscription
+        are not seen, so subscribe, then claim, then wait."""
+        wake = await self._wake_subscription()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        shards: set[int] = set()
+        while True:
+            # Wake-ups already queued are read even when no time is left: a worker whose next
+            # due time has passed (a push enqueued between its claim and its look at due times)
+            # then claims the shard named, not all of them.
+            remaining = max(0.0, deadline - loop.time())
+            message = await wake.get_message(ignore_subscribe_messages=True, timeout=remaining)
+            while message is not None:
+                shard = self._shard_by_prefix.get(message["data"])
+                # A prefix this queue does not know (another shard count): look everywhere.
+                shards.update(range(self.limits.shards) if shard is None else (shard,))
+                message = await wake.get_message(ignore_subscribe_messages=True, timeout=0.0)
+            if shards or deadline - loop.time() <= 0:
+                return frozenset(shards)
+
+    @property
+    def client(self) -> RedisClient:
+        return self._redis
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (readiness)."""
+        return bool(await cast(Any, self._redis).ping())
+
+    async def aclose(self) -> None:
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            await wake.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated

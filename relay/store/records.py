@@ -1,0 +1,136 @@
+"""The store's plain data: its limits, what enqueue and claim return, what a read finds, and which
+of a notification's fields its record holds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from relay.model import ClaimedNotification, DeliveryState, Notification
+
+# The payload has a key of its own; the request digest lives only beside the idempotency key.
+NOTIFICATION_FIELDS = tuple(
+    f.name for f in fields(Notification) if f.name not in ("payload", "request_digest")
+)
+# What claim reads of a head: the whole Notification, then the delivery record it needs.
+CLAIM_FIELDS = (*NOTIFICATION_FIELDS, "attempts", "accepted_at_ms", "updated_at_ms")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """How the store is sharded and bounded; every process sharing a Redis must agree on them."""
+
+    shards: int = 16
+    max_per_device: int = 100  # per (app, token) queue length
+    # The global cap on non-final notifications, enforced per shard as ceil(max_pending / shards)
+    # so the check stays inside one shard's script: the real total can reach shards * that.
+    max_pending: int = 1_000_000
+    retention_s: int = 86_400  # TTL of final notification records and idempotency keys
+    lease_ms: int = 30_000  # how long a claim is held before another worker may take it
+    dead_token_ttl_s: int = 30 * 86_400
+    # A newer notification for the same (device, service_id) supersedes older QUEUED/RETRYING
+    # ones (never one in flight).
+    supersede: bool = True
+    device_full_retry_after_s: int = 30  # Retry-After for DeviceQueueFull
+    pending_cap_retry_after_s: int = 60  # Retry-After for PendingCapReached
+
+    def __post_init__(self) -> None:
+        for name in (
+            "shards",
+            "max_per_device",
+            "max_pending",
+            "retention_s",
+            "lease_ms",
+            "dead_token_ttl_s",
+        ):
+            if getattr(self, name) < 1:
+                value = getattr(self, name)
+                raise ValueError(f"QueueLimits.{name}: must be at least 1, got {value}")
+
+    @property
+    def max_pending_per_shard(self) -> int:
+        return math.ceil(self.max_pending / self.shards)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    id: str
+    duplicate: bool  # the idempotency key was seen before: the existing id is returned
+    superseded: str | None = None  # the older notification this one replaced, if any
+    spooled: bool = False  # held in the api's local spool until Redis answers (relay.spool)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeasedNotification(ClaimedNotification):
+    """A claim as `claim` hands it out: the claim number proves the lease at settle/release
+    (a claim ended once, or overtaken by a later claim, changes nothing)."""
+
+    claim_no: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredRecord:
+    """A head that claim found past its expires_at and finalised as EXPIRED (for metrics, logs)."""
+
+    id: str
+    app: str
+    service_id: str | None
+    action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    claimed: list[ClaimedNotification]  # LeasedNotification instances
+    expired: list[ExpiredRecord]  # heads finalised as EXPIRED during the claim
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationStatus:
+    id: str
+    app: str
+    device_token: str
+    service_id: str | None
+    action: str | None
+    state: DeliveryState
+    attempts: int
+    accepted_at_ms: int
+    updated_at_ms: int
+    expires_at: int  # UNIX seconds
+    delivered_at_ms: int | None
+    last_status: int | None
+    last_reason: str | None
+    apns_id: str | None
+    apns_unique_id: str | None  # sandbox only: the key of Apple's Delivery Log
+    collapse_id: str | None
+    push_type: str
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadTokenRecord:
+    reason: str
+    status: int | None
+    invalid_since_ms: int | None  # APNs' timestamp: when the token went invalid
+    marked_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    pending: int  # non-final notifications, the one in flight included
+    in_flight: bool
+    dead: DeadTokenRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTotals:
+    pending: int  # non-final notifications
+    devices_pending: int  # devices with at least one
+    leased: int  # devices whose head is in flight
+    oldest_pending_age_s: float | None
+    enqueued: int
+    delivered: int
+    failed: int
+    expired: int
+    superseded: int
+    retried: int
+    dead_marked: int

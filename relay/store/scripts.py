@@ -1,0 +1,129 @@
+"""The Lua scripts (relay/store/lua/): loaded once, each with the names it shares with Python
+prepended, and the call of one script with its KEYS and ARGV."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+from redis.exceptions import NoScriptError
+
+from relay.metrics import REDIS_SCRIPT_CALLS
+from relay.model import FINAL_STATES, DeliveryState
+from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
+from relay.store.keys import DEAD, NOTE, PAYLOAD, QUEUE, SERVICE, WAKE_CHANNEL
+from relay.store.records import CLAIM_FIELDS
+
+if TYPE_CHECKING:
+    from relay.store.connection import RedisClient
+
+ScriptArg: TypeAlias = str | int | bytes
+
+
+def _lua_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _lua_prelude() -> str:
+    """Names the scripts share with this module, so each is spelled once (here)."""
+    constants = {
+        "K_QUEUE": QUEUE,
+        "K_NOTE": NOTE,
+        "K_PAYLOAD": PAYLOAD,
+        "K_DEAD": DEAD,
+        "K_SERVICE": SERVICE,
+        "WAKE_CHANNEL": WAKE_CHANNEL,
+    }
+    lines = [f"local {name} = {_lua_string(value)}" for name, value in constants.items()]
+    states = ", ".join(f"{s.name} = {_lua_string(s.value)}" for s in DeliveryState)
+    finals = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(FINAL_STATES))
+    claim_fields = ", ".join(_lua_string(name) for name in CLAIM_FIELDS)
+    claim_index = ", ".join(f"{name} = {i}" for i, name in enumerate(CLAIM_FIELDS, start=1))
+    lines += [
+        f"local STATE = {{{states}}}",
+        f"local FINAL = {{{finals}}}",
+        f"local CLAIM_FIELDS = {{{claim_fields}}}",
+        f"local CLAIM_INDEX = {{{claim_index}}}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    name: str
+    source: str
+    sha: str
+
+
+def load_script(name: str, *, shard_script: bool = True) -> LuaScript:
+    """relay/store/lua/<name>.lua; a shard script (one whose KEYS[1..4] are a shard's) gets the
+    shared names and helpers prepended."""
+    lua = Path(__file__).with_name("lua")
+    parts = (_lua_prelude(), (lua / "shared.lua").read_text()) if shard_script else ()
+    source = "".join((*parts, (lua / f"{name}.lua").read_text()))
+    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+ENQUEUE, CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE = (
+    load_script(name)
+    for name in ("enqueue", "claim", "claim_parked", "settle", "release", "clear_device")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    script: LuaScript
+    keys: Sequence[str]
+    args: Sequence[ScriptArg]
+
+
+async def _execute(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    # Counted as sent: with Valkey's commandstats (EVALSHA calls, not by script) they say which
+    # script the store's time goes to (the benchmark's --profile reads both).
+    for name, count in Counter(call.script.name for call in calls).items():
+        REDIS_SCRIPT_CALLS.labels(script=name).inc(count)
+    with vanished_as_unreachable():
+        return await _send(redis, calls)
+
+
+async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    if len(calls) == 1:
+        call = calls[0]
+        try:
+            return [
+                await cast(Any, redis).evalsha(
+                    call.script.sha, len(call.keys), *call.keys, *call.args
+                )
+            ]
+        except NoScriptError as error:
+            return [error]
+    pipe = redis.pipeline(transaction=False)
+    for call in calls:
+        # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
+        # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; run_scripts
+        # answers NOSCRIPT.
+        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+    return await pipe.execute(raise_on_error=False)
+
+
+async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
+    then the scripts are loaded and only the calls that did not run are sent again."""
+    results = await _execute(redis, calls)
+    REDIS_UNAVAILABLE.cleared()
+    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    if missing:
+        for script in {calls[i].script.name: calls[i].script for i in missing}.values():
+            await cast(Any, redis).script_load(script.source)
+        for i, result in zip(
+            missing, await _execute(redis, [calls[i] for i in missing]), strict=True
+        ):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
