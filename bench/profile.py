@@ -48,8 +48,9 @@ def find_py_spy() -> str | None:
 
 
 def script_names() -> dict[str, str]:
-    """SHA -> script name for every script in relay/store/lua, as relay.store.scripts loads it: shard scripts
-    get the shared prelude and the others do not, so both variants of each file are named."""
+    """SHA -> script name for every script in relay/store/lua, as relay.store.scripts loads it:
+    shard scripts get the shared prelude and the others do not, so both variants of each file are
+    named."""
     names = {}
     for path in sorted(LUA_DIR.glob("*.lua")):
         if path.stem == "shared":

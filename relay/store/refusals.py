@@ -8,8 +8,8 @@ from typing import ClassVar
 
 class QueueRefusal(Exception):
     """Enqueue refused; nothing was stored. `reason` names the kind of refusal (each subclass has
-    its own; the HTTP layer maps it to a status, relay.http.problems.REFUSAL_STATUSES), `retry_after_s` is
-    None when waiting does not help. The store knows nothing of HTTP."""
+    its own; the HTTP layer maps it to a status, relay.http.problems.REFUSAL_STATUSES),
+    `retry_after_s` is None when waiting does not help. The store knows nothing of HTTP."""
 
     reason: ClassVar[str]
 
