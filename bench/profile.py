@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import REPO_ROOT, Tracked
 from bench.stack import Relay
-from relay.store.scripts import load_script
+from relay.store.scripts import LUA_DIR, load_script
 
 PY_SPY_DIR = REPO_ROOT / "bench" / ".work" / "py-spy"  # `make bench-setup` installs it here
 PY_SPY_RATE = 100  # samples per second per process
@@ -33,7 +33,6 @@ SLOWLOG_ENTRIES = 10
 # Lower than Valkey's 10 ms default for the phase, so the slowest commands show at all.
 SLOWLOG_SLOWER_THAN_US = 1000
 SCRIPT_METRIC = "apns_relay_redis_script_calls"
-LUA_DIR = REPO_ROOT / "relay" / "lua"
 NO_FRAME = "(no Python frame: native code)"
 
 JsonObject = dict[str, Any]

@@ -59,12 +59,14 @@ class LuaScript:
     sha: str
 
 
+LUA_DIR = Path(__file__).with_name("lua")
+
+
 def load_script(name: str, *, shard_script: bool = True) -> LuaScript:
     """relay/store/lua/<name>.lua; a shard script (one whose KEYS[1..4] are a shard's) gets the
     shared names and helpers prepended."""
-    lua = Path(__file__).with_name("lua")
-    parts = (_lua_prelude(), (lua / "shared.lua").read_text()) if shard_script else ()
-    source = "".join((*parts, (lua / f"{name}.lua").read_text()))
+    parts = (_lua_prelude(), (LUA_DIR / "shared.lua").read_text()) if shard_script else ()
+    source = "".join((*parts, (LUA_DIR / f"{name}.lua").read_text()))
     return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
