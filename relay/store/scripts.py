@@ -3,13 +3,14 @@ prepended, and the call of one script with its KEYS and ARGV."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+from prometheus_client import Counter
 from redis.exceptions import NoScriptError
 
 from relay.metrics import REDIS_SCRIPT_CALLS
@@ -83,11 +84,17 @@ class ScriptCall:
     args: Sequence[ScriptArg]
 
 
+@functools.cache
+def _calls_of(script: str) -> Counter:
+    """The script's call counter, looked up once (labels() costs ~2 µs; inc() a tenth of it)."""
+    return REDIS_SCRIPT_CALLS.labels(script=script)
+
+
 async def _execute(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
     # Counted as sent: with Valkey's commandstats (EVALSHA calls, not by script) they say which
     # script the store's time goes to (the benchmark's --profile reads both).
-    for name, count in Counter(call.script.name for call in calls).items():
-        REDIS_SCRIPT_CALLS.labels(script=name).inc(count)
+    for call in calls:
+        _calls_of(call.script.name).inc()
     with vanished_as_unreachable():
         return await _send(redis, calls)
 
