@@ -51,7 +51,12 @@ FINAL_FLUSH_S = 2.0  # beyond the grace period: one Redis round trip, or several
 # How stale a worker's view of the route circuits may get: a route another worker opened is parked
 # here at most this late (the sends meanwhile fail and do not count), and probes are this punctual.
 ROUTE_REFRESH_S = 0.5
-ROUTE_WRITE_TRIES = 5  # compare-and-set rounds before a route update gives way to the next event
+ROUTE_WRITE_TRIES = 5
+# How long a read of the shards' next due time is trusted while that time is still ahead: reading
+# it (two ZRANGEs per shard) before every wait cost a round trip per notification at low rates.
+# This worker's own retries and releases lower it at once; anything else (another worker's retry,
+# a lease of a worker that died) is seen at the next read, within this long.
+DUE_REREAD_S = 1.0  # compare-and-set rounds before a route update gives way to the next event
 
 
 def apns_id_for(notification_id: str) -> str:
@@ -88,6 +93,9 @@ class DeliveryWorker:
         # Each app's route circuit as last read or written here; refreshed every ROUTE_REFRESH_S.
         self.routes = {app: StoredCircuit(Circuit(), 0) for app in self.clients}
         self._routes_read_at = float("-inf")
+        # The earliest due time of any shard as last read (inf: nothing due), and when it was read.
+        self._next_due_s = float("inf")
+        self._due_read_at = float("-inf")
         self._route_locks = {app: asyncio.Lock() for app in self.clients}
         self._probes: dict[str, asyncio.Task[None]] = {}
         # The last 200 seen here per app: a quiet success on a closed route is not written to
@@ -192,13 +200,19 @@ class DeliveryWorker:
         longest = IDLE_WAIT_MAX_S
         if not all(view.circuit.sending for view in self.routes.values()):
             longest = ROUTE_REFRESH_S
-        try:
-            next_due = await self.queue.next_due_ms()
-        except REDIS_ERRORS:
-            return REDIS_RETRY_S
-        if next_due is None:
-            return longest
-        return min(longest, max(0.0, next_due / 1000 - self.clock()))
+        now = self.clock()
+        if self._next_due_s <= now or now - self._due_read_at >= DUE_REREAD_S:
+            try:
+                next_due_ms = await self.queue.next_due_ms()
+            except REDIS_ERRORS:
+                return REDIS_RETRY_S
+            self._due_read_at = now
+            self._next_due_s = float("inf") if next_due_ms is None else next_due_ms / 1000
+        return min(longest, max(0.0, self._next_due_s - now))
+
+    def _due_at(self, due_s: float) -> None:
+        """Something this worker wrote is due at `due_s`: wait no longer than that."""
+        self._next_due_s = min(self._next_due_s, due_s)
 
     def _launch(self, claim: ClaimedNotification, *, probe: bool) -> None:
         task = asyncio.create_task(self._deliver(claim, probe=probe))
@@ -463,11 +477,14 @@ class DeliveryWorker:
     # Settling: outcomes are written to Redis in batches, one round trip per batch.
 
     def _settle(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
+        if isinstance(outcome, Retry):
+            self._due_at(self.clock() + outcome.delay_ms / 1000)
         self.settle_buffer.append((claim, outcome))
         self._buffer_ready.set()
         self._count(claim, outcome)
 
     def _release(self, claim: ClaimedNotification, delay_s: float) -> None:
+        self._due_at(self.clock() + delay_s)
         self.release_buffer.append((claim, int(delay_s * 1000)))
         self._buffer_ready.set()
 
