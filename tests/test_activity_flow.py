@@ -10,13 +10,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from relay_harness import RelayHarness, running_relay
+from seed_actions import CONFIRM_WITH_CODE
 
 from relay.config import DEFAULT_LIVE_ACTIVITY_STEPS
 from relay.store.activity_store import ActivityStore
 from relay.store.keys import activity_key, push_to_start_key
 
 SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
-CONFIRM = "get-dialog-user-confirmation-provide_code-true"
 LIVE_ACTIVITY = {"live_activity": {"stale_after_s": 900, "dismiss_after_s": 60}}
 
 
@@ -46,13 +46,13 @@ async def test_a_registered_activity_follows_the_callback_to_its_end(
         assert status == 200
         started = int(time.time())
         await callback_event(relay, device, "wait-for-agent", estimated_wait_s=240)
-        await callback_event(relay, device, CONFIRM)
+        await callback_event(relay, device, CONFIRM_WITH_CODE)
         await callback_event(relay, device, "connect-inbound")
 
         alerts = await relay.received(device, 3)
         assert [r["payload"]["message"]["_action"] for r in alerts] == [
             "wait-for-agent",
-            CONFIRM,
+            CONFIRM_WITH_CODE,
             "connect-inbound",
         ]
         assert all(r["headers"]["apns-push-type"] == "alert" for r in alerts)
@@ -92,7 +92,7 @@ async def test_wait_for_agent_starts_the_activity_by_push_to_start(
         )
         assert status == 200
         # Not a start action: with no activity registered, nothing is pushed to it.
-        await callback_event(relay, device, CONFIRM)
+        await callback_event(relay, device, CONFIRM_WITH_CODE)
         await callback_event(relay, device, "wait-for-agent")
         (start,) = await relay.received(push_to_start, 1)
         body = aps(start)
@@ -121,7 +121,7 @@ async def test_an_activity_token_apns_calls_dead_is_dropped(
             assert time.monotonic() < deadline, "the activity token was never marked dead"
             await asyncio.sleep(0.02)
         # The next event finds the token dead: the registration goes, the alert still goes out.
-        await callback_event(relay, device, CONFIRM)
+        await callback_event(relay, device, CONFIRM_WITH_CODE)
         assert await redis.hget(activity_key("dev", SERVICE), "activity_token") is None
         assert len(await relay.received(device, 2)) == 2
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
+from seed_actions import SEED_ACTIONS
 
 from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
 from relay.app_profile import AppProfile
@@ -365,14 +366,7 @@ def test_an_apps_profile_is_what_building_its_pushes_needs(tmp_path: Path, key_f
 
 
 def test_defaults_cover_the_six_seed_actions_with_english_text() -> None:
-    assert set(DEFAULT_ALERTS) == {
-        "get-dialog-user-confirmation-provide_code-true",
-        "get-dialog-user-confirmation-provide_code-false",
-        "get-dialog-start-chat",
-        "connect-inbound",
-        "connect-outbound",
-        "wait-for-agent",
-    }
+    assert set(DEFAULT_ALERTS) == set(SEED_ACTIONS)
     confirm = DEFAULT_ALERTS["get-dialog-user-confirmation-provide_code-true"]
     assert (confirm.title, confirm.body) == (
         "An agent is available",

@@ -14,6 +14,7 @@ from typing import cast
 import aiohttp
 import pytest
 from aiohttp import web
+from seed_actions import CONFIRM, CONFIRM_WITH_CODE
 from simulator import control_client, running_simulator
 
 from relay_devkit.device_sim.app import (
@@ -64,8 +65,7 @@ TOKEN = "c0ffee" * 10 + "beef"
 AT = 1_700_000_000.0
 EXPIRES = datetime.fromtimestamp(AT + 30, UTC)  # the menus' $(Date): 30 s after AT
 CONTEXT = DialogContext(f"{SERVER_URL}/genesys", SERVICE_ID, "alice", EXPIRES)
-TRUE_MENU = "get-dialog-user-confirmation-provide_code-true"
-FALSE_MENU = "get-dialog-user-confirmation-provide_code-false"
+TRUE_MENU, FALSE_MENU = CONFIRM_WITH_CODE, CONFIRM
 YES = "Yes, I'm ready to talk"
 BASE = f"{SERVER_URL}/genesys/1/service/{SERVICE_ID}"
 

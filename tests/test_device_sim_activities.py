@@ -8,13 +8,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from relay_harness import RelayHarness, running_relay
+from seed_actions import CONFIRM_WITH_CODE
 
 from relay_devkit.device_sim.activities import ActivityShown, ActivityWatcher, LiveActivities
 from relay_devkit.device_sim.app import AppSettings, DeviceApp, TranscriptEntry
 from relay_devkit.device_sim.phone import Phone
 
 SERVICE = "3SQI3S31693JL9L3R00506T40C000U73"
-CONFIRM = "get-dialog-user-confirmation-provide_code-true"
 START_TOKEN, UPDATE_TOKEN = "aa" * 32, "bb" * 32
 
 
@@ -89,7 +89,7 @@ async def test_the_lock_screen_follows_a_callback_from_waiting_to_dismissed(
 
         steps = [
             ("wait-for-agent", ("started", "waiting")),
-            (CONFIRM, ("updated", "agent-available")),
+            (CONFIRM_WITH_CODE, ("updated", "agent-available")),
             ("connect-inbound", ("ended", "connecting")),
         ]
         for action, change in steps:

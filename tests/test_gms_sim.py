@@ -17,6 +17,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from aiohttp import web
+from seed_actions import SEED_ACTIONS
 
 from relay_devkit.gms_sim import command
 from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
@@ -139,7 +140,7 @@ EXPECTED: dict[str, JsonObject] = {
 
 
 def test_the_six_seed_actions_and_no_others() -> None:
-    assert set(SEED_DIALOGS) == set(EXPECTED)
+    assert set(SEED_DIALOGS) == set(EXPECTED) == set(SEED_ACTIONS)
 
 
 @pytest.mark.parametrize("action", sorted(EXPECTED))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from seed_actions import CONFIRM
 
 from relay_devkit.gms_sim.callback import (
     DEFAULT_MAX_CONFIRMATION_ATTEMPTS,
@@ -20,7 +21,7 @@ from relay_devkit.gms_sim.callback import (
 
 S = CallbackState
 OPTIONS = CallbackOptions()
-FALSE_MENU = "get-dialog-user-confirmation-provide_code-false"
+FALSE_MENU = CONFIRM
 T0 = 1_000.0
 
 

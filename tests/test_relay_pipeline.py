@@ -10,16 +10,9 @@ from typing import Any
 
 import pytest
 from relay_harness import running_relay
+from seed_actions import SEED_ACTIONS
 
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"
-SEED_ACTIONS = (
-    "get-dialog-user-confirmation-provide_code-true",
-    "get-dialog-user-confirmation-provide_code-false",
-    "get-dialog-start-chat",
-    "connect-inbound",
-    "connect-outbound",
-    "wait-for-agent",
-)
 
 
 def message_of(record: dict[str, Any]) -> Any:
