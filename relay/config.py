@@ -1,4 +1,9 @@
-"""Settings: a YAML file plus RELAY_* environment overrides, validated into typed models."""
+"""Settings: a YAML file plus RELAY_* environment overrides, validated into typed models.
+
+Over ~400 lines: the settings file's whole schema, one pydantic model per section with its
+validators beside it, then the loading (file, environment, one-line problems). The sections are
+small and read, validated and documented together (config/relay.example.yaml); what they feed is
+kept elsewhere as plain data (relay.app_profile, relay.credentials, relay.alerts)."""
 
 from __future__ import annotations
 
