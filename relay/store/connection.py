@@ -12,6 +12,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub
 from redis.asyncio.sentinel import Sentinel
 
+from relay.store.errors import vanished_as_unreachable
 from relay.store.keys import ACK_MARK, shard_of_id, shard_prefix
 from relay.store.refusals import QueueRefusal
 from relay.store.topology import SentinelSet, Standalone, topology
@@ -136,7 +137,8 @@ class ReplicaAcknowledgement:
         markers = self._markers_by_node(notification_ids)
         if not markers:
             return self.replicas
-        acknowledged = min(await asyncio.gather(*(self._wait(m) for m in markers)))
+        with vanished_as_unreachable():
+            acknowledged = min(await asyncio.gather(*(self._wait(m) for m in markers)))
         if acknowledged < self.replicas:
             raise ReplicasBehind(acknowledged, self.replicas, self.timeout_ms)
         return acknowledged

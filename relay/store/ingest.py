@@ -16,7 +16,7 @@ from relay import metrics
 from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
-from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE, vanished_as_unreachable
+from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import Accepted, NotificationStatus
 from relay.store.refusals import QueueRefusal
@@ -125,10 +125,9 @@ class Ingest:
         """The enqueue, and the replicas' acknowledgement when asked for (redis.ack_replicas):
         the same for a request and for the replay, under the same id, so that storing again
         what is stored already (an answer lost, a replay repeated) changes nothing."""
-        with vanished_as_unreachable():
-            accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
-            if self.replicas is not None and not accepted.duplicate:
-                await self.replicas.confirm([accepted.id])
+        accepted = await self.queue.enqueue(n, notification_id=notification_id, now_ms=now_ms)
+        if self.replicas is not None and not accepted.duplicate:
+            await self.replicas.confirm([accepted.id])
         return accepted
 
     async def _store_held(self, n: Notification, notification_id: str, deadline: float) -> Accepted:
