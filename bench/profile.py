@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import REPO_ROOT, Tracked
 from bench.stack import Relay
-from relay.store.scripts import LUA_DIR, load_script
+from relay.store.scripts import LUA_DIR, REFUSED_AT_MAXMEMORY, RUNS_AT_MAXMEMORY, load_script
 
 PY_SPY_DIR = REPO_ROOT / "bench" / ".work" / "py-spy"  # `make bench-setup` installs it here
 PY_SPY_RATE = 100  # samples per second per process
@@ -48,14 +48,15 @@ def find_py_spy() -> str | None:
 
 def script_names() -> dict[str, str]:
     """SHA -> script name for every script in relay/store/lua, as relay.store.scripts loads it:
-    shard scripts get the shared prelude and the others do not, so both variants of each file are
-    named."""
+    shard scripts get the shared prelude and the others do not, and each is refused or run at
+    maxmemory, so every variant of each file is named."""
     names = {}
     for path in sorted(LUA_DIR.glob("*.lua")):
         if path.stem == "shared":
             continue
         for shard_script in (True, False):
-            names[load_script(path.stem, shard_script=shard_script).sha] = path.stem
+            for shebang in (REFUSED_AT_MAXMEMORY, RUNS_AT_MAXMEMORY):
+                names[load_script(path.stem, shebang, shard_script=shard_script).sha] = path.stem
     return names
 
 

@@ -151,7 +151,9 @@ async def test_delivered_is_final_with_apns_id_and_ttl(
         T0 + 20,
         1,
     )
-    ttls = [await redis.ttl(key) async for key in redis.scan_iter(match="*:n:*")]
+    # The queued record and its payload are gone; the final record is history, under a TTL.
+    assert [key async for key in redis.scan_iter(match="*:[np]:*")] == []
+    ttls = [await redis.ttl(key) async for key in redis.scan_iter(match="*:h:*")]
     assert len(ttls) == 1
     assert 0 < ttls[0] <= queue.limits.retention_s
     assert await queue.device(APP, TOKEN_A) == DeviceStatus(pending=0, in_flight=False, dead=None)

@@ -14,12 +14,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis as syncredis
+import redis.asyncio as aioredis
 from eventually import eventually
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import SimInfo, control_client, running_simulator
 
-from relay.store.keys import NOTE, shard_of_id, shard_prefix
+from relay.store.queue import RelayQueue
+from relay.store.records import QueueLimits
 from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
@@ -79,18 +80,17 @@ async def sent_numbers(info: SimInfo) -> list[tuple[str, int]]:
     return [(r["token"], r["payload"]["n"]) for r in records]
 
 
-def claims(redis_url: str, ids: list[str]) -> list[int]:
-    """How many times each notification was claimed (its record's claim number)."""
-    client = syncredis.Redis.from_url(redis_url)
+async def claims(redis_url: str, ids: list[str]) -> list[int]:
+    """How many times each notification was claimed (its status's claims)."""
+    client = aioredis.Redis.from_url(redis_url)
+    queue = RelayQueue(client, QueueLimits())
     try:
-        pipe = client.pipeline(transaction=False)
-        for notification_id in ids:
-            shard = shard_of_id(notification_id)
-            assert shard is not None
-            pipe.hget(shard_prefix(shard) + NOTE + notification_id, "claim_no")
-        return [int(claim_no) for claim_no in pipe.execute()]
+        statuses = [await queue.get(notification_id) for notification_id in ids]
+        assert all(statuses), "a notification's status is missing"
+        return [status.claims for status in statuses if status is not None]
     finally:
-        client.close()
+        await queue.aclose()
+        await client.aclose()
 
 
 def assert_at_least_once(sent: list[tuple[str, int]], claimed: list[int]) -> int:
@@ -140,7 +140,7 @@ async def test_worker_killed_mid_run_loses_nothing(redis_url: str, state_dir: Pa
                     await eventually(all_final, timeout_s=60, what="every notification final")
                     totals = await queue_totals(session, api.url)
         sent = await sent_numbers(info)
-    duplicates = assert_at_least_once(sent, claims(redis_url, ids))
+    duplicates = assert_at_least_once(sent, await claims(redis_url, ids))
     assert totals["delivered"] == count
     by_device: dict[str, list[int]] = {}
     for device, n in sent:
@@ -177,5 +177,5 @@ async def test_valkey_killed_between_accept_and_delivery_loses_nothing(
                     await eventually(all_final, timeout_s=60, what="every notification final")
                     assert (await queue_totals(session, api.url))["delivered"] == count
             sent = await sent_numbers(info)
-            duplicates = assert_at_least_once(sent, claims(valkey.url, ids))
+            duplicates = assert_at_least_once(sent, await claims(valkey.url, ids))
     print(f"duplicates (each after a fault): {duplicates}")

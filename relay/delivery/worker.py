@@ -11,7 +11,6 @@ import contextlib
 import functools
 import random
 import time
-import uuid
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from relay.model import (
     Failed,
     PauseApp,
     Retry,
+    apns_id_for,
 )
 from relay.policy import RetryPolicy, classify, is_route_failure
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
@@ -41,7 +41,6 @@ from relay.store.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
 
-APNS_ID_NAMESPACE = uuid.UUID("6f0b3c2e-4a43-4b8e-9a51-2a1f0c9d7e10")
 IDLE_WAIT_MAX_S = (
     1.0  # an idle worker still claims once a second: that is when expired leases return
 )
@@ -57,11 +56,6 @@ ROUTE_WRITE_TRIES = 5
 # This worker's own retries and releases lower it at once; anything else (another worker's retry,
 # a lease of a worker that died) is seen at the next read, within this long.
 DUE_REREAD_S = 1.0  # compare-and-set rounds before a route update gives way to the next event
-
-
-def apns_id_for(notification_id: str) -> str:
-    """The same apns-id on every attempt of one notification, so Apple's logs line up with ours."""
-    return str(uuid.uuid5(APNS_ID_NAMESPACE, notification_id))
 
 
 @dataclass

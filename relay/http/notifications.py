@@ -152,6 +152,14 @@ async def get_notification(request: web.Request) -> web.Response:
     status = state.ingest.spooled_status(notification_id)
     if status is None and len(notification_id) <= MAX_NOTIFICATION_ID_CHARS:
         status = await state.queue.get(notification_id)
+        if status is None and (gone := await state.queue.no_longer_retained(notification_id)):
+            # Says nothing of whose it was: the record that would tell is gone.
+            raise Problem(
+                410,
+                "no-longer-retained",
+                f"this notification's record is gone: {gone.why}",
+                field="id",
+            )
     # Another app's notification is answered exactly as a missing one: a scoped credential
     # must not learn that it exists.
     if status is None or not request[GRANT].allows(status.app):
@@ -221,8 +229,8 @@ ROUTES = [
         "/v1/notifications/{id}",
         get_notification,
         "getNotification",
-        "One notification's delivery state (404 also for another app's)",
+        "One notification's state (404 also for another app's; 410 once its record is gone)",
         {200: NotificationStatusOut},
-        errors=(404,),
+        errors=(404, 410),
     ),
 ]

@@ -117,11 +117,16 @@ class RouteWaitOut(Answer):
 class NotificationStatusOut(Answer):
     id: str
     app: str
-    device_token: str
+    device_token: str | None = Field(
+        description="null once final: a final record keeps no device token"
+    )
     service_id: str | None
     action: str | None
     state: DeliveryState
     attempts: int
+    claims: int = Field(
+        description="times handed to a worker; above attempts when one stopped mid-send"
+    )
     accepted_at_ms: int
     updated_at_ms: int
     expires_at: int = Field(description="UNIX seconds")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from relay.activities import ActivityTokens, LastSent, next_timestamp
 from relay.store.keys import activity_key, push_to_start_key
 from relay.store.queue import RelayQueue
-from relay.store.scripts import ScriptCall, load_script
+from relay.store.scripts import REFUSED_AT_MAXMEMORY, ScriptCall, load_script
 
 # A push-to-start token lives as long as the app's install; the app sends it again at every
 # launch (ActivityKit's pushToStartTokenUpdates), so a month without one means it is gone.
@@ -16,8 +16,8 @@ PUSH_TO_START_TTL_S = 30 * 86_400
 # Compare-and-set rounds: each round one contender wins, so this many events for one activity
 # may race at once (GMS sends a service a handful of events over minutes).
 STAMP_ATTEMPTS = 32
-ACTIVITY_STAMP = load_script("activity_stamp", shard_script=False)
-ACTIVITY_REGISTER = load_script("activity_register", shard_script=False)
+ACTIVITY_STAMP = load_script("activity_stamp", REFUSED_AT_MAXMEMORY, shard_script=False)
+ACTIVITY_REGISTER = load_script("activity_register", REFUSED_AT_MAXMEMORY, shard_script=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from relay.model import (
     Notification,
     PauseApp,
     Retry,
+    apns_id_for,
 )
 from relay.store.records import (
     NOTIFICATION_FIELDS,
@@ -77,11 +78,14 @@ def order_args(n: Notification) -> tuple[str, ScriptArg]:
     return n.order_group, n.order
 
 
-def outcome_args(outcome: DeliveryOutcome) -> tuple[ScriptArg, ...]:
+def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[ScriptArg, ...]:
     """(kind, status, reason, apns_id, delay_ms, invalid_since_ms, apns_unique_id) for
-    settle.lua; '' = none."""
+    settle.lua; '' = none. The apns-id the relay derived itself is left out (the history derives
+    it again)."""
     match outcome:
         case Delivered(apns_id=apns_id, apns_unique_id=unique_id):
+            if apns_id == apns_id_for(notification_id):
+                apns_id = None
             return "delivered", 200, "", apns_id or "", "", "", unique_id or ""
         case Retry(reason=reason, delay_ms=delay_ms, status=status):
             return "retry", status or "", reason, "", max(0, delay_ms), "", ""
@@ -130,6 +134,7 @@ def status_from(
         action=optional_text(values.get("action")),
         state=DeliveryState(text(values["state"])),
         attempts=int(values["attempts"]),
+        claims=int(values["claim_no"]),
         accepted_at_ms=int(values["accepted_at_ms"]),
         updated_at_ms=int(values["updated_at_ms"]),
         expires_at=int(values["expires_at"]),

@@ -186,6 +186,7 @@ class Ingest:
             action=n.action,
             state=DeliveryState.SPOOLED,
             attempts=0,
+            claims=0,
             accepted_at_ms=spooled.spooled_at_ms,
             updated_at_ms=spooled.spooled_at_ms,
             expires_at=n.expires_at,

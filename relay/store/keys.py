@@ -25,6 +25,10 @@ NOTE = "n:"  # HASH + id: the notification's fields (all but the payload) and it
 # STRING + id: the APNs body, ready to send; deleted once final. Kept apart so that every value of
 # the record stays short and Redis stores the record as a compact listpack, not a hashtable.
 PAYLOAD = "p:"
+# HASH + bucket: final records (relay.store.history), field = the id without its shard; TTL = the
+# retention from its last write.
+HISTORY = "h:"
+HISTORY_BUCKETS = "hist"  # ZSET bucket -> bucket: the shard's history buckets, oldest first
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
 SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
 IDEM = "idem:"  # STRING + device + ":" + idempotency key -> "<id>[ <request digest>]"

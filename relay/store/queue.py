@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
@@ -31,10 +30,20 @@ from relay.store.codec import (
     text,
 )
 from relay.store.connection import RedisClient
+from relay.store.history import (
+    HISTORY_BUCKET_S,
+    bucket_of,
+    history_field,
+    retention_gap,
+    status_from_history,
+    time_ordered_hex,
+)
 from relay.store.keys import (
     DEAD,
     DUE,
     HEADS,
+    HISTORY,
+    HISTORY_BUCKETS,
     IDEM,
     LEASE,
     NOTE,
@@ -54,6 +63,7 @@ from relay.store.records import (
     DeviceStatus,
     ExpiredRecord,
     LeasedNotification,
+    NoLongerRetained,
     NotificationStatus,
     QueueLimits,
     QueueTotals,
@@ -72,6 +82,7 @@ from relay.store.scripts import (
     ENQUEUE,
     RELEASE,
     SETTLE,
+    TRIM_HISTORY,
     ScriptArg,
     ScriptCall,
     run_scripts,
@@ -118,7 +129,7 @@ class RelayQueue:
 
     def new_id(self, n: Notification) -> str:
         """A fresh id for `n`, naming its shard (so a status read goes to one shard)."""
-        return f"{self.shard_of(n.app, n.device_token):02d}-{uuid.uuid4().hex}"
+        return f"{self.shard_of(n.app, n.device_token):02d}-{time_ordered_hex()}"
 
     def _enqueue_call(
         self, n: Notification, now_ms: int, notification_id: str | None = None
@@ -326,7 +337,7 @@ class RelayQueue:
         after its delay. A result whose lease was lost (another claim since) is ignored."""
         if not results:
             return
-        outcomes = {id(claim): outcome_args(outcome) for claim, outcome in results}
+        outcomes = {id(claim): outcome_args(claim.id, outcome) for claim, outcome in results}
         now = _now_ms(now_ms)
         calls = []
         for shard, claims in self._by_shard([claim for claim, _ in results]).items():
@@ -365,16 +376,45 @@ class RelayQueue:
     # ---- reading ----
 
     async def get(self, notification_id: str) -> NotificationStatus | None:
-        shard = shard_of_id(notification_id)
-        if shard is None or shard >= self.limits.shards:
+        """A notification's status, queued or final (its history record); None when neither
+        is found (no_longer_retained says whether it was given up)."""
+        shard, bucket = shard_of_id(notification_id), bucket_of(notification_id)
+        if shard is None or shard >= self.limits.shards or bucket is None:
             return None
-        record = cast(
-            dict[bytes | str, bytes | str],
-            await cast(Any, self._redis).hgetall(shard_prefix(shard) + NOTE + notification_id),
+        prefix = shard_prefix(shard)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(prefix + NOTE + notification_id)
+        pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
+        record, final = await pipe.execute()
+        if record:
+            return status_from(notification_id, record)
+        if final is not None:
+            return status_from_history(notification_id, final)
+        return None
+
+    async def no_longer_retained(
+        self, notification_id: str, *, now_ms: int | None = None
+    ) -> NoLongerRetained | None:
+        """For an id get() did not find: why its record is gone (retention, or history given
+        up for memory), or None when nothing says it ever existed."""
+        shard, bucket = shard_of_id(notification_id), bucket_of(notification_id)
+        if shard is None or shard >= self.limits.shards or bucket is None:
+            return None
+        prefix = shard_prefix(shard)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrange(prefix + HISTORY_BUCKETS, 0, 0)
+        pipe.zscore(prefix + HISTORY_BUCKETS, bucket)
+        pipe.exists(f"{prefix}{HISTORY}{bucket}")
+        oldest, listed, exists = await pipe.execute()
+        why = retention_gap(
+            notification_id,
+            now_ms=_now_ms(now_ms),
+            retention_s=self.limits.retention_s,
+            oldest_bucket=int(oldest[0]) if oldest else None,
+            bucket_listed=listed is not None,
+            bucket_exists=bool(exists),
         )
-        if not record:
-            return None
-        return status_from(notification_id, record)
+        return None if why is None else NoLongerRetained(notification_id, why)
 
     async def device(self, app: str, token: str) -> DeviceStatus:
         prefix = shard_prefix(self.shard_of(app, token))
@@ -397,6 +437,24 @@ class RelayQueue:
         args: list[ScriptArg] = [prefix, device, _now_ms(now_ms), self.limits.retention_s]
         (purged,) = await self.run_scripts([ScriptCall(CLEAR_DEVICE, keys, args)])
         return int(purged)
+
+    async def trim_history(self, *, oldest: bool, now_ms: int | None = None) -> int:
+        """Delete the oldest history bucket of every shard (`oldest`, when Redis memory runs
+        short: final records give way to queued work, oldest first), and forget the buckets past
+        the retention that expired or were evicted; returns how many final records were
+        deleted."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            pipe.zrange(shard_prefix(shard) + HISTORY_BUCKETS, 0, 0)
+        firsts = [int(first[0]) for first in await pipe.execute() if first]
+        upto = min(firsts) if oldest and firsts else -1
+        retained = (_now_ms(now_ms) - self.limits.retention_s * 1000) // (HISTORY_BUCKET_S * 1000)
+        calls = []
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            keys = [*shard_keys(prefix), prefix + HISTORY_BUCKETS]
+            calls.append(ScriptCall(TRIM_HISTORY, keys, [prefix, upto, retained]))
+        return sum(int(records) for records, _ in await self.run_scripts(calls))
 
     async def totals(self, *, now_ms: int | None = None) -> QueueTotals:
         """Counts and lifetime counters over all shards, in one pipelined round trip."""

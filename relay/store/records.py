@@ -88,11 +88,14 @@ class ClaimBatch:
 class NotificationStatus:
     id: str
     app: str
-    device_token: str
+    device_token: str | None  # None once final: the history keeps no device token
     service_id: str | None
     action: str | None
     state: DeliveryState
     attempts: int
+    # Times it was handed to a worker: more than attempts when a worker stopped mid-send, so the
+    # phone may have got it more than once (at-least-once).
+    claims: int
     accepted_at_ms: int
     updated_at_ms: int
     expires_at: int  # UNIX seconds
@@ -104,6 +107,15 @@ class NotificationStatus:
     collapse_id: str | None
     push_type: str
     priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class NoLongerRetained:
+    """A notification id whose record is gone: past its retention, or history given up while
+    Redis memory ran short (trimmed by the relay, evicted by a volatile-* policy)."""
+
+    id: str
+    why: str
 
 
 @dataclass(frozen=True, slots=True)

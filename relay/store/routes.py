@@ -11,9 +11,9 @@ from relay.delivery.circuit import Circuit, RouteState
 from relay.model import Route
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
-from relay.store.scripts import ScriptArg, ScriptCall, load_script
+from relay.store.scripts import RUNS_AT_MAXMEMORY, ScriptArg, ScriptCall, load_script
 
-ROUTE_WRITE = load_script("route_write", shard_script=False)
+ROUTE_WRITE = load_script("route_write", RUNS_AT_MAXMEMORY, shard_script=False)
 
 
 def route_for(app: App) -> Route:

@@ -16,7 +16,17 @@ from redis.exceptions import NoScriptError
 from relay.metrics import REDIS_SCRIPT_CALLS
 from relay.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
-from relay.store.keys import DEAD, NOTE, PAYLOAD, QUEUE, SERVICE, WAKE_CHANNEL
+from relay.store.history import HISTORY_BUCKET_S, LAYOUT_VERSION, STATE_CODES
+from relay.store.keys import (
+    DEAD,
+    HISTORY,
+    HISTORY_BUCKETS,
+    NOTE,
+    PAYLOAD,
+    QUEUE,
+    SERVICE,
+    WAKE_CHANNEL,
+)
 from relay.store.records import CLAIM_FIELDS
 
 if TYPE_CHECKING:
@@ -37,9 +47,16 @@ def _lua_prelude() -> str:
         "K_PAYLOAD": PAYLOAD,
         "K_DEAD": DEAD,
         "K_SERVICE": SERVICE,
+        "K_HISTORY": HISTORY,
+        "K_HISTORY_BUCKETS": HISTORY_BUCKETS,
         "WAKE_CHANNEL": WAKE_CHANNEL,
     }
     lines = [f"local {name} = {_lua_string(value)}" for name, value in constants.items()]
+    lines += [
+        f"local HISTORY_BUCKET_MS = {HISTORY_BUCKET_S * 1000}",
+        f"local HISTORY_LAYOUT = {LAYOUT_VERSION}",
+    ]
+    codes = ", ".join(f"[{_lua_string(s.value)}] = {i}" for i, s in enumerate(STATE_CODES, 1))
     states = ", ".join(f"{s.name} = {_lua_string(s.value)}" for s in DeliveryState)
     finals = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(FINAL_STATES))
     claim_fields = ", ".join(_lua_string(name) for name in CLAIM_FIELDS)
@@ -49,6 +66,7 @@ def _lua_prelude() -> str:
         f"local FINAL = {{{finals}}}",
         f"local CLAIM_FIELDS = {{{claim_fields}}}",
         f"local CLAIM_INDEX = {{{claim_index}}}",
+        f"local HISTORY_STATE = {{{codes}}}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -63,17 +81,28 @@ class LuaScript:
 LUA_DIR = Path(__file__).with_name("lua")
 
 
-def load_script(name: str, *, shard_script: bool = True) -> LuaScript:
-    """relay/store/lua/<name>.lua; a shard script (one whose KEYS[1..4] are a shard's) gets the
-    shared names and helpers prepended."""
+# Each script says how it meets Redis at maxmemory (its shebang's flags; Redis 7+, Valkey 7.2+).
+# One that adds work (enqueue, a Live Activity registration) is refused whole before it runs, so a
+# refusal has written nothing (a script is never rolled back). One that keeps delivery going
+# (claim, settle, release, purge, a route's circuit) runs anyway: settling what was sent is what
+# frees memory, and a settle refused at maxmemory is the deadlock of a full Redis.
+REFUSED_AT_MAXMEMORY = "#!lua\n"
+RUNS_AT_MAXMEMORY = "#!lua flags=allow-oom\n"
+
+
+def load_script(name: str, shebang: str, *, shard_script: bool = True) -> LuaScript:
+    """relay/store/lua/<name>.lua behind its shebang (REFUSED_AT_MAXMEMORY or RUNS_AT_MAXMEMORY);
+    a shard script (one whose KEYS[1..4] are a shard's) gets the shared names and helpers
+    prepended."""
     parts = (_lua_prelude(), (LUA_DIR / "shared.lua").read_text()) if shard_script else ()
-    source = "".join((*parts, (LUA_DIR / f"{name}.lua").read_text()))
+    source = "".join((shebang, *parts, (LUA_DIR / f"{name}.lua").read_text()))
     return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
 
 
-ENQUEUE, CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE = (
-    load_script(name)
-    for name in ("enqueue", "claim", "claim_parked", "settle", "release", "clear_device")
+ENQUEUE = load_script("enqueue", REFUSED_AT_MAXMEMORY)
+CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE, TRIM_HISTORY = (
+    load_script(name, RUNS_AT_MAXMEMORY)
+    for name in ("claim", "claim_parked", "settle", "release", "clear_device", "trim_history")
 )
 
 

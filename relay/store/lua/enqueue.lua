@@ -21,8 +21,10 @@ local prefix, id, device, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local retention, service_id = tonumber(ARGV[5]), ARGV[8]
 local order_group, order = ARGV[9], tonumber(ARGV[10])
 
--- The same call run again (redis-py re-sends a command whose reply was lost): it is done already.
-if redis.call('EXISTS', note) == 1 then
+-- The same call run again (redis-py re-sends a command whose reply was lost, a spool replay
+-- repeated): it is done already, and may be final since (its record then is history).
+local history, history_field = history_slot(prefix, id)
+if redis.call('EXISTS', note) == 1 or redis.call('HEXISTS', history, history_field) == 1 then
   return {'accepted', id, ''}
 end
 if idem then

@@ -5,20 +5,52 @@
 -- and the script stays in one Cluster slot.
 local DUE, LEASE, HEADS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
--- Make one notification final. Its record lives on for the retention period only, its payload
--- (never needed again) goes at once, its supersede slot is freed, and the shard's counters move
--- with it (the counter is named after the state).
--- `fields` are extra field/value pairs to store. The caller takes it out of the device's list.
+-- One length byte and the bytes of `value` (nil: none), as a history record holds a string.
+local function short_string(value)
+  value = string.sub(value or '', 1, 255)
+  return string.char(#value) .. value
+end
+
+-- The key of the history bucket an id's final record goes to, its field there and the bucket's
+-- number (relay.store.history: ids are "<shard>-<32 hex>", the first 12 hex digits the time the id
+-- was made; the last 16, mostly random, tell the ids of one bucket apart).
+local function history_slot(prefix, id)
+  local made_ms = tonumber(string.sub(id, -32, -21), 16) or 0
+  local bucket = math.floor(made_ms / HISTORY_BUCKET_MS)
+  return prefix .. K_HISTORY .. bucket, string.sub(id, -16), bucket
+end
+
+-- Make one notification final: its queued record and payload go, and what the status API shows
+-- stays, packed (the layout is relay.store.history's), in its shard's history bucket for the
+-- retention period; its supersede slot is freed, and the shard's counters move with it (the
+-- counter is named after the state). `fields` are the outcome's field/value pairs (last_status,
+-- last_reason, apns_id, apns_unique_id). The caller takes it out of the device's list.
 local function finalise(prefix, device, id, state, now, retention, fields)
   local note = prefix .. K_NOTE .. id
-  redis.call('HSET', note, 'state', state, 'updated_at_ms', now, unpack(fields))
-  redis.call('EXPIRE', note, retention)
-  redis.call('DEL', prefix .. K_PAYLOAD .. id)
-  local service_id = redis.call('HGET', note, 'service_id')
-  if service_id then
+  local r = redis.call('HMGET', note, 'app', 'service_id', 'action', 'push_type', 'collapse_id',
+    'last_status', 'last_reason', 'attempts', 'priority', 'accepted_at_ms', 'expires_at',
+    'claim_no')
+  local outcome = {}
+  for i = 1, #fields, 2 do
+    outcome[fields[i]] = fields[i + 1]
+  end
+  local accepted = tonumber(r[10]) or now
+  local record = struct.pack('>BBBBHBI6I4I5', HISTORY_LAYOUT, HISTORY_STATE[state],
+      math.min(tonumber(r[8]) or 0, 255), math.min(tonumber(r[12]) or 0, 255),
+      tonumber(outcome.last_status or r[6]) or 0,
+      tonumber(r[9]) or 0, accepted, math.max(now - accepted, 0), tonumber(r[11]) or 0)
+    .. short_string(r[1]) .. short_string(r[2]) .. short_string(r[3]) .. short_string(r[4])
+    .. short_string(r[5]) .. short_string(outcome.last_reason or r[7])
+    .. short_string(outcome.apns_id) .. short_string(outcome.apns_unique_id)
+  local bucket, field, slot = history_slot(prefix, id)
+  redis.call('HSET', bucket, field, record)
+  redis.call('EXPIRE', bucket, retention)
+  redis.call('ZADD', prefix .. K_HISTORY_BUCKETS, 'NX', slot, slot)
+  redis.call('DEL', note, prefix .. K_PAYLOAD .. id)
+  if r[2] then
     local slots = prefix .. K_SERVICE .. device
-    if redis.call('HGET', slots, service_id) == id then
-      redis.call('HDEL', slots, service_id)
+    if redis.call('HGET', slots, r[2]) == id then
+      redis.call('HDEL', slots, r[2])
     end
   end
   redis.call('HINCRBY', STATS, state, 1)
