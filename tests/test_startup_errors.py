@@ -123,12 +123,23 @@ def test_a_redis_that_may_evict_queued_work_is_one_line_and_exit_3(
             )
 
 
-def test_a_volatile_policy_is_accepted(tmp_path: Path) -> None:
+def test_a_volatile_policy_is_accepted_and_an_unset_spool_is_said_at_start(
+    tmp_path: Path,
+) -> None:
     options = ("--maxmemory-policy", "volatile-lru", "--maxmemory", "64mb")
     with EmbeddedServer(tmp_path / "valkey", extra_args=options) as valkey:
         config = write(tmp_path / "relay.yaml", production_document(tmp_path, valkey.url))
-        relay = start_relay_process("api", config, tmp_path)
-        assert relay.kill(signal.SIGTERM) == 0, relay.log()
+        api = start_relay_process("api", config, tmp_path)
+        assert api.kill(signal.SIGTERM) == 0, api.log()
+        spooled = production_document(tmp_path, valkey.url)
+        spooled["ingest"] = {"spool_dir": str(tmp_path / "spool")}
+        with_spool = start_relay_process("api", write(tmp_path / "spooled.yaml", spooled), tmp_path)
+        assert with_spool.kill(signal.SIGTERM) == 0, with_spool.log()
+    # No spool: GMS pushes are refused once a Redis outage or a full Redis outlasts the hold.
+    [warning] = [line for line in api.log().splitlines() if "spool_unset" in line]
+    assert "ingest.spool_dir is unset" in warning
+    assert "refused with 503" in warning
+    assert "spool_unset" not in with_spool.log()
 
 
 def test_a_redis_unreachable_at_start_is_refused_when_it_first_answers(tmp_path: Path) -> None:
