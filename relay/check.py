@@ -1,5 +1,6 @@
 """`apns-relay check`'s judgement, pure: what an app's credential files hold and what APNs answered
-to one push for a random device token -> a verdict and the fix, in plain words.
+to one push for a random device token -> a verdict and the fix, in plain words; and what the
+relay's surroundings hold for it: each Redis primary's memory policy and limit, the spool.
 
 The probe's token is well-formed but belongs to no phone, so APNs answers `BadDeviceToken` exactly
 when everything before the token passed: the TLS connection, the provider token (key, key id,
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from relay.model import ApnsResponse
 from relay.policy import CERTIFICATE_REFUSED
+from relay.store.memory import RedisMemory, policy_refusal
 
 # Apple's push certificates last 13 months; the alert on their expiry fires 30 days before.
 EXPIRY_WARNING: Final = datetime.timedelta(days=30)
@@ -223,5 +226,80 @@ def _failed(
     return Verdict(app.name, False, code, detail, fix, app.endpoint, expires_at=expires_at)
 
 
-def exit_status(verdicts: list[Verdict]) -> int:
-    return 0 if all(verdict.ok for verdict in verdicts) else 1
+def exit_status(verdicts: list[Verdict], findings: list[Finding] | None = None) -> int:
+    return 0 if all(v.ok for v in verdicts) and all(f.ok for f in findings or ()) else 1
+
+
+# ---- the relay's surroundings: Redis memory, the spool ----
+
+NO_SPOOL: Final = (
+    "ingest.spool_dir is unset: while Redis is down or full, a GMS push that outlasts the hold"
+    " (ingest.hold_seconds) is refused with 503, and GMS does not send it again"
+)
+NO_SPOOL_FIX: Final = "set ingest.spool_dir to a volume of each api's own"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One fact about what the relay runs on; `level` "FAIL" fails the check, "warn" does not."""
+
+    subject: str
+    level: str  # "ok", "warn" or "FAIL"
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.level != "FAIL"
+
+    def line(self) -> str:
+        text = f"{self.level:<4} {self.subject}: {self.detail}"
+        return f"{text}. Fix: {self.fix}" if self.fix else text
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
+
+
+def memory_finding(memory: RedisMemory) -> Finding:
+    """A primary's policy and maxmemory: an evicting policy fails, no maxmemory warns."""
+    subject = f"redis {memory.node}"
+    if policy_refusal(memory) is not None:
+        return Finding(
+            subject,
+            "FAIL",
+            f"maxmemory-policy {memory.policy}: at maxmemory it evicts any key, queued"
+            " notifications included, so pushes already acknowledged to GMS would be lost"
+            " without a word (api and worker refuse to start on it)",
+            "CONFIG SET maxmemory-policy noeviction (and in its configuration file), or a"
+            " volatile-* policy, which evicts only history",
+        )
+    policy = f"maxmemory-policy {memory.policy}"
+    if memory.policy.startswith("volatile-"):
+        policy += " (evicts only history: keys with a TTL)"
+    if memory.max_bytes == 0:
+        return Finding(
+            subject,
+            "warn",
+            f"{policy}, maxmemory 0 (unbounded), {_size(memory.used_bytes)} used: Redis then"
+            " grows until the host's memory runs out and the kernel's OOM killer ends it,"
+            " losing what its last AOF write did not hold",
+            "set maxmemory to what the host can give Redis, leaving room for the fork of an"
+            " AOF rewrite",
+        )
+    percent = 100 * memory.used_bytes / memory.max_bytes
+    return Finding(
+        subject,
+        "ok",
+        f"{policy}, maxmemory {_size(memory.max_bytes)}, {_size(memory.used_bytes)} used"
+        f" ({percent:.0f} %)",
+    )
+
+
+def spool_finding(spool_dir: Path | None) -> Finding:
+    if spool_dir is None:
+        return Finding("spool", "warn", NO_SPOOL, NO_SPOOL_FIX)
+    return Finding("spool", "ok", f"ingest.spool_dir {spool_dir}")

@@ -1,5 +1,6 @@
 """`apns-relay check`: for every configured app, read its credential files and send APNs one push
-to a random device token, then print relay.check's verdict per app (exit 1 if any failed)."""
+to a random device token, then print relay.check's verdict per app; then each Redis primary's
+memory policy and limit, and whether there is a spool (exit 1 if any failed)."""
 
 from __future__ import annotations
 
@@ -16,16 +17,22 @@ import orjson
 
 from relay.check import (
     AppUnderCheck,
+    Finding,
     Verdict,
     answer_verdict,
     credential_verdict,
     exit_status,
+    memory_finding,
+    spool_finding,
 )
 from relay.config import App, ConfigError, Settings, load_settings
 from relay.credential_files import credential_facts
 from relay.logs import configure_logging
 from relay.model import Notification
 from relay.service import make_client
+from relay.store.connection import connect
+from relay.store.errors import REDIS_ERRORS
+from relay.store.memory import read_memory
 
 PROBE_TOKEN_BYTES = 32  # a device token as Apple issues them today: 64 hex digits
 # Addressed to no phone; kept short-lived anyway (apns-expiration: a minute).
@@ -67,17 +74,49 @@ def run(args: argparse.Namespace) -> int:
     # The relay's own lines (a JWT signed, a connection failing) would only repeat the verdict.
     configure_logging(settings.logging.format, "error")
     apps = [app for app in settings.apps if not args.app or app.name in args.app]
-    verdicts = asyncio.run(check_apps(settings, apps, args.timeout))
+    verdicts, findings = asyncio.run(check_all(settings, apps, args.timeout))
+    status = exit_status(verdicts, findings)
     if args.json:
         document = {
-            "ok": exit_status(verdicts) == 0,
+            "ok": status == 0,
             "apps": [dataclasses.asdict(v) for v in verdicts],
+            "findings": [dataclasses.asdict(f) for f in findings],
         }
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
     else:
-        for verdict in verdicts:
-            print(verdict.line())
-    return exit_status(verdicts)
+        for line in (*(v.line() for v in verdicts), *(f.line() for f in findings)):
+            print(line)
+    return status
+
+
+async def check_all(
+    settings: Settings, apps: list[App], timeout_s: float
+) -> tuple[list[Verdict], list[Finding]]:
+    verdicts, redis = await asyncio.gather(
+        check_apps(settings, apps, timeout_s), check_redis(settings, timeout_s)
+    )
+    return verdicts, [*redis, spool_finding(settings.ingest.spool_dir)]
+
+
+async def check_redis(settings: Settings, timeout_s: float) -> list[Finding]:
+    """Each primary's memory policy and limit (an unreachable Redis fails the check)."""
+    if not settings.redis.url:
+        return [Finding("redis", "warn", "redis.url is unset: its memory policy is not checked")]
+    client = connect(settings.redis)
+    try:
+        memories = await asyncio.wait_for(read_memory(client), timeout_s)
+    except REDIS_ERRORS as error:  # TimeoutError among them (an OSError)
+        return [
+            Finding(
+                "redis",
+                "FAIL",
+                f"unreachable: {error or 'no answer in time'}",
+                "check redis.url and that this host may reach it",
+            )
+        ]
+    finally:
+        await client.aclose()
+    return [memory_finding(memory) for memory in memories]
 
 
 async def check_apps(settings: Settings, apps: list[App], timeout_s: float) -> list[Verdict]:

@@ -106,6 +106,9 @@ class RedisSettings(_Section):
     # Replicas that must hold an accepted write before ingest answers 2xx (0: do not wait).
     ack_replicas: Annotated[int, Field(ge=0)] = 0
     ack_timeout_ms: PositiveInt = 250
+    # The fraction of maxmemory past which new pushes go to the spool rather than into Redis,
+    # so that the memory left goes to draining (relay.store.memory).
+    memory_watermark: Annotated[float, Field(gt=0, le=1)] = 0.9
 
     @field_validator("url", "service_name")
     @classmethod

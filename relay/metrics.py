@@ -160,6 +160,31 @@ REDIS_SCRIPT_CALLS = Counter(
     ["script"],
 )
 
+# Redis memory, each primary's as this process last read it (INFO memory, about once a second)
+REDIS_MEMORY_USED = Gauge(
+    "apns_relay_redis_memory_used_bytes", "Memory the Redis primary uses (used_memory)", ["node"]
+)
+REDIS_MEMORY_MAX = Gauge(
+    "apns_relay_redis_memory_max_bytes",
+    "The Redis primary's maxmemory (0: no limit: it grows until the host runs out)",
+    ["node"],
+)
+REDIS_MAXMEMORY_POLICY = Gauge(
+    "apns_relay_redis_maxmemory_policy_info",
+    "The Redis primary's maxmemory-policy (always 1; allkeys-* evicts queued work: refused)",
+    ["node", "policy"],
+)
+REDIS_MEMORY_WATERMARK = Gauge(
+    "apns_relay_redis_memory_watermark",
+    "1 while a Redis primary uses at least redis.memory_watermark of its maxmemory (new pushes"
+    " then go to the spool, leaving the last memory to draining)",
+)
+HISTORY_TRIMMED = Counter(
+    "apns_relay_history_trimmed_total",
+    "Final records and idempotency keys the relay removed before their retention ran out, to"
+    " keep history from crowding out queued work",
+)
+
 # HTTP
 HTTP_REQUESTS = Counter(
     "apns_relay_http_requests_total", "HTTP requests served", ["route", "method", "status"]

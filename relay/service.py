@@ -21,6 +21,7 @@ from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
 from relay import metrics
+from relay.check import NO_SPOOL, NO_SPOOL_FIX
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
@@ -34,6 +35,7 @@ from relay.http.state import RelayState
 from relay.logs import configure_logging, redact_text
 from relay.store.connection import connect, replica_acknowledgement
 from relay.store.errors import REDIS_ERRORS
+from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
 from relay.store.spool import Spool
@@ -47,7 +49,9 @@ DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as w
 EXIT_CONFIG = 2
 EXIT_START = 3
 # Redis answers but refuses this relay: no retry mends that. An unreachable Redis is not among
-# them: the api holds and spools, the worker waits, readiness says so (see the README).
+# them: the api holds and spools, the worker waits, readiness says so (see the README). An
+# eviction policy that may evict queued work (relay.store.memory.policy_refusal) is the other
+# refusal, checked when Redis first answers.
 REDIS_REFUSALS = (AuthenticationError, NoPermissionError)
 
 
@@ -262,6 +266,7 @@ class RunningRelay:
     url: str
     queue: RelayQueue
     state: RelayState
+    memory: MemoryWatch
     worker: DeliveryWorker | None
     worker_task: asyncio.Task[None] | None
     clients: Mapping[str, apns.ApnsClient]
@@ -299,8 +304,10 @@ async def run_relay(
     queue = make_queue(settings)
     ingest = role != "worker"
     spool = open_spool(settings) if ingest else None
-    replay_stop = asyncio.Event()
+    background_stop = asyncio.Event()
     replay_task: asyncio.Task[None] | None = None
+    memory = MemoryWatch(queue.client, settings.redis.memory_watermark)
+    memory_task: asyncio.Task[None] | None = None
     try:
         delivers = role in ("serve", "worker")
         clients = {app.name: make_client(app, settings) for app in settings.apps if delivers}
@@ -312,9 +319,10 @@ async def run_relay(
             paused_apps=(lambda: worker.paused_apps) if worker else dict,
             replicas=replica_acknowledgement(queue.client, settings.redis),
             spool=spool,
+            memory=memory,
         )
         if spool is not None:
-            replay_task = asyncio.create_task(state.ingest.replay(replay_stop))
+            replay_task = asyncio.create_task(state.ingest.replay(background_stop))
         metrics.prime_app_series(
             (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
         )
@@ -332,11 +340,17 @@ async def run_relay(
             ) from error
         except REDIS_ERRORS:
             pass  # unreachable for now: served all the same, readiness reports it
+        else:
+            # Unreachable: the policy is checked when Redis first answers (_serve stops then).
+            await memory.poll()
+            if (refusal := memory.refusal) is not None:
+                raise StartupError(refusal)
+        memory_task = asyncio.create_task(memory.run(background_stop))
         async with http_server(create_app(state, ingest=ingest), host, port) as runner:
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
             try:
                 yield RunningRelay(
-                    bound_address(runner), queue, state, worker, worker_task, clients
+                    bound_address(runner), queue, state, memory, worker, worker_task, clients
                 )
             finally:
                 state.draining = True
@@ -347,17 +361,22 @@ async def run_relay(
                 for client in clients.values():
                     await client.close()
                 # What is spooled survives the exit on the volume; moving it to Redis now, if
-                # Redis answers, spares it depending on that volume.
-                if spool is not None and not await state.ingest.drain(grace_s):
+                # Redis answers, spares it depending on that volume (not into one that may
+                # evict it).
+                if spool is not None and (
+                    memory.refusal is not None or not await state.ingest.drain(grace_s)
+                ):
                     log.warning(
                         "spool_left_on_disk",
                         notifications=len(spool.ledger.pending),
                         directory=str(spool.directory),
                     )
     finally:
-        replay_stop.set()
+        background_stop.set()
         if replay_task is not None:
             await replay_task
+        if memory_task is not None:
+            await memory_task
         if spool is not None:
             await spool.close()
         await queue.aclose()
@@ -384,6 +403,8 @@ async def _serve(
         grace_s=args.grace,
     ) as relay:
         log.info("listening", role=role, url=relay.url, pid=os.getpid())
+        if role != "worker" and dev is None and settings.ingest.spool_dir is None:
+            log.warning("spool_unset", detail=NO_SPOOL, fix=NO_SPOOL_FIX)
         if dev is not None:
             dev.announce(settings, relay.url)
         waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
@@ -404,6 +425,11 @@ async def _serve(
             )
         if relay.worker_task:
             waiters.add(relay.worker_task)
+        # Redis did not answer at start: its policy is checked when it first does.
+        policy_check = None
+        if not relay.memory.has_answered:
+            policy_check = asyncio.ensure_future(_policy_refused(relay.memory))
+            waiters.add(policy_check)
         supervisor = None
         if dev is not None:
             supervisor = asyncio.ensure_future(dev.watch())
@@ -414,6 +440,21 @@ async def _serve(
         for waiter in waiters:
             if waiter is not relay.worker_task:
                 waiter.cancel()
+    if policy_check is not None and policy_check.done() and not policy_check.cancelled():
+        # A refusal at start, only later: one line on stderr and exit 3 all the same.
+        raise StartupError(policy_check.result())
     failed = supervisor is not None and supervisor.done() and not supervisor.cancelled()
     log.info("stopped", role=role, exit_status=1 if failed else 0)
     return 1 if failed else 0
+
+
+async def _policy_refused(memory: MemoryWatch) -> str:
+    """Once Redis first answers: the refusal of its eviction policy, logged; never returns when
+    the policy is accepted."""
+    await memory.answered()
+    refusal = memory.refusal
+    if refusal is None:
+        await asyncio.Event().wait()  # accepted: nothing to stop for
+        raise AssertionError("an Event nobody sets was set")
+    log.error("redis_policy_refused", detail=refusal)
+    return refusal

@@ -29,7 +29,7 @@ from relay.check import (
 from relay.check_command import check_apps
 from relay.config import Settings
 from relay.model import ApnsResponse
-from relay_devkit.embedded import free_port
+from relay_devkit.embedded import EmbeddedServer, free_port
 
 TOPIC = "com.example.checked"
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
@@ -284,10 +284,13 @@ async def test_the_command_prints_one_line_per_app_and_json_and_exits_non_zero(
         )
     assert text.returncode == 1, text.stderr
     lines = text.stdout.splitlines()
-    assert len(lines) == 2
+    assert len(lines) == 4
     assert lines[0].startswith("ok   ready: ready — APNs accepted the credential")
     assert lines[1].startswith("FAIL other-team: invalid-provider-token — ")
     assert "Fix: key_id must be the .p8 key's id" in lines[1]
+    # No redis.url, no spool_dir here: said, without failing the check.
+    assert lines[2].startswith("warn redis: redis.url is unset")
+    assert lines[3].startswith("warn spool: ingest.spool_dir is unset")
     assert as_json.returncode == 1
     document = json.loads(as_json.stdout)
     assert document["ok"] is False
@@ -295,7 +298,72 @@ async def test_the_command_prints_one_line_per_app_and_json_and_exits_non_zero(
         ("ready", True, 400, "BadDeviceToken"),
         ("other-team", False, 403, "InvalidProviderToken"),
     ]
-    assert (one.returncode, len(one.stdout.splitlines())) == (0, 1), one.stderr
+    assert (one.returncode, len(one.stdout.splitlines())) == (0, 3), one.stderr
+
+
+async def test_the_command_reports_each_redis_policy_and_limit_and_an_unset_spool(
+    state_dir: Path,
+) -> None:
+    """An allkeys-* policy fails the check (apps ready or not); no maxmemory and no spool_dir
+    are said plainly without failing it; the JSON document carries the same findings."""
+    with (
+        EmbeddedServer(
+            state_dir / "evicting", extra_args=("--maxmemory-policy", "allkeys-lru")
+        ) as evicting,
+        EmbeddedServer(state_dir / "unbounded", extra_args=("--maxmemory", "0")) as unbounded,
+    ):
+        async with running_simulator(state_dir / "sim") as info:
+            apps = [token_app(info, "ready")]
+            on_evicting = state_dir / "evicting.yaml"
+            on_evicting.write_text(
+                yaml.safe_dump(
+                    {
+                        "apps": apps,
+                        "redis": {"url": evicting.url},
+                        "ingest": {"spool_dir": str(state_dir / "spool")},
+                    }
+                )
+            )
+            on_unbounded = state_dir / "unbounded.yaml"
+            on_unbounded.write_text(yaml.safe_dump({"apps": apps, "redis": {"url": unbounded.url}}))
+
+            def check(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run(
+                    [sys.executable, "-m", "relay.cli", "check", "--config", str(config), *options],
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO_ROOT,
+                    timeout=60,
+                )
+
+            refused, refused_json, accepted = await asyncio.gather(
+                asyncio.to_thread(check, on_evicting),
+                asyncio.to_thread(check, on_evicting, "--json"),
+                asyncio.to_thread(check, on_unbounded),
+            )
+    assert refused.returncode == 1, refused.stderr
+    ready, redis_line, spool_line = refused.stdout.splitlines()
+    assert ready.startswith("ok   ready: ready")
+    assert redis_line.startswith(
+        f"FAIL redis 127.0.0.1:{evicting.port}: maxmemory-policy allkeys-lru"
+    )
+    assert "Fix: CONFIG SET maxmemory-policy noeviction" in redis_line
+    assert spool_line.startswith("ok   spool: ingest.spool_dir ")
+    document = json.loads(refused_json.stdout)
+    assert document["ok"] is False
+    assert [(f["subject"], f["level"]) for f in document["findings"]] == [
+        (f"redis 127.0.0.1:{evicting.port}", "FAIL"),
+        ("spool", "ok"),
+    ]
+    assert accepted.returncode == 0, accepted.stdout
+    _, redis_line, spool_line = accepted.stdout.splitlines()
+    assert redis_line.startswith(
+        f"warn redis 127.0.0.1:{unbounded.port}: maxmemory-policy noeviction"
+    )
+    assert "maxmemory 0 (unbounded)" in redis_line
+    assert "until the host's memory runs out" in redis_line
+    assert spool_line.startswith("warn spool: ingest.spool_dir is unset")
+    assert "refused with 503" in spool_line
 
 
 def test_the_command_names_a_bad_configuration_and_exits_2(tmp_path: Path) -> None:

@@ -138,8 +138,9 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     assert names["RELAY_CIRCUIT_FAILURE_THRESHOLD"] == ("circuit", "failure_threshold")
     poll = names["RELAY_DELIVERY_CREDENTIAL_POLL_SECONDS"]
     assert poll == ("delivery", "credential_poll_seconds")
+    assert names["RELAY_REDIS_MEMORY_WATERMARK"] == ("redis", "memory_watermark")
     # redis, http, queue, ingest, retry, delivery, circuit, logging
-    assert len(names) == 8 + 4 + 8 + 4 + 3 + 5 + 4 + 2
+    assert len(names) == 9 + 4 + 8 + 4 + 3 + 5 + 4 + 2
 
 
 def test_empty_redis_url_means_embedded() -> None:

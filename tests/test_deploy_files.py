@@ -187,6 +187,25 @@ def option_value(args: list[str], option: str) -> str:
     return args[args.index(option) + 1]
 
 
+# Valkey's memory units (valkey.conf): k/m/g are powers of 1000, kb/mb/gb of 1024.
+VALKEY_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "kb": 1 << 10, "mb": 1 << 20}
+VALKEY_UNITS["gb"] = 1 << 30
+KUBE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def valkey_bytes(size: str) -> int:
+    """A Valkey memory size ("256mb", "1gb", "1048576") in bytes."""
+    number = size.rstrip("kmgbKMGB")
+    return int(number) * VALKEY_UNITS[size[len(number) :].lower()]
+
+
+def kube_bytes(quantity: str) -> int:
+    for suffix, scale in KUBE_UNITS.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * scale
+    return int(quantity)
+
+
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
 
@@ -411,6 +430,9 @@ def test_compose_valkey_is_durable_on_a_named_volume() -> None:
     data_dir = PurePosixPath(option_value(command, "--dir"))
     mounts = dict(compose_mount(volume)[::-1] for volume in valkey["volumes"])
     assert mounts[data_dir] in compose()["volumes"]
+    # Memory is a budget: bounded, and nothing queued may be evicted (issue 22).
+    assert option_value(command, "--maxmemory-policy") == "noeviction"
+    assert valkey_bytes(option_value(command, "--maxmemory")) > 0
 
 
 def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
@@ -722,6 +744,10 @@ def test_dev_overlay_runs_valkey_with_aof_and_the_simulator() -> None:
     assert option_value(container["args"], "--appendonly") == "yes"
     assert option_value(container["args"], "--appendfsync") == "everysec"
     data_dir = option_value(container["args"], "--dir")
+    assert option_value(container["args"], "--maxmemory-policy") == "noeviction"
+    # Half the container's limit at most: an AOF rewrite forks, and the copy grows with writes.
+    limit = container["resources"]["limits"]["memory"]
+    assert 0 < valkey_bytes(option_value(container["args"], "--maxmemory")) <= kube_bytes(limit) / 2
     (claim,) = valkey["spec"]["volumeClaimTemplates"]
     (mount,) = container["volumeMounts"]
     assert (mount["name"], mount["mountPath"]) == (claim["metadata"]["name"], data_dir)
@@ -1004,6 +1030,16 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
         assert queried[rule["alert"]] == {"apns_relay_credential_expiry_timestamp_seconds"}
         assert "- time()" in rule["expr"]
     assert expiring["expr"].endswith("< 30 * 86400")
+    # Redis memory (issue 22): 80 % of maxmemory, the watermark, an evicting policy, no limit.
+    assert queried["ApnsRelayRedisMemoryHigh"] == {
+        "apns_relay_redis_memory_used_bytes",
+        "apns_relay_redis_memory_max_bytes",
+    }
+    high = next(rule for rule in rules if rule["alert"] == "ApnsRelayRedisMemoryHigh")
+    assert high["expr"].rstrip().endswith("> 0.8")
+    assert queried["ApnsRelayRedisMemoryAtWatermark"] == {"apns_relay_redis_memory_watermark"}
+    assert queried["ApnsRelayRedisPolicyEvicts"] == {"apns_relay_redis_maxmemory_policy_info"}
+    assert queried["ApnsRelayRedisMemoryUnbounded"] == {"apns_relay_redis_memory_max_bytes"}
     assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
         "warning",
         "critical",
@@ -1041,6 +1077,9 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_route_state",
         "apns_relay_route_transitions_total",
         "apns_relay_credential_expiry_timestamp_seconds",
+        "apns_relay_redis_memory_used_bytes",
+        "apns_relay_redis_memory_max_bytes",
+        "apns_relay_redis_memory_watermark",
     } <= queried
 
 

@@ -12,6 +12,7 @@ from relay.http.responses import HealthOut, ReadinessOut, json_response
 from relay.http.routing import Route
 from relay.http.state import STATE
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.memory import MemoryWatch, evicts_queued_work
 
 QUEUE_GAUGES_MAX_AGE_S = 1.0
 
@@ -36,6 +37,9 @@ async def readyz(request: web.Request) -> web.Response:
             degraded.append(f"redis unreachable, spooling: {error}")
         else:
             reasons.append(f"redis unreachable: {error}")
+    else:
+        if (refused := await _evicting_policies(state.memory)) is not None:
+            reasons.append(refused)
     paused = state.paused_apps()
     if state.settings.apps and len(paused) >= len(state.settings.apps):
         reasons.append("every app is paused: " + ", ".join(f"{a} ({r})" for a, r in paused.items()))
@@ -44,6 +48,21 @@ async def readyz(request: web.Request) -> web.Response:
         ready=not reasons, reasons=reasons, degraded=degraded, paused_apps=dict(paused)
     )
     return json_response(body, status=200 if not reasons else 503)
+
+
+async def _evicting_policies(memory: MemoryWatch | None) -> str | None:
+    """Why not ready when a primary's eviction policy may evict queued work, read afresh. The
+    policy, not the node: readiness is public and names no address."""
+    if memory is None:
+        return None
+    await memory.poll()
+    refused = sorted({m.policy for m in memory.latest if evicts_queued_work(m.policy)})
+    if not refused:
+        return None
+    return (
+        f"redis maxmemory-policy {', '.join(refused)} evicts queued notifications at maxmemory:"
+        " set noeviction or a volatile-* policy"
+    )
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -78,7 +97,8 @@ ROUTES = [
         "/readyz",
         readyz,
         "readyz",
-        "Redis reachable, not draining, an app not paused (503 and why when not)",
+        "Redis reachable with a policy that keeps queued work, not draining, an app not paused (503"
+        " and why when not)",
         {200: ReadinessOut, 503: ReadinessOut},
         public=True,
     ),

@@ -12,6 +12,7 @@ from relay.http.auth import Credentials, Grant
 from relay.http.limits import ApiLimits, RequestRates
 from relay.store.connection import ReplicaAcknowledgement
 from relay.store.ingest import Ingest
+from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.spool import Spool
 
@@ -30,6 +31,7 @@ class RelayState:
     limits: ApiLimits = field(default_factory=ApiLimits)
     replicas: ReplicaAcknowledgement | None = None  # redis.ack_replicas: WAIT before a 2xx
     spool: Spool | None = None  # ingest.spool_dir: where pushes wait out a Redis outage
+    memory: MemoryWatch | None = None  # Redis memory: the policy, the high watermark
     rates: RequestRates = field(init=False)
     ingest: Ingest = field(init=False)
 
