@@ -256,7 +256,8 @@ class GmsSimulator:
 
     async def chat_line(self, service_id: str, line: TranscriptLine) -> JsonObject:
         """A line from the contact centre's side (the agent): published on Comet; pushed through
-        customhttp when no Comet client listens (inferred: Chat Server's notification mode)."""
+        customhttp when no Comet session of this chat's user listens (inferred: Chat Server's
+        notification mode)."""
         chat = self._chat(service_id)
         return await self._publish(self.services[service_id], chat.add(line, self._now()))
 
@@ -273,7 +274,9 @@ class GmsSimulator:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def _publish(self, service: Service, event: JsonObject) -> JsonObject:
-        if self.comet.publish(event) == 0:
+        # Pushed only when no Comet session of this chat's user got it (inferred notification
+        # mode): another customer's open chat does not silence this one's pushes.
+        if self.comet.publish(event, gms_user=service.gms_user) == 0:
             await self.push(service, event)
         return event
 
@@ -284,7 +287,9 @@ class GmsSimulator:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._log_request])
+        # CometD clients may append the message type (.../cometd/handshake): GMS's /cometd/*.
         app.router.add_post(self.comet_path, self.comet.handle)
+        app.router.add_post(self.comet_path + "/{message_type:.*}", self.comet.handle)
         # The create route first: aiohttp resolves in registration order and "callback/<name>"
         # would otherwise read as service id "callback".
         app.router.add_post(self.url_path + "callback/{name}", self._create_callback)
