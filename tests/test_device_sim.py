@@ -28,6 +28,7 @@ from relay_devkit.device_sim.app import (
     ConfirmationShown,
     DeviceApp,
     DialogShown,
+    DialRecorded,
     Effect,
     FlowClosed,
     GmsFailure,
@@ -352,6 +353,33 @@ def test_terminal_dialogs_are_shown_and_end_the_exchange(action: str, expected: 
     app, effects = _menu_app(action)
     assert effects == []
     assert [entry.dialog for entry in entries_of(app.transcript, DialogShown)] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("tel_url", "access_code", "number"),
+    [
+        ("n/a", "n/a", None),  # the seed's example values: nothing to dial
+        ("tel:+1-800-555-0100", "4321#", "+18005550100,4321#"),
+        ("+44 20 7946 0000", "", "+442079460000"),
+        ("tel:5550100", "n/a", "5550100"),
+    ],
+)
+def test_dial_number_records_the_dial_the_phone_would_make(
+    tel_url: str, access_code: str, number: str | None
+) -> None:
+    dialog = {
+        "_dialog_id": "0",
+        "_label": "Connecting ...",
+        "_action": "DialNumber",
+        "_tel_url": tel_url,
+        "_access_code": access_code,
+        "_id": SERVICE_ID,
+    }
+    app, effects = _menu_app("connect-inbound", body=json.dumps(dialog).encode())
+    assert effects == []
+    assert entries_of(app.transcript, DialRecorded) == [
+        DialRecorded(AT, tel_url, access_code, number)
+    ]
 
 
 @pytest.mark.parametrize(

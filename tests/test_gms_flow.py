@@ -17,6 +17,8 @@ from relay_harness import RelayHarness, basic_authorization, running_relay
 from simulator import REPO_ROOT
 
 from relay_devkit.demo import (
+    DEMO_APP,
+    DEMO_CIRCUIT,
     DEMO_SCENARIOS,
     SEED_CHAT_EVENTS,
     DemoReport,
@@ -88,12 +90,22 @@ async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, enco
 
 @pytest.mark.parametrize(
     "scenario",
-    ["callback-snooze", "callback-cancel", "callback-timeout", "chat", "callback-live-activity"],
+    [
+        "callback-snooze",
+        "callback-cancel",
+        "callback-timeout",
+        "callback-inbound",
+        "chat",
+        "callback-live-activity",
+    ],
 )
 @pytest.mark.slow
 async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
-    live_activity = {"live_activity": {"dismiss_after_s": 2}}
-    async with gms_flow(redis_url, state_dir, app=live_activity) as (relay, ends):
+    app = {**DEMO_APP, "live_activity": {"dismiss_after_s": 2}}
+    async with gms_flow(redis_url, state_dir, app=app, circuit=dict(DEMO_CIRCUIT)) as (
+        relay,
+        ends,
+    ):
         report = DemoReport()
         await DEMO_SCENARIOS[scenario](ends, report)
         assert report.failures == []

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 from relay_devkit.device_sim.activities import ActivityShown
 from relay_devkit.device_sim.dialogs import (
     ChatUpdate,
+    DialNumber,
     Dialog,
     DialogError,
     DisplayMenu,
@@ -193,6 +195,19 @@ class FlowClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class DialRecorded:
+    """DialNumber: the call the phone would place (the simulator records it, never dials).
+    `number` is what goes to the dialer: `_tel_url` when it is a tel: URL or a phone number, then
+    `_access_code` as DTMF after a pause (","); None when `_tel_url` is neither (the seed's example
+    value "n/a"), so nothing would be dialled."""
+
+    at: float
+    tel_url: str
+    access_code: str
+    number: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatOpened:
     at: float
     url: str
@@ -238,6 +253,7 @@ TranscriptEntry: TypeAlias = (
     | MenuDismissed
     | ConfirmationShown
     | FlowClosed
+    | DialRecorded
     | ChatOpened
     | ChatLineShown
     | ChatEnded
@@ -461,7 +477,16 @@ class DeviceApp:
             headers = {"gms_user": dialog.user_header} if dialog.user_header else self._headers()
             self._pending_chat_exit = dialog.jump_before == EXIT_FLOW
             return [self._request(at, dialog.start_chat_url, headers=headers, form=form)]
-        # ConfirmationDialog (the user taps its OK), DialNumber (the phone dials), unknown: done.
+        if isinstance(dialog, DialNumber):
+            self.transcript.append(
+                DialRecorded(
+                    at,
+                    dialog.tel_url,
+                    dialog.access_code,
+                    dial_string(dialog.tel_url, dialog.access_code),
+                )
+            )
+        # ConfirmationDialog (the user taps its OK), unknown: done.
         return []
 
     def _menu(self, menu: DisplayMenu, at: float) -> list[Effect]:
@@ -583,6 +608,21 @@ class DeviceApp:
         if self.chat is None or self.chat.ended:
             raise DialogError("chat: no chat is open")
         return self.chat
+
+
+_PHONE_NUMBER = re.compile(r"\+?[0-9*#][0-9*#()./ -]*")
+
+
+def dial_string(tel_url: str, access_code: str) -> str | None:
+    """What the phone would dial for DialNumber (inferred: the seed shows only "n/a" for both):
+    the tel: URL's number, or `_tel_url` itself when it is a number, then `,` (a pause) and the
+    access code as DTMF when there is one; None when there is no number to dial."""
+    number = tel_url.removeprefix("tel:").strip()
+    if not _PHONE_NUMBER.fullmatch(number):
+        return None
+    digits = "".join(c for c in number if c.isdigit() or c in "+*#")
+    code = access_code.strip()
+    return f"{digits},{code}" if code and _PHONE_NUMBER.fullmatch(code) else digits
 
 
 EntryT = TypeVar("EntryT", bound=TranscriptEntry)

@@ -86,6 +86,7 @@ class PushRecord:
     service_id: str
     message: JsonObject
     error: str | None = None  # None: the relay answered 200
+    answer: JsonValue = None  # the relay's 200 answer (its notification id)
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -225,13 +226,13 @@ class GmsSimulator:
             self.pushes.append(PushRecord(at, service.service_id, message, "no pusher or device"))
             return
         try:
-            await self.pusher.push(
+            sent = await self.pusher.push(
                 service.device_id, message, message_as_string=self.message_as_string
             )
         except Exception as error:  # the simulator must keep serving whatever the relay did
             self.pushes.append(PushRecord(at, service.service_id, message, repr(error)))
             return
-        self.pushes.append(PushRecord(at, service.service_id, message))
+        self.pushes.append(PushRecord(at, service.service_id, message, answer=sent.answer))
 
     def pushes_for(self, service_id: str) -> list[PushRecord]:
         return [push for push in self.pushes if push.service_id == service_id]
