@@ -229,5 +229,16 @@ def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     assert ": 410 " in out
     assert "FAIL" not in out
     assert "Traceback" not in finished.stderr
-    assert out.rstrip().endswith("an inference the README lists")
+    # Every seed element ran: connect-inbound's dial, Notice.Left, the _resource_url re-fetch, and
+    # a late confirmation expiring at the relay.
+    assert "DialNumber _tel_url 'n/a' _access_code 'n/a': nothing to dial" in out
+    assert "Comet → phone line 7 Notice.Left Kristi Sippola: 'has left the session'" in out
+    assert "/get-dialog-user-confirmation\n" in out
+    assert "then it expired at the relay" in out
+    # Each check says what it holds the flow to, and the summary counts each kind.
+    summary = out.rstrip().splitlines()[-3:]
+    assert [line.split("]")[0].strip() for line in summary] == ["[seed", "[inferred", "[relay"]
+    counted = sum(int(line.split()[1]) for line in summary)
+    assert f"{counted} of {counted} checks passed" in out
+    assert out.count("      ok   [") == counted
     assert f"({auth} auth)" in out
