@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
@@ -20,6 +20,19 @@ class AppProfile:
     alerts: Mapping[str, AlertTemplate]  # the app's own alerts by action
     chat_typing: Literal["none", "background"]  # typing notices: dropped, or background pushes
     chat_action: str  # the `_action` chat pushes carry
+    # How long a push lives (seconds) when its request gives no ttl: by `_action` for callback
+    # pushes, by chat event (message, joined, left, typing, ended) for chat pushes; an action or
+    # event not named here lives queue.default_ttl_seconds.
+    ttl_by_action: Mapping[str, int] = field(default_factory=dict)
+    chat_ttl_by_event: Mapping[str, int] = field(default_factory=dict)
+    # The chat fields a chat push's `message` carries beside the seed's _id/_action.
+    chat_message_fields: tuple[str, ...] = ()
+
+    def lifetime_s(self, action: str | None, chat_event: str | None) -> int | None:
+        """This app's lifetime for a push of `action` (or of a chat event); None: the default."""
+        if chat_event is not None:
+            return self.chat_ttl_by_event.get(chat_event)
+        return None if action is None else self.ttl_by_action.get(action)
 
     def alert_template(self, action: str | None) -> AlertTemplate:
         """This app's alert for an action: its own, else the shipped default, else generic."""

@@ -398,10 +398,44 @@ class EndpointSettings(_Section):
 
 
 DEFAULT_CHAT_ACTION = "ixn/chat/refresh"
+ChatEvent = Literal["message", "joined", "left", "typing", "ended"]  # payload.ChatEventKind
+# The chat fields a chat push's `message` may carry beside _id/_action (`chat.message_fields`);
+# none by default: the seed's message is {"_id", "_action"} and an app built from it reads
+# nothing else. Each is taken from the chat event GMS posted, with the seed's type:
+MessageField = Literal["chatSessionId", "transcriptPosition", "chatEvent", "lineType", "nick"]
+# - chatSessionId: the event's chatSessionId (a string, as in the seed);
+# - transcriptPosition: the event's transcriptPosition, a decimal string as in the seed ("2");
+# - chatEvent: the relay's name for what happened: message, joined, left, typing, ended;
+# - lineType: the transcript line's type as GMS gives it (Message.Text, Notice.Left, ...);
+# - nick: the nick of the line's author.
+
+# How long a callback push lives by its `_action` when GMS gives no lifetime (apps[].ttl_by_action
+# adds to or overrides these; an action not named lives queue.default_ttl_seconds).
+DEFAULT_TTL_BY_ACTION: Mapping[str, int] = {
+    # GMS's Callback Services option `_user_confirm_timeout`: "default 30" seconds (Genesys
+    # Mobile Services Callback API reference, docs.genesys.com). After it GMS counts the attempt
+    # as unanswered and moves on, so a confirmation delivered later asks about nothing.
+    "get-dialog-user-confirmation-provide_code-true": 30,
+    "get-dialog-user-confirmation-provide_code-false": 30,
+    # wait-for-agent, connect-inbound, connect-outbound, get-dialog-start-chat: GMS documents no
+    # timeout for them, so they keep queue.default_ttl_seconds.
+}
+
+
+def _lifetimes(value: object) -> object:
+    """A lifetime map as given, on top of the defaults (naming one action keeps the others)."""
+    if isinstance(value, Mapping):
+        return {**DEFAULT_TTL_BY_ACTION, **value}
+    return value
 
 
 class ChatSettings(_Section):
     typing: Literal["none", "background"] = "none"
+    # Lifetime (seconds) of a chat push by the event it reports; GMS documents none for chat
+    # events, so none is set here and each lives queue.default_ttl_seconds.
+    ttl_by_event: dict[ChatEvent, PositiveInt] = {}
+    # Chat fields added to the push's `message` (see MessageField); none: the seed's shape.
+    message_fields: list[MessageField] = []
     # The `_action` of chat pushes. The app POSTs $(ServerURL)$(URLPath)$(_id)/$(_action) for
     # every push (the seed's rule), so the default names the chat's own GMS resource (the
     # seed's _start_chat_url is .../service/<id>/ixn/chat, its events are tagged
@@ -500,8 +534,21 @@ class App(_Section):
     push_type: str = "alert"
     max_connections: PositiveInt = 4
     endpoint: EndpointSettings | None = None
+    ttl_by_action: dict[str, PositiveInt] = dict(DEFAULT_TTL_BY_ACTION)
     chat: ChatSettings = ChatSettings()
     live_activity: LiveActivitySettings | None = None
+
+    _lifetimes_on_defaults = field_validator("ttl_by_action", mode="before")(_lifetimes)
+
+    @field_validator("ttl_by_action")
+    @classmethod
+    def _usable_ttl_actions(cls, lifetimes: dict[str, int]) -> dict[str, int]:
+        for action in lifetimes:
+            try:
+                validate_action(action, "ttl_by_action")
+            except InvalidInput as error:
+                raise ValueError(f"{action!r}: {error.rule}") from None
+        return lifetimes
 
     @field_validator("push_type")
     @classmethod
@@ -552,6 +599,9 @@ class App(_Section):
             alerts=self.alerts,
             chat_typing=self.chat.typing,
             chat_action=self.chat.action,
+            ttl_by_action=self.ttl_by_action,
+            chat_ttl_by_event={str(event): ttl for event, ttl in self.chat.ttl_by_event.items()},
+            chat_message_fields=tuple(self.chat.message_fields),
         )
 
 
@@ -578,6 +628,22 @@ class Settings(_Section):
         if len(defaults) > 1:
             raise ValueError(f"at most one app may be default (got {', '.join(defaults)})")
         return apps
+
+    @model_validator(mode="after")
+    def _lifetimes_within_max(self) -> Settings:
+        longest = self.queue.max_ttl_seconds
+        for app in self.apps:
+            named = {
+                **app.ttl_by_action,
+                **{f"chat {e}": t for e, t in app.chat.ttl_by_event.items()},
+            }
+            for what, ttl in named.items():
+                if ttl > longest:
+                    raise ValueError(
+                        f"apps[{app.name}]: the lifetime of {what} ({ttl} s) must not exceed "
+                        f"queue.max_ttl_seconds ({longest})"
+                    )
+        return self
 
     def app(self, name: str | None) -> App:
         """The app by name; None means the default app (the only one, or the one marked default).

@@ -95,7 +95,10 @@ def to_notification(
     if typing and app.chat_typing == "none":
         return None
     if spec.chat is not None:
-        spec = replace(spec, action=app.chat_action)
+        # The seed's message is {"_id", "_action"}: chat fields only when the app asks for them.
+        wanted = app.chat_message_fields
+        fields = {key: value for key, value in spec.message_fields.items() if key in wanted}
+        spec = replace(spec, action=app.chat_action, message_fields=fields)
     return build_notification(
         spec, app, now_s=now_s, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl_s
     )
@@ -263,9 +266,10 @@ def _chat_spec(
             return None
         kind, alert = line.kind, _line_alert(line)
         idempotency_key = f"chat:{session_id}:{position}"
+    # Every field an app may ask for (chat.message_fields); to_notification() keeps its choice.
     fields: dict[str, object] = {
         "chatSessionId": session_id,
-        "transcriptPosition": position,
+        "transcriptPosition": None if position is None else str(position),  # the seed's type
         "chatEvent": kind.value,
         "lineType": None if line is None else line.line_type,
         "nick": None if line is None else line.nick or None,

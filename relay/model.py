@@ -30,7 +30,7 @@ FINAL_STATES = frozenset(
     }
 )
 
-# Apple's apns-push-type values (reference/apns.md).
+# Apple's apns-push-type values ("Sending notification requests to APNs", developer.apple.com).
 PUSH_TYPES = frozenset(
     {
         "alert",

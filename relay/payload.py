@@ -205,7 +205,9 @@ def build_notification(
             received=shown(push_type),
         )
     priority = _priority(spec, app, push_type)
-    expires_at = _expires_at(spec, now_s, default_ttl_s, max_ttl_s)
+    chat_event = None if spec.chat is None else spec.chat.kind.value
+    app_ttl_s = app.lifetime_s(spec.action, chat_event)
+    expires_at = _expires_at(spec, now_s, app_ttl_s or default_ttl_s, max_ttl_s)
     body = _payload(spec, app, push_type)
     limit = payload_limit(push_type)
     if len(body) > limit:

@@ -123,7 +123,8 @@ def classify(
 def _outcome_for(
     response: ApnsResponse, attempt: int, policy: RetryPolicy, rng: random.Random
 ) -> DeliveryOutcome:
-    """The policy table of reference/apns.md, before attempt and expiry limits."""
+    """The policy table for Apple's answers ("Handling notification responses from APNs",
+    developer.apple.com), before attempt and expiry limits."""
     status = response.status
     reason = response.reason or (
         TRANSPORT_FAILURE_REASON if status == TRANSPORT_FAILURE_STATUS else UNKNOWN_REASON

@@ -1,12 +1,15 @@
 """`apns-relay demo`: the whole GMS flow in one process, printed as a timed transcript of hops.
 
 Nothing to configure: an embedded Valkey, the APNs simulator, the relay (api + worker), the GMS
-simulator and one simulated phone start here, and the scenarios run through them: four callbacks
-through the GMS simulator's state machine (confirm, snooze, cancel, a confirmation that times out)
-and a chat over Comet. Every hop (GMS → relay → APNs → phone → GMS, Comet) is printed with the
-milliseconds since the start, and every check is against the seed's text (its dialogs, its Comet
-events, its URL formula) or against an inference the README's GMS section lists; the exit status
-is 0 only if every check passed.
+simulator and one simulated phone start here, and the scenarios run through them: callbacks
+through the GMS simulator's state machine (confirm; snooze, after leaving the menu and fetching its
+_resource_url again; cancel; a confirmation that times out, and one that expires at the relay while
+APNs is down; connect-inbound's DialNumber), a chat over Comet (the agent joining, typing and
+leaving), and a Live Activity. Every hop (GMS → relay → APNs → phone → GMS, Comet) is printed with
+the milliseconds since the start, and every check is labelled with what it holds the flow to:
+[seed] the seed's text (its dialogs, its Comet events, its URL formula), [inferred] an inference
+the README's GMS section lists, [relay] the relay's own rules (lifetimes, metrics, Apple's). The
+exit status is 0 only if every check passed.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Literal, TextIO
 
 import aiohttp
 
@@ -47,6 +50,7 @@ from relay_devkit.device_sim.app import (
     ConfirmationShown,
     DeviceApp,
     DialogShown,
+    DialRecorded,
     Effect,
     FlowClosed,
     GmsFailure,
@@ -95,6 +99,21 @@ CANCEL = "Cancel, my problem has been solved"
 SNOOZE_DELAY_S = 1.0
 SHORT_CONFIRM_TIMEOUT_S = 2.5  # ample for a push to arrive on a loaded machine
 LATE_S = 3.0  # how long the user takes when they are too late for SHORT_CONFIRM_TIMEOUT_S
+# The relay's lifetime for a confirmation follows GMS's _user_confirm_timeout (30 s by default);
+# with the demo's short timeout, the demo's relay shortens it to match (whole seconds).
+CONFIRM_LIFETIME_S = 3
+CONFIRMATION_ACTIONS = (
+    "get-dialog-user-confirmation-provide_code-true",
+    "get-dialog-user-confirmation-provide_code-false",
+)
+# What the demo's relay app sets beyond the simulator's app (the tests' relays use it too).
+DEMO_APP: Mapping[str, object] = {
+    "ttl_by_action": dict.fromkeys(CONFIRMATION_ACTIONS, CONFIRM_LIFETIME_S)
+}
+# An APNs outage in a scenario opens the route's circuit; probe again soon once it is over.
+DEMO_CIRCUIT: Mapping[str, int] = {"probe_min_ms": 200, "probe_max_ms": 1_000}
+APNS_OUTAGE = {"error": {"probability": 1.0, "status": 503, "reason": "ServiceUnavailable"}}
+EXPIRED_METRIC = "apns_relay_notifications_expired_total"
 
 # The seed's three Comet chat events ("Push Notifications / Chat (Comet)"), repaired: the trailing
 # commas after "chatServiceMessage" in "Party Joined/Left" and "Typing Started/Stopped" dropped.
@@ -161,10 +180,21 @@ class Hop:
     text: str
 
 
+# What a check holds the flow to: the seed's own text ("seed"), an inference the README's GMS
+# section labels ("inferred"), or the relay's own rules and Apple's ("relay").
+Source = Literal["seed", "inferred", "relay"]
+SOURCE_LABELS: Mapping[Source, str] = {
+    "seed": "the seed's text",
+    "inferred": "a labelled inference",
+    "relay": "the relay's own rule",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     name: str
     ok: bool
+    source: Source
     detail: str = ""
 
 
@@ -198,10 +228,18 @@ class DemoReport:
             elapsed_ms = (hop.at - self.started_at) * 1000
             self._print(f"   +{elapsed_ms:7.0f} ms  {hop.route:<13} {hop.text}")
 
-    def check(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail))
-        self._print(f"      {'ok  ' if ok else 'FAIL'} {name}{'' if ok else f': {detail}'}")
+    def check(self, name: str, ok: bool, detail: str = "", *, source: Source) -> bool:
+        self.checks.append(Check(name, ok, source, detail))
+        verdict = "ok  " if ok else "FAIL"
+        self._print(f"      {verdict} [{source}] {name}{'' if ok else f': {detail}'}")
         return ok
+
+    def by_source(self) -> dict[Source, int]:
+        """How many checks hold the flow to each source."""
+        counts: dict[Source, int] = dict.fromkeys(SOURCE_LABELS, 0)
+        for check in self.checks:
+            counts[check.source] += 1
+        return counts
 
 
 def _alert_text(title: str | None, body: str | None) -> str:
@@ -249,6 +287,9 @@ def transcript_hop(entry: TranscriptEntry) -> Hop:
             return Hop(at, "phone", f"{kind} {text!r}, dismissed after {gone - at:.1f} s")
         case FlowClosed(at=at, via=via):
             return Hop(at, "phone", f"flow closed ({via})")
+        case DialRecorded(at=at, tel_url=tel, access_code=code, number=number):
+            dials = f"would dial {number}" if number else "nothing to dial"
+            return Hop(at, "phone", f"DialNumber _tel_url {tel!r} _access_code {code!r}: {dials}")
         case ChatOpened(at=at, chat_session_id=chat_id, comet_url=comet):
             return Hop(at, "GMS → phone", f"chat {chat_id} open, Comet at {comet}")
         case ChatLineShown(at=at, position=position, kind=kind, nick=nick, text=text, via=via):
@@ -465,6 +506,7 @@ def check_seed_dialog(
         f"GMS answered with the seed's {action} dialog",
         answered is not None and answered[0] == 200 and body == wanted,
         f"got {answered!r}",
+        source="seed",
     )
     return body
 
@@ -484,6 +526,7 @@ def check_push_posted(
         f"phone showed the {action} push as {presentation}, with its _id and _action",
         alerts[:1] == [(presentation, service_id, action)],
         repr(alerts),
+        source="seed",
     )
     url = ends.seed_url(service_id, action)
     posted = [(p.method, p.url) for p in entries_of(entries, UrlPosted)]
@@ -491,6 +534,7 @@ def check_push_posted(
         "the user accepted; the app POSTed $(ServerURL)$(URLPath)$(_id)/$(_action)",
         posted[:1] == [("POST", url)],
         f"{posted[:1]} != {url}",
+        source="seed",
     )
     return url
 
@@ -525,6 +569,7 @@ def check_menu_expiry(report: DemoReport, menu: JsonValue, service: Service) -> 
         "menu _expires is a YYYY-MM-DDTHH:MM:SSZ time: the confirmation's deadline",
         ok,
         f"{expires!r}, deadline {deadline}",
+        source="inferred",
     )
 
 
@@ -601,6 +646,7 @@ async def callback_confirm(ends: FlowEnds, report: DemoReport) -> None:
         [(c.dialog_type, round(c.dismissed_at - c.at, 3)) for c in confirmations]
         == [("Notification", 2.0)],
         repr(confirmations),
+        source="inferred",
     )
     connect_url = seed_item_url(ends, sid, action, YES)
     posted = [(p.method, p.url, p.at) for p in entries_of(entries, UrlPosted)]
@@ -611,10 +657,14 @@ async def callback_confirm(ends: FlowEnds, report: DemoReport) -> None:
         and bool(confirmations)
         and posted[1][2] >= confirmations[0].dismissed_at,
         repr(posted),
+        source="seed",
     )
     check_seed_dialog(ends, report, marks, sid, "connect-outbound", connect_url)
     report.check(
-        "_id_to_jump_before exit:// closed the flow", has(FlowClosed)(entries), repr(entries[-1:])
+        "_id_to_jump_before exit:// closed the flow",
+        has(FlowClosed)(entries),
+        repr(entries[-1:]),
+        source="inferred",
     )
     actions = [p.message.get("_action") for p in ends.simulator.pushes_for(sid)]
     report.check(
@@ -623,26 +673,83 @@ async def callback_confirm(ends: FlowEnds, report: DemoReport) -> None:
         and service.callback.state is CallbackState.CONNECTED
         and actions == ["wait-for-agent", action],
         f"{service.callback}, pushes {actions}",
+        source="inferred",
     )
     await ends.phone.to_foreground()
+
+
+async def callback_inbound(ends: FlowEnds, report: DemoReport) -> None:
+    """A callback the customer dials (`_call_direction` USERORIGINATED): "Yes" is answered with
+    the seed's connect-inbound DialNumber, and the phone records the dial it would make."""
+    options = CallbackOptions(wait_for_agent=False, connect_mode="inbound")
+    ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES))
+    service, marks, entries = await _new_callback(
+        ends, report, "callback-inbound", options, has(FlowClosed)
+    )
+    sid = service.service_id
+    action = options.confirmation_action
+    url = check_push_posted(ends, report, entries, sid, action, "alert dialog")
+    check_seed_dialog(ends, report, marks, sid, action, url)
+    connect_url = seed_item_url(ends, sid, action, YES)
+    dialog = check_seed_dialog(ends, report, marks, sid, "connect-inbound", connect_url)
+    dials = [(d.tel_url, d.access_code, d.number) for d in entries_of(entries, DialRecorded)]
+    wanted = (
+        [(dialog.get("_tel_url"), dialog.get("_access_code"), None)]
+        if isinstance(dialog, dict)
+        else []
+    )
+    report.check(
+        "DialNumber: the phone recorded the dial it would make from _tel_url and _access_code "
+        '(the seed\'s "n/a": no number, so nothing dialled)',
+        dials == wanted and dials != [],
+        repr(dials),
+        source="inferred",
+    )
+    report.check(
+        "GMS connected the callback (inferred state machine)",
+        service.callback is not None and service.callback.state is CallbackState.CONNECTED,
+        repr(service.callback),
+        source="inferred",
+    )
 
 
 async def callback_snooze(ends: FlowEnds, report: DemoReport) -> None:
     """ "No, try again in 5 minutes": GMS asks again once the snooze delay has passed."""
     options = CallbackOptions(wait_for_agent=False, snooze_delay_s=SNOOZE_DELAY_S)
-    ends.app.user.will(PushAnswer("accept"), MenuAnswer(NO))
+    # The user leaves the menu and comes back to it before choosing "No".
+    leave = MenuAnswer(None, after_s=0.2, reopen=True)
+    ends.app.user.will(PushAnswer("accept"), leave, MenuAnswer(NO))
     service, marks, entries = await _new_callback(
         ends, report, "callback-snooze", options, has(FlowClosed)
     )
     sid = service.service_id
     action = options.confirmation_action
     url = check_push_posted(ends, report, entries, sid, action, "alert dialog")
-    check_seed_dialog(ends, report, marks, sid, action, url)
+    menu = check_seed_dialog(ends, report, marks, sid, action, url)
+    resource_url = menu.get("_resource_url") if isinstance(menu, dict) else None
+    posted = [(p.method, p.url) for p in entries_of(entries, UrlPosted)]
+    report.check(
+        "the menu's _resource_url is the seed's …/get-dialog-user-confirmation, _method POST",
+        resource_url == ends.seed_url(sid, "get-dialog-user-confirmation")
+        and isinstance(menu, dict)
+        and menu.get("_method") == "POST",
+        repr(resource_url),
+        source="seed",
+    )
+    report.check(
+        "the user left the menu and came back: the app fetched _resource_url again (POST)",
+        bool(entries_of(entries, MenuDismissed)) and posted[1:2] == [("POST", resource_url)],
+        repr(posted),
+        source="inferred",
+    )
+    if isinstance(resource_url, str):
+        check_seed_dialog(ends, report, marks, sid, action, resource_url)
     snooze_url = seed_item_url(ends, sid, action, NO)
     report.check(
         "snooze answered a ConfirmationDialog saying the delay (inferred answer)",
         is_notice(answer_to(ends, marks, snooze_url), sid, f"again in {SNOOZE_DELAY_S:g} second"),
         repr(answer_to(ends, marks, snooze_url)),
+        source="inferred",
     )
     snoozed_at = entries_of(entries, MenuChoice)[0].at if entries_of(entries, MenuChoice) else 0.0
     ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES))
@@ -654,6 +761,7 @@ async def callback_snooze(ends: FlowEnds, report: DemoReport) -> None:
         f"GMS asked again only after the snooze delay ({SNOOZE_DELAY_S:g} s)",
         bool(again) and again[0].action == action and again[0].at - snoozed_at >= SNOOZE_DELAY_S,
         f"{[(a.action, round(a.at - snoozed_at, 3)) for a in again]}",
+        source="inferred",
     )
     report.check(
         "the second confirmation was accepted: connected, two attempts used",
@@ -661,6 +769,7 @@ async def callback_snooze(ends: FlowEnds, report: DemoReport) -> None:
         and service.callback.state is CallbackState.CONNECTED
         and service.callback.attempts == 2,
         repr(service.callback),
+        source="inferred",
     )
 
 
@@ -678,6 +787,7 @@ async def callback_cancel(ends: FlowEnds, report: DemoReport) -> None:
         [r.reaction for r in reactions] == ["decline"]
         and not ends.simulator.requests_to(f"{sid}/wait-for-agent"),
         repr(reactions),
+        source="inferred",
     )
     ends.app.user.will(PushAnswer("accept"), MenuAnswer(CANCEL))
     action = options.confirmation_action
@@ -689,6 +799,7 @@ async def callback_cancel(ends: FlowEnds, report: DemoReport) -> None:
         "Cancel POSTed the seed's URL for it (…/snooze, like No)",
         posted[1:] == [cancel_url] and cancel_url.endswith("/snooze"),
         repr(posted),
+        source="seed",
     )
     answered = answer_to(ends, marks, cancel_url)
     report.check(
@@ -698,6 +809,7 @@ async def callback_cancel(ends: FlowEnds, report: DemoReport) -> None:
         and service.callback.state is CallbackState.CANCELLED
         and service.timer is None,
         f"{answered!r}, {service.callback}",
+        source="inferred",
     )
 
 
@@ -723,6 +835,7 @@ async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
         [r.reaction for r in entries_of(entries, UserReacted)] == ["ignore"]
         and not entries_of(entries, UrlPosted),
         f"{entries_of(entries, UserReacted)}, {service.callback}",
+        source="inferred",
     )
 
     ends.app.user.will(PushAnswer("accept"), MenuAnswer(YES, after_s=LATE_S))
@@ -736,6 +849,7 @@ async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
         and len(entries_of(entries, UrlPosted)) == 1
         and not ends.simulator.requests_to(f"{sid}/connect"),
         repr(refused),
+        source="inferred",
     )
     await wait_for(
         lambda: (
@@ -755,6 +869,7 @@ async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
         f"3: tapped {LATE_S:g} s after it came, the push was useless: GMS answered 410 (inferred)",
         failures == [(url, 410)] and not entries_of(entries, DialogShown),
         repr(failures),
+        source="inferred",
     )
     report.check(
         "after its last attempt the callback ended (_max_number_of_user_availability_"
@@ -763,6 +878,108 @@ async def callback_timeout(ends: FlowEnds, report: DemoReport) -> None:
         and service.callback.state is CallbackState.GAVE_UP
         and service.callback.attempts == 3,
         repr(service.callback),
+        source="inferred",
+    )
+
+    await late_confirmation_expires_at_the_relay(ends, report, options)
+
+
+async def _relay_get(ends: FlowEnds, path: str) -> tuple[int, str]:
+    async with ends.phone.session.get(
+        ends.relay_url + path,
+        headers={"Authorization": ends.authorization},
+        timeout=aiohttp.ClientTimeout(total=STEP_TIMEOUT_S),
+    ) as response:
+        return response.status, await response.text()
+
+
+async def _expired_count(ends: FlowEnds) -> float:
+    """The relay's expired counter for the app, from its /metrics."""
+    _, text = await _relay_get(ends, "/metrics")
+    pattern = rf'^{EXPIRED_METRIC}\{{app="{re.escape(ends.relay_app.name)}"\}} (\S+)$'
+    found = re.search(pattern, text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def _apns_faults(ends: FlowEnds, faults: Mapping[str, object] | None) -> None:
+    """Set (or, with None, clear) the APNs simulator's faults."""
+    method, body = ("DELETE", None) if faults is None else ("PUT", faults)
+    async with ends.phone.session.request(
+        method, ends.phone.control_url + "/faults", json=body
+    ) as response:
+        if response.status != 200:
+            raise RuntimeError(f"{method} /faults: {response.status} {await response.text()}")
+
+
+async def late_confirmation_expires_at_the_relay(
+    ends: FlowEnds, report: DemoReport, options: CallbackOptions
+) -> None:
+    """4: APNs is unreachable (503 to every request) when GMS asks again: the relay keeps the
+    confirmation only for its lifetime (GMS's _user_confirm_timeout), then it expires there and
+    never reaches the phone, where it would ask about a callback GMS has moved on from."""
+    action = options.confirmation_action
+    lifetime = ends.relay_app.ttl_by_action.get(action)
+    expired_before = await _expired_count(ends)
+    await _apns_faults(ends, APNS_OUTAGE)
+    marks = Marks.now(ends)
+    try:
+        service = await ends.simulator.create_callback(
+            replace(options, wait_for_agent=False),
+            gms_user=ends.gms_user,
+            device_id=ends.device_id,
+        )
+        report.section(f"callback-timeout, APNs down: GMS callback service {service.service_id}")
+        answers = [p.answer for p in ends.simulator.pushes_for(service.service_id)]
+        notification_id = answers[0].get("id") if answers and isinstance(answers[0], dict) else None
+        status: dict[str, object] = {}
+
+        async def settled() -> bool:
+            nonlocal status
+            code, text = await _relay_get(ends, f"/v1/notifications/{notification_id}")
+            status = json.loads(text) if code == 200 else {}
+            return status.get("state") in ("delivered", "failed", "expired", "superseded")
+
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while notification_id is not None and not await settled():
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the confirmation to expire: not after {STEP_TIMEOUT_S} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await _apns_faults(ends, None)
+    await ends.phone.poll_once()
+    print_since(ends, report, marks)
+    accepted_at_ms, expires_at = status.get("accepted_at_ms"), status.get("expires_at")
+    lived = (
+        expires_at - accepted_at_ms // 1000
+        if isinstance(accepted_at_ms, int) and isinstance(expires_at, int)
+        else None
+    )
+    report.note(f"relay: notification {notification_id} {status.get('state')}, {status}")
+    report.check(
+        f"4: with APNs down, the relay kept the confirmation only its lifetime ({lifetime} s: "
+        f"ttl_by_action, GMS's _user_confirm_timeout), then it expired at the relay",
+        status.get("state") == "expired"
+        and lifetime is not None
+        and lived in (lifetime - 1, lifetime, lifetime + 1)
+        and isinstance(status.get("attempts"), int)
+        and int(str(status.get("attempts"))) >= 1,
+        repr(status),
+        source="relay",
+    )
+    expired_after = await _expired_count(ends)
+    report.check(
+        f"the expiry was counted in {EXPIRED_METRIC}",
+        expired_after == expired_before + 1,
+        f"{expired_before} -> {expired_after}",
+        source="relay",
+    )
+    shown = [
+        a
+        for a in entries_of(ends.phone.transcript, AlertShown)
+        if a.service_id == service.service_id
+    ]
+    report.check(
+        "the phone never saw the late confirmation", shown == [], repr(shown), source="relay"
     )
 
 
@@ -793,6 +1010,31 @@ def normalised_event(event: object) -> object:
     return copied
 
 
+def seed_left_event(received: object) -> object:
+    """The seed's "Party Joined/Left" event with its line a Notice.Left, at the position (a
+    per-chat value) `received` has."""
+    event: Any = copy.deepcopy(SEED_CHAT_EVENTS["Party Joined/Left"])
+    message = event["data"]["message"]
+    message["transcriptToShow"][0][0] = "Notice.Left"
+    message["transcriptToShow"][0][2] = "has left the session"
+    data = received.get("data") if isinstance(received, dict) else None
+    if isinstance(data, dict) and isinstance(data.get("message"), dict):
+        message["transcriptPosition"] = data["message"].get("transcriptPosition")
+    return event
+
+
+def without_line_text(event: object) -> object:
+    """normalised_event(), each line's text set aside too."""
+    copied = normalised_event(event)
+    data = copied.get("data") if isinstance(copied, dict) else None
+    message = data.get("message") if isinstance(data, dict) else None
+    lines = message.get("transcriptToShow") if isinstance(message, dict) else None
+    for line in lines if isinstance(lines, list) else []:
+        if isinstance(line, list) and len(line) == 5:
+            line[2] = "<text>"
+    return copied
+
+
 def check_event_formats(report: DemoReport, event: object, service_id: str, name: str) -> None:
     """The per-chat values in the formats the seed's notes give."""
     data = event.get("data") if isinstance(event, dict) else None
@@ -811,6 +1053,7 @@ def check_event_formats(report: DemoReport, event: object, service_id: str, name
         f"{name}: startedAt $(Timestamp), 32-hex id, tag service.chat.refresh.<_id>, a number",
         ok,
         repr(event),
+        source="seed",
     )
 
 
@@ -841,11 +1084,13 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
         and start_requests[0].headers.get("gms_user") == GMS_USER
         and b"subject=None" in start_requests[0].body,
         repr(start_requests),
+        source="inferred",
     )
     report.check(
         "the app holds a Comet session subscribed to the seed's /_genesys",
         [sorted(c.subscriptions) for c in gms.comet.clients.values()] == [["/_genesys"]],
         repr(gms.comet.clients),
+        source="seed",
     )
 
     # Foreground: lines over Comet, the seed's three events in the seed's order.
@@ -881,6 +1126,7 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
             f"Comet delivered the seed's {name} event verbatim (per-chat values aside)",
             normalised_event(received) == normalised_event(SEED_CHAT_EVENTS[name]),
             json.dumps(received),
+            source="seed",
         )
         check_event_formats(report, received, sid, name)
     shown = [
@@ -891,17 +1137,23 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
         [position for position, _ in shown] == [1, 2, 3, 4]
         and all(number.isdigit() for _, number in shown),
         repr(shown),
+        source="inferred",
     )
     report.check(
         "nothing was pushed while the Comet session was open (inferred notification mode)",
         gms.pushes_for(sid)[pushed_before_comet:] == [],
         repr(gms.pushes_for(sid)[pushed_before_comet:]),
+        source="inferred",
     )
 
     # Background: Comet is gone; the agent's lines reach the phone as relay pushes.
     await follow(ends, report, ends.phone.to_background, has(AppState))
     await wait_for(lambda: not gms.comet.clients, "the phone's Comet session ending")
-    report.check("in the background the app left Comet (/meta/disconnect)", not gms.comet.clients)
+    report.check(
+        "in the background the app left Comet (/meta/disconnect)",
+        not gms.comet.clients,
+        source="inferred",
+    )
     ends.app.user.will(PushAnswer("accept"))
 
     async def agent_goes_on() -> None:
@@ -926,23 +1178,54 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
         [(a.presentation, a.title, a.body, a.action) for a in alerts]
         == [("notification", AGENT_NICK, "How can I help you?", action)],
         repr(alerts),
+        source="relay",
     )
     refresh_url = check_push_posted(ends, report, entries, sid, action, "notification")
     report.check(
         "that POST is the chat's refresh: the seed's _start_chat_url + /refresh",
         refresh_url == f"{start_url}/refresh",
         refresh_url,
+        source="inferred",
     )
     caught_up = [(x.position, x.kind, x.via) for x in entries_of(entries, ChatLineShown)]
     report.check(
         "the refresh answer caught the app up from position 5 (inferred answer shape)",
         caught_up == [(5, "Notice.TypingStopped", "answer"), (6, "Message.Text", "answer")],
         repr(caught_up),
+        source="inferred",
     )
     report.check(
         "back in the foreground the app holds a Comet session again",
         len(gms.comet.clients) == 1,
         repr(gms.comet.clients),
+        source="inferred",
+    )
+
+    # The agent leaves: Notice.Left, one of the seed's $(TranscriptType)s, over Comet.
+    comet_mark = len(ends.phone.comet_messages)
+    pushed_before_left = len(gms.pushes_for(sid))
+    left = TranscriptLine("Notice.Left", AGENT_NICK, "has left the session", "AGENT")
+    entries = await follow(
+        ends,
+        report,
+        lambda: gms.chat_line(sid, left),
+        lambda e: len(ends.phone.comet_messages) > comet_mark and has(ChatLineShown)(e),
+    )
+    received = ends.phone.comet_messages[comet_mark]
+    report.check(
+        "Notice.Left came over Comet in the seed's Party Joined/Left shape (its text aside)",
+        without_line_text(received) == without_line_text(seed_left_event(received)),
+        json.dumps(received),
+        source="seed",
+    )
+    shown_left = [(x.kind, x.nick, x.text, x.via) for x in entries_of(entries, ChatLineShown)]
+    report.check(
+        'its text is "has left the session" (the seed shows only "has joined the session"); the '
+        "phone showed it, and nothing was pushed while Comet listened",
+        shown_left == [("Notice.Left", AGENT_NICK, "has left the session", "comet")]
+        and gms.pushes_for(sid)[pushed_before_left:] == [],
+        repr(shown_left),
+        source="inferred",
     )
 
     # Leaving: ixn/chat/disconnect; DISCONNECTED over Comet; StartChat's exit:// closes the flow.
@@ -958,6 +1241,7 @@ async def chat(ends: FlowEnds, report: DemoReport) -> None:
         and not ends.phone.comet_connected
         and not gms.comet.clients,
         repr(last),
+        source="inferred",
     )
 
 
@@ -995,6 +1279,7 @@ async def callback_live_activity(ends: FlowEnds, report: DemoReport) -> None:
             "relay refuses the registration",
             refused is not None and "404" in refused,
             repr(refused),
+            source="relay",
         )
         return
 
@@ -1042,12 +1327,14 @@ async def callback_live_activity(ends: FlowEnds, report: DemoReport) -> None:
         "the Lock Screen showed the callback waiting, then connecting, then it went away",
         shown == [("started", "waiting"), ("ended", "connecting"), ("dismissed", "connecting")],
         repr(shown),
+        source="relay",
     )
     topics = {(r["topic"], r["headers"]["apns-push-type"]) for r in watcher.records}
     report.check(
         "Live Activity pushes went to <bundle id>.push-type.liveactivity as liveactivity",
         topics == {(f"{app.topic}.push-type.liveactivity", "liveactivity")},
         repr(topics),
+        source="relay",
     )
     sent = [
         (r["payload"]["aps"]["event"], r["headers"]["apns-priority"], r["payload"]["aps"])
@@ -1060,12 +1347,14 @@ async def callback_live_activity(ends: FlowEnds, report: DemoReport) -> None:
         and "dismissal-date" in sent[-1][2]
         and stamps == sorted(set(stamps)),
         repr(sent),
+        source="relay",
     )
     alerts = [a.action for a in entries_of(started + ended, AlertShown)]
     report.check(
         "the alerts came as before, next to the activity",
         alerts == ["wait-for-agent", options.connect_action],
         repr(alerts),
+        source="relay",
     )
 
 
@@ -1076,6 +1365,7 @@ DEMO_SCENARIOS: Mapping[str, Scenario] = {
     "callback-snooze": callback_snooze,
     "callback-cancel": callback_cancel,
     "callback-timeout": callback_timeout,
+    "callback-inbound": callback_inbound,
     "chat": chat,
     "callback-live-activity": callback_live_activity,
 }
@@ -1086,6 +1376,7 @@ DEMO_SCENARIOS: Mapping[str, Scenario] = {
 
 def demo_settings(redis_url: str, simulator: SimInfo, basic: str, auth: str = "token") -> Settings:
     app = simulator_app(simulator, auth).model_dump(mode="json")
+    app.update(DEMO_APP)
     if auth == "token":  # Apple takes Live Activity pushes only from token auth
         app["live_activity"] = {"dismiss_after_s": 2}  # dismissed within the demo's step
     return Settings.model_validate(
@@ -1094,6 +1385,7 @@ def demo_settings(redis_url: str, simulator: SimInfo, basic: str, auth: str = "t
             "auth": {"basic": [basic]},
             "retry": {"base_ms": 20, "cap_ms": 500},
             "delivery": {"request_timeout_seconds": 2.0},
+            "circuit": dict(DEMO_CIRCUIT),
             "apps": [app],
         }
     )
@@ -1146,7 +1438,9 @@ async def run_demo(
                         try:
                             await DEMO_SCENARIOS[name](ends, report)
                         except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
-                            report.check(f"{name} ran to its end", False, str(error))
+                            report.check(
+                                f"{name} ran to its end", False, str(error), source="relay"
+                            )
                 finally:
                     await ends.phone.close()
     return report
@@ -1187,14 +1481,11 @@ def run(args: argparse.Namespace) -> int:
     failures = report.failures
     print(
         f"\n{len(report.checks) - len(failures)} of {len(report.checks)} checks passed"
-        f" over {len(report.hops)} hops: "
-        + (
-            "every check held, each against the seed's text or an inference the README lists"
-            if not failures
-            else "FAILED"
-        ),
+        f" over {len(report.hops)} hops: " + ("every check held" if not failures else "FAILED"),
         flush=True,
     )
+    for source, count in report.by_source().items():
+        print(f"  [{source}] {count} checks against {SOURCE_LABELS[source]}", flush=True)
     for failure in failures:
         print(f"  FAIL {failure.name}: {failure.detail}", file=sys.stderr)
     return 0 if not failures else 1

@@ -21,5 +21,8 @@ def app_profile(name: str = "demo", **changes: Any) -> AppProfile:
         alerts={},
         chat_typing=ChatSettings().typing,
         chat_action=ChatSettings().action,
+        ttl_by_action=defaults["ttl_by_action"].default,
+        chat_ttl_by_event={},
+        chat_message_fields=tuple(ChatSettings().message_fields),
     )
     return replace(plain, **changes)

@@ -1,5 +1,6 @@
-"""The six callback actions of the GMS seed document (shared/seed, "_action" in the push), named
-once for every test that sends, answers or configures them."""
+"""The six callback actions of the GMS seed document (GMS API Reference, "Callback Push
+Notifications for iOS": "_action" in the push), named once for every test that sends, answers or
+configures them."""
 
 from __future__ import annotations
 

@@ -351,7 +351,13 @@ def test_an_apps_profile_is_what_building_its_pushes_needs(tmp_path: Path, key_f
         priority=5,
         push_type="background",
         message_encoding="string",
-        chat={"typing": "background", "action": "chat-line"},
+        chat={
+            "typing": "background",
+            "action": "chat-line",
+            "ttl_by_event": {"typing": 5},
+            "message_fields": ["lineType", "transcriptPosition"],
+        },
+        ttl_by_action={"wait-for-agent": 600},
     )
     app = load_settings(write_config(tmp_path, {"apps": [entry]}), env={}).app(None)
     assert app.profile() == AppProfile(
@@ -363,6 +369,13 @@ def test_an_apps_profile_is_what_building_its_pushes_needs(tmp_path: Path, key_f
         alerts={"wait-for-agent": AlertTemplate(body="Ticket {_id}")},
         chat_typing="background",
         chat_action="chat-line",
+        ttl_by_action={
+            "get-dialog-user-confirmation-provide_code-true": 30,
+            "get-dialog-user-confirmation-provide_code-false": 30,
+            "wait-for-agent": 600,
+        },
+        chat_ttl_by_event={"typing": 5},
+        chat_message_fields=("lineType", "transcriptPosition"),
     )
 
 

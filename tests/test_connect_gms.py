@@ -17,9 +17,9 @@ from relay.config import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
-# The options Genesys documents (GMS [push] and [gms] sections, Chat Server [chat] section), as
-# listed in shared/reference/gms.md. A name outside this set in the README is a typo an operator
-# would paste into GMS, where an unknown option is silently ignored.
+# The options Genesys documents (GMS [push] and [gms] sections, Chat Server [chat] section) in its
+# GMS and Chat Server option references (docs.genesys.com). A name outside this set in the README
+# is a typo an operator would paste into GMS, where an unknown option is silently ignored.
 DOCUMENTED_GMS_OPTIONS = {
     "push": {"pushEnabled", "customhttp.url", "debug.customhttp.url", "customhttp.message"},
     "gms": {

@@ -28,6 +28,7 @@ from relay_devkit.device_sim.app import (
     ConfirmationShown,
     DeviceApp,
     DialogShown,
+    DialRecorded,
     Effect,
     FlowClosed,
     GmsFailure,
@@ -272,6 +273,49 @@ def test_a_choice_after_expires_is_refused_and_nothing_is_sent() -> None:
     assert _request(effects).url == f"{BASE}/connect"
 
 
+@pytest.mark.parametrize(
+    "date",
+    [
+        "2023-11-14T22:13:50Z",  # the seed's $(Timestamp) format
+        "2023-11-14T22:13:50.000Z",  # java.time.Instant.toString
+        "2023-11-14T23:13:50+01:00",
+        "Tue Nov 14 22:13:50 UTC 2023",  # java.util.Date.toString: EEE MMM dd HH:mm:ss zzz yyyy
+        "Tue Nov 14 14:13:50 PST 2023",
+        "Tue, 14 Nov 2023 22:13:50 GMT",  # RFC 1123
+        "1700000030000",  # java.util.Date.getTime
+    ],
+)
+def test_expires_is_read_in_the_formats_a_java_service_emits(date: str) -> None:
+    """The seed gives $(Date) no format; each of these is AT + 30."""
+    app, _ = _menu_app(FALSE_MENU, MenuAnswer(None), body=_menu_expiring(date))
+    [shown] = entries_of(app.transcript, DialogShown)
+    assert isinstance(shown.dialog, DisplayMenu)
+    assert shown.dialog.expires_at == AT + 30
+
+
+def _menu_expiring(date: str) -> bytes:
+    menu = seed_dialog(FALSE_MENU, CONTEXT)
+    assert menu is not None
+    menu["_expires"] = date
+    return json.dumps(menu).encode()
+
+
+@pytest.mark.parametrize("date", ["soon", "2023-11-14T22:13:50", "Tue Nov 14 22:13:50 XYZ 2023"])
+def test_an_unreadable_expires_shows_the_menu_without_a_deadline_and_logs_why(
+    date: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app, effects = _menu_app(FALSE_MENU, MenuAnswer(YES, after_s=3_600), body=_menu_expiring(date))
+    [shown] = entries_of(app.transcript, DialogShown)
+    assert isinstance(shown.dialog, DisplayMenu)
+    assert shown.dialog.expires_at is None
+    assert _request(effects).url == f"{BASE}/connect"  # no deadline: the late choice counts
+    assert not entries_of(app.transcript, GmsFailure)
+    [record] = [r for r in caplog.records if r.name == "relay_devkit.device_sim.app"]
+    assert "menu shown without a deadline" in record.getMessage()
+    assert repr(date) in record.getMessage()
+    assert "EEE MMM dd HH:mm:ss zzz yyyy" in record.getMessage()  # what is read
+
+
 def test_leaving_a_menu_and_coming_back_fetches_its_resource_url() -> None:
     app, effects = _menu_app(FALSE_MENU, MenuAnswer(None, after_s=5, reopen=True))
     request = _request(effects)
@@ -312,13 +356,39 @@ def test_terminal_dialogs_are_shown_and_end_the_exchange(action: str, expected: 
 
 
 @pytest.mark.parametrize(
+    ("tel_url", "access_code", "number"),
+    [
+        ("n/a", "n/a", None),  # the seed's example values: nothing to dial
+        ("tel:+1-800-555-0100", "4321#", "+18005550100,4321#"),
+        ("+44 20 7946 0000", "", "+442079460000"),
+        ("tel:5550100", "n/a", "5550100"),
+    ],
+)
+def test_dial_number_records_the_dial_the_phone_would_make(
+    tel_url: str, access_code: str, number: str | None
+) -> None:
+    dialog = {
+        "_dialog_id": "0",
+        "_label": "Connecting ...",
+        "_action": "DialNumber",
+        "_tel_url": tel_url,
+        "_access_code": access_code,
+        "_id": SERVICE_ID,
+    }
+    app, effects = _menu_app("connect-inbound", body=json.dumps(dialog).encode())
+    assert effects == []
+    assert entries_of(app.transcript, DialRecorded) == [
+        DialRecorded(AT, tel_url, access_code, number)
+    ]
+
+
+@pytest.mark.parametrize(
     ("status", "body", "detail"),
     [
         (404, b'{"code": 404}', '{"code": 404}'),
         (200, b"<html>", "Expecting value"),
         (200, b'{"_action": "ConfirmationDialog", "_ok_title": "Ok"}', "_text"),
         (200, b'{"_action": "DisplayMenu", "_content": [{"_group_content": []}]}', "_group_name"),
-        (200, b'{"_action": "DisplayMenu", "_expires": "soon", "_content": []}', "_expires"),
         (200, b'{"transcriptToShow": [], "transcriptPosition": "x"}', "transcriptPosition"),
         (200, b"[1, 2]", "JSON object"),
     ],
@@ -369,7 +439,8 @@ def test_start_chat_then_comet_then_a_tapped_chat_push_catches_up() -> None:
     chat.add(TranscriptLine("Notice.Joined", "Stan", "has joined the session", "CLIENT"), started)
     answer = {**chat.refresh(1), "_comet_url": f"{SERVER_URL}/genesys/cometd", "tag": chat.tag}
     effects = app.receive_answer(start, 200, json.dumps(answer).encode(), AT)
-    assert effects == [OpenComet(f"{SERVER_URL}/genesys/cometd")]
+    # The Comet session carries the chat's gms_user header too: GMS routes the chat's events by it.
+    assert effects == [OpenComet(f"{SERVER_URL}/genesys/cometd", {"gms_user": "alice"})]
     assert entries_of(app.transcript, ChatOpened) == [
         ChatOpened(AT, f"{BASE}/ixn/chat", "000FRa9NYM9A001K", f"{SERVER_URL}/genesys/cometd")
     ]
@@ -386,12 +457,15 @@ def test_start_chat_then_comet_then_a_tapped_chat_push_catches_up() -> None:
         (1, "has joined the session", "0", "answer"),
         (2, "Hi", "0", "comet"),
     ]
-    # A chat push in the foreground with Comet open: the line is there already.
-    chat_push = _push(
-        {"_id": SERVICE_ID, "_action": "ixn/chat/refresh", "chatSessionId": "000FRa9NYM9A001K"}
-    )
+    # A chat push in the foreground with Comet open: the line is there already. The app knows it
+    # from the seed's {"_id", "_action"} alone: its POST would go under the chat's _start_chat_url.
+    chat_push = _push({"_id": SERVICE_ID, "_action": "ixn/chat/refresh"})
     assert app.receive_push(chat_push, AT + 3) == []
     assert "came over Comet" in entries_of(app.transcript, PushNotPosted)[-1].reason
+    # A push for another action of the same service is shown as any other.
+    app.user.will(PushAnswer("decline"))
+    assert app.receive_push(_callback(SERVICE_ID, "connect-outbound"), AT + 3) == []
+    assert entries_of(app.transcript, AlertShown)[-1].presentation == "alert dialog"
     # Background: Comet goes; a tapped chat push POSTs its _action from the first unseen position.
     assert app.to_background(AT + 4) == [CloseComet()]
     chat.add(TranscriptLine("Message.Text", AGENT_NICK, "Still there?", "AGENT"), started)
@@ -399,7 +473,7 @@ def test_start_chat_then_comet_then_a_tapped_chat_push_catches_up() -> None:
     refresh = _request(app.receive_push(chat_push, AT + 5))
     assert (refresh.url, refresh.form) == (f"{BASE}/ixn/chat/refresh", {"transcriptPosition": "3"})
     effects = app.receive_answer(refresh, 200, json.dumps(chat.refresh(3)).encode(), AT + 6)
-    assert effects == [OpenComet(f"{SERVER_URL}/genesys/cometd")]
+    assert effects == [OpenComet(f"{SERVER_URL}/genesys/cometd", {"gms_user": "alice"})]
     assert entries_of(app.transcript, ChatLineShown)[-1].text == "Still there?"
     # Leaving: DISCONNECTED ends the chat; StartChat's exit:// closes the flow.
     leave = _request(app.leave_chat(AT + 7))
@@ -545,7 +619,7 @@ async def test_phone_chats_over_comet_and_catches_up_after_the_background(
         phone.app.user.will(PushAnswer("accept"))
         control.deliver(
             TOKEN,
-            _push({"_id": sid, "_action": "ixn/chat/refresh", "chatSessionId": "x"}, "Bye"),
+            _push({"_id": sid, "_action": "ixn/chat/refresh"}, "Bye"),
         )
         await phone.run_until(
             lambda t: phone.comet_connected and len(entries_of(t, ChatLineShown)) >= 4, timeout_s=10

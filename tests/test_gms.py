@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.app_profile import AppProfile
-from relay.config import ConfigError, load_settings
+from relay.config import ChatEvent, ConfigError, load_settings
 from relay.gms import CHAT_ACTION, parse_customhttp, to_notification
 from relay.model import InvalidInput, Notification, payload_limit
 from relay.payload import AlertFields, ChatEventKind, ChatLine, PushSpec
@@ -27,7 +28,13 @@ NOW = 1_700_000_000
 
 PROFILES = {
     "quiet": app_profile("quiet"),
-    "typing": app_profile("typing", chat_typing="background", chat_action="chat-line"),
+    # Typing notices are worth having only told apart (started, stopped): lineType says which.
+    "typing": app_profile(
+        "typing",
+        chat_typing="background",
+        chat_action="chat-line",
+        chat_message_fields=("lineType",),
+    ),
 }
 
 
@@ -184,15 +191,133 @@ def test_agent_chat_line_becomes_a_titled_alert() -> None:
     notification = notify(spec, profile_of(None))
     assert notification is not None
     message = orjson.loads(notification.payload)["message"]
-    assert message == {
-        "_id": CHAT_SERVICE_ID,
-        "_action": CHAT_ACTION,
-        "chatSessionId": SESSION,
-        "transcriptPosition": 3,
-        "chatEvent": "message",
-        "lineType": "Message.Text",
-        "nick": "Kristi Sippola",
-    }
+    assert message == {"_id": CHAT_SERVICE_ID, "_action": CHAT_ACTION}  # the seed's shape
+
+
+def test_chat_fields_are_added_only_as_configured_with_the_seeds_types() -> None:
+    spec = parsed(chat_event(["Message.Text", "Kristi Sippola", "How can I help?", "9", "AGENT"]))
+    every = ("chatSessionId", "transcriptPosition", "chatEvent", "lineType", "nick")
+    for fields, expected in (
+        (("transcriptPosition",), {"transcriptPosition": "3"}),  # a string, as in the seed
+        (
+            every,
+            {
+                "chatSessionId": SESSION,
+                "transcriptPosition": "3",
+                "chatEvent": "message",
+                "lineType": "Message.Text",
+                "nick": "Kristi Sippola",
+            },
+        ),
+    ):
+        notification = notify(spec, app_profile("fields", chat_message_fields=fields))
+        assert notification is not None
+        message = orjson.loads(notification.payload)["message"]
+        assert message == {"_id": CHAT_SERVICE_ID, "_action": CHAT_ACTION, **expected}
+
+
+APP_YAML = """
+apps:
+  - name: a
+    topic: com.example.demo
+    environment: sandbox
+    auth: {token: {key_file: key.p8, key_id: ABCDE12345, team_id: TEAM123456}}
+"""
+
+
+def settings_problem(tmp_path: Path, app_lines: str, queue: str = "") -> str:
+    (tmp_path / "key.p8").write_text("key")
+    (tmp_path / "relay.yaml").write_text(APP_YAML + app_lines + queue)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(tmp_path / "relay.yaml", env={})
+    return str(raised.value)
+
+
+def test_chat_message_fields_are_a_closed_set(tmp_path: Path) -> None:
+    problem = settings_problem(tmp_path, "    chat: {message_fields: [chatSessionId, startedAt]}\n")
+    assert "apps[0].chat.message_fields[1]" in problem
+    assert "transcriptPosition" in problem  # what is allowed
+
+
+# ---- lifetimes: by action, GMS's documented defaults ----
+
+CONFIRMATIONS = (
+    "get-dialog-user-confirmation-provide_code-true",
+    "get-dialog-user-confirmation-provide_code-false",
+)
+
+
+@pytest.mark.parametrize("action", CONFIRMATIONS)
+def test_a_confirmation_lives_gms_user_confirm_timeout_and_apns_expiration_follows(
+    action: str,
+) -> None:
+    """GMS's _user_confirm_timeout is 30 s by default: a confirmation delivered later asks about
+    a callback GMS has moved on from."""
+    notification = notify(parsed({"_id": SERVICE_ID, "_action": action}), profile_of(None))
+    assert notification is not None
+    assert notification.expires_at == NOW + 30  # apns-expiration is expires_at (the adapter)
+
+
+@pytest.mark.parametrize(
+    "action", ["wait-for-agent", "connect-inbound", "connect-outbound", "get-dialog-start-chat"]
+)
+def test_actions_gms_gives_no_timeout_keep_the_queue_default(action: str) -> None:
+    notification = notify(parsed({"_id": SERVICE_ID, "_action": action}), profile_of(None))
+    assert notification is not None
+    assert notification.expires_at == NOW + 3_600
+
+
+def test_an_apps_lifetimes_add_to_the_defaults_and_chat_events_have_their_own(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "key.p8").write_text("key")
+    (tmp_path / "relay.yaml").write_text(
+        APP_YAML
+        + "    ttl_by_action: {wait-for-agent: 600}\n"
+        + "    chat: {ttl_by_event: {typing: 5}}\n"
+    )
+    app = load_settings(tmp_path / "relay.yaml", env={}).apps[0].profile()
+    cases = [
+        ({"_id": SERVICE_ID, "_action": "wait-for-agent"}, 600),
+        ({"_id": SERVICE_ID, "_action": CONFIRMATIONS[0]}, 30),  # the default kept
+        ({"_id": SERVICE_ID, "_action": "connect-outbound"}, 3_600),
+    ]
+    for message, lifetime in cases:
+        notification = notify(parsed(message), app)
+        assert notification is not None
+        assert notification.expires_at == NOW + lifetime
+    typing = parsed(
+        chat_event(["Notice.TypingStarted", "Kristi Sippola", "is typing", "20", "AGENT"])
+    )
+    line = parsed(chat_event(["Message.Text", "Kristi Sippola", "Hi", "9", "AGENT"]))
+    with_typing = replace(app, chat_typing="background")
+    for spec, lifetime in ((typing, 5), (line, 3_600)):
+        notification = notify(spec, with_typing)
+        assert notification is not None
+        assert notification.expires_at == NOW + lifetime
+
+
+def test_a_given_ttl_wins_over_the_actions_lifetime() -> None:
+    spec = replace(parsed({"_id": SERVICE_ID, "_action": CONFIRMATIONS[0]}), ttl_s=90)
+    notification = notify(spec, profile_of(None))
+    assert notification is not None
+    assert notification.expires_at == NOW + 90
+
+
+def test_a_lifetime_beyond_max_ttl_is_refused(tmp_path: Path) -> None:
+    problem = settings_problem(
+        tmp_path,
+        "    ttl_by_action: {wait-for-agent: 100}\n",
+        "queue: {max_ttl_seconds: 60, default_ttl_seconds: 60}\n",
+    )
+    assert "wait-for-agent (100 s) must not exceed queue.max_ttl_seconds (60)" in problem
+    problem = settings_problem(tmp_path, "    ttl_by_action: {'a/../b': 100}\n")
+    assert "apps[0].ttl_by_action" in problem
+    assert "'..' segment" in problem
+
+
+def test_chat_events_settings_name_every_kind() -> None:
+    assert set(get_args(ChatEvent)) == {kind.value for kind in ChatEventKind}
 
 
 @pytest.mark.parametrize(

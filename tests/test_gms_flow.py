@@ -17,6 +17,8 @@ from relay_harness import RelayHarness, basic_authorization, running_relay
 from simulator import REPO_ROOT
 
 from relay_devkit.demo import (
+    DEMO_APP,
+    DEMO_CIRCUIT,
     DEMO_SCENARIOS,
     SEED_CHAT_EVENTS,
     DemoReport,
@@ -59,10 +61,11 @@ async def gms_flow(
             await ends.phone.close()
 
 
-def chat_alerts(ends: FlowEnds) -> list[tuple[int, str | None, str | None]]:
-    """(position, title, body) of the chat pushes the phone got."""
+def chat_alerts(ends: FlowEnds) -> list[tuple[str | None, str | None]]:
+    """(title, body) of the chat pushes the phone got (their message is the seed's {"_id",
+    "_action"}: the alert is what tells them apart)."""
     return [
-        (int(str(alert.message_fields.get("transcriptPosition"))), alert.title, alert.body)
+        (alert.title, alert.body)
         for alert in entries_of(ends.phone.transcript, AlertShown)
         if alert.action == ends.relay_app.chat.action
     ]
@@ -87,19 +90,29 @@ async def test_callback_confirm_end_to_end(redis_url: str, state_dir: Path, enco
 
 @pytest.mark.parametrize(
     "scenario",
-    ["callback-snooze", "callback-cancel", "callback-timeout", "chat", "callback-live-activity"],
+    [
+        "callback-snooze",
+        "callback-cancel",
+        "callback-timeout",
+        "callback-inbound",
+        "chat",
+        "callback-live-activity",
+    ],
 )
 @pytest.mark.slow
 async def test_demo_scenario_end_to_end(redis_url: str, state_dir: Path, scenario: str) -> None:
-    live_activity = {"live_activity": {"dismiss_after_s": 2}}
-    async with gms_flow(redis_url, state_dir, app=live_activity) as (relay, ends):
+    app = {**DEMO_APP, "live_activity": {"dismiss_after_s": 2}}
+    async with gms_flow(redis_url, state_dir, app=app, circuit=dict(DEMO_CIRCUIT)) as (
+        relay,
+        ends,
+    ):
         report = DemoReport()
         await DEMO_SCENARIOS[scenario](ends, report)
         assert report.failures == []
         assert len(report.checks) >= 4
         if scenario == "chat":
             # Only the agent's line was pushed: the customer's own lines and typing never are.
-            assert chat_alerts(ends) == [(6, AGENT_NICK, "How can I help you?")]
+            assert chat_alerts(ends) == [(AGENT_NICK, "How can I help you?")]
             totals = await relay.queue.totals()
             assert (totals.delivered, totals.pending) == (2, 0)  # + get-dialog-start-chat
 
@@ -136,12 +149,12 @@ async def test_positions_posted_out_of_order_are_pushed_in_order_and_late_ones_s
         await post(1)
         await ends.phone.wait_for_pushes(5, timeout_s=10)
         assert await ends.phone.poll_once() == 0
-        assert [(position, body) for position, _, body in chat_alerts(ends)] == [
-            (2, "line 2"),
-            (3, "line 3"),
-            (4, "line 4"),
-            (5, "line 5"),
-            (1, "line 1"),
+        assert [body for _, body in chat_alerts(ends)] == [
+            "line 2",
+            "line 3",
+            "line 4",
+            "line 5",
+            "line 1",
         ]
 
 
@@ -216,5 +229,16 @@ def test_demo_command_runs_every_scenario_and_exits_0(auth: str) -> None:
     assert ": 410 " in out
     assert "FAIL" not in out
     assert "Traceback" not in finished.stderr
-    assert out.rstrip().endswith("an inference the README lists")
+    # Every seed element ran: connect-inbound's dial, Notice.Left, the _resource_url re-fetch, and
+    # a late confirmation expiring at the relay.
+    assert "DialNumber _tel_url 'n/a' _access_code 'n/a': nothing to dial" in out
+    assert "Comet → phone line 7 Notice.Left Kristi Sippola: 'has left the session'" in out
+    assert "/get-dialog-user-confirmation\n" in out
+    assert "then it expired at the relay" in out
+    # Each check says what it holds the flow to, and the summary counts each kind.
+    summary = out.rstrip().splitlines()[-3:]
+    assert [line.split("]")[0].strip() for line in summary] == ["[seed", "[inferred", "[relay"]
+    counted = sum(int(line.split()[1]) for line in summary)
+    assert f"{counted} of {counted} checks passed" in out
+    assert out.count("      ok   [") == counted
     assert f"({auth} auth)" in out

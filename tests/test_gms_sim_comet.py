@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
@@ -199,3 +203,130 @@ async def test_aiocometd_ng_close_leaks_a_cancelled_connect_which_the_phone_sile
         assert loop.get_exception_handler() is not None  # ours, restored after the close
     finally:
         loop.set_exception_handler(None)
+
+
+async def test_pushes_are_held_back_only_for_the_chat_whose_user_listens(
+    gms: GmsSimServer, http: aiohttp.ClientSession
+) -> None:
+    """One customer's open Comet session must not silence another customer's chat pushes: a
+    session belongs to the gms_user header of its handshake (inferred), as a chat to its user."""
+    simulator = gms.simulator
+    alice = simulator.create_chat_service(gms_user="alice")
+    bob = simulator.create_chat_service(gms_user="bob")
+    for service in (alice, bob):
+        await simulator.start_chat(service.service_id)
+    pushed_at_start = len(simulator.pushes)
+    async with http.post(
+        f"{gms.base_url}/genesys/cometd/handshake",
+        json=[
+            {
+                "channel": "/meta/handshake",
+                "version": "1.0",
+                "supportedConnectionTypes": ["long-polling"],
+            }
+        ],
+        headers={"gms_user": "alice"},
+    ) as response:
+        [shake] = await response.json()
+    subscribe = {
+        "channel": "/meta/subscribe",
+        "clientId": shake["clientId"],
+        "subscription": "/_genesys",
+    }
+    await _bayeux(http, f"{gms.base_url}/genesys/cometd", subscribe)
+    await simulator.chat_line(alice.service_id, JOINED)
+    await simulator.chat_line(bob.service_id, JOINED)
+    pushed = [p.service_id for p in simulator.pushes[pushed_at_start:]]
+    assert pushed == [bob.service_id]  # alice's line went over her Comet session instead
+    [client] = simulator.comet.clients.values()
+    assert [cast(dict[str, Any], m["data"])["tag"] for m in client.pending] == [
+        f"service.chat.refresh.{alice.service_id}"
+    ]
+
+
+# The official CometD JavaScript client (npm cometd + cometd-nodejs-client), installed by this test
+# from tests/node/cometd's lock file, as bench/node's peer is installed from its own.
+NODE_CLIENT = Path(__file__).resolve().parent / "node" / "cometd"
+NODE_WORK = Path(__file__).resolve().parent / ".work" / "cometd-node"
+NPM_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def cometd_js() -> Path:
+    """A directory holding client.mjs and its node_modules, installed by `npm ci` from the lock
+    file (again whenever the lock file changes)."""
+    lock = (NODE_CLIENT / "package-lock.json").read_bytes()
+    stamp = NODE_WORK / "installed.lock"
+    if not (stamp.is_file() and stamp.read_bytes() == lock):
+        NODE_WORK.mkdir(parents=True, exist_ok=True)
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(NODE_CLIENT / name, NODE_WORK / name)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_WORK,
+            check=True,
+            timeout=NPM_TIMEOUT_S,
+            capture_output=True,
+        )
+        stamp.write_bytes(lock)
+    shutil.copyfile(NODE_CLIENT / "client.mjs", NODE_WORK / "client.mjs")
+    return NODE_WORK
+
+
+async def test_the_official_cometd_client_at_its_defaults_chats(
+    gms: GmsSimServer, cometd_js: Path
+) -> None:
+    """Its defaults append the message type to the URL (.../cometd/handshake, /connect): the Java
+    CometD server GMS runs at /cometd/* takes that, and so must the simulator."""
+    simulator = gms.simulator
+    service = simulator.create_chat_service()
+    await simulator.start_chat(service.service_id)
+    pushed_at_start = len(simulator.pushes)
+    node = await asyncio.create_subprocess_exec(
+        "node",
+        str(cometd_js / "client.mjs"),
+        f"{gms.base_url}/genesys/cometd",
+        "2",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert node.stdout is not None
+    said: list[dict[str, Any]] = []
+    try:
+
+        async def next_line() -> dict[str, Any]:
+            assert node.stdout is not None
+            while True:
+                line = await asyncio.wait_for(node.stdout.readline(), 20)
+                assert line, "the CometD client ended early"
+                if line.startswith(b"event: "):  # not the library's own console output
+                    said.append(json.loads(line.removeprefix(b"event: ")))
+                    return said[-1]
+
+        while (await next_line())["event"] != "subscribe":
+            pass
+        published = [
+            await simulator.chat_line(service.service_id, JOINED),
+            await simulator.end_chat(service.service_id),
+        ]
+        while (await next_line())["event"] != "disconnect":
+            pass
+        assert await asyncio.wait_for(node.wait(), 20) == 0
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+    # Its first transport, WebSocket, is not offered (only long-polling is): it falls back.
+    handshakes = [s for s in said if s["event"] == "handshake"]
+    assert handshakes[-1] == {"event": "handshake", "successful": True, "transport": "long-polling"}
+    assert {"event": "subscribe", "successful": True} in said
+    messages = [s for s in said if s["event"] == "message"]
+    assert messages == [
+        {"event": "message", "channel": "/_genesys", "data": event["data"]} for event in published
+    ]
+    assert said[-1] == {"event": "disconnect", "successful": True}
+    comet = [r for r in simulator.requests if "/cometd" in r.path and r.method == "POST"]
+    paths = {r.path.removeprefix("/genesys/cometd") for r in comet}
+    assert {"/handshake", "/connect", "/disconnect"} <= paths  # the message type appended
+    assert {r.status for r in comet} == {200}
+    assert simulator.pushes[pushed_at_start:] == []  # the client listened: nothing pushed

@@ -48,6 +48,12 @@ async def test_each_seed_action_reaches_apns_with_headers_and_payload(
             # The app is a sandbox one: APNs gave the push its Delivery Log key.
             assert uuid.UUID(state["apns_unique_id"]).version == 4
             assert state["last_status"] == 200
+            # apns-expiration is the action's lifetime from acceptance: GMS's 30 s
+            # _user_confirm_timeout for a confirmation, queue.default_ttl_seconds otherwise.
+            lifetime = 30 if action.startswith("get-dialog-user-confirmation") else 3_600
+            assert int(headers["apns-expiration"]) == state["expires_at"]
+            lived = state["expires_at"] - state["accepted_at_ms"] // 1000
+            assert lifetime - 1 <= lived <= lifetime + 1
 
 
 @pytest.mark.slow

@@ -3,7 +3,7 @@
 aioapns 4.0 is subclassed, not forked; no other module of the relay imports aioapns or h2.
 relay.delivery.apns (ApnsClient) is built on this module's pool and protocol and uses only their
 own methods; the two parts of a fix that live there are marked [client] below. Each override
-covers one gap listed in shared/reference/aioapns.md:
+covers one gap of aioapns 4.0 as published (github.com/Fatal1ty/aioapns, its source and issues):
 1. no request deadline               -> a timer per stream answers "Timeout" and resets the stream
 2. an error status without a body    -> streams resolve on END_STREAM, body or not
 3. wait_for + connection_lost crash  -> no wait_for; futures are only resolved while not done;

@@ -13,7 +13,9 @@ Inferred, as iOS apps behave and the seed does not say:
   notification; accepting (tapping) it POSTs, declining (dismissing) or ignoring it does not. A
   tapped notification brings the app to the foreground.
 - A chat push in the foreground, while the app's Comet session for that chat is open, shows
-  nothing: the line already came over Comet.
+  nothing: the line already came over Comet. The app tells a chat push by the seed's `_id` and
+  `_action` alone: the POST they make goes under the open chat's `_start_chat_url` (the relay's
+  default chat `_action`, ixn/chat/refresh, makes .../service/<id>/ixn/chat/refresh).
 - A menu item's Notification-type `confirmation_dialog` is shown first and dismisses itself after
   `_dismiss_timeout` seconds; then the item's request is made. A menu choice made after the menu's
   `_expires` is refused by the app. `_id_to_jump_before: "exit://"` closes the flow (back to the
@@ -21,21 +23,25 @@ Inferred, as iOS apps behave and the seed does not say:
 - The chosen item's `_dialog_id` is sent as a form field (GMS needs it: the seed's "No" and
   "Cancel" items POST the same URL); the refresh POST sends `transcriptPosition`, the first
   position the app has not seen; chat lines go to `<_start_chat_url>/send`, leaving to
-  `<_start_chat_url>/disconnect`; StartChat's `_user_header` goes in the `gms_user` header and its
-  `_chat_parameters` as form fields.
+  `<_start_chat_url>/disconnect`; StartChat's `_user_header` goes in the `gms_user` header (of
+  the chat's requests and of its Comet session's) and its `_chat_parameters` as form fields.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias, TypeVar
+from urllib.parse import urlsplit
 
 from relay_devkit.device_sim.activities import ActivityShown
 from relay_devkit.device_sim.dialogs import (
     ChatUpdate,
+    DialNumber,
     Dialog,
     DialogError,
     DisplayMenu,
@@ -49,6 +55,7 @@ from relay_devkit.device_sim.dialogs import (
     read_push,
 )
 
+_log = logging.getLogger(__name__)
 DEFAULT_URL_PATH = "/genesys/1/service/"
 EXIT_FLOW = "exit://"
 NOTIFICATION_DIALOG = "Notification"
@@ -188,6 +195,19 @@ class FlowClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class DialRecorded:
+    """DialNumber: the call the phone would place (the simulator records it, never dials).
+    `number` is what goes to the dialer: `_tel_url` when it is a tel: URL or a phone number, then
+    `_access_code` as DTMF after a pause (","); None when `_tel_url` is neither (the seed's example
+    value "n/a"), so nothing would be dialled."""
+
+    at: float
+    tel_url: str
+    access_code: str
+    number: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ChatOpened:
     at: float
     url: str
@@ -233,6 +253,7 @@ TranscriptEntry: TypeAlias = (
     | MenuDismissed
     | ConfirmationShown
     | FlowClosed
+    | DialRecorded
     | ChatOpened
     | ChatLineShown
     | ChatEnded
@@ -259,6 +280,7 @@ class HttpRequest:
 @dataclass(frozen=True, slots=True)
 class OpenComet:
     url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # on every Comet request
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +306,7 @@ class ChatView:
     comet_url: str
     chat_session_id: str
     exit_when_ended: bool
+    headers: Mapping[str, str] = field(default_factory=dict)  # the chat's, gms_user included
     last_position: int = 0
     ended: bool = False
 
@@ -346,7 +369,7 @@ class DeviceApp:
         if chat is None or chat.ended or self.comet_open or not self.foreground:
             return []
         self.comet_open = True
-        return [OpenComet(chat.comet_url)]
+        return [OpenComet(chat.comet_url, chat.headers)]
 
     def _close_comet(self) -> list[Effect]:
         if not self.comet_open:
@@ -370,8 +393,8 @@ class DeviceApp:
             self.foreground
             and self.comet_open
             and chat is not None
-            and service_id == chat.service_id
-            and "chatSessionId" in fields
+            and message is not None
+            and self._is_chat_resource(message.service_id, message.action, chat)
         ):
             presentation = "none: the app is in the foreground and the line came over Comet"
         else:
@@ -405,6 +428,15 @@ class DeviceApp:
         if chat is not None and chat.service_id == message.service_id:
             form["transcriptPosition"] = str(chat.last_position + 1)
         return [self._request(at, url, form=form, not_before=reacted_at)]
+
+    def _is_chat_resource(self, service_id: str, action: str, chat: ChatView) -> bool:
+        """Whether a push's POST ($(ServerURL)$(URLPath)$(_id)/$(_action)) would go to the open
+        chat's own resource, under its `_start_chat_url`: from the seed's `_id`/`_action` alone
+        the app knows such a push reports a chat line, which Comet has already brought."""
+        url = dialog_url(self.settings.server_url, self.settings.url_path, service_id, action)
+        chat_path = urlsplit(chat.start_chat_url).path.rstrip("/")
+        path = urlsplit(url).path
+        return path == chat_path or path.startswith(chat_path + "/")
 
     # ---- answers ----
 
@@ -445,10 +477,23 @@ class DeviceApp:
             headers = {"gms_user": dialog.user_header} if dialog.user_header else self._headers()
             self._pending_chat_exit = dialog.jump_before == EXIT_FLOW
             return [self._request(at, dialog.start_chat_url, headers=headers, form=form)]
-        # ConfirmationDialog (the user taps its OK), DialNumber (the phone dials), unknown: done.
+        if isinstance(dialog, DialNumber):
+            self.transcript.append(
+                DialRecorded(
+                    at,
+                    dialog.tel_url,
+                    dialog.access_code,
+                    dial_string(dialog.tel_url, dialog.access_code),
+                )
+            )
+        # ConfirmationDialog (the user taps its OK), unknown: done.
         return []
 
     def _menu(self, menu: DisplayMenu, at: float) -> list[Effect]:
+        if menu.expires_problem is not None:
+            # Shown all the same: a menu without a deadline is better than none (the seed gives
+            # $(Date) no format, so a GMS may well send one this app does not read).
+            _log.warning("menu shown without a deadline: %s", menu.expires_problem)
         answer = self.user.on_menu()
         chosen_at = at + answer.after_s
         if answer.label is None:
@@ -510,6 +555,7 @@ class DeviceApp:
                 update.comet_url,
                 update.chat_session_id,
                 exit_when_ended=self._pending_chat_exit,
+                headers=request.headers,
             )
             self.transcript.append(
                 ChatOpened(at, request.url, update.chat_session_id, update.comet_url)
@@ -562,6 +608,21 @@ class DeviceApp:
         if self.chat is None or self.chat.ended:
             raise DialogError("chat: no chat is open")
         return self.chat
+
+
+_PHONE_NUMBER = re.compile(r"\+?[0-9*#][0-9*#()./ -]*")
+
+
+def dial_string(tel_url: str, access_code: str) -> str | None:
+    """What the phone would dial for DialNumber (inferred: the seed shows only "n/a" for both):
+    the tel: URL's number, or `_tel_url` itself when it is a number, then `,` (a pause) and the
+    access code as DTMF when there is one; None when there is no number to dial."""
+    number = tel_url.removeprefix("tel:").strip()
+    if not _PHONE_NUMBER.fullmatch(number):
+        return None
+    digits = "".join(c for c in number if c.isdigit() or c in "+*#")
+    code = access_code.strip()
+    return f"{digits},{code}" if code and _PHONE_NUMBER.fullmatch(code) else digits
 
 
 EntryT = TypeVar("EntryT", bound=TranscriptEntry)

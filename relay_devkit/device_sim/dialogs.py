@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
 from typing import TypeAlias
 
 JsonValue: TypeAlias = dict[str, "JsonValue"] | list["JsonValue"] | str | int | float | bool | None
-SEED_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"  # the seed's $(Timestamp)/$(Date) format
 
 
 class DialogError(ValueError):
@@ -118,6 +118,7 @@ class DisplayMenu:
     label: str
     groups: tuple[MenuGroup, ...]
     expires_at: float | None  # _expires as epoch seconds; a choice after it is refused
+    expires_problem: str | None  # why an _expires given could not be read (the menu still shows)
     resource_url: str | None  # where the menu itself is fetched again
     method: str  # the menu's own _method, used to fetch _resource_url
 
@@ -214,12 +215,59 @@ def _menu_item(obj: Mapping[str, JsonValue], where: str) -> MenuItem:
     )
 
 
+# `EEE MMM dd HH:mm:ss zzz yyyy` (java.util.Date.toString) names its zone by abbreviation; these
+# are the ones read (US abbreviations where one is ambiguous). Others leave the time unread.
+_ZONE_ABBREVIATIONS = {
+    "UTC": 0, "GMT": 0, "Z": 0, "WET": 0, "BST": 1, "CET": 1, "WEST": 1, "CEST": 2, "EET": 2,
+    "EEST": 3, "MSK": 3, "IST": 5.5, "JST": 9, "AEST": 10, "AEDT": 11, "NZST": 12, "NZDT": 13,
+    "AKST": -9, "AKDT": -8, "HST": -10, "PST": -8, "PDT": -7, "MST": -7, "MDT": -6,
+    "CST": -6, "CDT": -5, "EST": -5, "EDT": -4,
+}  # fmt: skip
+_JAVA_DATE_TO_STRING = "%a %b %d %H:%M:%S %Y"  # with the zone taken out
+DATE_FORMATS = (
+    "ISO-8601 with a zone (the seed's YYYY-MM-DDTHH:MM:SSZ, java.time.Instant's, offsets)",
+    "EEE MMM dd HH:mm:ss zzz yyyy (java.util.Date.toString)",
+    "RFC 1123 (EEE, dd MMM yyyy HH:mm:ss GMT)",
+    "epoch milliseconds (java.util.Date.getTime)",
+)
+
+
 def parse_timestamp(text: str, where: str) -> float:
-    """The seed's YYYY-MM-DDTHH:MM:SSZ as epoch seconds."""
-    try:
-        return datetime.strptime(text, SEED_TIMESTAMP).replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        raise DialogError(f"{where}: {text!r} is not a YYYY-MM-DDTHH:MM:SSZ time") from None
+    """A GMS time ($(Date), $(Timestamp)) as epoch seconds. The seed gives $(Timestamp)'s format
+    (YYYY-MM-DDTHH:MM:SSZ) but none for $(Date); GMS is a Java service, so the formats one
+    plausibly emits are read too (DATE_FORMATS). DialogError says why a text is none of them."""
+    stripped = text.strip()
+    for read in (_iso_8601, _java_date_to_string, _rfc_1123, _epoch_ms):
+        try:
+            moment = read(stripped)
+        except (ValueError, TypeError, IndexError, OverflowError):
+            continue
+        if moment is not None:
+            return moment
+    raise DialogError(f"{where}: {text!r} is not a time in any of: {'; '.join(DATE_FORMATS)}")
+
+
+def _iso_8601(text: str) -> float | None:
+    moment = datetime.fromisoformat(text)
+    return None if moment.tzinfo is None else moment.timestamp()  # no zone: which moment?
+
+
+def _java_date_to_string(text: str) -> float | None:
+    parts = text.split()
+    if len(parts) != 6 or parts[4].upper() not in _ZONE_ABBREVIATIONS:
+        return None
+    offset = timedelta(hours=_ZONE_ABBREVIATIONS[parts[4].upper()])
+    local = datetime.strptime(" ".join(parts[:4] + parts[5:]), _JAVA_DATE_TO_STRING)
+    return local.replace(tzinfo=timezone(offset)).timestamp()
+
+
+def _rfc_1123(text: str) -> float | None:
+    moment = parsedate_to_datetime(text)
+    return None if moment.tzinfo is None else moment.timestamp()
+
+
+def _epoch_ms(text: str) -> float | None:
+    return int(text) / 1000 if text.isascii() and text.isdigit() and len(text) == 13 else None
 
 
 def _display_menu(obj: Mapping[str, JsonValue]) -> DisplayMenu:
@@ -232,10 +280,17 @@ def _display_menu(obj: Mapping[str, JsonValue]) -> DisplayMenu:
         )
         groups.append(MenuGroup(_text(group, "_group_name", where), items))
     expires = _optional_text(obj, "_expires")
+    expires_at, expires_problem = None, None
+    if expires is not None:
+        try:
+            expires_at = parse_timestamp(expires, "_expires")
+        except DialogError as error:  # the menu is still worth showing: only its deadline is lost
+            expires_problem = str(error)
     return DisplayMenu(
         label=_optional_text(obj, "_label") or "",
         groups=tuple(groups),
-        expires_at=None if expires is None else parse_timestamp(expires, "_expires"),
+        expires_at=expires_at,
+        expires_problem=expires_problem,
         resource_url=_optional_text(obj, "_resource_url"),
         method=_optional_text(obj, "_method") or "POST",
     )

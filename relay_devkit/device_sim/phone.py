@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,8 @@ import aiohttp
 from aiocometd_ng.client import Client as CometClient
 from aiocometd_ng.constants import ConnectionType
 from aiocometd_ng.exceptions import AiocometdException
+from aiocometd_ng.extensions import Extension
+from aiocometd_ng.typing import Headers, Payload
 
 from relay_devkit.device_sim.activities import ActivityWatcher
 from relay_devkit.device_sim.app import (
@@ -58,6 +60,19 @@ async def register_device(
     if not isinstance(token, str):
         raise ControlApiError(f"POST /tokens: no `token` in {document!r}")
     return token
+
+
+class _RequestHeaders(Extension):
+    """The chat's headers (gms_user) on every Comet request, as on its HTTP requests."""
+
+    def __init__(self, headers: Headers) -> None:
+        self._headers = headers
+
+    async def outgoing(self, payload: Payload, headers: Headers) -> None:
+        headers.update(self._headers)
+
+    async def incoming(self, payload: Payload, headers: Headers | None = None) -> None:
+        pass
 
 
 @contextlib.contextmanager
@@ -155,7 +170,7 @@ class Phone:
         while pending:
             effect = pending.popleft()
             if isinstance(effect, OpenComet):
-                await self._open_comet(effect.url)
+                await self._open_comet(effect.url, effect.headers)
             elif isinstance(effect, CloseComet):
                 await self._close_comet()
             else:
@@ -179,8 +194,10 @@ class Phone:
             return []
         return self.app.receive_answer(request, response.status, body, self.clock())
 
-    async def _open_comet(self, url: str) -> None:
-        client = CometClient(url, ConnectionType.LONG_POLLING)
+    async def _open_comet(self, url: str, headers: Mapping[str, str]) -> None:
+        client = CometClient(
+            url, ConnectionType.LONG_POLLING, extensions=[_RequestHeaders(dict(headers))]
+        )
         try:
             await client.open()
             await client.subscribe(COMET_CHANNEL)

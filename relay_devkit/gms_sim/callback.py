@@ -1,10 +1,11 @@
 """A GMS callback as a pure state machine: agent availability, the user's confirmation, timers.
 
-What is from GMS's documentation (shared/reference/gms.md): the options `_wait_for_agent`,
-`_wait_for_user_confirm` (push asking the customer to confirm readiness), `_user_confirm_timeout`
-(default 30 s), `_max_number_of_user_availability_confirmation_attempts` (default 3), and that "a
-confirmation push that arrives after its timeout is useless". From the seed: the actions pushed
-(wait-for-agent, get-dialog-user-confirmation-provide_code-true/false, connect-inbound/outbound),
+What is from GMS's documentation (Genesys Callback Services API, docs.genesys.com): the options
+`_wait_for_agent`, `_wait_for_user_confirm` (push asking the customer to confirm readiness),
+`_user_confirm_timeout` (default 30 s), `_max_number_of_user_availability_confirmation_attempts`
+(default 3); so a confirmation push arriving after its timeout is useless (GMS has moved on).
+From the seed: the actions pushed (wait-for-agent, get-dialog-user-confirmation-provide_code-true/
+false, connect-inbound/outbound),
 the menu's items and their URLs (`connect`, `snooze`, and `snooze` again for "Cancel, my problem
 has been solved"), "No, try again in 5 minutes".
 

@@ -5,8 +5,14 @@ opened ... The default channel used for chat is "/_genesys"". The protocol is Ba
 speaks it (the seed's iOS sample uses the DDCometClient library): `/meta/handshake` gives a
 clientId, `/meta/subscribe` joins a channel, `/meta/connect` is held open until a message is due
 or the long-poll timeout passes, `/meta/disconnect` ends the session. Only the long-polling
-transport is offered. Every subscriber of a channel gets every message published on it (inferred:
-GMS's per-session routing is not public; the chat event's `tag` names the service).
+transport is offered. The endpoint answers at its own path and below it: the official CometD
+JavaScript client appends the message type by default (`.../cometd/handshake`, `/connect`, ...),
+and the Java CometD server GMS runs is mapped at `/cometd/*`, so it takes both.
+
+Inferred (GMS's per-session routing is not public): a Comet session belongs to the `gms_user`
+header its handshake carried (the seed's StartChat names that header, `_user_header`, for the chat's
+requests), and a chat's events go to the subscribers of `/_genesys` whose session belongs to the
+chat service's user; a session without the header gets the events of services without a user.
 """
 
 from __future__ import annotations
@@ -26,9 +32,13 @@ LONG_POLLING = "long-polling"
 DEFAULT_LONG_POLL_S = 10.0
 
 
+GMS_USER_HEADER = "gms_user"
+
+
 @dataclass
 class CometClient:
     client_id: str
+    gms_user: str = ""  # the gms_user header of its handshake: whose chats it receives
     subscriptions: set[str] = field(default_factory=set)
     pending: list[JsonObject] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -54,14 +64,19 @@ class CometServer:
     def _advice(self) -> JsonObject:
         return {"reconnect": "retry", "interval": 0, "timeout": int(self.long_poll_s * 1000)}
 
-    def subscribers(self, channel: str) -> list[CometClient]:
-        return [c for c in self.clients.values() if channel in c.subscriptions]
+    def subscribers(self, channel: str, gms_user: str | None = None) -> list[CometClient]:
+        """The channel's subscribers; with `gms_user`, only the sessions that user opened."""
+        return [
+            c
+            for c in self.clients.values()
+            if channel in c.subscriptions and (gms_user is None or c.gms_user == gms_user)
+        ]
 
-    def publish(self, message: JsonObject) -> int:
-        """Deliver `message` (a Bayeux message: channel + data) to its channel's subscribers;
-        returns how many got it."""
+    def publish(self, message: JsonObject, gms_user: str | None = None) -> int:
+        """Deliver `message` (a Bayeux message: channel + data) to its channel's subscribers (with
+        `gms_user`: that user's sessions only); returns how many got it."""
         self.published.append(message)
-        receivers = self.subscribers(str(message.get("channel")))
+        receivers = self.subscribers(str(message.get("channel")), gms_user)
         for client in receivers:
             client.pending.append(message)
             client.wake.set()
@@ -80,15 +95,16 @@ class CometServer:
             return web.json_response(
                 {"error": "body: must be a JSON array of Bayeux messages"}, status=400
             )
+        gms_user = request.headers.get(GMS_USER_HEADER, "")
         replies: list[JsonObject] = []
         for message in batch:
-            replies.extend(await self._answer(message))
+            replies.extend(await self._answer(message, gms_user))
         return web.json_response(replies)
 
-    async def _answer(self, message: JsonObject) -> list[JsonObject]:
+    async def _answer(self, message: JsonObject, gms_user: str) -> list[JsonObject]:
         channel = message.get("channel")
         if channel == "/meta/handshake":
-            return [self._handshake(message)]
+            return [self._handshake(message, gms_user)]
         client = self.clients.get(str(message.get("clientId")))
         if client is None:
             return [
@@ -121,7 +137,7 @@ class CometServer:
         # GMS chat clients send lines through ixn/chat/send, not by publishing (inferred).
         return [_reply(message, successful=False, error="403::publishing is not allowed")]
 
-    def _handshake(self, message: JsonObject) -> JsonObject:
+    def _handshake(self, message: JsonObject, gms_user: str) -> JsonObject:
         offered = message.get("supportedConnectionTypes")
         if not isinstance(offered, list) or LONG_POLLING not in offered:
             return _reply(
@@ -132,7 +148,7 @@ class CometServer:
                 error="406::only long-polling is supported",
                 advice={"reconnect": "none"},
             )
-        client = CometClient(secrets.token_hex(16))
+        client = CometClient(secrets.token_hex(16), gms_user)
         self.clients[client.client_id] = client
         return _reply(
             message,

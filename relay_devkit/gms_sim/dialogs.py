@@ -1,8 +1,9 @@
 """The seed's six callback dialogs and the answers to their menu targets as data; filling them.
 
-Transcribed from shared/seed/000_a7c640af31876125.txt ("Dialogs (REST)"). The seed's JSON is
-printed from a PDF and is not valid as printed; these repairs keep its structure and every value
-(the chat event repairs are listed in chat.py's terms in the README's GMS section):
+Transcribed from the seed, the GMS API Reference page "Callback Push Notifications for iOS"
+(docs.genesys.com), section "Dialogs (REST)". The seed's JSON is printed from a PDF and is not
+valid as printed; these repairs keep its structure and every value (the chat event repairs are
+listed in chat.py's terms in the README's GMS section):
 
 - get-dialog-user-confirmation-provide_code-true is split across two page blocks: the first closes
   after `_user_action_url` (with a trailing comma), the second starts at `_method` without an

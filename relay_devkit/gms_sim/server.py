@@ -86,6 +86,7 @@ class PushRecord:
     service_id: str
     message: JsonObject
     error: str | None = None  # None: the relay answered 200
+    answer: JsonValue = None  # the relay's 200 answer (its notification id)
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -225,13 +226,13 @@ class GmsSimulator:
             self.pushes.append(PushRecord(at, service.service_id, message, "no pusher or device"))
             return
         try:
-            await self.pusher.push(
+            sent = await self.pusher.push(
                 service.device_id, message, message_as_string=self.message_as_string
             )
         except Exception as error:  # the simulator must keep serving whatever the relay did
             self.pushes.append(PushRecord(at, service.service_id, message, repr(error)))
             return
-        self.pushes.append(PushRecord(at, service.service_id, message))
+        self.pushes.append(PushRecord(at, service.service_id, message, answer=sent.answer))
 
     def pushes_for(self, service_id: str) -> list[PushRecord]:
         return [push for push in self.pushes if push.service_id == service_id]
@@ -256,7 +257,8 @@ class GmsSimulator:
 
     async def chat_line(self, service_id: str, line: TranscriptLine) -> JsonObject:
         """A line from the contact centre's side (the agent): published on Comet; pushed through
-        customhttp when no Comet client listens (inferred: Chat Server's notification mode)."""
+        customhttp when no Comet session of this chat's user listens (inferred: Chat Server's
+        notification mode)."""
         chat = self._chat(service_id)
         return await self._publish(self.services[service_id], chat.add(line, self._now()))
 
@@ -273,7 +275,9 @@ class GmsSimulator:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def _publish(self, service: Service, event: JsonObject) -> JsonObject:
-        if self.comet.publish(event) == 0:
+        # Pushed only when no Comet session of this chat's user got it (inferred notification
+        # mode): another customer's open chat does not silence this one's pushes.
+        if self.comet.publish(event, gms_user=service.gms_user) == 0:
             await self.push(service, event)
         return event
 
@@ -284,7 +288,9 @@ class GmsSimulator:
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._log_request])
+        # CometD clients may append the message type (.../cometd/handshake): GMS's /cometd/*.
         app.router.add_post(self.comet_path, self.comet.handle)
+        app.router.add_post(self.comet_path + "/{message_type:.*}", self.comet.handle)
         # The create route first: aiohttp resolves in registration order and "callback/<name>"
         # would otherwise read as service id "callback".
         app.router.add_post(self.url_path + "callback/{name}", self._create_callback)
