@@ -149,7 +149,8 @@ SPOOL_REFUSED = Counter(
 INGEST_HELD = Counter(
     "apns_relay_ingest_held_total",
     "Pushes that did not go straight into Redis: stored after waiting for it, spooled (after"
-    " the hold, or behind their device's spooled pushes), or refused (no spool)",
+    " the hold, refused for memory, above the memory watermark, or behind their device's"
+    " spooled pushes), or refused (no spool)",
     ["outcome"],
 )
 

@@ -38,6 +38,7 @@ from relay.store.errors import REDIS_ERRORS
 from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
+from relay.store.retention import keep_history
 from relay.store.spool import Spool
 
 log = structlog.get_logger("relay.service")
@@ -308,6 +309,7 @@ async def run_relay(
     replay_task: asyncio.Task[None] | None = None
     memory = MemoryWatch(queue.client, settings.redis.memory_watermark)
     memory_task: asyncio.Task[None] | None = None
+    history_task: asyncio.Task[None] | None = None
     try:
         delivers = role in ("serve", "worker")
         clients = {app.name: make_client(app, settings) for app in settings.apps if delivers}
@@ -346,6 +348,8 @@ async def run_relay(
             if (refusal := memory.refusal) is not None:
                 raise StartupError(refusal)
         memory_task = asyncio.create_task(memory.run(background_stop))
+        if worker is not None:
+            history_task = asyncio.create_task(keep_history(queue, memory, background_stop))
         async with http_server(create_app(state, ingest=ingest), host, port) as runner:
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
             try:
@@ -377,6 +381,8 @@ async def run_relay(
             await replay_task
         if memory_task is not None:
             await memory_task
+        if history_task is not None:
+            await history_task
         if spool is not None:
             await spool.close()
         await queue.aclose()

@@ -43,6 +43,7 @@ class RelayState:
             hold_s=self.settings.ingest.hold_seconds,
             spool=self.spool,
             replicas=self.replicas,
+            memory=self.memory,
         )
 
 

@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 import structlog
+from redis.exceptions import OutOfMemoryError
 
 from relay import metrics
 from relay.logs import mask_token
 from relay.model import DeliveryState, Notification
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.records import Accepted, NotificationStatus
 from relay.store.refusals import QueueRefusal
@@ -83,25 +85,28 @@ class Ingest:
         hold_s: float,
         spool: Spool | None = None,
         replicas: ReplicaAcknowledgement | None = None,
+        memory: MemoryWatch | None = None,
     ) -> None:
         self.queue = queue
         self.hold_s = hold_s
         self.spool = spool
         self.replicas = replicas
+        self.memory = memory
         self.lanes = DeviceLanes()
         self._random = random.Random()
 
     async def accept(self, n: Notification) -> Accepted:
-        """Stored in Redis, or (Redis unreachable for the whole hold, or the device already
-        spooled) fsync'd in the spool; raises QueueRefusal (stored nowhere), or a Redis error
-        when there is no spool."""
+        """Stored in Redis, or fsync'd in the spool: when Redis stayed unreachable for the whole
+        hold, refused it for memory, is above its memory watermark (the last of its memory goes
+        to draining, as RabbitMQ's memory alarm keeps it), or the device is spooled already.
+        Raises QueueRefusal (stored nowhere), or a Redis error when there is no spool."""
         deadline = time.monotonic() + self.hold_s
         notification_id = self.queue.new_id(n)
         device = (n.app, n.device_token)
         async with self.lanes.lane(device):
             if self.spool is not None and (seen := self.spool.ledger.idempotent_match(n)):
                 return Accepted(seen, duplicate=True, spooled=True)
-            if self.spool is None or not self.spool.ledger.holds(device):
+            if self.spool is None or not (self.spool.ledger.holds(device) or self._redis_full()):
                 try:
                     return await self._store_held(n, notification_id, deadline)
                 except NOT_YET:
@@ -139,6 +144,11 @@ class Ingest:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
                     accepted = await self._store(n, notification_id)
             except NOT_YET as error:
+                if isinstance(error, OutOfMemoryError) and self.spool is not None:
+                    # Full, not away: waiting does not help the way a failover's end does.
+                    if self.memory is not None:
+                        self.memory.refused_for_memory()
+                    raise
                 delay = hold_delay_s(attempt, deadline - time.monotonic(), self._random.random())
                 if delay is None:
                     raise
@@ -162,11 +172,16 @@ class Ingest:
         if was_empty:
             log.warning(
                 "spooling_started",
-                reason="redis unreachable for the whole hold",
+                reason="redis memory above the watermark"
+                if self._redis_full()
+                else "redis unreachable for the whole hold",
                 hold_s=self.hold_s,
                 directory=str(self.spool.directory),
             )
         return written
+
+    def _redis_full(self) -> bool:
+        return self.memory is not None and self.memory.above_watermark
 
     def holds(self, n: Notification) -> bool:
         """Whether the spool holds notifications for n's device (new ones go behind them)."""
@@ -213,7 +228,7 @@ class Ingest:
         while not stop.is_set():
             spool.changed.clear()  # before looking: an add from now on wakes the wait below
             heads = spool.ledger.heads_to_replay(blocked_until, time.monotonic(), REPLAY_AT_ONCE)
-            if not heads:
+            if not heads or self._redis_full():  # a full Redis is replayed into as it drains
                 await _first_of(stop, spool.changed, REPLAY_IDLE_WAKE_S)
                 continue
             outcomes = await asyncio.gather(

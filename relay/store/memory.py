@@ -148,6 +148,11 @@ class MemoryWatch:
         await self._answered.wait()
         return self.latest
 
+    def refused_for_memory(self) -> None:
+        """Redis refused a write for memory (OOM): above the watermark, whatever the last read
+        said, until the next read says otherwise."""
+        self._set_above(True, fullest(self.latest))
+
     async def poll(self) -> list[RedisMemory] | None:
         """Read every primary's memory once; None (and nothing known) when Redis does not answer."""
         try:
