@@ -182,8 +182,8 @@ REDIS_MEMORY_WATERMARK = Gauge(
 )
 HISTORY_TRIMMED = Counter(
     "apns_relay_history_trimmed_total",
-    "Final records and idempotency keys the relay removed before their retention ran out, to"
-    " keep history from crowding out queued work",
+    "Final records the relay gave up before their retention ran out (oldest first, while Redis"
+    " was above its memory watermark), so that history never crowds out queued work",
 )
 
 # HTTP

@@ -43,7 +43,7 @@ from test_ingest_outage import (
 from test_outages import OUTAGE_503, p99
 from test_startup_errors import assert_one_line, start
 
-from relay.store.keys import IDEM, NOTE
+from relay.store.keys import HISTORY, IDEM
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer, free_port
 
@@ -131,9 +131,10 @@ async def evictions(url: str) -> AsyncIterator[list[str]]:
 
 
 def is_history(key: str) -> bool:
-    """A final record or an idempotency record: what may be evicted, unlike queued work."""
+    """A bucket of final records or an idempotency record: what may be evicted, unlike queued
+    work."""
     _, _, rest = key.partition("}:")
-    return rest.startswith((NOTE, IDEM))
+    return rest.startswith((HISTORY, IDEM))
 
 
 async def memory(url: str) -> dict[str, Any]:
