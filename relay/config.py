@@ -40,6 +40,7 @@ from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.quoting import shown
+from relay.secret_files import KEY_FILE_MAX_BYTES, read_bounded
 from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
@@ -77,8 +78,10 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
     so a wrong mount fails at start-up rather than at the first push."""
     base_dir = (info.context or {}).get(_BASE_DIR)
     path = value if value.is_absolute() or base_dir is None else Path(base_dir) / value
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"no such file: {path}")
+    if not path.is_file():  # a FIFO would block the first read: refused here already
+        raise ValueError(f"not a regular file: {path}")
     if not os.access(path, os.R_OK):
         raise ValueError(f"file is not readable: {path}")
     return path
@@ -187,6 +190,9 @@ class ScopedCredential(_Section):
 class AuthSettings(_Section):
     # The two lists grant every app; `scoped` entries grant only the apps they name.
     api_tokens: list[SecretStr] = []
+    # Bearer tokens with the operator scope: every app, and the operator actions besides (GET
+    # /v1/apps/{app}/check probes APNs); no other credential may take those.
+    operator_tokens: list[SecretStr] = []
     basic: list[SecretStr] = []  # "user:password"
     scoped: list[ScopedCredential] = []
     # Requests per second allowed to each credential in each api process (a token bucket
@@ -194,7 +200,7 @@ class AuthSettings(_Section):
     requests_per_second: Annotated[float, Field(gt=0)] | None = None
     burst: PositiveInt | None = None  # None: one second's worth of requests_per_second
 
-    @field_validator("api_tokens")
+    @field_validator("api_tokens", "operator_tokens")
     @classmethod
     def _tokens_not_empty(cls, tokens: list[SecretStr]) -> list[SecretStr]:
         if any(not token.get_secret_value() for token in tokens):
@@ -324,9 +330,21 @@ class TokenAuth(_Section):
 
     _key_file_readable = field_validator("key_file")(_readable_file)
 
+    @field_validator("key_file")
+    @classmethod
+    def _key_file_bounded(cls, value: Path) -> Path:
+        size = value.stat().st_size
+        if size > KEY_FILE_MAX_BYTES:
+            raise ValueError(
+                f"{value}: {size} bytes, larger than an APNs key file can be"
+                f" (at most {KEY_FILE_MAX_BYTES})"
+            )
+        return value
+
     def load(self) -> TokenCredentials:
-        """The key these settings name, read now (OSError)."""
-        return TokenCredentials(self.key_file.read_text(), self.key_id, self.team_id)
+        """The key these settings name, read now (OSError; ValueError: not text)."""
+        key_pem = read_bounded(self.key_file, KEY_FILE_MAX_BYTES).decode()
+        return TokenCredentials(key_pem, self.key_id, self.team_id)
 
 
 class CertificateAuth(_Section):
@@ -529,7 +547,7 @@ class App(_Section):
             return self
         try:
             allowed = self.auth.certificate.load().info
-        except CertificateError as error:
+        except (CertificateError, OSError) as error:  # OSError: refused (a FIFO, too large)
             raise ValueError(f"auth.certificate: {error}") from None
         if not allowed.allows(self.topic, self.environment):
             raise ValueError(

@@ -147,9 +147,11 @@ async def test_every_route_answers_as_its_document_says(redis_url: str, state_di
         assert (await checked.call(relay, "DELETE", push_to_start))[0] == 200
 
         # The credential check of one app.
-        status, verdict, _ = await checked.call(relay, "GET", f"/v1/apps/{app}/check")
+        check = f"/v1/apps/{app}/check"
+        status, verdict, _ = await checked.call(relay, "GET", check, auth="operator")
         assert (status, verdict["app"]) == (200, app), verdict
-        assert (await checked.call(relay, "GET", "/v1/apps/nope/check"))[0] == 404
+        assert (await checked.call(relay, "GET", check))[0] == 403  # not an operator
+        assert (await checked.call(relay, "GET", "/v1/apps/nope/check", auth="operator"))[0] == 404
 
         # Draining: not ready, and pushes refused.
         relay.state.draining = True

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from relay.config import Settings
 from relay.http.auth import Credentials, Grant
+from relay.http.check_runs import CheckRuns
 from relay.http.limits import ApiLimits, RequestRates
 from relay.store.connection import ReplicaAcknowledgement
 from relay.store.ingest import Ingest
@@ -30,6 +31,7 @@ class RelayState:
     limits: ApiLimits = field(default_factory=ApiLimits)
     replicas: ReplicaAcknowledgement | None = None  # redis.ack_replicas: WAIT before a 2xx
     spool: Spool | None = None  # ingest.spool_dir: where pushes wait out a Redis outage
+    checks: CheckRuns = field(default_factory=CheckRuns)  # GET /v1/apps/{app}/check
     rates: RequestRates = field(init=False)
     ingest: Ingest = field(init=False)
 
