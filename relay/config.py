@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -159,11 +160,22 @@ class HttpSettings(_Section):
     port: Port = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
     metrics_port: Port | None = None
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client: the per-address
+    # limits (Live Activity registrations) count the address it gives, not the proxy's.
+    trusted_proxies: list[IPvAnyNetwork] = []
 
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """RELAY_HTTP_TRUSTED_PROXIES arrives as "10.0.0.0/8,192.0.2.1"."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 class ScopedCredential(_Section):
@@ -483,6 +495,13 @@ class LiveActivitySettings(_Section):
     stale_after_s: PositiveInt = 1_800
     dismiss_after_s: Annotated[int, Field(ge=0, le=14_400)] = 300
     relevance_score: Annotated[float, Field(ge=0, le=100)] = 100
+    # Registrations (PUT of an activity or a push-to-start token) each client address may make,
+    # per second on average and at once, in each api process.
+    registrations_per_second: Annotated[float, Field(gt=0)] = 1.0
+    registration_burst: PositiveInt = 20
+    # Live registrations the app may hold in Redis, of each kind (activities; push-to-start
+    # tokens): about 610 and 440 bytes each with its budget entry (README, Live Activities).
+    max_registrations: PositiveInt = 100_000
 
     @field_validator("steps")
     @classmethod
