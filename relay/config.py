@@ -41,7 +41,7 @@ from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.quoting import shown
-from relay.secret_files import KEY_FILE_MAX_BYTES, read_bounded
+from relay.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
 from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
@@ -682,10 +682,12 @@ def config_file(path: str | Path | None, env: Mapping[str, str] = os.environ) ->
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # bounded, and never blocking on a FIFO: a reload reads it again in a serving process
+        text = read_bounded(path, CONFIG_FILE_MAX_BYTES).decode("utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not UTF-8 text ({error.reason})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

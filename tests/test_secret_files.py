@@ -105,3 +105,20 @@ async def test_check_of_a_key_swapped_for_a_fifo_answers_at_once(tmp_path: Path)
     [verdict] = await asyncio.wait_for(check_apps(settings, settings.apps, 5.0), PROMPT_S)
     assert (verdict.ok, verdict.verdict, verdict.status) == (False, "key-unreadable", None)
     assert "not a regular file (a FIFO)" in verdict.detail
+
+
+async def test_a_config_file_that_is_a_fifo_or_not_text_is_a_configuration_error(
+    tmp_path: Path,
+) -> None:
+    """The rotation re-reads the config file in a serving process: a FIFO there must not block
+    that reload forever, and bytes that are not UTF-8 are a problem line, not a traceback."""
+    fifo = tmp_path / "relay.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as refused:
+        await asyncio.wait_for(asyncio.to_thread(load_settings, fifo, {}), PROMPT_S)
+    assert "not a regular file (a FIFO)" in refused.value.problems[0]
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"logging: {level: \xe9}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(latin, {})
+    assert "not UTF-8 text" in refused.value.problems[0]
