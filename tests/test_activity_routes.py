@@ -169,5 +169,11 @@ def test_the_routes_are_documented() -> None:
     paths = openapi_document()["paths"]
     assert set(paths["/v1/activities/{app}/{service_id}"]) == {"put", "delete"}
     assert set(paths["/v1/devices/{app}/{token}/push-to-start"]) == {"put", "delete"}
+    delete = paths["/v1/activities/{app}/{service_id}"]["delete"]
+    assert [(p["name"], p["in"], p["required"]) for p in delete["parameters"]] == [
+        ("app", "path", True),
+        ("service_id", "path", True),
+        ("device_token", "query", True),
+    ]
     schemas = openapi_document()["components"]["schemas"]
     assert schemas["ActivityIn"]["required"] == ["activity_token", "device_token"]

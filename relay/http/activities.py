@@ -233,6 +233,7 @@ ROUTES = [
         " device_token must be the device GMS pushed the service to",
         {200: RemovedOut},
         errors=(400, 403, 404),
+        query=("device_token",),
     ),
     Route(
         "PUT",
