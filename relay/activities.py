@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from relay.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
+from relay.model import MAX_PAYLOAD_BYTES, DeliveryOutcome, Failed, Notification, PayloadTooLarge
 
 if TYPE_CHECKING:
     from relay.config import LiveActivitySettings
@@ -134,3 +134,15 @@ def activity_notification(
         expires_at=expires_at,
         action=push.event.value,
     )
+
+
+def without_device_dead_mark(
+    push_type: str, outcome: DeliveryOutcome
+) -> tuple[DeliveryOutcome, bool]:
+    """(the outcome to settle, whether a Live Activity token is dead). APNs' dead answer to a Live
+    Activity push concerns that activity (or push-to-start) token alone: it is failed without the
+    device dead mark, which would refuse the device's own pushes (a device token registered as
+    an activity token got its owner 410s for 30 days), and the caller marks the activity token."""
+    if push_type == LIVE_ACTIVITY and isinstance(outcome, Failed) and outcome.dead_token:
+        return Failed(reason=outcome.reason, status=outcome.status), True
+    return outcome, False

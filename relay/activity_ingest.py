@@ -8,6 +8,7 @@ import structlog
 from relay import metrics
 from relay.activities import (
     ActivityEvent,
+    ActivityPush,
     activity_notification,
     plan_activity_push,
 )
@@ -44,7 +45,9 @@ async def queue_activity_push(
     service_id = spec.service_id
     event = "none"
     try:
-        record = await store.read(app.name, service_id, spec.device_token)
+        record = await store.bind_and_read(
+            app.name, service_id, spec.device_token, settings.service_lifetime_s
+        )
         push = plan_activity_push(
             settings,
             service_id=service_id,
@@ -55,6 +58,9 @@ async def queue_activity_push(
         if push is None:
             return
         event = push.event.value
+        if await store.token_dead(app.name, push.token):
+            await _forget_dead(store, app, spec, push)
+            return
         stamp = await store.take_stamp(
             app.name, service_id, now_s, record.last, settings.service_lifetime_s
         )
@@ -75,20 +81,8 @@ async def queue_activity_push(
         )
         try:
             await ingest.accept(notification)
-        except DeadToken:
-            # APNs called this token dead: forget it, as the app must hand over a new one.
-            if push.event is ActivityEvent.START:
-                await store.drop_push_to_start(app.name, spec.device_token)
-            else:
-                await store.drop_activity_token(app.name, service_id, push.token)
-            _count(app, event, "dead-token")
-            log.warning(
-                "live_activity_token_dead",
-                app=app.name,
-                service_id=service_id,
-                activity_event=event,
-                token=mask_token(push.token),
-            )
+        except DeadToken:  # a token dead as a device's token too
+            await _forget_dead(store, app, spec, push)
             return
         _count(app, event, "queued")
     except ACTIVITY_FAILURES as error:
@@ -100,6 +94,23 @@ async def queue_activity_push(
             activity_event=event,
             reason=_reason(error),
         )
+
+
+async def _forget_dead(store: ActivityStore, app: App, spec: PushSpec, push: ActivityPush) -> None:
+    """APNs called the push's token dead: forget it, as the app must hand over a new one."""
+    assert spec.service_id is not None
+    if push.event is ActivityEvent.START:
+        await store.drop_push_to_start(app.name, spec.device_token)
+    else:
+        await store.drop_activity_token(app.name, spec.service_id, push.token)
+    _count(app, push.event.value, "dead-token")
+    log.warning(
+        "live_activity_token_dead",
+        app=app.name,
+        service_id=spec.service_id,
+        activity_event=push.event.value,
+        token=mask_token(push.token),
+    )
 
 
 def _count(app: App, event: str, outcome: str) -> None:

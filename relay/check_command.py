@@ -17,7 +17,10 @@ import orjson
 
 from relay.check import (
     AppUnderCheck,
+    CertificateFacts,
+    CredentialFacts,
     Finding,
+    TokenKeyFacts,
     Verdict,
     answer_verdict,
     credential_verdict,
@@ -26,8 +29,8 @@ from relay.check import (
     spool_finding,
 )
 from relay.config import App, ConfigError, Settings, load_settings
-from relay.credential_files import credential_facts
-from relay.logs import configure_logging
+from relay.credential_files import credential_facts, load_credentials
+from relay.logs import configure_logging, redact_text
 from relay.model import Notification
 from relay.service import make_client
 from relay.store.connection import connect
@@ -62,14 +65,12 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
     except ConfigError as error:
         for problem in error.problems:
-            print(f"config: {problem}", file=sys.stderr)
+            print(f"config: {redact_text(problem)}", file=sys.stderr)
         return EXIT_CONFIG
     unknown = sorted(set(args.app or ()) - {app.name for app in settings.apps})
     if unknown or not settings.apps:
-        print(
-            f"config: apps: no app named {', '.join(unknown) or '(none configured)'}",
-            file=sys.stderr,
-        )
+        named = redact_text(", ".join(unknown) or "(none configured)")
+        print(f"config: apps: no app named {named}", file=sys.stderr)
         return EXIT_CONFIG
     # The relay's own lines (a JWT signed, a connection failing) would only repeat the verdict.
     configure_logging(settings.logging.format, "error")
@@ -130,19 +131,32 @@ async def check_apps(settings: Settings, apps: list[App], timeout_s: float) -> l
 
 
 async def check_app(settings: Settings, app: App) -> Verdict:
-    under_check = AppUnderCheck(
-        app.name, app.topic, app.environment, _endpoint_of(app), credential_facts(app)
-    )
+    # The files are read in a thread: in a serving api, a slow or huge file must not stall it.
+    facts = await asyncio.to_thread(credential_facts, app)
+    under_check = AppUnderCheck(app.name, app.topic, app.environment, _endpoint_of(app), facts)
     now = datetime.datetime.now(datetime.UTC)
     refused = credential_verdict(under_check, now)
     if refused is not None:
         return refused
-    client = make_client(app, settings)
+    try:
+        credentials = await asyncio.to_thread(load_credentials, app)
+    except (OSError, ValueError) as error:  # changed since the facts were read
+        unreadable = dataclasses.replace(under_check, credential=_unreadable(app, error))
+        verdict = credential_verdict(unreadable, now)
+        assert verdict is not None  # facts without a key or certificate always fail
+        return verdict
+    client = make_client(app, settings, credentials, counted=False)
     try:
         answer = await client.send(_probe(app), str(uuid.uuid4()))
     finally:
         await client.close()
     return answer_verdict(under_check, answer, now)
+
+
+def _unreadable(app: App, error: Exception) -> CredentialFacts:
+    if app.auth.token is not None:
+        return TokenKeyFacts(str(app.auth.token.key_file), None, problem=str(error))
+    return CertificateFacts(None, str(error))
 
 
 def _endpoint_of(app: App) -> str:

@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -40,6 +41,7 @@ from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.quoting import shown
+from relay.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
 from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
@@ -77,8 +79,10 @@ def _readable_file(value: Path, info: ValidationInfo) -> Path:
     so a wrong mount fails at start-up rather than at the first push."""
     base_dir = (info.context or {}).get(_BASE_DIR)
     path = value if value.is_absolute() or base_dir is None else Path(base_dir) / value
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"no such file: {path}")
+    if not path.is_file():  # a FIFO would block the first read: refused here already
+        raise ValueError(f"not a regular file: {path}")
     if not os.access(path, os.R_OK):
         raise ValueError(f"file is not readable: {path}")
     return path
@@ -159,11 +163,22 @@ class HttpSettings(_Section):
     port: Port = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
     metrics_port: Port | None = None
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client: the per-address
+    # limits (Live Activity registrations) count the address it gives, not the proxy's.
+    trusted_proxies: list[IPvAnyNetwork] = []
 
     @field_validator("metrics_port", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """RELAY_HTTP_TRUSTED_PROXIES arrives as "10.0.0.0/8,192.0.2.1"."""
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
 
 class ScopedCredential(_Section):
@@ -190,6 +205,9 @@ class ScopedCredential(_Section):
 class AuthSettings(_Section):
     # The two lists grant every app; `scoped` entries grant only the apps they name.
     api_tokens: list[SecretStr] = []
+    # Bearer tokens with the operator scope: every app, and the operator actions besides (GET
+    # /v1/apps/{app}/check probes APNs); no other credential may take those.
+    operator_tokens: list[SecretStr] = []
     basic: list[SecretStr] = []  # "user:password"
     scoped: list[ScopedCredential] = []
     # Requests per second allowed to each credential in each api process (a token bucket
@@ -197,7 +215,7 @@ class AuthSettings(_Section):
     requests_per_second: Annotated[float, Field(gt=0)] | None = None
     burst: PositiveInt | None = None  # None: one second's worth of requests_per_second
 
-    @field_validator("api_tokens")
+    @field_validator("api_tokens", "operator_tokens")
     @classmethod
     def _tokens_not_empty(cls, tokens: list[SecretStr]) -> list[SecretStr]:
         if any(not token.get_secret_value() for token in tokens):
@@ -327,9 +345,21 @@ class TokenAuth(_Section):
 
     _key_file_readable = field_validator("key_file")(_readable_file)
 
+    @field_validator("key_file")
+    @classmethod
+    def _key_file_bounded(cls, value: Path) -> Path:
+        size = value.stat().st_size
+        if size > KEY_FILE_MAX_BYTES:
+            raise ValueError(
+                f"{value}: {size} bytes, larger than an APNs key file can be"
+                f" (at most {KEY_FILE_MAX_BYTES})"
+            )
+        return value
+
     def load(self) -> TokenCredentials:
-        """The key these settings name, read now (OSError)."""
-        return TokenCredentials(self.key_file.read_text(), self.key_id, self.team_id)
+        """The key these settings name, read now (OSError; ValueError: not text)."""
+        key_pem = read_bounded(self.key_file, KEY_FILE_MAX_BYTES).decode()
+        return TokenCredentials(key_pem, self.key_id, self.team_id)
 
 
 class CertificateAuth(_Section):
@@ -502,6 +532,13 @@ class LiveActivitySettings(_Section):
     stale_after_s: PositiveInt = 1_800
     dismiss_after_s: Annotated[int, Field(ge=0, le=14_400)] = 300
     relevance_score: Annotated[float, Field(ge=0, le=100)] = 100
+    # Registrations (PUT of an activity or a push-to-start token) each client address may make,
+    # per second on average and at once, in each api process.
+    registrations_per_second: Annotated[float, Field(gt=0)] = 1.0
+    registration_burst: PositiveInt = 20
+    # Live registrations the app may hold in Redis, of each kind (activities; push-to-start
+    # tokens): about 610 and 440 bytes each with its budget entry (README, Live Activities).
+    max_registrations: PositiveInt = 100_000
 
     @field_validator("steps")
     @classmethod
@@ -579,7 +616,7 @@ class App(_Section):
             return self
         try:
             allowed = self.auth.certificate.load().info
-        except CertificateError as error:
+        except (CertificateError, OSError) as error:  # OSError: refused (a FIFO, too large)
             raise ValueError(f"auth.certificate: {error}") from None
         if not allowed.allows(self.topic, self.environment):
             raise ValueError(
@@ -714,10 +751,12 @@ def config_file(path: str | Path | None, env: Mapping[str, str] = os.environ) ->
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
+    try:  # bounded, and never blocking on a FIFO: a reload reads it again in a serving process
+        text = read_bounded(path, CONFIG_FILE_MAX_BYTES).decode("utf-8")
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not UTF-8 text ({error.reason})"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -14,6 +14,7 @@ from relay.check import CertificateFacts, CredentialFacts, TokenKeyFacts
 from relay.config import App
 from relay.credentials import CertificateCredentials, Credentials
 from relay.delivery.client_certificate import CertificateError, ClientCertificate
+from relay.secret_files import KEY_FILE_MAX_BYTES, read_bounded
 
 log = structlog.get_logger("relay.credentials")
 
@@ -31,7 +32,8 @@ def credential_facts(app: App) -> CredentialFacts:
     if app.auth.token is not None:
         key_file = app.auth.token.key_file
         try:
-            key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+            key_pem = read_bounded(key_file, KEY_FILE_MAX_BYTES)
+            key = serialization.load_pem_private_key(key_pem, password=None)
         except (ValueError, TypeError, OSError) as error:
             return TokenKeyFacts(str(key_file), None, problem=str(error))
         if isinstance(key, ec.EllipticCurvePrivateKey):

@@ -34,10 +34,19 @@ _CREDENTIALS = re.compile(
 )
 # user:password in a URL (redis://user:secret@host).
 _URL_USERINFO = re.compile(r"(://)[^/\s@:'\"]*:[^/\s@'\"]*@")
+# user:password@ with no scheme before it (a Sentinel or Cluster address: ":secret@host:26379").
+_BARE_USERINFO = re.compile(r"(?<![\w/.:@-])[\w.~%!$&*+=-]*:[^/\s@'\"]+@(?=[\w\[])")
 # A device token of any accepted length (8-200 hex digits) standing alone; a run joined by '-' is
 # one of the relay's own ids (notification ids "07-<hex>", UUIDs), and a run followed by '…' is
 # already masked.
 _HEX_TOKEN = re.compile(r"(?:(?<![\w-])|(?<=\\x[0-9a-f]{2}))[0-9a-f]{8,200}(?![\w…-])", re.I)
+# A key or certificate's base64 body without its PEM lines (a key pasted where a path goes): a run
+# of 32 or more base64 characters holding both cases, then its further lines. Hex (device tokens,
+# ids) is never both cases; a path or a sentence breaks the run with '.', '-', '_' or a space.
+_BASE64_MIN = 32
+_BASE64 = re.compile(
+    rf"[A-Za-z0-9+/]{{{_BASE64_MIN},}}={{0,2}}(?:(?:{_ESCAPED_BREAK})[ \t]*[A-Za-z0-9+/]+={{0,2}})*"
+)
 # re.I also matches U+017F (long s) for s, U+0131 (dotless i) and U+0130 (I with a dot) for i,
 # which str.lower() keeps as they are or spells as "i" + U+0307 (a combining dot): folded as re.I
 # folds them, so _may_hold_secret finds the literal starts wherever the patterns would.
@@ -63,11 +72,14 @@ def _may_hold_secret(text: str) -> bool:
     most values of a line (event names, ids, UUIDs, masked tokens) hold nothing."""
     if _HEX_TOKEN.search(text) is not None:
         return True
+    if len(text) >= _BASE64_MIN and any(_both_cases(m.group(0)) for m in _BASE64.finditer(text)):
+        return True
     lowered = text.lower()
     if not lowered.isascii() and any(char in lowered for char in _RE_ONLY_FOLDS):
         lowered = lowered.translate(_FOLD_LIKE_RE)
     return (
         "://" in lowered
+        or "@" in lowered
         or "bearer" in lowered
         or "basic" in lowered
         or "authorization" in lowered
@@ -86,11 +98,21 @@ def mask_secrets(text: str) -> str:
     """Every substitution, in order: PEM blocks first (a key holds hex), then credentials, JWTs
     and userinfo, device tokens last (a credential may hold hex)."""
     text = _PEM.sub("[pem]", text)
+    text = _BASE64.sub(_masked_base64, text)
     text = _AUTHORIZATION.sub(r"\1\2[redacted]", text)
     text = _CREDENTIALS.sub(r"\1 [redacted]", text)
     text = _JWT.sub("[jwt]", text)
     text = _URL_USERINFO.sub(r"\1[redacted]@", text)
+    text = _BARE_USERINFO.sub("[redacted]@", text)
     return _HEX_TOKEN.sub(lambda m: mask_token(m.group(0)), text)
+
+
+def _both_cases(run: str) -> bool:
+    return not run.islower() and not run.isupper()
+
+
+def _masked_base64(match: re.Match[str]) -> str:
+    return "[base64]" if _both_cases(match.group(0)) else match.group(0)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

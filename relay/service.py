@@ -26,6 +26,7 @@ from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
 from relay.config import App, ConfigError, Settings, config_file, load_settings
 from relay.credential_files import load_credentials, publish_certificate_expiry
 from relay.credentials import CertificateCredentials
+from relay.credentials import Credentials as SendingCredentials
 from relay.delivery import apns
 from relay.delivery.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery.worker import DeliveryWorker
@@ -123,8 +124,8 @@ def missing_settings(settings: Settings, role: str) -> list[str]:
 
 
 def _refuse(message: str, status: int = EXIT_CONFIG, *, debug: bool = False) -> int:
-    if debug:
-        traceback.print_exc()
+    if debug:  # a traceback quotes values too (a path that is a key, a URL): redacted alike
+        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
     print(f"apns-relay: {redact_text(message)}", file=sys.stderr)
     return status
 
@@ -219,8 +220,17 @@ def open_spool(settings: Settings) -> Spool | None:
         raise ConfigError([f"ingest.spool_dir: {ingest.spool_dir}: {error}"]) from None
 
 
-def make_client(app: App, settings: Settings) -> apns.ApnsClient:
-    credentials = load_credentials(app)
+def make_client(
+    app: App,
+    settings: Settings,
+    credentials: SendingCredentials | None = None,
+    *,
+    counted: bool = True,
+) -> apns.ApnsClient:
+    """The app's APNs client, with `credentials` (already read) or those its files hold now;
+    `counted` False for a check's probe (not in the delivery metrics)."""
+    if credentials is None:
+        credentials = load_credentials(app)
     if isinstance(credentials, CertificateCredentials):
         publish_certificate_expiry(app.name, credentials.certificate)
     return apns.ApnsClient(
@@ -232,6 +242,7 @@ def make_client(app: App, settings: Settings) -> apns.ApnsClient:
         request_timeout_s=settings.delivery.request_timeout_seconds,
         max_connections=app.max_connections,
         internal_error_streak=settings.delivery.connection_internal_error_streak,
+        counted=counted,
     )
 
 
@@ -418,7 +429,7 @@ async def _serve(
         # Development mode's credentials are the simulator's own: nothing to rotate there.
         if relay.clients and dev is None:
             rotator = CredentialRotator(config_file(args.config), settings, relay.clients)
-            loop.add_signal_handler(signal.SIGHUP, rotator.reload, SIGHUP_TRIGGER)
+            loop.add_signal_handler(signal.SIGHUP, rotator.reload_soon, SIGHUP_TRIGGER)
             if settings.delivery.credential_poll_seconds > 0:
                 poll_s = settings.delivery.credential_poll_seconds
                 watcher = asyncio.ensure_future(rotator.watch(poll_s))

@@ -28,6 +28,7 @@ from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import free_port
 
 API_TOKEN = "test-token-0123456789"
+OPERATOR_TOKEN = "test-operator-token-0123456789"  # the only kind that may call the check route
 BASIC = ("gms", "gms-secret")
 WAIT_S = 20.0
 
@@ -38,7 +39,11 @@ def relay_document(redis_url: str, info: SimInfo, **sections: Any) -> dict[str, 
     app.update(sections.pop("app", {}))
     document: dict[str, Any] = {
         "redis": {"url": redis_url},
-        "auth": {"api_tokens": [API_TOKEN], "basic": [":".join(BASIC)]},
+        "auth": {
+            "api_tokens": [API_TOKEN],
+            "basic": [":".join(BASIC)],
+            "operator_tokens": [OPERATOR_TOKEN],
+        },
         "retry": {"base_ms": 20, "cap_ms": 200, "max_attempts": 5},
         "delivery": {"request_timeout_seconds": 1.0, "pause_probe_seconds": 1},
         "logging": {"format": "json"},
@@ -82,6 +87,8 @@ class RelayHarness:
             headers["Authorization"] = f"Bearer {API_TOKEN}"
         elif auth == "basic":
             headers["Authorization"] = basic_authorization()
+        elif auth == "operator":
+            headers["Authorization"] = f"Bearer {OPERATOR_TOKEN}"
         if body is not None and not isinstance(body, bytes | str):
             kw["json"] = body
         elif body is not None:

@@ -13,9 +13,10 @@ from relay.activities import (
     activity_notification,
     next_timestamp,
     plan_activity_push,
+    without_device_dead_mark,
 )
 from relay.config import LiveActivitySettings
-from relay.model import PUSH_TYPES, InvalidInput, PayloadTooLarge
+from relay.model import PUSH_TYPES, Expired, Failed, InvalidInput, PayloadTooLarge
 from relay.push_types import check_priority, topic_for
 
 SETTINGS = LiveActivitySettings()
@@ -190,3 +191,15 @@ def test_oversized_content_state_is_refused() -> None:
 def test_config_refuses_a_start_action_that_is_not_a_step() -> None:
     with pytest.raises(ValueError, match="start_actions"):
         LiveActivitySettings(start_actions=["get-dialog-start-chat"])
+
+
+def test_a_dead_answer_to_a_live_activity_push_marks_only_the_activity_token() -> None:
+    dead = Failed(reason="Unregistered", status=410, dead_token=True, token_invalid_since_ms=5)
+    assert without_device_dead_mark("liveactivity", dead) == (
+        Failed(reason="Unregistered", status=410),
+        True,
+    )
+    assert without_device_dead_mark("alert", dead) == (dead, False)
+    failed = Failed(reason="PayloadTooLarge", status=413)
+    assert without_device_dead_mark("liveactivity", failed) == (failed, False)
+    assert without_device_dead_mark("liveactivity", Expired()) == (Expired(), False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from relay_harness import running_relay
+from relay_harness import RelayHarness, running_relay
 from test_api_auth import DEV_TOKEN, OTHER_TOKEN, scoped_call, two_app_relay
 from test_api_input import assert_problem, refused
 
@@ -20,25 +20,35 @@ DEVICE = "d4" * 32
 LIVE_ACTIVITY = {"live_activity": {"service_lifetime_s": 600}}
 
 
+async def gms_pushed(relay: RelayHarness, service_id: str = SERVICE, device: str = DEVICE) -> None:
+    """GMS pushes the service to the device: from then on that device may register its
+    activity (and no other)."""
+    message = {"_id": service_id, "_action": "get-dialog-user-confirmation-provide_code-true"}
+    status, answer, _ = await relay.gms_push(device, message)
+    assert status == 200, answer
+
+
 async def test_register_then_forget_an_activity(
     redis_url: str, state_dir: Path, redis: aioredis.Redis
 ) -> None:
     async with running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay:
+        await gms_pushed(relay)
         path = f"/v1/activities/dev/{SERVICE}"
         body = {"activity_token": ACTIVITY_TOKEN.upper(), "device_token": DEVICE}
         status, answer, _ = await relay.call("PUT", path, body)
         assert (status, answer) == (200, {"service_id": SERVICE, "expires_in_s": 600})
         key = activity_key("dev", SERVICE)
         assert await redis.hgetall(key) == {
+            b"gms_device_token": DEVICE.encode(),
             b"activity_token": ACTIVITY_TOKEN.encode(),
             b"device_token": DEVICE.encode(),
         }
         assert 590 <= await redis.ttl(key) <= 600
 
-        status, answer, _ = await relay.call("DELETE", path)
+        status, answer, _ = await relay.call("DELETE", f"{path}?device_token={DEVICE}")
         assert (status, answer) == (200, {"removed": True})
-        assert await redis.hgetall(key) == {}
-        status, answer, _ = await relay.call("DELETE", path)
+        assert await redis.hgetall(key) == {b"gms_device_token": DEVICE.encode()}
+        status, answer, _ = await relay.call("DELETE", f"{path}?device_token={DEVICE}")
         assert (status, answer) == (200, {"removed": False})
 
         status, answer, _ = await relay.call(
@@ -145,11 +155,12 @@ async def test_a_scoped_credential_registers_only_for_its_app(
         running_relay(redis_url, state_dir, app=LIVE_ACTIVITY) as relay,
         two_app_relay(relay, LIVE_ACTIVITY) as url,
     ):
+        await gms_pushed(relay)
         body = {"activity_token": ACTIVITY_TOKEN, "device_token": DEVICE}
         path = f"/v1/activities/dev/{SERVICE}"
         answer = await scoped_call(relay.session, url, f"Bearer {OTHER_TOKEN}", "PUT", path, body)
         assert_problem(answer, 403, "app", "may not act for app 'dev'")
-        assert await redis.exists(activity_key("dev", SERVICE)) == 0
+        assert await redis.hget(activity_key("dev", SERVICE), "activity_token") is None
         answer = await scoped_call(relay.session, url, f"Bearer {DEV_TOKEN}", "PUT", path, body)
         assert answer[0] == 200, answer
 
@@ -158,5 +169,11 @@ def test_the_routes_are_documented() -> None:
     paths = openapi_document()["paths"]
     assert set(paths["/v1/activities/{app}/{service_id}"]) == {"put", "delete"}
     assert set(paths["/v1/devices/{app}/{token}/push-to-start"]) == {"put", "delete"}
+    delete = paths["/v1/activities/{app}/{service_id}"]["delete"]
+    assert [(p["name"], p["in"], p["required"]) for p in delete["parameters"]] == [
+        ("app", "path", True),
+        ("service_id", "path", True),
+        ("device_token", "query", True),
+    ]
     schemas = openapi_document()["components"]["schemas"]
     assert schemas["ActivityIn"]["required"] == ["activity_token", "device_token"]

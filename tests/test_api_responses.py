@@ -137,9 +137,15 @@ async def test_every_route_answers_as_its_document_says(redis_url: str, state_di
         # Live Activities.
         activity = f"/v1/activities/{app}/{SERVICE}"
         register = {"activity_token": activity_token, "device_token": token}
+        # Refused until GMS has pushed the service to that device; then registered.
+        assert (await checked.call(relay, "PUT", activity, register))[0] == 403
+        callback = {"deviceId": token, "message": {"_id": SERVICE, "_action": "wait-for-agent"}}
+        assert (await checked.call(relay, "POST", "/gms/push", callback, auth="basic"))[0] == 200
         assert (await checked.call(relay, "PUT", activity, register))[0] == 200
         assert (await checked.call(relay, "PUT", activity, {"activity_token": "x"}))[0] == 400
-        assert (await checked.call(relay, "DELETE", activity))[0] == 200
+        mine = {"device_token": token}
+        assert (await checked.call(relay, "DELETE", activity, params=mine))[0] == 200
+        assert (await checked.call(relay, "DELETE", activity))[0] == 400  # whose device?
         push_to_start = f"{device_path}/push-to-start"
         body = {"push_to_start_token": activity_token}
         assert (await checked.call(relay, "PUT", push_to_start, body))[0] == 200
@@ -147,9 +153,11 @@ async def test_every_route_answers_as_its_document_says(redis_url: str, state_di
         assert (await checked.call(relay, "DELETE", push_to_start))[0] == 200
 
         # The credential check of one app.
-        status, verdict, _ = await checked.call(relay, "GET", f"/v1/apps/{app}/check")
+        check = f"/v1/apps/{app}/check"
+        status, verdict, _ = await checked.call(relay, "GET", check, auth="operator")
         assert (status, verdict["app"]) == (200, app), verdict
-        assert (await checked.call(relay, "GET", "/v1/apps/nope/check"))[0] == 404
+        assert (await checked.call(relay, "GET", check))[0] == 403  # not an operator
+        assert (await checked.call(relay, "GET", "/v1/apps/nope/check", auth="operator"))[0] == 404
 
         # Draining: not ready, and pushes refused.
         relay.state.draining = True

@@ -4,6 +4,7 @@ strict APNs simulator over TLS + HTTP/2, by configurations an operator could get
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import json
 import subprocess
@@ -381,20 +382,29 @@ def test_the_command_names_a_bad_configuration_and_exits_2(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
 
 
-async def test_the_api_route_checks_one_app_for_a_credential_that_may_see_it(
+async def test_the_api_route_is_an_operator_action_answered_once_per_app_in_flight_and_cached(
     state_dir: Path, redis_url: str
 ) -> None:
-    """GET /v1/apps/{app}/check on a running api: the verdicts the command gives, and for apps a
-    credential may not see, the answer every other per-app route gives."""
+    """GET /v1/apps/{app}/check on a running api: only an operator token may call it (not a
+    full-access API token, not GMS's Basic pair, not an app's scoped token shipped in the app);
+    the operator gets the verdicts the command gives; a burst of calls makes one probe (one APNs
+    connection) per app, later calls are answered from memory and say so, and probes are not in
+    the delivery metrics."""
     from relay.service import run_relay  # the api's whole stack, as in production
 
-    full, scoped = "full-token-0123456789", "scoped-token-0123456789"
-    async with running_simulator(state_dir / "sim") as info:
+    full, scoped, operator = "full-token-0123456789", "scoped-token-0123456789", "op-0123456789"
+    basic = "gms:gms-password-0123"
+    async with (
+        running_simulator(state_dir / "sim") as info,
+        control_client(info) as control,
+    ):
         settings = Settings.model_validate(
             {
                 "redis": {"url": redis_url},
                 "auth": {
                     "api_tokens": [full],
+                    "basic": [basic],
+                    "operator_tokens": [operator],
                     "scoped": [{"token": scoped, "apps": ["ready"]}],
                 },
                 "apps": [
@@ -408,31 +418,62 @@ async def test_the_api_route_checks_one_app_for_a_credential_that_may_see_it(
             aiohttp.ClientSession() as session,
         ):
 
-            async def check(app: str, token: str) -> tuple[int, dict[str, Any]]:
-                headers = {"Authorization": f"Bearer {token}"}
+            async def check(app: str, authorization: str) -> tuple[int, dict[str, Any]]:
                 url = f"{relay.url}/v1/apps/{app}/check"
-                async with session.get(url, headers=headers) as response:
-                    return response.status, await response.json(content_type=None)
+                async with session.get(url, headers={"Authorization": authorization}) as answer:
+                    return answer.status, await answer.json(content_type=None)
 
-            ready, refused, unknown, other, nowhere, anonymous = await asyncio.gather(
-                check("ready", scoped),
-                check("other-team", full),
-                check("absent", full),
-                check("other-team", scoped),
-                check("absent", scoped),
-                check("ready", "not-a-token-0123456789"),
+            basic_header = "Basic " + base64.b64encode(basic.encode()).decode()
+            refused = await asyncio.gather(
+                check("ready", f"Bearer {scoped}"),
+                check("ready", f"Bearer {full}"),
+                check("ready", basic_header),
+                check("absent", f"Bearer {scoped}"),
             )
-    assert ready[0] == 200
-    assert (ready[1]["ok"], ready[1]["verdict"], ready[1]["reason"]) == (
-        True,
-        "ready",
-        "BadDeviceToken",
-    )
-    assert refused[0] == 200
-    assert (refused[1]["ok"], refused[1]["verdict"]) == (False, "invalid-provider-token")
-    assert "key_id" in refused[1]["fix"]
+            assert (await control.stats())["connections_opened"] == 0  # nothing probed
+            burst = await asyncio.gather(*(check("ready", f"Bearer {operator}") for _ in range(40)))
+            later = await check("ready", f"Bearer {operator}")
+            refused_app, unknown, anonymous = await asyncio.gather(
+                check("other-team", f"Bearer {operator}"),
+                check("absent", f"Bearer {operator}"),
+                check("ready", "Bearer not-a-token-0123456789"),
+            )
+            stats = await control.stats()
+            async with session.get(f"{relay.url}/metrics") as response:
+                metrics_text = await response.text()
+    for status, body in refused:
+        assert (status, body["type"].rsplit(":", 1)[-1]) == (403, "operator-only"), body
+        assert "key_file" not in json.dumps(body)
+        assert str(info.key_file) not in json.dumps(body)
+    assert {status for status, _ in burst} == {200}
+    assert {(b["ok"], b["verdict"], b["reason"]) for _, b in burst} == {
+        (True, "ready", "BadDeviceToken")
+    }
+    # The burst shared one probe: one connection for "ready", one for "other-team".
+    assert stats["connections_opened"] == 2, stats
+    assert not any(body["cached"] for _, body in burst[:1])
+    assert later[0] == 200
+    assert later[1]["cached"] is True
+    assert 0 <= later[1]["age_s"] < 30
+    assert later[1]["verdict"] == "ready"
+    assert refused_app[0] == 200
+    assert (refused_app[1]["ok"], refused_app[1]["verdict"]) == (False, "invalid-provider-token")
+    assert refused_app[1]["cached"] is False
+    assert "key_id" in refused_app[1]["fix"]
     assert (unknown[0], unknown[1]["type"].rsplit(":", 1)[-1]) == (404, "unknown-app")
-    # A scoped credential learns no other app's name: the other app and no app answer alike.
-    assert other[0] == nowhere[0] == 403
-    assert other[1]["type"] == nowhere[1]["type"]
     assert anonymous[0] == 401
+    # Probes are no deliveries: no APNs answer, connection or JWT counted for either app (the
+    # registry is the test process's: other tests' apps have other names).
+    counted = [
+        line
+        for line in metrics_text.splitlines()
+        if line.startswith(
+            (
+                "apns_relay_apns_responses_total{",
+                "apns_relay_apns_connections{",
+                "apns_relay_jwt_refreshes_total{",
+            )
+        )
+        and ('app="ready"' in line or 'app="other-team"' in line)
+    ]
+    assert counted == [], counted

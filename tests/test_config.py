@@ -140,7 +140,10 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     assert poll == ("delivery", "credential_poll_seconds")
     assert names["RELAY_REDIS_MEMORY_WATERMARK"] == ("redis", "memory_watermark")
     # redis, http, queue, ingest, retry, delivery, circuit, logging
-    assert len(names) == 9 + 4 + 8 + 4 + 3 + 5 + 4 + 2
+    assert len(names) == 9 + 5 + 8 + 4 + 3 + 5 + 4 + 2
+    assert names["RELAY_HTTP_TRUSTED_PROXIES"] == ("http", "trusted_proxies")
+    proxies = load_settings(env={"RELAY_HTTP_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
+    assert [str(n) for n in proxies.http.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
 
 
 def test_empty_redis_url_means_embedded() -> None:

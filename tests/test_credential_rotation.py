@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +202,86 @@ async def test_a_swapped_secret_is_rotated_without_a_signal(
         assert (await rotation.reloads(worker))["rotated"] == 1
         # Read once more after the swap (the config's new digest), and not again.
         assert events(worker, "credentials_unchanged") == []
+
+
+def failures(relay: RelayProcess) -> list[dict[str, Any]]:
+    return events(relay, "credentials_reload_failed")
+
+
+def resident_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_fifo_or_huge_key_file_is_refused_and_the_process_keeps_serving(
+    redis_url: str, state_dir: Path, rotation: Rotation
+) -> None:
+    """Issue 27 item 2: a FIFO at the key path once blocked the credential poll in open()
+    forever (health and delivery stopped, SIGHUP did not help); a 512 MiB file stalled /healthz
+    for seconds and was hashed at every poll. Both are refused before any read, the key in use
+    is kept, and the process keeps answering and delivering. Item 5: a reload whose key_file is
+    the key's base64 body logs credentials_reload_failed without it."""
+    key_file = state_dir / "AuthKey.p8"
+    key_file.write_bytes(rotation.key_a.key_file.read_bytes())
+    config = write_config(
+        state_dir / "relay.yaml",
+        config_for(rotation, redis_url, rotation.key_a, key_file, credential_poll_seconds=0.2),
+    )
+    with relay_processes("serve", config=config, log_dir=state_dir) as [relay]:
+        assert await rotation.deliver(relay) == rotation.key_a.key_id
+        rss_before = resident_mb(relay.process.pid)
+
+        async def healthz_s() -> float:
+            started = time.monotonic()
+            async with rotation.session.get(f"{relay.url}/healthz") as response:
+                assert response.status == 200
+            return time.monotonic() - started
+
+        key_file.unlink()
+        os.mkfifo(key_file)
+        # The configuration's own check refuses it now (as it would at start-up).
+        await eventually(
+            lambda: [e for e in failures(relay) if "not a regular file" in e["problems"]],
+            what="the FIFO refused by the poll",
+        )
+        relay.process.send_signal(signal.SIGHUP)
+        await eventually(lambda: len(failures(relay)) >= 2, what="refused on SIGHUP")
+        assert await healthz_s() < 1.0
+        assert await rotation.deliver(relay) == rotation.key_a.key_id
+
+        key_file.unlink()
+        with key_file.open("wb") as huge:  # sparse: 512 MiB on no disk
+            huge.truncate(512 * 1024 * 1024)
+        [refused] = await eventually(
+            lambda: [e for e in failures(relay) if "larger" in e["problems"]],
+            what="the 512 MiB file refused",
+        )
+        slowest = max([await healthz_s() for _ in range(20)])
+        assert slowest < 1.0, slowest
+        assert await rotation.deliver(relay) == rotation.key_a.key_id
+        rss_after = resident_mb(relay.process.pid)
+        assert rss_after - rss_before < 64, (rss_before, rss_after)
+
+        # A key pasted where its path goes: the reload fails and says so, without the key.
+        body = "".join(rotation.key_b.key_file.read_text().splitlines()[1:-1])
+        document = config_for(rotation, redis_url, rotation.key_b, key_file)
+        document["apps"][0]["auth"]["token"]["key_file"] = body
+        write_config(config, document)
+        await eventually(
+            lambda: [e for e in failures(relay) if "no such file" in e["problems"]],
+            what="the reload of the pasted key failed",
+        )
+        assert await rotation.deliver(relay) == rotation.key_a.key_id
+        assert relay.process.poll() is None
+        log = relay.log()
+    assert "at most 8192" in refused["problems"]
+    assert refused["kept"] == "the credentials in use, for every app"
+    # Refused from its size alone: the poll neither read nor hashed it, and said so once.
+    failed = events_in(log, "credentials_reload_failed")
+    too_large = [e for e in failed if "larger" in e["problems"]]
+    assert too_large == [refused]
+    assert "key_file" in log
+    for start in range(0, len(body) - 16, 8):  # no 16 characters of the key anywhere
+        assert body[start : start + 16] not in log

@@ -78,8 +78,11 @@ class ApnsClient:
         max_connections: int = 4,
         max_in_flight: int = 1000,
         internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
+        counted: bool = True,
     ) -> None:
         self.app = app
+        # A check's probe client is not counted: its answers and connections are no delivery.
+        self.counted = counted
         self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
         self.endpoint = endpoint
         self.request_timeout_s = request_timeout_s
@@ -92,6 +95,7 @@ class ApnsClient:
             max_connections,
             internal_error_streak,
             self._provider_token(credentials),
+            counted=counted,
         )
         self.max_in_flight = max_in_flight
         self._in_flight = asyncio.Semaphore(max_in_flight)
@@ -110,11 +114,15 @@ class ApnsClient:
         started = loop.time()
         deadline = started + self.request_timeout_s
         async with self._in_flight:
-            self._in_flight_gauge.inc()
+            if self.counted:
+                self._in_flight_gauge.inc()
             try:
                 response = await self._send(notification, apns_id, deadline, on_wire)
             finally:
-                self._in_flight_gauge.dec()
+                if self.counted:
+                    self._in_flight_gauge.dec()
+        if not self.counted:
+            return response
         self._duration.observe(loop.time() - started)
         metrics.APNS_RESPONSES.labels(
             app=self.app, status=str(response.status), reason=response.reason or ""
@@ -164,7 +172,7 @@ class ApnsClient:
 
     def _provider_token(self, credentials: Credentials) -> SharedJWT | None:
         if isinstance(credentials, TokenCredentials):
-            return SharedJWT(credentials, self.app)
+            return SharedJWT(credentials, self.app, counted=self.counted)
         return None
 
     def replace_credentials(self, credentials: Credentials) -> None:

@@ -99,10 +99,13 @@ class SharedJWT(AuthorizationHeaderProvider):
         credentials: TokenCredentials,
         app: str,
         clock: Callable[[], float] = time.time,
+        *,
+        counted: bool = True,
     ) -> None:
         self.credentials = credentials
         self.app = app
         self.clock = clock
+        self.counted = counted  # False for a check's probe: not the app's delivery
         self.issued_at = 0.0
         self.header = ""
 
@@ -128,7 +131,8 @@ class SharedJWT(AuthorizationHeaderProvider):
         )
         self.issued_at = now
         self.header = f"bearer {token}"
-        metrics.JWT_REFRESHES.labels(app=self.app).inc()
+        if self.counted:
+            metrics.JWT_REFRESHES.labels(app=self.app).inc()
         log.info("jwt_signed", app=self.app, key_id=self.credentials.key_id)
 
 
@@ -520,9 +524,12 @@ class RelayConnectionPool(APNsBaseConnectionPool):
         max_connections: int,
         internal_error_streak: int = DEFAULT_INTERNAL_ERROR_STREAK,
         jwt: SharedJWT | None = None,
+        *,
+        counted: bool = True,
     ) -> None:
         super().__init__(topic=topic, max_connections=max_connections)
         self.app = app
+        self.counted = counted  # False for a check's probe: its connection is not the app's
         self.topic = topic
         self.protocol_class = type(
             "EndpointProtocol",
@@ -572,7 +579,8 @@ class RelayConnectionPool(APNsBaseConnectionPool):
             protocol.close()
             raise
         protocol.on_stream_freed = self.stream_freed.set
-        metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections) + 1)
+        if self.counted:
+            metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections) + 1)
         log.info("apns_connected", app=self.app, connections=len(self.connections) + 1)
         return protocol
 
@@ -584,7 +592,8 @@ class RelayConnectionPool(APNsBaseConnectionPool):
             self.retiring.discard(connection)
         else:
             self.retiring.add(connection)
-        metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections))
+        if self.counted:
+            metrics.APNS_CONNECTIONS.labels(app=self.app).set(len(self.connections))
         self.stream_freed.set()  # a waiter may now open a connection in its place
 
     def least_loaded(self) -> RelayClientProtocol | None:

@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
+from relay.secret_files import CERTIFICATE_FILE_MAX_BYTES, read_bounded
+
 OID_DEVELOPMENT: Final = x509.ObjectIdentifier("1.2.840.113635.100.6.3.1")
 OID_PRODUCTION: Final = x509.ObjectIdentifier("1.2.840.113635.100.6.3.2")
 OID_TOPICS: Final = x509.ObjectIdentifier("1.2.840.113635.100.6.3.6")
@@ -142,11 +144,13 @@ def load_pem(cert_file: Path, key_file: Path | None, password: bytes | None) -> 
     """The certificate (then any intermediates) from `cert_file`; the key from `key_file`, or
     from `cert_file` when both are in one file (openssl pkcs12 -nodes writes them so)."""
     try:
-        certificates = x509.load_pem_x509_certificates(cert_file.read_bytes())
+        certificates = x509.load_pem_x509_certificates(
+            read_bounded(cert_file, CERTIFICATE_FILE_MAX_BYTES)
+        )
     except ValueError as error:
         raise CertificateError(f"{cert_file}: no PEM certificate ({error})") from None
     key_source = key_file or cert_file
-    key_pem = key_source.read_bytes()
+    key_pem = read_bounded(key_source, CERTIFICATE_FILE_MAX_BYTES)
     if b"PRIVATE KEY-----" not in key_pem:
         raise CertificateError(
             f"{key_source}: no PEM private key (give key_file, or put the key in cert_file)"
@@ -160,7 +164,7 @@ def load_pem(cert_file: Path, key_file: Path | None, password: bytes | None) -> 
 
 def load_pkcs12(p12_file: Path, password: bytes | None) -> ClientCertificate:
     try:
-        bundle = pkcs12.load_pkcs12(p12_file.read_bytes(), password)
+        bundle = pkcs12.load_pkcs12(read_bounded(p12_file, CERTIFICATE_FILE_MAX_BYTES), password)
     except ValueError as error:
         # cryptography says "Invalid password or PKCS12 data" for both.
         raise CertificateError(f"{p12_file}: cannot open: {error}") from None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from relay import metrics
+from relay.activities import without_device_dead_mark
 from relay.delivery import circuit
 from relay.delivery.circuit import Circuit, CircuitPolicy
 from relay.delivery.sender import Sender
@@ -29,11 +30,13 @@ from relay.model import (
     DeliveryOutcome,
     Expired,
     Failed,
+    Notification,
     PauseApp,
     Retry,
     apns_id_for,
 )
 from relay.policy import RetryPolicy, classify, is_route_failure
+from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
@@ -308,8 +311,21 @@ class DeliveryWorker:
                 self._resume(notification.app)
             if isinstance(outcome, Retry) and outcome.refresh_jwt:
                 client.refresh_jwt()
+            outcome, activity_token_dead = without_device_dead_mark(notification.push_type, outcome)
+            if activity_token_dead:
+                await self._mark_activity_token_dead(notification)
             self._settle(claim, outcome)
         self._log_attempt(claim, response, outcome, latency)
+
+    async def _mark_activity_token_dead(self, notification: Notification) -> None:
+        """Remembered for the next GMS event, which drops the registration; a Redis fault only
+        costs one more push to the dead token."""
+        try:
+            await ActivityStore(self.queue).mark_token_dead(
+                notification.app, notification.device_token, self.queue.limits.dead_token_ttl_s
+            )
+        except REDIS_ERRORS as exc:
+            REDIS_UNAVAILABLE.occurred("activity_token_dead", exc)
 
     # Routes: circuits shared in Redis, decided by relay.circuit.
 

@@ -25,6 +25,7 @@ class Grant:
 
     name: str  # which credential, for rate limits and logs; never the secret
     apps: frozenset[str] | None = None
+    operator: bool = False  # auth.operator_tokens: may take the operator actions (check)
 
     def allows(self, app: str) -> bool:
         return self.apps is None or app in self.apps
@@ -70,6 +71,10 @@ class Credentials:
             _accept("bearer", t, Grant(f"token#{i}")) for i, t in enumerate(auth.api_tokens)
         ]
         accepted += [_accept("basic", p, Grant(f"basic:{_basic_user(p)}")) for p in auth.basic]
+        accepted += [
+            _accept("bearer", t, Grant(f"operator#{i}", operator=True))
+            for i, t in enumerate(auth.operator_tokens)
+        ]
         configured = {app.name for app in settings.apps}
         problems: list[str] = []
         for index, scoped in enumerate(auth.scoped):
@@ -150,6 +155,19 @@ def require_full_access(grant: Grant) -> None:
             403,
             "app-not-allowed",
             "this route covers every app; a credential scoped to some apps may not use it",
+            field="Authorization",
+        )
+
+
+def require_operator(grant: Grant) -> None:
+    """Operator actions (they reach APNs on the caller's word) take an operator token: not an
+    app's scoped credential (every install holds it), not GMS's."""
+    if not grant.operator:
+        raise Problem(
+            403,
+            "operator-only",
+            "this route is an operator action: only a credential of auth.operator_tokens may"
+            " use it",
             field="Authorization",
         )
 

@@ -7,8 +7,9 @@ import dataclasses
 import structlog
 from aiohttp import web
 
+from relay.check import Verdict
 from relay.check_command import check_apps
-from relay.http.auth import resolve_app
+from relay.http.auth import require_operator, resolve_app
 from relay.http.problems import unknown_app_problem
 from relay.http.responses import VerdictOut, json_response
 from relay.http.routing import Route
@@ -24,15 +25,30 @@ CHECK_TIMEOUT_S = 10.0
 
 
 async def check_app_route(request: web.Request) -> web.Response:
-    """200 with the verdict whatever it is (the check ran; `ok` says whether the app is ready)."""
+    """200 with the verdict whatever it is (the check ran; `ok` says whether the app is ready).
+    An operator action: it reaches APNs, so no app's or GMS's credential may start it."""
     state = request.app[STATE]
+    grant = request[GRANT]
+    require_operator(grant)
     try:
-        app = resolve_app(state.settings, request[GRANT], request.match_info["app"], "app")
+        app = resolve_app(state.settings, grant, request.match_info["app"], "app")
     except InvalidInput as error:
         raise unknown_app_problem(error) from None
-    [verdict] = await check_apps(state.settings, [app], CHECK_TIMEOUT_S)
-    log.info("app_checked", app=app.name, verdict=verdict.verdict, ok=verdict.ok)
-    return json_response(VerdictOut(**dataclasses.asdict(verdict)))
+
+    async def probe() -> Verdict:
+        [verdict] = await check_apps(state.settings, [app], CHECK_TIMEOUT_S)
+        return verdict
+
+    checked, cached = await state.checks.verdict(app.name, probe)
+    verdict = checked.verdict
+    log.info("app_checked", app=app.name, verdict=verdict.verdict, ok=verdict.ok, cached=cached)
+    return json_response(
+        VerdictOut(
+            **dataclasses.asdict(verdict),
+            cached=cached,
+            age_s=round(state.checks.age_s(checked), 3),
+        )
+    )
 
 
 ROUTES = [
@@ -41,8 +57,9 @@ ROUTES = [
         CHECK_PATH,
         check_app_route,
         "checkApp",
-        "`apns-relay check` for one app: its credential files, then one probe push to"
-        " a random token (APNs' BadDeviceToken means ready); 200 with the verdict",
+        "`apns-relay check` for one app (operator tokens only): its credential files, then"
+        " one probe push to a random token (APNs' BadDeviceToken means ready); 200 with the"
+        " verdict, from memory (cached: true) within 30 s of the last probe",
         {200: VerdictOut},
         errors=(403, 404),
     )

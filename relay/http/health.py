@@ -30,13 +30,16 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await state.queue.ping()
     except REDIS_ERRORS as error:
+        # Said without the error: /readyz needs no credential, and redis-py's text names the
+        # address (the log has it, rate-limited).
+        REDIS_UNAVAILABLE.occurred("readyz", error)
         # With a spool this process still answers every push with a 200: taking it out of
         # service would turn pushes away from the one thing still accepting them.
         spool = state.spool
         if spool is not None and not spool.full():
-            degraded.append(f"redis unreachable, spooling: {error}")
+            degraded.append("redis unreachable, spooling")
         else:
-            reasons.append(f"redis unreachable: {error}")
+            reasons.append("redis unreachable")
     else:
         if (refused := await _evicting_policies(state.memory)) is not None:
             reasons.append(refused)

@@ -1,9 +1,14 @@
-"""Limits on requests: the server's timeouts and sizes, and a token bucket per credential."""
+"""Limits on requests: the server's timeouts and sizes, a token bucket per credential, and one
+per client address on the routes every install of an app may call."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -60,3 +65,71 @@ class RequestRates:
                 self.rate, self.capacity, self.capacity, now_s
             )
         return bucket.take(now_s)
+
+
+# Buckets kept for client addresses at most: past it, the ones full again are forgotten, and while
+# none is, a new address waits (an address flood cannot grow the process's memory).
+MAX_ADDRESS_BUCKETS = 100_000
+
+
+class AddressRates:
+    """One token bucket per key (an app and a client address), each call giving its rate."""
+
+    def __init__(self, max_buckets: int = MAX_ADDRESS_BUCKETS) -> None:
+        self.max_buckets = max_buckets
+        self.buckets: dict[str, TokenBucket] = {}
+
+    def wait_s(self, key: str, rate: float, capacity: float, now_s: float) -> float:
+        """0.0 when `key` may make a request now, else how long it must wait."""
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_buckets:
+                self._forget_full(now_s)
+            if len(self.buckets) >= self.max_buckets:
+                return 1.0 / rate
+            bucket = self.buckets[key] = TokenBucket(rate, capacity, capacity, now_s)
+        return bucket.take(now_s)
+
+    def _forget_full(self, now_s: float) -> None:
+        """Drop the buckets that have refilled: forgetting them changes no answer."""
+        full = [
+            key
+            for key, bucket in self.buckets.items()
+            if bucket.tokens + (now_s - bucket.updated_s) * bucket.rate >= bucket.capacity
+        ]
+        for key in full:
+            del self.buckets[key]
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: Sequence[IpNetwork]
+) -> str:
+    """The address a request came from: the peer's, unless the peer is a trusted proxy
+    (http.trusted_proxies); then the last address in X-Forwarded-For that is not one."""
+    address = peer or "unknown"
+    if not trusted or not _within(address, trusted):
+        return address
+    for hop in reversed((forwarded_for or "").split(",")):
+        hop = hop.strip()
+        if not hop:
+            continue
+        if not _within(hop, trusted):
+            return hop if _parses(hop) else address
+        address = hop
+    return address
+
+
+def _parses(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(text: str, networks: Sequence[IpNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)

@@ -28,6 +28,7 @@ PATH_PARAMETERS: dict[str, Any] = {
     "token": DeviceToken,
     "id": NotificationId,
     "service_id": ServiceId,
+    "device_token": DeviceToken,  # a query parameter (DELETE of an activity)
 }
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
 _DESCRIPTION = (
@@ -58,15 +59,17 @@ def _schemas(routes: Iterable[Route]) -> dict[str, Any]:
     return schemas
 
 
-def _parameters(path: str) -> list[dict[str, Any]]:
+def _parameters(path: str, query: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    placed = [("path", name) for name in re.findall(r"\{(\w+)\}", path)]
+    placed += [("query", name) for name in query]
     return [
         {
             "name": name,
-            "in": "path",
+            "in": where,
             "required": True,
             "schema": TypeAdapter(PATH_PARAMETERS[name]).json_schema(),
         }
-        for name in re.findall(r"\{(\w+)\}", path)
+        for where, name in placed
     ]
 
 
@@ -84,7 +87,7 @@ def _operation(route: Route) -> dict[str, Any]:
     if not route.public:
         operation["security"] = _SECURITY
         errors |= {401, 429}
-    parameters = _parameters(route.path)
+    parameters = _parameters(route.path, route.query)
     if parameters:
         operation["parameters"] = parameters
     if route.body is not None:

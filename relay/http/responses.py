@@ -204,6 +204,10 @@ class VerdictOut(Answer):
     status: int | None = Field(description="APNs' HTTP status (0: none)")
     reason: str | None = Field(description="APNs' reason")
     expires_at: str | None = Field(description="a certificate's not_after")
+    cached: bool = Field(
+        description="true: the verdict of a probe made age_s ago, answered from memory"
+    )
+    age_s: float = Field(description="seconds since the probe behind this verdict")
 
 
 class HealthOut(Answer):

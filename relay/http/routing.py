@@ -31,4 +31,5 @@ class Route:
     body: type[BaseModel] | None = None
     errors: tuple[int, ...] = ()
     public: bool = False
+    query: tuple[str, ...] = ()  # required query parameters, named as PATH_PARAMETERS names them
     links: Mapping[str, object] = field(default_factory=dict)

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from relay.config import Settings
 from relay.http.auth import Credentials, Grant
-from relay.http.limits import ApiLimits, RequestRates
+from relay.http.check_runs import CheckRuns
+from relay.http.limits import AddressRates, ApiLimits, RequestRates
 from relay.store.connection import ReplicaAcknowledgement
 from relay.store.ingest import Ingest
 from relay.store.memory import MemoryWatch
@@ -32,6 +33,9 @@ class RelayState:
     replicas: ReplicaAcknowledgement | None = None  # redis.ack_replicas: WAIT before a 2xx
     spool: Spool | None = None  # ingest.spool_dir: where pushes wait out a Redis outage
     memory: MemoryWatch | None = None  # Redis memory: the policy, the high watermark
+    checks: CheckRuns = field(default_factory=CheckRuns)  # GET /v1/apps/{app}/check
+    # Per client address: the Live Activity registrations every install of an app may make.
+    registration_rates: AddressRates = field(default_factory=AddressRates)
     rates: RequestRates = field(init=False)
     ingest: Ingest = field(init=False)
 

@@ -3,10 +3,16 @@ device's push-to-start token."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from relay.activities import ActivityTokens, LastSent, next_timestamp
-from relay.store.keys import activity_key, push_to_start_key
+from relay.store.keys import (
+    activity_dead_key,
+    activity_key,
+    push_to_start_key,
+    registrations_key,
+)
 from relay.store.queue import RelayQueue
 from relay.store.scripts import REFUSED_AT_MAXMEMORY, ScriptCall, load_script
 
@@ -18,6 +24,10 @@ PUSH_TO_START_TTL_S = 30 * 86_400
 STAMP_ATTEMPTS = 32
 ACTIVITY_STAMP = load_script("activity_stamp", REFUSED_AT_MAXMEMORY, shard_script=False)
 ACTIVITY_REGISTER = load_script("activity_register", REFUSED_AT_MAXMEMORY, shard_script=False)
+ACTIVITY_BIND = load_script("activity_bind", REFUSED_AT_MAXMEMORY, shard_script=False)
+# The two kinds of registration each app's budget counts.
+ACTIVITIES = "activities"
+PUSH_TO_START_TOKENS = "push-to-start"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +60,57 @@ class ActivityStore:
 
     async def register(
         self, app: str, service_id: str, activity_token: str, device_token: str, lifetime_s: int
-    ) -> None:
-        """Bind the service's activity to its update token for the service's lifetime."""
+    ) -> bool:
+        """Bind the service's activity to its update token, if GMS pushed the service to
+        `device_token` (False otherwise: nothing is written). The record's lifetime runs from
+        GMS's first push for the service: a registration does not extend it."""
         call = ScriptCall(
             ACTIVITY_REGISTER,
             [activity_key(app, service_id)],
             [activity_token, device_token, lifetime_s],
         )
-        await self._queue.run_scripts([call])
+        (registered,) = await self._queue.run_scripts([call])
+        return bool(registered)
 
-    async def unregister(self, app: str, service_id: str) -> bool:
-        """Forget the service's activity token (the app ended it); its last stamp stays, so a
-        late event cannot go out older than what the phone already showed."""
-        removed = await self._queue.client.hdel(
-            activity_key(app, service_id), "activity_token", "device_token"
-        )
+    async def within_budget(
+        self, app: str, kind: str, member: str, lifetime_s: int, budget: int, now_ms: int
+    ) -> bool:
+        """Count `member` among the app's live registrations of `kind` (until now + lifetime);
+        False, and nothing counted, when it is new and the app already holds `budget` of them."""
+        key = registrations_key(app, kind)
+        pipe = self._queue.client.pipeline(transaction=True)
+        pipe.zremrangebyscore(key, "-inf", now_ms)
+        pipe.zadd(key, {member: now_ms + lifetime_s * 1000})
+        pipe.zcard(key)
+        pipe.pexpire(key, lifetime_s * 1000)
+        _, added, count, _ = await pipe.execute()
+        if added and count > budget:
+            await self._queue.client.zrem(key, member)
+            return False
+        return True
+
+    async def mark_token_dead(self, app: str, token: str, ttl_s: int) -> None:
+        """APNs called a Live Activity token dead: remembered for Live Activity pushes alone (a
+        device's own token, registered as an activity token by mistake or malice, stays
+        deliverable for its alerts)."""
+        await self._queue.client.set(activity_dead_key(app, token), 1, ex=ttl_s)
+
+    async def token_dead(self, app: str, token: str) -> bool:
+        return bool(await self._queue.client.exists(activity_dead_key(app, token)))
+
+    async def bound_to(self, app: str, service_id: str, device_token: str) -> bool:
+        """Whether GMS pushed the service to `device_token` (within the service's lifetime)."""
+        bound = await self._queue.client.hget(activity_key(app, service_id), "gms_device_token")
+        return _text(bound) == device_token
+
+    async def unregister(self, app: str, service_id: str, device_token: str) -> bool:
+        """Forget the service's activity token (the app ended it), when `device_token` is the
+        device GMS pushed the service to; its last stamp stays, so a late event cannot go out
+        older than what the phone already showed."""
+        if not await self.bound_to(app, service_id, device_token):
+            return False
+        key = activity_key(app, service_id)
+        removed = await self._queue.client.hdel(key, "activity_token", "device_token")
         return bool(removed)
 
     async def drop_activity_token(self, app: str, service_id: str, activity_token: str) -> None:
@@ -82,12 +128,18 @@ class ActivityStore:
     async def drop_push_to_start(self, app: str, device_token: str) -> bool:
         return bool(await self._queue.client.delete(push_to_start_key(app, device_token)))
 
-    async def read(self, app: str, service_id: str, device_token: str) -> ActivityRecord:
-        """What is known of the service's activity and the device, in one round trip."""
-        pipe = self._queue.client.pipeline(transaction=False)
-        pipe.hmget(activity_key(app, service_id), "activity_token", "last")
-        pipe.get(push_to_start_key(app, device_token))
-        (activity_token, last), push_to_start = await pipe.execute()
+    async def bind_and_read(
+        self, app: str, service_id: str, device_token: str, lifetime_s: int
+    ) -> ActivityRecord:
+        """Remember that GMS pushed the service to `device_token` (the one device that may
+        register its activity), and read what is known of the activity and the device."""
+        bind = ScriptCall(
+            ACTIVITY_BIND, [activity_key(app, service_id)], [device_token, lifetime_s]
+        )
+        ((activity_token, last),), push_to_start = await asyncio.gather(
+            self._queue.run_scripts([bind]),
+            self._queue.client.get(push_to_start_key(app, device_token)),
+        )
         return ActivityRecord(
             ActivityTokens(_text(activity_token), _text(push_to_start)), _decode_last(last)
         )

@@ -44,9 +44,16 @@ ACK_MARK = "ack"
 # HASH "relay:{route:<app>}:route:<app>:<environment>:<endpoint>", a route's circuit
 # (relay.store.routes), shared by every worker.
 ROUTE = "route:"
-# HASH + app:service_id: activity_token, device_token, last (<event_s>:<timestamp_s>)
+# HASH + app:service_id: gms_device_token (the device GMS pushed the service to: the only one
+# that may register its activity), activity_token, device_token, last (<event_s>:<timestamp_s>)
 ACTIVITY = "activity:"
 PUSH_TO_START = "pts:"  # STRING + app:device_token: a device's push-to-start token
+# STRING + app:token: APNs called this Live Activity token (update or push-to-start) dead. Apart
+# from the device dead marks (DEAD): an activity's answer never marks a device's own token.
+ACTIVITY_DEAD = "adead:"
+# ZSET + kind:app: the app's live registrations (service ids, or device tokens for
+# push-to-start) scored by when they expire: the per-app registration budget counts them.
+REGISTRATIONS = "registrations:"
 
 # Lifetime counters the scripts keep in each shard's stats hash; the final ones are named after
 # the state they count.
@@ -121,3 +128,11 @@ def activity_key(app: str, service_id: str) -> str:
 
 def push_to_start_key(app: str, device_token: str) -> str:
     return _own_slot_key(f"{PUSH_TO_START}{app}:{device_token}")
+
+
+def activity_dead_key(app: str, token: str) -> str:
+    return _own_slot_key(f"{ACTIVITY_DEAD}{app}:{token}")
+
+
+def registrations_key(app: str, kind: str) -> str:
+    return _own_slot_key(f"{REGISTRATIONS}{kind}:{app}")

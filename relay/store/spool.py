@@ -17,6 +17,7 @@ import structlog
 
 from relay import metrics
 from relay.config import ConfigError
+from relay.logs import RepeatedCondition
 from relay.store.refusals import QueueRefusal
 from relay.store.spool_log import (
     Admission,
@@ -28,6 +29,7 @@ from relay.store.spool_log import (
 )
 
 log = structlog.get_logger("relay.spool")
+SPOOL_WRITE_FAILED = RepeatedCondition("spool_write_failed", log)
 
 LOG_FILE = "spool.log"
 LOCK_FILE = "spool.lock"
@@ -208,11 +210,12 @@ class Spool:
                     durable, self._durable = self._durable, False
                     await asyncio.to_thread(self._append, data, durable)
             except OSError as error:
-                log.error("spool_write_failed", directory=str(self.directory), error=str(error))
+                SPOOL_WRITE_FAILED.occurred(str(self.directory), error)  # a full disk: per write
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(error)
                 continue
+            SPOOL_WRITE_FAILED.cleared()
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)

@@ -89,6 +89,10 @@ def parse_redis_url(url: str) -> Topology:
     """The topology a URL names. Errors describe the part at fault, never the URL (a password)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
     if scheme in STANDALONE_SCHEMES:
+        try:  # redis-py would fail on it later, at the first connection, quoting the URL
+            _ = urlsplit(url).port
+        except ValueError:
+            raise ValueError("the URL's port must be a number from 1 to 65535") from None
         return Standalone(url)
     if scheme not in SENTINEL_SCHEMES and scheme not in CLUSTER_SCHEMES:
         allowed = sorted({*STANDALONE_SCHEMES, *SENTINEL_SCHEMES, *CLUSTER_SCHEMES})
