@@ -283,7 +283,10 @@ async def test_a_lease_run_out_but_not_claimed_again_still_settles(queue: RelayQ
     late = await claim_one(queue, T0)
     # A claim on the shard reaps the run-out lease; nobody has claimed the device again.
     await queue.claim(0, now_ms=T0 + queue.limits.lease_ms)
-    assert await state_of(queue, accepted.id) is DeliveryState.QUEUED
+    # Its holder may have sent it: possibly sent, so retrying, though no attempt was settled.
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts) == (DeliveryState.RETRYING, 0)
     await queue.settle([(late, Delivered("late"))], now_ms=T0 + queue.limits.lease_ms + 1)
     assert await state_of(queue, accepted.id) is DeliveryState.DELIVERED
     assert await queue.next_due_ms() is None
@@ -363,12 +366,42 @@ async def test_supersede_never_touches_the_notification_in_flight(queue: RelayQu
     assert (await claim_one(queue, T0 + 4)).id == newest
 
 
-async def test_superseding_the_retrying_head_makes_the_device_due_now(queue: RelayQueue) -> None:
-    await queue.enqueue(note(service_id="s1"), now_ms=T0)
+async def test_superseding_a_head_given_back_unsent_makes_the_device_due_now(
+    queue: RelayQueue,
+) -> None:
+    released = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
     claim = await claim_one(queue, T0)
-    await queue.settle([(claim, Retry("ServiceUnavailable", 60_000, 503))], now_ms=T0)
-    newer = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
-    assert (await claim_one(queue, T0 + 2)).id == newer
+    await queue.release([claim], delay_ms=60_000, now_ms=T0)
+    newer = await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)
+    assert newer.superseded == released
+    assert (await claim_one(queue, T0 + 2)).id == newer.id
+
+
+async def test_nothing_supersedes_a_notification_that_was_possibly_sent(
+    queue: RelayQueue,
+) -> None:
+    """Invariant 12: a retry, a lease that ran out, a release after the request went out."""
+    lease_ms = queue.limits.lease_ms
+    retried = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Retry("ServiceUnavailable", 2 * lease_ms, 503))], now_ms=T0)
+    run_out = (await queue.enqueue(note(TOKEN_B, service_id="s1"), now_ms=T0)).id
+    assert (await claim_one(queue, T0 + 1)).id == run_out  # and its worker dies
+    await queue.claim(0, now_ms=T0 + 1 + lease_ms)  # reaps the run-out lease
+    for token in (TOKEN_A, TOKEN_B):
+        newer = await queue.enqueue(note(token, service_id="s1"), now_ms=T0 + 2 + lease_ms)
+        assert newer.superseded is None
+    assert await state_of(queue, retried) is DeliveryState.RETRYING
+    assert await state_of(queue, run_out) is DeliveryState.RETRYING
+
+    went_out = (await queue.enqueue(note("c3" * 32, service_id="s2"), now_ms=T0 + 2 + lease_ms)).id
+    now = T0 + 3 + lease_ms
+    claims = (await queue.claim(10, now_ms=now)).claimed
+    sent = next(c for c in claims if c.id == went_out)
+    await queue.release([sent], possibly_sent=True, now_ms=now)
+    assert await state_of(queue, went_out) is DeliveryState.RETRYING
+    newer = await queue.enqueue(note("c3" * 32, service_id="s2"), now_ms=now + 1)
+    assert newer.superseded is None
 
 
 async def test_supersede_frees_room_in_a_full_device_queue(redis: aioredis.Redis) -> None:
@@ -698,6 +731,16 @@ async def test_a_line_after_a_higher_one_was_sent_is_still_pushed_after_it(
     assert await sent_in_order(queue, T0 + 6) == [one]
     totals = await queue.totals(now_ms=T0 + 6)
     assert (totals.delivered, totals.pending) == (4, 0)
+
+
+async def test_a_line_whose_lease_ran_out_is_never_overtaken(queue: RelayQueue) -> None:
+    """Invariant 12: its vanished holder may have sent it, though no attempt was settled."""
+    nine = (await queue.enqueue(chat_line(9), now_ms=T0)).id
+    await claim_one(queue, T0)  # a worker that dies with it
+    now = T0 + queue.limits.lease_ms
+    await queue.claim(0, now_ms=now)  # reaps the run-out lease
+    eight = (await queue.enqueue(chat_line(8), now_ms=now + 1)).id
+    assert await sent_in_order(queue, now + 2) == [nine, eight]
 
 
 async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: RelayQueue) -> None:

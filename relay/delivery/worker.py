@@ -106,7 +106,8 @@ class DeliveryWorker:
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
         self.on_wire: set[asyncio.Task[None]] = set()  # sends that may have reached APNs
         self.settle_buffer: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
-        self.release_buffer: list[tuple[ClaimedNotification, int]] = []
+        # (claim, due again after ms, whether its request went out: possibly sent)
+        self.release_buffer: list[tuple[ClaimedNotification, int, bool]] = []
         self._buffer_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -248,13 +249,13 @@ class DeliveryWorker:
         of its code."""
         if not tasks:
             return 0
-        claims = [self.sending[task] for task in tasks]
+        claims = [(self.sending[task], task in self.on_wire) for task in tasks]
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
         cancelled = [claim for task, claim in zip(tasks, claims, strict=True) if task.cancelled()]
-        for claim in cancelled:
-            self._release(claim, 0.0)
+        for claim, on_wire in cancelled:
+            self._release(claim, 0.0, possibly_sent=on_wire)
         return len(cancelled)
 
     # One notification
@@ -304,11 +305,12 @@ class DeliveryWorker:
         gate.probing = False
         if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
             # The route fails, not this notification: the attempt does not count, and the
-            # device waits parked until a probe finds the route working.
-            self._release(claim, 0.0)
+            # device waits parked until a probe finds the route working. It went out, so it
+            # may have reached the phone: it keeps its place (invariant 12).
+            self._release(claim, 0.0, possibly_sent=True)
         elif isinstance(outcome, PauseApp):
             self._pause(notification.app, outcome)
-            self._release(claim, self.pause_probe_s)
+            self._release(claim, self.pause_probe_s, possibly_sent=True)
         else:
             if gate.paused:
                 self._resume(notification.app)
@@ -483,9 +485,11 @@ class DeliveryWorker:
         self._buffer_ready.set()
         self._count(claim, outcome)
 
-    def _release(self, claim: ClaimedNotification, delay_s: float) -> None:
+    def _release(
+        self, claim: ClaimedNotification, delay_s: float, *, possibly_sent: bool = False
+    ) -> None:
         self._due_at(self.clock() + delay_s)
-        self.release_buffer.append((claim, int(delay_s * 1000)))
+        self.release_buffer.append((claim, int(delay_s * 1000), possibly_sent))
         self._buffer_ready.set()
 
     async def _settle_until_sends_end(self) -> None:
@@ -521,9 +525,11 @@ class DeliveryWorker:
             try:
                 if settled:
                     await self.queue.settle(settled)
-                for delay_ms in {delay for _, delay in released}:
+                for delay_ms, sent in {(delay, sent) for _, delay, sent in released}:
                     await self.queue.release(
-                        [c for c, d in released if d == delay_ms], delay_ms=delay_ms
+                        [c for c, d, s in released if (d, s) == (delay_ms, sent)],
+                        delay_ms=delay_ms,
+                        possibly_sent=sent,
                     )
             except REDIS_ERRORS as exc:
                 # Keep them: a lease that runs out meanwhile only costs a duplicate send.

@@ -180,8 +180,9 @@ class RelayQueue:
         A notification goes to the tail of its device's queue, unless it carries an order (both
         `order_group` and `order`, e.g. a chat session and a GMS transcriptPosition): then it is
         inserted before the first notification of the same device and group that has a higher
-        order and was never sent (state queued; not in flight, not retrying), so lines GMS posts
-        out of order still go out in position order. What was sent already cannot be called back:
+        order and was never possibly sent (state queued: not in flight, not retrying, no lease of
+        it ran out; invariant 12), so lines GMS posts out of order still go out in position
+        order. What was sent already cannot be called back:
         a line arriving after a higher one was sent (or is being sent, or retried) is still pushed,
         after it, never dropped. An ordered notification may thereby overtake unordered ones
         accepted before it, which is the one exception to per-device FIFO. A repeated position is
@@ -347,18 +348,26 @@ class RelayQueue:
         claims: Sequence[ClaimedNotification],
         *,
         delay_ms: int = 0,
+        possibly_sent: bool = False,
         now_ms: int | None = None,
     ) -> None:
-        """Give claims back unsent: due again after `delay_ms`, attempts unchanged."""
+        """Give claims back: due again after `delay_ms`, attempts unchanged.
+
+        `possibly_sent`: their requests were handed to the APNs connection (a route failure, a
+        pause after APNs' answer, a send cut off at shutdown), so they may have reached the phone.
+        They then keep their place for good (invariant 12: never superseded, never passed by a
+        chat line; state `retrying`). Claims that never went out return to `queued` unless they
+        were possibly sent before."""
         if not claims:
             return
         now = _now_ms(now_ms)
         calls = []
+        sent = 1 if possibly_sent else 0
         for shard, leased in self._by_shard(claims).items():
             prefix = shard_prefix(shard)
             args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
             for claim in leased:
-                args += (claim.id, claim.claim_no)
+                args += (claim.id, claim.claim_no, sent)
             calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 

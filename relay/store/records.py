@@ -28,8 +28,8 @@ class QueueLimits:
     retention_s: int = 86_400  # TTL of final notification records and idempotency keys
     lease_ms: int = 30_000  # how long a claim is held before another worker may take it
     dead_token_ttl_s: int = 30 * 86_400
-    # A newer notification for the same (device, service_id) supersedes older QUEUED/RETRYING
-    # ones (never one in flight).
+    # A newer notification for the same (device, service_id) supersedes an older QUEUED one
+    # (never one possibly sent: in flight, retrying, or whose lease ran out; invariant 12).
     supersede: bool = True
     device_full_retry_after_s: int = 30  # Retry-After for DeviceQueueFull
     pending_cap_retry_after_s: int = 60  # Retry-After for PendingCapReached

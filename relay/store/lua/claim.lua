@@ -12,7 +12,8 @@
 -- action}.
 -- Keeps: 2 (only a device's head is leased, one lease per device; a parked device keeps its place
 -- and its due time), 3 (a run-out lease is claimable again; nothing stays parked once its route
--- sends), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
+-- sends), 12 (a run-out lease's head is marked possibly_sent and is RETRYING, never QUEUED
+-- again: its holder may have sent it), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
 -- whose payload is missing is failed (MissingPayload) rather than handed out or left blocking.
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -23,9 +24,10 @@ local UNPARK_PER_CLAIM, PARK_ROUNDS = 1000, 4
 for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT', 0, ARGV[6])) do
   local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
   if head then
+    -- Its holder vanished: whether it sent is unknown, so it is possibly sent (invariant 12).
     local note = prefix .. K_NOTE .. head
-    redis.call('HSET', note, 'state', unsent_state(redis.call('HGET', note, 'attempts')),
-      'updated_at_ms', now)
+    redis.call('HSET', note, 'possibly_sent', 1)
+    redis.call('HSET', note, 'state', unsent_state(note), 'updated_at_ms', now)
   end
   rearm(prefix, device, now)
 end

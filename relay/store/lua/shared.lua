@@ -40,8 +40,14 @@ local function rearm(prefix, device, due_ms)
 end
 
 -- The state a notification returns to when its claim ends unsent (release, lease run out).
-local function unsent_state(attempts)
-  if tonumber(attempts) > 0 then
+-- Invariant 12, possibly sent keeps its place: QUEUED means never possibly sent, and only a QUEUED
+-- notification may be superseded or overtaken by a chat line (enqueue). A notification that may
+-- have reached APNs (an attempt settled, a send handed to the connection and then released, a
+-- lease that ran out with its holder's send unknown: `possibly_sent` set) is RETRYING from then
+-- on, whatever its attempts; a malformed `attempts` counts as an attempt made.
+local function unsent_state(note)
+  local seen = redis.call('HMGET', note, 'attempts', 'possibly_sent')
+  if seen[2] or (tonumber(seen[1]) or 1) > 0 then
     return STATE.RETRYING
   end
   return STATE.QUEUED
