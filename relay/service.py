@@ -313,6 +313,8 @@ async def run_relay(
             replicas=replica_acknowledgement(queue.client, settings.redis),
             spool=spool,
         )
+        if worker is not None:
+            state.extra_ready_checks.append(worker.delivery_failing)
         if spool is not None:
             replay_task = asyncio.create_task(state.ingest.replay(replay_stop))
         metrics.prime_app_series(

@@ -846,3 +846,155 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
     assert [r.id for r in probe.expired] == [stale.id]
     assert [c.id for c in probe.claimed] == [live.id]
     assert await state_of(queue, stale.id) is DeliveryState.EXPIRED
+
+
+# ---- one bad record hurts only itself (invariant 14) ----
+
+# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): the
+# fields to set (None: remove). The first ones the claim script computes with, the rest only the
+# codec checks (relay.payload.check_notification, ingest's own rules).
+CORRUPTIONS: dict[str, dict[str, str | None]] = {
+    "expires_at null": {"expires_at": None},
+    "expires_at text": {"expires_at": "soon"},
+    "attempts text": {"attempts": "x"},
+    "accepted_at_ms missing": {"accepted_at_ms": None},
+    "claim_no text": {"claim_no": "one"},
+    "app of another device": {"app": "other"},
+    "device_token missing": {"device_token": None},
+    "priority ten": {"priority": "ten"},
+    "priority 7": {"priority": "7"},
+    "push_type missing": {"push_type": None},
+    "push_type unknown": {"push_type": "text"},
+    "action climbing out": {"action": "../admin"},
+    "collapse_id padded": {"collapse_id": " x "},
+    "order text": {"order": "first"},
+}
+
+
+async def corrupt(
+    redis: aioredis.Redis, notification_id: str, fields: dict[str, str | None]
+) -> None:
+    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}n:{notification_id}"
+    for name, value in fields.items():
+        if value is None:
+            await redis.hdel(note_key, name)
+        else:
+            await redis.hset(note_key, name, value)
+
+
+async def reason_of(redis: aioredis.Redis, notification_id: str) -> tuple[str, str]:
+    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}n:{notification_id}"
+    state, reason = await redis.hmget(note_key, "state", "last_reason")
+    assert isinstance(state, bytes)
+    assert isinstance(reason, bytes)
+    return state.decode(), reason.decode()
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+async def test_a_malformed_head_is_failed_at_claim_and_the_rest_go_on(
+    redis: aioredis.Redis, queue: RelayQueue, corruption: str
+) -> None:
+    poisoned = (await queue.enqueue(note(), now_ms=T0)).id
+    behind = (await queue.enqueue(note(), now_ms=T0)).id
+    other_device = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    await corrupt(redis, poisoned, CORRUPTIONS[corruption])
+    claimed: list[str] = []
+    malformed = []
+    for now in (T0 + 1, T0 + 2):  # a head the codec refused is failed after the claim's reply
+        batch = await queue.claim(10, now_ms=now)
+        assert batch.errors == []
+        claimed += (c.id for c in batch.claimed)
+        malformed += batch.malformed
+    assert sorted(claimed) == sorted([behind, other_device])
+    assert [m.id for m in malformed] == [poisoned]
+    assert malformed[0].device == f"{APP}:{TOKEN_A}"
+    assert await reason_of(redis, poisoned) == ("failed", "MalformedRecord")
+    totals = await queue.totals(now_ms=T0 + 2)
+    assert (totals.failed, totals.pending) == (1, 2)
+
+
+async def test_a_malformed_record_behind_the_head_fails_no_enqueue(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    line = replace(note(), order_group="chat", order=5)
+    queued = (await queue.enqueue(line, now_ms=T0)).id
+    await corrupt(redis, queued, {"order": "five"})
+    earlier = await queue.enqueue(replace(line, order=3), now_ms=T0 + 1)
+    assert not earlier.duplicate
+
+
+async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    broken = (await queue.enqueue(note(), now_ms=T0)).id
+    fine = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    # A record that makes a command inside the script fail (a wrong type), which no check foresaw.
+    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
+    await redis.delete(f"{prefix}p:{broken}")
+    await redis.hset(f"{prefix}p:{broken}", "not", "a string")
+    batch = await queue.claim(10, now_ms=T0)
+    assert [c.id for c in batch.claimed] == [fine]
+    (error,) = batch.errors
+    assert (error.device, "WRONGTYPE" in error.error) == (f"{APP}:{TOKEN_A}", True)
+    # Set aside, not lost: due again a minute later, its record as it was.
+    early = await queue.claim(10, now_ms=T0 + 59_999)
+    assert broken not in {c.id for c in early.claimed}
+    assert (await queue.device(APP, TOKEN_A)).pending == 1
+    await redis.delete(f"{prefix}p:{broken}")
+    await redis.set(f"{prefix}p:{broken}", note().payload)
+    assert [c.id for c in (await queue.claim(10, now_ms=T0 + 60_000)).claimed] == [broken]
+
+
+async def test_a_script_error_on_one_shard_fails_only_that_shards_claim(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    tokens = [f"{i:02x}" * 32 for i in range(40)]
+    by_shard = {queue.shard_of(APP, token): token for token in tokens}
+    assert len(by_shard) >= 3
+    for token in by_shard.values():
+        await queue.enqueue(note(token), now_ms=T0)
+    broken_shard = min(by_shard)
+    await redis.delete(f"{shard_prefix(broken_shard)}lease")
+    await redis.set(f"{shard_prefix(broken_shard)}lease", "not a sorted set")
+    batch = await queue.claim(100, now_ms=T0)
+    assert {c.notification.device_token for c in batch.claimed} == {
+        token for shard, token in by_shard.items() if shard != broken_shard
+    }
+    assert [(e.shard, e.device) for e in batch.errors] == [(broken_shard, None)]
+
+
+async def test_one_poisoned_record_per_shard_costs_only_itself(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """Issue 27: one record with expires_at null made every claim fail, on every shard."""
+    shards = queue.limits.shards
+    tokens = [f"{i:04x}" * 16 for i in range(200)]
+    valid: set[str] = set()
+    poisoned: dict[int, str] = {}
+    kinds = list(CORRUPTIONS.values())
+    for token in tokens:
+        shard = queue.shard_of(APP, token)
+        accepted = (await queue.enqueue(note(token), now_ms=T0)).id
+        if shard not in poisoned:
+            poisoned[shard] = accepted
+            await corrupt(redis, accepted, kinds[shard % len(kinds)])
+        else:
+            valid.add(accepted)
+        valid.add((await queue.enqueue(note(token), now_ms=T0 + 1)).id)
+    assert len(poisoned) == shards
+    delivered: set[str] = set()
+    malformed: set[str] = set()
+    now = T0 + 2
+    while batch := await queue.claim(50, now_ms=now):
+        assert batch.errors == []
+        malformed |= {m.id for m in batch.malformed}
+        if not batch.claimed and not batch.malformed:
+            break
+        await queue.settle([(c, Delivered(None)) for c in batch.claimed], now_ms=now)
+        delivered |= {c.id for c in batch.claimed}
+        now += 1
+    assert delivered == valid
+    assert malformed == set(poisoned.values())
+    for notification_id in poisoned.values():
+        assert await reason_of(redis, notification_id) == ("failed", "MalformedRecord")
+    assert (await queue.totals(now_ms=now)).pending == 0

@@ -22,7 +22,7 @@ from relay import metrics
 from relay.delivery import circuit
 from relay.delivery.circuit import Circuit, CircuitPolicy
 from relay.delivery.sender import Sender
-from relay.logs import mask_token
+from relay.logs import RepeatedCondition, mask_token
 from relay.model import (
     ApnsResponse,
     ClaimedNotification,
@@ -40,6 +40,10 @@ from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
+# Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line
+# per claim.
+CLAIMS_FAILING = RepeatedCondition("claims_failing", log)
+CLAIMS_FAILING_READY_S = 10.0
 
 APNS_ID_NAMESPACE = uuid.UUID("6f0b3c2e-4a43-4b8e-9a51-2a1f0c9d7e10")
 IDLE_WAIT_MAX_S = (
@@ -109,6 +113,8 @@ class DeliveryWorker:
         # (claim, due again after ms, whether its request went out: possibly sent)
         self.release_buffer: list[tuple[ClaimedNotification, int, bool]] = []
         self._buffer_ready = asyncio.Event()
+        self._claims_failing_since: float | None = None
+        self._last_claim_error = ""
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sends_ended = asyncio.Event()
@@ -560,6 +566,41 @@ class DeliveryWorker:
         for record in batch.expired:
             metrics.NOTIFICATIONS_EXPIRED.labels(app=record.app).inc()
             log.info("notification_expired", id=record.id, app=record.app, at="claim")
+        # Invariant 14: what one bad record or script error cost is counted and said, once each.
+        for malformed in batch.malformed:
+            metrics.MALFORMED_RECORDS.labels(source="redis").inc()
+            app, _, token = malformed.device.rpartition(":")
+            log.error(
+                "malformed_record_failed",
+                id=malformed.id,
+                app=app,
+                token=mask_token(token),
+                problem=malformed.problem,
+            )
+        now = self.clock()
+        shard_failed = False
+        for error in batch.errors:
+            metrics.CLAIM_ERRORS.labels(scope="shard" if error.device is None else "device").inc()
+            CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
+            shard_failed |= error.device is None
+            self._last_claim_error = error.error
+        if shard_failed:
+            self._claims_failing_since = self._claims_failing_since or now
+        elif not batch.errors:
+            self._claims_failing_since = None
+            CLAIMS_FAILING.cleared()
+
+    def delivery_failing(self) -> str | None:
+        """Readiness: why delivery is failing, when a shard's claim has errored in every claim
+        for CLAIMS_FAILING_READY_S (a device set aside alone does not stop delivery: counted,
+        logged and alerted on, not a readiness failure)."""
+        since = self._claims_failing_since
+        if since is None or self.clock() - since < CLAIMS_FAILING_READY_S:
+            return None
+        return (
+            f"claims failing for {self.clock() - since:.0f} s: a Redis script errors on a shard"
+            f" ({self._last_claim_error})"
+        )
 
     def _log_attempt(
         self,

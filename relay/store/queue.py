@@ -20,9 +20,12 @@ from redis.asyncio.client import PubSub
 
 from relay.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
+    MalformedRecordError,
     dead_token_from,
+    device_of,
     expired_from,
     leased_from,
+    malformed_from,
     notification_pairs,
     optional_int,
     order_args,
@@ -51,9 +54,10 @@ from relay.store.keys import (
 from relay.store.records import (
     Accepted,
     ClaimBatch,
+    ClaimError,
     DeviceStatus,
-    ExpiredRecord,
     LeasedNotification,
+    MalformedRecord,
     NotificationStatus,
     QueueLimits,
     QueueTotals,
@@ -110,9 +114,13 @@ class RelayQueue:
 
     # ---- script running ----
 
-    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_scripts(
+        self, calls: Sequence[ScriptCall], *, script_errors_as_replies: bool = False
+    ) -> list[Any]:
         """Each call's reply, in one round trip (relay.store.scripts.run_scripts)."""
-        return await run_scripts(self._redis, calls)
+        return await run_scripts(
+            self._redis, calls, script_errors_as_replies=script_errors_as_replies
+        )
 
     # ---- enqueue ----
 
@@ -247,7 +255,12 @@ class RelayQueue:
 
         Every shard asked is visited in the first round trip (the ones whose share is 0 only reap
         run-out leases and say whether they have work); shards that had more than their share are
-        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all.
+
+        One bad record or script error hurts only itself (invariant 14): a head the scripts or
+        the codec find malformed is failed (MalformedRecord) and reported in `malformed`; an
+        error on one device sets it aside, and an error on a whole shard leaves that shard out,
+        both reported in `errors` while every other claim is handed out."""
         routes = routes or {}
         now = _now_ms(now_ms)
         first = self._next_first_shard
@@ -255,23 +268,65 @@ class RelayQueue:
         visit = sorted(shards) or range(self.limits.shards)
         order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
         quotas = spread(max(0, limit), order)
-        claimed: list[ClaimedNotification] = []
-        expired: list[ExpiredRecord] = []
+        batch = ClaimBatch([], [])
+        unsendable: list[tuple[int, list[Any], str]] = []  # (shard, entry, problem)
         for _ in range(MAX_CLAIM_ROUNDS):
             replies = await self.run_scripts(
-                [self._claim_call(s, quota, now, routes) for s, quota in quotas]
+                [self._claim_call(s, quota, now, routes) for s, quota in quotas],
+                script_errors_as_replies=True,
             )
             with_more = []
-            for (shard, _quota), (more, leased, finalised) in zip(quotas, replies, strict=True):
-                claimed += (leased_from(entry) for entry in leased)
-                expired += (expired_from(entry) for entry in finalised)
+            for (shard, _quota), reply in zip(quotas, replies, strict=True):
+                if isinstance(reply, Exception):
+                    batch.errors.append(ClaimError(shard, None, str(reply)))
+                    continue
+                more, leased, finalised, malformed, errors = reply
+                for entry in leased:
+                    try:
+                        batch.claimed.append(leased_from(entry))
+                    except MalformedRecordError as error:
+                        unsendable.append((shard, entry, str(error)))
+                batch.expired.extend(expired_from(entry) for entry in finalised)
+                batch.malformed.extend(
+                    malformed_from(entry, "a field the scripts compute with") for entry in malformed
+                )
+                batch.errors.extend(ClaimError(shard, text(d), text(e)) for d, e in errors)
                 if more:
                     with_more.append(shard)
-            shortfall = limit - len(claimed)
+            shortfall = limit - len(batch.claimed)
             if shortfall <= 0 or not with_more:
                 break
             quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
-        return ClaimBatch(claimed, expired)
+        if unsendable:
+            batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        return batch
+
+    async def _fail_malformed(
+        self, unsendable: Sequence[tuple[int, list[Any], str]], now_ms: int
+    ) -> list[MalformedRecord]:
+        """Fail the claimed heads the codec refused (one more round trip, only when there are
+        any): settled as failed MalformedRecord, so the device moves on to its next one."""
+        by_shard: dict[int, list[ScriptArg]] = defaultdict(list)
+        for shard, entry, _ in unsendable:
+            notification_id, claim_no = entry[0], entry[1]
+            by_shard[shard] += (notification_id, claim_no, "failed", "", "MalformedRecord")
+            by_shard[shard] += ("", "", "", "")
+        calls = []
+        for shard, claims in by_shard.items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now_ms,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+                *claims,
+            ]
+            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
+        await self.run_scripts(calls)
+        return [
+            MalformedRecord(text(entry[0]), device_of(entry), problem)
+            for _, entry, problem in unsendable
+        ]
 
     async def claim_parked(self, app: str, *, now_ms: int | None = None) -> ClaimBatch:
         """Lease the head of the device parked longest for `app` (at most one notification: a
@@ -288,11 +343,24 @@ class RelayQueue:
         prefix = shard_prefix(shard)
         keys = [*shard_keys(prefix), prefix + PARKED + app]
         args: list[ScriptArg] = [prefix, now, self.limits.lease_ms, self.limits.retention_s]
-        ((leased, finalised),) = await self.run_scripts([ScriptCall(CLAIM_PARKED, keys, args)])
-        return ClaimBatch(
-            [leased_from(entry) for entry in leased],
-            [expired_from(entry) for entry in finalised],
+        ((leased, finalised, malformed, errors),) = await self.run_scripts(
+            [ScriptCall(CLAIM_PARKED, keys, args)]
         )
+        batch = ClaimBatch(
+            [],
+            [expired_from(entry) for entry in finalised],
+            [malformed_from(entry, "a field the scripts compute with") for entry in malformed],
+            [ClaimError(shard, text(device), text(error)) for device, error in errors],
+        )
+        unsendable = []
+        for entry in leased:
+            try:
+                batch.claimed.append(leased_from(entry))
+            except MalformedRecordError as error:
+                unsendable.append((shard, entry, str(error)))
+        if unsendable:
+            batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        return batch
 
     async def parked(self, app: str) -> int:
         """How many of the app's devices are parked (its route's circuit is open)."""

@@ -4,7 +4,7 @@ of a notification's fields its record holds."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from relay.model import ClaimedNotification, DeliveryState, Notification
 
@@ -79,9 +79,31 @@ class ExpiredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedRecord:
+    """A head a claim could not send as stored (invariant 14): failed with reason
+    MalformedRecord, never handed out."""
+
+    id: str
+    device: str  # "<app>:<token>"
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimError:
+    """A script error a claim met: on one device (set aside for a while, the claim went on), or
+    on a whole shard (device None: that shard's claim failed, the other shards' did not)."""
+
+    shard: int
+    device: str | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimBatch:
     claimed: list[ClaimedNotification]  # LeasedNotification instances
     expired: list[ExpiredRecord]  # heads finalised as EXPIRED during the claim
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    errors: list[ClaimError] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

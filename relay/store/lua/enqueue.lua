@@ -75,8 +75,9 @@ local successor = false
 if order then
   for _, queued in ipairs(redis.call('LRANGE', queue, 0, -1)) do
     local other = redis.call('HMGET', prefix .. K_NOTE .. queued, 'state', 'order_group', 'order')
-    if other[1] == STATE.QUEUED and other[2] == order_group and other[3]
-        and tonumber(other[3]) > order then
+    -- tonumber: a malformed order is passed by nothing rather than failing the enqueue (14).
+    if other[1] == STATE.QUEUED and other[2] == order_group
+        and (tonumber(other[3]) or -math.huge) > order then
       successor = queued
       break
     end
