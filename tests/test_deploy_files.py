@@ -1004,6 +1004,9 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
         assert queried[rule["alert"]] == {"apns_relay_credential_expiry_timestamp_seconds"}
         assert "- time()" in rule["expr"]
     assert expiring["expr"].endswith("< 30 * 86400")
+    # Invariant 14: delivery failing on bad records or script errors is said, not waited out.
+    assert queried["ApnsRelayClaimsFailing"] == {"apns_relay_claim_errors_total"}
+    assert queried["ApnsRelayMalformedRecords"] == {"apns_relay_malformed_records_total"}
     assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
         "warning",
         "critical",

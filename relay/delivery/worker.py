@@ -113,8 +113,8 @@ class DeliveryWorker:
         # (claim, due again after ms, whether its request went out: possibly sent)
         self.release_buffer: list[tuple[ClaimedNotification, int, bool]] = []
         self._buffer_ready = asyncio.Event()
-        self._claims_failing_since: float | None = None
-        self._last_claim_error = ""
+        # Shards whose claims error: since when, and the first error (readiness).
+        self._failing_shards: dict[int, tuple[float, str]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sends_ended = asyncio.Event()
@@ -158,6 +158,7 @@ class DeliveryWorker:
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 self._count_expired(batch)
+                self._count_claim_faults(batch, every_shard=not woken)
                 for claim in batch.claimed:
                     self._launch(claim, probe=False)
                 # A claim that got all it asked for may have left more anywhere: ask everywhere.
@@ -455,6 +456,7 @@ class DeliveryWorker:
             log.warning("redis_unavailable", operation="probe", error=str(exc))
             batch = ClaimBatch([], [])
         self._count_expired(batch)
+        self._count_claim_faults(batch, every_shard=False)
         if batch.claimed:
             self._launch(batch.claimed[0], probe=True)
             return
@@ -566,7 +568,11 @@ class DeliveryWorker:
         for record in batch.expired:
             metrics.NOTIFICATIONS_EXPIRED.labels(app=record.app).inc()
             log.info("notification_expired", id=record.id, app=record.app, at="claim")
-        # Invariant 14: what one bad record or script error cost is counted and said, once each.
+
+    def _count_claim_faults(self, batch: ClaimBatch, *, every_shard: bool) -> None:
+        """Invariant 14: what one bad record or script error cost is counted and said, once
+        each. A shard whose claim errored is failing until a claim of every shard finds it well
+        (a claim of some shards says nothing of the others)."""
         for malformed in batch.malformed:
             metrics.MALFORMED_RECORDS.labels(source="redis").inc()
             app, _, token = malformed.device.rpartition(":")
@@ -578,29 +584,31 @@ class DeliveryWorker:
                 problem=malformed.problem,
             )
         now = self.clock()
-        shard_failed = False
+        failed_now = set()
         for error in batch.errors:
             metrics.CLAIM_ERRORS.labels(scope="shard" if error.device is None else "device").inc()
             CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
-            shard_failed |= error.device is None
-            self._last_claim_error = error.error
-        if shard_failed:
-            self._claims_failing_since = self._claims_failing_since or now
-        elif not batch.errors:
-            self._claims_failing_since = None
-            CLAIMS_FAILING.cleared()
+            if error.device is None:
+                failed_now.add(error.shard)
+                self._failing_shards.setdefault(error.shard, (now, error.error))
+        if every_shard:
+            for shard in set(self._failing_shards) - failed_now:
+                del self._failing_shards[shard]
+            if not batch.errors:
+                CLAIMS_FAILING.cleared()
 
     def delivery_failing(self) -> str | None:
-        """Readiness: why delivery is failing, when a shard's claim has errored in every claim
-        for CLAIMS_FAILING_READY_S (a device set aside alone does not stop delivery: counted,
+        """Readiness: why delivery is failing, when a shard's claims have errored for
+        CLAIMS_FAILING_READY_S (a device set aside alone does not stop delivery: it is counted,
         logged and alerted on, not a readiness failure)."""
-        since = self._claims_failing_since
-        if since is None or self.clock() - since < CLAIMS_FAILING_READY_S:
+        if not self._failing_shards:
             return None
-        return (
-            f"claims failing for {self.clock() - since:.0f} s: a Redis script errors on a shard"
-            f" ({self._last_claim_error})"
-        )
+        since, error = min(self._failing_shards.values())
+        failing_s = self.clock() - since
+        if failing_s < CLAIMS_FAILING_READY_S:
+            return None
+        shards = ", ".join(str(shard) for shard in sorted(self._failing_shards))
+        return f"claims failing for {failing_s:.0f} s on shard {shards}: {error}"
 
     def _log_attempt(
         self,
