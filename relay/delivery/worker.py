@@ -33,7 +33,7 @@ from relay.model import (
     PauseApp,
     Retry,
 )
-from relay.policy import RetryPolicy, classify, is_route_failure
+from relay.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
@@ -312,12 +312,13 @@ class DeliveryWorker:
         gate.probing = False
         if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
             # The route fails, not this notification: the attempt does not count, and the
-            # device waits parked until a probe finds the route working. It went out, so it
-            # may have reached the phone: it keeps its place (invariant 12).
-            self._release(claim, 0.0, possibly_sent=True)
+            # device waits parked until a probe finds the route working.
+            self._release(claim, 0.0, possibly_sent=self._maybe_delivered(task, response))
         elif isinstance(outcome, PauseApp):
             self._pause(notification.app, outcome)
-            self._release(claim, self.pause_probe_s, possibly_sent=True)
+            self._release(
+                claim, self.pause_probe_s, possibly_sent=self._maybe_delivered(task, response)
+            )
         else:
             if gate.paused:
                 self._resume(notification.app)
@@ -325,6 +326,14 @@ class DeliveryWorker:
                 client.refresh_jwt()
             self._settle(claim, outcome)
         self._log_attempt(claim, response, outcome, latency)
+
+    def _maybe_delivered(self, task: asyncio.Task[None], response: ApnsResponse) -> bool:
+        """Whether a send given back may have reached the phone (invariant 12: it then keeps its
+        place): its request went out on a connection and no answer came. An APNs answer (403,
+        429, 5xx) says it was not delivered; an unprocessed stream (above GOAWAY's
+        last_stream_id) was never handled."""
+        unanswered = response.status == TRANSPORT_FAILURE_STATUS and not response.unprocessed
+        return task in self.on_wire and unanswered
 
     # Routes: circuits shared in Redis, decided by relay.circuit.
 
