@@ -108,8 +108,12 @@ async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
                     call.script.sha, len(call.keys), *call.keys, *call.args
                 )
             ]
-        except ResponseError as error:  # NOSCRIPT, or the script's error: as a pipeline gives it
-            return [error]
+        except ResponseError as error:
+            # NOSCRIPT, or the script's own error: returned as a pipeline returns it. Anything
+            # else (the server refusing, a cluster failing over) is raised here as before.
+            if isinstance(error, NoScriptError) or is_script_error(error):
+                return [error]
+            raise
     pipe = redis.pipeline(transaction=False)
     for call in calls:
         # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
