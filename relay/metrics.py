@@ -133,6 +133,18 @@ SPOOL_NOTIFICATIONS = Gauge(
     "apns_relay_spool_notifications",
     "Notifications answered from this api's local spool and not yet stored in Redis",
 )
+MALFORMED_RECORDS = Counter(
+    "apns_relay_malformed_records_total",
+    "Records that broke ingest's rules where they were read back, quarantined or failed "
+    "(MalformedRecord) instead of sent: source spool (kept in spool.quarantine) or redis",
+    ["source"],
+)
+CLAIM_ERRORS = Counter(
+    "apns_relay_claim_errors_total",
+    "Claims that met an error in Redis's scripts, by scope: shard (the shard's claim failed; "
+    "the other shards were claimed) or device (one device set aside for a minute)",
+    ["scope"],
+)
 SPOOL_BYTES = Gauge("apns_relay_spool_bytes", "Size of this api's spool file")
 SPOOL_OLDEST_AGE = Gauge(
     "apns_relay_spool_oldest_age_seconds", "Age of the oldest notification in this api's spool"

@@ -191,31 +191,14 @@ def build_notification(
         validate_service_id(spec.service_id)
     if spec.action is not None:
         validate_action(spec.action)
-    if spec.idempotency_key is not None and not 0 < len(spec.idempotency_key) <= MAX_KEY_CHARS:
-        raise InvalidInput(
-            "idempotency_key",
-            f"must be 1 to {MAX_KEY_CHARS} characters",
-            received=shown(spec.idempotency_key),
-        )
-    push_type = spec.push_type or app.push_type
-    if push_type not in PUSH_TYPES:
-        raise InvalidInput(
-            "push_type",
-            f"must be one of {', '.join(sorted(PUSH_TYPES))}",
-            received=shown(push_type),
-        )
+    if spec.idempotency_key is not None:
+        _check_idempotency_key(spec.idempotency_key)
+    push_type = _check_push_type(spec.push_type or app.push_type)
     priority = _priority(spec, app, push_type)
     chat_event = None if spec.chat is None else spec.chat.kind.value
     app_ttl_s = app.lifetime_s(spec.action, chat_event)
     expires_at = _expires_at(spec, now_s, app_ttl_s or default_ttl_s, max_ttl_s)
-    body = _payload(spec, app, push_type)
-    limit = payload_limit(push_type)
-    if len(body) > limit:
-        raise PayloadTooLarge(
-            "payload",
-            f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
-            received=f"{len(body)} bytes",
-        )
+    body = _check_payload_size(_payload(spec, app, push_type), push_type)
     return Notification(
         app=app.name,
         device_token=token,
@@ -241,9 +224,83 @@ def _priority(spec: PushSpec, app: AppProfile, push_type: str) -> int:
         priority = BACKGROUND_PRIORITY
     else:
         priority = app.priority
-    if priority not in PRIORITIES:
+    return _check_priority(priority, push_type)
+
+
+def _check_priority(priority: object, push_type: str) -> int:
+    # bool is an int to Python (True == 1): never a priority.
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority not in PRIORITIES:
         raise InvalidInput("priority", PRIORITY_RULE, received=shown(priority))
     return check_priority(push_type, priority)
+
+
+def _check_push_type(push_type: object) -> str:
+    if not isinstance(push_type, str) or push_type not in PUSH_TYPES:
+        raise InvalidInput(
+            "push_type",
+            f"must be one of {', '.join(sorted(PUSH_TYPES))}",
+            received=shown(push_type),
+        )
+    return push_type
+
+
+def _check_idempotency_key(key: object) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_CHARS:
+        raise InvalidInput(
+            "idempotency_key", f"must be 1 to {MAX_KEY_CHARS} characters", received=shown(key)
+        )
+    return key
+
+
+def _check_payload_size(body: bytes, push_type: str) -> bytes:
+    limit = payload_limit(push_type)
+    if len(body) > limit:
+        raise PayloadTooLarge(
+            "payload",
+            f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
+            received=f"{len(body)} bytes",
+        )
+    return body
+
+
+def _check_whole_number(value: object, field_name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(field_name, "must be a whole number", received=shown(value))
+    return value
+
+
+def check_notification(n: Notification) -> Notification:
+    """`n` when it keeps the rules ingest built it by, else InvalidInput naming the first field
+    that does not: for a notification read back from somewhere it could have been damaged or
+    written by another version (the spool, Redis). The same checks as build_notification, each
+    written once; the app's name is only required to be text (which apps exist is the worker's
+    call: an unknown one fails UnknownApp), and expiry is not a fault here (claim expires it)."""
+    if not isinstance(n.app, str) or not n.app:
+        raise InvalidInput("app", "must be a non-empty string", received=shown(n.app))
+    token = _must_be_string(n.device_token, "device_token")
+    if normalize_device_token(token) != token:
+        raise InvalidInput("device_token", "must be lower-case hex", received=shown_token(token))
+    if not isinstance(n.payload, bytes):
+        raise InvalidInput("payload", "must be bytes", received=shown(type(n.payload).__name__))
+    push_type = _check_push_type(n.push_type)
+    _check_priority(n.priority, push_type)
+    _check_whole_number(n.expires_at, "expires_at")
+    _check_payload_size(n.payload, push_type)
+    if n.collapse_id is not None:
+        _check_collapse_id(_must_be_string(n.collapse_id, "collapse_id"), "collapse_id")
+    if n.service_id is not None:
+        validate_service_id(n.service_id)
+    if n.action is not None:
+        validate_action(n.action)
+    if n.idempotency_key is not None:
+        _check_idempotency_key(n.idempotency_key)
+    if n.order_group is not None:
+        _must_be_string(n.order_group, "order_group")
+    if n.order is not None:
+        _check_whole_number(n.order, "order")
+    if n.request_digest is not None:
+        _must_be_string(n.request_digest, "request_digest")
+    return n
 
 
 def _expires_at(spec: PushSpec, now_s: int, default_ttl_s: int, max_ttl_s: int) -> int:
@@ -278,6 +335,10 @@ def _collapse_id(spec: PushSpec) -> str | None:
         collapse_id, source = spec.service_id, "service_id (the default collapse id)"
     else:
         return None
+    return _check_collapse_id(collapse_id, source)
+
+
+def _check_collapse_id(collapse_id: str, source: str) -> str:
     size = len(collapse_id.encode())
     if not 0 < size <= MAX_COLLAPSE_ID_BYTES:
         raise InvalidInput(

@@ -334,6 +334,8 @@ async def run_relay(
             spool=spool,
             memory=memory,
         )
+        if worker is not None:
+            state.extra_ready_checks.append(worker.delivery_failing)
         if spool is not None:
             replay_task = asyncio.create_task(state.ingest.replay(background_stop))
         metrics.prime_app_series(

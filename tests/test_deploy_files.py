@@ -1040,6 +1040,9 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     assert queried["ApnsRelayRedisMemoryAtWatermark"] == {"apns_relay_redis_memory_watermark"}
     assert queried["ApnsRelayRedisPolicyEvicts"] == {"apns_relay_redis_maxmemory_policy_info"}
     assert queried["ApnsRelayRedisMemoryUnbounded"] == {"apns_relay_redis_memory_max_bytes"}
+    # Invariant 14: delivery failing on bad records or script errors is said, not waited out.
+    assert queried["ApnsRelayClaimsFailing"] == {"apns_relay_claim_errors_total"}
+    assert queried["ApnsRelayMalformedRecords"] == {"apns_relay_malformed_records_total"}
     assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
         "warning",
         "critical",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
+import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,8 +29,14 @@ from hostile_catalogue import (
     catalogue,
     request,
 )
-from relay_harness import relay_document, relay_processes, write_config
+from relay_harness import relay_document, relay_processes, running_relay, write_config
 from simulator import running_simulator
+
+from relay.model import Notification
+from relay.store.records import QueueLimits
+from relay.store.spool import LOG_FILE, QUARANTINE_FILE
+from relay.store.spool_log import HEADER, MAGIC, SpooledNotification, encode
+from relay_devkit.dev_mode import DEV_APP
 
 # Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
@@ -182,3 +190,65 @@ async def test_every_catalogued_bad_request_is_refused_stores_nothing_and_leaks_
     assert not [line for line in lines if line["level"] in ("error", "critical")]
     assert not [line for line in lines if "exception" in line]
     print(f"{len(cases)} cases in {elapsed:.1f} s; statuses {dict(sorted(statuses.items()))}")
+
+
+# ---- a damaged volume: the spool (issue 27) ----
+
+POISONS: list[dict[str, object]] = [
+    {"expires_at": None},
+    {"expires_at": "soon"},
+    {"priority": "ten"},
+    {"push_type": None},
+]
+
+
+async def test_a_spool_with_one_poisoned_record_per_shard_delivers_every_valid_push(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Issue 27: a spool record with a valid checksum and `expires_at` null stopped delivery on
+    every shard; `priority: "ten"` crash-looped the worker. Now each costs only itself."""
+    shards = QueueLimits().shards
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    now_ms = int(time.time() * 1000)
+    valid: dict[str, str] = {}  # token -> its push's alert
+    poisoned: dict[int, str] = {}  # shard -> the poisoned record's id
+    records: list[bytes] = []
+    n = 0
+    while len(poisoned) < shards or len(valid) < 3 * shards:
+        n += 1
+        token = f"{n:064x}"
+        shard = zlib.crc32(f"{DEV_APP}:{token}".encode()) % shards
+        spooled = SpooledNotification(
+            f"{shard:02d}-{uuid.uuid4().hex}",
+            Notification(
+                app=DEV_APP,
+                device_token=token,
+                payload=json.dumps({"aps": {"alert": f"push {n}"}}).encode(),
+                push_type="alert",
+                priority=10,
+                expires_at=now_ms // 1000 + 600,
+            ),
+            now_ms,
+        )
+        framed = encode(spooled)
+        if shard not in poisoned:
+            document = json.loads(framed[HEADER.size :])
+            document["n"].update(POISONS[shard % len(POISONS)])
+            body = json.dumps(document).encode()
+            framed = HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+            poisoned[shard] = spooled.id
+        else:
+            valid[token] = f"push {n}"
+        records.append(framed)
+    (spool_dir / LOG_FILE).write_bytes(b"".join(records))
+    async with running_relay(
+        redis_url, tmp_path, sim_options={"open_tokens": True}, ingest={"spool_dir": str(spool_dir)}
+    ) as relay:
+        sent = await relay.received(count=len(valid))
+        assert {r["token"]: r["payload"]["aps"]["alert"] for r in sent} == valid
+        assert relay.worker.delivery_failing() is None
+    quarantined = [
+        json.loads(line) for line in (spool_dir / QUARANTINE_FILE).read_bytes().splitlines()
+    ]
+    assert sorted(q["id"] for q in quarantined) == sorted(poisoned.values())

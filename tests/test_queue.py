@@ -285,7 +285,10 @@ async def test_a_lease_run_out_but_not_claimed_again_still_settles(queue: RelayQ
     late = await claim_one(queue, T0)
     # A claim on the shard reaps the run-out lease; nobody has claimed the device again.
     await queue.claim(0, now_ms=T0 + queue.limits.lease_ms)
-    assert await state_of(queue, accepted.id) is DeliveryState.QUEUED
+    # Its holder may have sent it: possibly sent, so retrying, though no attempt was settled.
+    status = await queue.get(accepted.id)
+    assert status is not None
+    assert (status.state, status.attempts) == (DeliveryState.RETRYING, 0)
     await queue.settle([(late, Delivered("late"))], now_ms=T0 + queue.limits.lease_ms + 1)
     assert await state_of(queue, accepted.id) is DeliveryState.DELIVERED
     assert await queue.next_due_ms() is None
@@ -365,12 +368,42 @@ async def test_supersede_never_touches_the_notification_in_flight(queue: RelayQu
     assert (await claim_one(queue, T0 + 4)).id == newest
 
 
-async def test_superseding_the_retrying_head_makes_the_device_due_now(queue: RelayQueue) -> None:
-    await queue.enqueue(note(service_id="s1"), now_ms=T0)
+async def test_superseding_a_head_given_back_unsent_makes_the_device_due_now(
+    queue: RelayQueue,
+) -> None:
+    released = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
     claim = await claim_one(queue, T0)
-    await queue.settle([(claim, Retry("ServiceUnavailable", 60_000, 503))], now_ms=T0)
-    newer = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
-    assert (await claim_one(queue, T0 + 2)).id == newer
+    await queue.release([claim], delay_ms=60_000, now_ms=T0)
+    newer = await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)
+    assert newer.superseded == released
+    assert (await claim_one(queue, T0 + 2)).id == newer.id
+
+
+async def test_nothing_supersedes_a_notification_that_was_possibly_sent(
+    queue: RelayQueue,
+) -> None:
+    """Invariant 12: a retry, a lease that ran out, a release after the request went out."""
+    lease_ms = queue.limits.lease_ms
+    retried = (await queue.enqueue(note(service_id="s1"), now_ms=T0)).id
+    claim = await claim_one(queue, T0)
+    await queue.settle([(claim, Retry("ServiceUnavailable", 2 * lease_ms, 503))], now_ms=T0)
+    run_out = (await queue.enqueue(note(TOKEN_B, service_id="s1"), now_ms=T0)).id
+    assert (await claim_one(queue, T0 + 1)).id == run_out  # and its worker dies
+    await queue.claim(0, now_ms=T0 + 1 + lease_ms)  # reaps the run-out lease
+    for token in (TOKEN_A, TOKEN_B):
+        newer = await queue.enqueue(note(token, service_id="s1"), now_ms=T0 + 2 + lease_ms)
+        assert newer.superseded is None
+    assert await state_of(queue, retried) is DeliveryState.RETRYING
+    assert await state_of(queue, run_out) is DeliveryState.RETRYING
+
+    went_out = (await queue.enqueue(note("c3" * 32, service_id="s2"), now_ms=T0 + 2 + lease_ms)).id
+    now = T0 + 3 + lease_ms
+    claims = (await queue.claim(10, now_ms=now)).claimed
+    sent = next(c for c in claims if c.id == went_out)
+    await queue.release([sent], possibly_sent=True, now_ms=now)
+    assert await state_of(queue, went_out) is DeliveryState.RETRYING
+    newer = await queue.enqueue(note("c3" * 32, service_id="s2"), now_ms=now + 1)
+    assert newer.superseded is None
 
 
 async def test_supersede_frees_room_in_a_full_device_queue(redis: aioredis.Redis) -> None:
@@ -702,6 +735,16 @@ async def test_a_line_after_a_higher_one_was_sent_is_still_pushed_after_it(
     assert (totals.delivered, totals.pending) == (4, 0)
 
 
+async def test_a_line_whose_lease_ran_out_is_never_overtaken(queue: RelayQueue) -> None:
+    """Invariant 12: its vanished holder may have sent it, though no attempt was settled."""
+    nine = (await queue.enqueue(chat_line(9), now_ms=T0)).id
+    await claim_one(queue, T0)  # a worker that dies with it
+    now = T0 + queue.limits.lease_ms
+    await queue.claim(0, now_ms=now)  # reaps the run-out lease
+    eight = (await queue.enqueue(chat_line(8), now_ms=now + 1)).id
+    assert await sent_in_order(queue, now + 2) == [nine, eight]
+
+
 async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: RelayQueue) -> None:
     other_session = (await queue.enqueue(chat_line(9, session="chat-2"), now_ms=T0)).id
     callback = (await queue.enqueue(note(service_id="s1"), now_ms=T0 + 1)).id
@@ -805,3 +848,153 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
     assert [r.id for r in probe.expired] == [stale.id]
     assert [c.id for c in probe.claimed] == [live.id]
     assert await state_of(queue, stale.id) is DeliveryState.EXPIRED
+
+
+# ---- one bad record hurts only itself (invariant 14) ----
+
+# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): the
+# fields to set (None: remove). The first ones the claim script computes with, the rest only the
+# codec checks (relay.payload.check_notification, ingest's own rules).
+CORRUPTIONS: dict[str, dict[str, str | None]] = {
+    "expires_at null": {"expires_at": None},
+    "expires_at text": {"expires_at": "soon"},
+    "attempts text": {"attempts": "x"},
+    "accepted_at_ms missing": {"accepted_at_ms": None},
+    "claim_no text": {"claim_no": "one"},
+    "app of another device": {"app": "other"},
+    "device_token missing": {"device_token": None},
+    "priority ten": {"priority": "ten"},
+    "priority 7": {"priority": "7"},
+    "push_type missing": {"push_type": None},
+    "push_type unknown": {"push_type": "text"},
+    "action climbing out": {"action": "../admin"},
+    "collapse_id padded": {"collapse_id": " x "},
+    "order text": {"order": "first"},
+}
+
+
+async def corrupt(
+    redis: aioredis.Redis, notification_id: str, fields: dict[str, str | None]
+) -> None:
+    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}n:{notification_id}"
+    for name, value in fields.items():
+        if value is None:
+            await redis.hdel(note_key, name)
+        else:
+            await redis.hset(note_key, name, value)
+
+
+async def reason_of(queue: RelayQueue, notification_id: str) -> tuple[str, str | None]:
+    status = await queue.get(notification_id)
+    assert status is not None
+    return status.state.value, status.last_reason
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+async def test_a_malformed_head_is_failed_at_claim_and_the_rest_go_on(
+    redis: aioredis.Redis, queue: RelayQueue, corruption: str
+) -> None:
+    poisoned = (await queue.enqueue(note(), now_ms=T0)).id
+    behind = (await queue.enqueue(note(), now_ms=T0)).id
+    other_device = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    await corrupt(redis, poisoned, CORRUPTIONS[corruption])
+    claimed: list[str] = []
+    malformed = []
+    for now in (T0 + 1, T0 + 2):  # a head the codec refused is failed after the claim's reply
+        batch = await queue.claim(10, now_ms=now)
+        assert batch.errors == []
+        claimed += (c.id for c in batch.claimed)
+        malformed += batch.malformed
+    assert sorted(claimed) == sorted([behind, other_device])
+    assert [m.id for m in malformed] == [poisoned]
+    assert malformed[0].device == f"{APP}:{TOKEN_A}"
+    assert await reason_of(queue, poisoned) == ("failed", "MalformedRecord")
+    totals = await queue.totals(now_ms=T0 + 2)
+    assert (totals.failed, totals.pending) == (1, 2)
+
+
+async def test_a_malformed_record_behind_the_head_fails_no_enqueue(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    line = replace(note(), order_group="chat", order=5)
+    queued = (await queue.enqueue(line, now_ms=T0)).id
+    await corrupt(redis, queued, {"order": "five"})
+    earlier = await queue.enqueue(replace(line, order=3), now_ms=T0 + 1)
+    assert not earlier.duplicate
+
+
+async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    broken = (await queue.enqueue(note(), now_ms=T0)).id
+    fine = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    # A record that makes a command inside the script fail (a wrong type), which no check foresaw.
+    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
+    await redis.delete(f"{prefix}p:{broken}")
+    await redis.hset(f"{prefix}p:{broken}", "not", "a string")
+    batch = await queue.claim(10, now_ms=T0)
+    assert [c.id for c in batch.claimed] == [fine]
+    (error,) = batch.errors
+    assert (error.device, "WRONGTYPE" in error.error) == (f"{APP}:{TOKEN_A}", True)
+    # Set aside, not lost: due again a minute later, its record as it was.
+    early = await queue.claim(10, now_ms=T0 + 59_999)
+    assert broken not in {c.id for c in early.claimed}
+    assert (await queue.device(APP, TOKEN_A)).pending == 1
+    await redis.delete(f"{prefix}p:{broken}")
+    await redis.set(f"{prefix}p:{broken}", note().payload)
+    assert [c.id for c in (await queue.claim(10, now_ms=T0 + 60_000)).claimed] == [broken]
+
+
+async def test_a_script_error_on_one_shard_fails_only_that_shards_claim(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    tokens = [f"{i:02x}" * 32 for i in range(40)]
+    by_shard = {queue.shard_of(APP, token): token for token in tokens}
+    assert len(by_shard) >= 3
+    for token in by_shard.values():
+        await queue.enqueue(note(token), now_ms=T0)
+    broken_shard = min(by_shard)
+    await redis.delete(f"{shard_prefix(broken_shard)}lease")
+    await redis.set(f"{shard_prefix(broken_shard)}lease", "not a sorted set")
+    batch = await queue.claim(100, now_ms=T0)
+    assert {c.notification.device_token for c in batch.claimed} == {
+        token for shard, token in by_shard.items() if shard != broken_shard
+    }
+    assert [(e.shard, e.device) for e in batch.errors] == [(broken_shard, None)]
+
+
+async def test_one_poisoned_record_per_shard_costs_only_itself(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """Issue 27: one record with expires_at null made every claim fail, on every shard."""
+    shards = queue.limits.shards
+    tokens = [f"{i:04x}" * 16 for i in range(200)]
+    valid: set[str] = set()
+    poisoned: dict[int, str] = {}
+    kinds = list(CORRUPTIONS.values())
+    for token in tokens:
+        shard = queue.shard_of(APP, token)
+        accepted = (await queue.enqueue(note(token), now_ms=T0)).id
+        if shard not in poisoned:
+            poisoned[shard] = accepted
+            await corrupt(redis, accepted, kinds[shard % len(kinds)])
+        else:
+            valid.add(accepted)
+        valid.add((await queue.enqueue(note(token), now_ms=T0 + 1)).id)
+    assert len(poisoned) == shards
+    delivered: set[str] = set()
+    malformed: set[str] = set()
+    now = T0 + 2
+    while batch := await queue.claim(50, now_ms=now):
+        assert batch.errors == []
+        malformed |= {m.id for m in batch.malformed}
+        if not batch.claimed and not batch.malformed:
+            break
+        await queue.settle([(c, Delivered(None)) for c in batch.claimed], now_ms=now)
+        delivered |= {c.id for c in batch.claimed}
+        now += 1
+    assert delivered == valid
+    assert malformed == set(poisoned.values())
+    for notification_id in poisoned.values():
+        assert await reason_of(queue, notification_id) == ("failed", "MalformedRecord")
+    assert (await queue.totals(now_ms=now)).pending == 0

@@ -3,19 +3,26 @@ transcript position), claim, settle, release and lease expiry in any order, on t
 
 The model is what the queue's contract says (RelayQueue.enqueue, claim, settle, release), written
 apart from the Lua: per device the pending ids in send order, each one's state, attempts and claim
-number, when the device is due and until when it is leased. After every step the store must agree
-with it, notification by notification and in its totals; every claim must hand out exactly the
-model's heads."""
+number, whether it was possibly sent, when the device is due and until when it is leased. After
+every step the store must agree with it, notification by notification and in its totals; every
+claim must hand out exactly the model's heads.
+
+Invariant 12, possibly sent keeps its place, is the model's own rule: a notification whose lease
+ran out, whose attempt was settled, or that was released after its request went out may have
+reached the phone, so nothing supersedes it and no chat line goes before it. The last test runs
+this machine against deliberately broken scripts and expects it to fail."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import pytest
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
@@ -28,8 +35,10 @@ from relay.model import (
     Notification,
     Retry,
 )
+from relay.store import queue as queue_module
 from relay.store.queue import RelayQueue
 from relay.store.records import LeasedNotification, QueueLimits
+from relay.store.scripts import LuaScript
 
 T0 = 1_700_000_000_000
 APP = "com.example.chat"
@@ -58,6 +67,16 @@ class Line:
     state: DeliveryState = DeliveryState.QUEUED
     attempts: int = 0
     claim_no: int = 0
+    # It may have reached the phone: a settled attempt, a lease that ran out, a release after its
+    # request went out. From then on it keeps its place (invariant 12).
+    possibly_sent: bool = False
+
+    @property
+    def may_be_passed(self) -> bool:
+        """Whether a newer notification may supersede it or a chat line go before it: only
+        while it is waiting and was never possibly sent."""
+        waiting = self.state not in FINAL_STATES and self.state is not DeliveryState.SENDING
+        return waiting and not self.possibly_sent
 
 
 @dataclass
@@ -72,7 +91,7 @@ class Model:
     retried: int = 0
 
     def unsent_state(self, line: Line) -> DeliveryState:
-        return DeliveryState.RETRYING if line.attempts else DeliveryState.QUEUED
+        return DeliveryState.RETRYING if line.possibly_sent else DeliveryState.QUEUED
 
     def rearm(self, device: str, due_ms: int) -> None:
         """The device's claim ended or its head changed: its head (if any) is due at `due_ms`."""
@@ -90,11 +109,12 @@ class Model:
 
     def reap_run_out_leases(self) -> None:
         """What every claim does first: a lease past its deadline is given up, the head due now.
-        Never settled, it is queued again, as if never sent: the store cannot tell whether the
-        vanished holder sent it, so a lower chat line accepted later may still go before it."""
+        The store cannot tell whether the vanished holder sent it, so it is possibly sent: it is
+        retrying (attempts unchanged), never superseded, never passed by a chat line."""
         for device, until in list(self.leased_until.items()):
             if until <= self.now_ms:
                 head = self.lines[self.queues[device][0]]
+                head.possibly_sent = True
                 head.state = self.unsent_state(head)
                 self.rearm(device, self.now_ms)
 
@@ -153,23 +173,20 @@ class QueueMachine(RuleBasedStateMachine):
         assert not accepted.duplicate
         queue = model.queues[device]
         newly_due = not queue
-        # Supersede: the latest one of the same service id, unless it was sent (in flight).
+        # Supersede: the latest one of the same service id, unless it is or was possibly sent.
         older = model.latest_by_service.get((device, service_id)) if service_id else None
-        if older and model.lines[older].state not in (
-            DeliveryState.QUEUED,
-            DeliveryState.RETRYING,
-        ):
+        if older and not model.lines[older].may_be_passed:
             older = None
         assert accepted.superseded == older
         if older:
             newly_due = queue[0] == older
             model.finalise(model.lines[older], DeliveryState.SUPERSEDED)
         # A chat line goes before the first line of its group with a higher position that was
-        # never sent (still queued), else at the tail.
+        # never possibly sent, else at the tail.
         passable = [
             line
             for line in map(model.lines.__getitem__, queue)
-            if chat and line.group == group and line.state is DeliveryState.QUEUED
+            if chat and line.group == group and line.may_be_passed
         ]
         successor = next(
             (line.id for line in passable if chat and (line.position or 0) > chat[1]), None
@@ -213,6 +230,7 @@ class QueueMachine(RuleBasedStateMachine):
             return  # a stale result: the store must have ignored it (the invariants check)
         line = model.lines[claim.id]
         line.attempts += 1
+        line.possibly_sent = True
         if kind == "retry":
             line.claim_no += 1
             line.state = DeliveryState.RETRYING
@@ -224,15 +242,20 @@ class QueueMachine(RuleBasedStateMachine):
         model.finalise(line, DeliveryState(kind))
         model.rearm(line.device, model.now_ms)
 
-    @rule(which=st.integers(0, 3), delay_ms=st.sampled_from([0, 500]))
-    def release(self, which: int, delay_ms: int) -> None:
+    @rule(which=st.integers(0, 3), delay_ms=st.sampled_from([0, 500]), went_out=st.booleans())
+    def release(self, which: int, delay_ms: int, went_out: bool) -> None:
         if not self.held:
             return
         model = self.model
         claim = self.held.pop(-1 - which % len(self.held))
-        self.run(self.queue.release([claim], delay_ms=delay_ms, now_ms=model.now_ms))
+        self.run(
+            self.queue.release(
+                [claim], delay_ms=delay_ms, possibly_sent=went_out, now_ms=model.now_ms
+            )
+        )
         if model.stands(claim):
             line = model.lines[claim.id]
+            line.possibly_sent |= went_out
             line.claim_no += 1
             line.state = model.unsent_state(line)
             model.rearm(line.device, model.now_ms + delay_ms)
@@ -317,17 +340,68 @@ class QueueMachine(RuleBasedStateMachine):
             assert getattr(totals, state.value) == model.count(state), state
 
 
-def test_the_queue_behaves_as_its_model_under_any_sequence_of_operations(redis_url: str) -> None:
+SETTINGS = settings(
+    max_examples=150,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+# Against a broken script only "does it fail" matters: no shrinking, nothing saved for replay,
+# and the same sequences every run (derandomized), so a catch is not left to luck.
+BREAK_SETTINGS = settings(
+    SETTINGS,
+    max_examples=300,
+    phases=[Phase.explicit, Phase.generate],
+    database=None,
+    derandomize=True,
+)
+
+
+def run_machine(redis_url: str, machine_settings: settings) -> None:
     class OnThisServer(QueueMachine):
         def __init__(self) -> None:
             super().__init__(redis_url)
 
-    run_state_machine_as_test(
-        OnThisServer,
-        settings=settings(
-            max_examples=150,
-            stateful_step_count=40,
-            deadline=None,
-            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-        ),
-    )
+    run_state_machine_as_test(OnThisServer, settings=machine_settings)
+
+
+def test_the_queue_behaves_as_its_model_under_any_sequence_of_operations(redis_url: str) -> None:
+    run_machine(redis_url, SETTINGS)
+
+
+# Deliberate breaks of invariant 12, each as the scripts were (or could easily become): the model
+# must catch every one. (script name, shared.lua helpers too, the text replaced, its replacement)
+BREAKS = {
+    "a run-out lease is queued again when no attempt was settled": (
+        "claim",
+        "redis.call('HSET', note, 'possibly_sent', 1)\n",
+        "",
+    ),
+    "a retrying notification may be superseded": (
+        "enqueue",
+        "if state ~= STATE.QUEUED then",
+        "if state ~= STATE.QUEUED and state ~= STATE.RETRYING then",
+    ),
+    "a chat line may go before one whose request went out and was released": (
+        "release",
+        "if ARGV[i + 2] == '1' then",
+        "if false then",
+    ),
+}
+
+
+def broken(name: str, text: str, replacement: str) -> LuaScript:
+    script: LuaScript = getattr(queue_module, name.upper())
+    assert script.source.count(text) == 1, f"{name}.lua changed: the break no longer applies"
+    source = script.source.replace(text, replacement)
+    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+@pytest.mark.parametrize("break_name", BREAKS)
+def test_the_model_catches_a_deliberate_break_of_possibly_sent_keeps_its_place(
+    redis_url: str, break_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name, text, replacement = BREAKS[break_name]
+    monkeypatch.setattr(queue_module, name.upper(), broken(name, text, replacement))
+    with pytest.raises(AssertionError):
+        run_machine(redis_url, BREAK_SETTINGS)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import multiprocessing
 import multiprocessing.synchronize
+import tracemalloc
 import zlib
 from pathlib import Path
 
+import orjson
 import pytest
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -16,16 +20,18 @@ from relay.config import ConfigError
 from relay.model import Notification
 from relay.store.errors import vanished_as_unreachable, vanished_connection
 from relay.store.ingest import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
-from relay.store.spool import LOG_FILE, Spool, SpoolFull
+from relay.store.spool import LOG_FILE, QUARANTINE_FILE, Spool, SpoolFull
 from relay.store.spool_log import (
     HEADER,
     MAGIC,
+    READ_BYTES,
     Admission,
     Replayed,
     SpooledNotification,
     SpoolLedger,
     encode,
     scan,
+    scan_file,
 )
 
 
@@ -43,6 +49,10 @@ def notification(device: int = 1, n: int = 0, key: str | None = None) -> Notific
         order_group="g" if n else None,
         order=n or None,
     )
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def spooled(device: int = 1, n: int = 0, key: str | None = None) -> SpooledNotification:
@@ -80,13 +90,93 @@ def test_a_damaged_record_in_the_middle_is_skipped_and_the_next_one_found(where:
     assert found.good_end == sum(map(len, framed))
 
 
-def test_a_checksummed_body_that_is_not_a_record_is_damage() -> None:
-    body = b'{"k":"n","id":"x"}'  # a valid frame, missing the notification
-    framed = HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+def frame(document: object) -> bytes:
+    """A record with a valid frame and checksum around any JSON body."""
+    body = orjson.dumps(document)
+    return HEADER.pack(MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def spooled_document(**changed: object) -> dict[str, object]:
+    """spooled()'s record as the spool writes it, with some of its notification's fields
+    changed (a value of REMOVED leaves the field out)."""
+    document = orjson.loads(encode(spooled())[HEADER.size :])
+    for name, value in changed.items():
+        if value is REMOVED:
+            del document["n"][name]
+        else:
+            document["n"][name] = value
+    assert isinstance(document, dict)
+    return document
+
+
+REMOVED = object()
+
+# Every field of a spooled notification wrong in type (and a few wrong in value), each with the
+# field its problem must name.
+WRONG_FIELDS = [
+    ("app", 5),
+    ("app", None),
+    ("device_token", 12),
+    ("device_token", "AB" * 32),
+    ("device_token", REMOVED),
+    ("payload", 5),
+    ("payload", "not base64!"),
+    ("push_type", None),
+    ("push_type", REMOVED),
+    ("push_type", "text"),
+    ("priority", "ten"),
+    ("priority", 7),
+    ("priority", True),
+    ("expires_at", None),
+    ("expires_at", "soon"),
+    ("expires_at", 1.5),
+    ("collapse_id", 7),
+    ("collapse_id", " padded"),
+    ("service_id", []),
+    ("service_id", ""),
+    ("action", {}),
+    ("action", "../up"),
+    ("idempotency_key", 3),
+    ("order_group", 1),
+    ("order", "1"),
+    ("request_digest", 2),
+    ("unknown_field", 1),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), WRONG_FIELDS)
+def test_a_checksummed_record_with_a_field_wrong_is_quarantined_not_replayed(
+    name: str, value: object
+) -> None:
+    bad = frame(spooled_document(**{name: value}))
+    before, after = spooled(1, 1), spooled(2, 2)
+    found = scan(encode(before) + bad + encode(after))
+    assert [r for r, _ in found.records] == [before, after]
+    assert found.damaged_bytes == 0
+    (quarantined,) = found.quarantined
+    assert quarantined.id == spooled().id
+    assert quarantined.body == bad[HEADER.size :]
+    assert name in quarantined.problem, quarantined
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"k": "n", "id": "x"},  # an id the queue never makes, no notification
+        {"k": "n", "id": "00-ab", "at": "then", "n": {}},
+        {"k": "n", "id": "00-ab", "at": 1},
+        {"k": "d", "id": 7},
+        {"k": "z", "id": "00-ab"},
+        [1, 2],
+        "text",
+    ],
+)
+def test_a_checksummed_body_that_is_not_a_record_is_quarantined(document: object) -> None:
     good = encode(spooled())
-    found = scan(framed + good)
+    found = scan(frame(document) + good)
     assert [r.id for r, _ in found.records] == [spooled().id]
-    assert found.damaged_bytes == len(framed)
+    assert found.damaged_bytes == 0
+    assert len(found.quarantined) == 1
 
 
 def test_garbage_only_yields_nothing() -> None:
@@ -209,6 +299,63 @@ async def test_spool_survives_reopen_and_cuts_a_torn_tail(tmp_path: Path) -> Non
     assert list(again.ledger.pending) == [spooled(1, n).id for n in (1, 2, 3)]
     assert scan((tmp_path / LOG_FILE).read_bytes()).damaged_bytes == 0
     await again.close()
+
+
+async def test_a_poisoned_record_is_quarantined_once_at_open_and_the_rest_kept(
+    tmp_path: Path,
+) -> None:
+    good = [spooled(1, 1), spooled(2, 1)]
+    poisoned = frame(spooled_document(expires_at=None))
+    (tmp_path / LOG_FILE).write_bytes(encode(good[0]) + poisoned + encode(good[1]))
+    counted = metric("apns_relay_malformed_records_total", source="spool")
+    spool = Spool.open(tmp_path, 1 << 20, 100)
+    assert list(spool.ledger.pending) == [r.id for r in good]
+    await spool.close()
+    (line,) = (tmp_path / QUARANTINE_FILE).read_bytes().splitlines()
+    kept = orjson.loads(line)
+    assert (kept["id"], base64.b64decode(kept["body"])) == (spooled().id, poisoned[HEADER.size :])
+    assert "expires_at" in kept["problem"]
+    assert metric("apns_relay_malformed_records_total", source="spool") == counted + 1
+    # The spool file no longer holds it: the next start neither quarantines nor counts it again.
+    assert scan((tmp_path / LOG_FILE).read_bytes()).quarantined == []
+    again = Spool.open(tmp_path, 1 << 20, 100)
+    assert list(again.ledger.pending) == [r.id for r in good]
+    assert again.ledger.file_bytes == (tmp_path / LOG_FILE).stat().st_size
+    await again.close()
+    assert len((tmp_path / QUARANTINE_FILE).read_bytes().splitlines()) == 1
+    assert metric("apns_relay_malformed_records_total", source="spool") == counted + 1
+
+
+def test_a_huge_sparse_spool_file_is_scanned_in_bounded_memory(tmp_path: Path) -> None:
+    """Issue 27: a 2 GiB sparse file took 2.1 GB to open. The scan streams it in chunks."""
+    path = tmp_path / LOG_FILE
+    record = spooled()
+    with path.open("wb") as file:
+        file.write(encode(spooled(9, 9)))
+        file.seek(256 << 20)  # a 256 MiB hole: zeros, no magic
+        file.write(encode(record))
+    tracemalloc.start()
+    try:
+        with path.open("rb") as file:
+            found = scan_file(file)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [r for r, _ in found.records] == [spooled(9, 9), record]
+    assert found.damaged_bytes == (256 << 20) - len(encode(spooled(9, 9)))
+    assert peak < 8 * READ_BYTES, f"peak {peak} bytes"
+
+
+def test_a_magic_across_two_chunks_is_found(tmp_path: Path) -> None:
+    path = tmp_path / LOG_FILE
+    record = spooled()
+    with path.open("wb") as file:
+        file.write(b"\x00" * (READ_BYTES - 2))  # the magic starts 2 bytes before a chunk's end
+        file.write(encode(record))
+    with path.open("rb") as file:
+        found = scan_file(file)
+    assert [r for r, _ in found.records] == [record]
+    assert found.damaged_bytes == READ_BYTES - 2
 
 
 async def test_an_emptied_spool_starts_again_from_an_empty_file(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ import redis.asyncio as aioredis
 from eventually import eventually
 
 from relay.delivery.sender import Sender
-from relay.delivery.worker import DUE_REREAD_S, DeliveryWorker
+from relay.delivery.worker import CLAIMS_FAILING_READY_S, DUE_REREAD_S, DeliveryWorker
 from relay.model import ApnsResponse, DeliveryState, Notification, Route
 from relay.policy import RetryPolicy
+from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import NotificationStatus, QueueLimits
 from relay.store.refusals import DeadToken
@@ -217,3 +218,36 @@ async def test_a_trickle_of_pushes_costs_no_due_time_read_per_push(
         await running
     # About one read per DUE_REREAD_S, and one more after each wait that found its time passed.
     assert reads <= 3 + 2 * elapsed / DUE_REREAD_S, (reads, elapsed)
+
+
+async def test_a_shard_whose_claims_fail_is_reported_by_readiness_while_the_rest_deliver(
+    redis: aioredis.Redis,
+) -> None:
+    """Issue 27: a claim script failing on every shard left /readyz ready and the log saying
+    only redis_unavailable. Now a failing shard costs only its own devices, and says so."""
+    queue = RelayQueue(redis, QueueLimits(shards=4))
+    tokens = {queue.shard_of(APP, f"{n:064x}"): f"{n:064x}" for n in range(40)}
+    assert len(tokens) == 4
+    ids = {
+        shard: (await queue.enqueue(replace(notification(), device_token=token))).id
+        for shard, token in tokens.items()
+    }
+    broken_lease = shard_prefix(0) + "lease"
+    await redis.set(broken_lease, "not a sorted set")  # every claim script on shard 0 errors
+    sender = ScriptedSender([ok()])
+    skew = [0.0]
+    worker = DeliveryWorker(queue, {APP: sender}, clock=lambda: time.time() + skew[0])
+    running = asyncio.create_task(worker.run(grace_s=1))
+    try:
+        await eventually(lambda: len(sender.sent) == 3, what="the three sound shards delivered")
+        assert worker.delivery_failing() is None  # not for long enough yet
+        skew[0] = CLAIMS_FAILING_READY_S + 1
+        reason = await eventually(worker.delivery_failing, what="readiness says claims fail")
+        assert "shard 0" in reason
+        assert "WRONGTYPE" in reason
+        await redis.delete(broken_lease)
+        await settled(queue, ids[0], lambda s: s.state is DeliveryState.DELIVERED)
+        await eventually(lambda: worker.delivery_failing() is None, what="readiness again")
+    finally:
+        worker.stop()
+        await running

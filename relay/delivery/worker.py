@@ -22,7 +22,7 @@ from relay.activities import without_device_dead_mark
 from relay.delivery import circuit
 from relay.delivery.circuit import Circuit, CircuitPolicy
 from relay.delivery.sender import Sender
-from relay.logs import mask_token
+from relay.logs import RepeatedCondition, mask_token
 from relay.model import (
     ApnsResponse,
     ClaimedNotification,
@@ -35,7 +35,7 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.policy import RetryPolicy, classify, is_route_failure
+from relay.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
@@ -43,6 +43,10 @@ from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore, StoredCircuit
 
 log = structlog.get_logger("relay.worker")
+# Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line
+# per claim.
+CLAIMS_FAILING = RepeatedCondition("claims_failing", log)
+CLAIMS_FAILING_READY_S = 10.0
 
 IDLE_WAIT_MAX_S = (
     1.0  # an idle worker still claims once a second: that is when expired leases return
@@ -103,8 +107,11 @@ class DeliveryWorker:
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
         self.on_wire: set[asyncio.Task[None]] = set()  # sends that may have reached APNs
         self.settle_buffer: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
-        self.release_buffer: list[tuple[ClaimedNotification, int]] = []
+        # (claim, due again after ms, whether its request went out: possibly sent)
+        self.release_buffer: list[tuple[ClaimedNotification, int, bool]] = []
         self._buffer_ready = asyncio.Event()
+        # Shards whose claims error: since when, and the first error (readiness).
+        self._failing_shards: dict[int, tuple[float, str]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sends_ended = asyncio.Event()
@@ -148,6 +155,7 @@ class DeliveryWorker:
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 self._count_expired(batch)
+                self._count_claim_faults(batch, every_shard=not woken)
                 for claim in batch.claimed:
                     self._launch(claim, probe=False)
                 # A claim that got all it asked for may have left more anywhere: ask everywhere.
@@ -245,13 +253,13 @@ class DeliveryWorker:
         of its code."""
         if not tasks:
             return 0
-        claims = [self.sending[task] for task in tasks]
+        claims = [(self.sending[task], task in self.on_wire) for task in tasks]
         for task in tasks:
             task.cancel()
         await asyncio.wait(tasks)
         cancelled = [claim for task, claim in zip(tasks, claims, strict=True) if task.cancelled()]
-        for claim in cancelled:
-            self._release(claim, 0.0)
+        for claim, on_wire in cancelled:
+            self._release(claim, 0.0, possibly_sent=on_wire)
         return len(cancelled)
 
     # One notification
@@ -302,10 +310,12 @@ class DeliveryWorker:
         if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
             # The route fails, not this notification: the attempt does not count, and the
             # device waits parked until a probe finds the route working.
-            self._release(claim, 0.0)
+            self._release(claim, 0.0, possibly_sent=self._maybe_delivered(task, response))
         elif isinstance(outcome, PauseApp):
             self._pause(notification.app, outcome)
-            self._release(claim, self.pause_probe_s)
+            self._release(
+                claim, self.pause_probe_s, possibly_sent=self._maybe_delivered(task, response)
+            )
         else:
             if gate.paused:
                 self._resume(notification.app)
@@ -326,6 +336,14 @@ class DeliveryWorker:
             )
         except REDIS_ERRORS as exc:
             REDIS_UNAVAILABLE.occurred("activity_token_dead", exc)
+
+    def _maybe_delivered(self, task: asyncio.Task[None], response: ApnsResponse) -> bool:
+        """Whether a send given back may have reached the phone (invariant 12: it then keeps its
+        place): its request went out on a connection and no answer came. An APNs answer (403,
+        429, 5xx) says it was not delivered; an unprocessed stream (above GOAWAY's
+        last_stream_id) was never handled."""
+        unanswered = response.status == TRANSPORT_FAILURE_STATUS and not response.unprocessed
+        return task in self.on_wire and unanswered
 
     # Routes: circuits shared in Redis, decided by relay.circuit.
 
@@ -457,6 +475,7 @@ class DeliveryWorker:
             log.warning("redis_unavailable", operation="probe", error=str(exc))
             batch = ClaimBatch([], [])
         self._count_expired(batch)
+        self._count_claim_faults(batch, every_shard=False)
         if batch.claimed:
             self._launch(batch.claimed[0], probe=True)
             return
@@ -493,9 +512,11 @@ class DeliveryWorker:
         self._buffer_ready.set()
         self._count(claim, outcome)
 
-    def _release(self, claim: ClaimedNotification, delay_s: float) -> None:
+    def _release(
+        self, claim: ClaimedNotification, delay_s: float, *, possibly_sent: bool = False
+    ) -> None:
         self._due_at(self.clock() + delay_s)
-        self.release_buffer.append((claim, int(delay_s * 1000)))
+        self.release_buffer.append((claim, int(delay_s * 1000), possibly_sent))
         self._buffer_ready.set()
 
     async def _settle_until_sends_end(self) -> None:
@@ -531,9 +552,11 @@ class DeliveryWorker:
             try:
                 if settled:
                     await self.queue.settle(settled)
-                for delay_ms in {delay for _, delay in released}:
+                for delay_ms, sent in {(delay, sent) for _, delay, sent in released}:
                     await self.queue.release(
-                        [c for c, d in released if d == delay_ms], delay_ms=delay_ms
+                        [c for c, d, s in released if (d, s) == (delay_ms, sent)],
+                        delay_ms=delay_ms,
+                        possibly_sent=sent,
                     )
             except REDIS_ERRORS as exc:
                 # Keep them: a lease that runs out meanwhile only costs a duplicate send.
@@ -564,6 +587,47 @@ class DeliveryWorker:
         for record in batch.expired:
             metrics.NOTIFICATIONS_EXPIRED.labels(app=record.app).inc()
             log.info("notification_expired", id=record.id, app=record.app, at="claim")
+
+    def _count_claim_faults(self, batch: ClaimBatch, *, every_shard: bool) -> None:
+        """Invariant 14: what one bad record or script error cost is counted and said, once
+        each. A shard whose claim errored is failing until a claim of every shard finds it well
+        (a claim of some shards says nothing of the others)."""
+        for malformed in batch.malformed:
+            metrics.MALFORMED_RECORDS.labels(source="redis").inc()
+            app, _, token = malformed.device.rpartition(":")
+            log.error(
+                "malformed_record_failed",
+                id=malformed.id,
+                app=app,
+                token=mask_token(token),
+                problem=malformed.problem,
+            )
+        now = self.clock()
+        failed_now = set()
+        for error in batch.errors:
+            metrics.CLAIM_ERRORS.labels(scope="shard" if error.device is None else "device").inc()
+            CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
+            if error.device is None:
+                failed_now.add(error.shard)
+                self._failing_shards.setdefault(error.shard, (now, error.error))
+        if every_shard:
+            for shard in set(self._failing_shards) - failed_now:
+                del self._failing_shards[shard]
+            if not batch.errors:
+                CLAIMS_FAILING.cleared()
+
+    def delivery_failing(self) -> str | None:
+        """Readiness: why delivery is failing, when a shard's claims have errored for
+        CLAIMS_FAILING_READY_S (a device set aside alone does not stop delivery: it is counted,
+        logged and alerted on, not a readiness failure)."""
+        if not self._failing_shards:
+            return None
+        since, error = min(self._failing_shards.values())
+        failing_s = self.clock() - since
+        if failing_s < CLAIMS_FAILING_READY_S:
+            return None
+        shards = ", ".join(str(shard) for shard in sorted(self._failing_shards))
+        return f"claims failing for {failing_s:.0f} s on shard {shards}: {error}"
 
     def _log_attempt(
         self,

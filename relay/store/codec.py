@@ -11,16 +11,20 @@ from relay.model import (
     DeliveryState,
     Expired,
     Failed,
+    InvalidInput,
     Notification,
     PauseApp,
     Retry,
     apns_id_for,
 )
+from relay.payload import check_notification
+from relay.quoting import shown
 from relay.store.records import (
     NOTIFICATION_FIELDS,
     DeadTokenRecord,
     ExpiredRecord,
     LeasedNotification,
+    MalformedRecord,
     NotificationStatus,
 )
 from relay.store.scripts import ScriptArg
@@ -53,9 +57,22 @@ _NOTIFICATION_DECODERS = {
 }
 
 
+class MalformedRecordError(ValueError):
+    """A record read from Redis that breaks ingest's rules (invariant 14); says which field."""
+
+
+def _decoded(name: str, value: bytes | str) -> Any:
+    try:
+        return _NOTIFICATION_DECODERS[name](value)
+    except ValueError:  # int() of text, or bytes that are not UTF-8
+        rule = "must be a whole number" if _NOTIFICATION_DECODERS[name] is int else "must be text"
+        raise InvalidInput(name, rule, received=shown(value)) from None
+
+
 def notification_from(payload: bytes, values: Sequence[bytes | str | None]) -> Notification:
+    """The Notification a record's fields hold, as stored: not checked (see leased_from)."""
     decoded: dict[str, Any] = {
-        name: None if value is None else _NOTIFICATION_DECODERS[name](value)
+        name: None if value is None else _decoded(name, value)
         for name, value in zip(NOTIFICATION_FIELDS, values, strict=True)
     }
     return Notification(payload=payload, **decoded)
@@ -102,16 +119,38 @@ def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[Script
 
 
 def leased_from(entry: list[Any]) -> LeasedNotification:
+    """A claimed head as the worker gets it, checked by ingest's rules
+    (relay.payload.check_notification); MalformedRecordError naming the field when it breaks
+    them (another version wrote it, a bug, a hand edit). claim.lua has checked what it computes
+    with (expires_at, attempts, the times, app and token), so those parse."""
     notification_id, claim_no, payload, *values = entry
     attempts, accepted_at_ms, updated_at_ms = values[len(NOTIFICATION_FIELDS) :]
+    try:
+        notification = notification_from(payload, values[: len(NOTIFICATION_FIELDS)])
+        check_notification(notification)
+    except InvalidInput as error:
+        raise MalformedRecordError(str(error)) from None
     return LeasedNotification(
         id=text(notification_id),
-        notification=notification_from(payload, values[: len(NOTIFICATION_FIELDS)]),
+        notification=notification,
         attempts=int(attempts),
         accepted_at_ms=int(accepted_at_ms),
         waiting_since_ms=int(updated_at_ms),
         claim_no=int(claim_no),
     )
+
+
+def device_of(entry: list[Any]) -> str:
+    """The "<app>:<token>" of a claimed head (claim.lua checked both are there and match)."""
+    values = entry[3:]
+    app = values[NOTIFICATION_FIELDS.index("app")]
+    token = values[NOTIFICATION_FIELDS.index("device_token")]
+    return f"{text(app)}:{text(token)}"
+
+
+def malformed_from(entry: list[Any], problem: str) -> MalformedRecord:
+    notification_id, device = entry
+    return MalformedRecord(text(notification_id), text(device), problem)
 
 
 def expired_from(entry: list[Any]) -> ExpiredRecord:

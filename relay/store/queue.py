@@ -19,9 +19,12 @@ from redis.asyncio.client import PubSub
 
 from relay.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
+    MalformedRecordError,
     dead_token_from,
+    device_of,
     expired_from,
     leased_from,
+    malformed_from,
     notification_pairs,
     optional_int,
     order_args,
@@ -60,9 +63,10 @@ from relay.store.keys import (
 from relay.store.records import (
     Accepted,
     ClaimBatch,
+    ClaimError,
     DeviceStatus,
-    ExpiredRecord,
     LeasedNotification,
+    MalformedRecord,
     NoLongerRetained,
     NotificationStatus,
     QueueLimits,
@@ -121,9 +125,13 @@ class RelayQueue:
 
     # ---- script running ----
 
-    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[Any]:
+    async def run_scripts(
+        self, calls: Sequence[ScriptCall], *, script_errors_as_replies: bool = False
+    ) -> list[Any]:
         """Each call's reply, in one round trip (relay.store.scripts.run_scripts)."""
-        return await run_scripts(self._redis, calls)
+        return await run_scripts(
+            self._redis, calls, script_errors_as_replies=script_errors_as_replies
+        )
 
     # ---- enqueue ----
 
@@ -191,8 +199,9 @@ class RelayQueue:
         A notification goes to the tail of its device's queue, unless it carries an order (both
         `order_group` and `order`, e.g. a chat session and a GMS transcriptPosition): then it is
         inserted before the first notification of the same device and group that has a higher
-        order and was never sent (state queued; not in flight, not retrying), so lines GMS posts
-        out of order still go out in position order. What was sent already cannot be called back:
+        order and was never possibly sent (state queued: not in flight, not retrying, no lease of
+        it ran out; invariant 12), so lines GMS posts out of order still go out in position
+        order. What was sent already cannot be called back:
         a line arriving after a higher one was sent (or is being sent, or retried) is still pushed,
         after it, never dropped. An ordered notification may thereby overtake unordered ones
         accepted before it, which is the one exception to per-device FIFO. A repeated position is
@@ -257,7 +266,12 @@ class RelayQueue:
 
         Every shard asked is visited in the first round trip (the ones whose share is 0 only reap
         run-out leases and say whether they have work); shards that had more than their share are
-        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all."""
+        asked again for the shortfall, at most MAX_CLAIM_ROUNDS round trips in all.
+
+        One bad record or script error hurts only itself (invariant 14): a head the scripts or
+        the codec find malformed is failed (MalformedRecord) and reported in `malformed`; an
+        error on one device sets it aside, and an error on a whole shard leaves that shard out,
+        both reported in `errors` while every other claim is handed out."""
         routes = routes or {}
         now = _now_ms(now_ms)
         first = self._next_first_shard
@@ -265,23 +279,65 @@ class RelayQueue:
         visit = sorted(shards) or range(self.limits.shards)
         order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
         quotas = spread(max(0, limit), order)
-        claimed: list[ClaimedNotification] = []
-        expired: list[ExpiredRecord] = []
+        batch = ClaimBatch([], [])
+        unsendable: list[tuple[int, list[Any], str]] = []  # (shard, entry, problem)
         for _ in range(MAX_CLAIM_ROUNDS):
             replies = await self.run_scripts(
-                [self._claim_call(s, quota, now, routes) for s, quota in quotas]
+                [self._claim_call(s, quota, now, routes) for s, quota in quotas],
+                script_errors_as_replies=True,
             )
             with_more = []
-            for (shard, _quota), (more, leased, finalised) in zip(quotas, replies, strict=True):
-                claimed += (leased_from(entry) for entry in leased)
-                expired += (expired_from(entry) for entry in finalised)
+            for (shard, _quota), reply in zip(quotas, replies, strict=True):
+                if isinstance(reply, Exception):
+                    batch.errors.append(ClaimError(shard, None, str(reply)))
+                    continue
+                more, leased, finalised, malformed, errors = reply
+                for entry in leased:
+                    try:
+                        batch.claimed.append(leased_from(entry))
+                    except MalformedRecordError as error:
+                        unsendable.append((shard, entry, str(error)))
+                batch.expired.extend(expired_from(entry) for entry in finalised)
+                batch.malformed.extend(
+                    malformed_from(entry, "a field the scripts compute with") for entry in malformed
+                )
+                batch.errors.extend(ClaimError(shard, text(d), text(e)) for d, e in errors)
                 if more:
                     with_more.append(shard)
-            shortfall = limit - len(claimed)
+            shortfall = limit - len(batch.claimed)
             if shortfall <= 0 or not with_more:
                 break
             quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
-        return ClaimBatch(claimed, expired)
+        if unsendable:
+            batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        return batch
+
+    async def _fail_malformed(
+        self, unsendable: Sequence[tuple[int, list[Any], str]], now_ms: int
+    ) -> list[MalformedRecord]:
+        """Fail the claimed heads the codec refused (one more round trip, only when there are
+        any): settled as failed MalformedRecord, so the device moves on to its next one."""
+        by_shard: dict[int, list[ScriptArg]] = defaultdict(list)
+        for shard, entry, _ in unsendable:
+            notification_id, claim_no = entry[0], entry[1]
+            by_shard[shard] += (notification_id, claim_no, "failed", "", "MalformedRecord")
+            by_shard[shard] += ("", "", "", "")
+        calls = []
+        for shard, claims in by_shard.items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now_ms,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+                *claims,
+            ]
+            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
+        await self.run_scripts(calls)
+        return [
+            MalformedRecord(text(entry[0]), device_of(entry), problem)
+            for _, entry, problem in unsendable
+        ]
 
     async def claim_parked(self, app: str, *, now_ms: int | None = None) -> ClaimBatch:
         """Lease the head of the device parked longest for `app` (at most one notification: a
@@ -298,11 +354,24 @@ class RelayQueue:
         prefix = shard_prefix(shard)
         keys = [*shard_keys(prefix), prefix + PARKED + app]
         args: list[ScriptArg] = [prefix, now, self.limits.lease_ms, self.limits.retention_s]
-        ((leased, finalised),) = await self.run_scripts([ScriptCall(CLAIM_PARKED, keys, args)])
-        return ClaimBatch(
-            [leased_from(entry) for entry in leased],
-            [expired_from(entry) for entry in finalised],
+        ((leased, finalised, malformed, errors),) = await self.run_scripts(
+            [ScriptCall(CLAIM_PARKED, keys, args)]
         )
+        batch = ClaimBatch(
+            [],
+            [expired_from(entry) for entry in finalised],
+            [malformed_from(entry, "a field the scripts compute with") for entry in malformed],
+            [ClaimError(shard, text(device), text(error)) for device, error in errors],
+        )
+        unsendable = []
+        for entry in leased:
+            try:
+                batch.claimed.append(leased_from(entry))
+            except MalformedRecordError as error:
+                unsendable.append((shard, entry, str(error)))
+        if unsendable:
+            batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        return batch
 
     async def parked(self, app: str) -> int:
         """How many of the app's devices are parked (its route's circuit is open)."""
@@ -358,18 +427,26 @@ class RelayQueue:
         claims: Sequence[ClaimedNotification],
         *,
         delay_ms: int = 0,
+        possibly_sent: bool = False,
         now_ms: int | None = None,
     ) -> None:
-        """Give claims back unsent: due again after `delay_ms`, attempts unchanged."""
+        """Give claims back: due again after `delay_ms`, attempts unchanged.
+
+        `possibly_sent`: their requests were handed to the APNs connection (a route failure, a
+        pause after APNs' answer, a send cut off at shutdown), so they may have reached the phone.
+        They then keep their place for good (invariant 12: never superseded, never passed by a
+        chat line; state `retrying`). Claims that never went out return to `queued` unless they
+        were possibly sent before."""
         if not claims:
             return
         now = _now_ms(now_ms)
         calls = []
+        sent = 1 if possibly_sent else 0
         for shard, leased in self._by_shard(claims).items():
             prefix = shard_prefix(shard)
             args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
             for claim in leased:
-                args += (claim.id, claim.claim_no)
+                args += (claim.id, claim.claim_no, sent)
             calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 

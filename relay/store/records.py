@@ -4,7 +4,7 @@ of a notification's fields its record holds."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from relay.model import ClaimedNotification, DeliveryState, Notification
 
@@ -28,8 +28,8 @@ class QueueLimits:
     retention_s: int = 86_400  # TTL of final notification records and idempotency keys
     lease_ms: int = 30_000  # how long a claim is held before another worker may take it
     dead_token_ttl_s: int = 30 * 86_400
-    # A newer notification for the same (device, service_id) supersedes older QUEUED/RETRYING
-    # ones (never one in flight).
+    # A newer notification for the same (device, service_id) supersedes an older QUEUED one
+    # (never one possibly sent: in flight, retrying, or whose lease ran out; invariant 12).
     supersede: bool = True
     device_full_retry_after_s: int = 30  # Retry-After for DeviceQueueFull
     pending_cap_retry_after_s: int = 60  # Retry-After for PendingCapReached
@@ -79,9 +79,31 @@ class ExpiredRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MalformedRecord:
+    """A head a claim could not send as stored (invariant 14): failed with reason
+    MalformedRecord, never handed out."""
+
+    id: str
+    device: str  # "<app>:<token>"
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimError:
+    """A script error a claim met: on one device (set aside for a while, the claim went on), or
+    on a whole shard (device None: that shard's claim failed, the other shards' did not)."""
+
+    shard: int
+    device: str | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimBatch:
     claimed: list[ClaimedNotification]  # LeasedNotification instances
     expired: list[ExpiredRecord]  # heads finalised as EXPIRED during the claim
+    malformed: list[MalformedRecord] = field(default_factory=list)
+    errors: list[ClaimError] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from prometheus_client import Counter
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from relay.metrics import REDIS_SCRIPT_CALLS
 from relay.model import FINAL_STATES, DeliveryState
@@ -137,8 +137,12 @@ async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
                     call.script.sha, len(call.keys), *call.keys, *call.args
                 )
             ]
-        except NoScriptError as error:
-            return [error]
+        except ResponseError as error:
+            # NOSCRIPT, or the script's own error: returned as a pipeline returns it. Anything
+            # else (the server refusing, a cluster failing over) is raised here as before.
+            if isinstance(error, NoScriptError) or is_script_error(error):
+                return [error]
+            raise
     pipe = redis.pipeline(transaction=False)
     for call in calls:
         # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
@@ -148,9 +152,23 @@ async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
     return await pipe.execute(raise_on_error=False)
 
 
-async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+def is_script_error(error: object) -> bool:
+    """Whether a reply is a script's own runtime error (a record it could not handle), rather
+    than Redis refusing or failing the call."""
+    return (
+        isinstance(error, ResponseError)
+        and not isinstance(error, NoScriptError)
+        and "script" in str(error).lower()
+    )
+
+
+async def run_scripts(
+    redis: RedisClient, calls: Sequence[ScriptCall], *, script_errors_as_replies: bool = False
+) -> list[Any]:
     """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
-    then the scripts are loaded and only the calls that did not run are sent again."""
+    then the scripts are loaded and only the calls that did not run are sent again. A script's
+    runtime error is raised, or with `script_errors_as_replies` left in its call's place (one
+    shard's error then does not cost the other shards' replies)."""
     results = await _execute(redis, calls)
     REDIS_UNAVAILABLE.cleared()
     missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
@@ -162,6 +180,7 @@ async def run_scripts(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[A
         ):
             results[i] = result
     for result in results:
-        if isinstance(result, Exception):
+        kept = script_errors_as_replies and is_script_error(result)
+        if isinstance(result, Exception) and not kept:
             raise result
     return results

@@ -6,6 +6,7 @@ relay.spool_log; this module only reads, appends, rewrites and locks files."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import os
@@ -13,6 +14,7 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+import orjson
 import structlog
 
 from relay import metrics
@@ -21,11 +23,13 @@ from relay.logs import RepeatedCondition
 from relay.store.refusals import QueueRefusal
 from relay.store.spool_log import (
     Admission,
+    Quarantined,
     Replayed,
+    Scan,
     SpooledNotification,
     SpoolLedger,
     encode,
-    scan,
+    scan_file,
 )
 
 log = structlog.get_logger("relay.spool")
@@ -33,6 +37,8 @@ SPOOL_WRITE_FAILED = RepeatedCondition("spool_write_failed", log)
 
 LOG_FILE = "spool.log"
 LOCK_FILE = "spool.lock"
+# Records the scan set aside (invariant 14): one JSON line each, appended, never read back.
+QUARANTINE_FILE = "spool.quarantine"
 SPOOL_FULL_RETRY_AFTER_S = 1
 
 
@@ -106,25 +112,35 @@ class Spool:
 
     @classmethod
     def open(cls, directory: Path, max_bytes: int, max_notifications: int) -> Spool:
-        """Lock the directory and recover what a previous process left: records after the last
-        good one (a torn write) are cut off; notifications not marked replayed remain."""
+        """Lock the directory and recover what a previous process left, reading the file as a
+        stream: records after the last good one (a torn write) are cut off; notifications not
+        marked replayed remain; records that break ingest's rules are quarantined (moved to
+        spool.quarantine, counted, logged once each) and the file is rewritten without them."""
         directory.mkdir(parents=True, exist_ok=True)
         lock_fd = _lock(directory)
         path = directory / LOG_FILE
-        data = path.read_bytes() if path.exists() else b""
-        found = scan(data)
-        if found.good_end < len(data):
+        found = Scan([], 0, 0)
+        if path.exists():
+            with path.open("rb", buffering=0) as file:  # whole chunks: no second copy
+                found = scan_file(file)
+        if found.good_end < found.scanned_bytes:
             with path.open("r+b") as file:
                 file.truncate(found.good_end)
                 os.fsync(file.fileno())
         ledger = SpoolLedger.recovered(found, max_bytes, max_notifications)
-        if data:
+        if found.quarantined:
+            _quarantine(directory, found.quarantined)
+            live = b"".join(encode(s) for s in ledger.pending.values())
+            _replace_file(path, live)
+            ledger.file_bytes = len(live)
+        if found.scanned_bytes:
             log.warning(
                 "spool_recovered",
                 directory=str(directory),
                 notifications=len(ledger.pending),
                 damaged_bytes=found.damaged_bytes,
-                torn_tail_bytes=len(data) - found.good_end,
+                torn_tail_bytes=found.scanned_bytes - found.good_end,
+                quarantined=len(found.quarantined),
             )
         return cls(directory, ledger, lock_fd)
 
@@ -229,13 +245,7 @@ class Spool:
 
     def _rewrite(self, live: bytes) -> None:
         """Replace the file by `live` atomically: a crash leaves the old file or the new one."""
-        temporary = self._path.with_suffix(".tmp")
-        with temporary.open("wb") as file:
-            file.write(live)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, self._path)
-        _fsync_directory(self.directory)
+        _replace_file(self._path, live)
         old, self._fd = self._fd, os.open(self._path, os.O_WRONLY | os.O_APPEND)
         os.close(old)
 
@@ -245,6 +255,46 @@ class Spool:
                 await self._writer
         os.close(self._fd)
         os.close(self._lock_fd)  # releases the lock
+
+
+def _replace_file(path: Path, live: bytes) -> None:
+    """Replace the file at `path` by `live` atomically: a crash leaves the old file or the new."""
+    temporary = path.with_suffix(".tmp")
+    with temporary.open("wb") as file:
+        file.write(live)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _quarantine(directory: Path, records: list[Quarantined]) -> None:
+    """Keep the records aside for an operator, fsync'd before the spool file drops them; a crash
+    in between only quarantines them again at the next start."""
+    lines = b"".join(
+        orjson.dumps(
+            {
+                "id": record.id,
+                "problem": record.problem,
+                "body": base64.b64encode(record.body).decode(),
+                "quarantined_at_ms": int(time.time() * 1000),
+            }
+        )
+        + b"\n"
+        for record in records
+    )
+    with (directory / QUARANTINE_FILE).open("ab") as file:
+        file.write(lines)
+        file.flush()
+        os.fsync(file.fileno())
+    for record in records:
+        metrics.MALFORMED_RECORDS.labels(source="spool").inc()
+        log.error(
+            "spool_record_quarantined",
+            id=record.id,
+            problem=record.problem,
+            file=str(directory / QUARANTINE_FILE),
+        )
 
 
 def _log_failed_write(written: asyncio.Future[None]) -> None:

@@ -7,25 +7,32 @@
 -- leases to reap at most; ARGV[5 + 2i] app i's name and ARGV[6 + 2i] its mode: 'park' (its route
 -- is open: its due devices move to its parked ZSET) or 'send' (its parked devices, if any, are due
 -- again at the time they had).
--- Returns {more, claimed, expired}: more = 1 when due devices are left; claimed = list of
--- {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id, app, service_id,
--- action}.
+-- Returns {more, claimed, expired, malformed, errors}: more = 1 when due devices are left;
+-- claimed = list of {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id,
+-- app, service_id, action}; malformed = list of {id, device} failed as MalformedRecord; errors =
+-- list of {device, error} for devices set aside after an error (due again in SET_ASIDE_MS).
 -- Keeps: 2 (only a device's head is leased, one lease per device; a parked device keeps its place
 -- and its due time), 3 (a run-out lease is claimable again; nothing stays parked once its route
--- sends), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
--- whose payload is missing is failed (MissingPayload) rather than handed out or left blocking.
+-- sends), 12 (a run-out lease's head is marked possibly_sent and is RETRYING, never QUEUED
+-- again: its holder may have sent it), 4 (a head past its expires_at is finalised as expired here, never handed out); a head
+-- whose payload is missing is failed (MissingPayload) rather than handed out or left blocking,
+-- 14 (a head the scripts cannot compute with is failed (MalformedRecord), and an error on one
+-- device sets that device aside: it never fails the claim for the others).
 local prefix, now, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local lease_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 -- Parked devices returned to due per app per claim, and rounds of parking per claim: both bound
 -- the script's run time; what is left is done by the next claim.
 local UNPARK_PER_CLAIM, PARK_ROUNDS = 1000, 4
+-- How long a device whose claim met an error waits before it is tried again.
+local SET_ASIDE_MS = 60000
 
 for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT', 0, ARGV[6])) do
   local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
   if head then
+    -- Its holder vanished: whether it sent is unknown, so it is possibly sent (invariant 12).
     local note = prefix .. K_NOTE .. head
-    redis.call('HSET', note, 'state', unsent_state(redis.call('HGET', note, 'attempts')),
-      'updated_at_ms', now)
+    redis.call('HSET', note, 'possibly_sent', 1)
+    redis.call('HSET', note, 'state', unsent_state(note), 'updated_at_ms', now)
   end
   rearm(prefix, device, now)
 end
@@ -47,7 +54,7 @@ for i = 1, #KEYS - 4 do
   end
 end
 
-local claimed, expired = {}, {}
+local claimed, expired, malformed, errors = {}, {}, {}, {}
 local rounds = 0
 while limit > #claimed and rounds < PARK_ROUNDS do
   rounds = rounds + 1
@@ -63,7 +70,8 @@ while limit > #claimed and rounds < PARK_ROUNDS do
       redis.call('ZREM', DUE, device)
       parked_now = parked_now + 1
     else
-      lease_head(prefix, device, now, lease_ms, retention, claimed, expired)
+      lease_head_guarded(prefix, device, now, lease_ms, retention, claimed, expired, malformed,
+        errors, SET_ASIDE_MS)
     end
   end
   if parked_now == 0 then
@@ -71,4 +79,4 @@ while limit > #claimed and rounds < PARK_ROUNDS do
   end
 end
 local more = #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1)
-return {more, claimed, expired}
+return {more, claimed, expired, malformed, errors}

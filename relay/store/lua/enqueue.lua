@@ -15,7 +15,9 @@
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
 -- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
 -- its group with a higher order, never before one sent or in flight), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
--- idempotency and supersede (never of a notification in flight).
+-- idempotency, and 12 (possibly sent keeps its place: only a QUEUED notification, one never
+-- claimed or only given back before its request went out, is superseded or passed by a chat
+-- line; one in flight, retrying or whose lease ran out never is).
 local queue, note, dead, slots, idem = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local prefix, id, device, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local retention, service_id = tonumber(ARGV[5]), ARGV[8]
@@ -47,7 +49,7 @@ if service_id ~= '' then
   older = redis.call('HGET', slots, service_id)
   if older then
     local state = redis.call('HGET', prefix .. K_NOTE .. older, 'state')
-    if state ~= STATE.QUEUED and state ~= STATE.RETRYING then
+    if state ~= STATE.QUEUED then
       older = false
     end
   end
@@ -69,14 +71,15 @@ if older then
   finalise(prefix, device, older, STATE.SUPERSEDED, now, retention, {})
 end
 -- The first queued (never sent) notification of the same group with a higher order, if any. Only
--- QUEUED ones are passed: one in flight or retrying may have reached the phone already. The scan is
--- bounded by the per-device cap.
+-- QUEUED ones are passed: one in flight, retrying or whose lease ran out may have reached the
+-- phone already (invariant 12). The scan is bounded by the per-device cap.
 local successor = false
 if order then
   for _, queued in ipairs(redis.call('LRANGE', queue, 0, -1)) do
     local other = redis.call('HMGET', prefix .. K_NOTE .. queued, 'state', 'order_group', 'order')
-    if other[1] == STATE.QUEUED and other[2] == order_group and other[3]
-        and tonumber(other[3]) > order then
+    -- tonumber: a malformed order is passed by nothing rather than failing the enqueue (14).
+    if other[1] == STATE.QUEUED and other[2] == order_group
+        and (tonumber(other[3]) or -math.huge) > order then
       successor = queued
       break
     end

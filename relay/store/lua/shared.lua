@@ -64,7 +64,9 @@ local function rearm(prefix, device, due_ms)
   local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
   if head then
     redis.call('ZADD', DUE, due_ms, device)
-    redis.call('ZADD', HEADS, redis.call('HGET', prefix .. K_NOTE .. head, 'accepted_at_ms'), device)
+    -- A malformed accepted_at (invariant 14) must not stop the device: its age counts from now.
+    local accepted_at = tonumber(redis.call('HGET', prefix .. K_NOTE .. head, 'accepted_at_ms'))
+    redis.call('ZADD', HEADS, accepted_at or due_ms, device)
   else
     redis.call('ZREM', DUE, device)
     redis.call('ZREM', HEADS, device)
@@ -72,8 +74,14 @@ local function rearm(prefix, device, due_ms)
 end
 
 -- The state a notification returns to when its claim ends unsent (release, lease run out).
-local function unsent_state(attempts)
-  if tonumber(attempts) > 0 then
+-- Invariant 12, possibly sent keeps its place: QUEUED means never possibly sent, and only a QUEUED
+-- notification may be superseded or overtaken by a chat line (enqueue). A notification that may
+-- have reached APNs (an attempt settled, a send handed to the connection and then released, a
+-- lease that ran out with its holder's send unknown: `possibly_sent` set) is RETRYING from then
+-- on, whatever its attempts; a malformed `attempts` counts as an attempt made.
+local function unsent_state(note)
+  local seen = redis.call('HMGET', note, 'attempts', 'possibly_sent')
+  if seen[2] or (tonumber(seen[1]) or 1) > 0 then
     return STATE.RETRYING
   end
   return STATE.QUEUED
@@ -122,26 +130,54 @@ local function fail_queued(prefix, device, first, now, retention, fields)
   return #ids
 end
 
+-- A record's field as a whole number, or nil when it is missing or not one (invariant 14).
+local function whole(value)
+  if type(value) == 'string' and string.match(value, '^%-?%d+$') then
+    return tonumber(value)
+  end
+  return nil
+end
+
+-- Whether the fields the scripts compute with are sound: whole numbers where they count, and the
+-- record belongs to the queue it heads. The rest of a record is the codec's to check
+-- (relay.payload.check_notification), so the rules are not written twice.
+local function sound(fields, device)
+  local app, token = fields[CLAIM_INDEX.app], fields[CLAIM_INDEX.device_token]
+  return whole(fields[CLAIM_INDEX.expires_at]) and whole(fields[CLAIM_INDEX.attempts])
+    and whole(fields[CLAIM_INDEX.accepted_at_ms]) and whole(fields[CLAIM_INDEX.updated_at_ms])
+    and app and token and app .. ':' .. token == device
+end
+
 -- Lease `device`'s head, finalising on the way the heads that cannot be sent (past expires_at:
--- into `expired`; without a payload: failed). Appends {id, claim number, payload, CLAIM_FIELDS
--- values...} to `claimed` when a head was leased; the device then leaves DUE for LEASE, or every
--- index when nothing is left.
-local function lease_head(prefix, device, now, lease_ms, retention, claimed, expired)
+-- into `expired`; without a payload: failed MissingPayload; a record the scripts cannot compute
+-- with: failed MalformedRecord, {id, device} into `malformed`). Appends {id, claim number,
+-- payload, CLAIM_FIELDS values...} to `claimed` when a head was leased; the device then leaves
+-- DUE for LEASE, or every index when nothing is left.
+local function lease_head(prefix, device, now, lease_ms, retention, claimed, expired, malformed)
   local queue = prefix .. K_QUEUE .. device
   local head = redis.call('LINDEX', queue, 0)
   while head do
     local note = prefix .. K_NOTE .. head
     local fields = redis.call('HMGET', note, unpack(CLAIM_FIELDS))
     local payload = redis.call('GET', prefix .. K_PAYLOAD .. head)
-    local live = tonumber(fields[CLAIM_INDEX.expires_at]) * 1000 > now
+    local intact = sound(fields, device)
+    local live = intact and whole(fields[CLAIM_INDEX.expires_at]) * 1000 > now
     if live and payload then
-      local claim_no = redis.call('HINCRBY', note, 'claim_no', 1)
-      redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
-      claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
-      break
+      -- pcall: a claim_no that is not a whole number fails this record, not the script.
+      local claim_no = redis.pcall('HINCRBY', note, 'claim_no', 1)
+      if type(claim_no) == 'number' then
+        redis.call('HSET', note, 'state', STATE.SENDING, 'updated_at_ms', now)
+        claimed[#claimed + 1] = {head, claim_no, payload, unpack(fields)}
+        break
+      end
+      intact = false
     end
     redis.call('LPOP', queue)
-    if live then
+    if not intact then
+      malformed[#malformed + 1] = {head, device}
+      finalise(prefix, device, head, STATE.FAILED, now, retention,
+        {'last_reason', 'MalformedRecord'})
+    elseif live then
       -- A record without its payload cannot be sent; failing it keeps the device moving.
       finalise(prefix, device, head, STATE.FAILED, now, retention,
         {'last_reason', 'MissingPayload'})
@@ -156,5 +192,26 @@ local function lease_head(prefix, device, now, lease_ms, retention, claimed, exp
   if head then
     redis.call('ZREM', DUE, device)
     redis.call('ZADD', LEASE, now + lease_ms, device)
+  end
+end
+
+-- lease_head, with any error it meets (a record no check foresaw) kept to its own device: the
+-- device is set aside (due again in `set_aside_ms`, its lease dropped), {device, error} goes to
+-- `errors`, and the claim goes on for every other device (invariant 14).
+local function lease_head_guarded(prefix, device, now, lease_ms, retention, claimed, expired,
+    malformed, errors, set_aside_ms)
+  local before = #claimed
+  local ok, problem = pcall(lease_head, prefix, device, now, lease_ms, retention, claimed, expired,
+    malformed)
+  if not ok then
+    for i = #claimed, before + 1, -1 do
+      claimed[i] = nil
+    end
+    redis.call('ZREM', LEASE, device)
+    redis.call('ZADD', DUE, now + set_aside_ms, device)
+    if type(problem) == 'table' then
+      problem = problem.err or 'error'
+    end
+    errors[#errors + 1] = {device, tostring(problem)}
   end
 end
