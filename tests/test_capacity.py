@@ -153,6 +153,17 @@ def test_the_command_prints_a_row_per_rate(
     assert "188 B per final record" in table
 
 
+def test_the_readme_shows_the_table_for_the_committed_figures(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Capacity: how much Redis and how many cores", 1)[1]
+    shown = [line for line in section.split("\n#")[0].splitlines() if line.startswith("| ")]
+    assert shown == table
+
+
 # ---- the scaled-down run: measured used_memory against the model ----
 
 # As in the benchmark's backlog phase: 20 notifications per device, built as it builds them.
