@@ -16,7 +16,15 @@ from typing import Any
 
 import redis
 
-from bench.processes import REPO_ROOT, CpuLedger, RssSampler, Tracked, python_argv, start_process
+from bench.processes import (
+    REPO_ROOT,
+    CpuLedger,
+    RssSampler,
+    Tracked,
+    python_argv,
+    start_process,
+    wait_until,
+)
 from bench.profile import Profiler, ProfileSession
 from bench.stack import API_TOKEN, Relay, sim_target
 from relay_devkit.apns_sim.info import SimInfo
@@ -542,6 +550,16 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
     ready_at, count_at_ready = time.time(), bench.control.accepted()
     done_at, count = bench.control.wait_accepted(before + queued, plan.delivery_timeout_s)
     result = measurement.finish(PhaseResult(name, title, delivered=count - before))
+    # The simulator counts a push before the worker settles it: history is complete only once
+    # nothing is pending in Redis.
+    wait_until(
+        lambda: pending(bench) == 0,
+        bench.relay.workers[0],
+        plan.delivery_timeout_s,
+        "an empty queue",
+    )
+    memory_drained = used_memory(bench.redis_client)
+    delivered = count - before
     result.rates = {
         "ingest_per_s": ingest["accepted"] / ingest["elapsed_s"],
         "delivered_per_s": (count - count_at_ready) / (done_at - ready_at),
@@ -553,6 +571,11 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
         "redis_used_memory_before": memory_before,
         "redis_used_memory_after": memory_after,
         "redis_bytes_per_queued": (memory_after - memory_before) / queued if queued else None,
+        # What history costs: every delivered notification is a final record now.
+        "redis_used_memory_drained": memory_drained,
+        "redis_bytes_per_final": (
+            (memory_drained - memory_before) / delivered if delivered else None
+        ),
         "ingest": {k: v for k, v in ingest.items() if k != "records"},
     }
     return result

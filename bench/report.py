@@ -145,9 +145,9 @@ def evaluate_targets(phases: dict[str, PhaseResult]) -> list[Target]:
     latency = phases.get("latency")
     latency_ms = latency.details.get("latency_ms", {}) if latency and _usable(latency) else {}
     backlog = phases.get("backlog")
-    redis_per = (
-        backlog.details.get("redis_bytes_per_queued") if backlog and _usable(backlog) else None
-    )
+    backlog_details = backlog.details if backlog and _usable(backlog) else {}
+    bytes_per_queued = backlog_details.get("redis_bytes_per_queued")
+    bytes_per_final = backlog_details.get("redis_bytes_per_final")
     rss_peaks = [
         rss
         for phase in phases.values()
@@ -247,12 +247,20 @@ def evaluate_targets(phases: dict[str, PhaseResult]) -> list[Target]:
             f"{_fmt(drain)}/s vs {_fmt(raw)}/s",
         ),
         Target(
-            "Redis <= 1 KiB per queued notification",
-            redis_per,
-            1024.0,
+            "Redis <= 600 B per queued notification",
+            bytes_per_queued,
+            600.0,
             False,
             "bytes",
             "INFO memory used_memory, before/after queueing the backlog",
+        ),
+        Target(
+            "Redis <= 200 B per retained final record",
+            bytes_per_final,
+            200.0,
+            False,
+            "bytes",
+            "INFO memory used_memory, before queueing/after the backlog drained, per delivered",
         ),
         Target(
             "each relay process <= 150 MiB RSS",

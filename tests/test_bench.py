@@ -91,6 +91,8 @@ def test_quick_run_measures_latency_backlog_and_idle(
     backlog = phases["backlog"]["details"]
     assert backlog["queued"] == document["plan"]["backlog_n"]
     assert backlog["redis_bytes_per_queued"] > 0
+    # Drained: what stays is history, less than the queue took.
+    assert 0 < backlog["redis_bytes_per_final"] < backlog["redis_bytes_per_queued"]
     assert any(name.startswith("relay-worker") for name in phases["backlog"]["peak_rss_bytes"])
     assert phases["scale-2"]["details"]["workers"] == 2
     assert phases["idle"]["details"]["window_s"] >= document["plan"]["idle_s"]
@@ -102,7 +104,7 @@ def test_quick_run_reports_targets_and_machine(
     quick_run: tuple[Path, dict[str, Any], str],
 ) -> None:
     out, document, stdout = quick_run
-    assert len(document["targets"]) == 14
+    assert len(document["targets"]) == 15
     for target in document["targets"]:
         assert target["verdict"] in ("met", "MISSED"), target
         assert target["goal"] in stdout
@@ -257,6 +259,25 @@ def test_targets_compare_against_the_ceiling() -> None:
     assert cpu.verdict == "MISSED"
     assert targets["Valkey CPU per delivered at full load (batch) <= 60 µs"].verdict == "met"
     assert targets["R_single >= 0.5 x R_raw"].verdict == "n/a"
+
+
+def test_memory_targets_are_bytes_per_queued_and_per_final_record() -> None:
+    backlog = PhaseResult(
+        "backlog",
+        "6",
+        delivered=1000,
+        details={"redis_bytes_per_queued": 935.0, "redis_bytes_per_final": 188.0},
+    )
+    targets = {t.goal: t for t in evaluate_targets({"backlog": backlog})}
+    queued = targets["Redis <= 600 B per queued notification"]
+    final = targets["Redis <= 200 B per retained final record"]
+    assert (queued.measured, queued.verdict) == (935.0, "MISSED")
+    assert (final.measured, final.verdict) == (188.0, "met")
+    # A run from before the final-record figure: n/a, not met.
+    older = PhaseResult("backlog", "6", delivered=1, details={"redis_bytes_per_queued": 500.0})
+    targets = {t.goal: t for t in evaluate_targets({"backlog": older})}
+    assert targets["Redis <= 200 B per retained final record"].verdict == "n/a"
+    assert targets["Redis <= 600 B per queued notification"].verdict == "met"
 
 
 def test_headline_is_relay_roles_cpu_as_a_multiple_of_the_raw_client() -> None:

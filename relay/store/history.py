@@ -4,10 +4,13 @@ bucket an id's record lives in, and the record read back as a status.
 A final record is ~100 bytes (the queued record, ~400 bytes, and its payload are deleted): it
 keeps what the status API shows of a final notification, packed by finalise() in
 relay/store/lua/shared.lua as
-    header  >BBBBHBI6I4I5: layout version, state, attempts and claims (each at most 255), last
-            APNs status (0 = none), priority, accepted_at_ms, ms from acceptance to the final
-            state, expires_at (s)
-    then    one length byte and the bytes of each of HISTORY_STRINGS, in that order.
+    header  HEADER: layout version (+ COLLAPSE_IS_SERVICE), state, attempts and claims (each
+            at most 255), last APNs status (0 = none), priority, push type (its place in
+            PUSH_TYPE_CODES, from 1; 0 = not one of them), accepted_at_ms, ms from acceptance to
+            the final state, s from acceptance to expires_at
+    then    one length byte and the bytes of each of HISTORY_STRINGS, in that order; the
+            collapse id left empty when it is the service id (GMS pushes: flag
+            COLLAPSE_IS_SERVICE).
 It keeps no device token: the largest field, a personal identifier, and known to whoever sent the
 notification; a final status shows it as null. An apns-id the relay derived itself
 (relay.model.apns_id_for) is not stored either: it is derived again.
@@ -26,17 +29,18 @@ import struct
 import time
 import uuid
 
-from relay.model import DeliveryState, apns_id_for
+from relay.model import PUSH_TYPES, DeliveryState, apns_id_for
 from relay.store.records import NotificationStatus
 
 LAYOUT_VERSION = 1
-HEADER = struct.Struct(">BBBBHB6s4s5s")
+COLLAPSE_IS_SERVICE = 0x80  # or'ed into the layout byte
+HEADER = struct.Struct(">BBBBHBB6s4s4s")
+PUSH_TYPE_CODES = tuple(sorted(PUSH_TYPES))
 # The strings after the header, in order (names of NotificationStatus fields).
 HISTORY_STRINGS = (
     "app",
     "service_id",
     "action",
-    "push_type",
     "collapse_id",
     "last_reason",
     "apns_id",
@@ -83,8 +87,8 @@ def history_field(notification_id: str) -> str:
 
 def status_from_history(notification_id: str, record: bytes) -> NotificationStatus:
     """A history record (HGET of its bucket) as the notification's status."""
-    _, state, attempts, claims, status, priority, accepted, took, expires = HEADER.unpack_from(
-        record
+    layout, state, attempts, claims, status, priority, push_type, accepted, took, expires = (
+        HEADER.unpack_from(record)
     )
     offset = HEADER.size
     strings: dict[str, bytes] = {}
@@ -113,14 +117,14 @@ def status_from_history(notification_id: str, record: bytes) -> NotificationStat
         claims=claims,
         accepted_at_ms=accepted_at_ms,
         updated_at_ms=updated_at_ms,
-        expires_at=int.from_bytes(expires),
+        expires_at=accepted_at_ms // 1000 + int.from_bytes(expires),
         delivered_at_ms=updated_at_ms if final is DeliveryState.DELIVERED else None,
         last_status=status or None,
         last_reason=text("last_reason"),
         apns_id=apns_id,
         apns_unique_id=text("apns_unique_id"),
-        collapse_id=text("collapse_id"),
-        push_type=strings["push_type"].decode(),
+        collapse_id=text("service_id") if layout & COLLAPSE_IS_SERVICE else text("collapse_id"),
+        push_type=PUSH_TYPE_CODES[push_type - 1] if push_type else "",
         priority=priority,
     )
 

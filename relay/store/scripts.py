@@ -16,7 +16,13 @@ from redis.exceptions import NoScriptError, ResponseError
 from relay.metrics import REDIS_SCRIPT_CALLS
 from relay.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
-from relay.store.history import HISTORY_BUCKET_S, LAYOUT_VERSION, STATE_CODES
+from relay.store.history import (
+    COLLAPSE_IS_SERVICE,
+    HISTORY_BUCKET_S,
+    LAYOUT_VERSION,
+    PUSH_TYPE_CODES,
+    STATE_CODES,
+)
 from relay.store.keys import (
     DEAD,
     HISTORY,
@@ -55,7 +61,11 @@ def _lua_prelude() -> str:
     lines += [
         f"local HISTORY_BUCKET_MS = {HISTORY_BUCKET_S * 1000}",
         f"local HISTORY_LAYOUT = {LAYOUT_VERSION}",
+        f"local HISTORY_COLLAPSE_IS_SERVICE = {COLLAPSE_IS_SERVICE}",
     ]
+    push_types = ", ".join(
+        f"[{_lua_string(name)}] = {i}" for i, name in enumerate(PUSH_TYPE_CODES, 1)
+    )
     codes = ", ".join(f"[{_lua_string(s.value)}] = {i}" for i, s in enumerate(STATE_CODES, 1))
     states = ", ".join(f"{s.name} = {_lua_string(s.value)}" for s in DeliveryState)
     finals = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(FINAL_STATES))
@@ -67,6 +77,7 @@ def _lua_prelude() -> str:
         f"local CLAIM_FIELDS = {{{claim_fields}}}",
         f"local CLAIM_INDEX = {{{claim_index}}}",
         f"local HISTORY_STATE = {{{codes}}}",
+        f"local HISTORY_PUSH_TYPE = {{{push_types}}}",
     ]
     return "\n".join(lines) + "\n"
 

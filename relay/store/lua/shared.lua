@@ -5,6 +5,12 @@
 -- and the script stays in one Cluster slot.
 local DUE, LEASE, HEADS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
+-- `value` as a number in [0, max] (a malformed record's text or a negative number: 0), for a
+-- history record's fixed-size fields.
+local function clamp(value, max)
+  return math.min(math.max(tonumber(value) or 0, 0), max)
+end
+
 -- One length byte and the bytes of `value` (nil: none), as a history record holds a string.
 local function short_string(value)
   value = string.sub(value or '', 1, 255)
@@ -34,14 +40,19 @@ local function finalise(prefix, device, id, state, now, retention, fields)
   for i = 1, #fields, 2 do
     outcome[fields[i]] = fields[i + 1]
   end
-  local accepted = tonumber(r[10]) or now
-  local record = struct.pack('>BBBBHBI6I4I5', HISTORY_LAYOUT, HISTORY_STATE[state],
-      math.min(tonumber(r[8]) or 0, 255), math.min(tonumber(r[12]) or 0, 255),
-      tonumber(outcome.last_status or r[6]) or 0,
-      tonumber(r[9]) or 0, accepted, math.max(now - accepted, 0), tonumber(r[11]) or 0)
-    .. short_string(r[1]) .. short_string(r[2]) .. short_string(r[3]) .. short_string(r[4])
-    .. short_string(r[5]) .. short_string(outcome.last_reason or r[7])
-    .. short_string(outcome.apns_id) .. short_string(outcome.apns_unique_id)
+  local accepted = clamp(r[10] or now, 2 ^ 48 - 1)
+  -- GMS pushes collapse by their service id: said by a flag rather than stored twice.
+  local layout, collapse = HISTORY_LAYOUT, r[5]
+  if collapse and collapse == r[2] then
+    layout, collapse = layout + HISTORY_COLLAPSE_IS_SERVICE, nil
+  end
+  local record = struct.pack('>BBBBHBBI6I4I4', layout, HISTORY_STATE[state], clamp(r[8], 255),
+      clamp(r[12], 255), clamp(outcome.last_status or r[6], 65535), clamp(r[9], 255),
+      HISTORY_PUSH_TYPE[r[4]] or 0, accepted, clamp(now - accepted, 2 ^ 32 - 1),
+      clamp((tonumber(r[11]) or 0) - math.floor(accepted / 1000), 2 ^ 32 - 1))
+    .. short_string(r[1]) .. short_string(r[2]) .. short_string(r[3]) .. short_string(collapse)
+    .. short_string(outcome.last_reason or r[7]) .. short_string(outcome.apns_id)
+    .. short_string(outcome.apns_unique_id)
   local bucket, field, slot = history_slot(prefix, id)
   redis.call('HSET', bucket, field, record)
   redis.call('EXPIRE', bucket, retention)
