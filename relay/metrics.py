@@ -221,6 +221,11 @@ def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> No
         for outcome in ("stored", "spooled", "refused"):
             INGEST_HELD.labels(outcome=outcome)
         SPOOL_REFUSED.labels(reason="spool_full")
+        MALFORMED_RECORDS.labels(source="spool")
+    if delivery:
+        MALFORMED_RECORDS.labels(source="redis")
+        for scope in ("shard", "device"):
+            CLAIM_ERRORS.labels(scope=scope)
     for app in apps:
         if ingest:
             NOTIFICATIONS_ENQUEUED.labels(app=app)
