@@ -140,7 +140,7 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     assert poll == ("delivery", "credential_poll_seconds")
     assert names["RELAY_REDIS_MEMORY_WATERMARK"] == ("redis", "memory_watermark")
     # redis, http, queue, ingest, retry, delivery, circuit, logging
-    assert len(names) == 9 + 4 + 8 + 4 + 3 + 5 + 4 + 2
+    assert len(names) == 9 + 7 + 8 + 4 + 3 + 5 + 4 + 2
 
 
 def test_empty_redis_url_means_embedded() -> None:
@@ -431,7 +431,8 @@ def test_the_example_loads_and_shows_the_defaults(tmp_path: Path) -> None:
     (tmp_path / "keys" / "demo-sandbox.pem").write_bytes(cert_pem)
     (tmp_path / "keys" / "demo-sandbox-key.pem").write_bytes(b"-----BEGIN PRIVATE KEY" + key_pem)
     settings = load_settings(
-        tmp_path / "relay.yaml", env={"DEMO_SANDBOX_P12_PASSWORD": "p12-password"}
+        tmp_path / "relay.yaml",
+        env={"DEMO_SANDBOX_P12_PASSWORD": "p12-password", "DEMO_RECEIPTS_SECRET": "r" * 64},
     )
     defaults = Settings()
     for section in ("http", "queue", "retry", "delivery", "logging"):
