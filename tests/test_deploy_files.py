@@ -1040,6 +1040,11 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     assert queried["ApnsRelayRedisMemoryAtWatermark"] == {"apns_relay_redis_memory_watermark"}
     assert queried["ApnsRelayRedisPolicyEvicts"] == {"apns_relay_redis_maxmemory_policy_info"}
     assert queried["ApnsRelayRedisMemoryUnbounded"] == {"apns_relay_redis_memory_max_bytes"}
+    # Delivery receipts (issue 26): the confirmed ratio per app, with enough deliveries to judge.
+    assert queried["ApnsRelayReceiptsConfirmedRatioLow"] == {
+        "apns_relay_receipts_total",
+        "apns_relay_notifications_delivered_total",
+    }
     assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
         "warning",
         "critical",
@@ -1080,6 +1085,8 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_redis_memory_used_bytes",
         "apns_relay_redis_memory_max_bytes",
         "apns_relay_redis_memory_watermark",
+        "apns_relay_receipts_total",
+        "apns_relay_receipt_latency_seconds_bucket",
     } <= queried
 
 
