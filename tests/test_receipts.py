@@ -15,13 +15,14 @@ from app_profiles import app_profile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, ReceiptSettings, Settings, load_settings
 from relay.http.receipts import MAX_TRACKED_ADDRESSES, ReceiptRates
 from relay.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
 from relay.payload import AlertFields, PushSpec, build_notification
 from relay.receipts import (
     MAC_CHARS,
     MalformedReceipt,
+    ReceiptOutcome,
     ReceiptSecrets,
     check_form,
     receipt_mac,
@@ -29,6 +30,7 @@ from relay.receipts import (
     signing_app,
 )
 from relay.store.history import time_ordered_hex
+from relay_devkit.device_sim.extension import receipt_to_post
 
 SECRET = b"s" * 32
 OLD_SECRET = b"o" * 32
@@ -253,3 +255,36 @@ def test_a_bad_receipt_secret_is_refused_at_start(
     with pytest.raises(ConfigError, match=problem):
         load_settings(config, env={})
     assert Settings().receipt_secrets() == {}
+
+
+# ---- the phone's extension (relay_devkit) ----
+
+
+@pytest.mark.parametrize(
+    ("payload", "posts"),
+    [
+        ({"aps": {"alert": "a", "mutable-content": 1}, "receipt": {"id": "i", "mac": "m"}}, True),
+        ({"aps": {"alert": "a"}, "receipt": {"id": "i", "mac": "m"}}, False),  # not mutable
+        ({"aps": {"content-available": 1, "mutable-content": 1}, "receipt": {}}, False),  # silent
+        ({"aps": {"alert": "a", "mutable-content": 1}}, False),  # no receipt
+        ({"aps": {"alert": "a", "mutable-content": 1}, "receipt": {"id": 1, "mac": "m"}}, False),
+    ],
+)
+def test_the_extension_posts_only_a_shown_alert_s_receipt(
+    payload: dict[str, object], posts: bool
+) -> None:
+    assert (receipt_to_post(payload) is not None) == posts
+
+
+# ---- the documentation ----
+
+
+def test_the_receipts_page_is_linked_and_names_every_setting_and_metric() -> None:
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "receipts.md").read_text()
+    assert "(docs/receipts.md)" in (root / "README.md").read_text()
+    names = [*ReceiptSettings.model_fields, "receipts_port", "receipts_per_second_per_address"]
+    names += ["apns_relay_receipts_total", "apns_relay_receipt_latency_seconds"]
+    names += [outcome.value for outcome in ReceiptOutcome]
+    assert [name for name in names if name not in page] == []
+    assert f"It costs {receipt_size()} bytes" in page
