@@ -27,6 +27,8 @@ class AppProfile:
     chat_ttl_by_event: Mapping[str, int] = field(default_factory=dict)
     # The chat fields a chat push's `message` carries beside the seed's _id/_action.
     chat_message_fields: tuple[str, ...] = ()
+    # Signs the delivery receipt alert pushes carry (apps[].receipts); None: no receipt.
+    receipt_secret: bytes | None = None
 
     def lifetime_s(self, action: str | None, chat_event: str | None) -> int | None:
         """This app's lifetime for a push of `action` (or of a chat event); None: the default."""

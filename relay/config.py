@@ -41,6 +41,7 @@ from relay.model import PUSH_TYPES, InvalidInput
 from relay.payload import validate_action
 from relay.policy import RetryPolicy
 from relay.quoting import shown
+from relay.receipts import MIN_SECRET_BYTES, ReceiptSecrets
 from relay.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
 from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 
@@ -166,8 +167,15 @@ class HttpSettings(_Section):
     # Proxies (addresses or networks) whose X-Forwarded-For names the client: the per-address
     # limits (Live Activity registrations) count the address it gives, not the proxy's.
     trusted_proxies: list[IPvAnyNetwork] = []
+    # A listener serving only POST /v1/receipts (the one route phones call), so that only it
+    # faces the internet; None: the route is served on `port` alone.
+    receipts_port: Port | None = None
+    # POST /v1/receipts is open to the internet: at most this many a second from one address
+    # (bursts of 10), and from every address together.
+    receipts_per_second_per_address: Annotated[float, Field(gt=0)] = 2.0
+    receipts_per_second: Annotated[float, Field(gt=0)] = 500.0
 
-    @field_validator("metrics_port", mode="before")
+    @field_validator("metrics_port", "receipts_port", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -558,6 +566,78 @@ class LiveActivitySettings(_Section):
         return self
 
 
+def _secret_from(
+    field_name: str,
+    inline: SecretStr | None,
+    env_name: str | None,
+    file: Path | None,
+    info: ValidationInfo,
+) -> bytes | None:
+    """One secret given inline, as a variable's name or as a file (at most one of them)."""
+    given = [v for v in (inline, env_name, file) if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"give {field_name}, {field_name}_env or {field_name}_file, not more")
+    if inline is not None:
+        secret = inline.get_secret_value().encode()
+    elif env_name is not None:
+        env = (info.context or {}).get(_ENV, os.environ)
+        if env_name not in env:
+            raise ValueError(f"{field_name}_env: the variable {env_name} is not set")
+        secret = env[env_name].encode()
+    elif file is not None:
+        secret = file.read_bytes().strip()
+    else:
+        return None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"{field_name}: must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -hex"
+            f" 32`), got {len(secret)}"
+        )
+    return secret
+
+
+class ReceiptSettings(_Section):
+    """Delivery receipts (docs/receipts.md): alert pushes carry a receipt the app's Notification
+    Service Extension posts back. The secret signs it; after a rotation the previous one is
+    still accepted: keep it until queue.max_ttl_seconds have passed."""
+
+    secret: SecretStr | None = None
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    previous_secret: SecretStr | None = None
+    previous_secret_env: str | None = None
+    previous_secret_file: Path | None = None
+
+    _files_readable = field_validator("secret_file", "previous_secret_file")(_readable_optional)
+
+    def secrets(self) -> ReceiptSecrets:
+        assert self.secret is not None  # _resolved folds every form into `secret`
+        previous = self.previous_secret
+        # Resolved secrets are held as latin-1 text: any bytes, back as they were.
+        return ReceiptSecrets(
+            self.secret.get_secret_value().encode("latin-1"),
+            None if previous is None else previous.get_secret_value().encode("latin-1"),
+        )
+
+    @model_validator(mode="after")
+    def _resolved(self, info: ValidationInfo) -> ReceiptSettings:
+        current = _secret_from("secret", self.secret, self.secret_env, self.secret_file, info)
+        if current is None:
+            raise ValueError("give secret, secret_env or secret_file")
+        previous = _secret_from(
+            "previous_secret",
+            self.previous_secret,
+            self.previous_secret_env,
+            self.previous_secret_file,
+            info,
+        )
+        # Frozen model: the validator is the one place the resolved secrets can be set.
+        object.__setattr__(self, "secret", SecretStr(current.decode("latin-1")))
+        if previous is not None:
+            object.__setattr__(self, "previous_secret", SecretStr(previous.decode("latin-1")))
+        return self
+
+
 class App(_Section):
     name: Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=64)]
     topic: Annotated[str, Field(pattern=BUNDLE_ID_PATTERN, max_length=255)]
@@ -574,6 +654,7 @@ class App(_Section):
     ttl_by_action: dict[str, PositiveInt] = dict(DEFAULT_TTL_BY_ACTION)
     chat: ChatSettings = ChatSettings()
     live_activity: LiveActivitySettings | None = None
+    receipts: ReceiptSettings | None = None  # delivery receipts from the app; None: off
 
     _lifetimes_on_defaults = field_validator("ttl_by_action", mode="before")(_lifetimes)
 
@@ -639,6 +720,7 @@ class App(_Section):
             ttl_by_action=self.ttl_by_action,
             chat_ttl_by_event={str(event): ttl for event, ttl in self.chat.ttl_by_event.items()},
             chat_message_fields=tuple(self.chat.message_fields),
+            receipt_secret=None if self.receipts is None else self.receipts.secrets().current,
         )
 
 
@@ -681,6 +763,10 @@ class Settings(_Section):
                         f"queue.max_ttl_seconds ({longest})"
                     )
         return self
+
+    def receipt_secrets(self) -> dict[str, ReceiptSecrets]:
+        """The receipt secrets of every app that has receipts on, by app name."""
+        return {app.name: app.receipts.secrets() for app in self.apps if app.receipts is not None}
 
     def app(self, name: str | None) -> App:
         """The app by name; None means the default app (the only one, or the one marked default).

@@ -87,7 +87,13 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
 
 
 def to_notification(
-    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec,
+    app: AppProfile,
+    *,
+    now_s: int,
+    default_ttl_s: int,
+    max_ttl_s: int,
+    notification_id: str | None = None,
 ) -> Notification | None:
     """The notification to queue for `spec`, or None when the app does not want this kind of
     push (typing notices, unless the app's chat.typing is "background")."""
@@ -100,7 +106,12 @@ def to_notification(
         fields = {key: value for key, value in spec.message_fields.items() if key in wanted}
         spec = replace(spec, action=app.chat_action, message_fields=fields)
     return build_notification(
-        spec, app, now_s=now_s, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl_s
+        spec,
+        app,
+        now_s=now_s,
+        default_ttl_s=default_ttl_s,
+        max_ttl_s=max_ttl_s,
+        notification_id=notification_id,
     )
 
 

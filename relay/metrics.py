@@ -209,6 +209,21 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+# Delivery receipts (relay.receipts): the phone's word that it showed an alert
+RECEIPTS = Counter(
+    "apns_relay_receipts_total",
+    "Delivery receipts posted by phones, by app, action and outcome (recorded, replayed, forged,"
+    " malformed, stale, rate_limited); app and action are 'unknown' until a receipt's MAC names"
+    " them",
+    ["app", "action", "outcome"],
+)
+RECEIPT_LATENCY = Histogram(
+    "apns_relay_receipt_latency_seconds",
+    "Accepted at ingest to the phone's receipt (first receipt per notification)",
+    ["app"],
+    buckets=(*_E2E_BUCKETS, 1800, 3600, 4 * 3600, 24 * 3600),
+)
+
 BUILD_INFO = Gauge("apns_relay_build_info", "Build information (always 1)", ["version", "python"])
 BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
 

@@ -21,6 +21,7 @@ from relay.model import (
 )
 from relay.push_types import check_priority
 from relay.quoting import shown, shown_token
+from relay.receipts import RECEIPT_KEY, receipt_size, with_receipt
 
 if TYPE_CHECKING:
     from relay.app_profile import AppProfile
@@ -183,9 +184,17 @@ def validate_app_name(raw: str, field_name: str = "app") -> str:
 
 
 def build_notification(
-    spec: PushSpec, app: AppProfile, *, now_s: int, default_ttl_s: int, max_ttl_s: int
+    spec: PushSpec,
+    app: AppProfile,
+    *,
+    now_s: int,
+    default_ttl_s: int,
+    max_ttl_s: int,
+    notification_id: str | None = None,
 ) -> Notification:
-    """The APNs request for `spec` sent through `app`, or InvalidInput naming what is wrong."""
+    """The APNs request for `spec` sent through `app`, or InvalidInput naming what is wrong.
+    `notification_id`: the id it will be queued under (RelayQueue.id_for), which the delivery
+    receipt of an app with receipts on names; without it, no receipt."""
     token = normalize_device_token(spec.device_token)
     if spec.service_id is not None:
         validate_service_id(spec.service_id)
@@ -198,7 +207,13 @@ def build_notification(
     chat_event = None if spec.chat is None else spec.chat.kind.value
     app_ttl_s = app.lifetime_s(spec.action, chat_event)
     expires_at = _expires_at(spec, now_s, app_ttl_s or default_ttl_s, max_ttl_s)
-    body = _check_payload_size(_payload(spec, app, push_type), push_type)
+    receipt = None
+    if app.receipt_secret is not None and notification_id is not None:
+        receipt = (app.receipt_secret, notification_id)
+    body, receipted = _payload(spec, app, push_type, receipt)
+    # The receipt is counted in: a push carrying one fits whole, or is refused whole.
+    within = f"; {receipt_size()} bytes of it the delivery receipt" if receipted else ""
+    _check_payload_size(body, push_type, within)
     return Notification(
         app=app.name,
         device_token=token,
@@ -252,15 +267,16 @@ def _check_idempotency_key(key: object) -> str:
     return key
 
 
-def _check_payload_size(body: bytes, push_type: str) -> bytes:
+def _check_payload_size(body: bytes, push_type: str, within: str = "") -> None:
+    """APNs' size limit; `within` says what of the body the relay added (a receipt)."""
     limit = payload_limit(push_type)
     if len(body) > limit:
         raise PayloadTooLarge(
             "payload",
-            f"must be at most {limit} bytes once built (APNs' limit for push type {push_type})",
+            f"must be at most {limit} bytes once built (APNs' limit for push type {push_type}"
+            f"{within})",
             received=f"{len(body)} bytes",
         )
-    return body
 
 
 def _check_whole_number(value: object, field_name: str) -> int:
@@ -358,19 +374,29 @@ def _check_collapse_id(collapse_id: str, source: str) -> str:
     return collapse_id
 
 
-def _payload(spec: PushSpec, app: AppProfile, push_type: str) -> bytes:
-    collisions = sorted(RESERVED_KEYS & spec.extra.keys())
+def _payload(
+    spec: PushSpec, app: AppProfile, push_type: str, receipt: tuple[bytes, str] | None
+) -> tuple[bytes, bool]:
+    """The body, and whether it carries a receipt: `receipt` (secret, id) goes into an alert
+    push that shows an alert, the only kind the app's Notification Service Extension sees."""
+    reserved = RESERVED_KEYS | ({RECEIPT_KEY} if receipt is not None else set())
+    collisions = sorted(reserved & spec.extra.keys())
     if collisions:
-        raise InvalidInput(f"extra.{collisions[0]}", "is reserved for the relay (aps, message)")
+        named = ", ".join(sorted(reserved))
+        raise InvalidInput(f"extra.{collisions[0]}", f"is reserved for the relay ({named})")
     message = _message(spec)
-    payload: dict[str, object] = {"aps": _aps(spec, app, push_type, message)}
+    aps = _aps(spec, app, push_type, message)
+    payload: dict[str, object] = {"aps": aps}
     if message:
         payload["message"] = (
             orjson.dumps(message).decode() if app.message_encoding == "string" else message
         )
     payload.update((key, value) for key, value in spec.extra.items() if value is not None)
+    receipted = receipt is not None and push_type == "alert" and "alert" in aps
+    if receipt is not None and receipted:
+        with_receipt(aps, payload, *receipt)
     try:
-        return orjson.dumps(payload)
+        return orjson.dumps(payload), receipted
     except orjson.JSONEncodeError as error:
         raise InvalidInput("message", f"cannot be encoded as JSON: {error}") from None
 

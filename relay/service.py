@@ -32,6 +32,7 @@ from relay.delivery.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery.worker import DeliveryWorker
 from relay.http.app import create_app, server_options
 from relay.http.auth import Credentials
+from relay.http.receipts import create_receipts_app, prime_receipt_series
 from relay.http.state import RelayState
 from relay.logs import configure_logging, redact_text
 from relay.store.connection import connect, replica_acknowledgement
@@ -265,6 +266,19 @@ async def http_server(
         await runner.cleanup()
 
 
+@contextlib.asynccontextmanager
+async def receipts_server(
+    state: RelayState, host: str, *, ingest: bool
+) -> AsyncIterator[str | None]:
+    """The listener of http.receipts_port (POST /v1/receipts alone), when set: its address."""
+    port = state.settings.http.receipts_port
+    if not ingest or port is None:
+        yield None
+        return
+    async with http_server(create_receipts_app(state), host, port) as runner:
+        yield bound_address(runner)
+
+
 def bound_address(runner: web.AppRunner) -> str:
     host, port = runner.addresses[0][:2]
     return f"http://{host}:{port}"
@@ -282,6 +296,7 @@ class RunningRelay:
     worker: DeliveryWorker | None
     worker_task: asyncio.Task[None] | None
     clients: Mapping[str, apns.ApnsClient]
+    receipts_url: str | None = None  # http.receipts_port's listener, when set
 
 
 def make_worker(
@@ -341,6 +356,8 @@ async def run_relay(
         metrics.prime_app_series(
             (app.name for app in settings.apps), ingest=ingest, delivery=worker is not None
         )
+        if ingest:
+            prime_receipt_series(settings.receipt_secrets())
         try:
             # One command first: a fresh cluster client learns the slot map once, rather than
             # under a burst of first requests.
@@ -363,11 +380,21 @@ async def run_relay(
         memory_task = asyncio.create_task(memory.run(background_stop))
         if worker is not None:
             history_task = asyncio.create_task(keep_history(queue, memory, background_stop))
-        async with http_server(create_app(state, ingest=ingest), host, port) as runner:
+        async with (
+            http_server(create_app(state, ingest=ingest), host, port) as runner,
+            receipts_server(state, host, ingest=ingest) as receipts_url,
+        ):
             worker_task = asyncio.create_task(worker.run(grace_s)) if worker else None
             try:
                 yield RunningRelay(
-                    bound_address(runner), queue, state, memory, worker, worker_task, clients
+                    bound_address(runner),
+                    queue,
+                    state,
+                    memory,
+                    worker,
+                    worker_task,
+                    clients,
+                    receipts_url,
                 )
             finally:
                 state.draining = True

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import random
 import re
 import secrets
 import sys
@@ -74,6 +75,7 @@ from relay_devkit.device_sim.dialogs import (
     UnknownDialog,
     dialog_url,
 )
+from relay_devkit.device_sim.extension import ReceiptExtension, ReceiptSent
 from relay_devkit.device_sim.phone import Phone, register_device
 from relay_devkit.embedded import EmbeddedServer
 from relay_devkit.gms_sim.callback import CallbackOptions, CallbackState
@@ -110,6 +112,10 @@ CONFIRMATION_ACTIONS = (
 DEMO_APP: Mapping[str, object] = {
     "ttl_by_action": dict.fromkeys(CONFIRMATION_ACTIONS, CONFIRM_LIFETIME_S)
 }
+# Delivery receipts (docs/receipts.md): how long the phone's extension takes to post one, and
+# the seed of which ones it loses (--receipt-loss).
+RECEIPT_DELAY_S = 0.02
+RECEIPT_SEED = 26
 # An APNs outage in a scenario opens the route's circuit; probe again soon once it is over.
 DEMO_CIRCUIT: Mapping[str, int] = {"probe_min_ms": 200, "probe_max_ms": 1_000}
 APNS_OUTAGE = {"error": {"probability": 1.0, "status": 503, "reason": "ServiceUnavailable"}}
@@ -359,14 +365,24 @@ async def flow_ends(
     control_url: str,
     relay_app: App,
     gms: GmsSimServer,
+    receipt_loss: float = 0.0,
 ) -> FlowEnds:
     # The phone registers with APNs (the simulator) for the app's topic and environment.
     token = await register_device(session, control_url, relay_app.topic, relay_app.environment)
     app = RecordingApp(AppSettings(server_url=gms.base_url, url_path=gms.simulator.url_path))
     gms.simulator.pusher = CustomHttpPusher(session, relay_url, authorization)
+    # The app's Notification Service Extension posts each shown alert's receipt; the seeded
+    # loss stands for phones offline or extensions killed before their call.
+    extension = ReceiptExtension(
+        session,
+        relay_url + "/v1/receipts",
+        loss=receipt_loss,
+        delay_s=RECEIPT_DELAY_S,
+        rng=random.Random(RECEIPT_SEED),
+    )
     return FlowEnds(
         gms=gms,
-        phone=Phone(session, control_url, token, app),
+        phone=Phone(session, control_url, token, app, extension=extension),
         app=app,
         relay_app=relay_app,
         device_id=f"{relay_app.name}:{token}",
@@ -384,14 +400,17 @@ class Marks:
     answers: int
     apns: int
     gms_pushes: int
+    receipts: int = 0
 
     @classmethod
     def now(cls, ends: FlowEnds) -> Marks:
+        extension = ends.phone.extension
         return cls(
             len(ends.phone.transcript),
             len(ends.app.answers),
             len(ends.phone.pushes),
             len(ends.simulator.pushes),
+            len(extension.sent) if extension is not None else 0,
         )
 
 
@@ -435,9 +454,25 @@ def print_since(ends: FlowEnds, report: DemoReport, marks: Marks) -> list[Transc
             ),
             *(_apns_hop(record) for record in ends.phone.pushes[marks.apns :]),
             *(transcript_hop(entry) for entry in entries),
+            *(_receipt_hop(sent) for sent in receipts_since(ends, marks)),
         ]
     )
     return entries
+
+
+def receipts_since(ends: FlowEnds, marks: Marks) -> list[ReceiptSent]:
+    extension = ends.phone.extension
+    return [] if extension is None else extension.sent[marks.receipts :]
+
+
+def _receipt_hop(sent: ReceiptSent) -> Hop:
+    if sent.status == 204:
+        text = f"receipt {sent.notification_id}: confirmed on the phone"
+    elif sent.status is None:
+        text = f"receipt {sent.notification_id}: lost (the phone was offline)"
+    else:
+        text = f"receipt {sent.notification_id}: refused ({sent.status})"
+    return Hop(sent.at, "phone → relay", text)
 
 
 async def follow(
@@ -452,6 +487,8 @@ async def follow(
         await trigger()
         await ends.phone.run_until(lambda t: done(t[marks.transcript :]), STEP_TIMEOUT_S)
     finally:  # what did happen is printed even when the phone waited in vain
+        if ends.phone.extension is not None:
+            await ends.phone.extension.drain()
         entries = print_since(ends, report, marks)
     return entries
 
@@ -1371,12 +1408,53 @@ DEMO_SCENARIOS: Mapping[str, Scenario] = {
 }
 
 
+# ---- delivery receipts: what the phone confirmed ----
+
+
+async def report_receipts(ends: FlowEnds, report: DemoReport) -> None:
+    """The confirmed ratio (receipts the relay recorded / alert pushes the phone got with one),
+    and the relay's status of a confirmed push showing when the phone had it."""
+    extension = ends.phone.extension
+    if extension is None:
+        return
+    await extension.drain()
+    report.section("Delivery receipts")
+    confirmed = extension.confirmed()
+    carried = len(extension.sent)
+    lost = sum(1 for sent in extension.sent if sent.status is None)
+    ratio = len(confirmed) / carried if carried else 0.0
+    report.note(
+        f"confirmed ratio: {len(confirmed)} of {carried} alert pushes confirmed on the phone"
+        f" ({ratio:.0%}); {lost} receipts lost on the way"
+    )
+    refused = [s for s in extension.sent if s.status not in (204, None)]
+    report.check(
+        "every receipt the phone posted was recorded",
+        not refused,
+        f"refused: {refused}",
+        source="relay",
+    )
+    if confirmed:
+        sample = sorted(confirmed)[0]
+        status, body = await _relay_get(ends, f"/v1/notifications/{sample}")
+        shown = json.loads(body) if status == 200 else {}
+        latency = shown.get("device_latency_ms")
+        report.note(f"status of {sample}: received_at_ms set, device_latency_ms {latency}")
+        report.check(
+            "the status API shows when the phone had it",
+            isinstance(shown.get("received_at_ms"), int) and isinstance(latency, int),
+            f"{status} {body}",
+            source="relay",
+        )
+
+
 # ---- the whole stack in this process ----
 
 
 def demo_settings(redis_url: str, simulator: SimInfo, basic: str, auth: str = "token") -> Settings:
     app = simulator_app(simulator, auth).model_dump(mode="json")
     app.update(DEMO_APP)
+    app["receipts"] = {"secret": secrets.token_hex(32)}
     if auth == "token":  # Apple takes Live Activity pushes only from token auth
         app["live_activity"] = {"dismiss_after_s": 2}  # dismissed within the demo's step
     return Settings.model_validate(
@@ -1399,7 +1477,11 @@ async def relay_in_loop(settings: Settings) -> AsyncIterator[str]:
 
 
 async def run_demo(
-    scenarios: Sequence[str], state_dir: Path, out: TextIO | None, auth: str = "token"
+    scenarios: Sequence[str],
+    state_dir: Path,
+    out: TextIO | None,
+    auth: str = "token",
+    receipt_loss: float = 0.0,
 ) -> DemoReport:
     """Start everything, run `scenarios` in turn and return the transcript with its checks."""
     report = DemoReport(out=out)
@@ -1421,6 +1503,7 @@ async def run_demo(
                     control_url=info.control_url,
                     relay_app=relay_app,
                     gms=gms,
+                    receipt_loss=receipt_loss,
                 )
                 report.note("apns-relay demo: the GMS flow end to end, times since the start")
                 report.note(f"Valkey (embedded)  {valkey.url}")
@@ -1441,6 +1524,7 @@ async def run_demo(
                             report.check(
                                 f"{name} ran to its end", False, str(error), source="relay"
                             )
+                    await report_receipts(ends, report)
                 finally:
                     await ends.phone.close()
     return report
@@ -1461,6 +1545,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="keep Valkey's and the simulator's files here (default: a temporary dir)",
     )
     parser.add_argument(
+        "--receipt-loss",
+        type=float,
+        default=0.0,
+        help="share of delivery receipts the phone never posts, 0 to 1 (default: 0)",
+    )
+    parser.add_argument(
         "--auth",
         choices=DEV_AUTH_CHOICES,
         default="token",
@@ -1477,7 +1567,9 @@ def run(args: argparse.Namespace) -> int:
             if args.state_dir
             else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="apns-relay-demo-")))
         )
-        report = asyncio.run(run_demo(scenarios, state_dir.resolve(), sys.stdout, args.auth))
+        report = asyncio.run(
+            run_demo(scenarios, state_dir.resolve(), sys.stdout, args.auth, args.receipt_loss)
+        )
     failures = report.failures
     print(
         f"\n{len(report.checks) - len(failures)} of {len(report.checks)} checks passed"

@@ -78,6 +78,7 @@ class RelayHarness:
     session: aiohttp.ClientSession
     sim: SimInfo
     control: ControlClient
+    receipts_url: str | None = None  # http.receipts_port's listener, when configured
 
     async def call(
         self, method: str, path: str, body: Any = None, *, auth: str | None = "bearer", **kw: Any
@@ -159,7 +160,15 @@ async def running_relay(
         ):
             assert relay.worker is not None
             yield RelayHarness(
-                relay.url, settings, relay.queue, relay.worker, relay.state, session, info, control
+                relay.url,
+                settings,
+                relay.queue,
+                relay.worker,
+                relay.state,
+                session,
+                info,
+                control,
+                relay.receipts_url,
             )
 
 

@@ -14,8 +14,13 @@ from jsonschema import Draft202012Validator
 from relay_harness import RelayHarness, running_relay
 from test_gms import chat_event
 
+from relay.receipts import receipt_mac
+
 SERVICE = "svc-42"
 PROBLEM_JSON = "application/problem+json"
+
+
+RECEIPT_SECRET = b"receipt-secret-" + b"0" * 32
 
 
 @dataclass
@@ -39,8 +44,8 @@ class Checked:
         documented = operation["responses"].get(str(status))
         assert documented is not None, (method, template, status, body)
         content = documented.get("content")
-        if content is None:  # /metrics: text, not JSON
-            assert status == 200
+        if content is None:  # /metrics: text, not JSON; a receipt: no body
+            assert status in (200, 204)
         else:
             ((media_type, media),) = content.items()
             received_type = headers["Content-Type"].split(";")[0]
@@ -70,7 +75,9 @@ def sample_path(template: str, app: str, token: str) -> str:
 
 
 async def test_every_route_answers_as_its_document_says(redis_url: str, state_dir: Path) -> None:
-    async with running_relay(redis_url, state_dir, app={"live_activity": {}}) as relay:
+    receipts = {"secret": RECEIPT_SECRET.decode()}
+    app_sections = {"live_activity": {}, "receipts": receipts}
+    async with running_relay(redis_url, state_dir, app=app_sections) as relay:
         status, document, _ = await relay.call("GET", "/openapi.json")
         assert status == 200
         checked = Checked(document)
@@ -106,6 +113,15 @@ async def test_every_route_answers_as_its_document_says(redis_url: str, state_di
         ]
         for body, expected in refusals:
             assert (await checked.call(relay, "POST", "/v1/notifications", body))[0] == expected
+        # Its delivery receipt, as the phone posts it (no credential): recorded, or refused.
+        receipt = {"id": accepted["id"], "mac": receipt_mac(RECEIPT_SECRET, accepted["id"])}
+        for body, expected in [
+            (receipt, 204),
+            ({"id": accepted["id"]}, 422),
+            ({**receipt, "mac": "A" * len(receipt["mac"])}, 403),
+        ]:
+            answer = await checked.call(relay, "POST", "/v1/receipts", body, auth=None)
+            assert answer[0] == expected, answer
         problem_path = sample_path("/v1/notifications/{id}", app, token)
         assert (await checked.call(relay, "GET", problem_path))[0] == 404
 

@@ -90,5 +90,5 @@ async def test_schemathesis_finds_no_server_error_and_only_documented_problems(
         output, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT_S)
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
-    assert "Tested: 15" in report, report
+    assert "Tested: 16" in report, report
     assert " passed" in report, report

@@ -140,7 +140,7 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     assert poll == ("delivery", "credential_poll_seconds")
     assert names["RELAY_REDIS_MEMORY_WATERMARK"] == ("redis", "memory_watermark")
     # redis, http, queue, ingest, retry, delivery, circuit, logging
-    assert len(names) == 9 + 5 + 8 + 4 + 3 + 5 + 4 + 2
+    assert len(names) == 9 + 8 + 8 + 4 + 3 + 5 + 4 + 2
     assert names["RELAY_HTTP_TRUSTED_PROXIES"] == ("http", "trusted_proxies")
     proxies = load_settings(env={"RELAY_HTTP_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
     assert [str(n) for n in proxies.http.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]
@@ -434,7 +434,8 @@ def test_the_example_loads_and_shows_the_defaults(tmp_path: Path) -> None:
     (tmp_path / "keys" / "demo-sandbox.pem").write_bytes(cert_pem)
     (tmp_path / "keys" / "demo-sandbox-key.pem").write_bytes(b"-----BEGIN PRIVATE KEY" + key_pem)
     settings = load_settings(
-        tmp_path / "relay.yaml", env={"DEMO_SANDBOX_P12_PASSWORD": "p12-password"}
+        tmp_path / "relay.yaml",
+        env={"DEMO_SANDBOX_P12_PASSWORD": "p12-password", "DEMO_RECEIPTS_SECRET": "r" * 64},
     )
     defaults = Settings()
     for section in ("http", "queue", "retry", "delivery", "logging"):

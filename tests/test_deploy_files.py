@@ -1043,6 +1043,11 @@ def test_alert_rules_are_complete_and_well_formed() -> None:
     # Invariant 14: delivery failing on bad records or script errors is said, not waited out.
     assert queried["ApnsRelayClaimsFailing"] == {"apns_relay_claim_errors_total"}
     assert queried["ApnsRelayMalformedRecords"] == {"apns_relay_malformed_records_total"}
+    # Delivery receipts (issue 26): the confirmed ratio per app, with enough deliveries to judge.
+    assert queried["ApnsRelayReceiptsConfirmedRatioLow"] == {
+        "apns_relay_receipts_total",
+        "apns_relay_notifications_delivered_total",
+    }
     assert (expiring["labels"]["severity"], expired["labels"]["severity"]) == (
         "warning",
         "critical",
@@ -1083,6 +1088,8 @@ def test_dashboard_panels_are_well_formed_and_cover_the_relay() -> None:
         "apns_relay_redis_memory_used_bytes",
         "apns_relay_redis_memory_max_bytes",
         "apns_relay_redis_memory_watermark",
+        "apns_relay_receipts_total",
+        "apns_relay_receipt_latency_seconds_bucket",
     } <= queried
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from eventually import eventually
+from test_capacity import settled_used_memory
 from test_queue import T0, note
 
 from relay.model import Delivered
@@ -48,8 +49,9 @@ async def limit(redis: aioredis.Redis) -> AsyncIterator[aioredis.Redis]:
 
 
 async def set_fraction(redis: aioredis.Redis, fraction: float) -> None:
-    """maxmemory such that Redis now uses about `fraction` of it."""
-    used = int((await redis.info("memory"))["used_memory"])
+    """maxmemory such that Redis now uses about `fraction` of it (once what an earlier test's
+    flush left to the lazy-free thread is freed)."""
+    used = await settled_used_memory(redis)
     await redis.config_set("maxmemory", int(used / fraction))
 
 

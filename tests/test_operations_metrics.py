@@ -28,6 +28,8 @@ from relay_devkit.dev_mode import simulator_app
 APP = "dev"
 # Exported only for apps sending with a client certificate (test_certificate_auth checks it).
 CERTIFICATE_APP_SERIES = {"apns_relay_credential_expiry_timestamp_seconds"}
+# Exported for apps with delivery receipts on (a live /metrics is checked in test_receipts_flow).
+RECEIPT_APP_SERIES = {"apns_relay_receipts_total", "apns_relay_receipt_latency_seconds_bucket"}
 WAIT_S = 20.0
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
 
@@ -230,6 +232,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
     # The dashboard and the alert rules query only what this live relay exports (its app sends
     # with a token key; what only certificate apps export is checked in test_certificate_auth).
     exported = {name for name, _ in samples} | PROMETHEUS_SERIES | CERTIFICATE_APP_SERIES
+    exported |= RECEIPT_APP_SERIES
     for where, expr in every_query():
         missing = promql_metric_names(expr) - exported
         assert not missing, f"{where} queries {sorted(missing)}, absent from a live /metrics"

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError
+from test_capacity import settled_used_memory
 from test_queue import T0, note, snapshot
 
 from relay.model import Delivered, Retry
@@ -30,10 +31,13 @@ async def full_queue(redis: aioredis.Redis) -> AsyncIterator[RelayQueue]:
     claims = (await queue.claim(1, now_ms=T0)).claimed
     await queue.release(claims, now_ms=T0)
     await queue.trim_history(oldest=True)
+    baseline = await settled_used_memory(redis)
     for i in range(FILL):
         await queue.enqueue(note(f"{i % DEVICES:064x}", body="x" * 200), now_ms=T0 + i)
-    used = int((await redis.info("memory"))["used_memory"])
-    await redis.config_set("maxmemory", used - 64 * 1024)
+    filled = int((await redis.info("memory"))["used_memory"])
+    # Past it by half of what the queue holds: decisively full, and what delivery frees
+    # (the payloads, most of each record) brings it well under.
+    await redis.config_set("maxmemory", (baseline + filled) // 2)
     try:
         yield queue
     finally:

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.http import activities, devices, gms_push, health, notifications, openapi
+from relay.http import activities, devices, gms_push, health, notifications, openapi, receipts
 from relay.http.middleware import authenticate, expect_continue, request_context
 from relay.http.routing import Route
 from relay.http.state import STATE, RelayState
@@ -39,6 +39,7 @@ def every_route() -> list[Route]:
         *openapi.ROUTES,
         *activities.ROUTES,
         *check.ROUTES,
+        *receipts.ROUTES,
     ]
 
 
@@ -49,6 +50,7 @@ def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
         client_max_size=state.settings.http.max_body_bytes,
     )
     app[STATE] = state
+    app[receipts.RECEIPT_DESK] = receipts.ReceiptDesk.from_settings(state.settings)
     for route in every_route() if ingest else health.ROUTES:
         path = any_segment(route.path)
         if route.method == "GET":  # with HEAD, as aiohttp's add_get does

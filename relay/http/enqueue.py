@@ -37,6 +37,14 @@ def request_digest(spec: PushSpec, app: App) -> str:
     return hashlib.sha256(encoded).hexdigest()[:32]
 
 
+def receipt_id(state: RelayState, app: App, spec: PushSpec) -> str | None:
+    """The id a push of an app with receipts on is queued under, made before its payload is
+    built (the receipt names it); None for other apps (the queue makes it)."""
+    if app.receipts is None:
+        return None
+    return state.queue.id_for(app.name, spec.device_token.lower())
+
+
 def bind_key(notification: Notification, spec: PushSpec, app: App) -> Notification:
     """The notification with its client-chosen idempotency key bound to the request."""
     if notification.idempotency_key is None:
@@ -55,19 +63,21 @@ async def _enqueue(
     spec = scoped_spec(grant, spec)
     app = resolve_app(state.settings, grant, spec.app, app_field)
     now_s = int(time.time())
+    notification_id = receipt_id(state, app, spec)
     notification = to_notification(
         spec,
         app.profile(),
         now_s=now_s,
         default_ttl_s=state.settings.queue.default_ttl_seconds,
         max_ttl_s=state.settings.queue.max_ttl_seconds,
+        notification_id=notification_id,
     )
     if notification is None:
         return None
     if client_key:
         notification = bind_key(notification, spec, app)
     try:
-        accepted = await state.ingest.accept(notification)
+        accepted = await state.ingest.accept(notification, notification_id)
         count_enqueued(app.name, accepted)
     except QueueRefusal as refusal:
         raise Problem.from_refusal(refusal) from None

@@ -21,7 +21,8 @@ from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 
 log = structlog.get_logger("relay.api")
 
-PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+# /v1/receipts: phones post delivery receipts, proven by their MAC (relay.http.receipts).
+PUBLIC_ROUTES = frozenset({"/healthz", "/readyz", "/metrics", "/v1/receipts"})
 # Methods counted by name in metrics; anything else a client invents is counted as "other",
 # so a hostile client cannot grow the label set.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

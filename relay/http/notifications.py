@@ -16,6 +16,7 @@ from relay.http.enqueue import (
     count_enqueued,
     count_event,
     ingest_push,
+    receipt_id,
     refuse_while_draining,
 )
 from relay.http.problems import Problem, problem_from_validation, status_url
@@ -75,18 +76,21 @@ async def create_batch(request: web.Request) -> web.Response:
         raise problem_from_validation(error, BatchIn) from None
     results: list[BatchItemAcceptedOut | BatchItemRefusedOut | None] = []
     valid: list[tuple[int, Any]] = []
+    ids: dict[int, str | None] = {}  # by index: the id a receipt names (receipt_id)
     now_s = int(time.time())
     for index, item in enumerate(batch.notifications):
         prefix = f"notifications[{index}]."
         try:
             spec = scoped_spec(grant, NotificationIn.model_validate(item).to_spec())
             app = resolve_app(state.settings, grant, spec.app, prefix + "app")
+            ids[index] = receipt_id(state, app, spec)
             notification = build_notification(
                 spec,
                 app.profile(),
                 now_s=now_s,
                 default_ttl_s=state.settings.queue.default_ttl_seconds,
                 max_ttl_s=state.settings.queue.max_ttl_seconds,
+                notification_id=ids[index],
             )
             valid.append((index, bind_key(notification, spec, app)))
             results.append(None)  # answered once queued
@@ -99,11 +103,11 @@ async def create_batch(request: web.Request) -> web.Response:
     # A device with notifications in the spool takes new ones behind them, one by one.
     spooled = [(i, n) for i, n in valid if state.ingest.holds(n)]
     valid = [(i, n) for i, n in valid if not state.ingest.holds(n)]
-    outcomes = await state.queue.enqueue_many([n for _, n in valid])
+    outcomes = await state.queue.enqueue_many([n for _, n in valid], ids=[ids[i] for i, _ in valid])
     for index, notification in spooled:
         try:
             valid.append((index, notification))
-            outcomes.append(await state.ingest.accept(notification))
+            outcomes.append(await state.ingest.accept(notification, ids[index]))
         except QueueRefusal as refusal:
             outcomes.append(refusal)
     if state.replicas is not None:

@@ -140,6 +140,12 @@ class NotificationStatusOut(Answer):
     collapse_id: str | None
     push_type: str
     priority: int
+    received_at_ms: int | None = Field(
+        description="when the phone's delivery receipt arrived (apps[].receipts); null: none yet"
+    )
+    device_latency_ms: int | None = Field(
+        description="received_at_ms - accepted_at_ms: acceptance to shown on the phone"
+    )
     waiting_for_route: RouteWaitOut | None
 
 

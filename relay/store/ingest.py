@@ -95,13 +95,14 @@ class Ingest:
         self.lanes = DeviceLanes()
         self._random = random.Random()
 
-    async def accept(self, n: Notification) -> Accepted:
+    async def accept(self, n: Notification, notification_id: str | None = None) -> Accepted:
         """Stored in Redis, or fsync'd in the spool: when Redis stayed unreachable for the whole
         hold, refused it for memory, is above its memory watermark (the last of its memory goes
         to draining, as RabbitMQ's memory alarm keeps it), or the device is spooled already.
-        Raises QueueRefusal (stored nowhere), or a Redis error when there is no spool."""
+        Raises QueueRefusal (stored nowhere), or a Redis error when there is no spool.
+        `notification_id`: the id its payload was built for (RelayQueue.id_for), else a new one."""
         deadline = time.monotonic() + self.hold_s
-        notification_id = self.queue.new_id(n)
+        notification_id = notification_id or self.queue.new_id(n)
         device = (n.app, n.device_token)
         async with self.lanes.lane(device):
             if self.spool is not None and (seen := self.spool.ledger.idempotent_match(n)):

@@ -28,6 +28,9 @@ PAYLOAD = "p:"
 # HASH + bucket: final records (relay.store.history), field = the id without its shard; TTL = the
 # retention from its last write.
 HISTORY = "h:"
+# HASH + bucket: delivery receipts (relay.store.receipts), field as in HISTORY, value = when the
+# phone's receipt arrived (ms); TTL = the retention from its last write.
+RECEIPTS = "r:"
 HISTORY_BUCKETS = "hist"  # ZSET bucket -> bucket: the shard's history buckets, oldest first
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
 SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))

@@ -52,6 +52,7 @@ from relay.store.keys import (
     NOTE,
     PARKED,
     QUEUE,
+    RECEIPTS,
     SERVICE,
     STAT_COUNTERS,
     STATS,
@@ -71,6 +72,7 @@ from relay.store.records import (
     NotificationStatus,
     QueueLimits,
     QueueTotals,
+    with_received,
 )
 from relay.store.refusals import (
     DeadToken,
@@ -137,7 +139,12 @@ class RelayQueue:
 
     def new_id(self, n: Notification) -> str:
         """A fresh id for `n`, naming its shard (so a status read goes to one shard)."""
-        return f"{self.shard_of(n.app, n.device_token):02d}-{time_ordered_hex()}"
+        return self.id_for(n.app, n.device_token)
+
+    def id_for(self, app: str, token: str) -> str:
+        """A fresh id for a notification to (app, lower-case token), made before it is built
+        when its payload names it (a delivery receipt)."""
+        return f"{self.shard_of(app, token):02d}-{time_ordered_hex()}"
 
     def _enqueue_call(
         self, n: Notification, now_ms: int, notification_id: str | None = None
@@ -217,15 +224,23 @@ class RelayQueue:
         return result
 
     async def enqueue_many(
-        self, ns: Sequence[Notification], *, now_ms: int | None = None
+        self,
+        ns: Sequence[Notification],
+        *,
+        now_ms: int | None = None,
+        ids: Sequence[str | None] | None = None,
     ) -> list[Accepted | QueueRefusal]:
-        """Up to MAX_BATCH notifications in one pipelined round trip, each atomic on its own."""
+        """Up to MAX_BATCH notifications in one pipelined round trip, each atomic on its own;
+        `ids`, when given, the id each is stored under (None: a fresh one)."""
         if len(ns) > MAX_BATCH:
             raise ValueError(f"enqueue_many: {len(ns)} notifications, at most {MAX_BATCH} a call")
         if not ns:
             return []
         now = _now_ms(now_ms)
-        replies = await self.run_scripts([self._enqueue_call(n, now)[0] for n in ns])
+        chosen = [None] * len(ns) if ids is None else ids
+        replies = await self.run_scripts(
+            [self._enqueue_call(n, now, i)[0] for n, i in zip(ns, chosen, strict=True)]
+        )
         return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
 
     # ---- claim ----
@@ -462,11 +477,12 @@ class RelayQueue:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(prefix + NOTE + notification_id)
         pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
-        record, final = await pipe.execute()
+        pipe.hget(f"{prefix}{RECEIPTS}{bucket}", history_field(notification_id))
+        record, final, received = await pipe.execute()
         if record:
-            return status_from(notification_id, record)
+            return with_received(status_from(notification_id, record), received)
         if final is not None:
-            return status_from_history(notification_id, final)
+            return with_received(status_from_history(notification_id, final), received)
         return None
 
     async def no_longer_retained(

@@ -4,7 +4,7 @@ of a notification's fields its record holds."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from relay.model import ClaimedNotification, DeliveryState, Notification
 
@@ -129,6 +129,18 @@ class NotificationStatus:
     collapse_id: str | None
     push_type: str
     priority: int
+    # When the phone's delivery receipt arrived (apps[].receipts), and how long after acceptance.
+    received_at_ms: int | None = None
+    device_latency_ms: int | None = None
+
+
+def with_received(status: NotificationStatus, received: bytes | str | None) -> NotificationStatus:
+    """The status with its delivery receipt's time (the receipt bucket's field), if any."""
+    if received is None:
+        return status
+    received_at_ms = int(received)
+    latency = received_at_ms - status.accepted_at_ms
+    return replace(status, received_at_ms=received_at_ms, device_latency_ms=latency)
 
 
 @dataclass(frozen=True, slots=True)

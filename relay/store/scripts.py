@@ -30,6 +30,7 @@ from relay.store.keys import (
     NOTE,
     PAYLOAD,
     QUEUE,
+    RECEIPTS,
     SERVICE,
     WAKE_CHANNEL,
 )
@@ -55,6 +56,7 @@ def _lua_prelude() -> str:
         "K_SERVICE": SERVICE,
         "K_HISTORY": HISTORY,
         "K_HISTORY_BUCKETS": HISTORY_BUCKETS,
+        "K_RECEIPTS": RECEIPTS,
         "WAKE_CHANNEL": WAKE_CHANNEL,
     }
     lines = [f"local {name} = {_lua_string(value)}" for name, value in constants.items()]

@@ -28,6 +28,7 @@ from relay_devkit.device_sim.app import (
     OpenComet,
     TranscriptEntry,
 )
+from relay_devkit.device_sim.extension import ReceiptExtension
 
 DEFAULT_POLL_INTERVAL_S = 0.05
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
@@ -113,6 +114,7 @@ class Phone:
     pushes: list[dict[str, object]] = field(default_factory=list)  # the control API's records
     comet_messages: list[dict[str, object]] = field(default_factory=list)  # as received
     activity_watcher: ActivityWatcher | None = None  # the phone's Live Activities, if any
+    extension: ReceiptExtension | None = None  # the app's Notification Service Extension
     _comet: CometClient | None = None
     _comet_reader: asyncio.Task[None] | None = None
 
@@ -157,6 +159,8 @@ class Phone:
                 raise ControlApiError(
                     f"notification seq {record.get('seq')}: payload not an object"
                 )
+            if self.extension is not None:  # iOS runs it before the alert is shown
+                self.extension.on_push(payload)
             await self.perform(self.app.receive_push(payload, self.clock()))
         if self.activity_watcher is not None:
             shown = await self.activity_watcher.poll_once(self.clock())
