@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from redis.exceptions import OutOfMemoryError
 
 from relay.model import (
     FINAL_STATES,
@@ -405,3 +406,61 @@ def test_the_model_catches_a_deliberate_break_of_possibly_sent_keeps_its_place(
     monkeypatch.setattr(queue_module, name.upper(), broken(name, text, replacement))
     with pytest.raises(AssertionError):
         run_machine(redis_url, BREAK_SETTINGS)
+
+
+class AtMaxmemory(QueueMachine):
+    """The same machine, with Redis filling up and getting room again between any two steps
+    (noeviction): while it is full an enqueue is refused having changed nothing, and claim,
+    settle, release and lease expiry go on exactly as the model says (the scripts that drain
+    run at maxmemory)."""
+
+    full = False
+
+    @rule()
+    def redis_fills_up(self) -> None:
+        self.run(self.redis.config_set("maxmemory", 1))  # anything stored is over it
+        self.full = True
+
+    @rule()
+    def redis_has_room_again(self) -> None:
+        self.run(self.redis.config_set("maxmemory", 0))
+        self.full = False
+
+    @rule(
+        device=st.sampled_from(DEVICES),
+        service_id=st.sampled_from([None, "s0", "s1"]),
+        chat=st.none() | st.tuples(st.sampled_from(GROUPS), st.integers(0, 9)),
+    )
+    def enqueue(self, device: str, service_id: str | None, chat: tuple[str, int] | None) -> None:
+        if not self.full:
+            super().enqueue(device, service_id, chat)
+            return
+        group, position = chat or (None, None)
+        refused = Notification(
+            app=APP,
+            device_token=device,
+            payload=b'{"aps":{"alert":"refused"}}',
+            push_type="alert",
+            priority=10,
+            expires_at=self.model.now_ms // 1000 + TTL_S,
+            service_id=service_id,
+            order_group=group,
+            order=position,
+        )
+        with pytest.raises(OutOfMemoryError):
+            self.run(self.queue.enqueue(refused, now_ms=self.model.now_ms))
+        # The model is unchanged: the invariants check that the store is too.
+
+    def teardown(self) -> None:
+        self.run(self.redis.config_set("maxmemory", 0))
+        super().teardown()
+
+
+def test_at_maxmemory_the_queue_refuses_new_work_whole_and_drains_as_its_model(
+    redis_url: str,
+) -> None:
+    class OnThisServer(AtMaxmemory):
+        def __init__(self) -> None:
+            super().__init__(redis_url)
+
+    run_state_machine_as_test(OnThisServer, settings=settings(SETTINGS, max_examples=60))
