@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis as syncredis
+import redis.asyncio as aioredis
 from hostile_catalogue import (
     API_TOKEN,
     BASIC_PASSWORD,
@@ -252,3 +253,30 @@ async def test_a_spool_with_one_poisoned_record_per_shard_delivers_every_valid_p
         json.loads(line) for line in (spool_dir / QUARANTINE_FILE).read_bytes().splitlines()
     ]
     assert sorted(q["id"] for q in quarantined) == sorted(poisoned.values())
+
+
+async def test_a_status_read_of_a_malformed_record_is_a_409_never_a_500(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Every corruption test_queue's claim copes with, read through GET /v1/notifications/{id}
+    while the record is still queued (the worker paused by an open route would not matter: the
+    read comes first): a status, or 409 record-malformed naming the id — never a 500."""
+    from test_queue import CORRUPTIONS, corrupt
+
+    async with running_relay(redis_url, tmp_path) as relay:
+        relay.worker.stop()  # the records stay queued and malformed while they are read
+        token = await relay.device_token()
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            for name, fields in CORRUPTIONS.items():
+                notification_id = await relay.notify(device_token=token, alert=name)
+                await corrupt(client, notification_id, fields)
+                status, body, _ = await relay.call("GET", f"/v1/notifications/{notification_id}")
+                assert status in (200, 409), (name, status, body)
+                if status == 409:
+                    assert (body["field"], body["type"].rsplit(":", 1)[-1]) == (
+                        "id",
+                        "record-malformed",
+                    ), name
+        finally:
+            await client.aclose()

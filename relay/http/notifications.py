@@ -35,6 +35,7 @@ from relay.http.routing import INGEST_ERRORS, Route
 from relay.http.state import GRANT, STATE
 from relay.model import DeliveryState, InvalidInput
 from relay.payload import build_notification
+from relay.store.codec import MalformedRecordError
 from relay.store.queue import MAX_BATCH
 from relay.store.records import Accepted, NotificationStatus
 from relay.store.refusals import QueueRefusal
@@ -155,7 +156,16 @@ async def get_notification(request: web.Request) -> web.Response:
     state = request.app[STATE]
     status = state.ingest.spooled_status(notification_id)
     if status is None and len(notification_id) <= MAX_NOTIFICATION_ID_CHARS:
-        status = await state.queue.get(notification_id)
+        try:
+            status = await state.queue.get(notification_id)
+        except MalformedRecordError:
+            raise Problem(
+                409,
+                "record-malformed",
+                "this notification's stored record breaks the relay's rules: it is failed as"
+                " MalformedRecord when its turn comes, never sent",
+                field="id",
+            ) from None
         if status is None and (gone := await state.queue.no_longer_retained(notification_id)):
             # Says nothing of whose it was: the record that would tell is gone.
             raise Problem(
@@ -235,6 +245,6 @@ ROUTES = [
         "getNotification",
         "One notification's state (404 also for another app's; 410 once its record is gone)",
         {200: NotificationStatusOut},
-        errors=(404, 410),
+        errors=(404, 409, 410),
     ),
 ]

@@ -9,6 +9,7 @@ and fairness they share."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 import zlib
 from collections import defaultdict
@@ -469,7 +470,8 @@ class RelayQueue:
 
     async def get(self, notification_id: str) -> NotificationStatus | None:
         """A notification's status, queued or final (its history record); None when neither
-        is found (no_longer_retained says whether it was given up)."""
+        is found (no_longer_retained says whether it was given up). Raises MalformedRecordError
+        for a record it cannot read."""
         shard, bucket = shard_of_id(notification_id), bucket_of(notification_id)
         if shard is None or shard >= self.limits.shards or bucket is None:
             return None
@@ -479,10 +481,14 @@ class RelayQueue:
         pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
         pipe.hget(f"{prefix}{RECEIPTS}{bucket}", history_field(notification_id))
         record, final, received = await pipe.execute()
-        if record:
-            return with_received(status_from(notification_id, record), received)
-        if final is not None:
-            return with_received(status_from_history(notification_id, final), received)
+        try:
+            if record:
+                return with_received(status_from(notification_id, record), received)
+            if final is not None:
+                return with_received(status_from_history(notification_id, final), received)
+        except (KeyError, ValueError, IndexError, struct.error) as error:
+            # A record this relay did not write as it is (invariant 14): said, not a crash.
+            raise MalformedRecordError(f"{notification_id}: {error!r}") from error
         return None
 
     async def no_longer_retained(
