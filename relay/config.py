@@ -8,7 +8,7 @@ kept elsewhere as plain data (relay.app_profile, relay.credentials, relay.alerts
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -522,6 +522,15 @@ DEFAULT_LIVE_ACTIVITY_STEPS: Mapping[str, LiveActivityStep] = {
 }
 
 
+def _check_actions(actions: Iterable[str], field_name: str) -> None:
+    """Each key of a per-action map is a usable GMS action (the rule /gms/push applies)."""
+    for action in actions:
+        try:
+            validate_action(action, field_name)
+        except InvalidInput as error:
+            raise ValueError(f"{action!r}: {error.rule}") from None
+
+
 class LiveActivitySettings(_Section):
     """An app's callback Live Activity: off unless the section is given."""
 
@@ -551,11 +560,7 @@ class LiveActivitySettings(_Section):
     @field_validator("steps")
     @classmethod
     def _usable_actions(cls, steps: dict[str, LiveActivityStep]) -> dict[str, LiveActivityStep]:
-        for action in steps:
-            try:
-                validate_action(action, "steps")
-            except InvalidInput as error:
-                raise ValueError(f"{action!r}: {error.rule}") from None
+        _check_actions(steps, "steps")
         return steps
 
     @model_validator(mode="after")
@@ -661,11 +666,7 @@ class App(_Section):
     @field_validator("ttl_by_action")
     @classmethod
     def _usable_ttl_actions(cls, lifetimes: dict[str, int]) -> dict[str, int]:
-        for action in lifetimes:
-            try:
-                validate_action(action, "ttl_by_action")
-            except InvalidInput as error:
-                raise ValueError(f"{action!r}: {error.rule}") from None
+        _check_actions(lifetimes, "ttl_by_action")
         return lifetimes
 
     @field_validator("push_type")

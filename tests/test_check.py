@@ -37,6 +37,17 @@ NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
 KEY = TokenKeyFacts("AuthKey.p8", "EC", "secp256r1")
 
 
+def run_check(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """`apns-relay check` on `config`, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", "check", "--config", str(config), *options],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
 def under_check(credential: TokenKeyFacts | CertificateFacts = KEY) -> AppUnderCheck:
     return AppUnderCheck("gms-ios", TOPIC, "production", "api.push.apple.com:443", credential)
 
@@ -269,19 +280,10 @@ async def test_the_command_prints_one_line_per_app_and_json_and_exits_non_zero(
         apps = [token_app(info, "ready"), token_app(info, "other-team", team_id="ZZZZZZZZZZ")]
         config.write_text(yaml.safe_dump({"apps": apps}))
 
-        def check(*options: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "relay.cli", "check", "--config", str(config), *options],
-                capture_output=True,
-                text=True,
-                cwd=REPO_ROOT,
-                timeout=60,
-            )
-
         text, as_json, one = await asyncio.gather(
-            asyncio.to_thread(check),
-            asyncio.to_thread(check, "--json"),
-            asyncio.to_thread(check, "--app", "ready"),
+            asyncio.to_thread(run_check, config),
+            asyncio.to_thread(run_check, config, "--json"),
+            asyncio.to_thread(run_check, config, "--app", "ready"),
         )
     assert text.returncode == 1, text.stderr
     lines = text.stdout.splitlines()
@@ -328,19 +330,10 @@ async def test_the_command_reports_each_redis_policy_and_limit_and_an_unset_spoo
             on_unbounded = state_dir / "unbounded.yaml"
             on_unbounded.write_text(yaml.safe_dump({"apps": apps, "redis": {"url": unbounded.url}}))
 
-            def check(config: Path, *options: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run(
-                    [sys.executable, "-m", "relay.cli", "check", "--config", str(config), *options],
-                    capture_output=True,
-                    text=True,
-                    cwd=REPO_ROOT,
-                    timeout=60,
-                )
-
             refused, refused_json, accepted = await asyncio.gather(
-                asyncio.to_thread(check, on_evicting),
-                asyncio.to_thread(check, on_evicting, "--json"),
-                asyncio.to_thread(check, on_unbounded),
+                asyncio.to_thread(run_check, on_evicting),
+                asyncio.to_thread(run_check, on_evicting, "--json"),
+                asyncio.to_thread(run_check, on_unbounded),
             )
     assert refused.returncode == 1, refused.stderr
     ready, redis_line, spool_line = refused.stdout.splitlines()
