@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from relay.alerts import AlertTemplate
+from relay.alerts import DEFAULT_ALERTS, AlertTemplate
 from relay.app_profile import AppProfile
 from relay.credentials import Endpoint, TokenCredentials, default_endpoint
 from relay.delivery.circuit import CircuitPolicy
@@ -706,6 +706,12 @@ class App(_Section):
                 f"topic {self.topic} in {self.environment}"
             )
         return self
+
+    @property
+    def known_actions(self) -> frozenset[str]:
+        """The `_action`s this app's configuration names (or ships alerts for): the actions its
+        metrics label as themselves (relay.metrics.action_label)."""
+        return frozenset({*self.alerts, *self.ttl_by_action, *DEFAULT_ALERTS, self.chat.action})
 
     def profile(self) -> AppProfile:
         """What building this app's pushes needs of it, as plain data."""

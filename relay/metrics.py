@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -31,7 +31,9 @@ LIVE_ACTIVITY_PUSHES = Counter(
 
 # Delivery
 NOTIFICATIONS_DELIVERED = Counter(
-    "apns_relay_notifications_delivered_total", "Notifications accepted by APNs (200)", ["app"]
+    "apns_relay_notifications_delivered_total",
+    "Notifications accepted by APNs (200), by app and action (action_label)",
+    ["app", "action"],
 )
 NOTIFICATIONS_FAILED = Counter(
     "apns_relay_notifications_failed_total",
@@ -228,6 +230,17 @@ BUILD_INFO = Gauge("apns_relay_build_info", "Build information (always 1)", ["ve
 BUILD_INFO.labels(version=__version__, python=platform.python_version()).set(1)
 
 
+OTHER_ACTION = "other"
+
+
+def action_label(known: Collection[str], action: str | None) -> str:
+    """A push's `_action` as a metric label: one its app's configuration names (`known`), "none"
+    without one, else "other", so that what GMS sends cannot grow the series without bound."""
+    if action is None:
+        return "none"
+    return action if action in known else OTHER_ACTION
+
+
 def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> None:
     """Export each app's series at 0 from the start: rate() and alerts need a first sample, and
     a dashboard should show "none yet" rather than "no data". Reason-labelled series cannot be
@@ -246,7 +259,7 @@ def prime_app_series(apps: Iterable[str], *, ingest: bool, delivery: bool) -> No
             NOTIFICATIONS_ENQUEUED.labels(app=app)
             NOTIFICATIONS_SUPERSEDED.labels(app=app)
         if delivery:
-            NOTIFICATIONS_DELIVERED.labels(app=app)
+            NOTIFICATIONS_DELIVERED.labels(app=app, action=OTHER_ACTION)
             NOTIFICATIONS_EXPIRED.labels(app=app)
             DELIVERY_LATENCY.labels(app=app)
             APNS_REQUEST_DURATION.labels(app=app)

@@ -311,6 +311,7 @@ def make_worker(
         batch_size=settings.delivery.batch_size,
         pause_probe_s=settings.delivery.pause_probe_seconds,
         circuit_policy=settings.circuit.policy(settings.delivery.request_timeout_seconds),
+        known_actions={app.name: app.known_actions for app in settings.apps},
     )
 
 

@@ -19,6 +19,7 @@ from relay_harness import (
     relay_processes,
 )
 from relay_harness import write_config as write_relay_config
+from seed_actions import WAIT_FOR_AGENT
 from simulator import control_client, running_simulator
 from test_deploy_files import PROMETHEUS_SERIES, every_query, promql_metric_names
 
@@ -112,7 +113,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 relay = Relay(process.url, session)
                 status, answer = await relay.post(
                     "/gms/push",
-                    {"deviceId": delivered, "message": {"_id": "S0", "_action": "x"}},
+                    {"deviceId": delivered, "message": {"_id": "S0", "_action": WAIT_FOR_AGENT}},
                     {"Authorization": basic_authorization()},
                 )
                 assert status == 200, answer
@@ -152,7 +153,12 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 samples = await relay.scrape()
     # Delivery outcomes: one each, retries by reason, dead token marked.
     assert value(samples, "apns_relay_notifications_enqueued_total", app=APP) == 7
-    assert value(samples, "apns_relay_notifications_delivered_total", app=APP) == 4
+    # By action: a seed action is named; "x" and "y" are no action the app names.
+    by_action = series(samples, "apns_relay_notifications_delivered_total", app=APP)
+    assert {dict(labels)["action"]: n for labels, n in by_action.items() if n} == {
+        WAIT_FOR_AGENT: 1,
+        "other": 3,
+    }
     assert series(samples, "apns_relay_notifications_failed_total") == {
         frozenset({("app", APP), ("reason", "BadDeviceToken")}): 1
     }

@@ -28,17 +28,21 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def receipts_counted(app: str, outcome: str) -> float:
-    """apns_relay_receipts_total for `app` and `outcome`, summed over actions."""
-    total = 0.0
+def counted_by_action(metric_name: str, **labels: str) -> dict[str, float]:
+    """A counter's samples whose labels include `labels`, by their action label."""
+    found: dict[str, float] = {}
     for metric in REGISTRY.collect():
-        if metric.name != "apns_relay_receipts":
+        if metric.name != metric_name:
             continue
         for s in metric.samples:
-            labels = s.labels
-            if s.name.endswith("_total") and (labels["app"], labels["outcome"]) == (app, outcome):
-                total += s.value
-    return total
+            if s.name.endswith("_total") and labels.items() <= s.labels.items():
+                found[s.labels["action"]] = found.get(s.labels["action"], 0.0) + s.value
+    return found
+
+
+def receipts_counted(app: str, outcome: str) -> float:
+    """apns_relay_receipts_total for `app` and `outcome`, summed over actions."""
+    return sum(counted_by_action("apns_relay_receipts", app=app, outcome=outcome).values())
 
 
 async def post_receipt(
@@ -66,7 +70,10 @@ async def test_receipts_of_shown_pushes_are_recorded_and_counted_under_loss(
         histogram = "apns_relay_receipt_latency_seconds"
         count_before = sample(f"{histogram}_count", app=app)
         sum_before = sample(f"{histogram}_sum", app=app)
-        delivered_before = sample("apns_relay_notifications_delivered_total", app=app)
+        delivered_before = counted_by_action("apns_relay_notifications_delivered", app=app)
+        recorded_by_action_before = counted_by_action(
+            "apns_relay_receipts", app=app, outcome="recorded"
+        )
         tokens = await relay.device_tokens(2)
         phones = [
             Phone(
@@ -118,8 +125,15 @@ async def test_receipts_of_shown_pushes_are_recorded_and_counted_under_loss(
 
         # The confirmed ratio an operator sees: receipts recorded / pushes APNs accepted.
         recorded = receipts_counted(app, "recorded") - recorded_before
-        delivered = sample("apns_relay_notifications_delivered_total", app=app) - delivered_before
+        delivered_by_action = counted_by_action("apns_relay_notifications_delivered", app=app)
+        delivered = sum(delivered_by_action.values()) - sum(delivered_before.values())
         assert (recorded, delivered) == (len(confirmed), len(ids) + 1)
+        # Per app and action, as the dashboard divides them: every receipt's action is one the
+        # delivered count has too.
+        recorded_by_action = counted_by_action("apns_relay_receipts", app=app, outcome="recorded")
+        for action, count in recorded_by_action.items():
+            if count > recorded_by_action_before.get(action, 0.0):
+                assert delivered_by_action.get(action, 0.0) > delivered_before.get(action, 0.0)
         assert sample(f"{histogram}_count", app=app) - count_before == len(confirmed)
         observed = sample(f"{histogram}_sum", app=app) - sum_before
         assert abs(observed - sum(latencies) / 1000) < 1e-6

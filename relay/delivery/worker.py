@@ -88,6 +88,8 @@ class DeliveryWorker:
     circuit_policy: CircuitPolicy = field(default_factory=CircuitPolicy)
     rng: random.Random = field(default_factory=random.Random)
     clock: Callable[[], float] = time.time
+    # Per app, the actions its metrics name as themselves (config.App.known_actions).
+    known_actions: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.route_store = RouteStore(self.queue)
@@ -570,7 +572,10 @@ class DeliveryWorker:
     def _count(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
         app = claim.notification.app
         if isinstance(outcome, Delivered):
-            metrics.NOTIFICATIONS_DELIVERED.labels(app=app).inc()
+            action = metrics.action_label(
+                self.known_actions.get(app, frozenset()), claim.notification.action
+            )
+            metrics.NOTIFICATIONS_DELIVERED.labels(app=app, action=action).inc()
             metrics.DELIVERY_LATENCY.labels(app=app).observe(
                 max(0.0, self.clock() - claim.accepted_at_ms / 1000)
             )

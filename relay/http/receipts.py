@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import OutOfMemoryError
 
 from relay import metrics
-from relay.alerts import DEFAULT_ALERTS
 from relay.config import Settings
 from relay.http.body import parse_json, read_body
 from relay.http.limits import client_address
@@ -38,7 +37,6 @@ from relay.store.receipts import Recorded, record_receipt
 log = structlog.get_logger("relay.receipts")
 
 UNKNOWN = "unknown"  # app and action of a receipt no secret verifies
-OTHER_ACTION = "other"  # an action the app's configuration does not name (bounded labels)
 # Addresses whose rate is tracked at once: the least recently seen is forgotten first, so a
 # flood from many addresses costs bounded memory (the total rate still holds it).
 MAX_TRACKED_ADDRESSES = 10_000
@@ -107,17 +105,12 @@ class ReceiptDesk:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReceiptDesk:
         http = settings.http
-        actions = {
-            app.name: frozenset({*app.alerts, *app.ttl_by_action, *DEFAULT_ALERTS, app.chat.action})
-            for app in settings.apps
-        }
+        actions = {app.name: app.known_actions for app in settings.apps}
         rates = ReceiptRates(http.receipts_per_second_per_address, http.receipts_per_second)
         return cls(settings.receipt_secrets(), actions, rates)
 
     def action_label(self, app: str, action: str | None) -> str:
-        if action is None:
-            return "none"
-        return action if action in self.actions.get(app, frozenset()) else OTHER_ACTION
+        return metrics.action_label(self.actions.get(app, frozenset()), action)
 
 
 RECEIPT_DESK = web.AppKey("relay_receipt_desk", ReceiptDesk)
@@ -212,7 +205,7 @@ ROUTES = [
 def prime_receipt_series(secrets: Mapping[str, ReceiptSecrets]) -> None:
     """Each receipt app's series at 0 from the start: the confirmed-ratio alert needs them."""
     for app in secrets:
-        metrics.RECEIPTS.labels(app=app, action=OTHER_ACTION, outcome="recorded")
+        metrics.RECEIPTS.labels(app=app, action=metrics.OTHER_ACTION, outcome="recorded")
         metrics.RECEIPT_LATENCY.labels(app=app)
 
 
