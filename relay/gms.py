@@ -61,6 +61,11 @@ def parse_customhttp(body: bytes) -> PushSpec | None:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as error:
         raise InvalidInput("body", f"is not valid JSON: {error}") from None
+    return customhttp_spec(document)
+
+
+def customhttp_spec(document: object) -> PushSpec | None:
+    """parse_customhttp on a body already decoded (the webhook decodes it once)."""
     if not isinstance(document, dict):
         raise InvalidInput(
             "body",

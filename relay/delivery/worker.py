@@ -1,8 +1,8 @@
 """The delivery loop: claim due notifications, send each via its app's client, settle in batches.
 
-Over ~400 lines: one loop whose parts (claiming, sending, route circuits and their probes, pauses,
-batched settling, draining at shutdown) share the worker's in-flight state; the decisions
-themselves are pure elsewhere (relay.policy, relay.delivery.circuit)."""
+The loop keeps the in-flight state (sends, pauses, probes, draining at shutdown); the route
+circuits (relay.delivery.route_circuits) and the settle buffer (relay.delivery.settle_buffer)
+keep their own; the decisions are pure elsewhere (relay.policy, relay.delivery.circuit)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import contextlib
 import functools
 import random
 import time
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -19,9 +18,10 @@ import structlog
 
 from relay import metrics
 from relay.activities import without_device_dead_mark
-from relay.delivery import circuit
-from relay.delivery.circuit import Circuit, CircuitPolicy
+from relay.delivery.circuit import CircuitPolicy
+from relay.delivery.route_circuits import ROUTE_REFRESH_S, RouteCircuits
 from relay.delivery.sender import Sender
+from relay.delivery.settle_buffer import SETTLE_WINDOW_S, SettleBuffer
 from relay.logs import RepeatedCondition, mask_token
 from relay.model import (
     ApnsResponse,
@@ -40,7 +40,7 @@ from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
-from relay.store.routes import RouteStore, StoredCircuit
+from relay.store.routes import RouteStore
 
 log = structlog.get_logger("relay.worker")
 # Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line
@@ -54,15 +54,15 @@ IDLE_WAIT_MAX_S = (
 REDIS_RETRY_S = 0.5
 PAUSED_RECHECK_S = 1.0
 FINAL_FLUSH_S = 2.0  # beyond the grace period: one Redis round trip, or several while it is down
-# How stale a worker's view of the route circuits may get: a route another worker opened is parked
-# here at most this late (the sends meanwhile fail and do not count), and probes are this punctual.
-ROUTE_REFRESH_S = 0.5
-ROUTE_WRITE_TRIES = 5
 # How long a read of the shards' next due time is trusted while that time is still ahead: reading
 # it (two ZRANGEs per shard) before every wait cost a round trip per notification at low rates.
 # This worker's own retries and releases lower it at once; anything else (another worker's retry,
 # a lease of a worker that died) is seen at the next read, within this long.
-DUE_REREAD_S = 1.0  # compare-and-set rounds before a route update gives way to the next event
+DUE_REREAD_S = 1.0
+# After a wake-up, how long the worker waits for more before it claims, so that pushes arriving
+# within this window share one claim (at hundreds a second each would otherwise pay its own).
+# Skipped when the last claim was full (a backlog: no waiting), bounded under the latency targets.
+CLAIM_WINDOW_S = 0.001
 
 
 @dataclass
@@ -90,40 +90,34 @@ class DeliveryWorker:
     clock: Callable[[], float] = time.time
     # Per app, the actions its metrics name as themselves (config.App.known_actions).
     known_actions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # Bounded waits that let pushes arriving close together share a round trip (0: none).
+    claim_window_s: float = CLAIM_WINDOW_S
+    settle_window_s: float = SETTLE_WINDOW_S
 
     def __post_init__(self) -> None:
-        self.route_store = RouteStore(self.queue)
         # Each app's route circuit as last read or written here; refreshed every ROUTE_REFRESH_S.
-        self.routes = {app: StoredCircuit(Circuit(), 0) for app in self.clients}
-        self._routes_read_at = float("-inf")
+        self.circuits = RouteCircuits(
+            RouteStore(self.queue),
+            {app: client.route for app, client in self.clients.items()},
+            policy=self.circuit_policy,
+            rng=self.rng,
+            clock=self.clock,
+        )
         # The earliest due time of any shard as last read (inf: nothing due), and when it was read.
         self._next_due_s = float("inf")
         self._due_read_at = float("-inf")
-        self._route_locks = {app: asyncio.Lock() for app in self.clients}
         self._probes: dict[str, asyncio.Task[None]] = {}
-        # The last 200 seen here per app: a quiet success on a closed route is not written to
-        # Redis, but still proves the route delivers (poison detection).
-        self._delivered_at_ms = dict.fromkeys(self.clients, 0)
         self.capacity = sum(client.max_in_flight for client in self.clients.values()) or 1
         self.gates = {app: AppGate() for app in self.clients}
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
         self.on_wire: set[asyncio.Task[None]] = set()  # sends that may have reached APNs
-        self.settle_buffer: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
-        # (claim, due again after ms, whether its request went out: possibly sent)
-        self.release_buffer: list[tuple[ClaimedNotification, int, bool]] = []
-        self._buffer_ready = asyncio.Event()
+        self.settles = SettleBuffer(self.queue, window_s=self.settle_window_s)
         # Shards whose claims error: since when, and the first error (readiness).
         self._failing_shards: dict[int, tuple[float, str]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._sends_ended = asyncio.Event()
-        for app, client in self.clients.items():
+        for app in self.clients:
             metrics.APP_PAUSED.labels(app=app).set(0)
-            metrics.ROUTE_STATE.labels(app=app, environment=client.route.environment).set(0)
-            for state in circuit.RouteState:  # at 0 from the start: rate() needs a first sample
-                metrics.ROUTE_TRANSITIONS.labels(
-                    app=app, environment=client.route.environment, to=state.value
-                )
 
     # The loop
 
@@ -133,7 +127,7 @@ class DeliveryWorker:
         Sends still unanswered at the end of the grace period are cancelled and their claims
         released at once (due again now, attempts unchanged) rather than left to their leases.
         """
-        settler = asyncio.create_task(self._settle_until_sends_end(), name="settler")
+        settler = asyncio.create_task(self.settles.run(), name="settler")
         try:
             with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
                 await self.queue.listen_for_work()  # else the first wait subscribes
@@ -148,9 +142,9 @@ class DeliveryWorker:
                     continue
                 wanted = min(free, self.batch_size)
                 try:
-                    await self._refresh_routes()
+                    await self.circuits.refresh()
                     self._start_probes()
-                    sending = {app: view.circuit.sending for app, view in self.routes.items()}
+                    sending = self.circuits.sending_by_app()
                     batch = await self.queue.claim(wanted, shards=woken, routes=sending)
                 except REDIS_ERRORS as exc:
                     REDIS_UNAVAILABLE.occurred("claim", exc)
@@ -167,6 +161,8 @@ class DeliveryWorker:
                 narrow, woken = bool(woken), frozenset()
                 if len(batch.claimed) < wanted and (narrow or not batch.claimed):
                     woken = await self._wait_for_work()
+                    if woken and self.claim_window_s > 0:
+                        woken = await self._gather_wakeups(woken)
             await self._drain(grace_s)
         finally:
             await self._stop_settler(settler)
@@ -202,10 +198,18 @@ class DeliveryWorker:
             return frozenset()
         return waiting.result()
 
+    async def _gather_wakeups(self, woken: frozenset[int]) -> frozenset[int]:
+        """The claim window: wake-ups arriving within it join this claim."""
+        await self._wait_any(asyncio.sleep(self.claim_window_s))
+        try:
+            return woken | await self.queue.wait_for_work(0.0)
+        except REDIS_ERRORS:
+            return woken
+
     async def _idle_wait_s(self) -> float:
         # An open route's probe is due at a time no Redis index holds: wake for it too.
         longest = IDLE_WAIT_MAX_S
-        if not all(view.circuit.sending for view in self.routes.values()):
+        if not self.circuits.all_sending:
             longest = ROUTE_REFRESH_S
         now = self.clock()
         if self._next_due_s <= now or now - self._due_read_at >= DUE_REREAD_S:
@@ -224,12 +228,14 @@ class DeliveryWorker:
     def _launch(self, claim: ClaimedNotification, *, probe: bool) -> None:
         task = asyncio.create_task(self._deliver(claim, probe=probe))
         self.sending[task] = claim
+        self.settles.sends_in_flight(len(self.sending))
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         claim = self.sending.pop(task, None)
         self.on_wire.discard(task)
         self._slot_freed.set()
+        self.settles.sends_in_flight(len(self.sending))
         if claim is not None and not task.cancelled() and (error := task.exception()):
             # A relay bug: failing the one notification keeps its device from being stuck
             # behind it, claimed and crashing again at every lease.
@@ -277,7 +283,7 @@ class DeliveryWorker:
         if notification.expires_at <= now:
             self._settle(claim, Expired())
             return
-        if not probe and not self.routes[notification.app].circuit.sending:
+        if not probe and not self.circuits.sending(notification.app):
             # Its route opened since the claim: unsent and uncounted, parked by the next claim.
             self._release(claim, 0.0)
             return
@@ -297,7 +303,9 @@ class DeliveryWorker:
             gate.probing = False  # _take_back gives the claim back
             raise
         latency = time.monotonic() - started
-        route_sending = await self._route_answered(claim, response)
+        route_sending = await self.circuits.answered(
+            notification.app, notification.device_token, response
+        )
         now_ms = int(self.clock() * 1000)
         outcome = classify(
             response,
@@ -306,7 +314,8 @@ class DeliveryWorker:
             now_ms=now_ms,
             policy=self.retry,
             rng=self.rng,
-            route_delivered=self._route_delivered_at_ms(notification.app) > claim.waiting_since_ms,
+            route_delivered=self.circuits.delivered_at_ms(notification.app)
+            > claim.waiting_since_ms,
         )
         gate.probing = False
         if isinstance(outcome, Retry) and is_route_failure(response) and not route_sending:
@@ -347,114 +356,11 @@ class DeliveryWorker:
         unanswered = response.status == TRANSPORT_FAILURE_STATUS and not response.unprocessed
         return task in self.on_wire and unanswered
 
-    # Routes: circuits shared in Redis, decided by relay.circuit.
-
-    async def _route_answered(self, claim: ClaimedNotification, response: ApnsResponse) -> bool:
-        """Tell the route's circuit what APNs answered; whether the route still sends."""
-        app = claim.notification.app
-        now_ms = int(self.clock() * 1000)
-        if response.status == 200:
-            self._delivered_at_ms[app] = max(self._delivered_at_ms[app], now_ms)
-            await self._update_route(app, lambda c: circuit.record_success(c, now_ms=now_ms))
-        elif is_route_failure(response):
-            device = f"{zlib.crc32(claim.notification.device_token.encode()):08x}"
-            answer = circuit.describe(response)
-            await self._update_route(
-                app,
-                lambda c: circuit.record_failure(
-                    c, device, answer, now_ms=now_ms, policy=self.circuit_policy, rng=self.rng
-                ),
-            )
-        elif response.status != 0 and not self.routes[app].circuit.sending:
-            # Any other answer (a 400 for this device, say) still shows APNs processing the
-            # route's requests: a probe that gets one closes the circuit as a 200 would.
-            await self._update_route(app, lambda c: circuit.record_success(c, now_ms=now_ms))
-        return self.routes[app].circuit.sending
-
-    def _route_delivered_at_ms(self, app: str) -> int:
-        """The last success on the app's route seen here or by any worker (as last read)."""
-        return max(self._delivered_at_ms[app], self.routes[app].circuit.last_success_ms)
-
-    async def _update_route(self, app: str, change: Callable[[Circuit], Circuit | None]) -> bool:
-        """Apply `change` to the app's route circuit in Redis (compare and set, read again on a
-        conflict); whether this worker made it. A change `change` refuses (None) is not made."""
-        route = self.clients[app].route
-        async with self._route_locks[app]:
-            for _ in range(ROUTE_WRITE_TRIES):
-                view = self.routes[app]
-                after = change(view.circuit)
-                if after is None:
-                    return False
-                if not circuit.needs_writing(view.circuit, after):
-                    self.routes[app] = StoredCircuit(after, view.version)
-                    return True
-                try:
-                    written = await self.route_store.write(route, view, after)
-                    if written is not None:
-                        self.routes[app] = written
-                        self._route_changed(app, view.circuit, after)
-                        return True
-                    self.routes[app] = (await self.route_store.read([route]))[route]
-                except REDIS_ERRORS as exc:
-                    # The answer still settles the notification; the circuit hears the next one.
-                    log.warning("redis_unavailable", operation="route", error=str(exc))
-                    return False
-            log.warning("route_write_contended", app=app, tries=ROUTE_WRITE_TRIES)
-            return False
-
-    async def _refresh_routes(self) -> None:
-        now = self.clock()
-        if now - self._routes_read_at < ROUTE_REFRESH_S:
-            return
-        by_route = {client.route: app for app, client in self.clients.items()}
-        read = await self.route_store.read(list(by_route))
-        self._routes_read_at = now
-        for route, stored in read.items():
-            app = by_route[route]
-            if stored.version >= self.routes[app].version:
-                self.routes[app] = stored
-            metrics.ROUTE_STATE.labels(app=app, environment=route.environment).set(
-                metrics.ROUTE_STATE_VALUES[self.routes[app].circuit.state]
-            )
-
-    def _route_changed(self, app: str, before: Circuit, after: Circuit) -> None:
-        """One log line and one count per state change, across all workers: the one whose
-        write made it reports it."""
-        if before.state is after.state:
-            return
-        route = self.clients[app].route
-        metrics.ROUTE_TRANSITIONS.labels(
-            app=app, environment=route.environment, to=after.state.value
-        ).inc()
-        metrics.ROUTE_STATE.labels(app=app, environment=route.environment).set(
-            metrics.ROUTE_STATE_VALUES[after.state]
-        )
-        now_ms = int(self.clock() * 1000)
-        fields = {
-            "app": app,
-            "environment": route.environment,
-            "endpoint": route.endpoint,
-            "was": before.state.value,
-            "state": after.state.value,
-            "last_answer": after.last_answer,
-        }
-        if after.sending:
-            log.info(
-                "route_closed", open_for_s=round((now_ms - before.since_ms) / 1000, 1), **fields
-            )
-        elif after.state is circuit.RouteState.HALF_OPEN:
-            log.info("route_probing", **fields)
-        else:
-            log.warning(
-                "route_opened",
-                next_probe_in_s=round((after.next_probe_ms - now_ms) / 1000, 1),
-                **fields,
-            )
+    # Route probes: the circuits are relay.delivery.route_circuits'; a probe is a send.
 
     def _start_probes(self) -> None:
-        now_ms = int(self.clock() * 1000)
-        for app, view in self.routes.items():
-            if view.circuit.probe_due(now_ms) and app not in self._probes:
+        for app in self.circuits.probes_due():
+            if app not in self._probes:
                 probe = asyncio.create_task(self._probe(app), name=f"probe:{app}")
                 self._probes[app] = probe
                 probe.add_done_callback(functools.partial(self._probe_ended, app))
@@ -465,11 +371,7 @@ class DeliveryWorker:
     async def _probe(self, app: str) -> None:
         """Take the route's probe (one across all workers) and send its longest-parked
         notification; nothing parked: the route stays open, probed again later."""
-        now_ms = int(self.clock() * 1000)
-        taken = await self._update_route(
-            app, lambda c: circuit.start_probe(c, now_ms=now_ms, policy=self.circuit_policy)
-        )
-        if not taken:
+        if not await self.circuits.start_probe(app):
             return
         try:
             batch = await self.queue.claim_parked(app)
@@ -481,10 +383,7 @@ class DeliveryWorker:
         if batch.claimed:
             self._launch(batch.claimed[0], probe=True)
             return
-        now_ms = int(self.clock() * 1000)
-        await self._update_route(
-            app, lambda c: circuit.abandon_probe(c, now_ms=now_ms, rng=self.rng)
-        )
+        await self.circuits.abandon_probe(app)
 
     def _pause(self, app: str, outcome: PauseApp) -> None:
         gate = self.gates[app]
@@ -505,29 +404,19 @@ class DeliveryWorker:
     def paused_apps(self) -> dict[str, str]:
         return {app: gate.reason for app, gate in self.gates.items() if gate.reason}
 
-    # Settling: outcomes are written to Redis in batches, one round trip per batch.
+    # Settling: outcomes are written to Redis in batches (relay.delivery.settle_buffer).
 
     def _settle(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
         if isinstance(outcome, Retry):
             self._due_at(self.clock() + outcome.delay_ms / 1000)
-        self.settle_buffer.append((claim, outcome))
-        self._buffer_ready.set()
+        self.settles.settle(claim, outcome)
         self._count(claim, outcome)
 
     def _release(
         self, claim: ClaimedNotification, delay_s: float, *, possibly_sent: bool = False
     ) -> None:
         self._due_at(self.clock() + delay_s)
-        self.release_buffer.append((claim, int(delay_s * 1000), possibly_sent))
-        self._buffer_ready.set()
-
-    async def _settle_until_sends_end(self) -> None:
-        while True:
-            await self._buffer_ready.wait()
-            self._buffer_ready.clear()
-            await self._flush()
-            if self._sends_ended.is_set() and not (self.settle_buffer or self.release_buffer):
-                return
+        self.settles.release(claim, int(delay_s * 1000), possibly_sent=possibly_sent)
 
     async def _stop_settler(self, settler: asyncio.Task[None]) -> None:
         """Let the settler write what is buffered, but never hang shutdown on Redis.
@@ -535,37 +424,16 @@ class DeliveryWorker:
         The settler is not cancelled while it may be mid-write: redis-py can turn a cancellation
         into a connection error, which the retry loop would then swallow.
         """
-        self._sends_ended.set()
-        self._buffer_ready.set()
+        self.settles.close()
         await asyncio.wait({settler}, timeout=FINAL_FLUSH_S)
         if not settler.done():
             settler.cancel()
             log.error(
                 "unsettled_at_exit",
-                settled=len(self.settle_buffer),
-                released=len(self.release_buffer),
+                settled=len(self.settles.settled),
+                released=len(self.settles.released),
                 note="their leases run out and they are claimed again",
             )
-
-    async def _flush(self) -> None:
-        while self.settle_buffer or self.release_buffer:
-            settled, self.settle_buffer = self.settle_buffer, []
-            released, self.release_buffer = self.release_buffer, []
-            try:
-                if settled:
-                    await self.queue.settle(settled)
-                for delay_ms, sent in {(delay, sent) for _, delay, sent in released}:
-                    await self.queue.release(
-                        [c for c, d, s in released if (d, s) == (delay_ms, sent)],
-                        delay_ms=delay_ms,
-                        possibly_sent=sent,
-                    )
-            except REDIS_ERRORS as exc:
-                # Keep them: a lease that runs out meanwhile only costs a duplicate send.
-                REDIS_UNAVAILABLE.occurred("settle", exc)
-                self.settle_buffer[:0] = settled
-                self.release_buffer[:0] = released
-                await asyncio.sleep(REDIS_RETRY_S)
 
     # Observability
 

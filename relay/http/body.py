@@ -73,10 +73,11 @@ def parse_json(raw: bytes | str, field: str = "body") -> Any:
 
 def check_embedded_message(document: Any) -> None:
     """GMS may send `message` as a JSON string of an object: the depth limit holds for what it
-    decodes to as well (the rest of its checks are the GMS parser's)."""
+    decodes to as well (the rest of its checks are the GMS parser's). The decoded object takes
+    the string's place in `document`, so the GMS parser does not decode it again."""
     message = document.get("message") if isinstance(document, dict) else None
     if isinstance(message, str) and message.lstrip().startswith("{"):
-        parse_json(message, field="message")
+        document["message"] = parse_json(message, field="message")
 
 
 def _check_encoding(request: web.Request) -> None:

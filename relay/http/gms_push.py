@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.gms import parse_customhttp
+from relay.gms import customhttp_spec
 from relay.http.body import check_embedded_message, parse_json, read_body
 from relay.http.enqueue import count_event, ingest_push, refuse_while_draining
 from relay.http.problems import Problem
@@ -21,8 +21,9 @@ async def gms_push(request: web.Request) -> web.Response:
     raw = await read_body(request)
     try:
         # The depth limit and one wording for malformed JSON on every route.
-        check_embedded_message(parse_json(raw))
-        spec = parse_customhttp(raw)
+        document = parse_json(raw)
+        check_embedded_message(document)
+        spec = customhttp_spec(document)
     except (Problem, InvalidInput):
         count_event("gms", "rejected", "invalid-input")
         raise
