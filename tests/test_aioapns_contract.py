@@ -104,8 +104,10 @@ async def test_instance_attributes_aioapns_sets() -> None:
     for name, use in PROTOCOL_INSTANCE_ATTRIBUTES.items():
         assert hasattr(protocol, name), f"aioapns no longer sets protocol.{name}: {use}"
     assert isinstance(protocol.conn, H2Connection)
-    for attribute in ("encoder", "state_machine", "config"):
+    for attribute in ("encoder", "state_machine", "config", "streams", "_closed_streams"):
         assert hasattr(protocol.conn, attribute), f"h2's H2Connection has no {attribute!r}"
+    # CountedH2Connection overrides this property h2 reads in send_headers.
+    assert isinstance(vars(H2Connection).get("open_outbound_streams"), property)
     pool = APNsBaseConnectionPool(topic="com.example", max_connections=2)
     for name, use in POOL_INSTANCE_ATTRIBUTES.items():
         assert hasattr(pool, name), f"aioapns no longer sets pool.{name}: {use}"

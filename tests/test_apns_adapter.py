@@ -19,14 +19,17 @@ from aioapns import NotificationRequest
 from aioapns.connection import APNsProductionClientProtocol
 from eventually import eventually
 from h2.connection import H2Connection
+from hpack import Encoder, NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
 from relay import metrics
 from relay.credentials import Endpoint, TokenCredentials
 from relay.delivery.apns import ApnsClient
-from relay.delivery.apns_adapter import RelayClientProtocol
+from relay.delivery.apns_adapter import PlainHpackEncoder, RelayClientProtocol
 from relay.model import ApnsResponse, Notification
 from relay_devkit.apns_sim.certs import create_signing_key
 from relay_devkit.apns_sim.server import KeySource
@@ -279,8 +282,12 @@ async def test_more_sends_than_streams_all_complete_without_polling(
         ids = [new_apns_id() for _ in range(200)]
         responses = await asyncio.gather(*(client.send(notification(h.token), i) for i in ids))
         stats = await h.stats()
+        # Each stream was dropped from h2's table as it ended (CountedH2Connection): the length
+        # of that table is what bounds the count of open streams.
+        held = [len(c.conn.streams) for c in open_connections(client)]
     assert [r.status for r in responses] == [200] * 200
     assert [r.apns_id for r in responses] == ids
+    assert held == [0, 0]
     assert stats["accepted"] == 200
     assert stats["connections_opened"] == 2  # never a stream over the limit: no protocol error
     assert stats["protocol_errors"] == 0
@@ -732,3 +739,37 @@ async def test_replaced_credentials_reach_new_connections_while_sends_in_flight_
     assert [record["key_id"] for record in logged] == [h.sim.key_id, h.sim.key_id, key_b.key_id]
     assert stats["connections_opened"] == 2
     assert jwt_signed(client.app) == 2
+
+
+# --- the HPACK encoder's reuse of encoded fields -------------------------------------------------
+
+HEADER_NAMES = [":method", ":path", ":authority", "apns-id", "apns-topic", "authorization", "x-a"]
+HEADER_VALUES = ["", "/", "POST", "GET", "a", "b", "/3/device/ab", "x" * 200]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(
+                st.tuples(
+                    st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES), st.booleans()
+                ),
+                max_size=8,
+            ),
+            st.sampled_from([0, 64, 256, 4096]),  # a table size change between requests
+        ),
+        max_size=12,
+    )
+)
+def test_the_encoder_writes_exactly_hpacks_bytes(requests: list[Any]) -> None:
+    ours, hpacks = PlainHpackEncoder(), Encoder()
+    for request in requests:
+        if isinstance(request, int):
+            ours.header_table_size = hpacks.header_table_size = request
+            continue
+        headers = [
+            NeverIndexedHeaderTuple(n.encode(), v.encode()) if never else (n.encode(), v.encode())
+            for n, v, never in request
+        ]
+        assert ours.encode(headers) == hpacks.encode(headers, huffman=False)

@@ -16,6 +16,8 @@ covers one gap of aioapns 4.0 as published (github.com/Fatal1ty/aioapns, its sou
                                         APNs moves it (1 on a new connection, the full limit
                                         after a success, 1 after a rejection); aioapns' pool
                                         keeps 2 streams when the limit rises with all in use
+4c. h2 walks every stream per send -> CountedH2Connection bounds the count by the streams it
+                                        holds, each dropped as it ends
 5. one JWT per connection            -> one SharedJWT per app, refreshed every 45 min or on demand;
                                         each connection keeps the one it started with, so a
                                         rotated key (replace_credentials) reaches only new ones
@@ -76,6 +78,8 @@ from h2.events import (
 from h2.exceptions import H2Error, NoAvailableStreamIDError
 from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.hpack import encode_integer
+from hpack.table import HeaderTable
 
 from relay import metrics
 from relay.credentials import Endpoint, TokenCredentials
@@ -201,11 +205,100 @@ class StreamSlots:
         self.closed = exc
 
 
+class CountedH2Connection(H2Connection):
+    """h2's connection without its walk over every stream each time a stream starts.
+
+    h2 4.x counts open outbound streams (send_headers' check against the peer's limit) by walking
+    `streams`, dropping closed ones as it goes: at a thousand streams in flight, a thousand steps
+    per send. The adapter drops each stream as it ends (forget_stream), so `streams` holds (nearly)
+    only open ones and its length bounds their count: below the peer's limit that is enough to
+    pass the check; at it, h2's own count decides, so the check is never looser than h2's.
+    """
+
+    @property
+    def open_outbound_streams(self) -> int:
+        held = len(self.streams)
+        if held < self.remote_settings.max_concurrent_streams:
+            return held
+        return super().open_outbound_streams
+
+    def forget_stream(self, stream_id: int) -> None:
+        """Drop a closed stream now, as h2's count would (it remembers how it closed)."""
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.closed:
+            del self.streams[stream_id]
+            self._closed_streams[stream_id] = stream.closed_by
+
+
 class PlainHpackEncoder(Encoder):
-    """HPACK without Huffman coding: a few more bytes per request, a third of the CPU."""
+    """HPACK without Huffman coding (a few more bytes per request, a third of the CPU), and each
+    header's encoding reused while the dynamic table stays as it is.
+
+    A request's headers are the same few fields every time: the constant ones (method, scheme,
+    authority, topic, push type, priority) become indexed references after their first request,
+    and the never-indexed ones (path, apns-id, expiration, authorization) differ only in their
+    value. hpack searches both tables for every header of every request; here a constant field's
+    bytes, and a never-indexed field's name part, are kept until the table changes (an entry added
+    or the size changed), so a request costs a dictionary look-up per header. The bytes are
+    exactly hpack's own (tests/test_apns_adapter.py compares them).
+    Takes a list of HeaderTuple or (name, value) str pairs, as send_raw builds them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._indexed: dict[tuple[bytes, bytes], bytes] = {}  # a field's indexed representation
+        # A never-indexed name's part of its literal, and the values the static table holds for it
+        self._never_indexed_names: dict[bytes, tuple[bytes, frozenset[bytes]]] = {}
 
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return bytes(super().encode(headers, huffman=False))
+        table = self.header_table
+        parts: list[bytes] = []
+        if table.resized:
+            parts.append(self._encode_table_size_change())
+            table.resized = False
+            self._forget()
+        for header in headers:
+            name, value = _as_bytes(header[0]), _as_bytes(header[1])
+            if isinstance(header, HeaderTuple) and not header.indexable:
+                parts.append(self._never_indexed(name, value))
+                continue
+            known = self._indexed.get((name, value))
+            if known is not None:
+                parts.append(known)
+                continue
+            encoded = self.add((name, value), False, False)
+            if encoded[0] & 0x80:  # an indexed representation: the table is unchanged
+                self._indexed[(name, value)] = encoded
+            else:  # added to the table: every index after it moved
+                self._forget()
+            parts.append(encoded)
+        return b"".join(parts)
+
+    def _never_indexed(self, name: bytes, value: bytes) -> bytes:
+        known = self._never_indexed_names.get(name)
+        if known is None:
+            if any(entry[0] == name for entry in self.header_table.dynamic_entries):
+                return self.add((name, value), True, False)  # hpack's own choice
+            static = HeaderTable.STATIC_TABLE_MAPPING.get(name)
+            if static is not None:
+                index = encode_integer(static[0], 4)
+                index[0] |= 0x10  # never indexed
+                known = (bytes(index), frozenset(static[1]))
+            else:
+                known = (b"\x10" + bytes(encode_integer(len(name), 7)) + name, frozenset())
+            self._never_indexed_names[name] = known
+        prefix, static_values = known
+        if value in static_values:
+            return self.add((name, value), True, False)  # a static entry: indexed
+        return prefix + bytes(encode_integer(len(value), 7)) + value
+
+    def _forget(self) -> None:
+        self._indexed.clear()
+        self._never_indexed_names.clear()
+
+
+def _as_bytes(text: str | bytes) -> bytes:
+    return text.encode() if isinstance(text, str) else text
 
 
 class _Stream:
@@ -228,6 +321,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn: CountedH2Connection = CountedH2Connection()
         # Pure-Python Huffman coding and header normalisation and re-validation were most of a
         # send's CPU. Every header here is built below from validated data (lower-case names;
         # payload._collapse_id checks the one free text), so none of them is needed.
@@ -406,6 +500,7 @@ class RelayClientProtocol(APNsProductionClientProtocol):
         if stream is None:
             return
         stream.timer.cancel()
+        self.conn.forget_stream(stream_id)
         if not stream.future.done():
             stream.future.set_result(response)
         self.slots.release()

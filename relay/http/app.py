@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.http import activities, devices, gms_push, health, notifications, openapi, receipts
-from relay.http.middleware import authenticate, expect_continue, request_context
+from relay.http.middleware import authenticated_request_context, expect_continue
 from relay.http.routing import Route
 from relay.http.state import STATE, RelayState
 
@@ -46,7 +46,7 @@ def every_route() -> list[Route]:
 def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:
     """The relay's HTTP application; a worker-only process serves just health and metrics."""
     app = web.Application(
-        middlewares=[request_context, authenticate],
+        middlewares=[authenticated_request_context],
         client_max_size=state.settings.http.max_body_bytes,
     )
     app[STATE] = state

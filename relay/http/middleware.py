@@ -65,6 +65,21 @@ def _client_error(request: web.Request, route: str, problem: Problem) -> web.Res
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, metrics and problem+json for every error, whatever raised it."""
+    return await _in_context(request, handler, authenticating=False)
+
+
+@web.middleware
+async def authenticated_request_context(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """request_context, and authenticate() before the handler: one middleware, not two (each
+    one aiohttp wraps anew on every request)."""
+    return await _in_context(request, handler, authenticating=True)
+
+
+async def _in_context(
+    request: web.Request, handler: Handler, *, authenticating: bool
+) -> web.StreamResponse:
     offered_id = request.headers.get("X-Request-Id", "")
     request_id = offered_id if REQUEST_ID.fullmatch(offered_id) else str(uuid.uuid4())
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -72,6 +87,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     try:
+        if authenticating:
+            authenticate(request)
         response = await handler(request)
     except Problem as problem:
         response = _client_error(request, route, problem)
@@ -103,11 +120,10 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
-@web.middleware
-async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request) -> None:
     """Every route but health and metrics needs a credential, and is held to its rate."""
     if request.path in PUBLIC_ROUTES:
-        return await handler(request)
+        return
     state = request.app[STATE]
     grant = state.credentials.grant_for(request.headers.get("Authorization"))
     if grant is None:
@@ -129,7 +145,6 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
             retry_after_s=max(1, math.ceil(wait_s)),
         )
     request[GRANT] = grant
-    return await handler(request)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
