@@ -116,6 +116,8 @@ class DeliveryWorker:
         self._failing_shards: dict[int, tuple[float, str]] = {}
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Done at stop(): one future every wait shares, rather than a task per wait.
+        self._stopped: asyncio.Future[None] | None = None
         for app in self.clients:
             metrics.APP_PAUSED.labels(app=app).set(0)
 
@@ -127,6 +129,9 @@ class DeliveryWorker:
         Sends still unanswered at the end of the grace period are cancelled and their claims
         released at once (due again now, attempts unchanged) rather than left to their leases.
         """
+        self._stopped = asyncio.get_running_loop().create_future()
+        if self._stopping.is_set():
+            self._stopped.set_result(None)
         settler = asyncio.create_task(self.settles.run(), name="settler")
         try:
             with contextlib.suppress(*REDIS_ERRORS, TimeoutError):
@@ -169,6 +174,8 @@ class DeliveryWorker:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     @property
     def stopping(self) -> bool:
@@ -178,14 +185,13 @@ class DeliveryWorker:
         """Wait for `awaitable` or for stop(), whichever comes first. A wait that fails (Redis
         went away while it listened) only ends the wait: the next claim says what is wrong."""
         waiter = asyncio.ensure_future(awaitable)  # type: ignore[call-overload]
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for pending in (waiter, stopper):
-            if not pending.done():
-                pending.cancel()
-                # Wait for its end without raising it: a cancelled wait can still end in the
-                # error it met meanwhile (Redis closing the connection at a failover or a stop).
-                await asyncio.wait({pending})
+        assert self._stopped is not None  # run() made it
+        await asyncio.wait({waiter, self._stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():
+            waiter.cancel()
+            # Wait for its end without raising it: a cancelled wait can still end in the
+            # error it met meanwhile (Redis closing the connection at a failover or a stop).
+            await asyncio.wait({waiter})
         if not waiter.cancelled() and (error := waiter.exception()) is not None:
             log.warning("wait_failed", error=repr(error))
             await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
@@ -200,7 +206,7 @@ class DeliveryWorker:
 
     async def _gather_wakeups(self, woken: frozenset[int]) -> frozenset[int]:
         """The claim window: wake-ups arriving within it join this claim."""
-        await self._wait_any(asyncio.sleep(self.claim_window_s))
+        await asyncio.sleep(self.claim_window_s)  # bounded: stop() waits no longer
         try:
             return woken | await self.queue.wait_for_work(0.0)
         except REDIS_ERRORS:
