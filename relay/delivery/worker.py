@@ -1,8 +1,9 @@
 """The delivery loop: claim due notifications, send each via its app's client, settle in batches.
 
 The loop keeps the in-flight state (sends, pauses, probes, draining at shutdown); the route
-circuits (relay.delivery.route_circuits) and the settle buffer (relay.delivery.settle_buffer)
-keep their own; the decisions are pure elsewhere (relay.policy, relay.delivery.circuit)."""
+circuits (relay.delivery.route_circuits), the settle buffer (relay.delivery.settle_buffer) and the
+claim faults (relay.delivery.delivery_report) keep their own; the decisions are pure elsewhere
+(relay.policy, relay.delivery.circuit)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,19 @@ import structlog
 from relay import metrics
 from relay.activities import without_device_dead_mark
 from relay.delivery.circuit import CircuitPolicy
+from relay.delivery.delivery_report import (
+    CLAIMS_FAILING_READY_S,
+    ClaimFaults,
+    count_expired,
+    count_outcome,
+    log_attempt,
+)
 from relay.delivery.route_circuits import ROUTE_REFRESH_S, RouteCircuits
 from relay.delivery.sender import Sender
 from relay.delivery.settle_buffer import SETTLE_WINDOW_S, SettleBuffer
-from relay.logs import RepeatedCondition, mask_token
 from relay.model import (
     ApnsResponse,
     ClaimedNotification,
-    Delivered,
     DeliveryOutcome,
     Expired,
     Failed,
@@ -43,10 +49,7 @@ from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore
 
 log = structlog.get_logger("relay.worker")
-# Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line
-# per claim.
-CLAIMS_FAILING = RepeatedCondition("claims_failing", log)
-CLAIMS_FAILING_READY_S = 10.0
+__all__ = ["CLAIMS_FAILING_READY_S", "DeliveryWorker"]
 
 IDLE_WAIT_MAX_S = (
     1.0  # an idle worker still claims once a second: that is when expired leases return
@@ -112,8 +115,7 @@ class DeliveryWorker:
         self.sending: dict[asyncio.Task[None], ClaimedNotification] = {}
         self.on_wire: set[asyncio.Task[None]] = set()  # sends that may have reached APNs
         self.settles = SettleBuffer(self.queue, window_s=self.settle_window_s)
-        # Shards whose claims error: since when, and the first error (readiness).
-        self._failing_shards: dict[int, tuple[float, str]] = {}
+        self.claim_faults = ClaimFaults(self.clock)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         # Done at stop(): one future every wait shares, rather than a task per wait.
@@ -155,8 +157,8 @@ class DeliveryWorker:
                     REDIS_UNAVAILABLE.occurred("claim", exc)
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
-                self._count_expired(batch)
-                self._count_claim_faults(batch, every_shard=not woken)
+                count_expired(batch)
+                self.claim_faults.record(batch, every_shard=not woken)
                 for claim in batch.claimed:
                     self._launch(claim, probe=False)
                 # A claim that got all it asked for may have left more anywhere: ask everywhere.
@@ -342,7 +344,7 @@ class DeliveryWorker:
             if activity_token_dead:
                 await self._mark_activity_token_dead(notification)
             self._settle(claim, outcome)
-        self._log_attempt(claim, response, outcome, latency)
+        log_attempt(claim, response, outcome, latency)
 
     async def _mark_activity_token_dead(self, notification: Notification) -> None:
         """Remembered for the next GMS event, which drops the registration; a Redis fault only
@@ -384,8 +386,8 @@ class DeliveryWorker:
         except REDIS_ERRORS as exc:
             log.warning("redis_unavailable", operation="probe", error=str(exc))
             batch = ClaimBatch([], [])
-        self._count_expired(batch)
-        self._count_claim_faults(batch, every_shard=False)
+        count_expired(batch)
+        self.claim_faults.record(batch, every_shard=False)
         if batch.claimed:
             self._launch(batch.claimed[0], probe=True)
             return
@@ -416,7 +418,7 @@ class DeliveryWorker:
         if isinstance(outcome, Retry):
             self._due_at(self.clock() + outcome.delay_ms / 1000)
         self.settles.settle(claim, outcome)
-        self._count(claim, outcome)
+        count_outcome(claim, outcome, self.known_actions, self.clock())
 
     def _release(
         self, claim: ClaimedNotification, delay_s: float, *, possibly_sent: bool = False
@@ -441,93 +443,6 @@ class DeliveryWorker:
                 note="their leases run out and they are claimed again",
             )
 
-    # Observability
-
-    def _count(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
-        app = claim.notification.app
-        if isinstance(outcome, Delivered):
-            action = metrics.action_label(
-                self.known_actions.get(app, frozenset()), claim.notification.action
-            )
-            metrics.NOTIFICATIONS_DELIVERED.labels(app=app, action=action).inc()
-            metrics.DELIVERY_LATENCY.labels(app=app).observe(
-                max(0.0, self.clock() - claim.accepted_at_ms / 1000)
-            )
-        elif isinstance(outcome, Retry):
-            metrics.NOTIFICATIONS_RETRIED.labels(app=app, reason=outcome.reason).inc()
-        elif isinstance(outcome, Failed):
-            metrics.NOTIFICATIONS_FAILED.labels(app=app, reason=outcome.reason).inc()
-            if outcome.dead_token:
-                metrics.DEAD_TOKENS_MARKED.labels(app=app, reason=outcome.reason).inc()
-        elif isinstance(outcome, Expired):
-            metrics.NOTIFICATIONS_EXPIRED.labels(app=app).inc()
-
-    def _count_expired(self, batch: ClaimBatch) -> None:
-        for record in batch.expired:
-            metrics.NOTIFICATIONS_EXPIRED.labels(app=record.app).inc()
-            log.info("notification_expired", id=record.id, app=record.app, at="claim")
-
-    def _count_claim_faults(self, batch: ClaimBatch, *, every_shard: bool) -> None:
-        """Invariant 14: what one bad record or script error cost is counted and said, once
-        each. A shard whose claim errored is failing until a claim of every shard finds it well
-        (a claim of some shards says nothing of the others)."""
-        for malformed in batch.malformed:
-            metrics.MALFORMED_RECORDS.labels(source="redis").inc()
-            app, _, token = malformed.device.rpartition(":")
-            log.error(
-                "malformed_record_failed",
-                id=malformed.id,
-                app=app,
-                token=mask_token(token),
-                problem=malformed.problem,
-            )
-        now = self.clock()
-        failed_now = set()
-        for error in batch.errors:
-            metrics.CLAIM_ERRORS.labels(scope="shard" if error.device is None else "device").inc()
-            CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
-            if error.device is None:
-                failed_now.add(error.shard)
-                self._failing_shards.setdefault(error.shard, (now, error.error))
-        if every_shard:
-            for shard in set(self._failing_shards) - failed_now:
-                del self._failing_shards[shard]
-            if not batch.errors:
-                CLAIMS_FAILING.cleared()
-
     def delivery_failing(self) -> str | None:
-        """Readiness: why delivery is failing, when a shard's claims have errored for
-        CLAIMS_FAILING_READY_S (a device set aside alone does not stop delivery: it is counted,
-        logged and alerted on, not a readiness failure)."""
-        if not self._failing_shards:
-            return None
-        since, error = min(self._failing_shards.values())
-        failing_s = self.clock() - since
-        if failing_s < CLAIMS_FAILING_READY_S:
-            return None
-        shards = ", ".join(str(shard) for shard in sorted(self._failing_shards))
-        return f"claims failing for {failing_s:.0f} s on shard {shards}: {error}"
-
-    def _log_attempt(
-        self,
-        claim: ClaimedNotification,
-        response: ApnsResponse,
-        outcome: DeliveryOutcome,
-        latency: float,
-    ) -> None:
-        notification = claim.notification
-        log.info(
-            "apns_attempt",
-            id=claim.id,
-            app=notification.app,
-            token=mask_token(notification.device_token),
-            service_id=notification.service_id,
-            action=notification.action,
-            attempt=claim.attempts + 1,
-            status=response.status,
-            reason=response.reason,
-            apns_id=response.apns_id,
-            apns_unique_id=response.apns_unique_id,
-            latency_ms=round(latency * 1000, 2),
-            outcome=type(outcome).__name__.lower(),
-        )
+        """Readiness: why delivery is failing (relay.delivery.delivery_report.ClaimFaults)."""
+        return self.claim_faults.failing()
