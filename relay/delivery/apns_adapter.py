@@ -383,7 +383,9 @@ class RelayClientProtocol(APNsProductionClientProtocol):
             NeverIndexedHeaderTuple("apns-expiration", str(notification.expires_at)),
         ]
         if notification.collapse_id:
-            headers.append(("apns-collapse-id", notification.collapse_id))
+            # Not indexed either: by default it is the event's service id, new on almost every
+            # request, and each entry would push the constant fields out of the table.
+            headers.append(NeverIndexedHeaderTuple("apns-collapse-id", notification.collapse_id))
         if authorization:
             # Kept out of the compression context, as h2's normalisation would have done.
             headers.append(NeverIndexedHeaderTuple("authorization", authorization))
