@@ -38,13 +38,16 @@ class CommandModule(Protocol):
 # so `apns-relay apns-sim` does not pay for the relay's imports and vice versa, and the
 # production roles never load the development kit (relay_devkit), which the image leaves out.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("relay.service", "api and worker in one process; --dev: development mode"),
-    "api": ("relay.service", "the HTTP ingest and status API"),
-    "worker": ("relay.service", "the delivery loop (serves /healthz, /readyz, /metrics)"),
-    "push": ("relay.remote", "send one notification to a running relay and wait for its fate"),
-    "status": ("relay.remote", "queue totals, or one notification's state"),
+    "serve": ("relay.runtime", "api and worker in one process; --dev: development mode"),
+    "api": ("relay.runtime", "the HTTP ingest and status API"),
+    "worker": ("relay.runtime", "the delivery loop (serves /healthz, /readyz, /metrics)"),
+    "push": (
+        "relay.commands.remote",
+        "send one notification to a running relay and wait for its fate",
+    ),
+    "status": ("relay.commands.remote", "queue totals, or one notification's state"),
     "check": (
-        "relay.check_command",
+        "relay.commands.check",
         "for every app: are its APNs credentials, topic and environment right?",
     ),
     "apns-sim": ("relay_devkit.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),

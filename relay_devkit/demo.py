@@ -34,9 +34,9 @@ from typing import Any, Literal, TextIO
 import aiohttp
 
 from relay.cli import DEV_AUTH_CHOICES
-from relay.config import App, Settings
-from relay.logs import configure_logging
-from relay.service import run_relay
+from relay.config.schema import App, Settings
+from relay.runtime import run_relay
+from relay.telemetry.logs import configure_logging
 from relay_devkit.apns_sim.command import Simulator, SimulatorOptions
 from relay_devkit.apns_sim.info import SimInfo
 from relay_devkit.dev_mode import simulator_app

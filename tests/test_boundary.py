@@ -17,7 +17,7 @@ import pytest
 import yaml
 from production_config import production_document
 
-from relay import model, payload
+from relay.core import model, payload
 from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
@@ -28,8 +28,8 @@ Refusal = TypeVar("Refusal", bound=Exception)
 # What the production roles import on their way in; none of it may pull the kit in.
 PRODUCTION_MODULES = (
     "relay.cli",
-    "relay.service",
-    "relay.remote",
+    "relay.runtime",
+    "relay.commands.remote",
     "relay.http.app",
     "relay.delivery.worker",
 )
@@ -213,7 +213,7 @@ def test_kit_commands_say_so_when_the_kit_is_not_installed(
 def test_loading_settings_touches_no_redis_or_lua_code() -> None:
     script = (
         "import sys\n"
-        "from relay.config import load_settings\n"
+        "from relay.config.schema import load_settings\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')"
         " or m in ('relay.store.queue', 'relay.store.scripts', 'relay.store.connection',"
         " 'relay.store.routes')))\n"

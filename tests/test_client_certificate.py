@@ -16,9 +16,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from relay.config import ConfigError, load_settings
-from relay.delivery.apns import connect_failure
-from relay.delivery.client_certificate import (
+from relay.config.schema import ConfigError, load_settings
+from relay.core.model import ApnsResponse, PauseApp, Retry
+from relay.core.policy import RetryPolicy, classify
+from relay.credentials.client_certificate import (
     CertificateError,
     PushCertificateInfo,
     decode_topics,
@@ -26,8 +27,7 @@ from relay.delivery.client_certificate import (
     load_pkcs12,
     read_push_certificate,
 )
-from relay.model import ApnsResponse, PauseApp, Retry
-from relay.policy import RetryPolicy, classify
+from relay.delivery.apns import connect_failure
 from relay_devkit.apns_sim.certificate_rules import (
     BAD_CERTIFICATE,
     BAD_CERTIFICATE_ENVIRONMENT,

@@ -12,16 +12,16 @@ import yaml
 from pydantic import BaseModel
 from seed_actions import SEED_ACTIONS
 
-from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
-from relay.app_profile import AppProfile
-from relay.config import (
+from relay.config.schema import (
     ConfigError,
     Settings,
     env_override_names,
     load_settings,
 )
-from relay.model import InvalidInput
-from relay.policy import RetryPolicy
+from relay.core.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
+from relay.core.app_profile import AppProfile
+from relay.core.model import InvalidInput
+from relay.core.policy import RetryPolicy
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "relay.example.yaml"

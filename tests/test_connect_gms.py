@@ -13,7 +13,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config import Settings
+from relay.config.schema import Settings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

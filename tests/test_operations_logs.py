@@ -33,7 +33,7 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.logs import (
+from relay.telemetry.logs import (
     RateLimitFilter,
     RepeatedCondition,
     mask_secrets,
@@ -51,7 +51,7 @@ JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 LOG_PROBE = """
 import structlog
 from relay_devkit.embedded import EmbeddedServer
-from relay.logs import configure_logging
+from relay.telemetry.logs import configure_logging
 configure_logging({fmt!r})
 structlog.get_logger("probe").info("probe_event", answer=42)
 """
@@ -65,7 +65,7 @@ def random_token() -> str:
 SECRETS_PROBE = """
 import logging
 import structlog
-from relay.logs import configure_logging
+from relay.telemetry.logs import configure_logging
 configure_logging("json")
 structlog.get_logger("probe").info("probe_event", header="Authorization: Bearer sEcReT-own",
                                    device={token!r})

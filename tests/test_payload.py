@@ -11,9 +11,9 @@ from app_profiles import app_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.alerts import AlertTemplate
-from relay.app_profile import AppProfile
-from relay.model import (
+from relay.core.alerts import AlertTemplate
+from relay.core.app_profile import AppProfile
+from relay.core.model import (
     MAX_PAYLOAD_BYTES,
     MAX_VOIP_PAYLOAD_BYTES,
     ExpiredOnArrival,
@@ -22,7 +22,7 @@ from relay.model import (
     PayloadTooLarge,
     payload_limit,
 )
-from relay.payload import (
+from relay.core.payload import (
     AlertFields,
     ChatEventKind,
     ChatLine,

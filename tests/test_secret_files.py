@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.check_command import check_apps
-from relay.config import ConfigError, Settings, load_settings
-from relay.secret_files import (
+from relay.commands.check import check_apps
+from relay.config.schema import ConfigError, Settings, load_settings
+from relay.config.secret_files import (
     CERTIFICATE_FILE_MAX_BYTES,
     KEY_FILE_MAX_BYTES,
     CredentialFileRefused,

@@ -11,15 +11,15 @@ from collections.abc import Callable
 
 import structlog
 
-from relay import metrics
-from relay.credentials import CertificateCredentials, Credentials, Endpoint, TokenCredentials
+from relay.core.model import ApnsResponse, Notification, Route
+from relay.core.policy import CERTIFICATE_REFUSED
+from relay.credentials.model import CertificateCredentials, Credentials, Endpoint, TokenCredentials
 from relay.delivery.apns_adapter import (
     DEFAULT_INTERNAL_ERROR_STREAK,
     RelayConnectionPool,
     SharedJWT,
 )
-from relay.model import ApnsResponse, Notification, Route
-from relay.policy import CERTIFICATE_REFUSED
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.apns")
 

@@ -27,7 +27,7 @@ def server_options(application: web.Application) -> dict[str, Any]:
 
 def every_route() -> list[Route]:
     """Every route an api serves, in the order they are matched."""
-    # Imported here: the check runs `apns-relay check`, which builds on relay.service, which
+    # Imported here: the check runs `apns-relay check`, which builds on relay.runtime, which
     # builds on this module.
     from relay.http import check
 

@@ -111,7 +111,7 @@ def _operation(route: Route) -> dict[str, Any]:
 
 def _routes() -> list[Route]:
     # Imported here: the route groups' modules build on the modules this one's callers use;
-    # `check`'s builds on relay.service (see relay.http.app).
+    # `check`'s builds on relay.runtime (see relay.http.app).
     from relay.http.app import every_route
 
     return every_route()

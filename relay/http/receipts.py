@@ -15,15 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import OutOfMemoryError
 
-from relay import metrics
-from relay.config import Settings
-from relay.http.body import parse_json, read_body
-from relay.http.limits import client_address
-from relay.http.middleware import expect_continue, request_context
-from relay.http.problems import Problem
-from relay.http.routing import Route
-from relay.http.state import STATE, RelayState
-from relay.receipts import (
+from relay.config.schema import Settings
+from relay.core.receipts import (
     ID_PATTERN,
     MAC_PATTERN,
     MalformedReceipt,
@@ -32,9 +25,16 @@ from relay.receipts import (
     check_form,
     signing_app,
 )
+from relay.http.body import parse_json, read_body
+from relay.http.limits import client_address
+from relay.http.middleware import expect_continue, request_context
+from relay.http.problems import Problem
+from relay.http.routing import Route
+from relay.http.state import STATE, RelayState
 from relay.store.receipts import Recorded, record_receipt
+from relay.telemetry import metrics
 
-log = structlog.get_logger("relay.receipts")
+log = structlog.get_logger("relay.core.receipts")
 
 UNKNOWN = "unknown"  # app and action of a receipt no secret verifies
 # Addresses whose rate is tracked at once: the least recently seen is forgotten first, so a

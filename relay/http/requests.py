@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from relay.model import PUSH_TYPES, InvalidInput
-from relay.payload import (
+from relay.core.model import PUSH_TYPES, InvalidInput
+from relay.core.payload import (
     ACTION_SCHEMA_PATTERN,
     APP_NAME_PATTERN,
     MAX_ACTION_CHARS,
@@ -25,7 +25,7 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
-from relay.quoting import shown
+from relay.core.quoting import shown
 from relay.store.queue import MAX_BATCH
 
 MAX_NOTIFICATION_ID_CHARS = 128
@@ -144,8 +144,8 @@ class BatchIn(BaseModel):
 
 
 class GmsPushIn(BaseModel):
-    """GMS's customhttp body, for the OpenAPI document: relay.gms.parse_customhttp reads it (the
-    shapes GMS sends, refused in the house wording)."""
+    """GMS's customhttp body, for the OpenAPI document: relay.core.gms.parse_customhttp reads it
+    (the shapes GMS sends, refused in the house wording)."""
 
     deviceId: str = Field(  # GMS's name
         pattern=r"^(?:[a-z0-9][a-z0-9_-]*:)?(?:[0-9a-fA-F]{2})+$",

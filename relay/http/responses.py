@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.model import DeliveryState
+from relay.core.model import DeliveryState
 
 SPOOLED = "held in this api's local spool until Redis answers (relay.spool)"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from relay.activities import ActivityTokens, LastSent, next_timestamp
+from relay.core.activities import ActivityTokens, LastSent, next_timestamp
 from relay.store.keys import (
     activity_dead_key,
     activity_key,
@@ -53,7 +53,8 @@ def _decode_last(raw: bytes | str | None) -> LastSent | None:
 
 
 class ActivityStore:
-    """Reads and writes of Live Activity registrations (the decisions are relay.activities')."""
+    """Reads and writes of Live Activity registrations (the decisions are
+    relay.core.activities')."""
 
     def __init__(self, queue: RelayQueue) -> None:
         self._queue = queue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from relay.model import ClaimedNotification, DeliveryState, Notification
+from relay.core.model import ClaimedNotification, DeliveryState, Notification
 
 # The payload has a key of its own; the request digest lives only beside the idempotency key.
 NOTIFICATION_FIELDS = tuple(

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from relay.config import App
-from relay.delivery.circuit import Circuit, RouteState
-from relay.model import Route
+from relay.config.schema import App
+from relay.core.circuit import Circuit, RouteState
+from relay.core.model import Route
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
 from relay.store.scripts import RUNS_AT_MAXMEMORY, ScriptArg, ScriptCall, load_script

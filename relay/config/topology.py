@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, TypeAlias
 from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
-    from relay.config import RedisSettings
+    from relay.config.schema import RedisSettings
 
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS

@@ -7,9 +7,9 @@ import datetime
 from dataclasses import dataclass
 from typing import Literal
 
-from relay.check import AppUnderCheck, credential_verdict
-from relay.config import App, Settings
-from relay.credentials import CertificateCredentials, Credentials, TokenCredentials
+from relay.config.schema import App, Settings
+from relay.credentials.check import AppUnderCheck, credential_verdict
+from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
 
 # The outcomes metrics.CREDENTIAL_RELOAD_OUTCOMES lists.
 Outcome = Literal["rotated", "unchanged", "rejected"]

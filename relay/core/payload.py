@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from relay.model import (
+from relay.core.model import (
     MAX_COLLAPSE_ID_BYTES,
     PRIORITIES,
     PUSH_TYPES,
@@ -19,12 +19,12 @@ from relay.model import (
     PayloadTooLarge,
     payload_limit,
 )
-from relay.push_types import check_priority
-from relay.quoting import shown, shown_token
-from relay.receipts import RECEIPT_KEY, receipt_size, with_receipt
+from relay.core.push_types import check_priority
+from relay.core.quoting import shown, shown_token
+from relay.core.receipts import RECEIPT_KEY, receipt_size, with_receipt
 
 if TYPE_CHECKING:
-    from relay.app_profile import AppProfile
+    from relay.core.app_profile import AppProfile
 
 MIN_TOKEN_HEX = 8
 MAX_TOKEN_HEX = 200

@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from relay.cli import DEV_JSON, DEV_STATE_DIR
-from relay.model import FINAL_STATES
+from relay.core.model import FINAL_STATES
 
 POLL_INTERVAL_S = 0.1
 

@@ -13,9 +13,7 @@ from dataclasses import dataclass, field
 import structlog
 from redis.exceptions import OutOfMemoryError
 
-from relay import metrics
-from relay.logs import mask_token
-from relay.model import DeliveryState, Notification
+from relay.core.model import DeliveryState, Notification
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.memory import MemoryWatch
@@ -24,6 +22,8 @@ from relay.store.records import Accepted, NotificationStatus
 from relay.store.refusals import QueueRefusal
 from relay.store.spool import Spool, SpoolUnavailable
 from relay.store.spool_log import Device, SpooledNotification
+from relay.telemetry import metrics
+from relay.telemetry.logs import mask_token
 
 log = structlog.get_logger("relay.ingest")
 

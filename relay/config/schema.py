@@ -3,7 +3,8 @@
 Over ~400 lines: the settings file's whole schema, one pydantic model per section with its
 validators beside it, then the loading (file, environment, one-line problems). The sections are
 small and read, validated and documented together (config/relay.example.yaml); what they feed is
-kept elsewhere as plain data (relay.app_profile, relay.credentials, relay.alerts)."""
+kept elsewhere as plain data (relay.core.app_profile, relay.credentials.model,
+relay.core.alerts)."""
 
 from __future__ import annotations
 
@@ -27,23 +28,23 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from relay.alerts import DEFAULT_ALERTS, AlertTemplate
-from relay.app_profile import AppProfile
-from relay.credentials import Endpoint, TokenCredentials, default_endpoint
-from relay.delivery.circuit import CircuitPolicy
-from relay.delivery.client_certificate import (
+from relay.config.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
+from relay.config.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
+from relay.core.alerts import DEFAULT_ALERTS, AlertTemplate
+from relay.core.app_profile import AppProfile
+from relay.core.circuit import CircuitPolicy
+from relay.core.model import PUSH_TYPES, InvalidInput
+from relay.core.payload import validate_action
+from relay.core.policy import RetryPolicy
+from relay.core.quoting import shown
+from relay.core.receipts import MIN_SECRET_BYTES, ReceiptSecrets
+from relay.credentials.client_certificate import (
     CertificateError,
     ClientCertificate,
     load_pem,
     load_pkcs12,
 )
-from relay.model import PUSH_TYPES, InvalidInput
-from relay.payload import validate_action
-from relay.policy import RetryPolicy
-from relay.quoting import shown
-from relay.receipts import MIN_SECRET_BYTES, ReceiptSecrets
-from relay.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
-from relay.store.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
+from relay.credentials.model import Endpoint, TokenCredentials, default_endpoint
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -710,7 +711,7 @@ class App(_Section):
     @property
     def known_actions(self) -> frozenset[str]:
         """The `_action`s this app's configuration names (or ships alerts for): the actions its
-        metrics label as themselves (relay.metrics.action_label)."""
+        metrics label as themselves (relay.telemetry.metrics.action_label)."""
         return frozenset({*self.alerts, *self.ttl_by_action, *DEFAULT_ALERTS, self.chat.action})
 
     def profile(self) -> AppProfile:

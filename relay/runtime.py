@@ -20,21 +20,19 @@ import structlog
 from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from relay import metrics
-from relay.check import NO_SPOOL, NO_SPOOL_FIX
 from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
-from relay.config import App, ConfigError, Settings, config_file, load_settings
-from relay.credential_files import load_credentials, publish_certificate_expiry
-from relay.credentials import CertificateCredentials
-from relay.credentials import Credentials as SendingCredentials
+from relay.config.schema import App, ConfigError, Settings, config_file, load_settings
+from relay.credentials.check import NO_SPOOL, NO_SPOOL_FIX
+from relay.credentials.files import load_credentials, publish_certificate_expiry
+from relay.credentials.model import CertificateCredentials
+from relay.credentials.model import Credentials as SendingCredentials
+from relay.credentials.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery import apns
-from relay.delivery.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery.worker import DeliveryWorker
 from relay.http.app import create_app, server_options
 from relay.http.auth import Credentials
 from relay.http.receipts import create_receipts_app, prime_receipt_series
 from relay.http.state import RelayState
-from relay.logs import configure_logging, redact_text
 from relay.store.connection import connect, replica_acknowledgement
 from relay.store.errors import REDIS_ERRORS
 from relay.store.memory import MemoryWatch
@@ -42,8 +40,10 @@ from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
 from relay.store.retention import keep_history
 from relay.store.spool import Spool
+from relay.telemetry import metrics
+from relay.telemetry.logs import configure_logging, redact_text
 
-log = structlog.get_logger("relay.service")
+log = structlog.get_logger("relay.runtime")
 
 DEFAULT_WORKER_PORT = 8081
 DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev

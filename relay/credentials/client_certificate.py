@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from relay.secret_files import CERTIFICATE_FILE_MAX_BYTES, read_bounded
+from relay.config.secret_files import CERTIFICATE_FILE_MAX_BYTES, read_bounded
 
 OID_DEVELOPMENT: Final = x509.ObjectIdentifier("1.2.840.113635.100.6.3.1")
 OID_PRODUCTION: Final = x509.ObjectIdentifier("1.2.840.113635.100.6.3.2")

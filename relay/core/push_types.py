@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from relay.model import InvalidInput
+from relay.core.model import InvalidInput
 
 # Apple's "Sending notification requests to APNs": every push type but alert, background and mdm
 # goes to the bundle id with a suffix. mdm's topic is the MDM certificate's own (its UID), which

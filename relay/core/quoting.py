@@ -6,7 +6,7 @@ import json
 import re
 import string
 
-from relay.logs import mask_token, redact_text
+from relay.telemetry.logs import mask_token, redact_text
 
 # A received string is quoted up to this many characters, then cut with its length said.
 MAX_SHOWN_CHARS = 32
@@ -24,7 +24,8 @@ def counted(number: int, noun: str) -> str:
 
 def shown(value: object) -> str:
     """`value` as a refusal may quote it: bounded, with credentials, keys and device tokens
-    masked as the logs mask them (relay.logs.redact_text), objects and lists only described."""
+    masked as the logs mask them (relay.core.redaction.redact_text), objects and lists only
+    described."""
     if value is None:
         return "null"
     if isinstance(value, bool):

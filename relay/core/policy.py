@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from relay.model import (
+from relay.core.model import (
     ApnsResponse,
     Delivered,
     DeliveryOutcome,

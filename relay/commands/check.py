@@ -1,6 +1,6 @@
 """`apns-relay check`: for every configured app, read its credential files and send APNs one push
-to a random device token, then print relay.check's verdict per app; then each Redis primary's
-memory policy and limit, and whether there is a spool (exit 1 if any failed)."""
+to a random device token, then print relay.credentials.check's verdict per app; then each Redis
+primary's memory policy and limit, and whether there is a spool (exit 1 if any failed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import uuid
 
 import orjson
 
-from relay.check import (
+from relay.config.schema import App, ConfigError, Settings, load_settings
+from relay.core.model import Notification
+from relay.credentials.check import (
     AppUnderCheck,
     CertificateFacts,
     CredentialFacts,
@@ -28,14 +30,12 @@ from relay.check import (
     memory_finding,
     spool_finding,
 )
-from relay.config import App, ConfigError, Settings, load_settings
-from relay.credential_files import credential_facts, load_credentials
-from relay.logs import configure_logging, redact_text
-from relay.model import Notification
-from relay.service import make_client
+from relay.credentials.files import credential_facts, load_credentials
+from relay.runtime import make_client
 from relay.store.connection import connect
 from relay.store.errors import REDIS_ERRORS
 from relay.store.memory import read_memory
+from relay.telemetry.logs import configure_logging, redact_text
 
 PROBE_TOKEN_BYTES = 32  # a device token as Apple issues them today: 64 hex digits
 # Addressed to no phone; kept short-lived anyway (apns-expiration: a minute).

@@ -15,15 +15,19 @@ from pathlib import Path
 
 import structlog
 
-from relay import metrics
-from relay.check import AppUnderCheck, CredentialFacts
-from relay.config import AppAuth, ConfigError, Settings, load_settings
-from relay.credential_files import credential_facts, load_credentials, publish_certificate_expiry
-from relay.credentials import CertificateCredentials, Credentials
+from relay.config.schema import AppAuth, ConfigError, Settings, load_settings
+from relay.config.secret_files import (
+    CERTIFICATE_FILE_MAX_BYTES,
+    CONFIG_FILE_MAX_BYTES,
+    read_bounded,
+)
+from relay.credentials.check import AppUnderCheck, CredentialFacts
+from relay.credentials.files import credential_facts, load_credentials, publish_certificate_expiry
+from relay.credentials.model import CertificateCredentials, Credentials
+from relay.credentials.rotation import Judgement, describe, judge, restart_needed
 from relay.delivery.apns import ApnsClient
-from relay.delivery.rotation import Judgement, describe, judge, restart_needed
-from relay.logs import redact_text
-from relay.secret_files import CERTIFICATE_FILE_MAX_BYTES, CONFIG_FILE_MAX_BYTES, read_bounded
+from relay.telemetry import metrics
+from relay.telemetry.logs import redact_text
 
 log = structlog.get_logger("relay.rotation")
 

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import orjson
 
-from relay.config import DEFAULT_CHAT_ACTION
-from relay.model import InvalidInput, Notification
-from relay.payload import (
+from relay.config.schema import DEFAULT_CHAT_ACTION
+from relay.core.model import InvalidInput, Notification
+from relay.core.payload import (
     AlertFields,
     ChatEventKind,
     ChatLine,
@@ -20,10 +20,10 @@ from relay.payload import (
     validate_app_name,
     validate_service_id,
 )
-from relay.quoting import shown
+from relay.core.quoting import shown
 
 if TYPE_CHECKING:
-    from relay.app_profile import AppProfile
+    from relay.core.app_profile import AppProfile
 
 # The action a chat push carries until to_notification() sets the app's own (chat.action):
 # parsing does not know the app's settings.

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from relay.model import ApnsResponse
+from relay.core.model import ApnsResponse
 
 
 class RouteState(StrEnum):

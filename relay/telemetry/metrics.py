@@ -211,7 +211,7 @@ HTTP_REQUEST_DURATION = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
-# Delivery receipts (relay.receipts): the phone's word that it showed an alert
+# Delivery receipts (relay.core.receipts): the phone's word that it showed an alert
 RECEIPTS = Counter(
     "apns_relay_receipts_total",
     "Delivery receipts posted by phones, by app, action and outcome (recorded, replayed, forged,"

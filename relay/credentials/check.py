@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from relay.model import ApnsResponse
-from relay.policy import CERTIFICATE_REFUSED
+from relay.core.model import ApnsResponse
+from relay.core.policy import CERTIFICATE_REFUSED
 from relay.store.memory import RedisMemory, policy_refusal
 
 # Apple's push certificates last 13 months; the alert on their expiry fires 30 days before.

@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from relay.model import MAX_PAYLOAD_BYTES, DeliveryOutcome, Failed, Notification, PayloadTooLarge
+from relay.core.model import (
+    MAX_PAYLOAD_BYTES,
+    DeliveryOutcome,
+    Failed,
+    Notification,
+    PayloadTooLarge,
+)
 
 if TYPE_CHECKING:
-    from relay.config import LiveActivitySettings
+    from relay.config.schema import LiveActivitySettings
 
 LIVE_ACTIVITY = "liveactivity"
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
+from relay.core.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,14 +9,14 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay import metrics
-from relay.check import CertificateFacts, CredentialFacts, TokenKeyFacts
-from relay.config import App
-from relay.credentials import CertificateCredentials, Credentials
-from relay.delivery.client_certificate import CertificateError, ClientCertificate
-from relay.secret_files import KEY_FILE_MAX_BYTES, read_bounded
+from relay.config.schema import App
+from relay.config.secret_files import KEY_FILE_MAX_BYTES, read_bounded
+from relay.credentials.check import CertificateFacts, CredentialFacts, TokenKeyFacts
+from relay.credentials.client_certificate import CertificateError, ClientCertificate
+from relay.credentials.model import CertificateCredentials, Credentials
+from relay.telemetry import metrics
 
-log = structlog.get_logger("relay.credentials")
+log = structlog.get_logger("relay.credentials.model")
 
 
 def load_credentials(app: App) -> Credentials:
@@ -28,7 +28,7 @@ def load_credentials(app: App) -> Credentials:
 
 
 def credential_facts(app: App) -> CredentialFacts:
-    """What relay.check judges the app's credential files by, read from them now."""
+    """What relay.credentials.check judges the app's credential files by, read from them now."""
     if app.auth.token is not None:
         key_file = app.auth.token.key_file
         try:

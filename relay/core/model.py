@@ -55,7 +55,7 @@ MAX_COLLAPSE_ID_BYTES = 64
 class InvalidInput(ValueError):
     """Bad input, said as the field it concerns, the rule it broke and what was received
     (problem+json material). `received` is already shown as a refusal may show it: bounded, no
-    secret, no device token in full (relay.quoting.shown); None when nothing was received."""
+    secret, no device token in full (relay.core.quoting.shown); None when nothing was received."""
 
     def __init__(self, field: str, rule: str, *, received: str | None = None) -> None:
         super().__init__(f"{field}: {rule}")

@@ -1,5 +1,5 @@
 """Where APNs is and what the relay authenticates with: plain data, one definition for settings
-(relay.config builds these from its sections) and delivery (the client sends with them)."""
+(relay.config.schema builds these from its sections) and delivery (the client sends with them)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from relay.delivery.client_certificate import ClientCertificate
+    from relay.credentials.client_certificate import ClientCertificate
 
 PRODUCTION_HOST = "api.push.apple.com"
 SANDBOX_HOST = "api.sandbox.push.apple.com"

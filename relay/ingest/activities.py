@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import structlog
 
-from relay import metrics
-from relay.activities import (
+from relay.config.schema import App
+from relay.core.activities import (
     ActivityEvent,
     ActivityPush,
     activity_notification,
     plan_activity_push,
 )
-from relay.config import App
-from relay.logs import mask_token
-from relay.model import InvalidInput
-from relay.payload import PushSpec
+from relay.core.model import InvalidInput
+from relay.core.payload import PushSpec
+from relay.ingest.hold import Ingest
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS
-from relay.store.ingest import Ingest
 from relay.store.refusals import DeadToken, QueueRefusal
+from relay.telemetry import metrics
+from relay.telemetry.logs import mask_token
 
 log = structlog.get_logger()
 # What may go wrong after the alert is queued: a refusal, a content-state over Apple's limit,
