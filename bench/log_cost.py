@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+import relay.core.redaction
 import relay.telemetry.logs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ TOKEN = "c0ffee12" * 8
 ATTEMPT = {
     "id": "07-0123456789abcdef0123456789abcdef",
     "app": "dev",
-    "token": relay.telemetry.logs.mask_token(TOKEN),
+    "token": relay.core.redaction.mask_token(TOKEN),
     "service_id": "3SQI3S31693JL9L3R00506T40C000U73",
     "action": "get-dialog-start-chat",
     "attempt": 1,

@@ -36,8 +36,9 @@ import structlog
 from aioapns import NotificationRequest
 from simulator import SimInfo, aioapns_client, control_client, simulator_process
 
+from relay.core.endpoint import Endpoint
 from relay.core.model import Notification
-from relay.credentials.model import Endpoint, TokenCredentials
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
 
 TOPIC = "com.example.app"

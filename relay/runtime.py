@@ -1,5 +1,5 @@
-"""The relay's processes: `serve` (api + worker), `api`, `worker`. Development mode (`serve --dev`)
-lives in the development kit (relay_devkit.dev_mode), imported only when asked for."""
+"""The composition root: builds each role's objects (queue, spool, clients, worker, HTTP apps) from
+the settings and runs them; relay.commands.serve parses the command line and calls it."""
 
 from __future__ import annotations
 
@@ -9,25 +9,19 @@ import contextlib
 import functools
 import os
 import signal
-import sys
-import traceback
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from relay.cli import DEV_AUTH_CHOICES, DEV_STATE_DIR
-from relay.config.schema import App, ConfigError, Settings, config_file, load_settings
+from relay.config.schema import ConfigError, Settings, config_file
 from relay.credentials.check import NO_SPOOL, NO_SPOOL_FIX
-from relay.credentials.files import load_credentials, publish_certificate_expiry
-from relay.credentials.model import CertificateCredentials
-from relay.credentials.model import Credentials as SendingCredentials
 from relay.credentials.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery import apns
+from relay.delivery.clients import make_client
 from relay.delivery.worker import DeliveryWorker
 from relay.http.app import create_app, server_options
 from relay.http.auth import Credentials
@@ -41,16 +35,10 @@ from relay.store.records import QueueLimits
 from relay.store.retention import keep_history
 from relay.store.spool import Spool
 from relay.telemetry import metrics
-from relay.telemetry.logs import configure_logging, redact_text
 
 log = structlog.get_logger("relay.runtime")
 
 DEFAULT_WORKER_PORT = 8081
-DEV_ENV = "RELAY_DEV"  # "1" (or true/yes/on): `serve` in development mode, as with --dev
-# Exit statuses of a process that does not start: its configuration is wrong (2), or something
-# outside it refused (3): the port is taken, Redis turns the relay's credentials away.
-EXIT_CONFIG = 2
-EXIT_START = 3
 # Redis answers but refuses this relay: no retry mends that. An unreachable Redis is not among
 # them: the api holds and spools, the worker waits, readiness says so (see the README). An
 # eviction policy that may evict queued work (relay.store.memory.policy_refusal) is the other
@@ -72,121 +60,6 @@ class DevelopmentMode(Protocol):
 
 
 NO_CREDENTIALS = "this process holds no APNs credentials to reload (the worker's are)"
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML configuration file (default: $RELAY_CONFIG)")
-    parser.add_argument(
-        "--dev",
-        action="store_true",
-        help=f"serve only: development mode (also ${DEV_ENV}=1): start an embedded Valkey, the"
-        " APNs simulator and an API token for whatever is not configured",
-    )
-    parser.add_argument("--host", help="listen address (default: http.host, 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (default: http.port, 8080)")
-    parser.add_argument(
-        "--state-dir",
-        default=DEV_STATE_DIR,
-        help="development mode: where the embedded Valkey and the simulator keep their files",
-    )
-    parser.add_argument(
-        "--grace", type=float, default=10.0, help="seconds in-flight sends get at shutdown"
-    )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="when the process cannot start, print the traceback under the one-line reason",
-    )
-    if parser.prog.endswith(" serve"):  # the one role with a development mode
-        parser.add_argument(
-            "--auth",
-            choices=DEV_AUTH_CHOICES,
-            default="token",
-            help="development mode: the simulator app's APNs credentials, a .p8 token key or a "
-            "push certificate issued by the simulator (default token)",
-        )
-
-
-def development_requested(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> bool:
-    return bool(args.dev) or env.get(DEV_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def missing_settings(settings: Settings, role: str) -> list[str]:
-    """What a role cannot run without outside development mode (nothing is filled in there)."""
-    missing = []
-    if not settings.redis.url:
-        missing.append("redis.url (or RELAY_REDIS_URL)")
-    if not settings.apps:
-        missing.append("apps (at least one app with its APNs credentials)")
-    auth = settings.auth
-    if role != "worker" and not (auth.api_tokens or auth.basic or auth.scoped):
-        missing.append("auth (api_tokens, basic or scoped; or RELAY_API_TOKENS, RELAY_BASIC_AUTH)")
-    return missing
-
-
-def _refuse(message: str, status: int = EXIT_CONFIG, *, debug: bool = False) -> int:
-    if debug:  # a traceback quotes values too (a path that is a key, a URL): redacted alike
-        print(redact_text(traceback.format_exc()), end="", file=sys.stderr)
-    print(f"apns-relay: {redact_text(message)}", file=sys.stderr)
-    return status
-
-
-def _cannot_start(error: ConfigError | StartupError, debug: bool) -> int:
-    if isinstance(error, StartupError):
-        return _refuse(str(error), EXIT_START, debug=debug)
-    # One line, however many problems: a log collector keeps it as one event.
-    return _refuse(f"invalid configuration: {'; '.join(error.problems)}", debug=debug)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as error:
-        return _cannot_start(error, args.debug)
-    debug = args.debug or settings.logging.level == "debug"
-    if args.dev and args.command != "serve":
-        return _refuse(f"{args.command} --dev: development mode is for `serve` only")
-    # RELAY_DEV concerns `serve` alone: an api or worker started from the same shell is unaffected.
-    dev_mode = args.command == "serve" and development_requested(args)
-    if not dev_mode and (missing := missing_settings(settings, args.command)):
-        # One line, before anything starts: production never falls back to a stand-in.
-        return _refuse(
-            f"not configured: {'; '.join(missing)}. Give them in the config file (--config,"
-            " $RELAY_CONFIG) or the environment, or run `apns-relay serve --dev` for"
-            " development mode"
-        )
-    configure_logging(settings.logging.format, settings.logging.level)
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    # Only development mode writes files: api and worker run on a read-only root filesystem.
-    if not dev_mode:
-        try:
-            return asyncio.run(_serve(args.command, settings, args, None))
-        except (ConfigError, StartupError) as error:
-            return _cannot_start(error, debug)
-    try:
-        # Imported only here: production processes load nothing of the development kit.
-        from relay_devkit import dev_mode as kit
-    except ModuleNotFoundError as error:
-        if error.name != "relay_devkit":
-            raise
-        return _refuse(
-            "serve --dev: development mode needs the development kit (relay_devkit), which this"
-            " installation does not include (the production image leaves it out); run it from"
-            " a source checkout (make run)"
-        )
-    try:
-        with kit.development_mode(settings, Path(args.state_dir).resolve(), args.auth) as (
-            settings,
-            dev,
-        ):
-            return asyncio.run(_serve(args.command, settings, args, dev))
-    except (ConfigError, StartupError) as error:
-        return _cannot_start(error, debug)
-    except kit.START_ERRORS as error:
-        return _refuse(str(error), debug=debug)
 
 
 # Building the parts from settings
@@ -219,32 +92,6 @@ def open_spool(settings: Settings) -> Spool | None:
         return Spool.open(ingest.spool_dir, ingest.spool_max_bytes, ingest.spool_max_notifications)
     except OSError as error:
         raise ConfigError([f"ingest.spool_dir: {ingest.spool_dir}: {error}"]) from None
-
-
-def make_client(
-    app: App,
-    settings: Settings,
-    credentials: SendingCredentials | None = None,
-    *,
-    counted: bool = True,
-) -> apns.ApnsClient:
-    """The app's APNs client, with `credentials` (already read) or those its files hold now;
-    `counted` False for a check's probe (not in the delivery metrics)."""
-    if credentials is None:
-        credentials = load_credentials(app)
-    if isinstance(credentials, CertificateCredentials):
-        publish_certificate_expiry(app.name, credentials.certificate)
-    return apns.ApnsClient(
-        app.name,
-        app.topic,
-        app.apns_endpoint(),
-        credentials,
-        environment=app.environment,
-        request_timeout_s=settings.delivery.request_timeout_seconds,
-        max_connections=app.max_connections,
-        internal_error_streak=settings.delivery.connection_internal_error_streak,
-        counted=counted,
-    )
 
 
 @contextlib.asynccontextmanager
@@ -429,7 +276,7 @@ async def run_relay(
         await queue.aclose()
 
 
-async def _serve(
+async def serve_role(
     role: str,
     settings: Settings,
     args: argparse.Namespace,

@@ -33,7 +33,7 @@ from typing import Any, Literal, TextIO
 
 import aiohttp
 
-from relay.cli import DEV_AUTH_CHOICES
+from relay.commands.dev_state import DEV_AUTH_CHOICES
 from relay.config.schema import App, Settings
 from relay.runtime import run_relay
 from relay.telemetry.logs import configure_logging

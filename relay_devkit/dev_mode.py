@@ -1,6 +1,6 @@
 """Development mode (`apns-relay serve --dev`): whatever production would configure and is
 missing (Redis, an app with APNs credentials, an API token) is started or made here, and said
-loudly. relay.runtime imports this module only when development mode is asked for."""
+loudly. relay.commands.serve imports this module only when development mode is asked for."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from relay.cli import DEV_JSON
+from relay.commands.dev_state import DEV_JSON
 from relay.config.schema import App, ConfigError, Settings
 from relay_devkit.apns_sim.info import SIM_JSON, SimInfo
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority

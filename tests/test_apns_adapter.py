@@ -23,8 +23,9 @@ from hyperframe.frame import GoAwayFrame
 from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
+from relay.core.endpoint import Endpoint
 from relay.core.model import ApnsResponse, Notification
-from relay.credentials.model import Endpoint, TokenCredentials
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
 from relay.delivery.apns_adapter import RelayClientProtocol
 from relay.telemetry import metrics

@@ -29,6 +29,8 @@ Refusal = TypeVar("Refusal", bound=Exception)
 PRODUCTION_MODULES = (
     "relay.cli",
     "relay.runtime",
+    "relay.commands.serve",
+    "relay.commands.check",
     "relay.commands.remote",
     "relay.http.app",
     "relay.delivery.worker",
@@ -168,7 +170,7 @@ def test_the_image_build_context_installs_no_kit(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(p.name for p in built.iterdir()) == ["relay"]
     assert (built / "relay" / "store" / "lua" / "enqueue.lua").is_file()
-    assert (built / "relay" / "service.py").is_file()
+    assert (built / "relay" / "runtime.py").is_file()
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,8 @@ from relay.config.schema import Settings, load_settings
 from relay.core.model import Notification
 from relay.credentials.model import CertificateCredentials
 from relay.credentials.rotator import CredentialRotator
-from relay.runtime import make_client, run_relay
+from relay.delivery.clients import make_client
+from relay.runtime import run_relay
 from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay_devkit.embedded import free_port
 

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from simulator import REPO_ROOT, SimInfo, control_client, running_simulator
 
-from relay.commands.check import check_apps
 from relay.config.schema import Settings
 from relay.core.model import ApnsResponse
 from relay.credentials.check import (
@@ -30,6 +29,7 @@ from relay.credentials.check import (
     credential_verdict,
     exit_status,
 )
+from relay.delivery.probe import check_apps
 from relay_devkit.embedded import EmbeddedServer, free_port
 
 TOPIC = "com.example.checked"

@@ -33,14 +33,8 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.telemetry.logs import (
-    RateLimitFilter,
-    RepeatedCondition,
-    mask_secrets,
-    mask_token,
-    redact,
-    redact_text,
-)
+from relay.core.redaction import mask_secrets, mask_token, redact_text
+from relay.telemetry.logs import RateLimitFilter, RepeatedCondition, redact
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
 

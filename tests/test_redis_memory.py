@@ -19,8 +19,8 @@ from production_config import production_document
 from prometheus_client import REGISTRY
 from topologies import ValkeyCluster
 
+from relay.commands.check import memory_finding
 from relay.config.schema import RedisSettings, Settings
-from relay.credentials.check import memory_finding
 from relay.store.connection import connect
 from relay.store.memory import (
     MemoryWatch,

@@ -12,7 +12,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.commands.check import check_apps
 from relay.config.schema import ConfigError, Settings, load_settings
 from relay.config.secret_files import (
     CERTIFICATE_FILE_MAX_BYTES,
@@ -20,6 +19,7 @@ from relay.config.secret_files import (
     CredentialFileRefused,
     read_bounded,
 )
+from relay.delivery.probe import check_apps
 
 # Each refusal must come at once; a blocking open() would hold the thread past this.
 PROMPT_S = 5.0

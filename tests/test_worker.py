@@ -7,8 +7,9 @@ import time
 
 import redis.asyncio as aioredis
 
+from relay.core.endpoint import Endpoint
 from relay.core.model import ApnsResponse, DeliveryState, Notification
-from relay.credentials.model import Endpoint, TokenCredentials
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
 from relay.delivery.worker import DeliveryWorker
 from relay.store.queue import RelayQueue

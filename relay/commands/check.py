@@ -7,40 +7,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import datetime
-import secrets
 import sys
-import time
-import uuid
 
 import orjson
 
 from relay.config.schema import App, ConfigError, Settings, load_settings
-from relay.core.model import Notification
+from relay.core.redaction import redact_text
 from relay.credentials.check import (
-    AppUnderCheck,
-    CertificateFacts,
-    CredentialFacts,
     Finding,
-    TokenKeyFacts,
     Verdict,
-    answer_verdict,
-    credential_verdict,
     exit_status,
-    memory_finding,
     spool_finding,
 )
-from relay.credentials.files import credential_facts, load_credentials
-from relay.runtime import make_client
+from relay.delivery.probe import check_apps
 from relay.store.connection import connect
 from relay.store.errors import REDIS_ERRORS
-from relay.store.memory import read_memory
-from relay.telemetry.logs import configure_logging, redact_text
+from relay.store.memory import RedisMemory, policy_refusal, read_memory
+from relay.telemetry.logs import configure_logging
 
-PROBE_TOKEN_BYTES = 32  # a device token as Apple issues them today: 64 hex digits
-# Addressed to no phone; kept short-lived anyway (apns-expiration: a minute).
-PROBE_PAYLOAD = orjson.dumps({"aps": {"alert": "apns-relay check"}})
-PROBE_TTL_S = 60
 EXIT_CONFIG = 2
 
 
@@ -120,57 +104,43 @@ async def check_redis(settings: Settings, timeout_s: float) -> list[Finding]:
     return [memory_finding(memory) for memory in memories]
 
 
-async def check_apps(settings: Settings, apps: list[App], timeout_s: float) -> list[Verdict]:
-    """Every app checked at once (each its own connection), verdicts in configuration order."""
-    settings = settings.model_copy(
-        update={
-            "delivery": settings.delivery.model_copy(update={"request_timeout_seconds": timeout_s})
-        }
-    )
-    return list(await asyncio.gather(*(check_app(settings, app) for app in apps)))
+def _size(count: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} B"
 
 
-async def check_app(settings: Settings, app: App) -> Verdict:
-    # The files are read in a thread: in a serving api, a slow or huge file must not stall it.
-    facts = await asyncio.to_thread(credential_facts, app)
-    under_check = AppUnderCheck(app.name, app.topic, app.environment, _endpoint_of(app), facts)
-    now = datetime.datetime.now(datetime.UTC)
-    refused = credential_verdict(under_check, now)
-    if refused is not None:
-        return refused
-    try:
-        credentials = await asyncio.to_thread(load_credentials, app)
-    except (OSError, ValueError) as error:  # changed since the facts were read
-        unreadable = dataclasses.replace(under_check, credential=_unreadable(app, error))
-        verdict = credential_verdict(unreadable, now)
-        assert verdict is not None  # facts without a key or certificate always fail
-        return verdict
-    client = make_client(app, settings, credentials, counted=False)
-    try:
-        answer = await client.send(_probe(app), str(uuid.uuid4()))
-    finally:
-        await client.close()
-    return answer_verdict(under_check, answer, now)
-
-
-def _unreadable(app: App, error: Exception) -> CredentialFacts:
-    if app.auth.token is not None:
-        return TokenKeyFacts(str(app.auth.token.key_file), None, problem=str(error))
-    return CertificateFacts(None, str(error))
-
-
-def _endpoint_of(app: App) -> str:
-    endpoint = app.apns_endpoint()
-    return f"{endpoint.host}:{endpoint.port}"
-
-
-def _probe(app: App) -> Notification:
-    """One push to a token no phone has, in the app's push type (background must be priority 5)."""
-    return Notification(
-        app=app.name,
-        device_token=secrets.token_hex(PROBE_TOKEN_BYTES),
-        payload=PROBE_PAYLOAD,
-        push_type=app.push_type,
-        priority=5 if app.push_type == "background" else 10,
-        expires_at=int(time.time()) + PROBE_TTL_S,
+def memory_finding(memory: RedisMemory) -> Finding:
+    """A primary's policy and maxmemory: an evicting policy fails, no maxmemory warns."""
+    subject = f"redis {memory.node}"
+    if policy_refusal(memory) is not None:
+        return Finding(
+            subject,
+            "FAIL",
+            f"maxmemory-policy {memory.policy}: at maxmemory it evicts any key, queued"
+            " notifications included, so pushes already acknowledged to GMS would be lost"
+            " without a word (api and worker refuse to start on it)",
+            "CONFIG SET maxmemory-policy noeviction (and in its configuration file), or a"
+            " volatile-* policy, which evicts only history",
+        )
+    policy = f"maxmemory-policy {memory.policy}"
+    if memory.policy.startswith("volatile-"):
+        policy += " (evicts only history: keys with a TTL)"
+    if memory.max_bytes == 0:
+        return Finding(
+            subject,
+            "warn",
+            f"{policy}, maxmemory 0 (unbounded), {_size(memory.used_bytes)} used: Redis then"
+            " grows until the host's memory runs out and the kernel's OOM killer ends it,"
+            " losing what its last AOF write did not hold",
+            "set maxmemory to what the host can give Redis, leaving room for the fork of an"
+            " AOF rewrite",
+        )
+    percent = 100 * memory.used_bytes / memory.max_bytes
+    return Finding(
+        subject,
+        "ok",
+        f"{policy}, maxmemory {_size(memory.max_bytes)}, {_size(memory.used_bytes)} used"
+        f" ({percent:.0f} %)",
     )

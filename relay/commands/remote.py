@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from relay.cli import DEV_JSON, DEV_STATE_DIR
+from relay.commands.dev_state import DEV_JSON, DEV_STATE_DIR
 from relay.core.model import FINAL_STATES
 
 POLL_INTERVAL_S = 0.1

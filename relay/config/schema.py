@@ -31,8 +31,9 @@ from pydantic_core import ErrorDetails
 from relay.config.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
 from relay.config.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 from relay.core.alerts import DEFAULT_ALERTS, AlertTemplate
-from relay.core.app_profile import AppProfile
+from relay.core.app_profile import DEFAULT_CHAT_ACTION, AppProfile
 from relay.core.circuit import CircuitPolicy
+from relay.core.endpoint import Endpoint, default_endpoint
 from relay.core.model import PUSH_TYPES, InvalidInput
 from relay.core.payload import validate_action
 from relay.core.policy import RetryPolicy
@@ -44,7 +45,6 @@ from relay.credentials.client_certificate import (
     load_pem,
     load_pkcs12,
 )
-from relay.credentials.model import Endpoint, TokenCredentials, default_endpoint
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -346,7 +346,7 @@ class LoggingSettings(_Section):
 
 
 class TokenAuth(_Section):
-    """An APNs token key (.p8) and the ids it is signed with; load() reads it."""
+    """An APNs token key (.p8) and the ids it is signed with (relay.credentials.files reads it)."""
 
     key_file: Path
     key_id: Annotated[str, Field(pattern=APPLE_ID_PATTERN)]
@@ -364,11 +364,6 @@ class TokenAuth(_Section):
                 f" (at most {KEY_FILE_MAX_BYTES})"
             )
         return value
-
-    def load(self) -> TokenCredentials:
-        """The key these settings name, read now (OSError; ValueError: not text)."""
-        key_pem = read_bounded(self.key_file, KEY_FILE_MAX_BYTES).decode()
-        return TokenCredentials(key_pem, self.key_id, self.team_id)
 
 
 class CertificateAuth(_Section):
@@ -436,7 +431,6 @@ class EndpointSettings(_Section):
         return Endpoint(self.host, self.port, str(self.ca_file) if self.ca_file else None)
 
 
-DEFAULT_CHAT_ACTION = "ixn/chat/refresh"
 ChatEvent = Literal["message", "joined", "left", "typing", "ended"]  # payload.ChatEventKind
 # The chat fields a chat push's `message` may carry beside _id/_action (`chat.message_fields`);
 # none by default: the seed's message is {"_id", "_action"} and an app built from it reads

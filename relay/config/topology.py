@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeAlias
+from typing import Protocol, TypeAlias
 from urllib.parse import unquote, urlsplit
 
-if TYPE_CHECKING:
-    from relay.config.schema import RedisSettings
+from pydantic import SecretStr
 
 STANDALONE_SCHEMES = frozenset({"redis", "rediss", "unix"})
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}  # scheme -> TLS
@@ -123,7 +122,17 @@ def parse_redis_url(url: str) -> Topology:
     )
 
 
-def topology(settings: RedisSettings) -> Topology:
+class RedisLocation(Protocol):
+    """What topology() reads of the settings' redis section (relay.config.schema.RedisSettings,
+    which validates its URL with this module's parsers: named by shape, so no cycle)."""
+
+    @property
+    def url(self) -> str | None: ...
+    @property
+    def password(self) -> SecretStr | None: ...
+
+
+def topology(settings: RedisLocation) -> Topology:
     """The settings' topology; `password` applies when the URL carries none."""
     if settings.url is None:
         raise ValueError("redis.url: not set (development mode fills in the embedded server)")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
+from relay.core.alerts import AlertTemplate
 from relay.core.model import (
     MAX_PAYLOAD_BYTES,
     DeliveryOutcome,
@@ -16,10 +18,40 @@ from relay.core.model import (
     PayloadTooLarge,
 )
 
-if TYPE_CHECKING:
-    from relay.config.schema import LiveActivitySettings
-
 LIVE_ACTIVITY = "liveactivity"
+
+
+class ActivityStepPlan(Protocol):
+    """One GMS action's step of the activity, as planning reads it (config's LiveActivityStep)."""
+
+    @property
+    def stage(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def event(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+
+
+class LiveActivitySettings(Protocol):
+    """An app's Live Activity as planning reads it: config's section of that name satisfies it,
+    so this layer reads the settings without importing relay.config."""
+
+    @property
+    def steps(self) -> Mapping[str, ActivityStepPlan]: ...
+    @property
+    def start_actions(self) -> Collection[str]: ...
+    @property
+    def start_alert(self) -> AlertTemplate: ...
+    @property
+    def stale_after_s(self) -> int: ...
+    @property
+    def dismiss_after_s(self) -> int: ...
+    @property
+    def relevance_score(self) -> float: ...
+    @property
+    def attributes_type(self) -> str: ...
 
 
 class ActivityEvent(StrEnum):

@@ -9,6 +9,9 @@ from typing import Literal
 
 from relay.core.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
 
+# The `_action` of a chat push when an app names none (config: apps[].chat.action).
+DEFAULT_CHAT_ACTION = "ixn/chat/refresh"
+
 
 @dataclass(frozen=True, slots=True)
 class AppProfile:

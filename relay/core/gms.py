@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import orjson
 
-from relay.config.schema import DEFAULT_CHAT_ACTION
+from relay.core.app_profile import DEFAULT_CHAT_ACTION, AppProfile
 from relay.core.model import InvalidInput, Notification
 from relay.core.payload import (
     AlertFields,
@@ -21,9 +21,6 @@ from relay.core.payload import (
     validate_service_id,
 )
 from relay.core.quoting import shown
-
-if TYPE_CHECKING:
-    from relay.core.app_profile import AppProfile
 
 # The action a chat push carries until to_notification() sets the app's own (chat.action):
 # parsing does not know the app's settings.

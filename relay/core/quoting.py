@@ -6,7 +6,7 @@ import json
 import re
 import string
 
-from relay.telemetry.logs import mask_token, redact_text
+from relay.core.redaction import mask_token, redact_text
 
 # A received string is quoted up to this many characters, then cut with its length said.
 MAX_SHOWN_CHARS = 32

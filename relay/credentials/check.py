@@ -17,7 +17,6 @@ from typing import Final
 
 from relay.core.model import ApnsResponse
 from relay.core.policy import CERTIFICATE_REFUSED
-from relay.store.memory import RedisMemory, policy_refusal
 
 # Apple's push certificates last 13 months; the alert on their expiry fires 30 days before.
 EXPIRY_WARNING: Final = datetime.timedelta(days=30)
@@ -255,48 +254,6 @@ class Finding:
     def line(self) -> str:
         text = f"{self.level:<4} {self.subject}: {self.detail}"
         return f"{text}. Fix: {self.fix}" if self.fix else text
-
-
-def _size(count: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if count >= scale:
-            return f"{count / scale:.1f} {unit}"
-    return f"{count} B"
-
-
-def memory_finding(memory: RedisMemory) -> Finding:
-    """A primary's policy and maxmemory: an evicting policy fails, no maxmemory warns."""
-    subject = f"redis {memory.node}"
-    if policy_refusal(memory) is not None:
-        return Finding(
-            subject,
-            "FAIL",
-            f"maxmemory-policy {memory.policy}: at maxmemory it evicts any key, queued"
-            " notifications included, so pushes already acknowledged to GMS would be lost"
-            " without a word (api and worker refuse to start on it)",
-            "CONFIG SET maxmemory-policy noeviction (and in its configuration file), or a"
-            " volatile-* policy, which evicts only history",
-        )
-    policy = f"maxmemory-policy {memory.policy}"
-    if memory.policy.startswith("volatile-"):
-        policy += " (evicts only history: keys with a TTL)"
-    if memory.max_bytes == 0:
-        return Finding(
-            subject,
-            "warn",
-            f"{policy}, maxmemory 0 (unbounded), {_size(memory.used_bytes)} used: Redis then"
-            " grows until the host's memory runs out and the kernel's OOM killer ends it,"
-            " losing what its last AOF write did not hold",
-            "set maxmemory to what the host can give Redis, leaving room for the fork of an"
-            " AOF rewrite",
-        )
-    percent = 100 * memory.used_bytes / memory.max_bytes
-    return Finding(
-        subject,
-        "ok",
-        f"{policy}, maxmemory {_size(memory.max_bytes)}, {_size(memory.used_bytes)} used"
-        f" ({percent:.0f} %)",
-    )
 
 
 def spool_finding(spool_dir: Path | None) -> Finding:

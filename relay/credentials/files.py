@@ -9,22 +9,28 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config.schema import App
+from relay.config.schema import App, TokenAuth
 from relay.config.secret_files import KEY_FILE_MAX_BYTES, read_bounded
 from relay.credentials.check import CertificateFacts, CredentialFacts, TokenKeyFacts
 from relay.credentials.client_certificate import CertificateError, ClientCertificate
-from relay.credentials.model import CertificateCredentials, Credentials
+from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
 from relay.telemetry import metrics
 
-log = structlog.get_logger("relay.credentials.model")
+log = structlog.get_logger("relay.credentials")
 
 
 def load_credentials(app: App) -> Credentials:
     """The key or certificate the app's settings name, read now (OSError, CertificateError)."""
     if app.auth.token is not None:
-        return app.auth.token.load()
+        return read_token_key(app.auth.token)
     assert app.auth.certificate is not None  # AppAuth allows exactly one
     return CertificateCredentials(app.auth.certificate.load())
+
+
+def read_token_key(auth: TokenAuth) -> TokenCredentials:
+    """The key these settings name, read now (OSError; ValueError: not text)."""
+    key_pem = read_bounded(auth.key_file, KEY_FILE_MAX_BYTES).decode()
+    return TokenCredentials(key_pem, auth.key_id, auth.team_id)
 
 
 def credential_facts(app: App) -> CredentialFacts:

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
@@ -21,13 +22,13 @@ from relay.config.secret_files import (
     CONFIG_FILE_MAX_BYTES,
     read_bounded,
 )
+from relay.core.model import Route
+from relay.core.redaction import redact_text
 from relay.credentials.check import AppUnderCheck, CredentialFacts
 from relay.credentials.files import credential_facts, load_credentials, publish_certificate_expiry
 from relay.credentials.model import CertificateCredentials, Credentials
 from relay.credentials.rotation import Judgement, describe, judge, restart_needed
-from relay.delivery.apns import ApnsClient
 from relay.telemetry import metrics
-from relay.telemetry.logs import redact_text
 
 log = structlog.get_logger("relay.rotation")
 
@@ -68,6 +69,17 @@ class Reread:
     )
 
 
+class RotatingClient(Protocol):
+    """What rotation needs of a running app's APNs client (relay.delivery.apns.RotatingClient): this
+    layer sits below delivery, so it names the client's shape, not its class."""
+
+    app: str
+    route: Route
+    credentials: Credentials
+
+    def replace_credentials(self, credentials: Credentials) -> None: ...
+
+
 class CredentialRotator:
     """Re-reads the settings from `config` and the environment, as start-up did, and swaps each
     running app's credentials (auth) in its client; everything else needs a restart."""
@@ -76,7 +88,7 @@ class CredentialRotator:
         self,
         config: Path | None,
         running: Settings,
-        clients: Mapping[str, ApnsClient],
+        clients: Mapping[str, RotatingClient],
         env: Mapping[str, str] = os.environ,
     ) -> None:
         self.config = config
@@ -182,7 +194,9 @@ class CredentialRotator:
         self._watch(reread.digests, [app.auth for app in reloaded.apps])
         return judgements
 
-    def _swap(self, client: ApnsClient, credentials: Credentials, rotated: Judgement) -> Judgement:
+    def _swap(
+        self, client: RotatingClient, credentials: Credentials, rotated: Judgement
+    ) -> Judgement:
         try:
             client.replace_credentials(credentials)
         except ssl.SSLError as error:  # a certificate OpenSSL refuses to load

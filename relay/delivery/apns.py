@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import structlog
 
+from relay.core.endpoint import Endpoint
 from relay.core.model import ApnsResponse, Notification, Route
 from relay.core.policy import CERTIFICATE_REFUSED
-from relay.credentials.model import CertificateCredentials, Credentials, Endpoint, TokenCredentials
+from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
 from relay.delivery.apns_adapter import (
     DEFAULT_INTERNAL_ERROR_STREAK,
     RelayConnectionPool,

@@ -77,9 +77,10 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
+from relay.core.endpoint import Endpoint
 from relay.core.model import ApnsResponse, Notification
 from relay.core.push_types import topic_for
-from relay.credentials.model import Endpoint, TokenCredentials
+from relay.credentials.model import TokenCredentials
 from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.apns")

@@ -33,6 +33,7 @@ from relay.core.model import (
     apns_id_for,
 )
 from relay.core.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
+from relay.core.redaction import mask_token
 from relay.delivery.sender import Sender
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
@@ -40,7 +41,7 @@ from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore, StoredCircuit
 from relay.telemetry import metrics
-from relay.telemetry.logs import RepeatedCondition, mask_token
+from relay.telemetry.logs import RepeatedCondition
 
 log = structlog.get_logger("relay.worker")
 # Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line

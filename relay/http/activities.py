@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from relay.config.schema import App, LiveActivitySettings
 from relay.core.model import InvalidInput
 from relay.core.payload import normalize_device_token, validate_service_id
+from relay.core.redaction import mask_token
 from relay.http.auth import resolve_app
 from relay.http.body import parse_json, read_body
 from relay.http.limits import client_address
@@ -32,7 +33,6 @@ from relay.store.activity_store import (
     PUSH_TO_START_TTL_S,
     ActivityStore,
 )
-from relay.telemetry.logs import mask_token
 
 log = structlog.get_logger()
 Model = TypeVar("Model", bound=BaseModel)

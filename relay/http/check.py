@@ -7,16 +7,16 @@ import dataclasses
 import structlog
 from aiohttp import web
 
-from relay.commands.check import check_apps
 from relay.core.model import InvalidInput
 from relay.credentials.check import Verdict
+from relay.delivery.probe import check_apps
 from relay.http.auth import require_operator, resolve_app
 from relay.http.problems import unknown_app_problem
 from relay.http.responses import VerdictOut, json_response
 from relay.http.routing import Route
 from relay.http.state import GRANT, STATE
 
-log = structlog.get_logger("relay.credentials.check")
+log = structlog.get_logger("relay.check")
 
 CHECK_PATH = "/v1/apps/{app}/check"
 # As the command's default: the probe's connection and answer together, on a healthy route well

@@ -34,7 +34,7 @@ from relay.http.state import STATE, RelayState
 from relay.store.receipts import Recorded, record_receipt
 from relay.telemetry import metrics
 
-log = structlog.get_logger("relay.core.receipts")
+log = structlog.get_logger("relay.receipts")
 
 UNKNOWN = "unknown"  # app and action of a receipt no secret verifies
 # Addresses whose rate is tracked at once: the least recently seen is forgotten first, so a

@@ -14,12 +14,12 @@ from relay.core.activities import (
 )
 from relay.core.model import InvalidInput
 from relay.core.payload import PushSpec
+from relay.core.redaction import mask_token
 from relay.ingest.hold import Ingest
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS
 from relay.store.refusals import DeadToken, QueueRefusal
 from relay.telemetry import metrics
-from relay.telemetry.logs import mask_token
 
 log = structlog.get_logger()
 # What may go wrong after the alert is queued: a refusal, a content-state over Apple's limit,

@@ -14,6 +14,7 @@ import structlog
 from redis.exceptions import OutOfMemoryError
 
 from relay.core.model import DeliveryState, Notification
+from relay.core.redaction import mask_token
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.memory import MemoryWatch
@@ -23,7 +24,6 @@ from relay.store.refusals import QueueRefusal
 from relay.store.spool import Spool, SpoolUnavailable
 from relay.store.spool_log import Device, SpooledNotification
 from relay.telemetry import metrics
-from relay.telemetry.logs import mask_token
 
 log = structlog.get_logger("relay.ingest")
 
