@@ -11,7 +11,7 @@ import sys
 
 import orjson
 
-from relay.config.schema import App, ConfigError, Settings, load_settings
+from relay.config.schema import App, ConfigError, Settings
 from relay.core.redaction import redact_text
 from relay.credentials.check import (
     Finding,
@@ -19,6 +19,7 @@ from relay.credentials.check import (
     exit_status,
     spool_finding,
 )
+from relay.credentials.files import load_settings
 from relay.delivery.probe import check_apps
 from relay.store.connection import connect
 from relay.store.errors import REDIS_ERRORS

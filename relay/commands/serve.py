@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from relay.commands.dev_state import DEV_AUTH_CHOICES, DEV_STATE_DIR
-from relay.config.schema import ConfigError, Settings, load_settings
+from relay.config.schema import ConfigError, Settings
 from relay.core.redaction import redact_text
+from relay.credentials.files import load_settings
 from relay.runtime import StartupError, serve_role
 from relay.telemetry.logs import configure_logging
 

@@ -35,16 +35,10 @@ from relay.core.app_profile import DEFAULT_CHAT_ACTION, AppProfile
 from relay.core.circuit import CircuitPolicy
 from relay.core.endpoint import Endpoint, default_endpoint
 from relay.core.model import PUSH_TYPES, InvalidInput
-from relay.core.payload import validate_action
+from relay.core.payload import APP_NAME_PATTERN, MAX_APP_NAME_CHARS, validate_action
 from relay.core.policy import RetryPolicy
 from relay.core.quoting import shown
 from relay.core.receipts import MIN_SECRET_BYTES, ReceiptSecrets
-from relay.credentials.client_certificate import (
-    CertificateError,
-    ClientCertificate,
-    load_pem,
-    load_pkcs12,
-)
 
 CONFIG_PATH_ENV = "RELAY_CONFIG"
 ENV_PREFIX = "RELAY_"
@@ -52,7 +46,8 @@ API_TOKENS_ENV = "RELAY_API_TOKENS"
 BASIC_AUTH_ENV = "RELAY_BASIC_AUTH"
 REDIS_URL_FALLBACK_ENV = "REDIS_URL"
 
-APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# An app's name: the rule is relay.core.payload's (requests name apps by it too).
+AppName = Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=MAX_APP_NAME_CHARS)]
 # Apple's bundle id alphabet: letters, digits, hyphens and periods.
 BUNDLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*$"
 APPLE_ID_PATTERN = r"^[A-Z0-9]{10}$"
@@ -196,7 +191,7 @@ class ScopedCredential(_Section):
 
     token: SecretStr | None = None
     basic: SecretStr | None = None  # "user:password"
-    apps: Annotated[list[Annotated[str, Field(pattern=APP_NAME_PATTERN)]], Field(min_length=1)]
+    apps: Annotated[list[AppName], Field(min_length=1)]
 
     @model_validator(mode="after")
     def _exactly_one_secret(self) -> ScopedCredential:
@@ -394,14 +389,6 @@ class CertificateAuth(_Section):
             # Frozen model: the validator is the one place the resolved secret can be set.
             object.__setattr__(self, "password", SecretStr(env[self.password_env]))
         return self
-
-    def load(self) -> ClientCertificate:
-        """The certificate and key these settings name; CertificateError says what is wrong."""
-        password = self.password.get_secret_value().encode() if self.password else None
-        if self.p12_file is not None:
-            return load_pkcs12(self.p12_file, password)
-        assert self.cert_file is not None  # _one_form
-        return load_pem(self.cert_file, self.key_file, password)
 
 
 class AppAuth(_Section):
@@ -639,7 +626,7 @@ class ReceiptSettings(_Section):
 
 
 class App(_Section):
-    name: Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=64)]
+    name: AppName
     topic: Annotated[str, Field(pattern=BUNDLE_ID_PATTERN, max_length=255)]
     environment: Literal["production", "sandbox"]
     default: bool = False
@@ -682,23 +669,6 @@ class App(_Section):
             raise ValueError(
                 "live_activity: Apple accepts Live Activity pushes only with token auth "
                 "(auth.token), not with a certificate"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _certificate_fits(self) -> App:
-        """A certificate that cannot send this app's topic in its environment is refused now:
-        APNs would refuse every push (TopicDisallowed, BadCertificateEnvironment)."""
-        if self.auth.certificate is None:
-            return self
-        try:
-            allowed = self.auth.certificate.load().info
-        except (CertificateError, OSError) as error:  # OSError: refused (a FIFO, too large)
-            raise ValueError(f"auth.certificate: {error}") from None
-        if not allowed.allows(self.topic, self.environment):
-            raise ValueError(
-                f"auth.certificate: the certificate allows {allowed.describe()}; this app sends "
-                f"topic {self.topic} in {self.environment}"
             )
         return self
 

@@ -4,19 +4,68 @@ and a rotation judge them by."""
 from __future__ import annotations
 
 import datetime
+import os
+from collections.abc import Mapping
+from pathlib import Path
 
 import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config.schema import App, TokenAuth
+from relay.config import schema
+from relay.config.schema import App, CertificateAuth, ConfigError, Settings, TokenAuth
 from relay.config.secret_files import KEY_FILE_MAX_BYTES, read_bounded
 from relay.credentials.check import CertificateFacts, CredentialFacts, TokenKeyFacts
-from relay.credentials.client_certificate import CertificateError, ClientCertificate
+from relay.credentials.client_certificate import (
+    CertificateError,
+    ClientCertificate,
+    load_pem,
+    load_pkcs12,
+)
 from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
 from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.credentials")
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
+    """The settings as relay.config.schema.load_settings reads them, each app's certificate then
+    opened: one that cannot be read, or cannot send its app's topic in its environment (APNs would
+    refuse every push: TopicDisallowed, BadCertificateEnvironment), is a configuration problem
+    (ConfigError), worded as the configuration's own. What every process starts and reloads with."""
+    settings = schema.load_settings(path, env)
+    file = schema.config_file(path, env)
+    source = "built-in defaults" if file is None else f"file {file}"
+    if problems := certificate_problems(settings):
+        raise ConfigError([f"{problem} [{source}]" for problem in problems])
+    return settings
+
+
+def certificate_problems(settings: Settings) -> list[str]:
+    problems = []
+    for index, app in enumerate(settings.apps):
+        if app.auth.certificate is None:
+            continue
+        try:
+            allowed = read_certificate(app.auth.certificate).info
+        except (CertificateError, OSError) as error:  # OSError: refused (a FIFO, too large)
+            problems.append(f"apps[{index}]: auth.certificate: {error}")
+            continue
+        if not allowed.allows(app.topic, app.environment):
+            problems.append(
+                f"apps[{index}]: auth.certificate: the certificate allows {allowed.describe()};"
+                f" this app sends topic {app.topic} in {app.environment}"
+            )
+    return problems
+
+
+def read_certificate(auth: CertificateAuth) -> ClientCertificate:
+    """The certificate and key these settings name; CertificateError says what is wrong."""
+    password = auth.password.get_secret_value().encode() if auth.password else None
+    if auth.p12_file is not None:
+        return load_pkcs12(auth.p12_file, password)
+    assert auth.cert_file is not None  # CertificateAuth._one_form
+    return load_pem(auth.cert_file, auth.key_file, password)
 
 
 def load_credentials(app: App) -> Credentials:
@@ -24,7 +73,7 @@ def load_credentials(app: App) -> Credentials:
     if app.auth.token is not None:
         return read_token_key(app.auth.token)
     assert app.auth.certificate is not None  # AppAuth allows exactly one
-    return CertificateCredentials(app.auth.certificate.load())
+    return CertificateCredentials(read_certificate(app.auth.certificate))
 
 
 def read_token_key(auth: TokenAuth) -> TokenCredentials:
@@ -47,7 +96,7 @@ def credential_facts(app: App) -> CredentialFacts:
         return TokenKeyFacts(str(key_file), type(key).__name__.removesuffix("PrivateKey"))
     assert app.auth.certificate is not None
     try:
-        return CertificateFacts(app.auth.certificate.load().info.not_after)
+        return CertificateFacts(read_certificate(app.auth.certificate).info.not_after)
     except (CertificateError, OSError) as error:  # the configuration read it: the file changed
         return CertificateFacts(None, str(error))
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import structlog
 
-from relay.config.schema import AppAuth, ConfigError, Settings, load_settings
+from relay.config.schema import AppAuth, ConfigError, Settings
 from relay.config.secret_files import (
     CERTIFICATE_FILE_MAX_BYTES,
     CONFIG_FILE_MAX_BYTES,
@@ -25,7 +25,12 @@ from relay.config.secret_files import (
 from relay.core.model import Route
 from relay.core.redaction import redact_text
 from relay.credentials.check import AppUnderCheck, CredentialFacts
-from relay.credentials.files import credential_facts, load_credentials, publish_certificate_expiry
+from relay.credentials.files import (
+    credential_facts,
+    load_credentials,
+    load_settings,
+    publish_certificate_expiry,
+)
 from relay.credentials.model import CertificateCredentials, Credentials
 from relay.credentials.rotation import Judgement, describe, judge, restart_needed
 from relay.telemetry import metrics

@@ -72,8 +72,7 @@ def _unreadable(app: App, error: Exception) -> CredentialFacts:
 
 
 def _endpoint_of(app: App) -> str:
-    endpoint = app.apns_endpoint()
-    return f"{endpoint.host}:{endpoint.port}"
+    return app.apns_endpoint().address
 
 
 def _probe(app: App) -> Notification:

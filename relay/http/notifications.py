@@ -181,8 +181,8 @@ async def get_notification(request: web.Request) -> web.Response:
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
     return json_response(
-        NotificationStatusOut(
-            **asdict(status), waiting_for_route=await _route_wait(request, status)
+        NotificationStatusOut.model_validate(
+            {**asdict(status), "waiting_for_route": await _route_wait(request, status)}
         )
     )
 

@@ -144,8 +144,7 @@ class BatchIn(BaseModel):
 
 
 class GmsPushIn(BaseModel):
-    """GMS's customhttp body, for the OpenAPI document: relay.core.gms.parse_customhttp reads it
-    (the shapes GMS sends, refused in the house wording)."""
+    """GMS's customhttp body: the shapes GMS sends; any other is refused in the house wording."""
 
     deviceId: str = Field(  # GMS's name
         pattern=r"^(?:[a-z0-9][a-z0-9_-]*:)?(?:[0-9a-fA-F]{2})+$",

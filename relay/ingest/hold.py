@@ -193,27 +193,8 @@ class Ingest:
         if self.spool is None or notification_id not in self.spool.ledger.pending:
             return None
         spooled = self.spool.ledger.pending[notification_id]
-        n = spooled.notification
-        return NotificationStatus(
-            id=spooled.id,
-            app=n.app,
-            device_token=n.device_token,
-            service_id=n.service_id,
-            action=n.action,
-            state=DeliveryState.SPOOLED,
-            attempts=0,
-            claims=0,
-            accepted_at_ms=spooled.spooled_at_ms,
-            updated_at_ms=spooled.spooled_at_ms,
-            expires_at=n.expires_at,
-            delivered_at_ms=None,
-            last_status=None,
-            last_reason=None,
-            apns_id=None,
-            apns_unique_id=None,
-            collapse_id=n.collapse_id,
-            push_type=n.push_type,
-            priority=n.priority,
+        return NotificationStatus.unsent(
+            spooled.id, spooled.notification, DeliveryState.SPOOLED, spooled.spooled_at_ms
         )
 
     # ---- replay ----

@@ -31,6 +31,7 @@ from relay.store.scripts import ScriptArg
 
 
 def text(value: bytes | str) -> str:
+    """A Redis reply's string, whether the client decodes replies or not: the one bytes -> str."""
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -133,6 +133,34 @@ class NotificationStatus:
     received_at_ms: int | None = None
     device_latency_ms: int | None = None
 
+    @classmethod
+    def unsent(
+        cls, notification_id: str, n: Notification, state: DeliveryState, at_ms: int
+    ) -> NotificationStatus:
+        """The status of a notification no worker has had yet (one in an api's spool): the
+        untried fields said once, here."""
+        return cls(
+            id=notification_id,
+            app=n.app,
+            device_token=n.device_token,
+            service_id=n.service_id,
+            action=n.action,
+            state=state,
+            attempts=0,
+            claims=0,
+            accepted_at_ms=at_ms,
+            updated_at_ms=at_ms,
+            expires_at=n.expires_at,
+            delivered_at_ms=None,
+            last_status=None,
+            last_reason=None,
+            apns_id=None,
+            apns_unique_id=None,
+            collapse_id=n.collapse_id,
+            push_type=n.push_type,
+            priority=n.priority,
+        )
+
 
 def with_received(status: NotificationStatus, received: bytes | str | None) -> NotificationStatus:
     """The status with its delivery receipt's time (the receipt bucket's field), if any."""
