@@ -17,7 +17,8 @@ import structlog
 from aiohttp import web
 from redis.exceptions import AuthenticationError, NoPermissionError
 
-from relay.config.schema import ConfigError, Settings, config_file
+from relay.config.loading import config_file
+from relay.config.schema import ConfigError, Settings
 from relay.credentials.check import NO_SPOOL, NO_SPOOL_FIX
 from relay.credentials.rotator import SIGHUP_TRIGGER, CredentialRotator
 from relay.delivery import apns

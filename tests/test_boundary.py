@@ -17,7 +17,7 @@ import pytest
 import yaml
 from production_config import production_document
 
-from relay.core import model, payload
+from relay.core import fields, model, payload
 from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
@@ -215,7 +215,7 @@ def test_kit_commands_say_so_when_the_kit_is_not_installed(
 def test_loading_settings_touches_no_redis_or_lua_code() -> None:
     script = (
         "import sys\n"
-        "from relay.config.schema import load_settings\n"
+        "from relay.config.loading import load_settings\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')"
         " or m in ('relay.store.queue', 'relay.store.scripts', 'relay.store.connection',"
         " 'relay.store.routes')))\n"
@@ -249,4 +249,5 @@ def test_bad_input_is_refused_in_types_and_the_http_layer_gives_each_a_status() 
     assert len({status for status, _ in INVALID_INPUT_ANSWERS.values()}) == len(kinds)
     assert not hasattr(model.InvalidInput("field", "rule"), "status")
     # The payload rules speak in refusal types, not in HTTP statuses.
-    assert not [name for name in vars(payload) if name.endswith("_STATUS")]
+    for rules in (payload, fields):
+        assert not [name for name in vars(rules) if name.endswith("_STATUS")]

@@ -33,7 +33,8 @@ from simulator import (
     simulator_process,
 )
 
-from relay.config.schema import Settings, load_settings
+from relay.config.loading import load_settings
+from relay.config.schema import Settings
 from relay.core.model import Notification
 from relay.credentials.model import CertificateCredentials
 from relay.credentials.rotator import CredentialRotator

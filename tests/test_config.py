@@ -12,12 +12,8 @@ import yaml
 from pydantic import BaseModel
 from seed_actions import SEED_ACTIONS
 
-from relay.config.schema import (
-    ConfigError,
-    Settings,
-    env_override_names,
-    load_settings,
-)
+from relay.config.loading import env_override_names, load_settings
+from relay.config.schema import ConfigError, Settings
 from relay.core.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
 from relay.core.app_profile import AppProfile
 from relay.core.model import InvalidInput

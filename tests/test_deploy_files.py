@@ -967,7 +967,7 @@ def test_relay_config_loads_with_the_environment_it_is_deployed_with(
     config_path: str, tmp_path: Path
 ) -> None:
     """The relay's own loader accepts each file, its keys found in the mounted keys directory."""
-    from relay.config.schema import load_settings
+    from relay.config.loading import load_settings
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()

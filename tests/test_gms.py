@@ -13,7 +13,8 @@ from app_profiles import app_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.config.schema import ChatEvent, ConfigError, load_settings
+from relay.config.loading import load_settings
+from relay.config.schema import ChatEvent, ConfigError
 from relay.core.app_profile import AppProfile
 from relay.core.gms import CHAT_ACTION, parse_customhttp, to_notification
 from relay.core.model import InvalidInput, Notification, payload_limit

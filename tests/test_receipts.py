@@ -15,7 +15,8 @@ from app_profiles import app_profile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.config.schema import ConfigError, ReceiptSettings, Settings, load_settings
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, ReceiptSettings, Settings
 from relay.core.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
 from relay.core.payload import AlertFields, PushSpec, build_notification
 from relay.core.receipts import (

@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config.schema import ConfigError, Settings, load_settings
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, Settings
 from relay.config.secret_files import (
     CERTIFICATE_FILE_MAX_BYTES,
     KEY_FILE_MAX_BYTES,

@@ -29,7 +29,8 @@ from test_relay_pipeline import *  # noqa: F403
 from test_routes import *  # noqa: F403
 from topologies import SentinelTopology, ValkeyCluster, client_of
 
-from relay.config.schema import ConfigError, RedisSettings, load_settings
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, RedisSettings
 from relay.config.topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
 from relay.core.model import Notification
 from relay.store.connection import (

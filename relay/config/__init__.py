@@ -1,3 +1,3 @@
-"""Configuration: the YAML schema, RELAY_* overrides, one wording for errors. Imports only
-relay.core (and relay.credentials for the certificate check at validation, the one exception
-the import contract in pyproject.toml names)."""
+"""Configuration: the YAML schema, RELAY_* overrides, one wording for errors (schema.py), the Redis
+topology a URL names (topology.py) and bounded reads of the files it names (secret_files.py).
+Imports only relay.core."""

@@ -1,62 +1,52 @@
-"""Settings: a YAML file plus RELAY_* environment overrides, validated into typed models.
+"""The settings' schema: one pydantic model per section of the YAML file, validated into types.
 
-Over ~400 lines: the settings file's whole schema, one pydantic model per section with its
-validators beside it, then the loading (file, environment, one-line problems). The sections are
-small and read, validated and documented together (config/relay.example.yaml); what they feed is
-kept elsewhere as plain data (relay.core.app_profile, relay.credentials.model,
-relay.core.alerts)."""
+Over 450 lines, on purpose: the settings file's whole schema, each section's model with its
+validators beside it, read, validated and documented together as config/relay.example.yaml lays
+them out. Loading (file, RELAY_* overrides) is relay.config.loading; the wording of a problem,
+relay.config.wording. What the sections feed is kept elsewhere as plain data
+(relay.core.app_profile, relay.core.endpoint, relay.core.alerts)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import NoneType, UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     IPvAnyNetwork,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
-from relay.config.secret_files import CONFIG_FILE_MAX_BYTES, KEY_FILE_MAX_BYTES, read_bounded
+from relay.config.secret_files import KEY_FILE_MAX_BYTES
 from relay.config.topology import cluster_url, parse_address, parse_redis_url, sentinel_url
 from relay.core.alerts import DEFAULT_ALERTS, AlertTemplate
 from relay.core.app_profile import DEFAULT_CHAT_ACTION, AppProfile
 from relay.core.circuit import CircuitPolicy
 from relay.core.endpoint import Endpoint, default_endpoint
+from relay.core.fields import APP_NAME_PATTERN, MAX_APP_NAME_CHARS, validate_action
 from relay.core.model import PUSH_TYPES, InvalidInput
-from relay.core.payload import APP_NAME_PATTERN, MAX_APP_NAME_CHARS, validate_action
 from relay.core.policy import RetryPolicy
 from relay.core.quoting import shown
 from relay.core.receipts import MIN_SECRET_BYTES, ReceiptSecrets
 
-CONFIG_PATH_ENV = "RELAY_CONFIG"
-ENV_PREFIX = "RELAY_"
-API_TOKENS_ENV = "RELAY_API_TOKENS"
-BASIC_AUTH_ENV = "RELAY_BASIC_AUTH"
-REDIS_URL_FALLBACK_ENV = "REDIS_URL"
-
-# An app's name: the rule is relay.core.payload's (requests name apps by it too).
+# An app's name: the rule is relay.core.fields' (requests name apps by it too).
 AppName = Annotated[str, Field(pattern=APP_NAME_PATTERN, max_length=MAX_APP_NAME_CHARS)]
 # Apple's bundle id alphabet: letters, digits, hyphens and periods.
 BUNDLE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]*$"
 APPLE_ID_PATTERN = r"^[A-Z0-9]{10}$"
 MAX_PORT = 65535
 
-# The context key through which relative paths in a file are resolved against its directory.
-_BASE_DIR = "base_dir"
-# The context key holding the environment variables (password_env is read from them).
-_ENV = "env"
+# The validation context's keys (relay.config.loading sets them): the directory relative paths in
+# a file are resolved against, and the environment variables (password_env is read from them).
+CONTEXT_BASE_DIR = "base_dir"
+CONTEXT_ENV = "env"
 
 
 class ConfigError(Exception):
@@ -74,7 +64,7 @@ class _Section(BaseModel):
 def _readable_file(value: Path, info: ValidationInfo) -> Path:
     """Resolve a path against the config file's directory and insist it can be read now,
     so a wrong mount fails at start-up rather than at the first push."""
-    base_dir = (info.context or {}).get(_BASE_DIR)
+    base_dir = (info.context or {}).get(CONTEXT_BASE_DIR)
     path = value if value.is_absolute() or base_dir is None else Path(base_dir) / value
     if not path.exists():
         raise ValueError(f"no such file: {path}")
@@ -383,7 +373,7 @@ class CertificateAuth(_Section):
         if self.password_env is not None:
             if self.password is not None:
                 raise ValueError("give password or password_env, not both")
-            env = (info.context or {}).get(_ENV, os.environ)
+            env = (info.context or {}).get(CONTEXT_ENV, os.environ)
             if self.password_env not in env:
                 raise ValueError(f"password_env: the variable {self.password_env} is not set")
             # Frozen model: the validator is the one place the resolved secret can be set.
@@ -567,7 +557,7 @@ def _secret_from(
     if inline is not None:
         secret = inline.get_secret_value().encode()
     elif env_name is not None:
-        env = (info.context or {}).get(_ENV, os.environ)
+        env = (info.context or {}).get(CONTEXT_ENV, os.environ)
         if env_name not in env:
             raise ValueError(f"{field_name}_env: the variable {env_name} is not set")
         secret = env[env_name].encode()
@@ -760,201 +750,3 @@ class Settings(_Section):
         raise InvalidInput(
             "app", f"must be a configured app (configured: {configured})", received=shown(name)
         )
-
-
-# Sections whose scalars can be overridden as RELAY_<SECTION>_<KEY>; auth is overridden only as a
-# whole, by the two comma lists.
-_ENV_SECTIONS: Mapping[str, type[_Section]] = {
-    "redis": RedisSettings,
-    "http": HttpSettings,
-    "queue": QueueSettings,
-    "ingest": IngestSettings,
-    "retry": RetrySettings,
-    "delivery": DeliverySettings,
-    "circuit": CircuitSettings,
-    "logging": LoggingSettings,
-}
-_NOT_SECTION_KEYS = frozenset({CONFIG_PATH_ENV, API_TOKENS_ENV, BASIC_AUTH_ENV})
-
-
-def env_override_names() -> dict[str, tuple[str, str]]:
-    """Every RELAY_<SECTION>_<KEY> variable -> (section, key)."""
-    return {
-        f"{ENV_PREFIX}{section.upper()}_{key.upper()}": (section, key)
-        for section, model in _ENV_SECTIONS.items()
-        for key in model.model_fields
-    }
-
-
-def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
-    """Settings from `path` (else $RELAY_CONFIG, else built-in defaults) and the environment."""
-    file = config_file(path, env)
-    raw: dict[str, Any] = {} if file is None else _read_yaml(file)
-    file_label = "built-in defaults" if file is None else f"file {file}"
-    env_sources = _apply_env(raw, env)
-    base_dir = None if file is None else file.resolve().parent
-    try:
-        return Settings.model_validate(raw, context={_BASE_DIR: base_dir, _ENV: env})
-    except ValidationError as error:
-        raise ConfigError(
-            [_describe(detail, env_sources, file_label) for detail in error.errors()]
-        ) from None
-
-
-def config_file(path: str | Path | None, env: Mapping[str, str] = os.environ) -> Path | None:
-    """The file load_settings reads: `path`, else $RELAY_CONFIG, else none."""
-    if path is None and env.get(CONFIG_PATH_ENV):
-        path = env[CONFIG_PATH_ENV]
-    return None if path is None else Path(path)
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:  # bounded, and never blocking on a FIFO: a reload reads it again in a serving process
-        text = read_bounded(path, CONFIG_FILE_MAX_BYTES).decode("utf-8")
-    except OSError as error:
-        raise ConfigError([f"{path}: cannot read: {error.strerror or error}"]) from None
-    except UnicodeDecodeError as error:
-        raise ConfigError([f"{path}: not UTF-8 text ({error.reason})"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        # PyYAML's own text spans lines with a caret drawing; where and what is enough.
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = getattr(error, "problem", None) or type(error).__name__
-        raise ConfigError([f"{path}: not valid YAML{where}: {what}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: must hold a mapping of sections (got {type(data).__name__})"])
-    return data
-
-
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
-    """Overlay the environment on the file's data; returns the dotted key -> variable it came
-    from, so errors can name the variable rather than the file."""
-    sources: dict[tuple[str, ...], str] = {}
-    overrides = env_override_names()
-    unknown: list[str] = []
-    for variable, value in sorted(env.items()):
-        if variable in overrides:
-            section, key = overrides[variable]
-            _section_of(raw, section)[key] = value
-            sources[(section, key)] = variable
-        elif variable not in _NOT_SECTION_KEYS and (addressed := _env_section(variable)):
-            known = ", ".join(name for name, (s, _) in overrides.items() if s == addressed)
-            unknown.append(f"env {variable}: unknown setting (known: {known})")
-    if unknown:
-        raise ConfigError(unknown)
-    for variable, key in ((API_TOKENS_ENV, "api_tokens"), (BASIC_AUTH_ENV, "basic")):
-        if variable in env:
-            _section_of(raw, "auth")[key] = [
-                item.strip() for item in env[variable].split(",") if item.strip()
-            ]
-            sources[("auth", key)] = variable
-    redis_section = _section_of(raw, "redis")
-    explicit = any(redis_section.get(key) for key in ("url", "sentinels", "cluster_nodes"))
-    if not explicit and env.get(REDIS_URL_FALLBACK_ENV):
-        redis_section["url"] = env[REDIS_URL_FALLBACK_ENV]
-        sources[("redis", "url")] = REDIS_URL_FALLBACK_ENV
-    return sources
-
-
-def _env_section(variable: str) -> str | None:
-    """The section a RELAY_<SECTION>_... variable addresses, if any: a typo there is an error."""
-    return next(
-        (s for s in _ENV_SECTIONS if variable.startswith(f"{ENV_PREFIX}{s.upper()}_")), None
-    )
-
-
-def _section_of(raw: dict[str, Any], section: str) -> dict[str, Any]:
-    value = raw.setdefault(section, {})
-    if value is None:
-        value = raw[section] = {}
-    if not isinstance(value, dict):
-        raise ConfigError([f"{section}: must be a mapping (got {type(value).__name__})"])
-    return value
-
-
-def _dotted(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path
-
-
-# Values never echoed in errors: credentials, and a Redis URL that may carry a password.
-_SECRET_LOCATIONS = (("auth",), ("redis", "url"), ("redis", "password"))
-
-
-def _describe(
-    detail: ErrorDetails, env_sources: Mapping[tuple[str, ...], str], file_label: str
-) -> str:
-    location = tuple(detail["loc"])
-    variable = next((var for key, var in env_sources.items() if location[: len(key)] == key), None)
-    source = f"env {variable}" if variable else file_label
-    secret = "password" in location or any(
-        location[: len(prefix)] == prefix for prefix in _SECRET_LOCATIONS
-    )
-    return f"{_dotted(location) or '(top level)'}: {_rule(detail, secret)} [{source}]"
-
-
-def _rule(detail: ErrorDetails, secret: bool) -> str:
-    """Pydantic's error said as the rule and, unless the value is a secret, what was given."""
-    kind = detail["type"]
-    context = detail.get("ctx", {})
-    got = "" if secret else f" (got {detail['input']!r})"
-    match kind:
-        case "missing":
-            return "field required"
-        case "extra_forbidden":
-            allowed = _allowed_keys(tuple(detail["loc"][:-1]))
-            return f"unknown key (allowed: {', '.join(allowed)})" if allowed else "unknown key"
-        case "int_parsing" | "int_type" | "int_from_float":
-            return f"must be an integer{got}"
-        case "float_parsing" | "float_type":
-            return f"must be a number{got}"
-        case "bool_parsing" | "bool_type":
-            return f"must be true or false{got}"
-        case "greater_than":
-            return f"must be > {context['gt']}{got}"
-        case "greater_than_equal":
-            return f"must be >= {context['ge']}{got}"
-        case "less_than_equal":
-            return f"must be <= {context['le']}{got}"
-        case "string_pattern_mismatch":
-            return f"must match {context['pattern']}{got}"
-        case "literal_error":
-            return f"must be one of {context['expected']}{got}"
-        case "value_error":
-            return str(context.get("error", detail["msg"]))
-        case _:
-            return f"{detail['msg'].lower()}{got}"
-
-
-def _allowed_keys(location: tuple[int | str, ...]) -> list[str]:
-    """The keys the model at `location` accepts, found by walking Settings' annotations."""
-    annotation: Any = Settings
-    for part in location:
-        annotation = _strip_optional(annotation)
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            field = annotation.model_fields.get(str(part))
-            if field is None:
-                return []
-            annotation = field.annotation
-        elif get_origin(annotation) in (list, dict):
-            annotation = get_args(annotation)[-1]
-        else:
-            return []
-    annotation = _strip_optional(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
-    return []
-
-
-def _strip_optional(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, UnionType):
-        members = [arg for arg in get_args(annotation) if arg is not NoneType]
-        if len(members) == 1:
-            return members[0]
-    return annotation

@@ -8,18 +8,14 @@ from typing import NamedTuple
 import orjson
 
 from relay.core.app_profile import DEFAULT_CHAT_ACTION, AppProfile
-from relay.core.model import InvalidInput, Notification
-from relay.core.payload import (
-    AlertFields,
-    ChatEventKind,
-    ChatLine,
-    PushSpec,
-    build_notification,
+from relay.core.fields import (
     normalize_device_token,
     validate_action,
     validate_app_name,
     validate_service_id,
 )
+from relay.core.model import InvalidInput, Notification
+from relay.core.payload import AlertFields, ChatEventKind, ChatLine, PushSpec, build_notification
 from relay.core.quoting import shown
 
 # The action a chat push carries until to_notification() sets the app's own (chat.action):

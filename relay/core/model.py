@@ -118,7 +118,7 @@ class Notification:
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """Where an app's notifications go: what a circuit is kept for (relay.circuit)."""
+    """Where an app's notifications go: what a circuit is kept for (relay.core.circuit)."""
 
     app: str
     environment: str  # production | sandbox

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 import orjson
 
+from relay.core.fields import (
+    must_be_string,
+    normalize_device_token,
+    validate_action,
+    validate_service_id,
+)
 from relay.core.model import (
     MAX_COLLAPSE_ID_BYTES,
     PRIORITIES,
@@ -26,32 +31,8 @@ from relay.core.receipts import RECEIPT_KEY, receipt_size, with_receipt
 if TYPE_CHECKING:
     from relay.core.app_profile import AppProfile
 
-MIN_TOKEN_HEX = 8
-MAX_TOKEN_HEX = 200
-TOKEN_RULE = (
-    f"must be {MIN_TOKEN_HEX} to {MAX_TOKEN_HEX} hex digits (0-9, a-f), an even number of them"
-)
 PRIORITY_RULE = "must be 1, 5 or 10"  # PRIORITIES, worded as pydantic's Literal error is
-APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-MAX_APP_NAME_CHARS = 64
-APP_NAME_RULE = (
-    f"must be an app name: 1 to {MAX_APP_NAME_CHARS} of a-z, 0-9, '_', '-', starting with a-z"
-    " or 0-9"
-)
-MAX_SERVICE_ID_CHARS = 128
-MAX_ACTION_CHARS = 128
 MAX_KEY_CHARS = 256  # an idempotency key becomes part of a Redis key
-# GMS's POST URL is $(_id)/$(_action), so an action may name a sub-resource in '/'-separated
-# segments (the chat's ixn/chat/refresh); "." and ".." segments would climb out of the service.
-# Without lookarounds, so the OpenAPI schema (and pydantic's regex engine) can use it as is.
-ACTION_SEGMENT = (
-    r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.[A-Za-z0-9_-][A-Za-z0-9_.-]*|\.\.[A-Za-z0-9_.-]+)"
-)
-ACTION_SCHEMA_PATTERN = rf"^{ACTION_SEGMENT}(?:/{ACTION_SEGMENT})*$"
-ACTION_PATTERN = re.compile(ACTION_SCHEMA_PATTERN.strip("^$"))
-_DOT_SEGMENT = re.compile(r"(?:^|/)\.\.?(?:/|$)")
-_HEX = re.compile(r"[0-9a-f]*")
-_APP_NAME = re.compile(APP_NAME_PATTERN.strip("^$"))
 BACKGROUND = "background"
 BACKGROUND_PRIORITY = 5
 RESERVED_KEYS = frozenset({"aps", "message"})
@@ -125,62 +106,6 @@ class PushSpec:
     extra: dict[str, object] = field(default_factory=dict)  # top-level keys beside aps/message
     thread_id: str | None = None  # None: the service id
     chat: ChatLine | None = None  # set when the push reports a chat transcript event
-
-
-def normalize_device_token(raw: str, field_name: str = "device_token") -> str:
-    """A device token as lower-case hex; Apple says not to assume its length, so only bounds.
-    One rule for every way a token can be wrong; what was received says which (never the
-    token itself)."""
-    token = raw.lower()
-    if not MIN_TOKEN_HEX <= len(raw) <= MAX_TOKEN_HEX or len(raw) % 2 or not _HEX.fullmatch(token):
-        raise InvalidInput(field_name, TOKEN_RULE, received=shown_token(raw))
-    return token
-
-
-def _must_be_string(raw: object, field_name: str) -> str:
-    if not isinstance(raw, str):
-        raise InvalidInput(field_name, "must be a string", received=shown(raw))
-    return raw
-
-
-def validate_service_id(raw: object, field_name: str = "service_id") -> str:
-    """A GMS service id: any non-empty string of bounded length (GMS's own are 32 A-Z0-9)."""
-    service_id = _must_be_string(raw, field_name)
-    if not service_id:
-        raise InvalidInput(field_name, "must not be empty", received=shown(raw))
-    if len(service_id) > MAX_SERVICE_ID_CHARS:
-        raise InvalidInput(
-            field_name, f"must be at most {MAX_SERVICE_ID_CHARS} characters", received=shown(raw)
-        )
-    return service_id
-
-
-def validate_action(raw: object, field_name: str = "action") -> str:
-    """A GMS action name; the set is open, so only its alphabet and length are checked."""
-    action = _must_be_string(raw, field_name)
-    if _DOT_SEGMENT.search(action):
-        raise InvalidInput(
-            field_name, "must not have a '.' or '..' segment", received=shown(action)
-        )
-    if not ACTION_PATTERN.fullmatch(action):
-        raise InvalidInput(
-            field_name,
-            "must be a non-empty string of A-Z, a-z, 0-9, '_', '.', '-' "
-            "(segments separated by '/')",
-            received=shown(action),
-        )
-    if len(action) > MAX_ACTION_CHARS:
-        raise InvalidInput(
-            field_name, f"must be at most {MAX_ACTION_CHARS} characters", received=shown(action)
-        )
-    return action
-
-
-def validate_app_name(raw: str, field_name: str = "app") -> str:
-    """An app's name as a request gives it (whether it is configured is the settings' call)."""
-    if len(raw) > MAX_APP_NAME_CHARS or not _APP_NAME.fullmatch(raw):
-        raise InvalidInput(field_name, APP_NAME_RULE, received=shown(raw))
-    return raw
 
 
 def build_notification(
@@ -293,7 +218,7 @@ def check_notification(n: Notification) -> Notification:
     call: an unknown one fails UnknownApp), and expiry is not a fault here (claim expires it)."""
     if not isinstance(n.app, str) or not n.app:
         raise InvalidInput("app", "must be a non-empty string", received=shown(n.app))
-    token = _must_be_string(n.device_token, "device_token")
+    token = must_be_string(n.device_token, "device_token")
     if normalize_device_token(token) != token:
         raise InvalidInput("device_token", "must be lower-case hex", received=shown_token(token))
     if not isinstance(n.payload, bytes):
@@ -303,7 +228,7 @@ def check_notification(n: Notification) -> Notification:
     _check_whole_number(n.expires_at, "expires_at")
     _check_payload_size(n.payload, push_type)
     if n.collapse_id is not None:
-        _check_collapse_id(_must_be_string(n.collapse_id, "collapse_id"), "collapse_id")
+        _check_collapse_id(must_be_string(n.collapse_id, "collapse_id"), "collapse_id")
     if n.service_id is not None:
         validate_service_id(n.service_id)
     if n.action is not None:
@@ -311,11 +236,11 @@ def check_notification(n: Notification) -> Notification:
     if n.idempotency_key is not None:
         _check_idempotency_key(n.idempotency_key)
     if n.order_group is not None:
-        _must_be_string(n.order_group, "order_group")
+        must_be_string(n.order_group, "order_group")
     if n.order is not None:
         _check_whole_number(n.order, "order")
     if n.request_digest is not None:
-        _must_be_string(n.request_digest, "request_digest")
+        must_be_string(n.request_digest, "request_digest")
     return n
 
 

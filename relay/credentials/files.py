@@ -12,7 +12,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config import schema
+from relay.config import loading
 from relay.config.schema import App, CertificateAuth, ConfigError, Settings, TokenAuth
 from relay.config.secret_files import KEY_FILE_MAX_BYTES, read_bounded
 from relay.credentials.check import CertificateFacts, CredentialFacts, TokenKeyFacts
@@ -29,12 +29,12 @@ log = structlog.get_logger("relay.credentials")
 
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] = os.environ) -> Settings:
-    """The settings as relay.config.schema.load_settings reads them, each app's certificate then
+    """The settings as relay.config.loading.load_settings reads them, each app's certificate then
     opened: one that cannot be read, or cannot send its app's topic in its environment (APNs would
     refuse every push: TopicDisallowed, BadCertificateEnvironment), is a configuration problem
     (ConfigError), worded as the configuration's own. What every process starts and reloads with."""
-    settings = schema.load_settings(path, env)
-    file = schema.config_file(path, env)
+    settings = loading.load_settings(path, env)
+    file = loading.config_file(path, env)
     source = "built-in defaults" if file is None else f"file {file}"
     if problems := certificate_problems(settings):
         raise ConfigError([f"{problem} [{source}]" for problem in problems])

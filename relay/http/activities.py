@@ -11,8 +11,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from relay.config.schema import App, LiveActivitySettings
+from relay.core.fields import normalize_device_token, validate_service_id
 from relay.core.model import InvalidInput
-from relay.core.payload import normalize_device_token, validate_service_id
 from relay.core.redaction import mask_token
 from relay.http.auth import resolve_app
 from relay.http.body import parse_json, read_body

@@ -7,8 +7,8 @@ from dataclasses import asdict
 import structlog
 from aiohttp import web
 
+from relay.core.fields import normalize_device_token
 from relay.core.model import InvalidInput
-from relay.core.payload import normalize_device_token
 from relay.core.redaction import mask_token
 from relay.http.auth import require_full_access, resolve_app
 from relay.http.problems import unknown_app_problem

@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from relay.core.model import PUSH_TYPES, InvalidInput
-from relay.core.payload import (
+from relay.core.fields import (
     ACTION_SCHEMA_PATTERN,
     APP_NAME_PATTERN,
     MAX_ACTION_CHARS,
@@ -17,14 +16,13 @@ from relay.core.payload import (
     MAX_SERVICE_ID_CHARS,
     MAX_TOKEN_HEX,
     MIN_TOKEN_HEX,
-    PRIORITY_RULE,
-    AlertFields,
-    PushSpec,
     normalize_device_token,
     validate_action,
     validate_app_name,
     validate_service_id,
 )
+from relay.core.model import PUSH_TYPES, InvalidInput
+from relay.core.payload import PRIORITY_RULE, AlertFields, PushSpec
 from relay.core.quoting import shown
 from relay.store.queue import MAX_BATCH
 

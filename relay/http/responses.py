@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from relay.store.records import NotificationStatus
 
-SPOOLED = "held in this api's local spool until Redis answers (relay.spool)"
+SPOOLED = "held in this api's local spool until Redis answers, then queued in order"
 
 
 class Answer(BaseModel):

@@ -57,7 +57,7 @@ class Accepted:
     id: str
     duplicate: bool  # the idempotency key was seen before: the existing id is returned
     superseded: str | None = None  # the older notification this one replaced, if any
-    spooled: bool = False  # held in the api's local spool until Redis answers (relay.spool)
+    spooled: bool = False  # held in the api's local spool until Redis answers (relay.store.spool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -62,7 +62,7 @@ def _decode(record: Mapping[Any, Any]) -> StoredCircuit:
 
 
 class RouteStore:
-    """Reads and compare-and-set writes of route circuits (the decisions are relay.circuit's)."""
+    """Reads and compare-and-set writes of route circuits (relay.core.circuit decides)."""
 
     def __init__(self, queue: RelayQueue) -> None:
         self._queue = queue
