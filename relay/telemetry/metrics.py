@@ -130,7 +130,7 @@ QUEUE_OLDEST_AGE = Gauge(
     "apns_relay_queue_oldest_pending_age_seconds", "Age of the oldest pending notification"
 )
 
-# The api's local spool (this process's; relay.spool)
+# The api's local spool (this process's; relay.store.spool)
 SPOOL_NOTIFICATIONS = Gauge(
     "apns_relay_spool_notifications",
     "Notifications answered from this api's local spool and not yet stored in Redis",
