@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+# The checkout, wherever in tests/ this file is kept.
+ROOT = next(
+    path for path in Path(__file__).resolve().parents if (path / "pyproject.toml").is_file()
+)
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
