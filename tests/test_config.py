@@ -94,7 +94,7 @@ def test_empty_file_is_the_defaults(tmp_path: Path) -> None:
         ("RELAY_REDIS_SHARDS", "4", "redis", "shards", 4),
         ("RELAY_HTTP_HOST", "0.0.0.0", "http", "host", "0.0.0.0"),
         ("RELAY_HTTP_PORT", "9090", "http", "port", 9090),
-        ("RELAY_HTTP_METRICS_PORT", "", "http", "metrics_port", None),
+        ("RELAY_HTTP_RECEIPTS_PORT", "", "http", "receipts_port", None),
         ("RELAY_QUEUE_MAX_PER_DEVICE", "5", "queue", "max_per_device", 5),
         ("RELAY_QUEUE_SUPERSEDE", "false", "queue", "supersede", False),
         ("RELAY_RETRY_BASE_MS", "250", "retry", "base_ms", 250),
@@ -116,7 +116,7 @@ def test_environment_overrides_the_file(
         tmp_path,
         {
             "redis": {"url": "redis://file:6379/0", "shards": 8},
-            "http": {"host": "127.0.0.2", "port": 8000, "metrics_port": 9000},
+            "http": {"host": "127.0.0.2", "port": 8000, "receipts_port": 9000},
             "queue": {"max_per_device": 50, "supersede": True},
             "retry": {"base_ms": 100},
             "delivery": {"request_timeout_seconds": 1.0},
@@ -137,7 +137,7 @@ def test_every_scalar_of_the_plain_sections_has_an_override() -> None:
     assert poll == ("delivery", "credential_poll_seconds")
     assert names["RELAY_REDIS_MEMORY_WATERMARK"] == ("redis", "memory_watermark")
     # redis, http, queue, ingest, retry, delivery, circuit, logging
-    assert len(names) == 9 + 8 + 8 + 4 + 3 + 5 + 4 + 2
+    assert len(names) == 9 + 7 + 8 + 4 + 3 + 5 + 4 + 2
     assert names["RELAY_HTTP_TRUSTED_PROXIES"] == ("http", "trusted_proxies")
     proxies = load_settings(env={"RELAY_HTTP_TRUSTED_PROXIES": "10.0.0.0/8, 192.0.2.1"})
     assert [str(n) for n in proxies.http.trusted_proxies] == ["10.0.0.0/8", "192.0.2.1/32"]

@@ -149,7 +149,6 @@ class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
     max_body_bytes: PositiveInt = 1024 * 1024
-    metrics_port: Port | None = None
     # Proxies (addresses or networks) whose X-Forwarded-For names the client: the per-address
     # limits (Live Activity registrations) count the address it gives, not the proxy's.
     trusted_proxies: list[IPvAnyNetwork] = []
@@ -161,7 +160,7 @@ class HttpSettings(_Section):
     receipts_per_second_per_address: Annotated[float, Field(gt=0)] = 2.0
     receipts_per_second: Annotated[float, Field(gt=0)] = 500.0
 
-    @field_validator("metrics_port", "receipts_port", mode="before")
+    @field_validator("receipts_port", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value == "" else value
