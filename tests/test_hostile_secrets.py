@@ -22,6 +22,9 @@ from simulator import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 PASSWORD = "Sup3rSecretPassw0rd"
+# Unescaped in a URL, as an operator pastes it: each part must be masked, not only the last.
+SLASHED_PARTS = ("Sl4shedPart", "Pa55w0rd@Rest")
+SLASHED = "/".join(SLASHED_PARTS)
 KEY_PEM = (
     ec.generate_private_key(ec.SECP256R1())
     .private_bytes(
@@ -65,6 +68,11 @@ def configurations() -> dict[str, dict[str, Any]]:
             "redis": {"url": f"redis+sentinel://user:{PASSWORD}@h1:26379"},
             "apps": [app(KEY_PEM)],
         },
+        "pem-and-sentinel-url-with-a-slashed-password": {
+            "auth": auth,
+            "redis": {"url": f"redis+sentinel://user:{SLASHED}@h1:26379"},
+            "apps": [app(KEY_PEM)],
+        },
         "sentinel-address-beside-a-url": {
             "auth": auth,
             "redis": {
@@ -79,7 +87,7 @@ def configurations() -> dict[str, dict[str, Any]]:
 
 def leaks(output: str) -> list[str]:
     """The secrets (or any 16 characters of the key) found in `output`."""
-    found = [PASSWORD] if PASSWORD in output else []
+    found = [secret for secret in (PASSWORD, *SLASHED_PARTS) if secret in output]
     pieces = [KEY_BODY[i : i + 16] for i in range(0, len(KEY_BODY) - 16, 8)]
     pieces += [line[:16] for line in KEY_LINES]
     return found + [piece for piece in pieces if piece in output]

@@ -86,7 +86,13 @@ def _credentials(netloc: str) -> tuple[str | None, str | None, str]:
 
 def parse_redis_url(url: str) -> Topology:
     """The topology a URL names. Errors describe the part at fault, never the URL (a password)."""
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower() if rest else ""
+    if "@" in rest.partition("/")[2].partition("?")[0]:
+        # user:pa/ss@host: the authority would end at the '/', and its errors quote a password's part
+        raise ValueError(
+            "the URL's user name or password holds an unescaped '/': percent-encode it ('/' is %2F)"
+        )
     if scheme in STANDALONE_SCHEMES:
         try:  # redis-py would fail on it later, at the first connection, quoting the URL
             _ = urlsplit(url).port

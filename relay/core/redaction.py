@@ -22,8 +22,10 @@ _CREDENTIALS = re.compile(
     rf"\b(bearer|basic)(?:\s|{_ESCAPED_BREAK})+(?!\[redacted\])(?:\\x[0-9a-f]{{2}}|[^\s'\"\\,;])+",
     re.I,
 )
-# user:password in a URL (redis://user:secret@host).
-_URL_USERINFO = re.compile(r"(://)[^/\s@:'\"]*:[^/\s@'\"]*@")
+# user:password in a URL (redis://user:secret@host), up to the last '@' before a space or a quote:
+# a password may hold '/' or '@' unescaped (a Sentinel URL's is not parsed as a URL), and masking a
+# host beside it costs less than showing part of it.
+_URL_USERINFO = re.compile(r"(://)[^/\s@:'\"]*:[^\s'\"]*@")
 # user:password@ with no scheme before it (a Sentinel or Cluster address: ":secret@host:26379").
 _BARE_USERINFO = re.compile(r"(?<![\w/.:@-])[\w.~%!$&*+=-]*:[^/\s@'\"]+@(?=[\w\[])")
 # A device token of any accepted length (8-200 hex digits) standing alone; a run joined by '-' is
