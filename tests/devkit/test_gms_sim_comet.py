@@ -246,8 +246,8 @@ async def test_pushes_are_held_back_only_for_the_chat_whose_user_listens(
 
 # The official CometD JavaScript client (npm cometd + cometd-nodejs-client), installed by this test
 # from tests/node/cometd's lock file, as bench/node's peer is installed from its own.
-NODE_CLIENT = Path(__file__).resolve().parent / "node" / "cometd"
-NODE_WORK = Path(__file__).resolve().parent / ".work" / "cometd-node"
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "node" / "cometd"
+NODE_WORK = Path(__file__).resolve().parents[1] / ".work" / "cometd-node"
 NPM_TIMEOUT_S = 600
 
 

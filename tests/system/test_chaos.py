@@ -1,6 +1,6 @@
 """Chaos on a Redis Cluster: workers and primaries killed, APNs faults; nothing acknowledged lost.
 
-CI runs a bounded version; `CHAOS_SECONDS=600 pytest tests/test_chaos.py -s` runs a long one.
+CI runs a bounded version; `CHAOS_SECONDS=600 pytest tests/system/test_chaos.py -s` runs a long one.
 The figures are printed (-s) in the form bench/results/chaos.md records."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KIT = "relay_devkit"
 Refusal = TypeVar("Refusal", bound=Exception)
 # What the production roles import on their way in; none of it may pull the kit in.

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.config import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 # The options Genesys documents (GMS [push] and [gms] sections, Chat Server [chat] section) in its
 # GMS and Chat Server option references (docs.genesys.com). A name outside this set in the README
