@@ -20,7 +20,6 @@ from relay.config import ConfigError, load_settings
 from relay.delivery.apns import connect_failure
 from relay.delivery.client_certificate import (
     CertificateError,
-    PushCertificateInfo,
     decode_topics,
     load_pem,
     load_pkcs12,
@@ -28,6 +27,7 @@ from relay.delivery.client_certificate import (
 )
 from relay.model import ApnsResponse, PauseApp, Retry
 from relay.policy import RetryPolicy, classify
+from relay_devkit.apns_sim.apple import PushCertificateGrant
 from relay_devkit.apns_sim.certificate_rules import (
     BAD_CERTIFICATE,
     BAD_CERTIFICATE_ENVIRONMENT,
@@ -50,10 +50,9 @@ def info(
     topics: tuple[str, ...] = (TOPIC,),
     environments: frozenset[str] = frozenset({"sandbox"}),
     serial: int = 7,
-) -> PushCertificateInfo:
-    return PushCertificateInfo(
+) -> PushCertificateGrant:
+    return PushCertificateGrant(
         serial=serial,
-        bundle_id=topics[0],
         topics=topics,
         environments=environments,
         not_before=NOW - datetime.timedelta(days=1),
@@ -97,7 +96,7 @@ EARLIER = (NOW - datetime.timedelta(days=2)).timestamp()
     ],
 )  # fmt: skip
 def test_certificate_rules(
-    certificate: PushCertificateInfo,
+    certificate: PushCertificateGrant,
     topic: str | None,
     environment: str,
     revoked: Any,
