@@ -159,22 +159,15 @@ async def test_bayeux_refusals(gms: GmsSimServer, http: aiohttp.ClientSession) -
 async def _held(
     simulator: GmsSimulator, connect: Awaitable[list[dict[str, Any]]]
 ) -> asyncio.Future[list[dict[str, Any]]]:
-    """`connect` running, once the simulator has its request (it then holds it open)."""
-    seen = len(simulator.requests_to("/cometd"))
+    """`connect` running, once the simulator holds it open."""
     held = asyncio.ensure_future(connect)
-    await eventually(
-        lambda: len(simulator.requests_to("/cometd")) > seen, timeout_s=10, what="the connect held"
-    )
+    await eventually(simulator.comet.holds_a_connect, timeout_s=10, what="the connect held")
     return held
 
 
 async def _wait_for_held_connect(simulator: GmsSimulator) -> None:
     """Until the client's second /meta/connect is held open at the server."""
-    await eventually(  # handshake, connect, subscribe (+ held)
-        lambda: len(simulator.requests_to("/cometd")) >= 3, timeout_s=10, what="a held connect"
-    )
-    # Not a wait for time: one turn of the loop, so the held connect's request reaches the server.
-    await asyncio.sleep(0)
+    await eventually(simulator.comet.holds_a_connect, timeout_s=10, what="a held connect")
 
 
 async def test_aiocometd_ng_close_leaks_a_cancelled_connect_which_the_phone_silences(
