@@ -32,7 +32,7 @@ import structlog
 import relay.logs
 
 ROOT = Path(__file__).resolve().parent.parent
-# The last commit before the relay's own lines left the stdlib route (see README, Logs).
+# The last commit before the relay's own lines left the stdlib route (see docs/operations.md, Logs).
 BASELINE = "24668ab"
 TOKEN = "c0ffee12" * 8
 # The worker's `apns_attempt` line as it is logged for a delivered notification.

@@ -437,7 +437,8 @@ def test_compose_valkey_is_durable_on_a_named_volume() -> None:
 
 def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
     """The defaults (dev-token, admin/admin) must not face a network: every published port
-    binds 127.0.0.1, or the address PUBLISH_ADDRESS names (README: how to open it up)."""
+    binds 127.0.0.1, or the address PUBLISH_ADDRESS names (docs/operations.md says how
+    to open it up)."""
     published = [
         (name, port)
         for name, service in compose()["services"].items()
