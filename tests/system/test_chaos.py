@@ -237,7 +237,7 @@ async def chaos(
                 await control.put_faults(faults)
                 ledger.disrupted(faulted_since, time.time())
         # Not a wait for a state: the chaos schedule's own clock, one tick of its plan.
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the schedule's tick, not a wait for a state
 
 
 async def queue_totals(session: aiohttp.ClientSession, fleet: Fleet) -> dict[str, Any] | None:

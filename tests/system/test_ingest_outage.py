@@ -134,7 +134,7 @@ async def open_loop(
     tasks = []
     for k in range(int(seconds * RATE)):
         # Not a wait for a state: an open-loop load, each push sent at its time.
-        await asyncio.sleep(max(0.0, start + k / RATE - loop.time()))
+        await asyncio.sleep(max(0.0, start + k / RATE - loop.time()))  # open-loop pacing
         item = Push(device=k % devices, n=k // devices)
         pushes.append(item)
         tasks.append(asyncio.create_task(push(session, api_url, item, tokens)))
@@ -307,7 +307,7 @@ async def test_standalone_valkey_killed_and_restarted_refuses_nothing(
             load = asyncio.create_task(open_loop(session, setup.api.url, 14.0, tokens))
             # The outage's schedule is the behaviour under test: 3 s of load, then Valkey down
             # for 5 s while the load goes on.
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # the schedule: load before the outage
             await asyncio.to_thread(standalone.stop, signal.SIGKILL)
             killed_at = time.monotonic()
 
@@ -345,10 +345,10 @@ async def test_cluster_primary_killed_refuses_nothing(
             load = asyncio.create_task(open_loop(session, setup.api.url, 12.0, tokens))
             # The outage's schedule is the behaviour under test: 3 s of load, then the primary
             # down for 2 s (its replica promoted meanwhile) while the load goes on.
-            await asyncio.sleep(3.0)
+            await asyncio.sleep(3.0)  # the schedule: load before the outage
             victim = (await asyncio.to_thread(cluster.primaries))[0]
             await asyncio.to_thread(cluster.kill_primary, victim)
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # the schedule: the outage's length
             await asyncio.to_thread(cluster.restart, victim)
             pushes = await load
         result = await figures(sim, pushes)

@@ -135,7 +135,7 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 await control.wait_for_stalls(1)
                 expires_at = (await relay.notification(late))["expires_at"]
                 # The behaviour under test: `late`'s lifetime runs out while it waits.
-                await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))
+                await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # lifetime ends
                 await control.clear_faults()
                 await relay.wait_state(head, {"delivered"})
                 assert (await relay.wait_state(late, {"expired"}))["attempts"] == 0
