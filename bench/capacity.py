@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import REPO_ROOT
-from relay.config import RedisSettings
+from relay.config.schema import RedisSettings
 from relay.store.history import HISTORY_BUCKET_S
 from relay.store.records import QueueLimits
 

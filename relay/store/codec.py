@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, get_type_hints
 
-from relay.model import (
+from relay.core.model import (
     Delivered,
     DeliveryOutcome,
     DeliveryState,
@@ -17,8 +17,8 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.payload import check_notification
-from relay.quoting import shown
+from relay.core.payload import check_notification
+from relay.core.quoting import shown
 from relay.store.records import (
     NOTIFICATION_FIELDS,
     DeadTokenRecord,
@@ -120,7 +120,7 @@ def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[Script
 
 def leased_from(entry: list[Any]) -> LeasedNotification:
     """A claimed head as the worker gets it, checked by ingest's rules
-    (relay.payload.check_notification); MalformedRecordError naming the field when it breaks
+    (relay.core.payload.check_notification); MalformedRecordError naming the field when it breaks
     them (another version wrote it, a bug, a hand edit). claim.lua has checked what it computes
     with (expires_at, attempts, the times, app and token), so those parse."""
     notification_id, claim_no, payload, *values = entry

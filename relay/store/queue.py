@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from redis.asyncio.client import PubSub
 
-from relay.model import ClaimedNotification, DeliveryOutcome, Notification
+from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
     MalformedRecordError,
     dead_token_from,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import aiohttp
 
-from relay.config import App
+from relay.config.schema import App
 from relay_devkit.demo.report import DemoReport, Hop, transcript_hop
 from relay_devkit.device_sim.app import (
     AlertShown,

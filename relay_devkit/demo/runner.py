@@ -14,10 +14,10 @@ from typing import TextIO
 
 import aiohttp
 
-from relay.cli import DEV_AUTH_CHOICES
-from relay.config import Settings
-from relay.logs import configure_logging
-from relay.service import run_relay
+from relay.commands.dev_state import DEV_AUTH_CHOICES
+from relay.config.schema import Settings
+from relay.runtime import run_relay
+from relay.telemetry.logs import configure_logging
 from relay_devkit.apns_sim.command import Simulator, SimulatorOptions
 from relay_devkit.apns_sim.info import SimInfo
 from relay_devkit.demo.callbacks import (

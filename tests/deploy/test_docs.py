@@ -21,7 +21,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 # (`relay/store/queue.py`, `store/queue`, `apns_sim/`); checked only when its first segment is a
 # directory here, so an action name such as `ixn/chat/refresh` is not taken for one.
 PATH = re.compile(r"(?<![\w./:{-])((?:[a-z_][\w-]*/)+[\w.*<>-]*)")
-# A dotted module name: `relay.store.queue`, `relay.metrics.action_label`.
+# A dotted module name: `relay.store.queue`, `relay.telemetry.metrics.action_label`.
 DOTTED = re.compile(r"(?<![\w./-])((?:relay|relay_devkit)(?:\.\w+)+)")
 FILE_SUFFIXES = {"yaml", "yml", "json", "md", "py", "lua", "toml", "txt", "example"}
 SEARCH_ROOTS = (ROOT, ROOT / "relay", ROOT / "relay_devkit")

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from relay.delivery import client_certificate as relay_certificates
-from relay.model import (
+from relay.core.model import (
     MAX_COLLAPSE_ID_BYTES,
     MAX_PAYLOAD_BYTES,
     MAX_VOIP_PAYLOAD_BYTES,
@@ -20,6 +19,7 @@ from relay.model import (
     PUSH_TYPES,
     payload_limit,
 )
+from relay.credentials import client_certificate as relay_certificates
 from relay_devkit.apns_sim import apple
 from relay_devkit.apns_sim.certs import create_server_identity
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from eventually import eventually
 from redis.crc import key_slot
 
-from relay.model import (
+from relay.core.model import (
     ClaimedNotification,
     Delivered,
     DeliveryState,
@@ -854,7 +854,7 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
 
 # Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): the
 # fields to set (None: remove). The first ones the claim script computes with, the rest only the
-# codec checks (relay.payload.check_notification, ingest's own rules).
+# codec checks (relay.core.payload.check_notification, ingest's own rules).
 CORRUPTIONS: dict[str, dict[str, str | None]] = {
     "expires_at null": {"expires_at": None},
     "expires_at text": {"expires_at": "soon"},

@@ -29,9 +29,9 @@ from bench.capacity import (
 )
 from bench.loadgen import ACTION, device_tokens, gms_ids
 from bench.stack import APP
-from relay.config import QueueSettings
-from relay.model import Delivered, Notification, apns_id_for
-from relay.payload import PushSpec, build_notification
+from relay.config.schema import QueueSettings
+from relay.core.model import Delivered, Notification, apns_id_for
+from relay.core.payload import PushSpec, build_notification
 from relay.store.history import HISTORY_BUCKET_S
 from relay.store.queue import MAX_BATCH, RelayQueue
 from relay.store.records import Accepted, QueueLimits

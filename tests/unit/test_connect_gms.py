@@ -13,7 +13,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config import Settings
+from relay.config.schema import Settings
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "gms.md"
 
