@@ -41,7 +41,7 @@ the scale phases' 5 per device about 10 % more), CPU per delivered notification 
 worker and Valkey from the one-event-per-POST phase (GMS's way: its api figure is the dearer
 one). Results from before the backlog phase measured final records lack bytes_per_final: it is
 then an option, by default the figure measured when compact history landed (at the benchmark's
-payload a scaled-down run measures ~22 % more: tests/test_capacity.py). Idempotency keys
+payload a scaled-down run measures ~22 % more: tests/system/test_capacity.py). Idempotency keys
 (chat lines, clients' idempotency_key) are separate keys kept retention_s; their cost is an
 option too (default measured at a 36-character key). Not modelled: Redis's own baseline (a few
 MiB), replicas (each needs the same memory as its primary), APNs' limits per connection.
@@ -66,12 +66,13 @@ from relay.store.records import QueueLimits
 RESULTS = REPO_ROOT / "bench" / "results" / "results.json"
 RATES = (10, 100, 1_000, 10_000)
 # Measured (INFO memory used_memory, Valkey 8.1) for the benchmark's notifications once a GMS
-# push's collapse id was no longer stored twice (tests/test_capacity.py's scaled-down run);
+# push's collapse id was no longer stored twice (tests/system/test_capacity.py's scaled-down run);
 # results.json from before then has no figure of its own.
 BYTES_PER_FINAL_DEFAULT = 152.0
 # An idempotency key (relay:{tag}:idem:<app>:<64-hex token>:<key> -> id, with its TTL): 20,000
 # benchmark notifications, delivered, each with a 36-character idempotency_key, less the same
-# without (used_memory, Valkey 8.1; the notifications built as tests/test_capacity.py builds them).
+# without (used_memory, Valkey 8.1; the notifications built as tests/system/test_capacity.py
+# builds them).
 BYTES_PER_IDEMPOTENCY_KEY_DEFAULT = 254.0
 MiB, GiB = 1 << 20, 1 << 30
 

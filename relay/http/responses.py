@@ -1,7 +1,7 @@
 """What each route answers: a pydantic model of every JSON response, problem+json included.
 
 The OpenAPI document's response schemas are generated from these (relay.http.openapi), and
-tests/test_api_responses.py checks real answers of every route against the served document.
+tests/http/test_api_responses.py checks real answers of every route against the served document.
 A field with a default is sent only when the handler sets it (`json_response` leaves unset
 fields out), so the document marks it optional.
 """

@@ -21,7 +21,7 @@ from relay.core.policy import RetryPolicy
 from relay.credentials.files import load_settings as load_checked_settings
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "relay.example.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "relay.example.yaml"
 
 
 @pytest.fixture
@@ -292,7 +292,7 @@ def test_key_and_team_ids_are_ten_upper_case_alphanumerics(tmp_path: Path, key_f
 
 
 def test_certificate_credentials_are_read_at_start_up(tmp_path: Path) -> None:
-    # Loading and checking real certificates: tests/test_client_certificate.py.
+    # Loading and checking real certificates: tests/unit/test_client_certificate.py.
     (tmp_path / "cert.pem").write_text("pem")
     entry = app_entry()
     entry["auth"] = {"certificate": {"cert_file": "cert.pem"}}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
+from eventually import eventually
 
 from relay.core.endpoint import Endpoint
 from relay.core.model import ApnsResponse, DeliveryState, Notification
@@ -52,12 +54,13 @@ async def test_a_send_that_crashes_fails_its_notification_and_the_device_moves_o
     ]
     running = asyncio.create_task(worker.run(grace_s=1))
     try:
-        async with asyncio.timeout(10):
-            while True:
-                states = [await queue.get(i) for i in ids]
-                if all(s is not None and s.state is DeliveryState.FAILED for s in states):
-                    break
-                await asyncio.sleep(0.02)
+
+        async def failed() -> list[Any] | None:
+            states = [await queue.get(i) for i in ids]
+            ok = all(s is not None and s.state is DeliveryState.FAILED for s in states)
+            return states if ok else None
+
+        states = await eventually(failed, timeout_s=10, what="both notifications failed")
     finally:
         worker.stop()
         await running

@@ -81,7 +81,7 @@ def exchange(port: int, case: Case) -> list[Answer]:
             if case.chunk_bytes:
                 for start in range(0, len(sent), case.chunk_bytes):
                     sock.sendall(sent[start : start + case.chunk_bytes])
-                    time.sleep(0.005)
+                    time.sleep(0.005)  # the behaviour under test: a slow client's pacing
             else:
                 sock.sendall(sent)
         except OSError:

@@ -281,7 +281,7 @@ def test_the_extension_posts_only_a_shown_alert_s_receipt(
 
 
 def test_the_receipts_page_is_linked_and_names_every_setting_and_metric() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     page = (root / "docs" / "receipts.md").read_text()
     assert "(docs/receipts.md)" in (root / "README.md").read_text()
     names = [*ReceiptSettings.model_fields, "receipts_port", "receipts_per_second_per_address"]

@@ -64,7 +64,7 @@ def test_the_installed_aioapns_is_the_version_the_adapter_was_written_against() 
     installed = importlib.metadata.version("aioapns")
     assert installed == WRITTEN_AGAINST, (
         f"aioapns {installed} is installed; relay/delivery/apns_adapter.py overrides internals of"
-        f" aioapns {WRITTEN_AGAINST}: review every row of tests/test_aioapns_contract.py"
+        f" aioapns {WRITTEN_AGAINST}: review every row of tests/delivery/test_aioapns_contract.py"
         " against the new source, then update WRITTEN_AGAINST"
     )
 
@@ -120,7 +120,7 @@ def test_the_jwt_provider_interface() -> None:
 
 def test_the_adapter_is_the_only_product_module_that_imports_aioapns_or_h2() -> None:
     # A deviation written elsewhere would escape this file's review of aioapns' internals.
-    package = Path(__file__).parent.parent / "relay"
+    package = Path(__file__).resolve().parents[2] / "relay"
     adapter = package / "delivery" / "apns_adapter.py"
     importers = []
     for path in sorted(package.rglob("*.py")):

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from eventually import eventually
+from eventually import eventually, eventually_blocking
 from prometheus_client import REGISTRY
 from relay_harness import RelayHarness, relay_document, write_config
 from simulator import (
@@ -357,13 +357,16 @@ def openssl_server(sim_dir: Path) -> Iterator[int]:
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + WAIT_S
-        while True:
+
+        def listening() -> bool:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
+                return True
             assert server.poll() is None, "openssl s_server exited"
-            assert time.monotonic() < deadline, "openssl s_server never listened"
-            time.sleep(0.05)
+            return False
+
+        eventually_blocking(
+            listening, timeout_s=WAIT_S, interval_s=0.05, what="openssl s_server listening"
+        )
         yield port
     finally:
         server.kill()

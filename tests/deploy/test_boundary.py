@@ -8,13 +8,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import yaml
+from eventually import eventually_blocking
 from production_config import production_document
 
 from relay.core import fields, model, payload
@@ -22,7 +22,7 @@ from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KIT = "relay_devkit"
 Refusal = TypeVar("Refusal", bound=Exception)
 # What the production roles import on their way in; none of it may pull the kit in.
@@ -97,11 +97,15 @@ def test_a_serving_production_process_loads_nothing_of_the_kit(
         )
     try:
         # Serving (its /healthz answers): every import of startup has happened by then.
-        deadline = time.monotonic() + 30
-        while not healthy(f"http://127.0.0.1:{port}/healthz"):
+
+        def serving() -> bool:
             assert process.poll() is None, output.read_text()[-3000:]
-            assert time.monotonic() < deadline, output.read_text()[-3000:]
-            time.sleep(0.05)
+            return healthy(f"http://127.0.0.1:{port}/healthz")
+
+        try:
+            eventually_blocking(serving, timeout_s=30, interval_s=0.05, what=f"{role} serving")
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {output.read_text()[-3000:]}") from None
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     finally:

@@ -125,11 +125,14 @@ async def stats_when(
     control: ControlClient, condition: Callable[[dict[str, Any]], bool], within_s: float = 5.0
 ) -> dict[str, Any]:
     """The simulator's stats once they satisfy `condition` (polled, with a deadline)."""
-    async with asyncio.timeout(within_s):
-        # The control API is the simulator's only window: nothing to wait on but a fresh read.
-        while not condition(stats := await control.stats()):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    return stats
+
+    async def satisfied() -> dict[str, Any] | None:
+        stats = await control.stats()
+        return stats if condition(stats) else None
+
+    return await eventually(
+        satisfied, timeout_s=within_s, interval_s=0.01, what="the simulator's stats"
+    )
 
 
 def jwt_signed(app: str) -> float:
@@ -599,10 +602,12 @@ async def test_streams_are_spread_over_the_connections(tmp_path: Path) -> None:
             asyncio.ensure_future(client.send(notification(h.token), new_apns_id()))
             for _ in range(200)
         ]
-        deadline = time.monotonic() + 5
-        while sum(c.slots.in_use for c in open_connections(client)) < 200:
-            assert time.monotonic() < deadline, "the sends never all left"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: sum(c.slots.in_use for c in open_connections(client)) >= 200,
+            timeout_s=5,
+            interval_s=0.01,
+            what="all 200 sends gone out",
+        )
         in_use = sorted(c.slots.in_use for c in open_connections(client))
         await asyncio.gather(*sends)
     # Least loaded first: 50 each, not 200 on the first connection that has room.

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = Path(sys.executable).with_name("kubectl")
 KUSTOMIZATIONS = ("k8s/base", "k8s/overlays/dev", "k8s/overlays/production")
 # The oldest Kubernetes the manifests support (preStop `sleep` is on by default from 1.30) and

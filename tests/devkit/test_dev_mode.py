@@ -10,13 +10,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+from eventually import eventually_blocking
 
 from relay.commands.serve import development_requested, missing_settings
 from relay.config.schema import Settings
@@ -132,11 +132,12 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
         )
     try:
         dev_json = state_dir / "dev.json"
-        deadline = time.monotonic() + WAIT_S
-        while not dev_json.exists():
+
+        def written() -> bool:
             assert process.poll() is None, log_file.read_text()
-            assert time.monotonic() < deadline, "dev.json never appeared"
-            time.sleep(0.05)
+            return dev_json.exists()
+
+        eventually_blocking(written, timeout_s=WAIT_S, interval_s=0.05, what="dev.json")
         dev = json.loads(dev_json.read_text())
         assert dev["app"] == "dev"
         assert dev["api_token"]
@@ -151,9 +152,12 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
         )
         assert answer["pushed"] is True
         control = f"{control_url}/notifications?token={token}"
-        while not (received := call(control)["notifications"]):
-            assert time.monotonic() < deadline, "the push never reached the simulator"
-            time.sleep(0.05)
+        received = eventually_blocking(
+            lambda: call(control)["notifications"],
+            timeout_s=WAIT_S,
+            interval_s=0.05,
+            what="the push at the simulator",
+        )
         assert received[0]["payload"]["message"] == {"_id": SERVICE_ID, "_action": "wait-for-agent"}
 
         # kill -9 of its Valkey: reaped (not left defunct), started again on the same port with
@@ -161,19 +165,27 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
         valkey_pid = _event(log_file, "embedded Valkey started")["pid"]
         os.kill(valkey_pid, signal.SIGKILL)
         statuses = []
-        while True:
+
+        def pushed() -> dict[str, Any] | None:
             try:
-                answer = call(
-                    f"{dev['relay_url']}/gms/push",
-                    {"deviceId": token, "message": {"_id": SERVICE_ID, "_action": "after-crash"}},
-                    dev["api_token"],
+                return dict(
+                    call(
+                        f"{dev['relay_url']}/gms/push",
+                        {
+                            "deviceId": token,
+                            "message": {"_id": SERVICE_ID, "_action": "after-crash"},
+                        },
+                        dev["api_token"],
+                    )
                 )
-                break
             except urllib.error.HTTPError as error:
                 statuses.append(error.code)
             assert set(statuses) <= {503}, statuses
-            assert time.monotonic() < deadline, "the relay never recovered its Valkey"
-            time.sleep(0.1)
+            return None
+
+        answer = eventually_blocking(
+            pushed, timeout_s=WAIT_S, interval_s=0.1, what="the relay to recover its Valkey"
+        )
         assert answer["pushed"] is True
         assert not Path(f"/proc/{valkey_pid}").exists(), "the killed Valkey was not reaped"
         assert _event(log_file, "embedded Valkey exited")["exit_status"] == -signal.SIGKILL
@@ -204,11 +216,11 @@ def test_serve_dev_embeds_valkey_and_the_simulator_and_restarts_a_killed_valkey(
 def _event(log_file: Path, event: str) -> dict[str, Any]:
     """The first logged event whose name holds `event` (JSON lines: the log is no terminal),
     waited for: the relay may answer a request before its supervisor's log line is written."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
+
+    def logged() -> dict[str, Any] | None:
         for line in log_file.read_text().splitlines():
             if line.startswith("{") and event in (record := json.loads(line))["event"]:
                 return dict(record)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {event!r} in {log_file.read_text()}")
-        time.sleep(0.05)
+        return None
+
+    return eventually_blocking(logged, timeout_s=WAIT_S, interval_s=0.05, what=f"{event!r} logged")

@@ -210,7 +210,7 @@ async def test_a_trickle_of_pushes_costs_no_due_time_read_per_push(
         started = time.monotonic()
         for n in range(100):  # 100 devices, one push each, about 200 a second
             await queue.enqueue(replace(notification(), device_token=f"{n:064x}"))
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # pacing the trickle (the behaviour under test)
         await eventually(lambda: len(sender.sent) == 100, what="all 100 sent")
         elapsed = time.monotonic() - started
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from eventually import eventually
 from relay_harness import running_relay
 from seed_actions import SEED_ACTIONS
 
@@ -197,10 +198,9 @@ async def test_credential_error_pauses_the_app_keeps_the_queue_and_resumes(
             {"scripted": {device: [{"status": 403, "reason": "InvalidProviderToken"}]}}
         )
         first = await relay.notify(device_token=device, service_id="A", action="x")
-        deadline = asyncio.get_running_loop().time() + 10
-        while not relay.worker.paused_apps:
-            assert asyncio.get_running_loop().time() < deadline, "the app never paused"
-            await asyncio.sleep(0.01)
+        await eventually(
+            lambda: relay.worker.paused_apps, timeout_s=10, interval_s=0.01, what="the app paused"
+        )
         status, ready, _ = await relay.call("GET", "/readyz", auth=None)
         assert status == 503
         assert ready["paused_apps"] == {"dev": "InvalidProviderToken"}

@@ -6,7 +6,7 @@ import asyncio
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from aiocometd_ng.client import Client
 from aiocometd_ng.constants import ConnectionType
+from eventually import eventually
 
 from relay_devkit.device_sim.app import AppSettings, CloseComet, DeviceApp, OpenComet
 from relay_devkit.device_sim.phone import Phone
@@ -108,16 +109,14 @@ async def test_bayeux_handshake_subscribe_connect_and_disconnect(
     [first] = await _bayeux(http, url, connect)  # the first connect is answered at once
     assert first["successful"] is True
     # A later connect is held until something is published (or the long-poll timeout).
-    held = asyncio.create_task(_bayeux(http, url, connect))
-    await asyncio.sleep(0.2)
+    held = await _held(gms.simulator, _bayeux(http, url, connect))
     assert not held.done()
     assert gms.simulator.comet.publish({"channel": "/_genesys", "data": {"n": 1}}) == 1
     event, reply = await asyncio.wait_for(held, 5)
     assert event == {"channel": "/_genesys", "data": {"n": 1}}
     assert reply["channel"] == "/meta/connect"
     # Disconnecting answers a held connect at once, and forgets the client.
-    held = asyncio.create_task(_bayeux(http, url, connect))
-    await asyncio.sleep(0.2)
+    held = await _held(gms.simulator, _bayeux(http, url, connect))
     [gone] = await _bayeux(http, url, {"channel": "/meta/disconnect", "clientId": client_id})
     assert gone["successful"] is True
     [late] = await asyncio.wait_for(held, 5)
@@ -157,13 +156,18 @@ async def test_bayeux_refusals(gms: GmsSimServer, http: aiohttp.ClientSession) -
         assert response.status == 400
 
 
+async def _held(
+    simulator: GmsSimulator, connect: Awaitable[list[dict[str, Any]]]
+) -> asyncio.Future[list[dict[str, Any]]]:
+    """`connect` running, once the simulator holds it open."""
+    held = asyncio.ensure_future(connect)
+    await eventually(simulator.comet.holds_a_connect, timeout_s=10, what="the connect held")
+    return held
+
+
 async def _wait_for_held_connect(simulator: GmsSimulator) -> None:
     """Until the client's second /meta/connect is held open at the server."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while len(simulator.requests_to("/cometd")) < 3:  # handshake, connect, subscribe (+ held)
-        assert asyncio.get_running_loop().time() < deadline, "no held connect"
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0)  # let the held connect's request reach the server
+    await eventually(simulator.comet.holds_a_connect, timeout_s=10, what="a held connect")
 
 
 async def test_aiocometd_ng_close_leaks_a_cancelled_connect_which_the_phone_silences(
@@ -246,8 +250,8 @@ async def test_pushes_are_held_back_only_for_the_chat_whose_user_listens(
 
 # The official CometD JavaScript client (npm cometd + cometd-nodejs-client), installed by this test
 # from tests/node/cometd's lock file, as bench/node's peer is installed from its own.
-NODE_CLIENT = Path(__file__).resolve().parent / "node" / "cometd"
-NODE_WORK = Path(__file__).resolve().parent / ".work" / "cometd-node"
+NODE_CLIENT = Path(__file__).resolve().parents[1] / "node" / "cometd"
+NODE_WORK = Path(__file__).resolve().parents[1] / ".work" / "cometd-node"
 NPM_TIMEOUT_S = 600
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -21,6 +20,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from eventually import eventually
 from hypothesis import example, given
 from hypothesis import strategies as st
 from relay_harness import (
@@ -154,18 +154,17 @@ def basic(user: str, password: str) -> str:
 
 
 async def wait_until_final(session: aiohttp.ClientSession, url: str, ids: list[str]) -> None:
-    deadline = time.monotonic() + WAIT_S
     for notification_id in ids:
-        while True:
+
+        async def final(notification_id: str = notification_id) -> bool:
             async with session.get(
                 f"{url}/v1/notifications/{notification_id}",
                 headers={"Authorization": f"Bearer {API_TOKEN}"},
             ) as response:
                 state = (await response.json())["state"]
-            if state in {"delivered", "failed", "expired"}:
-                break
-            assert time.monotonic() < deadline, f"{notification_id} stuck in {state}"
-            await asyncio.sleep(0.02)
+            return state in {"delivered", "failed", "expired"}
+
+        await eventually(final, timeout_s=WAIT_S, what=f"{notification_id} final")
 
 
 @pytest.mark.slow
@@ -444,10 +443,13 @@ async def test_a_redis_outage_is_logged_as_one_episode_not_a_line_per_request(
                     valkey.stop(signal.SIGKILL)
                     statuses = [await push() for _ in range(requests)]
                     valkey.start()
-                    deadline = time.monotonic() + WAIT_S
-                    while await push() != 202:
-                        assert time.monotonic() < deadline, "the relay never saw Redis again"
-                        await asyncio.sleep(0.05)
+
+                    async def accepted() -> bool:
+                        return await push() == 202
+
+                    await eventually(
+                        accepted, timeout_s=WAIT_S, interval_s=0.05, what="Redis seen again"
+                    )
                 assert relay.kill(signal.SIGTERM) == 0
                 log = relay.log()
     assert set(statuses) == {503}

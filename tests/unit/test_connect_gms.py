@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.config.schema import Settings
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "gms.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "gms.md"
 
 # The options Genesys documents (GMS [push] and [gms] sections, Chat Server [chat] section) in its
 # GMS and Chat Server option references (docs.genesys.com). A name outside this set on the page

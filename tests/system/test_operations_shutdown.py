@@ -11,8 +11,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from eventually import eventually
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
-from simulator import control_client, running_simulator
+from simulator import ControlClient, control_client, running_simulator
 
 from relay.config.schema import Settings
 from relay.runtime import make_queue
@@ -20,6 +21,11 @@ from relay_devkit.dev_mode import simulator_app
 
 # Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
 pytestmark = pytest.mark.slow
+
+
+async def streams_reach(control: ControlClient, count: int) -> bool:
+    """Whether the simulator has seen at least `count` streams (requests) opened."""
+    return int((await control.stats())["streams"]) >= count
 
 
 GRACE_S = 10.0  # `apns-relay serve --grace` default
@@ -54,21 +60,23 @@ async def test_sigterm_drains_sends_in_flight_releases_the_unfinished_and_exits_
                     status, body, _ = await post_notification(session, relay.url, device)
                     assert status == 202, body
                     ids[device] = body["id"]
-                deadline = time.monotonic() + WAIT_S
-                while (await control.stats())["streams"] < len(ids):
-                    assert time.monotonic() < deadline, "the sends never reached the simulator"
-                    await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: streams_reach(control, len(ids)),
+                    timeout_s=WAIT_S,
+                    interval_s=0.01,
+                    what="the sends at the simulator",
+                )
                 signalled = time.monotonic()
                 relay.process.send_signal(signal.SIGTERM)
 
-                deadline = time.monotonic() + 2
-                while True:
+                async def not_ready() -> dict[str, Any] | None:
                     async with session.get(f"{relay.url}/readyz") as response:
-                        readiness = await response.json()
-                        if response.status == 503:
-                            break
-                    assert time.monotonic() < deadline, f"still ready after SIGTERM: {readiness}"
-                    await asyncio.sleep(0.01)
+                        answer: dict[str, Any] = await response.json()
+                        return answer if response.status == 503 else None
+
+                readiness = await eventually(
+                    not_ready, timeout_s=2, interval_s=0.01, what="not ready after SIGTERM"
+                )
                 assert "draining" in readiness["reasons"]
                 status, problem, headers = await post_notification(session, relay.url, "ab" * 32)
                 assert status == 503, problem
@@ -143,10 +151,12 @@ async def test_sigterm_gives_back_claims_still_waiting_for_a_stream_at_once(
                     (await post_notification(session, relay.url, device))[1]["id"]
                     for device in devices
                 ]
-                deadline = time.monotonic() + WAIT_S
-                while (await control.stats())["streams"] < 2:
-                    assert time.monotonic() < deadline, "no send reached the simulator"
-                    await asyncio.sleep(0.01)
+                await eventually(
+                    lambda: streams_reach(control, 2),
+                    timeout_s=WAIT_S,
+                    interval_s=0.01,
+                    what="two sends at the simulator",
+                )
             signalled = time.monotonic()
             relay.process.send_signal(signal.SIGTERM)
             exit_code = await asyncio.to_thread(relay.process.wait, GRACE_S + 10)

@@ -22,7 +22,7 @@ from relay_harness import start_relay_process
 from relay_devkit.embedded import EmbeddedServer, free_port
 
 ROLES = ("serve", "api", "worker")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, content: dict[str, Any]) -> Path:

@@ -272,7 +272,8 @@ async def test_device_lanes_admit_in_arrival_order_and_forget_idle_devices() -> 
 
     async def one(n: int) -> None:
         async with lanes.lane(("app", "t")):
-            await asyncio.sleep(0.001 * (5 - n))  # the first holds longest
+            # The behaviour under test: the first holds its lane longest, order stays arrival's.
+            await asyncio.sleep(0.001 * (5 - n))  # behaviour: lanes held for different times
             order.append(n)
 
     await asyncio.gather(*(one(n) for n in range(5)))

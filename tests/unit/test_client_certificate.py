@@ -21,7 +21,6 @@ from relay.core.model import ApnsResponse, PauseApp, Retry
 from relay.core.policy import RetryPolicy, classify
 from relay.credentials.client_certificate import (
     CertificateError,
-    PushCertificateInfo,
     decode_topics,
     load_pem,
     load_pkcs12,
@@ -29,6 +28,7 @@ from relay.credentials.client_certificate import (
 )
 from relay.credentials.files import load_settings, read_certificate
 from relay.delivery.apns import connect_failure
+from relay_devkit.apns_sim.apple import PushCertificateGrant
 from relay_devkit.apns_sim.certificate_rules import (
     BAD_CERTIFICATE,
     BAD_CERTIFICATE_ENVIRONMENT,
@@ -51,10 +51,9 @@ def info(
     topics: tuple[str, ...] = (TOPIC,),
     environments: frozenset[str] = frozenset({"sandbox"}),
     serial: int = 7,
-) -> PushCertificateInfo:
-    return PushCertificateInfo(
+) -> PushCertificateGrant:
+    return PushCertificateGrant(
         serial=serial,
-        bundle_id=topics[0],
         topics=topics,
         environments=environments,
         not_before=NOW - datetime.timedelta(days=1),
@@ -98,7 +97,7 @@ EARLIER = (NOW - datetime.timedelta(days=2)).timestamp()
     ],
 )  # fmt: skip
 def test_certificate_rules(
-    certificate: PushCertificateInfo,
+    certificate: PushCertificateGrant,
     topic: str | None,
     environment: str,
     revoked: Any,

@@ -129,10 +129,7 @@ async def test_a_stream_over_the_acknowledged_limit_is_refused_alone(
     async with asyncio.timeout(5):
         await raw.settings_received.wait()
     held = raw.send(raw.headers_for(info, stalled), BODY)  # the one stream allowed, never freed
-    deadline = asyncio.get_running_loop().time() + 5
-    while (await control.stats())["stalled"] < 1:
-        assert asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
+    await control.wait_for_stalls(1, timeout_s=5)
     raw.ignore_stream_limit()
     over = raw.send(raw.headers_for(info, token), BODY)
     with pytest.raises(ConnectionError):

@@ -159,7 +159,7 @@ def test_the_benchmarks_page_shows_the_table_for_the_committed_figures(
 ) -> None:
     assert main([]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    page = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
     section = page.split("## Capacity: how much Redis and how many cores", 1)[1]
     shown = [line for line in section.split("\n#")[0].splitlines() if line.startswith("| ")]
     assert shown == table

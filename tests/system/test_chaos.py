@@ -1,6 +1,6 @@
 """Chaos on a Redis Cluster: workers and primaries killed, APNs faults; nothing acknowledged lost.
 
-CI runs a bounded version; `CHAOS_SECONDS=600 pytest tests/test_chaos.py -s` runs a long one.
+CI runs a bounded version; `CHAOS_SECONDS=600 pytest tests/system/test_chaos.py -s` runs a long one.
 The figures are printed (-s) in the form bench/results/chaos.md records."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any, cast
 import aiohttp
 import pytest
 import topologies
+from eventually import eventually
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 from relay_harness import (
@@ -235,7 +236,8 @@ async def chaos(
             elif action == "calm":
                 await control.put_faults(faults)
                 ledger.disrupted(faulted_since, time.time())
-        await asyncio.sleep(0.2)  # the schedule's tick
+        # Not a wait for a state: the chaos schedule's own clock, one tick of its plan.
+        await asyncio.sleep(0.2)  # the schedule's tick, not a wait for a state
 
 
 async def queue_totals(session: aiohttp.ClientSession, fleet: Fleet) -> dict[str, Any] | None:
@@ -278,16 +280,19 @@ async def stuck_heads(cluster: ValkeyCluster, shards: int) -> list[dict[str, Any
 async def drain(
     session: aiohttp.ClientSession, fleet: Fleet, cluster: ValkeyCluster
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while True:
+
+    async def drained() -> dict[str, Any] | None:
         await fleet.restart_crashed()
         totals = await queue_totals(session, fleet)
-        if totals is not None and totals["pending"] == 0 and totals["leased"] == 0:
-            return totals
-        if time.monotonic() > deadline:
-            stuck = await stuck_heads(cluster, QueueLimits().shards)
-            raise AssertionError(f"the queue never drained: {totals}; leased heads: {stuck[:5]}")
-        await asyncio.sleep(0.2)
+        return totals if totals and totals["pending"] == 0 and totals["leased"] == 0 else None
+
+    try:
+        return await eventually(
+            drained, timeout_s=DRAIN_TIMEOUT_S, interval_s=0.2, what="the queue drained"
+        )
+    except AssertionError as error:
+        stuck = await stuck_heads(cluster, QueueLimits().shards)
+        raise AssertionError(f"{error}; leased heads: {stuck[:5]}") from None
 
 
 async def notification_state(

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from eventually import eventually
 from prometheus_client.parser import text_string_to_metric_families
 from relay_harness import (
     API_TOKEN,
@@ -80,11 +81,12 @@ class Relay:
             return dict(await response.json())
 
     async def wait_state(self, notification_id: str, states: Collection[str]) -> dict[str, Any]:
-        deadline = time.monotonic() + WAIT_S
-        while (record := await self.notification(notification_id))["state"] not in states:
-            assert time.monotonic() < deadline, f"{notification_id} never reached {states}"
-            await asyncio.sleep(0.02)
-        return record
+
+        async def reached() -> dict[str, Any] | None:
+            record = await self.notification(notification_id)
+            return record if record["state"] in states else None
+
+        return await eventually(reached, timeout_s=WAIT_S, what=f"{notification_id} in {states}")
 
     async def scrape(self) -> Samples:
         async with self.session.get(self.url + "/metrics") as response:
@@ -132,7 +134,8 @@ async def test_a_delivery_a_retry_a_failure_and_an_expiry_are_each_counted_exact
                 assert (await relay.wait_state(ids[failing], {"failed"}))["attempts"] == 1
                 await control.wait_for_stalls(1)
                 expires_at = (await relay.notification(late))["expires_at"]
-                await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # the clock
+                # The behaviour under test: `late`'s lifetime runs out while it waits.
+                await asyncio.sleep(max(0.0, expires_at + 0.05 - time.time()))  # lifetime ends
                 await control.clear_faults()
                 await relay.wait_state(head, {"delivered"})
                 assert (await relay.wait_state(late, {"expired"}))["attempts"] == 0

@@ -20,7 +20,7 @@ from relay.store.routes import ROUTE_WRITE
 from relay.store.scripts import CLAIM, ENQUEUE, SETTLE
 from relay_devkit import bench as benchcli
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 RELAY_PHASES = ("single", "batch", "latency", "backlog", "scale-1", "scale-2")
 PROFILED_PHASES = (*RELAY_PHASES, "idle")

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import test_relay_pipeline
 import topologies
+from eventually import eventually
 from pydantic import SecretStr
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
@@ -272,15 +272,19 @@ async def notify_as_a_client(relay: RelayHarness, device: str) -> str:
     """POST one notification, sending it again while the relay answers 503 (as while Redis fails
     over: "nothing was stored, retry shortly"), for at most FAILOVER_RETRY_S."""
     body = {"device_token": device, "service_id": f"S{device[:8]}", "action": "wait-for-agent"}
-    deadline = time.monotonic() + FAILOVER_RETRY_S
-    while True:
+
+    async def accepted() -> str | None:
         status, answer, headers = await relay.call("POST", "/v1/notifications", body)
         if status == 202:
             return str(answer["id"])
         assert status == 503, answer
         assert headers["Retry-After"], answer
-        assert time.monotonic() < deadline, f"still refused after {FAILOVER_RETRY_S} s: {answer}"
-        await asyncio.sleep(0.1)  # a client's back-off, shorter than Retry-After to keep CI fast
+        return None
+
+    # Polled every 0.1 s: a client's back-off, shorter than Retry-After to keep CI fast.
+    return await eventually(
+        accepted, timeout_s=FAILOVER_RETRY_S, interval_s=0.1, what="accepted after the failover"
+    )
 
 
 async def push_and_deliver(relay: RelayHarness, count: int) -> None:
