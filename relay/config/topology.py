@@ -89,7 +89,7 @@ def parse_redis_url(url: str) -> Topology:
     scheme, _, rest = url.partition("://")
     scheme = scheme.lower() if rest else ""
     if "@" in rest.partition("/")[2].partition("?")[0]:
-        # user:pa/ss@host: the authority would end at the '/', and its errors quote a password's part
+        # user:pa/ss@host: the authority would end at the '/', and its errors quote part of it
         raise ValueError(
             "the URL's user name or password holds an unescaped '/': percent-encode it ('/' is %2F)"
         )
