@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -22,8 +22,9 @@ from relay.model import (
     PauseApp,
     Retry,
 )
-from relay.store.keys import shard_of_id, shard_prefix, shard_tag
+from relay.store.keys import NOTE, shard_of_id, shard_prefix, shard_tag
 from relay.store.queue import RelayQueue, spread
+from relay.store.queued import HEADER_FIELDS, NOTE_STRINGS, pack_record, unpack_queued
 from relay.store.records import (
     Accepted,
     DeviceStatus,
@@ -769,8 +770,7 @@ async def test_a_head_without_its_payload_is_failed_not_handed_out(
 ) -> None:
     lost = (await queue.enqueue(note(), now_ms=T0)).id
     behind = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
-    shard = queue.shard_of(APP, TOKEN_A)
-    await redis.delete(f"{shard_prefix(shard)}p:{lost}")
+    await corrupt(redis, lost, lambda record: record[: -len(note().payload)])
     assert (await claim_one(queue, T0 + 2)).id == behind
     status = await queue.get(lost)
     assert status is not None
@@ -852,36 +852,61 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
 
 # ---- one bad record hurts only itself (invariant 14) ----
 
-# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): the
-# fields to set (None: remove). The first ones the claim script computes with, the rest only the
+# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): each
+# rewrites the stored record (relay.store.queued's layout). The first ones break what the scripts
+# read (the header, the string lengths, the device the record belongs to), the rest only what the
 # codec checks (relay.payload.check_notification, ingest's own rules).
-CORRUPTIONS: dict[str, dict[str, str | None]] = {
-    "expires_at null": {"expires_at": None},
-    "expires_at text": {"expires_at": "soon"},
-    "attempts text": {"attempts": "x"},
-    "accepted_at_ms missing": {"accepted_at_ms": None},
-    "claim_no text": {"claim_no": "one"},
-    "app of another device": {"app": "other"},
-    "device_token missing": {"device_token": None},
-    "priority ten": {"priority": "ten"},
-    "priority 7": {"priority": "7"},
-    "push_type missing": {"push_type": None},
-    "push_type unknown": {"push_type": "text"},
-    "action climbing out": {"action": "../admin"},
-    "collapse_id padded": {"collapse_id": " x "},
-    "order text": {"order": "first"},
+Corruption = Callable[[bytes], bytes]
+
+
+def changed(**values: int | bytes | None) -> Corruption:
+    """The record with header fields (ints) or strings (bytes, None: absent) replaced."""
+
+    def apply(record: bytes) -> bytes:
+        numbers, strings, payload = unpack_queued(record)
+        header = dict(zip(HEADER_FIELDS, numbers, strict=True))
+        for name, value in values.items():
+            if name in header:
+                assert isinstance(value, int)
+                header[name] = value
+            else:
+                assert name in NOTE_STRINGS and not isinstance(value, int)
+                strings[name] = value
+        return pack_record(tuple(header.values()), strings, payload)
+
+    return apply
+
+
+def length_past_the_end(record: bytes) -> bytes:
+    """The last string's length (last_reason's, absent) made longer than the record."""
+    _, _, payload = unpack_queued(record)
+    at = len(record) - len(payload) - 2
+    return record[:at] + b"\xff\xf0" + record[at + 2 :]
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "layout unknown": changed(layout=9),
+    "header cut short": lambda record: record[:20],
+    "state code unknown": changed(state=200),
+    "claim_no at its limit": changed(claim_no=2**32 - 1),
+    "a length past the end": length_past_the_end,
+    "app of another device": changed(app=b"other"),
+    "device_token missing": changed(device_token=None),
+    "device_token of another device": changed(device_token=b"\x01" * 32),
+    "priority 7": changed(priority=7),
+    "push_type unknown": changed(push_type=200),
+    "service_id not text": changed(service_id=b"\xff\xfe"),
+    "action climbing out": changed(action=b"../admin"),
+    "collapse_id padded": changed(collapse_id=b" x "),
+    "order text": changed(order=b"first"),
 }
 
 
-async def corrupt(
-    redis: aioredis.Redis, notification_id: str, fields: dict[str, str | None]
-) -> None:
-    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}n:{notification_id}"
-    for name, value in fields.items():
-        if value is None:
-            await redis.hdel(note_key, name)
-        else:
-            await redis.hset(note_key, name, value)
+async def corrupt(redis: aioredis.Redis, notification_id: str, corruption: Corruption) -> None:
+    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}{NOTE}{notification_id}"
+    record = await redis.get(note_key)
+    assert record is not None
+    await redis.set(note_key, corruption(record))
 
 
 async def reason_of(queue: RelayQueue, notification_id: str) -> tuple[str, str | None]:
@@ -918,7 +943,7 @@ async def test_a_malformed_record_behind_the_head_fails_no_enqueue(
 ) -> None:
     line = replace(note(), order_group="chat", order=5)
     queued = (await queue.enqueue(line, now_ms=T0)).id
-    await corrupt(redis, queued, {"order": "five"})
+    await corrupt(redis, queued, changed(order=b"five"))
     earlier = await queue.enqueue(replace(line, order=3), now_ms=T0 + 1)
     assert not earlier.duplicate
 
@@ -929,9 +954,10 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     broken = (await queue.enqueue(note(), now_ms=T0)).id
     fine = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
     # A record that makes a command inside the script fail (a wrong type), which no check foresaw.
-    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
-    await redis.delete(f"{prefix}p:{broken}")
-    await redis.hset(f"{prefix}p:{broken}", "not", "a string")
+    key = f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}{NOTE}{broken}"
+    record = await redis.get(key)
+    await redis.delete(key)
+    await redis.hset(key, "not", "a string")
     batch = await queue.claim(10, now_ms=T0)
     assert [c.id for c in batch.claimed] == [fine]
     (error,) = batch.errors
@@ -940,8 +966,8 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     early = await queue.claim(10, now_ms=T0 + 59_999)
     assert broken not in {c.id for c in early.claimed}
     assert (await queue.device(APP, TOKEN_A)).pending == 1
-    await redis.delete(f"{prefix}p:{broken}")
-    await redis.set(f"{prefix}p:{broken}", note().payload)
+    await redis.delete(key)
+    await redis.set(key, record)
     assert [c.id for c in (await queue.claim(10, now_ms=T0 + 60_000)).claimed] == [broken]
 
 

@@ -8,7 +8,6 @@ from typing import Any, get_type_hints
 from relay.model import (
     Delivered,
     DeliveryOutcome,
-    DeliveryState,
     Expired,
     Failed,
     InvalidInput,
@@ -25,7 +24,6 @@ from relay.store.records import (
     ExpiredRecord,
     LeasedNotification,
     MalformedRecord,
-    NotificationStatus,
 )
 from relay.store.scripts import ScriptArg
 
@@ -76,16 +74,6 @@ def notification_from(payload: bytes, values: Sequence[bytes | str | None]) -> N
         for name, value in zip(NOTIFICATION_FIELDS, values, strict=True)
     }
     return Notification(payload=payload, **decoded)
-
-
-def notification_pairs(n: Notification) -> list[ScriptArg]:
-    """The field/value pairs of a notification's record; None fields are left out."""
-    pairs: list[ScriptArg] = []
-    for name in NOTIFICATION_FIELDS:
-        value = getattr(n, name)
-        if value is not None:
-            pairs += (name, value)
-    return pairs
 
 
 def order_args(n: Notification) -> tuple[str, ScriptArg]:
@@ -157,34 +145,6 @@ def expired_from(entry: list[Any]) -> ExpiredRecord:
     notification_id, app, service_id, action = entry
     return ExpiredRecord(
         text(notification_id), text(app), optional_text(service_id), optional_text(action)
-    )
-
-
-def status_from(
-    notification_id: str, record: Mapping[bytes | str, bytes | str]
-) -> NotificationStatus:
-    """A notification's record (HGETALL) as its status."""
-    values = {text(name): value for name, value in record.items()}
-    return NotificationStatus(
-        id=notification_id,
-        app=text(values["app"]),
-        device_token=text(values["device_token"]),
-        service_id=optional_text(values.get("service_id")),
-        action=optional_text(values.get("action")),
-        state=DeliveryState(text(values["state"])),
-        attempts=int(values["attempts"]),
-        claims=int(values["claim_no"]),
-        accepted_at_ms=int(values["accepted_at_ms"]),
-        updated_at_ms=int(values["updated_at_ms"]),
-        expires_at=int(values["expires_at"]),
-        delivered_at_ms=optional_int(values.get("delivered_at_ms")),
-        last_status=optional_int(values.get("last_status")),
-        last_reason=optional_text(values.get("last_reason")),
-        apns_id=optional_text(values.get("apns_id")),
-        apns_unique_id=optional_text(values.get("apns_unique_id")),
-        collapse_id=optional_text(values.get("collapse_id")),
-        push_type=text(values["push_type"]),
-        priority=int(values["priority"]),
     )
 
 

@@ -26,11 +26,9 @@ from relay.store.codec import (
     expired_from,
     leased_from,
     malformed_from,
-    notification_pairs,
     optional_int,
     order_args,
     outcome_args,
-    status_from,
     text,
 )
 from relay.store.connection import RedisClient
@@ -54,7 +52,6 @@ from relay.store.keys import (
     PARKED,
     QUEUE,
     RECEIPTS,
-    SERVICE,
     STAT_COUNTERS,
     STATS,
     WAKE_CHANNEL,
@@ -62,6 +59,7 @@ from relay.store.keys import (
     shard_of_id,
     shard_prefix,
 )
+from relay.store.queued import pack_queued, status_from_queued
 from relay.store.records import (
     Accepted,
     ClaimBatch,
@@ -105,6 +103,10 @@ def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
     """`limit` claims shared over `shards` as evenly as can be, the first ones taking the rest."""
     base, extra = divmod(limit, len(shards))
     return [(shard, base + (1 if i < extra else 0)) for i, shard in enumerate(shards)]
+
+
+def _device(claim: ClaimedNotification) -> str:
+    return f"{claim.notification.app}:{claim.notification.device_token}"
 
 
 def _now_ms(now_ms: int | None) -> int:
@@ -159,7 +161,6 @@ class RelayQueue:
             prefix + QUEUE + device,
             prefix + NOTE + notification_id,
             prefix + DEAD + device,
-            prefix + SERVICE + device,
         ]
         if n.idempotency_key is not None:
             keys.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
@@ -173,9 +174,8 @@ class RelayQueue:
             self.limits.max_pending_per_shard,
             (n.service_id or "") if self.limits.supersede else "",
             *order_args(n),
-            n.payload,
+            pack_queued(n, now_ms),
             n.request_digest or "",
-            *notification_pairs(n),
         ]
         return ScriptCall(ENQUEUE, keys, args), device
 
@@ -336,7 +336,8 @@ class RelayQueue:
         by_shard: dict[int, list[ScriptArg]] = defaultdict(list)
         for shard, entry, _ in unsendable:
             notification_id, claim_no = entry[0], entry[1]
-            by_shard[shard] += (notification_id, claim_no, "failed", "", "MalformedRecord")
+            by_shard[shard] += (notification_id, claim_no, device_of(entry), "failed", "")
+            by_shard[shard] += ("MalformedRecord",)
             by_shard[shard] += ("", "", "", "")
         calls = []
         for shard, claims in by_shard.items():
@@ -434,7 +435,7 @@ class RelayQueue:
                 self.limits.dead_token_ttl_s,
             ]
             for claim in claims:
-                args += (claim.id, claim.claim_no, *outcomes[id(claim)])
+                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
             calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 
@@ -462,7 +463,7 @@ class RelayQueue:
             prefix = shard_prefix(shard)
             args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
             for claim in leased:
-                args += (claim.id, claim.claim_no, sent)
+                args += (claim.id, claim.claim_no, _device(claim), sent)
             calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 
@@ -477,13 +478,19 @@ class RelayQueue:
             return None
         prefix = shard_prefix(shard)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(prefix + NOTE + notification_id)
+        pipe.get(prefix + NOTE + notification_id)
         pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
         pipe.hget(f"{prefix}{RECEIPTS}{bucket}", history_field(notification_id))
-        record, final, received = await pipe.execute()
+        record, final, received = await pipe.execute(raise_on_error=False)
+        for reply in (record, final, received):
+            if isinstance(reply, Exception):
+                # WRONGTYPE: a key this layout did not write (invariant 14), or Redis failing.
+                if "WRONGTYPE" not in str(reply):
+                    raise reply
+                raise MalformedRecordError(f"{notification_id}: {reply}")
         try:
-            if record:
-                return with_received(status_from(notification_id, record), received)
+            if record is not None:
+                return with_received(status_from_queued(notification_id, record), received)
             if final is not None:
                 return with_received(status_from_history(notification_id, final), received)
         except (KeyError, ValueError, IndexError, struct.error) as error:

@@ -1,24 +1,25 @@
 -- enqueue: accept one notification into its device's FIFO, or refuse it having written nothing.
 -- KEYS[1..4] the shard's due, lease, heads, stats; KEYS[5] the device's queue LIST; KEYS[6] the new
--- notification's record HASH; KEYS[7] the device's dead-token HASH; KEYS[8] the device's
--- service_id -> latest id HASH; KEYS[9] the idempotency key (absent when the notification has none).
+-- notification's record STRING; KEYS[7] the device's dead-token HASH; KEYS[8] the idempotency key
+-- (absent when the notification has none).
 -- ARGV[1] shard key prefix; ARGV[2] new id; ARGV[3] device "<app>:<token>"; ARGV[4] now (ms);
 -- ARGV[5] retention (s); ARGV[6] per-device cap; ARGV[7] per-shard pending cap; ARGV[8] service_id
 -- to supersede by ('' = none); ARGV[9] order group and ARGV[10] order ('' = none: append at the
--- tail); ARGV[11] the APNs payload; ARGV[12] the digest of the request that chose the idempotency
--- key ('' = the relay derived the key: any repeat is a duplicate); ARGV[13..] the notification's
--- other field/value pairs.
+-- tail); ARGV[11] the record (relay.store.queued.pack_queued: queued, accepted at ARGV[4], the
+-- APNs payload at its end); ARGV[12] the digest of the request that chose the idempotency key
+-- ('' = the relay derived the key: any repeat is a duplicate).
 -- Returns {'accepted', id, superseded id or ''} | {'duplicate', id} | {'reused', id} (the key came
 -- with another request digest) | {'dead', reason, invalid_since_ms} | {'device_full'} |
 -- {'pending_full'}.
 -- The idempotency key holds "<id>" or "<id> <request digest>".
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
 -- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
--- its group with a higher order, never before one sent or in flight), 6 (dead tokens refused), 9 (both caps; a duplicate counts against none),
--- idempotency, and 12 (possibly sent keeps its place: only a QUEUED notification, one never
--- claimed or only given back before its request went out, is superseded or passed by a chat
--- line; one in flight, retrying or whose lease ran out never is).
-local queue, note, dead, slots, idem = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+-- its group with a higher order, never before one sent or in flight), 6 (dead tokens refused), 9
+-- (both caps; a duplicate counts against none), idempotency, 12 (possibly sent keeps its place:
+-- only a QUEUED notification, one never claimed or only given back before its request went out,
+-- is superseded or passed by a chat line; one in flight, retrying or whose lease ran out never
+-- is) and 14 (a queued record it cannot read is passed over, never a failed enqueue).
+local queue, note, dead, idem = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local prefix, id, device, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local retention, service_id = tonumber(ARGV[5]), ARGV[8]
 local order_group, order = ARGV[9], tonumber(ARGV[10])
@@ -44,46 +45,62 @@ if mark[1] then
   return {'dead', mark[1], mark[2]}
 end
 
-local older = false
+-- The device's queue is short (the per-device cap bounds it): the notification this one
+-- supersedes (the latest with its service id, when that one is QUEUED) and the one it goes before
+-- (the first QUEUED one of its group with a higher order) are found by reading it, newest first
+-- for the first, oldest first for the second.
+local ids, length = nil, nil
+local notes = {}
+local function note_at(i)
+  if notes[i] == nil then
+    notes[i] = get_note(prefix, ids[i]) or false
+  end
+  return notes[i]
+end
+if service_id ~= '' or order then
+  ids = redis.call('LRANGE', queue, 0, -1)
+  length = #ids
+else
+  length = redis.call('LLEN', queue)
+end
+local older, older_at = false, nil
 if service_id ~= '' then
-  older = redis.call('HGET', slots, service_id)
-  if older then
-    local state = redis.call('HGET', prefix .. K_NOTE .. older, 'state')
-    if state ~= STATE.QUEUED then
-      older = false
+  for i = length, 1, -1 do
+    local n = note_at(i)
+    if n and n.service_id == service_id then
+      if n.state == STATE.QUEUED then
+        older, older_at = ids[i], i
+      end
+      break
     end
   end
 end
 local freed = older and 1 or 0
-local length = redis.call('LLEN', queue)
 if length - freed >= tonumber(ARGV[6]) then
   return {'device_full'}
 end
 if tonumber(redis.call('HGET', STATS, 'pending') or '0') - freed >= tonumber(ARGV[7]) then
   return {'pending_full'}
 end
+local successor = false
+if order then
+  for i = 1, length do
+    local n = note_at(i)
+    -- tonumber: a malformed order is passed by nothing rather than failing the enqueue (14).
+    if i ~= older_at and n and n.state == STATE.QUEUED and n.order_group == order_group
+        and (tonumber(n.order) or -math.huge) > order then
+      successor = ids[i]
+      break
+    end
+  end
+end
 
 -- A device that had nothing queued, or whose head was superseded, is due now: wake a worker.
 local newly_due = length == 0
 if older then
-  newly_due = redis.call('LINDEX', queue, 0) == older
+  newly_due = older_at == 1
   redis.call('LREM', queue, 1, older)
-  finalise(prefix, device, older, STATE.SUPERSEDED, now, retention, {})
-end
--- The first queued (never sent) notification of the same group with a higher order, if any. Only
--- QUEUED ones are passed: one in flight, retrying or whose lease ran out may have reached the
--- phone already (invariant 12). The scan is bounded by the per-device cap.
-local successor = false
-if order then
-  for _, queued in ipairs(redis.call('LRANGE', queue, 0, -1)) do
-    local other = redis.call('HMGET', prefix .. K_NOTE .. queued, 'state', 'order_group', 'order')
-    -- tonumber: a malformed order is passed by nothing rather than failing the enqueue (14).
-    if other[1] == STATE.QUEUED and other[2] == order_group
-        and (tonumber(other[3]) or -math.huge) > order then
-      successor = queued
-      break
-    end
-  end
+  finalise(prefix, device, older, notes[older_at], STATE.SUPERSEDED, now, {})
 end
 if successor then
   -- A new head takes over the old one's due time; HEADS keeps the older accepted_at, which is
@@ -92,12 +109,7 @@ if successor then
 else
   redis.call('RPUSH', queue, id)
 end
-redis.call('HSET', note, 'state', STATE.QUEUED, 'attempts', 0, 'claim_no', 0,
-  'accepted_at_ms', now, 'updated_at_ms', now, unpack(ARGV, 13))
-redis.call('SET', prefix .. K_PAYLOAD .. id, ARGV[11])
-if service_id ~= '' then
-  redis.call('HSET', slots, service_id, id)
-end
+redis.call('SET', note, ARGV[11])
 if idem then
   local remembered = id
   if ARGV[12] ~= '' then
@@ -105,10 +117,15 @@ if idem then
   end
   redis.call('SET', idem, remembered, 'EX', retention)
 end
-redis.call('HINCRBY', STATS, 'enqueued', 1)
-redis.call('HINCRBY', STATS, 'pending', 1)
+count('enqueued', 1)
+count('pending', 1)
+flush(prefix, retention)
 if newly_due then
-  rearm(prefix, device, now)
+  local head = id
+  if length > 1 then
+    head = redis.call('LINDEX', queue, 0)
+  end
+  head_changed(prefix, device, head, now, head == id and now or nil)
   redis.call('PUBLISH', WAKE_CHANNEL, prefix)
 end
 return {'accepted', id, older or ''}
