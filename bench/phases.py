@@ -27,6 +27,7 @@ from bench.processes import (
 )
 from bench.profile import Profiler, ProfileSession
 from bench.stack import API_TOKEN, Relay, sim_target
+from relay.store.queued import QUEUED_LAYOUT
 from relay_devkit.apns_sim.info import SimInfo
 
 NODE_DIR = REPO_ROOT / "bench" / "node"
@@ -571,6 +572,8 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
         "redis_used_memory_before": memory_before,
         "redis_used_memory_after": memory_after,
         "redis_bytes_per_queued": (memory_after - memory_before) / queued if queued else None,
+        # The record layout measured (bench.capacity uses the figure only for the same one).
+        "queued_layout": QUEUED_LAYOUT,
         # What history costs: every delivered notification is a final record now.
         "redis_used_memory_drained": memory_drained,
         "redis_bytes_per_final": (

@@ -870,7 +870,8 @@ def changed(**values: int | bytes | None) -> Corruption:
                 assert isinstance(value, int)
                 header[name] = value
             else:
-                assert name in NOTE_STRINGS and not isinstance(value, int)
+                assert name in NOTE_STRINGS
+                assert not isinstance(value, int)
                 strings[name] = value
         return pack_record(tuple(header.values()), strings, payload)
 

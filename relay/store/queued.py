@@ -61,7 +61,9 @@ def _string(value: bytes | None) -> bytes:
     if value is None:
         return _LENGTH.pack(ABSENT)
     if len(value) > MAX_STRING_BYTES:
-        raise ValueError(f"a queued record's string is {len(value)} bytes, at most {MAX_STRING_BYTES}")
+        raise ValueError(
+            f"a queued record's string is {len(value)} bytes, at most {MAX_STRING_BYTES}"
+        )
     return _LENGTH.pack(len(value)) + value
 
 

@@ -65,10 +65,14 @@ else
 end
 local older, older_at = false, nil
 if service_id ~= '' then
+  -- The service id is a record's first string: its length and bytes follow the header, so each
+  -- record is read only that far (a record of another layout matches nothing: invariant 14).
+  local wanted = struct.pack('>H', #service_id) .. service_id
   for i = length, 1, -1 do
-    local n = note_at(i)
-    if n and n.service_id == service_id then
-      if n.state == STATE.QUEUED then
+    local start = redis.call('GETRANGE', prefix .. K_NOTE .. ids[i], 0,
+      NOTE_HEADER_SIZE + #wanted - 1)
+    if string.byte(start, 1) == NOTE_LAYOUT and string.sub(start, NOTE_HEADER_SIZE + 1) == wanted then
+      if string.byte(start, 2) == HISTORY_STATE[STATE.QUEUED] then
         older, older_at = ids[i], i
       end
       break
@@ -100,7 +104,7 @@ local newly_due = length == 0
 if older then
   newly_due = older_at == 1
   redis.call('LREM', queue, 1, older)
-  finalise(prefix, device, older, notes[older_at], STATE.SUPERSEDED, now, {})
+  finalise(prefix, device, older, note_at(older_at), STATE.SUPERSEDED, now, {})
 end
 if successor then
   -- A new head takes over the old one's due time; HEADS keeps the older accepted_at, which is

@@ -123,9 +123,7 @@ local function accepted_at(prefix, id)
 end
 
 local function hex(bytes)
-  return (string.gsub(bytes, '.', function(c)
-    return string.format('%02x', string.byte(c))
-  end))
+  return string.format(string.rep('%02x', #bytes), string.byte(bytes, 1, -1))
 end
 
 -- ---- the indexes ----
