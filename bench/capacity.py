@@ -44,7 +44,8 @@ the backlog phase measured final records lack bytes_per_final: it is then an opt
 the figure measured when compact history landed (at the benchmark's payload a scaled-down run
 measures ~22 % more: tests/test_capacity.py). Idempotency keys (chat lines, clients'
 idempotency_key) are separate keys kept retention_s; their cost is an option too (default
-measured at a 36-character key). Not modelled: Redis's own baseline (a few MiB), replicas (each needs the same memory as its primary), APNs' limits per connection.
+measured at a 36-character key). Not modelled: Redis's own baseline (a few MiB), replicas
+(each needs the same memory as its primary), APNs' limits per connection.
 """
 
 from __future__ import annotations
