@@ -168,8 +168,8 @@ def redis_commands(client: redis.Redis) -> int:
 
 
 class Measurement:
-    """CPU per role, Redis commands, peak RSS per process and wall time from creation to `finish`; with a
-    profile session, the profile's recording stops at `finish` too."""
+    """CPU per role, Redis commands, peak RSS per process and wall time from creation to
+    `finish`; with a profile session, the profile's recording stops at `finish` too."""
 
     def __init__(
         self,
