@@ -21,6 +21,10 @@ LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
 HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
 STATS = "stats"  # HASH lifetime counters (STAT_COUNTERS) and the live "pending" count
 QUEUE = "q:"  # LIST + device: notification ids, oldest first
+# STRING per shard: the record layout (relay.store.queued.QUEUED_LAYOUT) its queued notifications
+# are in; written by the first relay of that layout to start on an empty shard (see
+# RelayQueue.layout_refusal).
+LAYOUT = "layout"
 # STRING + id: a queued notification's record, its APNs payload included (relay.store.queued);
 # deleted once final.
 NOTE = "n:"

@@ -47,6 +47,7 @@ from relay.store.keys import (
     HISTORY,
     HISTORY_BUCKETS,
     IDEM,
+    LAYOUT,
     LEASE,
     NOTE,
     PARKED,
@@ -59,7 +60,7 @@ from relay.store.keys import (
     shard_of_id,
     shard_prefix,
 )
-from relay.store.queued import pack_queued, status_from_queued
+from relay.store.queued import QUEUED_LAYOUT, pack_queued, status_from_queued
 from relay.store.records import (
     Accepted,
     ClaimBatch,
@@ -137,6 +138,47 @@ class RelayQueue:
         return await run_scripts(
             self._redis, calls, script_errors_as_replies=script_errors_as_replies
         )
+
+    # ---- the record layout ----
+
+    async def layout_refusal(self) -> str | None:
+        """None when every shard's queued notifications are in this version's record layout
+        (relay.store.queued.QUEUED_LAYOUT), marking the shards that hold none as such; else the
+        one-line start-up error: a relay of another layout has work queued here, which this one
+        cannot read. The fix is to drain it with the version that queued it (the records are
+        never converted: an upgrade waits for an empty queue, which takes seconds when APNs is
+        up)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.get(prefix + LAYOUT)
+            pipe.hget(prefix + STATS, "pending")
+        replies = await pipe.execute()
+        unmarked, foreign = [], 0
+        other_layouts: set[str] = set()
+        for shard in range(self.limits.shards):
+            layout, pending = replies[2 * shard], replies[2 * shard + 1]
+            if layout is not None and text(layout) == str(QUEUED_LAYOUT):
+                continue
+            if int(pending or 0) <= 0:
+                unmarked.append(shard)
+                continue
+            foreign += int(pending)
+            other_layouts.add("1 (before layouts were marked)" if layout is None else text(layout))
+        if foreign:
+            return (
+                f"Redis holds {foreign:,} notifications queued by a relay whose queued-record"
+                f" layout ({', '.join(sorted(other_layouts))}) this version"
+                f" (layout {QUEUED_LAYOUT}) cannot read: drain them with that version first (stop"
+                " its api, let its worker empty the queue: GET /v1/queue says pending 0), then"
+                " start this one"
+            )
+        if unmarked:
+            pipe = self._redis.pipeline(transaction=False)
+            for shard in unmarked:
+                pipe.set(shard_prefix(shard) + LAYOUT, QUEUED_LAYOUT, nx=True)
+            await pipe.execute()
+        return None
 
     # ---- enqueue ----
 

@@ -53,7 +53,9 @@ local ids, length = nil, nil
 local notes = {}
 local function note_at(i)
   if notes[i] == nil then
-    notes[i] = get_note(prefix, ids[i]) or false
+    -- pcall: a key of another type (an older layout's record) is passed over, as unreadable.
+    local ok, n = pcall(get_note, prefix, ids[i])
+    notes[i] = ok and n or false
   end
   return notes[i]
 end
@@ -69,9 +71,9 @@ if service_id ~= '' then
   -- record is read only that far (a record of another layout matches nothing: invariant 14).
   local wanted = struct.pack('>H', #service_id) .. service_id
   for i = length, 1, -1 do
-    local start = redis.call('GETRANGE', prefix .. K_NOTE .. ids[i], 0,
+    local start = redis.pcall('GETRANGE', prefix .. K_NOTE .. ids[i], 0,
       NOTE_HEADER_SIZE + #wanted - 1)
-    if string.byte(start, 1) == NOTE_LAYOUT and string.sub(start, NOTE_HEADER_SIZE + 1) == wanted then
+    if type(start) == 'string' and string.byte(start, 1) == NOTE_LAYOUT and string.sub(start, NOTE_HEADER_SIZE + 1) == wanted then
       if string.byte(start, 2) == HISTORY_STATE[STATE.QUEUED] then
         older, older_at = ids[i], i
       end
