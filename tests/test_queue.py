@@ -22,9 +22,9 @@ from relay.model import (
     PauseApp,
     Retry,
 )
+from relay.store.codec import MalformedRecordError
 from relay.store.keys import NOTE, shard_of_id, shard_prefix, shard_tag
 from relay.store.queue import RelayQueue, spread
-from relay.store.codec import MalformedRecordError
 from relay.store.queued import (
     HEADER_FIELDS,
     NOTE_STRINGS,
