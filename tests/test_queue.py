@@ -913,7 +913,7 @@ CORRUPTIONS: dict[str, Corruption] = {
 async def corrupt(redis: aioredis.Redis, notification_id: str, corruption: Corruption) -> None:
     note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}{NOTE}{notification_id}"
     record = await redis.get(note_key)
-    assert record is not None
+    assert isinstance(record, bytes)
     await redis.set(note_key, corruption(record))
 
 
@@ -964,6 +964,7 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     # A record that makes a command inside the script fail (a wrong type), which no check foresaw.
     key = f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}{NOTE}{broken}"
     record = await redis.get(key)
+    assert isinstance(record, bytes)
     await redis.delete(key)
     await redis.hset(key, "not", "a string")
     batch = await queue.claim(10, now_ms=T0)
