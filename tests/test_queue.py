@@ -1051,19 +1051,32 @@ async def test_a_relay_starts_on_an_empty_redis_and_marks_its_layout(
 async def test_work_queued_by_an_older_layout_refuses_the_start_naming_the_fix(
     redis: aioredis.Redis, queue: RelayQueue
 ) -> None:
-    """The previous version marked no layout; its pending counter says it has work queued."""
-    shard = queue.shard_of(APP, TOKEN_A)
-    await redis.hset(f"{shard_prefix(shard)}stats", "pending", 3)
+    """Layout 1 marked no layout and kept each record in a HASH."""
+    old = (await queue.enqueue(note(), now_ms=T0)).id
+    await queue.enqueue(note(), now_ms=T0)
+    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
+    await redis.delete(f"{prefix}layout", f"{prefix}{NOTE}{old}")
+    await redis.hset(f"{prefix}{NOTE}{old}", mapping={"state": "queued", "app": APP})
     refusal = await queue.layout_refusal()
     assert refusal is not None
-    assert "3 notifications" in refusal
+    assert "2 notifications queued by a relay of queued-record layout 1" in refusal
     assert "drain them with that version first" in refusal
     assert "\n" not in refusal
-    assert await redis.get(f"{shard_prefix(shard)}layout") is None  # nothing marked
+    assert await redis.get(f"{prefix}layout") is None  # nothing marked
     # Drained by the previous version: the start goes on, and the shard is marked.
-    await redis.hset(f"{shard_prefix(shard)}stats", "pending", 0)
+    await redis.delete(f"{prefix}{NOTE}{old}")
+    await redis.set(f"{prefix}{NOTE}{old}", b"")
     assert await queue.layout_refusal() is None
-    assert await redis.get(f"{shard_prefix(shard)}layout") == str(QUEUED_LAYOUT).encode()
+    assert await redis.get(f"{prefix}layout") == str(QUEUED_LAYOUT).encode()
+
+
+async def test_work_queued_before_the_check_in_this_layout_is_this_layouts(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """A spool replayed as the relay starts may queue before the check runs: not refused."""
+    await queue.enqueue(note(), now_ms=T0)
+    await redis.delete(f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}layout")
+    assert await queue.layout_refusal() is None
 
 
 async def test_an_older_layouts_record_met_anyway_is_set_aside_never_lost(

@@ -143,35 +143,52 @@ class RelayQueue:
 
     async def layout_refusal(self) -> str | None:
         """None when every shard's queued notifications are in this version's record layout
-        (relay.store.queued.QUEUED_LAYOUT), marking the shards that hold none as such; else the
-        one-line start-up error: a relay of another layout has work queued here, which this one
-        cannot read. The fix is to drain it with the version that queued it (the records are
-        never converted: an upgrade waits for an empty queue, which takes seconds when APNs is
-        up)."""
+        (relay.store.queued.QUEUED_LAYOUT), marking the shards not marked yet; else the one-line
+        start-up error: a relay of another layout has work queued here, which this one cannot
+        read. The fix is to drain it with the version that queued it (records are never
+        converted: an upgrade waits for an empty queue, which takes seconds when APNs is up).
+
+        Layout 1 marked nothing: a shard without a mark whose oldest head's record is not a
+        STRING holds layout-1 work (a spool replayed before this check may have queued layout-2
+        records there already)."""
         pipe = self._redis.pipeline(transaction=False)
         for shard in range(self.limits.shards):
             prefix = shard_prefix(shard)
             pipe.get(prefix + LAYOUT)
             pipe.hget(prefix + STATS, "pending")
+            pipe.zrange(prefix + HEADS, 0, 0)
         replies = await pipe.execute()
-        unmarked, foreign = [], 0
-        other_layouts: set[str] = set()
+        unmarked: list[int] = []
+        foreign: dict[int, tuple[str, int]] = {}  # shard -> (its layout, pending)
+        heads: dict[int, str] = {}  # unmarked shard with work -> a device with a head
         for shard in range(self.limits.shards):
-            layout, pending = replies[2 * shard], replies[2 * shard + 1]
-            if layout is not None and text(layout) == str(QUEUED_LAYOUT):
-                continue
-            if int(pending or 0) <= 0:
+            layout, pending, first = replies[3 * shard : 3 * shard + 3]
+            if layout is None:
                 unmarked.append(shard)
-                continue
-            foreign += int(pending)
-            other_layouts.add("1 (before layouts were marked)" if layout is None else text(layout))
+                if first:
+                    heads[shard] = text(first[0])
+            elif text(layout) != str(QUEUED_LAYOUT) and int(pending or 0) > 0:
+                foreign[shard] = (text(layout), int(pending))
+        if heads:
+            pipe = self._redis.pipeline(transaction=False)
+            for shard, device in heads.items():
+                pipe.lindex(shard_prefix(shard) + QUEUE + device, 0)
+            ids = dict(zip(heads, await pipe.execute(), strict=True))
+            pipe = self._redis.pipeline(transaction=False)
+            for shard, head in ids.items():
+                pipe.type(shard_prefix(shard) + NOTE + text(head or b""))
+            for shard, kind in zip(ids, await pipe.execute(), strict=True):
+                if text(kind) == "hash":
+                    pending = replies[3 * shard + 1]
+                    foreign[shard] = ("1", int(pending or 0))
         if foreign:
+            layouts = ", ".join(sorted({layout for layout, _ in foreign.values()}))
+            count = sum(pending for _, pending in foreign.values())
             return (
-                f"Redis holds {foreign:,} notifications queued by a relay whose queued-record"
-                f" layout ({', '.join(sorted(other_layouts))}) this version"
-                f" (layout {QUEUED_LAYOUT}) cannot read: drain them with that version first (stop"
-                " its api, let its worker empty the queue: GET /v1/queue says pending 0), then"
-                " start this one"
+                f"Redis holds {count:,} notifications queued by a relay of queued-record layout"
+                f" {layouts}, which this version (layout {QUEUED_LAYOUT}) cannot read: drain them"
+                " with that version first (stop this version, let the previous one's worker empty"
+                " the queue until GET /v1/queue says pending 0), then start this one"
             )
         if unmarked:
             pipe = self._redis.pipeline(transaction=False)
