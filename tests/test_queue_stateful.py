@@ -380,8 +380,8 @@ BREAKS = {
     ),
     "a retrying notification may be superseded": (
         "enqueue",
-        "if n.state == STATE.QUEUED then",
-        "if n.state == STATE.QUEUED or n.state == STATE.RETRYING then",
+        "if string.byte(start, 2) == HISTORY_STATE[STATE.QUEUED] then",
+        "if string.byte(start, 2) ~= HISTORY_STATE[STATE.SENDING] then",
     ),
     "a chat line may go before one whose request went out and was released": (
         "release",

@@ -108,14 +108,17 @@ def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[Script
 
 def leased_from(entry: list[Any]) -> LeasedNotification:
     """A claimed head as the worker gets it, checked by ingest's rules
-    (relay.payload.check_notification); MalformedRecordError naming the field when it breaks
-    them (another version wrote it, a bug, a hand edit). claim.lua has checked what it computes
-    with (expires_at, attempts, the times, app and token), so those parse."""
-    notification_id, claim_no, payload, *values = entry
+    (relay.payload.check_notification) and against the device whose queue it heads (the
+    record's token bytes are the device's hex digits); MalformedRecordError naming the field when
+    it breaks them (another version wrote it, a bug, a hand edit). claim.lua has checked what it
+    computes with (the header's numbers, the app), so those parse."""
+    notification_id, claim_no, payload, token_bytes, *values = entry
     attempts, accepted_at_ms, updated_at_ms = values[len(NOTIFICATION_FIELDS) :]
     try:
         notification = notification_from(payload, values[: len(NOTIFICATION_FIELDS)])
         check_notification(notification)
+        if bytes.fromhex(notification.device_token) != token_bytes:
+            raise InvalidInput("device_token", "must be the device's whose queue the record heads")
     except InvalidInput as error:
         raise MalformedRecordError(str(error)) from None
     return LeasedNotification(
@@ -129,8 +132,9 @@ def leased_from(entry: list[Any]) -> LeasedNotification:
 
 
 def device_of(entry: list[Any]) -> str:
-    """The "<app>:<token>" of a claimed head (claim.lua checked both are there and match)."""
-    values = entry[3:]
+    """The "<app>:<token>" of a claimed head: the device whose queue it heads (claim.lua hands
+    out the device's own app and token)."""
+    values = entry[4:]
     app = values[NOTIFICATION_FIELDS.index("app")]
     token = values[NOTIFICATION_FIELDS.index("device_token")]
     return f"{text(app)}:{text(token)}"

@@ -8,7 +8,8 @@
 -- is open: its due devices move to its parked ZSET) or 'send' (its parked devices, if any, are due
 -- again at the time they had).
 -- Returns {more, claimed, expired, malformed, errors}: more = 1 when due devices are left;
--- claimed = list of {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id,
+-- claimed = list of {id, claim number, payload, the record's token bytes, CLAIM_FIELDS
+-- values...}; expired = list of {id,
 -- app, service_id, action}; malformed = list of {id, device} failed as MalformedRecord; errors =
 -- list of {device, error} for devices set aside after an error (due again in SET_ASIDE_MS).
 -- Keeps: 2 (only a device's head is leased, one lease per device; a parked device keeps its place

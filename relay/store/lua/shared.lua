@@ -46,8 +46,9 @@ local NOTE_HEADER_SIZE = 31
 local NOTE_MUTABLE = '>BI4I6HB' -- state, claim_no, updated_at_ms, attempts, possibly_sent
 local NOTE_ACCEPTED_AT = 19 -- byte offset of accepted_at_ms (6 bytes)
 
--- The record `raw` as a table (its strings false when absent, the token as its bytes), or nil
--- when this layout did not write it (invariant 14: the caller fails it alone).
+-- The record `raw` as a table (its strings false when absent, the token as its bytes, the payload
+-- from byte payload_at of raw), or nil when this layout did not write it (invariant 14: the
+-- caller fails it alone).
 local function read_note(raw)
   if type(raw) ~= 'string' or #raw < NOTE_HEADER_SIZE then
     return nil
@@ -60,27 +61,32 @@ local function read_note(raw)
   local n = {state = STATE_OF_CODE[state], claim_no = claim_no, updated_at_ms = updated,
     attempts = attempts, possibly_sent = possibly_sent, last_status = last_status,
     priority = priority, push_code = push_code, push_type = PUSH_TYPE_OF_CODE[push_code] or false,
-    accepted_at_ms = accepted, expires_at = expires}
-  for _, name in ipairs(NOTE_STRINGS) do
-    if pos + 1 > #raw then
+    accepted_at_ms = accepted, expires_at = expires, raw = raw}
+  local size, byte, sub = #raw, string.byte, string.sub
+  for i = 1, #NOTE_STRINGS do
+    local high, low = byte(raw, pos, pos + 1)
+    if not low then
       return nil
     end
-    local length = struct.unpack('>H', raw, pos)
+    local length, name = high * 256 + low, NOTE_STRINGS[i]
     pos = pos + 2
     if length == NOTE_ABSENT then
       n[name] = false
     elseif length == NOTE_SAME_AS_SERVICE and name == 'collapse_id' then
       n.collapse_id, n.collapse_is_service = n.service_id, true
+    elseif pos + length - 1 > size then
+      return nil
     else
-      if pos + length - 1 > #raw then
-        return nil
-      end
-      n[name] = string.sub(raw, pos, pos + length - 1)
+      n[name] = sub(raw, pos, pos + length - 1)
       pos = pos + length
     end
   end
-  n.payload = string.sub(raw, pos)
+  n.payload_at = pos
   return n
+end
+
+local function payload_of(n)
+  return string.sub(n.raw, n.payload_at)
 end
 
 -- The bytes a claim, release or lease running out rewrite, from byte 1 (SETRANGE).
@@ -104,7 +110,7 @@ local function pack_note(n)
       parts[#parts + 1] = struct.pack('>H', NOTE_ABSENT)
     end
   end
-  parts[#parts + 1] = n.payload
+  parts[#parts + 1] = payload_of(n)
   return table.concat(parts)
 end
 
@@ -120,10 +126,6 @@ local function accepted_at(prefix, id)
     return nil
   end
   return (struct.unpack('>I6', raw))
-end
-
-local function hex(bytes)
-  return string.format(string.rep('%02x', #bytes), string.byte(bytes, 1, -1))
 end
 
 -- ---- the indexes ----
@@ -264,7 +266,8 @@ end
 -- Lease `device`'s head, finalising on the way the heads that cannot be sent (past expires_at:
 -- into `expired`; without a payload: failed MissingPayload; a record the scripts cannot read, or
 -- one of another device: failed MalformedRecord, {id, device} into `malformed`). Appends {id,
--- claim number, payload, CLAIM_FIELDS values...} to `claimed` when a head was leased, and the
+-- claim number, payload, the record's token bytes, CLAIM_FIELDS values...} to `claimed` when a
+-- head was leased, and the
 -- device to `leased` (the caller moves those from DUE to LEASE in one command each); a device
 -- left with nothing leaves every index.
 local function lease_head(prefix, device, now, claimed, expired, malformed, leased)
@@ -273,17 +276,21 @@ local function lease_head(prefix, device, now, claimed, expired, malformed, leas
   local popped = false
   while head do
     local n = get_note(prefix, head)
-    local intact = n and n.app and n.device_token
-      and n.app .. ':' .. hex(n.device_token) == device and n.claim_no < 2 ^ 32 - 1
+    -- The record's app is the device's, and its token as long as the device's: whether the
+    -- token's bytes are the device's hex digits the codec checks (relay.store.codec.leased_from).
+    local intact = n and n.app and n.device_token and n.claim_no < 2 ^ 32 - 1
+      and string.sub(device, 1, #n.app + 1) == n.app .. ':'
+      and #device == #n.app + 1 + 2 * #n.device_token
     local live = intact and n.expires_at * 1000 > now
-    if live and #n.payload > 0 then
+    if live and n.payload_at <= #n.raw then
       if popped then
         redis.call('ZADD', HEADS, n.accepted_at_ms, device)
       end
       n.claim_no, n.state, n.updated_at_ms = n.claim_no + 1, STATE.SENDING, now
       redis.call('SETRANGE', prefix .. K_NOTE .. head, 1, note_mutable(n))
       local values = claim_values(n, string.sub(device, #n.app + 2))
-      claimed[#claimed + 1] = {head, n.claim_no, n.payload, unpack(values, 1, #CLAIM_FIELDS)}
+      claimed[#claimed + 1] = {head, n.claim_no, payload_of(n), n.device_token,
+        unpack(values, 1, #CLAIM_FIELDS)}
       leased[#leased + 1] = device
       return
     end
