@@ -764,9 +764,9 @@ async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: Relay
 
 async def test_an_enqueue_sent_twice_is_stored_once(queue: RelayQueue) -> None:
     """redis-py re-sends a command whose reply was lost; the second run must not double it."""
-    call, _ = queue._enqueue_call(note(), T0)
-    first, again = await queue.run_scripts([call]), await queue.run_scripts([call])
-    assert first[0][:2] == again[0][:2]
+    calls, _ = queue._enqueue_calls([(note(), None)], T0)
+    first, again = await queue.run_scripts(calls), await queue.run_scripts(calls)
+    assert first[0][0][:2] == again[0][0][:2]
     device = await queue.device(APP, TOKEN_A)
     assert device.pending == 1
     assert (await queue.totals(now_ms=T0)).enqueued == 1

@@ -208,35 +208,44 @@ class RelayQueue:
         when its payload names it (a delivery receipt)."""
         return f"{self.shard_of(app, token):02d}-{time_ordered_hex()}"
 
-    def _enqueue_call(
-        self, n: Notification, now_ms: int, notification_id: str | None = None
-    ) -> tuple[ScriptCall, str]:
-        shard = self.shard_of(n.app, n.device_token)
-        prefix = shard_prefix(shard)
-        device = f"{n.app}:{n.device_token}"
-        notification_id = notification_id or self.new_id(n)
-        keys = [
-            *shard_keys(prefix),
-            prefix + QUEUE + device,
-            prefix + NOTE + notification_id,
-            prefix + DEAD + device,
-        ]
-        if n.idempotency_key is not None:
-            keys.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
-        args: list[ScriptArg] = [
-            prefix,
-            notification_id,
-            device,
-            now_ms,
-            self.limits.retention_s,
-            self.limits.max_per_device,
-            self.limits.max_pending_per_shard,
-            (n.service_id or "") if self.limits.supersede else "",
-            *order_args(n),
-            pack_queued(n, now_ms),
-            n.request_digest or "",
-        ]
-        return ScriptCall(ENQUEUE, keys, args), device
+    def _enqueue_calls(
+        self, items: Sequence[tuple[Notification, str | None]], now_ms: int
+    ) -> tuple[list[ScriptCall], list[tuple[int, int]]]:
+        """One enqueue call per shard for `items` (each a notification and the id to store it
+        under, None: a fresh one), and where each item's reply is: (call, place in its reply)."""
+        shards: dict[int, tuple[list[str], list[ScriptArg], int]] = {}  # keys, args, items
+        where: list[tuple[int, int]] = []
+        for n, notification_id in items:
+            shard = self.shard_of(n.app, n.device_token)
+            prefix = shard_prefix(shard)
+            if shard not in shards:
+                limits = self.limits
+                shards[shard] = (
+                    shard_keys(prefix),
+                    [prefix, now_ms, limits.retention_s, limits.max_per_device],
+                    0,
+                )
+                shards[shard][1].append(limits.max_pending_per_shard)
+            keys, args, count = shards[shard]
+            device = f"{n.app}:{n.device_token}"
+            notification_id = notification_id or self.new_id(n)
+            own = [prefix + QUEUE + device, prefix + NOTE + notification_id, prefix + DEAD + device]
+            if n.idempotency_key is not None:
+                own.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
+            where.append((list(shards).index(shard), count))
+            shards[shard] = (keys, args, count + 1)
+            keys += own
+            args += (
+                notification_id,
+                device,
+                (n.service_id or "") if self.limits.supersede else "",
+                *order_args(n),
+                pack_queued(n, now_ms),
+                n.request_digest or "",
+                len(own),
+            )
+        calls = [ScriptCall(ENQUEUE, keys, args) for keys, args, _ in shards.values()]
+        return calls, where
 
     def _enqueue_result(self, n: Notification, reply: list[Any]) -> Accepted | QueueRefusal:
         verdict = text(reply[0])
@@ -276,8 +285,8 @@ class RelayQueue:
 
         Sent again with the same `notification_id` (an attempt whose answer was lost, a spool
         replay), it is accepted once: the script finds the record and stores nothing more."""
-        call, _ = self._enqueue_call(n, _now_ms(now_ms), notification_id)
-        (reply,) = await self.run_scripts([call])
+        calls, _ = self._enqueue_calls([(n, notification_id)], _now_ms(now_ms))
+        ((reply,),) = await self.run_scripts(calls)
         result = self._enqueue_result(n, reply)
         if isinstance(result, QueueRefusal):
             raise result
@@ -298,10 +307,12 @@ class RelayQueue:
             return []
         now = _now_ms(now_ms)
         chosen = [None] * len(ns) if ids is None else ids
-        replies = await self.run_scripts(
-            [self._enqueue_call(n, now, i)[0] for n, i in zip(ns, chosen, strict=True)]
-        )
-        return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
+        calls, where = self._enqueue_calls(list(zip(ns, chosen, strict=True)), now)
+        replies = await self.run_scripts(calls)
+        return [
+            self._enqueue_result(n, replies[call][place])
+            for n, (call, place) in zip(ns, where, strict=True)
+        ]
 
     # ---- claim ----
 
