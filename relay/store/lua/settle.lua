@@ -28,7 +28,9 @@ for i = 5, #ARGV, 10 do
   if n then
     applied = applied + 1
     if outcome == 'retry' then
-      n.attempts, n.last_status, n.last_reason = n.attempts + 1, status or 0, reason or false
+      -- As before: a status or reason not given leaves the last one standing.
+      n.attempts = n.attempts + 1
+      n.last_status, n.last_reason = status or n.last_status, reason or n.last_reason
       end_claim_unsent(prefix, device, id, n, STATE.RETRYING, now + tonumber(ARGV[i + 7]), now,
         true)
       count('retried', 1)
