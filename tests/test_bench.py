@@ -143,9 +143,12 @@ def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, An
         assert scripts.get("claim", 0) > 0, name  # a worker claims, busy or idle
         assert commands["evalsha"]["calls"] > 0, name
         if name != "idle":
-            assert scripts["enqueue"] >= delivered > 0, name
+            # enqueue_many runs one script per shard a batch: at most one per notification.
+            assert 0 < scripts["enqueue"] <= delivered, name
             assert scripts["settle"] > 0, name
-            assert commands["evalsha"]["calls_per_delivered"] > 1, name
+            assert commands["evalsha"]["calls_per_delivered"] > 0, name
+            # Every phase counts what Valkey ran, profiled or not (the headline's column).
+            assert phases[name]["redis_commands_per_delivered"] > 1, name
         for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/store/lua file
             assert row["script"] is None or row["script"] in scripts, row
         py_spy = profile["py_spy"]
