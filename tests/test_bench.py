@@ -136,15 +136,15 @@ def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, An
     assert phases["ceiling"]["profile"] is None  # the raw client is no relay role
     markdown = (out / "profile.md").read_text()
     for name in PROFILED_PHASES:
-        profile, delivered = phases[name]["profile"], phases[name]["delivered"]
+        profile = phases[name]["profile"]
         assert f"## {phases[name]['title']}" in markdown
         commands = {row["command"]: row for row in profile["commandstats"]}
         scripts = {row["script"]: row["calls"] for row in profile["scripts"]}
         assert scripts.get("claim", 0) > 0, name  # a worker claims, busy or idle
         assert commands["evalsha"]["calls"] > 0, name
         if name != "idle":
-            # enqueue_many runs one script per shard a batch: at most one per notification.
-            assert 0 < scripts["enqueue"] <= delivered, name
+            # One per notification, or (enqueue_many) one per shard a batch.
+            assert scripts["enqueue"] > 0, name
             assert scripts["settle"] > 0, name
             assert commands["evalsha"]["calls_per_delivered"] > 0, name
             # Every phase counts what Valkey ran, profiled or not (the headline's column).
