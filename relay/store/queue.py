@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
 
 from relay.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
@@ -551,13 +552,13 @@ class RelayQueue:
         pipe.get(prefix + NOTE + notification_id)
         pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
         pipe.hget(f"{prefix}{RECEIPTS}{bucket}", history_field(notification_id))
-        record, final, received = await pipe.execute(raise_on_error=False)
-        for reply in (record, final, received):
-            if isinstance(reply, Exception):
-                # WRONGTYPE: a key this layout did not write (invariant 14), or Redis failing.
-                if "WRONGTYPE" not in str(reply):
-                    raise reply
-                raise MalformedRecordError(f"{notification_id}: {reply}")
+        try:
+            record, final, received = await pipe.execute()
+        except ResponseError as error:
+            # WRONGTYPE: a key this layout did not write (invariant 14; an older layout's HASH).
+            if "WRONGTYPE" not in str(error):
+                raise
+            raise MalformedRecordError(f"{notification_id}: {error}") from error
         try:
             if record is not None:
                 return with_received(status_from_queued(notification_id, record), received)
