@@ -1,7 +1,8 @@
 """How much Redis and how many cores a push rate needs, from the benchmark's measured figures.
 
 `python -m bench.capacity` reads bench/results/results.json and prints a markdown table for
-10 / 100 / 1,000 / 10,000 pushes/s (README: "Capacity: how much Redis and how many cores").
+10 / 100 / 1,000 / 10,000 pushes/s (docs/benchmarks.md: "Capacity: how much Redis and how many
+cores").
 
 The model, per push rate r (pushes/s), each line one formula:
     backlog           = r * outage_s                  everything sent while APNs is out stays
@@ -60,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import REPO_ROOT
-from relay.config import RedisSettings
+from relay.config.schema import RedisSettings
 from relay.store.history import HISTORY_BUCKET_S
 from relay.store.queued import QUEUED_LAYOUT
 from relay.store.records import QueueLimits
@@ -283,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.capacity",
         description="Redis memory, cores and Cluster primaries per push rate, from the "
-        "benchmark's measured figures (README: Capacity).",
+        "benchmark's measured figures (docs/benchmarks.md: Capacity).",
     )
     defaults = Assumptions()
     parser.add_argument("--results", type=Path, default=RESULTS, help="a results.json")

@@ -19,10 +19,10 @@ import aiohttp
 import yaml
 from simulator import ControlClient, SimInfo, control_client, running_simulator
 
-from relay.config import App, Settings
+from relay.config.schema import App, Settings
 from relay.delivery.worker import DeliveryWorker
 from relay.http.state import RelayState
-from relay.service import run_relay
+from relay.runtime import run_relay
 from relay.store.queue import RelayQueue
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import free_port

@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from relay.activities import (
+from relay.config.schema import LiveActivitySettings
+from relay.core.activities import (
     ActivityEvent,
     ActivityPush,
     ActivityTokens,
@@ -15,9 +16,8 @@ from relay.activities import (
     plan_activity_push,
     without_device_dead_mark,
 )
-from relay.config import LiveActivitySettings
-from relay.model import PUSH_TYPES, Expired, Failed, InvalidInput, PayloadTooLarge
-from relay.push_types import check_priority, topic_for
+from relay.core.model import PUSH_TYPES, Expired, Failed, InvalidInput, PayloadTooLarge
+from relay.core.push_types import check_priority, topic_for
 
 SETTINGS = LiveActivitySettings()
 ACTIVITY = "ab" * 32

@@ -13,7 +13,7 @@ from eventually import eventually
 from relay_harness import RelayHarness, running_relay
 from seed_actions import CONFIRM_WITH_CODE
 
-from relay.config import DEFAULT_LIVE_ACTIVITY_STEPS
+from relay.config.schema import DEFAULT_LIVE_ACTIVITY_STEPS
 from relay.store.activity_store import ActivityStore
 from relay.store.keys import activity_dead_key, activity_key, push_to_start_key
 

@@ -10,7 +10,7 @@ from relay_harness import RelayHarness, running_relay
 from test_api_auth import DEV_TOKEN, OTHER_TOKEN, scoped_call, two_app_relay
 from test_api_input import assert_problem, refused
 
-from relay.http.openapi import openapi_document
+from relay.http.app import openapi_document
 from relay.store.activity_store import PUSH_TO_START_TTL_S
 from relay.store.keys import activity_key, push_to_start_key
 

@@ -16,10 +16,10 @@ from pydantic import ValidationError
 from relay_harness import API_TOKEN, BASIC, RelayHarness, relay_document, running_relay
 from test_api_input import assert_problem, limited_server, snapshot
 
-from relay.config import ConfigError, Settings
+from relay.config.schema import ConfigError, Settings
+from relay.http.app import openapi_document
 from relay.http.auth import Credentials
 from relay.http.limits import TokenBucket
-from relay.http.openapi import openapi_document
 from relay.http.state import RelayState
 
 TOKEN = "b2" * 32

@@ -14,13 +14,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from relay_harness import API_TOKEN, RelayHarness, running_relay
 
+from relay.core.payload import PushSpec, build_notification
 from relay.http.app import create_app, server_options
 from relay.http.body import MAX_JSON_DEPTH, json_depth_exceeds
 from relay.http.limits import ApiLimits
 from relay.http.problems import Problem
 from relay.http.state import RelayState
-from relay.payload import PushSpec, build_notification
-from relay.service import bound_address
+from relay.runtime import bound_address
 from relay.store.queue import MAX_BATCH
 
 TOKEN = "a1" * 32

@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from relay_harness import RelayHarness, running_relay
 from test_gms import chat_event
 
-from relay.receipts import receipt_mac
+from relay.core.receipts import receipt_mac
 
 SERVICE = "svc-42"
 PROBLEM_JSON = "application/problem+json"

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from relay_harness import API_TOKEN, running_relay
 
-from relay.http.app import create_app
-from relay.http.openapi import openapi_document
+from relay.http.app import create_app, openapi_document
 
 # A whole relay under generated requests: seconds (`make test-fast` leaves it out).
 pytestmark = pytest.mark.slow

@@ -23,11 +23,12 @@ from hyperframe.frame import GoAwayFrame
 from prometheus_client import REGISTRY
 from simulator import ControlClient, SimInfo, aioapns_client, control_client, running_simulator
 
-from relay import metrics
-from relay.credentials import Endpoint, TokenCredentials
+from relay.core.endpoint import Endpoint
+from relay.core.model import ApnsResponse, Notification
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
 from relay.delivery.apns_adapter import RelayClientProtocol
-from relay.model import ApnsResponse, Notification
+from relay.telemetry import metrics
 from relay_devkit.apns_sim.certs import create_signing_key
 from relay_devkit.apns_sim.server import KeySource
 

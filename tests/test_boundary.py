@@ -17,7 +17,7 @@ import pytest
 import yaml
 from production_config import production_document
 
-from relay import model, payload
+from relay.core import fields, model, payload
 from relay.http.problems import INVALID_INPUT_ANSWERS, REFUSAL_STATUSES
 from relay.store.refusals import QueueRefusal
 from relay_devkit.embedded import free_port
@@ -28,8 +28,10 @@ Refusal = TypeVar("Refusal", bound=Exception)
 # What the production roles import on their way in; none of it may pull the kit in.
 PRODUCTION_MODULES = (
     "relay.cli",
-    "relay.service",
-    "relay.remote",
+    "relay.runtime",
+    "relay.commands.serve",
+    "relay.commands.check",
+    "relay.commands.remote",
     "relay.http.app",
     "relay.delivery.worker",
 )
@@ -168,7 +170,7 @@ def test_the_image_build_context_installs_no_kit(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert sorted(p.name for p in built.iterdir()) == ["relay"]
     assert (built / "relay" / "store" / "lua" / "enqueue.lua").is_file()
-    assert (built / "relay" / "service.py").is_file()
+    assert (built / "relay" / "runtime.py").is_file()
 
 
 @pytest.mark.parametrize(
@@ -213,7 +215,7 @@ def test_kit_commands_say_so_when_the_kit_is_not_installed(
 def test_loading_settings_touches_no_redis_or_lua_code() -> None:
     script = (
         "import sys\n"
-        "from relay.config import load_settings\n"
+        "from relay.config.loading import load_settings\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('redis', 'hiredis')"
         " or m in ('relay.store.queue', 'relay.store.scripts', 'relay.store.connection',"
         " 'relay.store.routes')))\n"
@@ -247,4 +249,5 @@ def test_bad_input_is_refused_in_types_and_the_http_layer_gives_each_a_status() 
     assert len({status for status, _ in INVALID_INPUT_ANSWERS.values()}) == len(kinds)
     assert not hasattr(model.InvalidInput("field", "rule"), "status")
     # The payload rules speak in refusal types, not in HTTP statuses.
-    assert not [name for name in vars(payload) if name.endswith("_STATUS")]
+    for rules in (payload, fields):
+        assert not [name for name in vars(rules) if name.endswith("_STATUS")]

@@ -30,9 +30,9 @@ from bench.capacity import (
 )
 from bench.loadgen import ACTION, device_tokens, gms_ids
 from bench.stack import APP
-from relay.config import QueueSettings
-from relay.model import Delivered, Notification, apns_id_for
-from relay.payload import PushSpec, build_notification
+from relay.config.schema import QueueSettings
+from relay.core.model import Delivered, Notification, apns_id_for
+from relay.core.payload import PushSpec, build_notification
 from relay.store.history import HISTORY_BUCKET_S
 from relay.store.queue import MAX_BATCH, RelayQueue
 from relay.store.queued import QUEUED_LAYOUT
@@ -162,13 +162,13 @@ def test_the_command_prints_a_row_per_rate(
     assert "152 B per final record" in table
 
 
-def test_the_readme_shows_the_table_for_the_committed_figures(
+def test_the_benchmarks_page_shows_the_table_for_the_committed_figures(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main([]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Capacity: how much Redis and how many cores", 1)[1]
+    page = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
+    section = page.split("## Capacity: how much Redis and how many cores", 1)[1]
     shown = [line for line in section.split("\n#")[0].splitlines() if line.startswith("| ")]
     assert shown == table
 

@@ -33,11 +33,13 @@ from simulator import (
     simulator_process,
 )
 
-from relay.config import Settings, load_settings
-from relay.credentials import CertificateCredentials
-from relay.delivery.rotator import CredentialRotator
-from relay.model import Notification
-from relay.service import make_client, run_relay
+from relay.config.loading import load_settings
+from relay.config.schema import Settings
+from relay.core.model import Notification
+from relay.credentials.model import CertificateCredentials
+from relay.credentials.rotator import CredentialRotator
+from relay.delivery.clients import make_client
+from relay.runtime import run_relay
 from relay_devkit.apns_sim.push_certificates import CA_FILE, PushCertificateAuthority
 from relay_devkit.embedded import free_port
 

@@ -32,8 +32,8 @@ from relay_harness import (
 from simulator import ControlClient, control_client, running_simulator
 from topologies import ValkeyCluster
 
-from relay.config import RedisSettings
-from relay.model import Notification
+from relay.config.schema import RedisSettings
+from relay.core.model import Notification
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind, connect
 from relay.store.keys import LEASE, NOTE, QUEUE, shard_prefix
 from relay.store.queue import RelayQueue

@@ -19,7 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from simulator import REPO_ROOT, SimInfo, control_client, running_simulator
 
-from relay.check import (
+from relay.config.schema import Settings
+from relay.core.model import ApnsResponse
+from relay.credentials.check import (
     AppUnderCheck,
     CertificateFacts,
     TokenKeyFacts,
@@ -27,9 +29,7 @@ from relay.check import (
     credential_verdict,
     exit_status,
 )
-from relay.check_command import check_apps
-from relay.config import Settings
-from relay.model import ApnsResponse
+from relay.delivery.probe import check_apps
 from relay_devkit.embedded import EmbeddedServer, free_port
 
 TOPIC = "com.example.checked"
@@ -383,7 +383,7 @@ async def test_the_api_route_is_an_operator_action_answered_once_per_app_in_flig
     the operator gets the verdicts the command gives; a burst of calls makes one probe (one APNs
     connection) per app, later calls are answered from memory and say so, and probes are not in
     the delivery metrics."""
-    from relay.service import run_relay  # the api's whole stack, as in production
+    from relay.runtime import run_relay  # the api's whole stack, as in production
 
     full, scoped, operator = "full-token-0123456789", "scoped-token-0123456789", "op-0123456789"
     basic = "gms:gms-password-0123"

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from relay.delivery import circuit
-from relay.delivery.circuit import Circuit, CircuitPolicy, RouteState
-from relay.model import ApnsResponse, Delivered, Expired, Failed, Retry
-from relay.policy import RetryPolicy, classify, is_route_failure
+from relay.core import circuit
+from relay.core.circuit import Circuit, CircuitPolicy, RouteState
+from relay.core.model import ApnsResponse, Delivered, Expired, Failed, Retry
+from relay.core.policy import RetryPolicy, classify, is_route_failure
 
 T0 = 1_700_000_000_000
 POLICY = CircuitPolicy(

@@ -16,9 +16,10 @@ import pytest
 import yaml
 from cryptography import x509
 
-from relay.config import ConfigError, load_settings
-from relay.delivery.apns import connect_failure
-from relay.delivery.client_certificate import (
+from relay.config.schema import ConfigError
+from relay.core.model import ApnsResponse, PauseApp, Retry
+from relay.core.policy import RetryPolicy, classify
+from relay.credentials.client_certificate import (
     CertificateError,
     PushCertificateInfo,
     decode_topics,
@@ -26,8 +27,8 @@ from relay.delivery.client_certificate import (
     load_pkcs12,
     read_push_certificate,
 )
-from relay.model import ApnsResponse, PauseApp, Retry
-from relay.policy import RetryPolicy, classify
+from relay.credentials.files import load_settings, read_certificate
+from relay.delivery.apns import connect_failure
 from relay_devkit.apns_sim.certificate_rules import (
     BAD_CERTIFICATE,
     BAD_CERTIFICATE_ENVIRONMENT,
@@ -211,13 +212,15 @@ def test_config_both_forms(authority: PushCertificateAuthority, tmp_path: Path) 
         write_app(tmp_path, {"cert_file": "cert.pem", "key_file": "key.pem"}), env={}
     ).app(None)
     assert pem_app.auth.certificate is not None
-    assert pem_app.auth.certificate.load().info.topics == UNIVERSAL
+    assert read_certificate(pem_app.auth.certificate).info.topics == UNIVERSAL
     p12_path = write_app(
         tmp_path, {"p12_file": "app.p12", "password_env": "P12_PASSWORD"}, environment="production"
     )
     p12_app = load_settings(p12_path, env={"P12_PASSWORD": "from-env"}).app(None)
     assert p12_app.auth.certificate is not None
-    assert p12_app.auth.certificate.load().info.serial == issued.certificate.serial_number
+    assert (
+        read_certificate(p12_app.auth.certificate).info.serial == issued.certificate.serial_number
+    )
     voip_app = load_settings(
         write_app(tmp_path, {"p12_file": "app.p12", "password": "from-env"}, topic=f"{TOPIC}.voip"),
         env={},

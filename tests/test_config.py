@@ -12,16 +12,13 @@ import yaml
 from pydantic import BaseModel
 from seed_actions import SEED_ACTIONS
 
-from relay.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
-from relay.app_profile import AppProfile
-from relay.config import (
-    ConfigError,
-    Settings,
-    env_override_names,
-    load_settings,
-)
-from relay.model import InvalidInput
-from relay.policy import RetryPolicy
+from relay.config.loading import env_override_names, load_settings
+from relay.config.schema import ConfigError, Settings
+from relay.core.alerts import DEFAULT_ALERTS, GENERIC_ALERT, AlertTemplate
+from relay.core.app_profile import AppProfile
+from relay.core.model import InvalidInput
+from relay.core.policy import RetryPolicy
+from relay.credentials.files import load_settings as load_checked_settings
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "relay.example.yaml"
@@ -299,7 +296,9 @@ def test_certificate_credentials_are_read_at_start_up(tmp_path: Path) -> None:
     (tmp_path / "cert.pem").write_text("pem")
     entry = app_entry()
     entry["auth"] = {"certificate": {"cert_file": "cert.pem"}}
-    assert problems_of(write_config(tmp_path, {"apps": [entry]}))[0].startswith(
+    with pytest.raises(ConfigError) as caught:
+        load_checked_settings(write_config(tmp_path, {"apps": [entry]}), env={})
+    assert caught.value.problems[0].startswith(
         f"apps[0]: auth.certificate: {tmp_path / 'cert.pem'}: no PEM certificate"
     )
 

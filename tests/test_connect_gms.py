@@ -1,4 +1,4 @@
-"""The README's "Connect your GMS" example, as an operator would paste it: the relay.yaml
+"""The "Connect your GMS" example (docs/gms.md), as an operator would paste it: the relay.yaml
 validates against the relay's schema, and the GMS side names only documented options and
 agrees with the relay (credential, app prefix)."""
 
@@ -13,12 +13,12 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.config import Settings
+from relay.config.schema import Settings
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "gms.md"
 
 # The options Genesys documents (GMS [push] and [gms] sections, Chat Server [chat] section) in its
-# GMS and Chat Server option references (docs.genesys.com). A name outside this set in the README
+# GMS and Chat Server option references (docs.genesys.com). A name outside this set on the page
 # is a typo an operator would paste into GMS, where an unknown option is silently ignored.
 DOCUMENTED_GMS_OPTIONS = {
     "push": {"pushEnabled", "customhttp.url", "debug.customhttp.url", "customhttp.message"},
@@ -35,7 +35,7 @@ PUSH_TYPES = {"android", "gcm", "ios", "httpcb", "orscb", "customhttp", "fcm", "
 
 
 def connect_section() -> str:
-    text = README.read_text()
+    text = PAGE.read_text()
     start = text.index("\n## Connect your GMS\n")
     return text[start : text.index("\n## ", start + 1)]
 
@@ -62,7 +62,7 @@ def gms_options() -> dict[str, dict[str, str]]:
 
 
 def example_settings(tmp_path: Path) -> Settings:
-    """The README's relay.yaml validated as `apns-relay` would, its key files made real here."""
+    """The page's relay.yaml validated as `apns-relay` would, its key files made real here."""
     key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -156,7 +156,7 @@ def brackets_balance(text: str) -> bool:
 
 def exported_series_names() -> set[str]:
     """Every series name the relay's metrics module can put on /metrics."""
-    importlib.import_module("relay.metrics")
+    importlib.import_module("relay.telemetry.metrics")
     names: set[str] = set()
     for family in REGISTRY.collect():
         names.add(family.name)
@@ -437,7 +437,8 @@ def test_compose_valkey_is_durable_on_a_named_volume() -> None:
 
 def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
     """The defaults (dev-token, admin/admin) must not face a network: every published port
-    binds 127.0.0.1, or the address PUBLISH_ADDRESS names (README: how to open it up)."""
+    binds 127.0.0.1, or the address PUBLISH_ADDRESS names (docs/operations.md says how
+    to open it up)."""
     published = [
         (name, port)
         for name, service in compose()["services"].items()
@@ -967,7 +968,7 @@ def test_relay_config_loads_with_the_environment_it_is_deployed_with(
     config_path: str, tmp_path: Path
 ) -> None:
     """The relay's own loader accepts each file, its keys found in the mounted keys directory."""
-    from relay.config import load_settings
+    from relay.config.loading import load_settings
 
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()
@@ -1115,7 +1116,9 @@ def test_every_queried_metric_is_exported_by_the_relay() -> None:
     exported = exported_series_names() | PROMETHEUS_SERIES
     for where, expr in every_query():
         unknown = promql_metric_names(expr) - exported
-        assert not unknown, f"{where} queries {sorted(unknown)}, which relay.metrics never exports"
+        assert not unknown, (
+            f"{where} queries {sorted(unknown)}, which relay.telemetry.metrics never exports"
+        )
 
 
 def test_rates_are_taken_of_counters_and_quantiles_of_buckets() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from relay.config import Settings
-from relay.service import development_requested, missing_settings
+from relay.commands.serve import development_requested, missing_settings
+from relay.config.schema import Settings
 from relay_devkit.dev_mode import DEV_TOPIC
 from relay_devkit.embedded import ping
 

@@ -13,11 +13,12 @@ from app_profiles import app_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.app_profile import AppProfile
-from relay.config import ChatEvent, ConfigError, load_settings
-from relay.gms import CHAT_ACTION, parse_customhttp, to_notification
-from relay.model import InvalidInput, Notification, payload_limit
-from relay.payload import AlertFields, ChatEventKind, ChatLine, PushSpec
+from relay.config.loading import load_settings
+from relay.config.schema import ChatEvent, ConfigError
+from relay.core.app_profile import AppProfile
+from relay.core.gms import CHAT_ACTION, parse_customhttp, to_notification
+from relay.core.model import InvalidInput, Notification, payload_limit
+from relay.core.payload import AlertFields, ChatEventKind, ChatLine, PushSpec
 
 TOKEN = "0f" * 32
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"

@@ -11,7 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 from test_queue import APP, T0, TOKEN_A, TOKEN_B, claim_one, note
 
-from relay.model import Delivered, DeliveryState, Failed, Retry, apns_id_for
+from relay.core.model import Delivered, DeliveryState, Failed, Retry, apns_id_for
 from relay.store.history import (
     HISTORY_BUCKET_S,
     bucket_of,

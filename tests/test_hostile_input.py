@@ -33,7 +33,7 @@ from hostile_catalogue import (
 from relay_harness import relay_document, relay_processes, running_relay, write_config
 from simulator import running_simulator
 
-from relay.model import Notification
+from relay.core.model import Notification
 from relay.store.records import QueueLimits
 from relay.store.spool import LOG_FILE, QUARANTINE_FILE
 from relay.store.spool_log import HEADER, MAGIC, SpooledNotification, encode

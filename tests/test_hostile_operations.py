@@ -18,7 +18,7 @@ from eventually import eventually
 from relay_harness import basic_authorization, relay_document, relay_settings, write_config
 from simulator import REPO_ROOT, running_simulator
 
-from relay.service import run_relay
+from relay.runtime import run_relay
 from relay_devkit.embedded import free_port
 
 # Whole processes: seconds each (`make test-fast` leaves them out).

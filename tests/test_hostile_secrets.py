@@ -2,7 +2,7 @@
 (its base64 body, on one line or many, or the whole PEM), a Redis URL, a Sentinel address and a
 Sentinel URL with a password. No start-up error of `api`, `worker`, `serve` or `check` (stdout,
 stderr, with --debug's traceback too) may hold any of them: every path goes through the logs'
-redaction (relay.logs.redact_text)."""
+redaction (relay.core.redaction.redact_text)."""
 
 from __future__ import annotations
 

@@ -16,8 +16,8 @@ from eventually import eventually
 from test_capacity import settled_used_memory
 from test_queue import T0, note
 
-from relay.model import Delivered
-from relay.store.ingest import Ingest
+from relay.core.model import Delivered
+from relay.ingest.hold import Ingest
 from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits

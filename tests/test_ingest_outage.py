@@ -3,7 +3,7 @@
 Real processes (`apns-relay api` and `worker`, the APNs simulator, Valkey) and real signals. The
 load is GMS's: open loop at RATE pushes a second through POST /gms/push, one attempt each, a 2 s
 client timeout (GMS's http.socket_timeout), never a retry. Each run prints its figures (-s); the
-README records them."""
+docs/availability.md records them."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ def rig(tmp_path: Path, sim: SimInfo, redis_url: str, **sections: Any) -> Rig:
 @pytest.fixture
 async def standalone(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     # appendfsync always: what Valkey acknowledged survives its kill -9 (everysec may lose the
-    # last second of writes, relay or no relay; the README says so).
+    # last second of writes, relay or no relay; docs/availability.md says so).
     server = EmbeddedServer(tmp_path / "valkey", extra_args=("--appendfsync", "always")).start()
     yield server
     server.stop()

@@ -33,14 +33,8 @@ from relay_harness import (
 )
 from simulator import control_client, running_simulator
 
-from relay.logs import (
-    RateLimitFilter,
-    RepeatedCondition,
-    mask_secrets,
-    mask_token,
-    redact,
-    redact_text,
-)
+from relay.core.redaction import mask_secrets, mask_token, redact_text
+from relay.telemetry.logs import RateLimitFilter, RepeatedCondition, redact
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
 
@@ -51,7 +45,7 @@ JWT_SHAPE = re.compile(r"eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}")
 LOG_PROBE = """
 import structlog
 from relay_devkit.embedded import EmbeddedServer
-from relay.logs import configure_logging
+from relay.telemetry.logs import configure_logging
 configure_logging({fmt!r})
 structlog.get_logger("probe").info("probe_event", answer=42)
 """
@@ -65,7 +59,7 @@ def random_token() -> str:
 SECRETS_PROBE = """
 import logging
 import structlog
-from relay.logs import configure_logging
+from relay.telemetry.logs import configure_logging
 configure_logging("json")
 structlog.get_logger("probe").info("probe_event", header="Authorization: Bearer sEcReT-own",
                                    device={token!r})

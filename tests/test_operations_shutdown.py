@@ -14,8 +14,8 @@ import pytest
 from relay_harness import API_TOKEN, app_tokens, relay_document, relay_processes, write_config
 from simulator import control_client, running_simulator
 
-from relay.config import Settings
-from relay.service import make_queue
+from relay.config.schema import Settings
+from relay.runtime import make_queue
 from relay_devkit.dev_mode import simulator_app
 
 # Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).

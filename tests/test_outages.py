@@ -4,7 +4,7 @@ another app.
 
 CI runs the 20 s and the 2 min outage and short fault runs (marked `beside`: they mostly wait,
 and `make test` runs them in a second pytest beside the rest); OUTAGE_LONG_SECONDS=600 adds a
-10-minute outage. Figures are printed (-s): the README's reliability section records them.
+10-minute outage. Figures are printed (-s): docs/availability.md records them.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from app_profiles import app_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.alerts import AlertTemplate
-from relay.app_profile import AppProfile
-from relay.model import (
+from relay.core.alerts import AlertTemplate
+from relay.core.app_profile import AppProfile
+from relay.core.fields import normalize_device_token
+from relay.core.model import (
     MAX_PAYLOAD_BYTES,
     MAX_VOIP_PAYLOAD_BYTES,
     ExpiredOnArrival,
@@ -22,14 +23,7 @@ from relay.model import (
     PayloadTooLarge,
     payload_limit,
 )
-from relay.payload import (
-    AlertFields,
-    ChatEventKind,
-    ChatLine,
-    PushSpec,
-    build_notification,
-    normalize_device_token,
-)
+from relay.core.payload import AlertFields, ChatEventKind, ChatLine, PushSpec, build_notification
 
 TOKEN = "ab" * 32
 SERVICE_ID = "3SQI3S31693JL9L3R00506T40C000U73"

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relay.model import (
+from relay.core.model import (
     ApnsResponse,
     Delivered,
     DeliveryOutcome,
@@ -15,7 +15,7 @@ from relay.model import (
     PauseApp,
     Retry,
 )
-from relay.policy import (
+from relay.core.policy import (
     DEAD_TOKEN_REASONS,
     MALFORMED_REQUEST_REASONS,
     PROVIDER_TOKEN_UPDATES_DELAY_MS,

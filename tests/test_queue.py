@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from eventually import eventually
 from redis.crc import key_slot
 
-from relay.model import (
+from relay.core.model import (
     ClaimedNotification,
     Delivered,
     DeliveryState,
@@ -862,7 +862,7 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
 # Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): each
 # rewrites the stored record (relay.store.queued's layout). The first ones break what the scripts
 # read (the header, the string lengths, the device the record belongs to), the rest only what the
-# codec checks (relay.payload.check_notification, ingest's own rules).
+# codec checks (relay.core.payload.check_notification, ingest's own rules).
 Corruption = Callable[[bytes], bytes]
 
 

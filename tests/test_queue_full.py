@@ -12,7 +12,7 @@ from redis.exceptions import OutOfMemoryError
 from test_capacity import settled_used_memory
 from test_queue import T0, note, snapshot
 
-from relay.model import Delivered, Retry
+from relay.core.model import Delivered, Retry
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
 

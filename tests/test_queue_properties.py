@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from relay.model import (
+from relay.core.model import (
     FINAL_STATES,
     ClaimedNotification,
     Delivered,

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from redis.exceptions import OutOfMemoryError
 
-from relay.model import (
+from relay.core.model import (
     FINAL_STATES,
     Delivered,
     DeliveryOutcome,

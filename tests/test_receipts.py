@@ -15,11 +15,11 @@ from app_profiles import app_profile
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.config import ConfigError, ReceiptSettings, Settings, load_settings
-from relay.http.receipts import MAX_TRACKED_ADDRESSES, ReceiptRates
-from relay.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
-from relay.payload import AlertFields, PushSpec, build_notification
-from relay.receipts import (
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, ReceiptSettings, Settings
+from relay.core.model import MAX_PAYLOAD_BYTES, Notification, PayloadTooLarge
+from relay.core.payload import AlertFields, PushSpec, build_notification
+from relay.core.receipts import (
     MAC_CHARS,
     MalformedReceipt,
     ReceiptOutcome,
@@ -29,6 +29,7 @@ from relay.receipts import (
     receipt_size,
     signing_app,
 )
+from relay.http.receipts import MAX_TRACKED_ADDRESSES, ReceiptRates
 from relay.store.history import time_ordered_hex
 from relay_devkit.device_sim.extension import receipt_to_post
 

@@ -14,8 +14,8 @@ from prometheus_client import REGISTRY
 from relay_harness import WAIT_S, RelayHarness, running_relay
 from test_operations_metrics import RECEIPT_APP_SERIES
 
-from relay.payload import PushSpec, build_notification
-from relay.receipts import receipt_mac
+from relay.core.payload import PushSpec, build_notification
+from relay.core.receipts import receipt_mac
 from relay_devkit.device_sim.app import AppSettings, DeviceApp
 from relay_devkit.device_sim.extension import ReceiptExtension, receipt_to_post
 from relay_devkit.device_sim.phone import Phone

@@ -19,8 +19,8 @@ from production_config import production_document
 from prometheus_client import REGISTRY
 from topologies import ValkeyCluster
 
-from relay.check import memory_finding
-from relay.config import RedisSettings, Settings
+from relay.commands.check import memory_finding
+from relay.config.schema import RedisSettings, Settings
 from relay.store.connection import connect
 from relay.store.memory import (
     MemoryWatch,
@@ -260,7 +260,7 @@ async def test_read_memory_reads_every_primary_of_a_cluster(valkey_cluster: Valk
 async def test_readiness_rereads_the_policy_and_names_no_address(
     valkey: EmbeddedServer, admin: aioredis.Redis, tmp_path: Path
 ) -> None:
-    from relay.service import run_relay  # the api's whole stack, as in production
+    from relay.runtime import run_relay  # the api's whole stack, as in production
 
     settings = Settings.model_validate(production_document(tmp_path, valkey.url))
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from relay_harness import RelayHarness, running_relay
 
-from relay.quoting import MAX_SHOWN_CHARS, shown, shown_token
+from relay.core.quoting import MAX_SHOWN_CHARS, shown, shown_token
 
 TOKEN = "a1" * 32
 SERVICE = "S1"

@@ -1,4 +1,4 @@
-"""relay.delivery.rotation: whether re-read credentials are taken, and what only a restart
+"""relay.credentials.rotation: whether re-read credentials are taken, and what only a restart
 applies."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay import metrics
-from relay.check import AppUnderCheck, CertificateFacts, CredentialFacts, TokenKeyFacts
-from relay.config import Settings
-from relay.credentials import CertificateCredentials, Credentials, TokenCredentials
-from relay.delivery.client_certificate import ClientCertificate, read_push_certificate
-from relay.delivery.rotation import Outcome, describe, judge, restart_needed, same_credentials
+from relay.config.schema import Settings
+from relay.credentials.check import AppUnderCheck, CertificateFacts, CredentialFacts, TokenKeyFacts
+from relay.credentials.client_certificate import ClientCertificate, read_push_certificate
+from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
+from relay.credentials.rotation import Outcome, describe, judge, restart_needed, same_credentials
+from relay.telemetry import metrics
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 
 NOW = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)

@@ -10,9 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
-from relay.delivery import circuit
-from relay.delivery.circuit import Circuit, CircuitPolicy, RouteState
-from relay.model import Route
+from relay.core import circuit
+from relay.core.circuit import Circuit, CircuitPolicy, RouteState
+from relay.core.model import Route
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits

@@ -12,14 +12,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from relay.check_command import check_apps
-from relay.config import ConfigError, Settings, load_settings
-from relay.secret_files import (
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, Settings
+from relay.config.secret_files import (
     CERTIFICATE_FILE_MAX_BYTES,
     KEY_FILE_MAX_BYTES,
     CredentialFileRefused,
     read_bounded,
 )
+from relay.delivery.probe import check_apps
 
 # Each refusal must come at once; a blocking open() would hold the thread past this.
 PROMPT_S = 5.0

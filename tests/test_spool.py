@@ -16,10 +16,10 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from relay.config import ConfigError
-from relay.model import Notification
+from relay.config.schema import ConfigError
+from relay.core.model import Notification
+from relay.ingest.hold import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
 from relay.store.errors import vanished_as_unreachable, vanished_connection
-from relay.store.ingest import HOLD_MAX_DELAY_S, DeviceLanes, hold_delay_s
 from relay.store.spool import LOG_FILE, QUARANTINE_FILE, Spool, SpoolFull
 from relay.store.spool_log import (
     HEADER,

@@ -29,8 +29,10 @@ from test_relay_pipeline import *  # noqa: F403
 from test_routes import *  # noqa: F403
 from topologies import SentinelTopology, ValkeyCluster, client_of
 
-from relay.config import ConfigError, RedisSettings, load_settings
-from relay.model import Notification
+from relay.config.loading import load_settings
+from relay.config.schema import ConfigError, RedisSettings
+from relay.config.topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
+from relay.core.model import Notification
 from relay.store.connection import (
     ReplicaAcknowledgement,
     ReplicasBehind,
@@ -40,7 +42,6 @@ from relay.store.connection import (
 from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
-from relay.store.topology import ClusterSeeds, SentinelSet, Standalone, parse_redis_url, topology
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster

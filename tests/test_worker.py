@@ -7,10 +7,11 @@ import time
 
 import redis.asyncio as aioredis
 
-from relay.credentials import Endpoint, TokenCredentials
+from relay.core.endpoint import Endpoint
+from relay.core.model import ApnsResponse, DeliveryState, Notification
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
 from relay.delivery.worker import DeliveryWorker
-from relay.model import ApnsResponse, DeliveryState, Notification
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
 

@@ -1,5 +1,5 @@
 """The worker against a fake Sender: claim -> send -> settle for every outcome of the policy
-table (relay.policy), on a real Valkey; no TLS, no APNs client."""
+table (relay.core.policy), on a real Valkey; no TLS, no APNs client."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from eventually import eventually
 
+from relay.core.model import ApnsResponse, DeliveryState, Notification, Route
+from relay.core.policy import RetryPolicy
 from relay.delivery.sender import Sender
 from relay.delivery.worker import CLAIMS_FAILING_READY_S, DUE_REREAD_S, DeliveryWorker
-from relay.model import ApnsResponse, DeliveryState, Notification, Route
-from relay.policy import RetryPolicy
 from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import NotificationStatus, QueueLimits

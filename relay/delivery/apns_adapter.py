@@ -77,10 +77,11 @@ from h2.exceptions import H2Error, NoAvailableStreamIDError
 from h2.settings import SettingCodes
 from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 
-from relay import metrics
-from relay.credentials import Endpoint, TokenCredentials
-from relay.model import ApnsResponse, Notification
-from relay.push_types import topic_for
+from relay.core.endpoint import Endpoint
+from relay.core.model import ApnsResponse, Notification
+from relay.core.push_types import topic_for
+from relay.credentials.model import TokenCredentials
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.apns")
 

@@ -2,7 +2,7 @@
 
 Over ~400 lines: one loop whose parts (claiming, sending, route circuits and their probes, pauses,
 batched settling, draining at shutdown) share the worker's in-flight state; the decisions
-themselves are pure elsewhere (relay.policy, relay.delivery.circuit)."""
+themselves are pure elsewhere (relay.core.policy, relay.core.circuit)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay import metrics
-from relay.activities import without_device_dead_mark
-from relay.delivery import circuit
-from relay.delivery.circuit import Circuit, CircuitPolicy
-from relay.delivery.sender import Sender
-from relay.logs import RepeatedCondition, mask_token
-from relay.model import (
+from relay.core import circuit
+from relay.core.activities import without_device_dead_mark
+from relay.core.circuit import Circuit, CircuitPolicy
+from relay.core.model import (
     ApnsResponse,
     ClaimedNotification,
     Delivered,
@@ -35,12 +32,16 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
+from relay.core.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
+from relay.core.redaction import mask_token
+from relay.delivery.sender import Sender
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore, StoredCircuit
+from relay.telemetry import metrics
+from relay.telemetry.logs import RepeatedCondition
 
 log = structlog.get_logger("relay.worker")
 # Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line

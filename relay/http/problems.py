@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.core.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
 from relay.http.refusals import invalid_inputs
-from relay.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
 from relay.store.connection import ReplicasBehind
 from relay.store.refusals import (
     DeadToken,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, get_type_hints
 
-from relay.model import (
+from relay.core.model import (
     Delivered,
     DeliveryOutcome,
     Expired,
@@ -16,8 +16,8 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.payload import check_notification
-from relay.quoting import shown
+from relay.core.payload import check_notification
+from relay.core.quoting import shown
 from relay.store.records import (
     NOTIFICATION_FIELDS,
     DeadTokenRecord,
@@ -108,7 +108,7 @@ def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[Script
 
 def leased_from(entry: list[Any]) -> LeasedNotification:
     """A claimed head as the worker gets it, checked by ingest's rules
-    (relay.payload.check_notification) and against the device whose queue it heads (the
+    (relay.core.payload.check_notification) and against the device whose queue it heads (the
     record's token bytes are the device's hex digits); MalformedRecordError naming the field when
     it breaks them (another version wrote it, a bug, a hand edit). claim.lua has checked what it
     computes with (the header's numbers, the app), so those parse."""

@@ -9,7 +9,7 @@ import functools
 
 from redis.crc import key_slot
 
-from relay.model import Route
+from relay.core.model import Route
 
 # Every key of shard s starts with shard_prefix(s) = "relay:{<tag>}:"; the hash tag puts all of a
 # shard's keys in one Cluster slot, so each script touches exactly one slot (see shard_tag).

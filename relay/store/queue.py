@@ -19,7 +19,7 @@ from typing import Any, cast
 from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
-from relay.model import ClaimedNotification, DeliveryOutcome, Notification
+from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
     MalformedRecordError,
     dead_token_from,

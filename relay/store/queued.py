@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 
-from relay.model import DeliveryState, Notification
+from relay.core.model import DeliveryState, Notification
 from relay.store.history import PUSH_TYPE_CODES, STATE_CODES
 from relay.store.records import NotificationStatus
 

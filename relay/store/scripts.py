@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError, ResponseError
 
-from relay.metrics import REDIS_SCRIPT_CALLS
-from relay.model import FINAL_STATES, DeliveryState
+from relay.core.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
 from relay.store.history import (
     COLLAPSE_IS_SERVICE,
@@ -34,6 +33,7 @@ from relay.store.keys import (
 )
 from relay.store.queued import ABSENT, NOTE_STRINGS, QUEUED_LAYOUT, SAME_AS_SERVICE
 from relay.store.records import CLAIM_FIELDS
+from relay.telemetry.metrics import REDIS_SCRIPT_CALLS
 
 if TYPE_CHECKING:
     from relay.store.connection import RedisClient

@@ -22,7 +22,7 @@ from typing import Final
 
 from cryptography import x509
 
-from relay.delivery.client_certificate import PushCertificateInfo, read_push_certificate
+from relay.credentials.client_certificate import PushCertificateInfo, read_push_certificate
 from relay_devkit.apns_sim.protocol import (
     MISSING_TOPIC,
     TOPIC_DISALLOWED,

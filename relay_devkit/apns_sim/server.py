@@ -23,7 +23,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from relay.delivery.client_certificate import PushCertificateInfo
+from relay.credentials.client_certificate import PushCertificateInfo
 from relay_devkit.apns_sim.certificate_rules import evaluate_certified, peer_certificate
 from relay_devkit.apns_sim.certs import load_trusted_key
 from relay_devkit.apns_sim.control import HubClient, Stats
