@@ -224,7 +224,7 @@ async def run_relay(
         else:
             # Unreachable: the policy is checked when Redis first answers (_serve stops then).
             await memory.poll()
-            if (refusal := memory.refusal) is not None:
+            if (refusal := memory.refusal or await queue.layout_refusal()) is not None:
                 raise StartupError(refusal)
         memory_task = asyncio.create_task(memory.run(background_stop))
         if worker is not None:

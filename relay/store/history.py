@@ -1,7 +1,7 @@
 """What stays of a final notification: a compact record in its shard's history bucket, the
 bucket an id's record lives in, and the record read back as a status.
 
-A final record is ~100 bytes (the queued record, ~400 bytes, and its payload are deleted): it
+A final record is ~100 bytes (the queued record, ~480 bytes with its payload, is deleted): it
 keeps what the status API shows of a final notification, packed by finalise() in
 relay/store/lua/shared.lua as
     header  HEADER: layout version (+ COLLAPSE_IS_SERVICE), state, attempts and claims (each

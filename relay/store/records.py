@@ -8,7 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from relay.core.model import ClaimedNotification, DeliveryState, Notification
 
-# The payload has a key of its own; the request digest lives only beside the idempotency key.
+# The payload ends the record (relay.store.queued); the request digest lives only beside the
+# idempotency key.
 NOTIFICATION_FIELDS = tuple(
     f.name for f in fields(Notification) if f.name not in ("payload", "request_digest")
 )

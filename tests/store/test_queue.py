@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -22,8 +22,16 @@ from relay.core.model import (
     PauseApp,
     Retry,
 )
-from relay.store.keys import shard_of_id, shard_prefix, shard_tag
+from relay.store.codec import MalformedRecordError
+from relay.store.keys import NOTE, shard_of_id, shard_prefix, shard_tag
 from relay.store.queue import RelayQueue, spread
+from relay.store.queued import (
+    HEADER_FIELDS,
+    NOTE_STRINGS,
+    QUEUED_LAYOUT,
+    pack_record,
+    unpack_queued,
+)
 from relay.store.records import (
     Accepted,
     DeviceStatus,
@@ -756,9 +764,9 @@ async def test_order_is_kept_per_group_and_unordered_ones_stay_fifo(queue: Relay
 
 async def test_an_enqueue_sent_twice_is_stored_once(queue: RelayQueue) -> None:
     """redis-py re-sends a command whose reply was lost; the second run must not double it."""
-    call, _ = queue._enqueue_call(note(), T0)
-    first, again = await queue.run_scripts([call]), await queue.run_scripts([call])
-    assert first[0][:2] == again[0][:2]
+    calls, _ = queue._enqueue_calls([(note(), None)], T0)
+    first, again = await queue.run_scripts(calls), await queue.run_scripts(calls)
+    assert first[0][0][:2] == again[0][0][:2]
     device = await queue.device(APP, TOKEN_A)
     assert device.pending == 1
     assert (await queue.totals(now_ms=T0)).enqueued == 1
@@ -769,8 +777,7 @@ async def test_a_head_without_its_payload_is_failed_not_handed_out(
 ) -> None:
     lost = (await queue.enqueue(note(), now_ms=T0)).id
     behind = (await queue.enqueue(note(service_id="s2"), now_ms=T0 + 1)).id
-    shard = queue.shard_of(APP, TOKEN_A)
-    await redis.delete(f"{shard_prefix(shard)}p:{lost}")
+    await corrupt(redis, lost, lambda record: record[: -len(note().payload)])
     assert (await claim_one(queue, T0 + 2)).id == behind
     status = await queue.get(lost)
     assert status is not None
@@ -852,36 +859,62 @@ async def test_a_parked_head_that_expired_is_finalised_when_probed_or_drained(
 
 # ---- one bad record hurts only itself (invariant 14) ----
 
-# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): the
-# fields to set (None: remove). The first ones the claim script computes with, the rest only the
+# Ways a record can reach Redis malformed (an older version's record, a bug, a hand edit): each
+# rewrites the stored record (relay.store.queued's layout). The first ones break what the scripts
+# read (the header, the string lengths, the device the record belongs to), the rest only what the
 # codec checks (relay.core.payload.check_notification, ingest's own rules).
-CORRUPTIONS: dict[str, dict[str, str | None]] = {
-    "expires_at null": {"expires_at": None},
-    "expires_at text": {"expires_at": "soon"},
-    "attempts text": {"attempts": "x"},
-    "accepted_at_ms missing": {"accepted_at_ms": None},
-    "claim_no text": {"claim_no": "one"},
-    "app of another device": {"app": "other"},
-    "device_token missing": {"device_token": None},
-    "priority ten": {"priority": "ten"},
-    "priority 7": {"priority": "7"},
-    "push_type missing": {"push_type": None},
-    "push_type unknown": {"push_type": "text"},
-    "action climbing out": {"action": "../admin"},
-    "collapse_id padded": {"collapse_id": " x "},
-    "order text": {"order": "first"},
+Corruption = Callable[[bytes], bytes]
+
+
+def changed(**values: int | bytes | None) -> Corruption:
+    """The record with header fields (ints) or strings (bytes, None: absent) replaced."""
+
+    def apply(record: bytes) -> bytes:
+        numbers, strings, payload = unpack_queued(record)
+        header = dict(zip(HEADER_FIELDS, numbers, strict=True))
+        for name, value in values.items():
+            if name in header:
+                assert isinstance(value, int)
+                header[name] = value
+            else:
+                assert name in NOTE_STRINGS
+                assert not isinstance(value, int)
+                strings[name] = value
+        return pack_record(tuple(header.values()), strings, payload)
+
+    return apply
+
+
+def length_past_the_end(record: bytes) -> bytes:
+    """The last string's length (last_reason's, absent) made longer than the record."""
+    _, _, payload = unpack_queued(record)
+    at = len(record) - len(payload) - 2
+    return record[:at] + b"\xff\xf0" + record[at + 2 :]
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "layout unknown": changed(layout=9),
+    "header cut short": lambda record: record[:20],
+    "state code unknown": changed(state=200),
+    "claim_no at its limit": changed(claim_no=2**32 - 1),
+    "a length past the end": length_past_the_end,
+    "app of another device": changed(app=b"other"),
+    "device_token missing": changed(device_token=None),
+    "device_token of another device": changed(device_token=b"\x01" * 32),
+    "priority 7": changed(priority=7),
+    "push_type unknown": changed(push_type=200),
+    "service_id not text": changed(service_id=b"\xff\xfe"),
+    "action climbing out": changed(action=b"../admin"),
+    "collapse_id padded": changed(collapse_id=b" x "),
+    "order text": changed(order=b"first"),
 }
 
 
-async def corrupt(
-    redis: aioredis.Redis, notification_id: str, fields: dict[str, str | None]
-) -> None:
-    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}n:{notification_id}"
-    for name, value in fields.items():
-        if value is None:
-            await redis.hdel(note_key, name)
-        else:
-            await redis.hset(note_key, name, value)
+async def corrupt(redis: aioredis.Redis, notification_id: str, corruption: Corruption) -> None:
+    note_key = f"{shard_prefix(shard_of_id(notification_id) or 0)}{NOTE}{notification_id}"
+    record = await redis.get(note_key)
+    assert isinstance(record, bytes)
+    await redis.set(note_key, corruption(record))
 
 
 async def reason_of(queue: RelayQueue, notification_id: str) -> tuple[str, str | None]:
@@ -918,7 +951,7 @@ async def test_a_malformed_record_behind_the_head_fails_no_enqueue(
 ) -> None:
     line = replace(note(), order_group="chat", order=5)
     queued = (await queue.enqueue(line, now_ms=T0)).id
-    await corrupt(redis, queued, {"order": "five"})
+    await corrupt(redis, queued, changed(order=b"five"))
     earlier = await queue.enqueue(replace(line, order=3), now_ms=T0 + 1)
     assert not earlier.duplicate
 
@@ -929,9 +962,11 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     broken = (await queue.enqueue(note(), now_ms=T0)).id
     fine = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
     # A record that makes a command inside the script fail (a wrong type), which no check foresaw.
-    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
-    await redis.delete(f"{prefix}p:{broken}")
-    await redis.hset(f"{prefix}p:{broken}", "not", "a string")
+    key = f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}{NOTE}{broken}"
+    record = await redis.get(key)
+    assert isinstance(record, bytes)
+    await redis.delete(key)
+    await redis.hset(key, "not", "a string")
     batch = await queue.claim(10, now_ms=T0)
     assert [c.id for c in batch.claimed] == [fine]
     (error,) = batch.errors
@@ -940,8 +975,8 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     early = await queue.claim(10, now_ms=T0 + 59_999)
     assert broken not in {c.id for c in early.claimed}
     assert (await queue.device(APP, TOKEN_A)).pending == 1
-    await redis.delete(f"{prefix}p:{broken}")
-    await redis.set(f"{prefix}p:{broken}", note().payload)
+    await redis.delete(key)
+    await redis.set(key, record)
     assert [c.id for c in (await queue.claim(10, now_ms=T0 + 60_000)).claimed] == [broken]
 
 
@@ -998,3 +1033,66 @@ async def test_one_poisoned_record_per_shard_costs_only_itself(
     for notification_id in poisoned.values():
         assert await reason_of(queue, notification_id) == ("failed", "MalformedRecord")
     assert (await queue.totals(now_ms=now)).pending == 0
+
+
+# ---- the record layout: an upgrade never strands queued work ----
+
+
+async def test_a_relay_starts_on_an_empty_redis_and_marks_its_layout(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    assert await queue.layout_refusal() is None
+    layouts = {await redis.get(f"{shard_prefix(s)}layout") for s in range(queue.limits.shards)}
+    assert layouts == {str(QUEUED_LAYOUT).encode()}
+    await queue.enqueue(note(), now_ms=T0)
+    assert await queue.layout_refusal() is None  # its own work queued: still its layout
+
+
+async def test_work_queued_by_an_older_layout_refuses_the_start_naming_the_fix(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """Layout 1 marked no layout and kept each record in a HASH."""
+    old = (await queue.enqueue(note(), now_ms=T0)).id
+    await queue.enqueue(note(), now_ms=T0)
+    prefix = shard_prefix(queue.shard_of(APP, TOKEN_A))
+    await redis.delete(f"{prefix}layout", f"{prefix}{NOTE}{old}")
+    await redis.hset(f"{prefix}{NOTE}{old}", mapping={"state": "queued", "app": APP})
+    refusal = await queue.layout_refusal()
+    assert refusal is not None
+    assert "2 notifications queued by a relay of queued-record layout 1" in refusal
+    assert "drain them with that version first" in refusal
+    assert "\n" not in refusal
+    assert await redis.get(f"{prefix}layout") is None  # nothing marked
+    # Drained by the previous version: the start goes on, and the shard is marked.
+    await redis.delete(f"{prefix}{NOTE}{old}")
+    await redis.set(f"{prefix}{NOTE}{old}", b"")
+    assert await queue.layout_refusal() is None
+    assert await redis.get(f"{prefix}layout") == str(QUEUED_LAYOUT).encode()
+
+
+async def test_work_queued_before_the_check_in_this_layout_is_this_layouts(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """A spool replayed as the relay starts may queue before the check runs: not refused."""
+    await queue.enqueue(note(), now_ms=T0)
+    await redis.delete(f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}layout")
+    assert await queue.layout_refusal() is None
+
+
+async def test_an_older_layouts_record_met_anyway_is_set_aside_never_lost(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """A record of layout 1 (a HASH) queued behind the check's back (an old api still running):
+    its device is set aside, its status reads as malformed (409), enqueue to it goes on."""
+    old = (await queue.enqueue(note(), now_ms=T0)).id
+    key = f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}{NOTE}{old}"
+    await redis.delete(key)
+    await redis.hset(key, mapping={"state": "queued", "app": APP, "device_token": TOKEN_A})
+    other = (await queue.enqueue(note(TOKEN_B), now_ms=T0)).id
+    batch = await queue.claim(10, now_ms=T0 + 1)
+    assert [c.id for c in batch.claimed] == [other]
+    assert [e.device for e in batch.errors] == [f"{APP}:{TOKEN_A}"]
+    with pytest.raises(MalformedRecordError):
+        await queue.get(old)
+    assert not (await queue.enqueue(note(service_id="later"), now_ms=T0 + 2)).duplicate
+    assert (await queue.device(APP, TOKEN_A)).pending == 2

@@ -375,17 +375,17 @@ def test_the_queue_behaves_as_its_model_under_any_sequence_of_operations(redis_u
 BREAKS = {
     "a run-out lease is queued again when no attempt was settled": (
         "claim",
-        "redis.call('HSET', note, 'possibly_sent', 1)\n",
-        "",
+        "n.possibly_sent, n.updated_at_ms = 1, now\n",
+        "n.updated_at_ms = now\n",
     ),
     "a retrying notification may be superseded": (
         "enqueue",
-        "if state ~= STATE.QUEUED then",
-        "if state ~= STATE.QUEUED and state ~= STATE.RETRYING then",
+        "if string.byte(start, 2) == HISTORY_STATE[STATE.QUEUED] then",
+        "if string.byte(start, 2) ~= HISTORY_STATE[STATE.SENDING] then",
     ),
     "a chat line may go before one whose request went out and was released": (
         "release",
-        "if ARGV[i + 2] == '1' then",
+        "if ARGV[i + 3] == '1' then",
         "if false then",
     ),
 }

@@ -136,16 +136,19 @@ def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, An
     assert phases["ceiling"]["profile"] is None  # the raw client is no relay role
     markdown = (out / "profile.md").read_text()
     for name in PROFILED_PHASES:
-        profile, delivered = phases[name]["profile"], phases[name]["delivered"]
+        profile = phases[name]["profile"]
         assert f"## {phases[name]['title']}" in markdown
         commands = {row["command"]: row for row in profile["commandstats"]}
         scripts = {row["script"]: row["calls"] for row in profile["scripts"]}
         assert scripts.get("claim", 0) > 0, name  # a worker claims, busy or idle
         assert commands["evalsha"]["calls"] > 0, name
         if name != "idle":
-            assert scripts["enqueue"] >= delivered > 0, name
+            # One per notification, or (enqueue_many) one per shard a batch.
+            assert scripts["enqueue"] > 0, name
             assert scripts["settle"] > 0, name
-            assert commands["evalsha"]["calls_per_delivered"] > 1, name
+            assert commands["evalsha"]["calls_per_delivered"] > 0, name
+            # Every phase counts what Valkey ran, profiled or not (the headline's column).
+            assert phases[name]["redis_commands_per_delivered"] > 1, name
         for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/store/lua file
             assert row["script"] is None or row["script"] in scripts, row
         py_spy = profile["py_spy"]

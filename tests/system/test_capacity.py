@@ -18,6 +18,7 @@ from app_profiles import app_profile
 from eventually import eventually
 
 from bench.capacity import (
+    BYTES_PER_QUEUED_DEFAULT,
     Assumptions,
     Figures,
     GiB,
@@ -34,6 +35,7 @@ from relay.core.model import Delivered, Notification, apns_id_for
 from relay.core.payload import PushSpec, build_notification
 from relay.store.history import HISTORY_BUCKET_S
 from relay.store.queue import MAX_BATCH, RelayQueue
+from relay.store.queued import QUEUED_LAYOUT
 from relay.store.records import Accepted, QueueLimits
 from relay_devkit.embedded import EmbeddedServer
 
@@ -101,7 +103,10 @@ def test_the_backlog_drains_with_what_the_workers_have_to_spare() -> None:
 
 
 def test_figures_come_from_the_backlog_phase_and_the_one_event_per_post_headline() -> None:
-    backlog_details: dict[str, float] = {"redis_bytes_per_queued": 900.0}
+    backlog_details: dict[str, float] = {
+        "redis_bytes_per_queued": 900.0,
+        "queued_layout": QUEUED_LAYOUT,
+    }
     document = {
         "phases": [{"name": "backlog", "details": backlog_details}],
         "headline": [
@@ -119,6 +124,9 @@ def test_figures_come_from_the_backlog_phase_and_the_one_event_per_post_headline
     assert figures_from(document, bytes_per_final=150.0).bytes_per_final == 150.0
     backlog_details["redis_bytes_per_final"] = 175.0
     assert figures_from(document).bytes_per_final == 175.0
+    # A backlog phase that queued another record layout measured that layout, not this one.
+    backlog_details["queued_layout"] = QUEUED_LAYOUT - 1
+    assert figures_from(document).bytes_per_queued == BYTES_PER_QUEUED_DEFAULT
 
 
 def test_the_command_prints_a_row_per_rate(

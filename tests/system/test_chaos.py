@@ -36,8 +36,9 @@ from topologies import ValkeyCluster
 from relay.config.schema import RedisSettings
 from relay.core.model import Notification
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind, connect
-from relay.store.keys import LEASE, NOTE, PAYLOAD, QUEUE, shard_prefix
+from relay.store.keys import LEASE, NOTE, QUEUE, shard_prefix
 from relay.store.queue import RelayQueue
+from relay.store.queued import status_from_queued
 from relay.store.records import QueueLimits
 from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.dev_mode import simulator_app
@@ -263,13 +264,13 @@ async def stuck_heads(cluster: ValkeyCluster, shards: int) -> list[dict[str, Any
                     list[bytes], await client.lrange(prefix + QUEUE + device.decode(), 0, -1)
                 )
                 head = ids[0].decode() if ids else ""
+                record = cast(bytes | None, await client.get(prefix + NOTE + head))
                 found.append(
                     {
                         "device": device.decode()[-8:],
                         "queued": len(ids),
                         "head_listed_twice": ids.count(ids[0]) if ids else 0,
-                        "head_state": await client.hget(prefix + NOTE + head, "state"),
-                        "head_payload_kept": bool(await client.exists(prefix + PAYLOAD + head)),
+                        "head_state": (status_from_queued(head, record).state if record else None),
                     }
                 )
     finally:
