@@ -25,6 +25,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check relay relay_devkit tests bench
 	$(BIN)/ruff format --check relay relay_devkit tests bench
+	$(BIN)/lint-imports
 
 types: $(STAMP)
 	$(BIN)/mypy relay relay_devkit tests bench

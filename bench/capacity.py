@@ -1,7 +1,8 @@
 """How much Redis and how many cores a push rate needs, from the benchmark's measured figures.
 
 `python -m bench.capacity` reads bench/results/results.json and prints a markdown table for
-10 / 100 / 1,000 / 10,000 pushes/s (README: "Capacity: how much Redis and how many cores").
+10 / 100 / 1,000 / 10,000 pushes/s (docs/benchmarks.md: "Capacity: how much Redis and how many
+cores").
 
 The model, per push rate r (pushes/s), each line one formula:
     backlog           = r * outage_s                  everything sent while APNs is out stays
@@ -38,12 +39,14 @@ The figures: bytes per queued notification and per final record from the backlog
 notifications over 10,000 devices, 20 per device: fewer per device costs more per notification,
 the scale phases' 5 per device about 10 % more), CPU per delivered notification of the api, the
 worker and Valkey from the one-event-per-POST phase (GMS's way: its api figure is the dearer
-one). Results from before the backlog phase measured final records lack bytes_per_final: it is
-then an option, by default the figure measured when compact history landed (at the benchmark's
-payload a scaled-down run measures ~22 % more: tests/test_capacity.py). Idempotency keys
-(chat lines, clients' idempotency_key) are separate keys kept retention_s; their cost is an
-option too (default measured at a 36-character key). Not modelled: Redis's own baseline (a few
-MiB), replicas (each needs the same memory as its primary), APNs' limits per connection.
+one). Results whose backlog phase queued an older record layout (relay.store.queued) take
+bytes_per_queued measured for the current one (BYTES_PER_QUEUED_DEFAULT). Results from before
+the backlog phase measured final records lack bytes_per_final: it is then an option, by default
+the figure measured when compact history landed (at the benchmark's payload a scaled-down run
+measures ~22 % more: tests/system/test_capacity.py). Idempotency keys (chat lines, clients'
+idempotency_key) are separate keys kept retention_s; their cost is an option too (default
+measured at a 36-character key). Not modelled: Redis's own baseline (a few MiB), replicas
+(each needs the same memory as its primary), APNs' limits per connection.
 """
 
 from __future__ import annotations
@@ -58,19 +61,26 @@ from pathlib import Path
 from typing import Any
 
 from bench.processes import REPO_ROOT
-from relay.config import RedisSettings
+from relay.config.schema import RedisSettings
 from relay.store.history import HISTORY_BUCKET_S
+from relay.store.queued import QUEUED_LAYOUT
 from relay.store.records import QueueLimits
 
 RESULTS = REPO_ROOT / "bench" / "results" / "results.json"
 RATES = (10, 100, 1_000, 10_000)
 # Measured (INFO memory used_memory, Valkey 8.1) for the benchmark's notifications once a GMS
-# push's collapse id was no longer stored twice (tests/test_capacity.py's scaled-down run);
+# push's collapse id was no longer stored twice (tests/system/test_capacity.py's scaled-down run);
 # results.json from before then has no figure of its own.
 BYTES_PER_FINAL_DEFAULT = 152.0
+# Measured (INFO memory used_memory, Valkey 8.1) for the benchmark's notifications queued in the
+# record layout relay.store.queued.QUEUED_LAYOUT (tests/system/test_capacity.py's scaled-down
+# run, 20 per device); results.json whose backlog phase ran an older layout (no "queued_layout"
+# of this number) measured that layout, not this one.
+BYTES_PER_QUEUED_DEFAULT = 554.0
 # An idempotency key (relay:{tag}:idem:<app>:<64-hex token>:<key> -> id, with its TTL): 20,000
 # benchmark notifications, delivered, each with a 36-character idempotency_key, less the same
-# without (used_memory, Valkey 8.1; the notifications built as tests/test_capacity.py builds them).
+# without (used_memory, Valkey 8.1; the notifications built as tests/system/test_capacity.py
+# builds them).
 BYTES_PER_IDEMPOTENCY_KEY_DEFAULT = 254.0
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -197,8 +207,13 @@ def figures_from(document: JsonObject, bytes_per_final: float | None = None) -> 
     backlog = next(p for p in document["phases"] if p["name"] == "backlog")
     single = next(row for row in document["headline"] if row["phase"] == "single")
     measured = backlog["details"].get("redis_bytes_per_final")
+    same_layout = backlog["details"].get("queued_layout") == QUEUED_LAYOUT
     return Figures(
-        bytes_per_queued=backlog["details"]["redis_bytes_per_queued"],
+        bytes_per_queued=(
+            backlog["details"]["redis_bytes_per_queued"]
+            if same_layout
+            else BYTES_PER_QUEUED_DEFAULT
+        ),
         bytes_per_final=(
             bytes_per_final
             if bytes_per_final is not None
@@ -270,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.capacity",
         description="Redis memory, cores and Cluster primaries per push rate, from the "
-        "benchmark's measured figures (README: Capacity).",
+        "benchmark's measured figures (docs/benchmarks.md: Capacity).",
     )
     defaults = Assumptions()
     parser.add_argument("--results", type=Path, default=RESULTS, help="a results.json")

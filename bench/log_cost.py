@@ -29,17 +29,18 @@ from typing import Any
 
 import structlog
 
-import relay.logs
+import relay.core.redaction
+import relay.telemetry.logs
 
 ROOT = Path(__file__).resolve().parent.parent
-# The last commit before the relay's own lines left the stdlib route (see README, Logs).
+# The last commit before the relay's own lines left the stdlib route (see docs/operations.md, Logs).
 BASELINE = "24668ab"
 TOKEN = "c0ffee12" * 8
 # The worker's `apns_attempt` line as it is logged for a delivered notification.
 ATTEMPT = {
     "id": "07-0123456789abcdef0123456789abcdef",
     "app": "dev",
-    "token": relay.logs.mask_token(TOKEN),
+    "token": relay.core.redaction.mask_token(TOKEN),
     "service_id": "3SQI3S31693JL9L3R00506T40C000U73",
     "action": "get-dialog-start-chat",
     "attempt": 1,
@@ -124,7 +125,7 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=10_000, help="lines per case per round")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    variants = {"before": logs_module_at(args.before), "after": relay.logs}
+    variants = {"before": logs_module_at(args.before), "after": relay.telemetry.logs}
     measured: dict[str, dict[str, list[float]]] = {name: {} for name in variants}
     with tempfile.TemporaryDirectory() as directory:
         files = {name: Path(directory) / f"{name}.jsonl" for name in variants}

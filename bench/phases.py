@@ -25,8 +25,9 @@ from bench.processes import (
     start_process,
     wait_until,
 )
-from bench.profile import Profiler, ProfileSession
+from bench.profile import Profiler, ProfileSession, commandstats
 from bench.stack import API_TOKEN, Relay, sim_target
+from relay.store.queued import QUEUED_LAYOUT
 from relay_devkit.apns_sim.info import SimInfo
 
 NODE_DIR = REPO_ROOT / "bench" / "node"
@@ -114,6 +115,13 @@ class PhaseResult:
     skipped: str | None = None
     error: str | None = None
     profile: JsonObject | None = None  # --profile: see bench.profile
+    # Commands Valkey ran over the phase (INFO commandstats: those inside scripts included).
+    redis_commands: int | None = None
+
+    def redis_commands_per_delivered(self) -> float | None:
+        if self.redis_commands is None or not self.delivered:
+            return None
+        return self.redis_commands / self.delivered
 
     def cpu_us_per_delivered(self) -> dict[str, float]:
         if not self.delivered:
@@ -137,6 +145,8 @@ class PhaseResult:
             "cpu_us_per_delivered": self.cpu_us_per_delivered(),
             "cores_busy": self.cores_busy(),
             "peak_rss_bytes": self.peak_rss_bytes,
+            "redis_commands": self.redis_commands,
+            "redis_commands_per_delivered": self.redis_commands_per_delivered(),
             "details": self.details,
             "skipped": self.skipped,
             "error": self.error,
@@ -144,16 +154,35 @@ class PhaseResult:
         }
 
 
+# Commands of the harness's own (reading INFO, the profile's SLOWLOG), not the relay's.
+HARNESS_COMMANDS = ("info", "config", "slowlog", "client", "ping", "memory", "script", "flushall")
+
+
+def redis_commands(client: redis.Redis) -> int:
+    """Commands Valkey has run since it started, the harness's own left out."""
+    return sum(
+        calls
+        for name, (calls, _) in commandstats(client).items()
+        if not name.startswith(HARNESS_COMMANDS)
+    )
+
+
 class Measurement:
-    """CPU per role, peak RSS per process and wall time from creation to `finish`; with a
-    profile session, the profile's recording stops at `finish` too."""
+    """CPU per role, Redis commands, peak RSS per process and wall time from creation to
+    `finish`; with a profile session, the profile's recording stops at `finish` too."""
 
     def __init__(
-        self, ledger: CpuLedger, sampler: RssSampler, session: ProfileSession | None = None
+        self,
+        ledger: CpuLedger,
+        sampler: RssSampler,
+        session: ProfileSession | None = None,
+        redis_client: redis.Redis | None = None,
     ) -> None:
         self.ledger = ledger
         self.sampler = sampler
         self.session = session
+        self.redis_client = redis_client
+        self.commands_before = redis_commands(redis_client) if redis_client else None
         sampler.take_peaks()
         self.cpu_before = ledger.snapshot()
         self.started = time.perf_counter()
@@ -162,6 +191,9 @@ class Measurement:
         result.wall_s = time.perf_counter() - self.started
         result.cpu_s = self.ledger.by_role_since(self.cpu_before)
         result.peak_rss_bytes = {n: rss for n, (_, rss) in self.sampler.take_peaks().items()}
+        if self.redis_client is not None and self.commands_before is not None:
+            # Every command Valkey ran, those inside scripts included (INFO commandstats).
+            result.redis_commands = redis_commands(self.redis_client) - self.commands_before
         if self.session is not None:
             self.session.stop()
         return result
@@ -221,10 +253,10 @@ class Bench:
         """Start measuring; with --profile, the relay phase `profile` names is profiled over the
         same window (see bench.profile; `report_profile` adds it to the phase's result)."""
         if profile is None or self.profiler is None:
-            return Measurement(self.ledger, self.sampler)
+            return Measurement(self.ledger, self.sampler, redis_client=self.redis_client)
         session = self.profiler.session(profile, self.relay)
         self.profiles[profile] = session
-        return Measurement(self.ledger, self.sampler, session)
+        return Measurement(self.ledger, self.sampler, session, self.redis_client)
 
     def report_profile(self, result: PhaseResult) -> None:
         session = self.profiles.pop(result.name, None)
@@ -571,6 +603,8 @@ def drain(bench: Bench, name: str, title: str, n: int, workers: int) -> PhaseRes
         "redis_used_memory_before": memory_before,
         "redis_used_memory_after": memory_after,
         "redis_bytes_per_queued": (memory_after - memory_before) / queued if queued else None,
+        # The record layout measured (bench.capacity uses the figure only for the same one).
+        "queued_layout": QUEUED_LAYOUT,
         # What history costs: every delivered notification is a final record now.
         "redis_used_memory_drained": memory_drained,
         "redis_bytes_per_final": (

@@ -130,6 +130,9 @@ def headline(phases: dict[str, PhaseResult]) -> list[JsonObject]:
                 "relay_us": relay_us,
                 "client_us": client_us,
                 "x_client": _ratio(relay_us, client_us),
+                "redis_commands_per_delivered": (
+                    phase.redis_commands_per_delivered() if _usable(phase) else None
+                ),
             }
         )
     return rows
@@ -379,14 +382,17 @@ def markdown(document: JsonObject) -> str:
         "",
         "Relay roles are the api, the worker(s) and Valkey (the durable queue). The multiple "
         "is of the raw aioapns client's CPU per push in this same run (phase 1), so it "
-        "compares across runs and machines where absolute µs do not.",
+        "compares across runs and machines where absolute µs do not. Redis commands are what "
+        "Valkey ran per delivered notification over the phase (INFO commandstats: the commands "
+        "inside scripts and the EVALSHA calls themselves; enqueue, claim and settle together).",
         "",
-        "| phase | api µs | worker µs | Valkey µs | relay roles µs | raw client µs | x client |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| phase | api µs | worker µs | Valkey µs | relay roles µs | raw client µs | x client "
+        "| Redis commands |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {row['title']} | {_fmt(row['relay-api_us'])} | {_fmt(row['relay-worker_us'])} | "
             f"{_fmt(row['valkey_us'])} | {_fmt(row['relay_us'])} | {_fmt(row['client_us'])} | "
-            f"{_fmt(row['x_client'], 2)} |"
+            f"{_fmt(row['x_client'], 2)} | {_fmt(row.get('redis_commands_per_delivered'), 1)} |"
             for row in document["headline"]
         ),
         "",
@@ -501,7 +507,8 @@ def target_lines(document: JsonObject) -> list[str]:
     """What the run prints: the headline per phase, then every target with its verdict."""
     return [
         f"{row['phase']:>8}  relay roles {_fmt(row['relay_us'])} µs per delivered = "
-        f"{_fmt(row['x_client'], 2)} x the raw client's {_fmt(row['client_us'])} µs"
+        f"{_fmt(row['x_client'], 2)} x the raw client's {_fmt(row['client_us'])} µs, "
+        f"{_fmt(row.get('redis_commands_per_delivered'), 1)} Redis commands"
         for row in document["headline"]
     ] + [
         f"{t['verdict']:>6}  {t['goal']}: {_fmt(t['measured'], 2)} {t['unit']} "

@@ -36,9 +36,10 @@ import structlog
 from aioapns import NotificationRequest
 from simulator import SimInfo, aioapns_client, control_client, simulator_process
 
-from relay.credentials import Endpoint, TokenCredentials
+from relay.core.endpoint import Endpoint
+from relay.core.model import Notification
+from relay.credentials.model import TokenCredentials
 from relay.delivery.apns import ApnsClient
-from relay.model import Notification
 
 TOPIC = "com.example.app"
 PAYLOAD = b'{"aps":{"alert":"Agent available"}}'

@@ -10,12 +10,6 @@ from typing import Protocol
 
 from relay import __version__
 
-# Development mode's state (`serve --dev`): dev.json there names the relay and its API token,
-# which `push` and `status` read when none is given.
-DEV_STATE_DIR = ".relay-dev"
-DEV_JSON = "dev.json"
-DEV_AUTH_CHOICES = ("token", "certificate")  # the simulator app's APNs credentials
-
 DESCRIPTION = """\
 Relay Genesys Mobile Services (GMS) push notifications to iPhones over Apple's APNs. GMS posts to
 the relay's /gms/push; the relay queues every push in Redis and delivers it, at least once and in
@@ -38,13 +32,16 @@ class CommandModule(Protocol):
 # so `apns-relay apns-sim` does not pay for the relay's imports and vice versa, and the
 # production roles never load the development kit (relay_devkit), which the image leaves out.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("relay.service", "api and worker in one process; --dev: development mode"),
-    "api": ("relay.service", "the HTTP ingest and status API"),
-    "worker": ("relay.service", "the delivery loop (serves /healthz, /readyz, /metrics)"),
-    "push": ("relay.remote", "send one notification to a running relay and wait for its fate"),
-    "status": ("relay.remote", "queue totals, or one notification's state"),
+    "serve": ("relay.commands.serve", "api and worker in one process; --dev: development mode"),
+    "api": ("relay.commands.serve", "the HTTP ingest and status API"),
+    "worker": ("relay.commands.serve", "the delivery loop (serves /healthz, /readyz, /metrics)"),
+    "push": (
+        "relay.commands.remote",
+        "send one notification to a running relay and wait for its fate",
+    ),
+    "status": ("relay.commands.remote", "queue totals, or one notification's state"),
     "check": (
-        "relay.check_command",
+        "relay.commands.check",
         "for every app: are its APNs credentials, topic and environment right?",
     ),
     "apns-sim": ("relay_devkit.apns_sim.command", "run the APNs simulator (HTTP/2 over TLS)"),

@@ -1,6 +1,6 @@
 """Development mode (`apns-relay serve --dev`): whatever production would configure and is
 missing (Redis, an app with APNs credentials, an API token) is started or made here, and said
-loudly. relay.service imports this module only when development mode is asked for."""
+loudly. relay.commands.serve imports this module only when development mode is asked for."""
 
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ import orjson
 import structlog
 from pydantic import SecretStr
 
-from relay.cli import DEV_JSON
-from relay.config import App, ConfigError, Settings
+from relay.commands.dev_state import DEV_JSON
+from relay.config.schema import App, ConfigError, Settings
 from relay_devkit.apns_sim.info import SIM_JSON, SimInfo
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority
 from relay_devkit.embedded import EmbeddedServer, EmbeddedServerError
 
-log = structlog.get_logger("relay.service")
+log = structlog.get_logger("relay.runtime")
 
 DEV_APP = "dev"
 DEV_TOPIC = "com.example.gms"

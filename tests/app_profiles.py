@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from relay.app_profile import AppProfile
-from relay.config import App, ChatSettings
+from relay.config.schema import App, ChatSettings
+from relay.core.app_profile import AppProfile
 
 
 def app_profile(name: str = "demo", **changes: Any) -> AppProfile:

@@ -1,4 +1,7 @@
-"""`eventually()`: wait for a condition with a deadline, the one polling loop of the tests."""
+"""`eventually()`: wait for a condition with a deadline, the one polling loop of the tests.
+
+`eventually_blocking()` is the same wait for code that runs outside an event loop (a process or a
+topology started by a synchronous fixture)."""
 
 from __future__ import annotations
 
@@ -54,3 +57,26 @@ async def eventually(
                 f"not within {timeout_s} s: {what or condition!r} (last value {value!r})"
             )
         await asyncio.sleep(interval_s)
+
+
+def eventually_blocking(
+    condition: Callable[[], T | None],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    interval_s: float = INTERVAL_S,
+    what: str = "",
+) -> T:
+    """`eventually` outside an event loop: the condition's first truthy value, polled every
+    `interval_s` (blocking the thread meanwhile); AssertionError naming `what` and the last value
+    seen when none came within `timeout_s`. A condition raises to stop the wait at once (a
+    process that exited will never answer)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"not within {timeout_s} s: {what or condition!r} (last value {value!r})"
+            )
+        time.sleep(interval_s)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Collection, Iterator
 from dataclasses import dataclass
@@ -17,12 +15,13 @@ from typing import Any
 
 import aiohttp
 import yaml
+from eventually import eventually, eventually_blocking
 from simulator import ControlClient, SimInfo, control_client, running_simulator
 
-from relay.config import App, Settings
+from relay.config.schema import App, Settings
 from relay.delivery.worker import DeliveryWorker
 from relay.http.state import RelayState
-from relay.service import run_relay
+from relay.runtime import run_relay
 from relay.store.queue import RelayQueue
 from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import free_port
@@ -124,27 +123,26 @@ class RelayHarness:
     async def wait_state(
         self, notification_id: str, states: Collection[str], timeout_s: float = WAIT_S
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        async def reached() -> dict[str, Any] | None:
             status, body, _ = await self.call("GET", f"/v1/notifications/{notification_id}")
-            if status == 200 and body["state"] in states:
-                return dict(body)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{notification_id} never reached {states}: {body}")
-            await asyncio.sleep(0.02)
+            return dict(body) if status == 200 and body["state"] in states else None
+
+        return await eventually(
+            reached, timeout_s=timeout_s, what=f"{notification_id} to reach {sorted(states)}"
+        )
 
     async def received(
         self, token: str | None = None, count: int = 1, timeout_s: float = WAIT_S
     ) -> list[dict[str, Any]]:
         """What the simulator accepted (for `token`), once there are at least `count`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        async def accepted() -> list[dict[str, Any]] | None:
             records = (await self.control.notifications(token=token))["notifications"]
-            if len(records) >= count:
-                return list(records)
-            if time.monotonic() > deadline:
-                raise AssertionError(f"simulator has {len(records)} of {count}: {records}")
-            await asyncio.sleep(0.02)
+            return list(records) if len(records) >= count else None
+
+        return await eventually(
+            accepted, timeout_s=timeout_s, what=f"the simulator to accept {count} for {token}"
+        )
 
 
 @contextlib.asynccontextmanager
@@ -206,19 +204,25 @@ def start_relay_process(role: str, config: Path, log_dir: Path) -> RelayProcess:
             stderr=subprocess.STDOUT,
         )
     relay = RelayProcess(role, process, f"http://127.0.0.1:{port}", log_file)
-    deadline = time.monotonic() + WAIT_S
-    while True:
+
+    def healthy() -> bool:
         if process.poll() is not None:
-            raise AssertionError(f"{role} exited {process.returncode}: {relay.log()}")
+            raise ProcessLookupError(f"{role} exited {process.returncode}: {relay.log()}")
         with (
             contextlib.suppress(OSError),
             urllib.request.urlopen(relay.url + "/healthz", timeout=1),
         ):
-            return relay
-        if time.monotonic() > deadline:
-            relay.kill()
-            raise AssertionError(f"{role} never became healthy: {relay.log()}")
-        time.sleep(0.05)
+            return True
+        return False
+
+    try:
+        eventually_blocking(healthy, timeout_s=WAIT_S, interval_s=0.05, what=f"{role} healthy")
+    except ProcessLookupError as exited:
+        raise AssertionError(str(exited)) from None
+    except AssertionError as error:
+        relay.kill()
+        raise AssertionError(f"{error}: {relay.log()}") from None
+    return relay
 
 
 @contextlib.contextmanager

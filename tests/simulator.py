@@ -25,7 +25,7 @@ import h2.settings
 import jwt
 from aioapns import APNs
 from aioapns.connection import APNsProductionClientProtocol
-from eventually import eventually
+from eventually import eventually, eventually_blocking
 
 from relay.delivery.apns_adapter import DrainingStateMachine
 from relay_devkit.apns_sim import info
@@ -116,13 +116,16 @@ def simulator_process(state_dir: Path, *arguments: str) -> Iterator[SimulatorPro
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (state_dir / SIM_JSON).exists():
+
+        def written() -> bool:
             if process.poll() is not None:
                 raise RuntimeError(f"apns-sim exited {process.returncode}: {log_file.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"apns-sim wrote no sim.json: {log_file.read_text()}")
-            time.sleep(0.02)
+            return (state_dir / SIM_JSON).exists()
+
+        try:
+            eventually_blocking(written, timeout_s=START_TIMEOUT_S, what="apns-sim's sim.json")
+        except AssertionError:
+            raise TimeoutError(f"apns-sim wrote no sim.json: {log_file.read_text()}") from None
         yield SimulatorProcess(process, SimInfo.from_file(state_dir / SIM_JSON), log_file)
     finally:
         if process.poll() is None:

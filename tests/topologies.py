@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis as syncredis
+from eventually import eventually_blocking
 
 from relay_devkit.embedded import EmbeddedServer, ServerBinary, find_server_binary, free_port, ping
 
@@ -33,11 +33,7 @@ REPLICATION_ARGS = ("--repl-diskless-sync-delay", "0")
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = TOPOLOGY_WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
+    eventually_blocking(condition, timeout_s=timeout_s, interval_s=0.05, what=what)
 
 
 def _answers(check: Callable[[], bool]) -> bool:

@@ -11,15 +11,16 @@ from collections.abc import Callable
 
 import structlog
 
-from relay import metrics
-from relay.credentials import CertificateCredentials, Credentials, Endpoint, TokenCredentials
+from relay.core.endpoint import Endpoint, route_to
+from relay.core.model import ApnsResponse, Notification
+from relay.core.policy import CERTIFICATE_REFUSED
+from relay.credentials.model import CertificateCredentials, Credentials, TokenCredentials
 from relay.delivery.apns_adapter import (
     DEFAULT_INTERNAL_ERROR_STREAK,
     RelayConnectionPool,
     SharedJWT,
 )
-from relay.model import ApnsResponse, Notification, Route
-from relay.policy import CERTIFICATE_REFUSED
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.apns")
 
@@ -83,7 +84,7 @@ class ApnsClient:
         self.app = app
         # A check's probe client is not counted: its answers and connections are no delivery.
         self.counted = counted
-        self.route = Route(app, environment, f"{endpoint.host}:{endpoint.port}")
+        self.route = route_to(app, environment, endpoint)
         self.endpoint = endpoint
         self.request_timeout_s = request_timeout_s
         self.credentials = credentials

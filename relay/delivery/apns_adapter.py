@@ -33,8 +33,8 @@ covers one gap of aioapns 4.0 as published (github.com/Fatal1ty/aioapns, its sou
 Flow control is also acknowledged for response bodies, which aioapns never does (a long run of error
 bodies would otherwise exhaust the connection window and hang every later answer).
 Every aioapns internal relied upon here (conn, free_channels' replacement, the pool's _lock and
-connections, the protocol constructor's arguments, ...) is named in tests/test_aioapns_contract.py,
-which fails, naming it, if an aioapns upgrade changes it.
+connections, the protocol constructor's arguments, ...) is named in
+tests/delivery/test_aioapns_contract.py, which fails, naming it, if an aioapns upgrade changes it.
 
 Over ~400 lines on purpose: one module owns the whole boundary with aioapns and h2, so that an
 upgrade is reviewed in one place.
@@ -81,10 +81,11 @@ from hpack import Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.hpack import encode_integer
 from hpack.table import HeaderTable
 
-from relay import metrics
-from relay.credentials import Endpoint, TokenCredentials
-from relay.model import ApnsResponse, Notification
-from relay.push_types import topic_for
+from relay.core.endpoint import Endpoint
+from relay.core.model import ApnsResponse, Notification
+from relay.core.push_types import topic_for
+from relay.credentials.model import TokenCredentials
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.apns")
 

@@ -10,9 +10,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from relay import metrics
-from relay.logs import RepeatedCondition, mask_token
-from relay.model import (
+from relay.core.model import (
     ApnsResponse,
     ClaimedNotification,
     Delivered,
@@ -21,7 +19,10 @@ from relay.model import (
     Failed,
     Retry,
 )
+from relay.core.redaction import mask_token
 from relay.store.records import ClaimBatch
+from relay.telemetry import metrics
+from relay.telemetry.logs import RepeatedCondition
 
 log = structlog.get_logger("relay.worker")
 # Claims meeting script errors: an episode in the logs (started, summaries, ended), not a line

@@ -17,13 +17,13 @@ from typing import Protocol
 
 import structlog
 
-from relay import metrics
-from relay.delivery import circuit
-from relay.delivery.circuit import Circuit, CircuitPolicy
-from relay.model import ApnsResponse, Route
-from relay.policy import is_route_failure
+from relay.core import circuit
+from relay.core.circuit import Circuit, CircuitPolicy
+from relay.core.model import ApnsResponse, Route
+from relay.core.policy import is_route_failure
 from relay.store.errors import REDIS_ERRORS
 from relay.store.routes import StoredCircuit
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.worker")
 

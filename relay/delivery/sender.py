@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from relay.model import ApnsResponse, Notification, Route
+from relay.core.model import ApnsResponse, Notification, Route
 
 
 class Sender(Protocol):

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Protocol
 
-from relay.model import ClaimedNotification, DeliveryOutcome
+from relay.core.model import ClaimedNotification, DeliveryOutcome
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 
 # How long a settle may wait for others to share its round trip while sends are still in flight.

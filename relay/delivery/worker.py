@@ -3,7 +3,7 @@
 The loop keeps the in-flight state (sends, pauses, probes, draining at shutdown); the route
 circuits (relay.delivery.route_circuits), the settle buffer (relay.delivery.settle_buffer) and the
 claim faults (relay.delivery.delivery_report) keep their own; the decisions are pure elsewhere
-(relay.policy, relay.delivery.circuit)."""
+(relay.core.policy, relay.core.circuit)."""
 
 from __future__ import annotations
 
@@ -17,20 +17,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from relay import metrics
-from relay.activities import without_device_dead_mark
-from relay.delivery.circuit import CircuitPolicy
-from relay.delivery.delivery_report import (
-    CLAIMS_FAILING_READY_S,
-    ClaimFaults,
-    count_expired,
-    count_outcome,
-    log_attempt,
-)
-from relay.delivery.route_circuits import ROUTE_REFRESH_S, RouteCircuits
-from relay.delivery.sender import Sender
-from relay.delivery.settle_buffer import SETTLE_WINDOW_S, SettleBuffer
-from relay.model import (
+from relay.core.activities import without_device_dead_mark
+from relay.core.circuit import CircuitPolicy
+from relay.core.model import (
     ApnsResponse,
     ClaimedNotification,
     DeliveryOutcome,
@@ -41,12 +30,23 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
+from relay.core.policy import TRANSPORT_FAILURE_STATUS, RetryPolicy, classify, is_route_failure
+from relay.delivery.delivery_report import (
+    CLAIMS_FAILING_READY_S,
+    ClaimFaults,
+    count_expired,
+    count_outcome,
+    log_attempt,
+)
+from relay.delivery.route_circuits import ROUTE_REFRESH_S, RouteCircuits
+from relay.delivery.sender import Sender
+from relay.delivery.settle_buffer import SETTLE_WINDOW_S, SettleBuffer
 from relay.store.activity_store import ActivityStore
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.queue import RelayQueue
 from relay.store.records import ClaimBatch
 from relay.store.routes import RouteStore
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.worker")
 __all__ = ["CLAIMS_FAILING_READY_S", "DeliveryWorker"]

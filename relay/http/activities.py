@@ -10,7 +10,10 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from relay.config import App, LiveActivitySettings
+from relay.config.schema import App, LiveActivitySettings
+from relay.core.fields import normalize_device_token, validate_service_id
+from relay.core.model import InvalidInput
+from relay.core.redaction import mask_token
 from relay.http.auth import resolve_app
 from relay.http.body import parse_json, read_body
 from relay.http.limits import client_address
@@ -24,9 +27,6 @@ from relay.http.responses import (
 )
 from relay.http.routing import Route
 from relay.http.state import GRANT, STATE
-from relay.logs import mask_token
-from relay.model import InvalidInput
-from relay.payload import normalize_device_token, validate_service_id
 from relay.store.activity_store import (
     ACTIVITIES,
     PUSH_TO_START_TOKENS,

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from relay.http import activities, devices, gms_push, health, notifications, openapi, receipts
+from relay.http import (
+    activities,
+    check,
+    devices,
+    gms_push,
+    health,
+    notifications,
+    openapi,
+    receipts,
+)
 from relay.http.middleware import authenticated_request_context, expect_continue
+from relay.http.responses import OpenApiOut
 from relay.http.routing import Route
 from relay.http.state import STATE, RelayState
 
@@ -27,20 +39,31 @@ def server_options(application: web.Application) -> dict[str, Any]:
 
 def every_route() -> list[Route]:
     """Every route an api serves, in the order they are matched."""
-    # Imported here: the check runs `apns-relay check`, which builds on relay.service, which
-    # builds on this module.
-    from relay.http import check
-
     return [
         *health.ROUTES,
         *gms_push.ROUTES,
         *notifications.ROUTES,
         *devices.ROUTES,
-        *openapi.ROUTES,
+        *OPENAPI_ROUTES,
         *activities.ROUTES,
         *check.ROUTES,
         *receipts.ROUTES,
     ]
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every route the api serves (relay.http.openapi writes it)."""
+    return openapi.document(every_route())
+
+
+async def openapi_route(_: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")
+
+
+OPENAPI_ROUTES = [
+    Route("GET", "/openapi.json", openapi_route, "openapi", "This document", {200: OpenApiOut}),
+]
 
 
 def create_app(state: RelayState, *, ingest: bool = True) -> web.Application:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
-from relay.config import App, ConfigError, Settings
+from relay.config.schema import App, ConfigError, Settings
+from relay.core.payload import PushSpec
 from relay.http.problems import Problem
-from relay.payload import PushSpec
 
 WWW_AUTHENTICATE = 'Bearer realm="apns-relay", Basic realm="apns-relay"'
 

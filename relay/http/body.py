@@ -10,9 +10,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from relay.core.quoting import shown
 from relay.http.problems import Problem
 from relay.http.state import STATE
-from relay.quoting import shown
 
 # Arrays and objects may nest this deep in a request body; a push payload needs a handful of
 # levels, and a limit far below orjson's 1024 keeps hostile bodies cheap to refuse.

@@ -7,14 +7,14 @@ import dataclasses
 import structlog
 from aiohttp import web
 
-from relay.check import Verdict
-from relay.check_command import check_apps
+from relay.core.model import InvalidInput
+from relay.credentials.check import Verdict
+from relay.delivery.probe import check_apps
 from relay.http.auth import require_operator, resolve_app
 from relay.http.problems import unknown_app_problem
 from relay.http.responses import VerdictOut, json_response
 from relay.http.routing import Route
 from relay.http.state import GRANT, STATE
-from relay.model import InvalidInput
 
 log = structlog.get_logger("relay.check")
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
-from relay.check import Verdict
+from relay.credentials.check import Verdict
 
 # A verdict is answered from memory this long after its probe: an operator re-running a check
 # right after fixing something waits at most this long; a loop of calls costs one probe per app

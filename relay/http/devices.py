@@ -7,14 +7,14 @@ from dataclasses import asdict
 import structlog
 from aiohttp import web
 
+from relay.core.fields import normalize_device_token
+from relay.core.model import InvalidInput
+from relay.core.redaction import mask_token
 from relay.http.auth import require_full_access, resolve_app
 from relay.http.problems import unknown_app_problem
 from relay.http.responses import DeviceClearedOut, DeviceOut, QueueTotalsOut, json_response
 from relay.http.routing import Route
 from relay.http.state import GRANT, STATE
-from relay.logs import mask_token
-from relay.model import InvalidInput
-from relay.payload import normalize_device_token
 
 log = structlog.get_logger("relay.api")
 

@@ -9,17 +9,17 @@ import time
 import orjson
 from aiohttp import web
 
-from relay import metrics
-from relay.activity_ingest import queue_activity_push
-from relay.config import App
-from relay.gms import to_notification
+from relay.config.schema import App
+from relay.core.gms import to_notification
+from relay.core.model import InvalidInput, Notification
+from relay.core.payload import PushSpec
 from relay.http.auth import resolve_app, scoped_spec
 from relay.http.problems import Problem
 from relay.http.state import GRANT, STATE, RelayState
-from relay.model import InvalidInput, Notification
-from relay.payload import PushSpec
+from relay.ingest.activities import queue_activity_push
 from relay.store.records import Accepted
 from relay.store.refusals import QueueRefusal
+from relay.telemetry import metrics
 
 
 def refuse_while_draining(state: RelayState) -> None:

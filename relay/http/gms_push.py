@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from relay.gms import customhttp_spec
+from relay.core.gms import customhttp_spec
+from relay.core.model import InvalidInput
 from relay.http.body import check_embedded_message, parse_json, read_body
 from relay.http.enqueue import count_event, ingest_push, refuse_while_draining
 from relay.http.problems import Problem
@@ -12,7 +13,6 @@ from relay.http.requests import GmsPushIn
 from relay.http.responses import GmsPushOut, json_response
 from relay.http.routing import INGEST_ERRORS, Route
 from relay.http.state import STATE
-from relay.model import InvalidInput
 
 
 async def gms_push(request: web.Request) -> web.Response:

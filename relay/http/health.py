@@ -7,12 +7,12 @@ import time
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import metrics
 from relay.http.responses import HealthOut, ReadinessOut, json_response
 from relay.http.routing import Route
 from relay.http.state import STATE
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.memory import MemoryWatch, evicts_queued_work
+from relay.telemetry import metrics
 
 QUEUE_GAUGES_MAX_AGE_S = 1.0
 

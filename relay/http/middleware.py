@@ -10,14 +10,14 @@ import uuid
 import structlog
 from aiohttp import HttpVersion11, web
 
-from relay import metrics
+from relay.core.model import InvalidInput
+from relay.core.quoting import shown
 from relay.http.auth import WWW_AUTHENTICATE
 from relay.http.problems import Problem
 from relay.http.routing import Handler
 from relay.http.state import GRANT, STATE
-from relay.model import InvalidInput
-from relay.quoting import shown
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.api")
 

@@ -9,6 +9,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from relay.core.model import DeliveryState, InvalidInput
+from relay.core.payload import build_notification
 from relay.http.auth import resolve_app, scoped_spec
 from relay.http.body import parse_json, read_body
 from relay.http.enqueue import (
@@ -33,8 +35,6 @@ from relay.http.responses import (
 )
 from relay.http.routing import INGEST_ERRORS, Route
 from relay.http.state import GRANT, STATE
-from relay.model import DeliveryState, InvalidInput
-from relay.payload import build_notification
 from relay.store.codec import MalformedRecordError
 from relay.store.queue import MAX_BATCH
 from relay.store.records import Accepted, NotificationStatus
@@ -181,8 +181,8 @@ async def get_notification(request: web.Request) -> web.Response:
             404, "not-found", "no such notification (unknown, or past retention)", field="id"
         )
     return json_response(
-        NotificationStatusOut(
-            **asdict(status), waiting_for_route=await _route_wait(request, status)
+        NotificationStatusOut.model_validate(
+            {**asdict(status), "waiting_for_route": await _route_wait(request, status)}
         )
     )
 

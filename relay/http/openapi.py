@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from functools import cache
 from typing import Any
 
-import orjson
-from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
@@ -17,7 +14,7 @@ from relay import __version__
 from relay.http.body import MAX_JSON_DEPTH
 from relay.http.problems import PROBLEM_JSON
 from relay.http.requests import AppName, DeviceToken, NotificationId, ServiceId
-from relay.http.responses import OpenApiOut, ProblemOut
+from relay.http.responses import ProblemOut
 from relay.http.routing import Route
 from relay.store.queue import MAX_BATCH
 
@@ -109,18 +106,8 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
-def _routes() -> list[Route]:
-    # Imported here: the route groups' modules build on the modules this one's callers use;
-    # `check`'s builds on relay.service (see relay.http.app).
-    from relay.http.app import every_route
-
-    return every_route()
-
-
-@cache
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every route the api serves."""
-    routes = _routes()
+def document(routes: list[Route]) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of `routes` (relay.http.app.openapi_document: every route)."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
@@ -136,12 +123,3 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": paths,
     }
-
-
-async def openapi(_: web.Request) -> web.Response:
-    return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")
-
-
-ROUTES = [
-    Route("GET", "/openapi.json", openapi, "openapi", "This document", {200: OpenApiOut}),
-]

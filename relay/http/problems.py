@@ -9,8 +9,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from relay.core.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
 from relay.http.refusals import invalid_inputs
-from relay.model import ExpiredOnArrival, InvalidInput, PayloadTooLarge
 from relay.store.connection import ReplicasBehind
 from relay.store.refusals import (
     DeadToken,
@@ -24,7 +24,7 @@ from relay.store.spool import SpoolFull, SpoolUnavailable
 PROBLEM_JSON = "application/problem+json"
 
 # What each kind of refusal from the store means to an HTTP client: the store's refusals are
-# typed and carry no status (tests/test_boundary.py checks every kind has one here).
+# typed and carry no status (tests/deploy/test_boundary.py checks every kind has one here).
 REFUSAL_STATUSES: dict[str, int] = {
     IdempotencyKeyReused.reason: 409,
     DeadToken.reason: 410,
@@ -35,7 +35,7 @@ REFUSAL_STATUSES: dict[str, int] = {
     SpoolUnavailable.reason: 503,
 }
 # Bad input is a 400 invalid-input; a kind of it that is well-formed but cannot be served has a
-# status and problem type of its own (tests/test_boundary.py checks every kind has one here).
+# status and problem type of its own (tests/deploy/test_boundary.py checks every kind has one here).
 INVALID_INPUT_ANSWERS: dict[type[InvalidInput], tuple[int, str]] = {
     InvalidInput: (400, "invalid-input"),
     PayloadTooLarge: (413, "payload-too-large"),

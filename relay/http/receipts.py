@@ -15,15 +15,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import OutOfMemoryError
 
-from relay import metrics
-from relay.config import Settings
-from relay.http.body import parse_json, read_body
-from relay.http.limits import client_address
-from relay.http.middleware import expect_continue, request_context
-from relay.http.problems import Problem
-from relay.http.routing import Route
-from relay.http.state import STATE, RelayState
-from relay.receipts import (
+from relay.config.schema import Settings
+from relay.core.receipts import (
     ID_PATTERN,
     MAC_PATTERN,
     MalformedReceipt,
@@ -32,7 +25,14 @@ from relay.receipts import (
     check_form,
     signing_app,
 )
+from relay.http.body import parse_json, read_body
+from relay.http.limits import client_address
+from relay.http.middleware import expect_continue, request_context
+from relay.http.problems import Problem
+from relay.http.routing import Route
+from relay.http.state import STATE, RelayState
 from relay.store.receipts import Recorded, record_receipt
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.receipts")
 

@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from relay.model import InvalidInput
-from relay.quoting import counted, shown
+from relay.core.model import InvalidInput
+from relay.core.quoting import counted, shown
 
 # A body can break many rules at once (10,000 unknown keys): the answer lists this many.
 MAX_LISTED_ERRORS = 10

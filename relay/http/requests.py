@@ -8,8 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
-from relay.model import PUSH_TYPES, InvalidInput
-from relay.payload import (
+from relay.core.fields import (
     ACTION_SCHEMA_PATTERN,
     APP_NAME_PATTERN,
     MAX_ACTION_CHARS,
@@ -17,15 +16,14 @@ from relay.payload import (
     MAX_SERVICE_ID_CHARS,
     MAX_TOKEN_HEX,
     MIN_TOKEN_HEX,
-    PRIORITY_RULE,
-    AlertFields,
-    PushSpec,
     normalize_device_token,
     validate_action,
     validate_app_name,
     validate_service_id,
 )
-from relay.quoting import shown
+from relay.core.model import PUSH_TYPES, InvalidInput
+from relay.core.payload import PRIORITY_RULE, AlertFields, PushSpec
+from relay.core.quoting import shown
 from relay.store.queue import MAX_BATCH
 
 MAX_NOTIFICATION_ID_CHARS = 128
@@ -144,8 +142,7 @@ class BatchIn(BaseModel):
 
 
 class GmsPushIn(BaseModel):
-    """GMS's customhttp body, for the OpenAPI document: relay.gms.parse_customhttp reads it (the
-    shapes GMS sends, refused in the house wording)."""
+    """GMS's customhttp body: the shapes GMS sends; any other is refused in the house wording."""
 
     deviceId: str = Field(  # GMS's name
         pattern=r"^(?:[a-z0-9][a-z0-9_-]*:)?(?:[0-9a-fA-F]{2})+$",

@@ -1,22 +1,23 @@
 """What each route answers: a pydantic model of every JSON response, problem+json included.
 
 The OpenAPI document's response schemas are generated from these (relay.http.openapi), and
-tests/test_api_responses.py checks real answers of every route against the served document.
+tests/http/test_api_responses.py checks real answers of every route against the served document.
 A field with a default is sent only when the handler sets it (`json_response` leaves unset
 fields out), so the document marks it optional.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any, Literal, get_type_hints
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from relay.model import DeliveryState
+from relay.store.records import NotificationStatus
 
-SPOOLED = "held in this api's local spool until Redis answers (relay.spool)"
+SPOOLED = "held in this api's local spool until Redis answers, then queued in order"
 
 
 class Answer(BaseModel):
@@ -114,39 +115,28 @@ class RouteWaitOut(Answer):
     last_answer: str
 
 
-class NotificationStatusOut(Answer):
-    id: str
-    app: str
-    device_token: str | None = Field(
-        description="null once final: a final record keeps no device token"
-    )
-    service_id: str | None
-    action: str | None
-    state: DeliveryState
-    attempts: int
-    claims: int = Field(
-        description="times handed to a worker; above attempts when one stopped mid-send"
-    )
-    accepted_at_ms: int
-    updated_at_ms: int
-    expires_at: int = Field(description="UNIX seconds")
-    delivered_at_ms: int | None
-    last_status: int | None
-    last_reason: str | None
-    apns_id: str | None
-    apns_unique_id: str | None = Field(
-        description="sandbox only: APNs' key of the push in its Delivery Log"
-    )
-    collapse_id: str | None
-    push_type: str
-    priority: int
-    received_at_ms: int | None = Field(
-        description="when the phone's delivery receipt arrived (apps[].receipts); null: none yet"
-    )
-    device_latency_ms: int | None = Field(
-        description="received_at_ms - accepted_at_ms: acceptance to shown on the phone"
-    )
-    waiting_for_route: RouteWaitOut | None
+# A notification's status as the API answers it: NotificationStatus's fields (the one list, in its
+# order), each described here where a bare name would not say enough, and why it is not being
+# sent if its route is failing.
+_STATUS_DESCRIPTIONS = {
+    "device_token": "null once final: a final record keeps no device token",
+    "claims": "times handed to a worker; above attempts when one stopped mid-send",
+    "expires_at": "UNIX seconds",
+    "apns_unique_id": "sandbox only: APNs' key of the push in its Delivery Log",
+    "received_at_ms": "when the phone's delivery receipt arrived (apps[].receipts); null: none yet",
+    "device_latency_ms": "received_at_ms - accepted_at_ms: acceptance to shown on the phone",
+}
+_STATUS_HINTS = get_type_hints(NotificationStatus)
+_STATUS_FIELDS: dict[str, Any] = {
+    name: (_STATUS_HINTS[name], Field(description=_STATUS_DESCRIPTIONS.get(name)))
+    for name in (field.name for field in fields(NotificationStatus))
+}
+NotificationStatusOut = create_model(
+    "NotificationStatusOut",
+    __base__=Answer,
+    **_STATUS_FIELDS,
+    waiting_for_route=(RouteWaitOut | None, ...),
+)
 
 
 class DeadTokenOut(Answer):

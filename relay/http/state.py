@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from relay.config import Settings
+from relay.config.schema import Settings
 from relay.http.auth import Credentials, Grant
 from relay.http.check_runs import CheckRuns
 from relay.http.limits import AddressRates, ApiLimits, RequestRates
+from relay.ingest.hold import Ingest
 from relay.store.connection import ReplicaAcknowledgement
-from relay.store.ingest import Ingest
 from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
 from relay.store.spool import Spool

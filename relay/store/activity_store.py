@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from relay.activities import ActivityTokens, LastSent, next_timestamp
+from relay.core.activities import ActivityTokens, LastSent, next_timestamp
+from relay.store.codec import optional_text
 from relay.store.keys import (
     activity_dead_key,
     activity_key,
@@ -36,16 +37,12 @@ class ActivityRecord:
     last: LastSent | None
 
 
-def _text(value: bytes | str | None) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _encode_last(last: LastSent | None) -> str:
     return "" if last is None else f"{last.event_s}:{last.timestamp_s}"
 
 
 def _decode_last(raw: bytes | str | None) -> LastSent | None:
-    text = _text(raw)
+    text = optional_text(raw)
     if not text:
         return None
     event_s, _, timestamp_s = text.partition(":")
@@ -53,7 +50,8 @@ def _decode_last(raw: bytes | str | None) -> LastSent | None:
 
 
 class ActivityStore:
-    """Reads and writes of Live Activity registrations (the decisions are relay.activities')."""
+    """Reads and writes of Live Activity registrations (the decisions are
+    relay.core.activities')."""
 
     def __init__(self, queue: RelayQueue) -> None:
         self._queue = queue
@@ -101,7 +99,7 @@ class ActivityStore:
     async def bound_to(self, app: str, service_id: str, device_token: str) -> bool:
         """Whether GMS pushed the service to `device_token` (within the service's lifetime)."""
         bound = await self._queue.client.hget(activity_key(app, service_id), "gms_device_token")
-        return _text(bound) == device_token
+        return optional_text(bound) == device_token
 
     async def unregister(self, app: str, service_id: str, device_token: str) -> bool:
         """Forget the service's activity token (the app ended it), when `device_token` is the
@@ -116,7 +114,7 @@ class ActivityStore:
     async def drop_activity_token(self, app: str, service_id: str, activity_token: str) -> None:
         """Forget a token APNs called dead, unless the app registered a new one meanwhile."""
         key = activity_key(app, service_id)
-        current = _text(await self._queue.client.hget(key, "activity_token"))
+        current = optional_text(await self._queue.client.hget(key, "activity_token"))
         if current == activity_token:
             await self._queue.client.hdel(key, "activity_token", "device_token")
 
@@ -141,7 +139,8 @@ class ActivityStore:
             self._queue.client.get(push_to_start_key(app, device_token)),
         )
         return ActivityRecord(
-            ActivityTokens(_text(activity_token), _text(push_to_start)), _decode_last(last)
+            ActivityTokens(optional_text(activity_token), optional_text(push_to_start)),
+            _decode_last(last),
         )
 
     async def take_stamp(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, get_type_hints
 
-from relay.model import (
+from relay.core.model import (
     Delivered,
     DeliveryOutcome,
-    DeliveryState,
     Expired,
     Failed,
     InvalidInput,
@@ -17,15 +16,14 @@ from relay.model import (
     Retry,
     apns_id_for,
 )
-from relay.payload import check_notification
-from relay.quoting import shown
+from relay.core.payload import check_notification
+from relay.core.quoting import shown
 from relay.store.records import (
     NOTIFICATION_FIELDS,
     DeadTokenRecord,
     ExpiredRecord,
     LeasedNotification,
     MalformedRecord,
-    NotificationStatus,
 )
 from relay.store.scripts import ScriptArg
 
@@ -78,16 +76,6 @@ def notification_from(payload: bytes, values: Sequence[bytes | str | None]) -> N
     return Notification(payload=payload, **decoded)
 
 
-def notification_pairs(n: Notification) -> list[ScriptArg]:
-    """The field/value pairs of a notification's record; None fields are left out."""
-    pairs: list[ScriptArg] = []
-    for name in NOTIFICATION_FIELDS:
-        value = getattr(n, name)
-        if value is not None:
-            pairs += (name, value)
-    return pairs
-
-
 def order_args(n: Notification) -> tuple[str, ScriptArg]:
     """(group, order) for enqueue.lua; ('', '') when the notification is plain FIFO."""
     if n.order_group is None or n.order is None:
@@ -120,14 +108,17 @@ def outcome_args(notification_id: str, outcome: DeliveryOutcome) -> tuple[Script
 
 def leased_from(entry: list[Any]) -> LeasedNotification:
     """A claimed head as the worker gets it, checked by ingest's rules
-    (relay.payload.check_notification); MalformedRecordError naming the field when it breaks
-    them (another version wrote it, a bug, a hand edit). claim.lua has checked what it computes
-    with (expires_at, attempts, the times, app and token), so those parse."""
-    notification_id, claim_no, payload, *values = entry
+    (relay.core.payload.check_notification) and against the device whose queue it heads (the
+    record's token bytes are the device's hex digits); MalformedRecordError naming the field when
+    it breaks them (another version wrote it, a bug, a hand edit). claim.lua has checked what it
+    computes with (the header's numbers, the app), so those parse."""
+    notification_id, claim_no, payload, token_bytes, *values = entry
     attempts, accepted_at_ms, updated_at_ms = values[len(NOTIFICATION_FIELDS) :]
     try:
         notification = notification_from(payload, values[: len(NOTIFICATION_FIELDS)])
         check_notification(notification)
+        if bytes.fromhex(notification.device_token) != token_bytes:
+            raise InvalidInput("device_token", "must be the device's whose queue the record heads")
     except InvalidInput as error:
         raise MalformedRecordError(str(error)) from None
     return LeasedNotification(
@@ -141,8 +132,9 @@ def leased_from(entry: list[Any]) -> LeasedNotification:
 
 
 def device_of(entry: list[Any]) -> str:
-    """The "<app>:<token>" of a claimed head (claim.lua checked both are there and match)."""
-    values = entry[3:]
+    """The "<app>:<token>" of a claimed head: the device whose queue it heads (claim.lua hands
+    out the device's own app and token)."""
+    values = entry[4:]
     app = values[NOTIFICATION_FIELDS.index("app")]
     token = values[NOTIFICATION_FIELDS.index("device_token")]
     return f"{text(app)}:{text(token)}"
@@ -157,34 +149,6 @@ def expired_from(entry: list[Any]) -> ExpiredRecord:
     notification_id, app, service_id, action = entry
     return ExpiredRecord(
         text(notification_id), text(app), optional_text(service_id), optional_text(action)
-    )
-
-
-def status_from(
-    notification_id: str, record: Mapping[bytes | str, bytes | str]
-) -> NotificationStatus:
-    """A notification's record (HGETALL) as its status."""
-    values = {text(name): value for name, value in record.items()}
-    return NotificationStatus(
-        id=notification_id,
-        app=text(values["app"]),
-        device_token=text(values["device_token"]),
-        service_id=optional_text(values.get("service_id")),
-        action=optional_text(values.get("action")),
-        state=DeliveryState(text(values["state"])),
-        attempts=int(values["attempts"]),
-        claims=int(values["claim_no"]),
-        accepted_at_ms=int(values["accepted_at_ms"]),
-        updated_at_ms=int(values["updated_at_ms"]),
-        expires_at=int(values["expires_at"]),
-        delivered_at_ms=optional_int(values.get("delivered_at_ms")),
-        last_status=optional_int(values.get("last_status")),
-        last_reason=optional_text(values.get("last_reason")),
-        apns_id=optional_text(values.get("apns_id")),
-        apns_unique_id=optional_text(values.get("apns_unique_id")),
-        collapse_id=optional_text(values.get("collapse_id")),
-        push_type=text(values["push_type"]),
-        priority=int(values["priority"]),
     )
 
 

@@ -12,13 +12,13 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPubSub
 from redis.asyncio.sentinel import Sentinel
 
+from relay.config.topology import SentinelSet, Standalone, topology
 from relay.store.errors import vanished_as_unreachable
 from relay.store.keys import ACK_MARK, shard_of_id, shard_prefix
 from relay.store.refusals import QueueRefusal
-from relay.store.topology import SentinelSet, Standalone, topology
 
 if TYPE_CHECKING:
-    from relay.config import RedisSettings
+    from relay.config.schema import RedisSettings
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 

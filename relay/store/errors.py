@@ -14,7 +14,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from relay.logs import RepeatedCondition
+from relay.telemetry.logs import RepeatedCondition
 
 # What an unreachable or failing Redis raises: redis-py's own errors are not OSErrors.
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError)

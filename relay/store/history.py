@@ -1,7 +1,7 @@
 """What stays of a final notification: a compact record in its shard's history bucket, the
 bucket an id's record lives in, and the record read back as a status.
 
-A final record is ~100 bytes (the queued record, ~400 bytes, and its payload are deleted): it
+A final record is ~100 bytes (the queued record, ~480 bytes with its payload, is deleted): it
 keeps what the status API shows of a final notification, packed by finalise() in
 relay/store/lua/shared.lua as
     header  HEADER: layout version (+ COLLAPSE_IS_SERVICE), state, attempts and claims (each
@@ -13,7 +13,7 @@ relay/store/lua/shared.lua as
             COLLAPSE_IS_SERVICE).
 It keeps no device token: the largest field, a personal identifier, and known to whoever sent the
 notification; a final status shows it as null. An apns-id the relay derived itself
-(relay.model.apns_id_for) is not stored either: it is derived again.
+(relay.core.model.apns_id_for) is not stored either: it is derived again.
 
 Records are grouped by the time their id was made (ids carry it, RelayQueue.new_id), one HASH per
 shard and HISTORY_BUCKET_S: so a status read knows its key from the id alone, and the oldest
@@ -29,7 +29,7 @@ import struct
 import time
 import uuid
 
-from relay.model import PUSH_TYPES, DeliveryState, apns_id_for
+from relay.core.model import PUSH_TYPES, DeliveryState, apns_id_for
 from relay.store.records import NotificationStatus
 
 LAYOUT_VERSION = 1

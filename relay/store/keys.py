@@ -9,7 +9,7 @@ import functools
 
 from redis.crc import key_slot
 
-from relay.model import Route
+from relay.core.model import Route
 
 # Every key of shard s starts with shard_prefix(s) = "relay:{<tag>}:"; the hash tag puts all of a
 # shard's keys in one Cluster slot, so each script touches exactly one slot (see shard_tag).
@@ -21,10 +21,13 @@ LEASE = "lease"  # ZSET device -> lease deadline (ms) of its claimed head
 HEADS = "heads"  # ZSET device -> accepted_at_ms of its head (oldest pending age)
 STATS = "stats"  # HASH lifetime counters (STAT_COUNTERS) and the live "pending" count
 QUEUE = "q:"  # LIST + device: notification ids, oldest first
-NOTE = "n:"  # HASH + id: the notification's fields (all but the payload) and its delivery record
-# STRING + id: the APNs body, ready to send; deleted once final. Kept apart so that every value of
-# the record stays short and Redis stores the record as a compact listpack, not a hashtable.
-PAYLOAD = "p:"
+# STRING per shard: the record layout (relay.store.queued.QUEUED_LAYOUT) its queued notifications
+# are in; written by the first relay of that layout to start on an empty shard (see
+# RelayQueue.layout_refusal).
+LAYOUT = "layout"
+# STRING + id: a queued notification's record, its APNs payload included (relay.store.queued);
+# deleted once final.
+NOTE = "n:"
 # HASH + bucket: final records (relay.store.history), field = the id without its shard; TTL = the
 # retention from its last write.
 HISTORY = "h:"
@@ -33,7 +36,6 @@ HISTORY = "h:"
 RECEIPTS = "r:"
 HISTORY_BUCKETS = "hist"  # ZSET bucket -> bucket: the shard's history buckets, oldest first
 DEAD = "dead:"  # HASH + device: reason, status, invalid_since_ms, marked_at_ms
-SERVICE = "svc:"  # HASH + device: service_id -> latest id (supersede in O(1))
 IDEM = "idem:"  # STRING + device + ":" + idempotency key -> "<id>[ <request digest>]"
 # ZSET + app: the app's devices set aside while its route's circuit is open -> the due time each
 # had; claim returns them to DUE once the route sends again.

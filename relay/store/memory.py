@@ -15,9 +15,9 @@ import structlog
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from relay import metrics
 from relay.store.connection import RedisClient
 from relay.store.errors import REDIS_ERRORS, vanished_as_unreachable
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.memory")
 

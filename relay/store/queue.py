@@ -17,8 +17,9 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio.client import PubSub
+from redis.exceptions import ResponseError
 
-from relay.model import ClaimedNotification, DeliveryOutcome, Notification
+from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
 from relay.store.codec import (
     MalformedRecordError,
     dead_token_from,
@@ -26,11 +27,9 @@ from relay.store.codec import (
     expired_from,
     leased_from,
     malformed_from,
-    notification_pairs,
     optional_int,
     order_args,
     outcome_args,
-    status_from,
     text,
 )
 from relay.store.connection import RedisClient
@@ -49,12 +48,12 @@ from relay.store.keys import (
     HISTORY,
     HISTORY_BUCKETS,
     IDEM,
+    LAYOUT,
     LEASE,
     NOTE,
     PARKED,
     QUEUE,
     RECEIPTS,
-    SERVICE,
     STAT_COUNTERS,
     STATS,
     WAKE_CHANNEL,
@@ -62,6 +61,7 @@ from relay.store.keys import (
     shard_of_id,
     shard_prefix,
 )
+from relay.store.queued import QUEUED_LAYOUT, pack_queued, status_from_queued
 from relay.store.records import (
     Accepted,
     ClaimBatch,
@@ -107,6 +107,10 @@ def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
     return [(shard, base + (1 if i < extra else 0)) for i, shard in enumerate(shards)]
 
 
+def _device(claim: ClaimedNotification) -> str:
+    return f"{claim.notification.app}:{claim.notification.device_token}"
+
+
 def _now_ms(now_ms: int | None) -> int:
     return int(time.time() * 1000) if now_ms is None else now_ms
 
@@ -136,6 +140,64 @@ class RelayQueue:
             self._redis, calls, script_errors_as_replies=script_errors_as_replies
         )
 
+    # ---- the record layout ----
+
+    async def layout_refusal(self) -> str | None:
+        """None when every shard's queued notifications are in this version's record layout
+        (relay.store.queued.QUEUED_LAYOUT), marking the shards not marked yet; else the one-line
+        start-up error: a relay of another layout has work queued here, which this one cannot
+        read. The fix is to drain it with the version that queued it (records are never
+        converted: an upgrade waits for an empty queue, which takes seconds when APNs is up).
+
+        Layout 1 marked nothing: a shard without a mark whose oldest head's record is not a
+        STRING holds layout-1 work (a spool replayed before this check may have queued layout-2
+        records there already)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for shard in range(self.limits.shards):
+            prefix = shard_prefix(shard)
+            pipe.get(prefix + LAYOUT)
+            pipe.hget(prefix + STATS, "pending")
+            pipe.zrange(prefix + HEADS, 0, 0)
+        replies = await pipe.execute()
+        unmarked: list[int] = []
+        foreign: dict[int, tuple[str, int]] = {}  # shard -> (its layout, pending)
+        heads: dict[int, str] = {}  # unmarked shard with work -> a device with a head
+        for shard in range(self.limits.shards):
+            layout, pending, first = replies[3 * shard : 3 * shard + 3]
+            if layout is None:
+                unmarked.append(shard)
+                if first:
+                    heads[shard] = text(first[0])
+            elif text(layout) != str(QUEUED_LAYOUT) and int(pending or 0) > 0:
+                foreign[shard] = (text(layout), int(pending))
+        if heads:
+            pipe = self._redis.pipeline(transaction=False)
+            for shard, device in heads.items():
+                pipe.lindex(shard_prefix(shard) + QUEUE + device, 0)
+            ids = dict(zip(heads, await pipe.execute(), strict=True))
+            pipe = self._redis.pipeline(transaction=False)
+            for shard, head in ids.items():
+                pipe.type(shard_prefix(shard) + NOTE + text(head or b""))
+            for shard, kind in zip(ids, await pipe.execute(), strict=True):
+                if text(kind) == "hash":
+                    pending = replies[3 * shard + 1]
+                    foreign[shard] = ("1", int(pending or 0))
+        if foreign:
+            layouts = ", ".join(sorted({layout for layout, _ in foreign.values()}))
+            count = sum(pending for _, pending in foreign.values())
+            return (
+                f"Redis holds {count:,} notifications queued by a relay of queued-record layout"
+                f" {layouts}, which this version (layout {QUEUED_LAYOUT}) cannot read: drain them"
+                " with that version first (stop this version, let the previous one's worker empty"
+                " the queue until GET /v1/queue says pending 0), then start this one"
+            )
+        if unmarked:
+            pipe = self._redis.pipeline(transaction=False)
+            for shard in unmarked:
+                pipe.set(shard_prefix(shard) + LAYOUT, QUEUED_LAYOUT, nx=True)
+            await pipe.execute()
+        return None
+
     # ---- enqueue ----
 
     def new_id(self, n: Notification) -> str:
@@ -147,37 +209,44 @@ class RelayQueue:
         when its payload names it (a delivery receipt)."""
         return f"{self.shard_of(app, token):02d}-{time_ordered_hex()}"
 
-    def _enqueue_call(
-        self, n: Notification, now_ms: int, notification_id: str | None = None
-    ) -> tuple[ScriptCall, str]:
-        shard = self.shard_of(n.app, n.device_token)
-        prefix = shard_prefix(shard)
-        device = f"{n.app}:{n.device_token}"
-        notification_id = notification_id or self.new_id(n)
-        keys = [
-            *shard_keys(prefix),
-            prefix + QUEUE + device,
-            prefix + NOTE + notification_id,
-            prefix + DEAD + device,
-            prefix + SERVICE + device,
-        ]
-        if n.idempotency_key is not None:
-            keys.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
-        args: list[ScriptArg] = [
-            prefix,
-            notification_id,
-            device,
-            now_ms,
-            self.limits.retention_s,
-            self.limits.max_per_device,
-            self.limits.max_pending_per_shard,
-            (n.service_id or "") if self.limits.supersede else "",
-            *order_args(n),
-            n.payload,
-            n.request_digest or "",
-            *notification_pairs(n),
-        ]
-        return ScriptCall(ENQUEUE, keys, args), device
+    def _enqueue_calls(
+        self, items: Sequence[tuple[Notification, str | None]], now_ms: int
+    ) -> tuple[list[ScriptCall], list[tuple[int, int]]]:
+        """One enqueue call per shard for `items` (each a notification and the id to store it
+        under, None: a fresh one), and where each item's reply is: (call, place in its reply)."""
+        shards: dict[int, tuple[list[str], list[ScriptArg], int]] = {}  # keys, args, items
+        where: list[tuple[int, int]] = []
+        for n, notification_id in items:
+            shard = self.shard_of(n.app, n.device_token)
+            prefix = shard_prefix(shard)
+            if shard not in shards:
+                limits = self.limits
+                shards[shard] = (
+                    shard_keys(prefix),
+                    [prefix, now_ms, limits.retention_s, limits.max_per_device],
+                    0,
+                )
+                shards[shard][1].append(limits.max_pending_per_shard)
+            keys, args, count = shards[shard]
+            device = f"{n.app}:{n.device_token}"
+            notification_id = notification_id or self.new_id(n)
+            own = [prefix + QUEUE + device, prefix + NOTE + notification_id, prefix + DEAD + device]
+            if n.idempotency_key is not None:
+                own.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
+            where.append((list(shards).index(shard), count))
+            shards[shard] = (keys, args, count + 1)
+            keys += own
+            args += (
+                notification_id,
+                device,
+                (n.service_id or "") if self.limits.supersede else "",
+                *order_args(n),
+                pack_queued(n, now_ms),
+                n.request_digest or "",
+                len(own),
+            )
+        calls = [ScriptCall(ENQUEUE, keys, args) for keys, args, _ in shards.values()]
+        return calls, where
 
     def _enqueue_result(self, n: Notification, reply: list[Any]) -> Accepted | QueueRefusal:
         verdict = text(reply[0])
@@ -217,8 +286,8 @@ class RelayQueue:
 
         Sent again with the same `notification_id` (an attempt whose answer was lost, a spool
         replay), it is accepted once: the script finds the record and stores nothing more."""
-        call, _ = self._enqueue_call(n, _now_ms(now_ms), notification_id)
-        (reply,) = await self.run_scripts([call])
+        calls, _ = self._enqueue_calls([(n, notification_id)], _now_ms(now_ms))
+        ((reply,),) = await self.run_scripts(calls)
         result = self._enqueue_result(n, reply)
         if isinstance(result, QueueRefusal):
             raise result
@@ -239,10 +308,12 @@ class RelayQueue:
             return []
         now = _now_ms(now_ms)
         chosen = [None] * len(ns) if ids is None else ids
-        replies = await self.run_scripts(
-            [self._enqueue_call(n, now, i)[0] for n, i in zip(ns, chosen, strict=True)]
-        )
-        return [self._enqueue_result(n, reply) for n, reply in zip(ns, replies, strict=True)]
+        calls, where = self._enqueue_calls(list(zip(ns, chosen, strict=True)), now)
+        replies = await self.run_scripts(calls)
+        return [
+            self._enqueue_result(n, replies[call][place])
+            for n, (call, place) in zip(ns, where, strict=True)
+        ]
 
     # ---- claim ----
 
@@ -336,7 +407,8 @@ class RelayQueue:
         by_shard: dict[int, list[ScriptArg]] = defaultdict(list)
         for shard, entry, _ in unsendable:
             notification_id, claim_no = entry[0], entry[1]
-            by_shard[shard] += (notification_id, claim_no, "failed", "", "MalformedRecord")
+            by_shard[shard] += (notification_id, claim_no, device_of(entry), "failed", "")
+            by_shard[shard] += ("MalformedRecord",)
             by_shard[shard] += ("", "", "", "")
         calls = []
         for shard, claims in by_shard.items():
@@ -434,7 +506,7 @@ class RelayQueue:
                 self.limits.dead_token_ttl_s,
             ]
             for claim in claims:
-                args += (claim.id, claim.claim_no, *outcomes[id(claim)])
+                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
             calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 
@@ -462,7 +534,7 @@ class RelayQueue:
             prefix = shard_prefix(shard)
             args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
             for claim in leased:
-                args += (claim.id, claim.claim_no, sent)
+                args += (claim.id, claim.claim_no, _device(claim), sent)
             calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
         await self.run_scripts(calls)
 
@@ -477,13 +549,19 @@ class RelayQueue:
             return None
         prefix = shard_prefix(shard)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(prefix + NOTE + notification_id)
+        pipe.get(prefix + NOTE + notification_id)
         pipe.hget(f"{prefix}{HISTORY}{bucket}", history_field(notification_id))
         pipe.hget(f"{prefix}{RECEIPTS}{bucket}", history_field(notification_id))
-        record, final, received = await pipe.execute()
         try:
-            if record:
-                return with_received(status_from(notification_id, record), received)
+            record, final, received = await pipe.execute()
+        except ResponseError as error:
+            # WRONGTYPE: a key this layout did not write (invariant 14; an older layout's HASH).
+            if "WRONGTYPE" not in str(error):
+                raise
+            raise MalformedRecordError(f"{notification_id}: {error}") from error
+        try:
+            if record is not None:
+                return with_received(status_from_queued(notification_id, record), received)
             if final is not None:
                 return with_received(status_from_history(notification_id, final), received)
         except (KeyError, ValueError, IndexError, struct.error) as error:

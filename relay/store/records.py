@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from relay.model import ClaimedNotification, DeliveryState, Notification
+from relay.core.model import ClaimedNotification, DeliveryState, Notification
 
-# The payload has a key of its own; the request digest lives only beside the idempotency key.
+# The payload ends the record (relay.store.queued); the request digest lives only beside the
+# idempotency key.
 NOTIFICATION_FIELDS = tuple(
     f.name for f in fields(Notification) if f.name not in ("payload", "request_digest")
 )
@@ -57,7 +58,7 @@ class Accepted:
     id: str
     duplicate: bool  # the idempotency key was seen before: the existing id is returned
     superseded: str | None = None  # the older notification this one replaced, if any
-    spooled: bool = False  # held in the api's local spool until Redis answers (relay.spool)
+    spooled: bool = False  # held in the api's local spool until Redis answers (relay.store.spool)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +133,34 @@ class NotificationStatus:
     # When the phone's delivery receipt arrived (apps[].receipts), and how long after acceptance.
     received_at_ms: int | None = None
     device_latency_ms: int | None = None
+
+    @classmethod
+    def unsent(
+        cls, notification_id: str, n: Notification, state: DeliveryState, at_ms: int
+    ) -> NotificationStatus:
+        """The status of a notification no worker has had yet (one in an api's spool): the
+        untried fields said once, here."""
+        return cls(
+            id=notification_id,
+            app=n.app,
+            device_token=n.device_token,
+            service_id=n.service_id,
+            action=n.action,
+            state=state,
+            attempts=0,
+            claims=0,
+            accepted_at_ms=at_ms,
+            updated_at_ms=at_ms,
+            expires_at=n.expires_at,
+            delivered_at_ms=None,
+            last_status=None,
+            last_reason=None,
+            apns_id=None,
+            apns_unique_id=None,
+            collapse_id=n.collapse_id,
+            push_type=n.push_type,
+            priority=n.priority,
+        )
 
 
 def with_received(status: NotificationStatus, received: bytes | str | None) -> NotificationStatus:

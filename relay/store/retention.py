@@ -10,10 +10,10 @@ import time
 
 import structlog
 
-from relay import metrics
 from relay.store.errors import REDIS_ERRORS
 from relay.store.memory import MemoryWatch
 from relay.store.queue import RelayQueue
+from relay.telemetry import metrics
 
 log = structlog.get_logger("relay.retention")
 

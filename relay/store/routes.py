@@ -6,9 +6,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from relay.config import App
-from relay.delivery.circuit import Circuit, RouteState
-from relay.model import Route
+from relay.config.schema import App
+from relay.core.circuit import Circuit, RouteState
+from relay.core.endpoint import route_to
+from relay.core.model import Route
+from relay.store.codec import text
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
 from relay.store.scripts import RUNS_AT_MAXMEMORY, ScriptArg, ScriptCall, load_script
@@ -18,8 +20,7 @@ ROUTE_WRITE = load_script("route_write", RUNS_AT_MAXMEMORY, shard_script=False)
 
 def route_for(app: App) -> Route:
     """The route a configured app sends on (what its ApnsClient reports as `route`)."""
-    endpoint = app.apns_endpoint()
-    return Route(app.name, app.environment, f"{endpoint.host}:{endpoint.port}")
+    return route_to(app.name, app.environment, app.apns_endpoint())
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +42,7 @@ def _encode(circuit: Circuit) -> list[ScriptArg]:
 def _decode(record: Mapping[Any, Any]) -> StoredCircuit:
     if not record:
         return StoredCircuit(Circuit(), 0)
-    values = {
-        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-        for k, v in record.items()
-    }
+    values = {text(k): text(v) for k, v in record.items()}
     failures = tuple(
         (device, int(at))
         for device, _, at in (
@@ -64,7 +62,7 @@ def _decode(record: Mapping[Any, Any]) -> StoredCircuit:
 
 
 class RouteStore:
-    """Reads and compare-and-set writes of route circuits (the decisions are relay.circuit's)."""
+    """Reads and compare-and-set writes of route circuits (relay.core.circuit decides)."""
 
     def __init__(self, queue: RelayQueue) -> None:
         self._queue = queue

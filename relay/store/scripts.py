@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from prometheus_client import Counter
 from redis.exceptions import NoScriptError, ResponseError
 
-from relay.metrics import REDIS_SCRIPT_CALLS
-from relay.model import FINAL_STATES, DeliveryState
+from relay.core.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
 from relay.store.history import (
     COLLAPSE_IS_SERVICE,
@@ -28,13 +27,13 @@ from relay.store.keys import (
     HISTORY,
     HISTORY_BUCKETS,
     NOTE,
-    PAYLOAD,
     QUEUE,
     RECEIPTS,
-    SERVICE,
     WAKE_CHANNEL,
 )
+from relay.store.queued import ABSENT, NOTE_STRINGS, QUEUED_LAYOUT, SAME_AS_SERVICE
 from relay.store.records import CLAIM_FIELDS
+from relay.telemetry.metrics import REDIS_SCRIPT_CALLS
 
 if TYPE_CHECKING:
     from relay.store.connection import RedisClient
@@ -51,9 +50,7 @@ def _lua_prelude() -> str:
     constants = {
         "K_QUEUE": QUEUE,
         "K_NOTE": NOTE,
-        "K_PAYLOAD": PAYLOAD,
         "K_DEAD": DEAD,
-        "K_SERVICE": SERVICE,
         "K_HISTORY": HISTORY,
         "K_HISTORY_BUCKETS": HISTORY_BUCKETS,
         "K_RECEIPTS": RECEIPTS,
@@ -64,6 +61,8 @@ def _lua_prelude() -> str:
         f"local HISTORY_BUCKET_MS = {HISTORY_BUCKET_S * 1000}",
         f"local HISTORY_LAYOUT = {LAYOUT_VERSION}",
         f"local HISTORY_COLLAPSE_IS_SERVICE = {COLLAPSE_IS_SERVICE}",
+        f"local NOTE_LAYOUT = {QUEUED_LAYOUT}",
+        f"local NOTE_ABSENT, NOTE_SAME_AS_SERVICE = {ABSENT}, {SAME_AS_SERVICE}",
     ]
     push_types = ", ".join(
         f"[{_lua_string(name)}] = {i}" for i, name in enumerate(PUSH_TYPE_CODES, 1)
@@ -72,14 +71,18 @@ def _lua_prelude() -> str:
     states = ", ".join(f"{s.name} = {_lua_string(s.value)}" for s in DeliveryState)
     finals = ", ".join(f"[{_lua_string(s.value)}] = true" for s in sorted(FINAL_STATES))
     claim_fields = ", ".join(_lua_string(name) for name in CLAIM_FIELDS)
-    claim_index = ", ".join(f"{name} = {i}" for i, name in enumerate(CLAIM_FIELDS, start=1))
+    note_strings = ", ".join(_lua_string(name) for name in NOTE_STRINGS)
+    state_of = ", ".join(f"[{i}] = {_lua_string(s.value)}" for i, s in enumerate(STATE_CODES, 1))
+    push_type_of = ", ".join(f"[{i}] = {_lua_string(n)}" for i, n in enumerate(PUSH_TYPE_CODES, 1))
     lines += [
         f"local STATE = {{{states}}}",
         f"local FINAL = {{{finals}}}",
         f"local CLAIM_FIELDS = {{{claim_fields}}}",
-        f"local CLAIM_INDEX = {{{claim_index}}}",
         f"local HISTORY_STATE = {{{codes}}}",
         f"local HISTORY_PUSH_TYPE = {{{push_types}}}",
+        f"local NOTE_STRINGS = {{{note_strings}}}",
+        f"local STATE_OF_CODE = {{{state_of}}}",
+        f"local PUSH_TYPE_OF_CODE = {{{push_type_of}}}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -17,9 +17,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from relay import metrics
-from relay.config import ConfigError
-from relay.logs import RepeatedCondition
+from relay.config.schema import ConfigError
 from relay.store.refusals import QueueRefusal
 from relay.store.spool_log import (
     Admission,
@@ -31,6 +29,8 @@ from relay.store.spool_log import (
     encode,
     scan_file,
 )
+from relay.telemetry import metrics
+from relay.telemetry.logs import RepeatedCondition
 
 log = structlog.get_logger("relay.spool")
 SPOOL_WRITE_FAILED = RepeatedCondition("spool_write_failed", log)

@@ -22,8 +22,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from relay.model import InvalidInput, Notification
-from relay.payload import check_notification
+from relay.core.model import InvalidInput, Notification
+from relay.core.payload import check_notification
 from relay.store.keys import shard_of_id
 
 MAGIC = b"\xa7SPL"

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from relay.delivery.client_certificate import read_push_certificate
+from relay_devkit.apns_sim.apple import read_push_certificate
 from relay_devkit.apns_sim.control import ControlPlane, _bad_request, _json, _json_body
 from relay_devkit.apns_sim.info import SIM_JSON, SimInfo
 from relay_devkit.apns_sim.push_certificates import ENVIRONMENTS, PushCertificateAuthority

@@ -22,7 +22,7 @@ from typing import Final
 
 from cryptography import x509
 
-from relay.delivery.client_certificate import PushCertificateInfo, read_push_certificate
+from relay_devkit.apns_sim.apple import PushCertificateGrant, read_push_certificate
 from relay_devkit.apns_sim.protocol import (
     MISSING_TOPIC,
     TOPIC_DISALLOWED,
@@ -40,7 +40,7 @@ BAD_CERTIFICATE_ENVIRONMENT: Final = Answer(403, "BadCertificateEnvironment")
 
 
 def certificate_verdict(
-    certificate: PushCertificateInfo,
+    certificate: PushCertificateGrant,
     topic: str | None,
     environment: str,
     revoked: Collection[int],
@@ -60,7 +60,7 @@ def certificate_verdict(
 
 def evaluate_certified(
     request: Request,
-    certificate: PushCertificateInfo,
+    certificate: PushCertificateGrant,
     revoked: Collection[int],
     auth: ConnectionAuth,
     policy: Policy,
@@ -82,7 +82,7 @@ def evaluate_certified(
     )
 
 
-def peer_certificate(transport: asyncio.BaseTransport) -> PushCertificateInfo | None:
+def peer_certificate(transport: asyncio.BaseTransport) -> PushCertificateGrant | None:
     """What the client certificate of a TLS connection allows; None: the client sent none.
     It has been verified against the push CA in the handshake."""
     ssl_object = transport.get_extra_info("ssl_object")

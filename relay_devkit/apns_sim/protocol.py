@@ -36,7 +36,12 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
-from relay.model import MAX_COLLAPSE_ID_BYTES, PRIORITIES, PUSH_TYPES, payload_limit
+from relay_devkit.apns_sim.apple import (
+    MAX_COLLAPSE_ID_BYTES,
+    PRIORITIES,
+    PUSH_TYPES,
+    payload_limit,
+)
 from relay_devkit.apns_sim.faults import FaultConfig
 
 DEVICE_PATH: Final = "/3/device/"

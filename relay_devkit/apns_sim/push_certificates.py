@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from relay.delivery.client_certificate import ENVIRONMENT_OIDS, OID_TOPICS
+from relay_devkit.apns_sim.apple import ENVIRONMENT_OIDS, OID_TOPICS
 from relay_devkit.apns_sim.certs import self_signed_ca
 
 CA_FILE: Final = "push-ca.pem"

@@ -23,7 +23,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from relay.delivery.client_certificate import PushCertificateInfo
+from relay_devkit.apns_sim.apple import PushCertificateGrant
 from relay_devkit.apns_sim.certificate_rules import evaluate_certified, peer_certificate
 from relay_devkit.apns_sim.certs import load_trusted_key
 from relay_devkit.apns_sim.control import HubClient, Stats
@@ -135,7 +135,7 @@ class ApnsServerProtocol(asyncio.Protocol):
         open_connections: set[ApnsServerProtocol],
     ) -> None:
         self.backplane = backplane
-        self.certificate: PushCertificateInfo | None = None  # the client's, if it sent one
+        self.certificate: PushCertificateGrant | None = None  # the client's, if it sent one
         self.open_connections = open_connections
         self.stats = backplane.stats
         self.policy = policy

@@ -43,6 +43,7 @@ class CometClient:
     pending: list[JsonObject] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     connected_once: bool = False
+    held: bool = False  # a connect of its is held open now (tests wait on it, not on time)
 
 
 def _reply(request: Mapping[str, JsonValue], **fields: JsonValue) -> JsonObject:
@@ -163,8 +164,12 @@ class CometServer:
         # CometD answers a session's first connect at once, later ones when something is due.
         if client.connected_once and not client.pending:
             client.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(client.wake.wait(), self.long_poll_s)
+            client.held = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.wake.wait(), self.long_poll_s)
+            finally:
+                client.held = False
         client.connected_once = True
         if client.client_id not in self.clients:  # disconnected while held
             return [
@@ -180,6 +185,10 @@ class CometServer:
             *delivered,
             _reply(message, successful=True, clientId=client.client_id, advice=self._advice()),
         ]
+
+    def holds_a_connect(self) -> bool:
+        """Whether any client's /meta/connect is held open, waiting for a message."""
+        return any(client.held for client in self.clients.values())
 
     def close(self) -> None:
         """Release every held connect (the server is shutting down)."""

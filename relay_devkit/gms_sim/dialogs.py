@@ -3,7 +3,7 @@
 Transcribed from the seed, the GMS API Reference page "Callback Push Notifications for iOS"
 (docs.genesys.com), section "Dialogs (REST)". The seed's JSON is printed from a PDF and is not
 valid as printed; these repairs keep its structure and every value (the chat event repairs are
-listed in chat.py's terms in the README's GMS section):
+listed in chat.py's terms in docs/gms.md):
 
 - get-dialog-user-confirmation-provide_code-true is split across two page blocks: the first closes
   after `_user_action_url` (with a trailing comma), the second starts at `_method` without an

@@ -8,7 +8,8 @@
 -- is open: its due devices move to its parked ZSET) or 'send' (its parked devices, if any, are due
 -- again at the time they had).
 -- Returns {more, claimed, expired, malformed, errors}: more = 1 when due devices are left;
--- claimed = list of {id, claim number, payload, CLAIM_FIELDS values...}; expired = list of {id,
+-- claimed = list of {id, claim number, payload, the record's token bytes, CLAIM_FIELDS
+-- values...}; expired = list of {id,
 -- app, service_id, action}; malformed = list of {id, device} failed as MalformedRecord; errors =
 -- list of {device, error} for devices set aside after an error (due again in SET_ASIDE_MS).
 -- Keeps: 2 (only a device's head is leased, one lease per device; a parked device keeps its place
@@ -26,15 +27,31 @@ local UNPARK_PER_CLAIM, PARK_ROUNDS = 1000, 4
 -- How long a device whose claim met an error waits before it is tried again.
 local SET_ASIDE_MS = 60000
 
+local reaped, due_again = {}, {}
 for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT', 0, ARGV[6])) do
-  local head = redis.call('LINDEX', prefix .. K_QUEUE .. device, 0)
+  local queue = prefix .. K_QUEUE .. device
+  local head = redis.call('LINDEX', queue, 0)
+  reaped[#reaped + 1] = device
   if head then
     -- Its holder vanished: whether it sent is unknown, so it is possibly sent (invariant 12).
-    local note = prefix .. K_NOTE .. head
-    redis.call('HSET', note, 'possibly_sent', 1)
-    redis.call('HSET', note, 'state', unsent_state(note), 'updated_at_ms', now)
+    -- pcall: a record of another type is the claim's to set aside, not a failed reap (14).
+    local ok, n = pcall(get_note, prefix, head)
+    if ok and n then
+      n.possibly_sent, n.updated_at_ms = 1, now
+      n.state = unsent_state(n)
+      redis.call('SETRANGE', prefix .. K_NOTE .. head, 1, note_mutable(n))
+    end
+    due_again[#due_again + 1] = now
+    due_again[#due_again + 1] = device
+  else
+    head_changed(prefix, device, false, now)
   end
-  rearm(prefix, device, now)
+end
+if #reaped > 0 then
+  redis.call('ZREM', LEASE, unpack(reaped))
+end
+if #due_again > 0 then
+  redis.call('ZADD', DUE, unpack(due_again))
 end
 
 local parking = {}
@@ -54,7 +71,7 @@ for i = 1, #KEYS - 4 do
   end
 end
 
-local claimed, expired, malformed, errors = {}, {}, {}, {}
+local claimed, expired, malformed, errors, leased = {}, {}, {}, {}, {}
 local rounds = 0
 while limit > #claimed and rounds < PARK_ROUNDS do
   rounds = rounds + 1
@@ -70,13 +87,17 @@ while limit > #claimed and rounds < PARK_ROUNDS do
       redis.call('ZREM', DUE, device)
       parked_now = parked_now + 1
     else
-      lease_head_guarded(prefix, device, now, lease_ms, retention, claimed, expired, malformed,
-        errors, SET_ASIDE_MS)
+      lease_head_guarded(prefix, device, now, claimed, expired, malformed, leased, errors,
+        SET_ASIDE_MS)
     end
   end
+  -- Before the next round's look at DUE, which must not find these again.
+  lease_devices(leased, now + lease_ms)
+  leased = {}
   if parked_now == 0 then
     break
   end
 end
+flush(prefix, retention)
 local more = #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1)
 return {more, claimed, expired, malformed, errors}

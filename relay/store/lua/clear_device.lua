@@ -9,9 +9,9 @@ local prefix, device, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 redis.call('DEL', KEYS[6])
 local in_flight = redis.call('ZSCORE', LEASE, device)
 local first = in_flight and 1 or 0
-local purged = fail_queued(prefix, device, first, now, tonumber(ARGV[4]),
-  {'last_reason', 'Purged'})
+local purged = fail_queued(prefix, device, first, now, {last_reason = 'Purged'})
 if not in_flight then
-  rearm(prefix, device, now)
+  head_changed(prefix, device, false, now)
 end
+flush(prefix, tonumber(ARGV[4]))
 return purged

@@ -1,9 +1,9 @@
 -- settle: record the outcomes of a batch of this shard's claims.
 -- KEYS[1..4] the shard's due, lease, heads, stats.
 -- ARGV[1] shard key prefix; ARGV[2] now (ms); ARGV[3] retention (s); ARGV[4] dead-token TTL (s);
--- then 9 values per claim: id, claim number, outcome ('delivered' | 'retry' | 'failed' | 'dead' |
--- 'expired'), APNs status, reason, apns_id, retry delay (ms), token invalid since (ms),
--- apns_unique_id (sandbox: the key of Apple's Delivery Log); '' = none.
+-- then 10 values per claim: id, claim number, device "<app>:<token>", outcome ('delivered' |
+-- 'retry' | 'failed' | 'dead' | 'expired'), APNs status, reason, apns_id, retry delay (ms), token
+-- invalid since (ms), apns_unique_id (sandbox: the key of Apple's Delivery Log); '' = none.
 -- Returns how many claims were applied; a claim whose lease was lost (claimed again since, ended
 -- already, or no longer the head) is ignored. PUBLISHes the shard's prefix on the wake channel when
 -- a device's next notification became due, as enqueue does for a new one: an idle worker would
@@ -12,61 +12,69 @@
 -- 5 (retry at now + delay), 6 (a dead token is marked and its queued notifications failed at once).
 local prefix, now, retention, dead_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local applied, next_due = 0, false
+local released = {}
 
--- Pairs for the fields whose value is given ('' = none), so absent stays absent.
-local function given(...)
-  local pairs_given, args = {}, {...}
-  for i = 1, #args, 2 do
-    if args[i + 1] ~= '' then
-      pairs_given[#pairs_given + 1] = args[i]
-      pairs_given[#pairs_given + 1] = args[i + 1]
-    end
+local function given(value)
+  if value == '' then
+    return nil
   end
-  return pairs_given
+  return value
 end
 
-for i = 5, #ARGV, 9 do
-  local id, outcome, status, reason = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local device = claimed_device(prefix, id, ARGV[i + 1])
-  if device then
+for i = 5, #ARGV, 10 do
+  local id, device, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local status, reason = tonumber(ARGV[i + 4]), given(ARGV[i + 5])
+  local n, next_id = claimed_note(prefix, device, id, ARGV[i + 1])
+  if n then
     applied = applied + 1
-    local note = prefix .. K_NOTE .. id
     if outcome == 'retry' then
-      redis.call('HINCRBY', note, 'attempts', 1)
-      end_claim_unsent(prefix, device, id, STATE.RETRYING, now + tonumber(ARGV[i + 6]), now,
-        given('last_status', status, 'last_reason', reason))
-      redis.call('HINCRBY', STATS, 'retried', 1)
+      -- As before: a status or reason not given leaves the last one standing.
+      n.attempts = n.attempts + 1
+      n.last_status, n.last_reason = status or n.last_status, reason or n.last_reason
+      end_claim_unsent(prefix, device, id, n, STATE.RETRYING, now + tonumber(ARGV[i + 7]), now,
+        true)
+      count('retried', 1)
     else
       redis.call('LPOP', prefix .. K_QUEUE .. device)
+      released[#released + 1] = device
       if outcome == 'expired' then
-        finalise(prefix, device, id, STATE.EXPIRED, now, retention, {})
+        finalise(prefix, device, id, n, STATE.EXPIRED, now, {})
       elseif outcome == 'delivered' then
-        redis.call('HINCRBY', note, 'attempts', 1)
-        redis.call('HDEL', note, 'last_reason')
-        finalise(prefix, device, id, STATE.DELIVERED, now, retention,
-          given('delivered_at_ms', now, 'apns_id', ARGV[i + 5], 'last_status', status,
-            'apns_unique_id', ARGV[i + 8]))
+        n.attempts = n.attempts + 1
+        finalise(prefix, device, id, n, STATE.DELIVERED, now, {last_reason = false,
+          last_status = status, apns_id = given(ARGV[i + 6]), apns_unique_id = given(ARGV[i + 9])})
       else
-        redis.call('HINCRBY', note, 'attempts', 1)
-        local result = given('last_status', status, 'last_reason', reason)
-        finalise(prefix, device, id, STATE.FAILED, now, retention, result)
+        n.attempts = n.attempts + 1
+        local result = {last_status = status, last_reason = reason}
+        finalise(prefix, device, id, n, STATE.FAILED, now, result)
         if outcome == 'dead' then
           local mark = prefix .. K_DEAD .. device
           if redis.call('EXISTS', mark) == 0 then
-            redis.call('HINCRBY', STATS, 'dead_marked', 1)
+            count('dead_marked', 1)
           end
           redis.call('DEL', mark)
-          redis.call('HSET', mark, 'marked_at_ms', now,
-            unpack(given('reason', reason, 'status', status, 'invalid_since_ms', ARGV[i + 7])))
+          local fields = {'marked_at_ms', now}
+          for _, pair in ipairs({{'reason', ARGV[i + 5]}, {'status', ARGV[i + 4]},
+              {'invalid_since_ms', ARGV[i + 8]}}) do
+            if pair[2] ~= '' then
+              fields[#fields + 1], fields[#fields + 2] = pair[1], pair[2]
+            end
+          end
+          redis.call('HSET', mark, unpack(fields))
           redis.call('EXPIRE', mark, dead_ttl)
-          fail_queued(prefix, device, 0, now, retention, result)
+          fail_queued(prefix, device, 0, now, result)
+          next_id = false
         end
       end
-      rearm(prefix, device, now)
-      next_due = next_due or redis.call('LINDEX', prefix .. K_QUEUE .. device, 0) ~= false
+      head_changed(prefix, device, next_id, now)
+      next_due = next_due or next_id ~= false
     end
   end
 end
+if #released > 0 then
+  redis.call('ZREM', LEASE, unpack(released))
+end
+flush(prefix, retention)
 if next_due then
   redis.call('PUBLISH', WAKE_CHANNEL, prefix)
 end
