@@ -112,26 +112,29 @@ def _check_encoding(request: web.Request) -> None:
         )
 
 
-async def read_body(request: web.Request) -> bytes:
-    """The whole body, refused when over the size cap or slower than the read timeout."""
-    state = request.app[STATE]
-    limit = state.settings.http.max_body_bytes
-    too_large = Problem(
+def _too_large(limit: int) -> Problem:
+    return Problem(
         413,
         "body-too-large",
         f"the request body is over the {limit} bytes allowed (http.max_body_bytes)",
         field="body",
         close_connection=True,
     )
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body, refused when over the size cap or slower than the read timeout."""
+    state = request.app[STATE]
+    limit = state.settings.http.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise _too_large(limit)
     _check_encoding(request)
     timeout_s = state.limits.body_read_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except web.RequestPayloadError:
         # The body does not decode as its Content-Encoding says (not gzip, truncated, chunks
         # malformed): the client's fault, and the rest of the stream is unusable.
