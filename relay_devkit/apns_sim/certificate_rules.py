@@ -22,12 +22,10 @@ from typing import Final
 
 from cryptography import x509
 
+from relay_devkit.apns_sim.answers import MISSING_TOPIC, TOPIC_DISALLOWED, Answer
 from relay_devkit.apns_sim.apple import PushCertificateGrant, read_push_certificate
 from relay_devkit.apns_sim.protocol import (
-    MISSING_TOPIC,
-    TOPIC_DISALLOWED,
     Accepted,
-    Answer,
     ConnectionAuth,
     Policy,
     Request,

@@ -26,12 +26,12 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from relay_devkit.apns_sim.answers import Answer
 from relay_devkit.apns_sim.faults import NO_FAULTS, FaultConfig, FaultConfigError
 from relay_devkit.apns_sim.protocol import (
     DEFAULT_TOKEN_LENGTH,
     ENVIRONMENTS,
     Accepted,
-    Answer,
     DeviceLedger,
     TokenBinding,
     device_answer,

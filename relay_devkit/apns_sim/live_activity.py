@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from relay_devkit.apns_sim.protocol import BAD_PRIORITY, BAD_TOPIC, Answer
+from relay_devkit.apns_sim.answers import BAD_PRIORITY, BAD_TOPIC, Answer
 
 LIVE_ACTIVITY_SUFFIX: Final = ".push-type.liveactivity"
 LIVE_ACTIVITY_PRIORITIES: Final = frozenset({5, 10})

@@ -36,6 +36,32 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 
+from relay_devkit.apns_sim.answers import (
+    BAD_COLLAPSE_ID,
+    BAD_DEVICE_TOKEN,
+    BAD_ENVIRONMENT_KEY,
+    BAD_EXPIRATION_DATE,
+    BAD_MESSAGE_ID,
+    BAD_PATH,
+    BAD_PRIORITY,
+    BAD_TOPIC,
+    DEVICE_TOKEN_NOT_FOR_TOPIC,
+    DUPLICATE_HEADERS,
+    EXPIRED_PROVIDER_TOKEN,
+    INVALID_PROVIDER_TOKEN,
+    INVALID_PUSH_TYPE,
+    METHOD_NOT_ALLOWED,
+    MISSING_DEVICE_TOKEN,
+    MISSING_PROVIDER_TOKEN,
+    MISSING_TOPIC,
+    PAYLOAD_EMPTY,
+    PAYLOAD_TOO_LARGE,
+    TOO_MANY_PROVIDER_TOKEN_UPDATES,
+    TOO_MANY_REQUESTS,
+    TOPIC_DISALLOWED,
+    UNRELATED_KEY_ID,
+    Answer,
+)
 from relay_devkit.apns_sim.apple import (
     MAX_COLLAPSE_ID_BYTES,
     PRIORITIES,
@@ -43,6 +69,7 @@ from relay_devkit.apns_sim.apple import (
     payload_limit,
 )
 from relay_devkit.apns_sim.faults import FaultConfig
+from relay_devkit.apns_sim.live_activity import check_live_activity
 
 DEVICE_PATH: Final = "/3/device/"
 PROVIDER_TOKEN_MAX_AGE_S: Final = 3600
@@ -58,42 +85,6 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _HEX = re.compile(r"[0-9a-fA-F]+\Z")
 _TOPIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 _EXPIRATION = re.compile(r"-?[0-9]+\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What the simulator says to one stream."""
-
-    status: int
-    reason: str | None = None
-    timestamp_ms: int | None = None  # 410 only
-    body: bool = True  # False: the status alone, no DATA frame (a fault)
-
-
-OK: Final = Answer(200)
-METHOD_NOT_ALLOWED: Final = Answer(405, "MethodNotAllowed")
-BAD_PATH: Final = Answer(404, "BadPath")
-MISSING_DEVICE_TOKEN: Final = Answer(400, "MissingDeviceToken")
-BAD_DEVICE_TOKEN: Final = Answer(400, "BadDeviceToken")
-BAD_MESSAGE_ID: Final = Answer(400, "BadMessageId")
-MISSING_TOPIC: Final = Answer(400, "MissingTopic")
-BAD_TOPIC: Final = Answer(400, "BadTopic")
-TOPIC_DISALLOWED: Final = Answer(400, "TopicDisallowed")
-INVALID_PUSH_TYPE: Final = Answer(400, "InvalidPushType")
-BAD_PRIORITY: Final = Answer(400, "BadPriority")
-BAD_EXPIRATION_DATE: Final = Answer(400, "BadExpirationDate")
-BAD_COLLAPSE_ID: Final = Answer(400, "BadCollapseId")
-DUPLICATE_HEADERS: Final = Answer(400, "DuplicateHeaders")
-PAYLOAD_EMPTY: Final = Answer(400, "PayloadEmpty")
-PAYLOAD_TOO_LARGE: Final = Answer(413, "PayloadTooLarge")
-MISSING_PROVIDER_TOKEN: Final = Answer(403, "MissingProviderToken")
-INVALID_PROVIDER_TOKEN: Final = Answer(403, "InvalidProviderToken")
-EXPIRED_PROVIDER_TOKEN: Final = Answer(403, "ExpiredProviderToken")
-UNRELATED_KEY_ID: Final = Answer(403, "UnrelatedKeyIdInToken")
-BAD_ENVIRONMENT_KEY: Final = Answer(403, "BadEnvironmentKeyIdInToken")
-DEVICE_TOKEN_NOT_FOR_TOPIC: Final = Answer(400, "DeviceTokenNotForTopic")
-TOO_MANY_PROVIDER_TOKEN_UPDATES: Final = Answer(429, "TooManyProviderTokenUpdates")
-TOO_MANY_REQUESTS: Final = Answer(429, "TooManyRequests")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +233,6 @@ def evaluate(
     if payload_answer is not None:
         return payload_answer
     if push_type == "liveactivity":
-        # Imported here: its checks answer with this module's Answers.
-        from relay_devkit.apns_sim.live_activity import check_live_activity
-
         live_answer = check_live_activity(topic, int(priority_text), orjson.loads(request.body))
         if live_answer is not None:
             return live_answer

@@ -23,6 +23,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
+from relay_devkit.apns_sim.answers import OK, Answer
 from relay_devkit.apns_sim.apple import PushCertificateGrant
 from relay_devkit.apns_sim.certificate_rules import evaluate_certified, peer_certificate
 from relay_devkit.apns_sim.certs import load_trusted_key
@@ -31,10 +32,8 @@ from relay_devkit.apns_sim.faults import FaultConfig
 from relay_devkit.apns_sim.protocol import (
     DEFAULT_TOKEN_LENGTH,
     ENVIRONMENTS,
-    OK,
     SANDBOX,
     Accepted,
-    Answer,
     ConnectionAuth,
     ConnectionPolicing,
     ConnectionRules,

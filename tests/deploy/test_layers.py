@@ -51,9 +51,8 @@ def graph() -> grimp.ImportGraph:
 
 
 def test_no_import_cycles(graph: grimp.ImportGraph) -> None:
-    # The product's modules. The kit has one left (apns_sim.protocol <-> apns_sim.live_activity,
-    # deferred inside check_request), outside this restructuring's reach.
-    cycles = [c for c in strongly_connected(graph) if any(m.split(".")[0] == "relay" for m in c)]
+    # The product's modules and the kit's.
+    cycles = strongly_connected(graph)
     described = [
         " <-> ".join(
             f"{a} -> {b} (line {', '.join(str(d['line_number']) for d in details)})"

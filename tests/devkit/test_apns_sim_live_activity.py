@@ -8,7 +8,10 @@ import orjson
 import pytest
 from test_apns_sim_protocol import judge, request
 
-from relay_devkit.apns_sim.protocol import Accepted, Answer
+from relay_devkit.apns_sim.answers import Answer
+from relay_devkit.apns_sim.protocol import (
+    Accepted,
+)
 
 TOPIC = "com.example.app.push-type.liveactivity"
 STATE = {"stage": "waiting"}

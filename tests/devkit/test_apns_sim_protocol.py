@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from relay_devkit.apns_sim.answers import Answer
 from relay_devkit.apns_sim.faults import FaultConfig, FaultConfigError
 from relay_devkit.apns_sim.protocol import (
     PRODUCTION,
@@ -18,7 +19,6 @@ from relay_devkit.apns_sim.protocol import (
     STALL,
     Accepted,
     AfterAnswer,
-    Answer,
     ConnectionAuth,
     ConnectionPolicing,
     ConnectionRules,

@@ -28,6 +28,7 @@ from relay.credentials.client_certificate import (
 )
 from relay.credentials.files import load_settings, read_certificate
 from relay.delivery.apns import connect_failure
+from relay_devkit.apns_sim.answers import MISSING_TOPIC, TOPIC_DISALLOWED, Answer
 from relay_devkit.apns_sim.apple import PushCertificateGrant
 from relay_devkit.apns_sim.certificate_rules import (
     BAD_CERTIFICATE,
@@ -35,7 +36,6 @@ from relay_devkit.apns_sim.certificate_rules import (
     certificate_verdict,
 )
 from relay_devkit.apns_sim.certs import create_server_identity
-from relay_devkit.apns_sim.protocol import MISSING_TOPIC, TOPIC_DISALLOWED, Answer
 from relay_devkit.apns_sim.push_certificates import PushCertificateAuthority, encode_topics
 
 TOPIC = "com.example.cert"
