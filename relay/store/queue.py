@@ -111,6 +111,11 @@ def _device(claim: ClaimedNotification) -> str:
     return f"{claim.notification.app}:{claim.notification.device_token}"
 
 
+def _fresh_id(shard: int) -> str:
+    """A new notification id naming its shard (so a status read goes to one shard)."""
+    return f"{shard:02d}-{time_ordered_hex()}"
+
+
 def _now_ms(now_ms: int | None) -> int:
     return int(time.time() * 1000) if now_ms is None else now_ms
 
@@ -207,7 +212,7 @@ class RelayQueue:
     def id_for(self, app: str, token: str) -> str:
         """A fresh id for a notification to (app, lower-case token), made before it is built
         when its payload names it (a delivery receipt)."""
-        return f"{self.shard_of(app, token):02d}-{time_ordered_hex()}"
+        return _fresh_id(self.shard_of(app, token))
 
     def _enqueue_calls(
         self, items: Sequence[tuple[Notification, str | None]], now_ms: int
@@ -223,13 +228,18 @@ class RelayQueue:
                 limits = self.limits
                 shards[shard] = (
                     shard_keys(prefix),
-                    [prefix, now_ms, limits.retention_s, limits.max_per_device],
+                    [
+                        prefix,
+                        now_ms,
+                        limits.retention_s,
+                        limits.max_per_device,
+                        limits.max_pending_per_shard,
+                    ],
                     0,
                 )
-                shards[shard][1].append(limits.max_pending_per_shard)
             keys, args, count = shards[shard]
             device = f"{n.app}:{n.device_token}"
-            notification_id = notification_id or self.new_id(n)
+            notification_id = notification_id or _fresh_id(shard)
             own = [prefix + QUEUE + device, prefix + NOTE + notification_id, prefix + DEAD + device]
             if n.idempotency_key is not None:
                 own.append(f"{prefix}{IDEM}{device}:{n.idempotency_key}")
