@@ -1,5 +1,6 @@
-"""The Lua scripts (relay/store/lua/): loaded once, each with the names it shares with Python
-prepended, and the call of one script with its KEYS and ARGV."""
+"""The Lua scripts (relay/store/lua/): one Redis Functions library holding each as a function
+beside the names it shares with Python, loaded once per server; and the call of one script with
+its KEYS and ARGV (FCALL)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from prometheus_client import Counter
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from relay.core.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
@@ -87,38 +88,102 @@ def _lua_prelude() -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True, slots=True)
-class LuaScript:
-    name: str
-    source: str
-    sha: str
-
-
 LUA_DIR = Path(__file__).with_name("lua")
 
-
-# Each script says how it meets Redis at maxmemory (its shebang's flags; Redis 7+, Valkey 7.2+).
-# One that adds work (enqueue, a Live Activity registration) is refused whole before it runs, so a
-# refusal has written nothing (a script is never rolled back). One that keeps delivery going
+# How each script meets Redis at maxmemory (its function's flags; Redis 7+, Valkey 7.2+). One that
+# adds work (enqueue, a Live Activity registration, a receipt) is refused whole before it runs, so
+# a refusal has written nothing (a script is never rolled back). One that keeps delivery going
 # (claim, settle, release, purge, a route's circuit) runs anyway: settling what was sent is what
 # frees memory, and a settle refused at maxmemory is the deadlock of a full Redis.
-REFUSED_AT_MAXMEMORY = "#!lua\n"
-RUNS_AT_MAXMEMORY = "#!lua flags=allow-oom\n"
+RUNS_AT_MAXMEMORY = {
+    "enqueue": False,
+    "activity_stamp": False,
+    "activity_register": False,
+    "activity_bind": False,
+    "receipt": False,
+    "claim": True,
+    "claim_parked": True,
+    "settle": True,
+    "release": True,
+    "clear_device": True,
+    "trim_history": True,
+    "route_write": True,
+}
+
+ALLOW_OOM = "'allow-oom'"
+
+# Each call sets the keys and arguments the library's helpers read, and starts its own counts (a
+# call that failed half-way leaves none behind for the next).
+_BIND = """
+local function bind(keys, args)
+  KEYS, ARGV, DUE, LEASE, HEADS, STATS = keys, args, keys[1], keys[2], keys[3], keys[4]
+  counts, buckets_touched = {}, {}
+end
+"""
 
 
-def load_script(name: str, shebang: str, *, shard_script: bool = True) -> LuaScript:
-    """relay/store/lua/<name>.lua behind its shebang (REFUSED_AT_MAXMEMORY or RUNS_AT_MAXMEMORY);
-    a shard script (one whose KEYS[1..4] are a shard's) gets the shared names and helpers
-    prepended."""
-    parts = (_lua_prelude(), (LUA_DIR / "shared.lua").read_text()) if shard_script else ()
-    source = "".join((shebang, *parts, (LUA_DIR / f"{name}.lua").read_text()))
-    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """One script: `function` is what FCALL names, in `library`."""
+
+    name: str
+    function: str
+    library: Library
 
 
-ENQUEUE = load_script("enqueue", REFUSED_AT_MAXMEMORY)
-CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE, TRIM_HISTORY = (
-    load_script(name, RUNS_AT_MAXMEMORY)
-    for name in ("claim", "claim_parked", "settle", "release", "clear_device", "trim_history")
+@dataclass(frozen=True, slots=True)
+class Library:
+    """Every script as a function of one Redis Functions library. Its top level (the shared names
+    and helpers) runs once, when it is loaded, not on every call as an EVALSHA script's would
+    (~50 µs of Valkey's CPU a call). Its name and its functions' carry a digest of the source, so
+    two relay versions (a rolling upgrade) each call their own and never replace the other's."""
+
+    name: str
+    source: str
+    digest: str
+
+    def script(self, name: str) -> LuaScript:
+        return LuaScript(name, f"{name}_{self.digest}", self)
+
+
+def build_library(bodies: dict[str, str] | None = None) -> Library:
+    """The library of relay/store/lua/*.lua (or of `bodies`, name -> a script's text, for the
+    scripts it names): each script's text becomes the body of its function."""
+    texts = {name: (LUA_DIR / f"{name}.lua").read_text() for name in RUNS_AT_MAXMEMORY}
+    texts.update(bodies or {})
+    top = "".join(
+        (
+            _lua_prelude(),
+            "local KEYS, ARGV, DUE, LEASE, HEADS, STATS\n",
+            (LUA_DIR / "shared.lua").read_text(),
+            _BIND,
+        )
+    )
+    digest = hashlib.sha1(
+        "".join([top, *(f"{n}{RUNS_AT_MAXMEMORY[n]}{t}" for n, t in texts.items())]).encode()
+    ).hexdigest()[:16]
+    functions = [
+        f"redis.register_function{{function_name = '{name}_{digest}',"
+        f" flags = {{{ALLOW_OOM if RUNS_AT_MAXMEMORY[name] else ''}}},"
+        f" callback = function(keys, args)\nbind(keys, args)\n{text}\nend}}\n"
+        for name, text in texts.items()
+    ]
+    source = "".join((f"#!lua name=relay_{digest}\n", top, *functions))
+    return Library(f"relay_{digest}", source, digest)
+
+
+LIBRARY = build_library()
+ENQUEUE, CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE, TRIM_HISTORY = (
+    LIBRARY.script(name)
+    for name in (
+        "enqueue",
+        "claim",
+        "claim_parked",
+        "settle",
+        "release",
+        "clear_device",
+        "trim_history",
+    )
 )
 
 
@@ -136,7 +201,7 @@ def _calls_of(script: str) -> Counter:
 
 
 async def _execute(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    # Counted as sent: with Valkey's commandstats (EVALSHA calls, not by script) they say which
+    # Counted as sent: with Valkey's commandstats (FCALL calls, not by script) they say which
     # script the store's time goes to (the benchmark's --profile reads both).
     for call in calls:
         _calls_of(call.script.name).inc()
@@ -148,24 +213,27 @@ async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
     if len(calls) == 1:
         call = calls[0]
         try:
-            return [
-                await cast(Any, redis).evalsha(
-                    call.script.sha, len(call.keys), *call.keys, *call.args
-                )
-            ]
+            return [await redis.execute_command("FCALL", *_fcall_args(call))]
         except ResponseError as error:
-            # NOSCRIPT, or the script's own error: returned as a pipeline returns it. Anything
-            # else (the server refusing, a cluster failing over) is raised here as before.
-            if isinstance(error, NoScriptError) or is_script_error(error):
+            # The library missing, or the script's own error: returned as a pipeline returns it.
+            # Anything else (the server refusing, a cluster failing over) is raised here as before.
+            if is_library_missing(error) or is_script_error(error):
                 return [error]
             raise
     pipe = redis.pipeline(transaction=False)
     for call in calls:
-        # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
-        # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; run_scripts
-        # answers NOSCRIPT.
-        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        pipe.execute_command("FCALL", *_fcall_args(call))
     return await pipe.execute(raise_on_error=False)
+
+
+def _fcall_args(call: ScriptCall) -> tuple[ScriptArg, ...]:
+    return (call.script.function, len(call.keys), *call.keys, *call.args)
+
+
+def is_library_missing(error: object) -> bool:
+    """Whether a reply says the server lacks the function (a restart without persistence,
+    FUNCTION FLUSH, a Cluster primary that never had the library)."""
+    return isinstance(error, ResponseError) and str(error).startswith("Function not found")
 
 
 def is_script_error(error: object) -> bool:
@@ -173,7 +241,7 @@ def is_script_error(error: object) -> bool:
     than Redis refusing or failing the call."""
     return (
         isinstance(error, ResponseError)
-        and not isinstance(error, NoScriptError)
+        and not is_library_missing(error)
         and "script" in str(error).lower()
     )
 
@@ -181,16 +249,16 @@ def is_script_error(error: object) -> bool:
 async def run_scripts(
     redis: RedisClient, calls: Sequence[ScriptCall], *, script_errors_as_replies: bool = False
 ) -> list[Any]:
-    """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
-    then the scripts are loaded and only the calls that did not run are sent again. A script's
-    runtime error is raised, or with `script_errors_as_replies` left in its call's place (one
-    shard's error then does not cost the other shards' replies)."""
+    """Each call's reply, in one round trip unless the server lacks the library (restart, flush):
+    then it is loaded (on every primary of a Cluster) and only the calls that did not run are
+    sent again. A script's runtime error is raised, or with `script_errors_as_replies` left in
+    its call's place (one shard's error then does not cost the other shards' replies)."""
     results = await _execute(redis, calls)
     REDIS_UNAVAILABLE.cleared()
-    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    missing = [i for i, result in enumerate(results) if is_library_missing(result)]
     if missing:
-        for script in {calls[i].script.name: calls[i].script for i in missing}.values():
-            await cast(Any, redis).script_load(script.source)
+        for library in {calls[i].script.library for i in missing}:
+            await cast(Any, redis).function_load(library.source, replace=True)
         for i, result in zip(
             missing, await _execute(redis, [calls[i] for i in missing]), strict=True
         ):

@@ -171,7 +171,8 @@ INGEST_HELD = Counter(
 # Redis
 REDIS_SCRIPT_CALLS = Counter(
     "apns_relay_redis_script_calls_total",
-    "Lua scripts this process sent to Redis (EVALSHA, a NOSCRIPT resend included), by script",
+    "Lua scripts this process sent to Redis (FCALL, a resend after loading the library"
+    " included), by script",
     ["script"],
 )
 
