@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+import structlog
 from prometheus_client import Counter
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from relay.core.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
@@ -34,10 +35,12 @@ from relay.store.keys import (
 )
 from relay.store.queued import ABSENT, NOTE_STRINGS, QUEUED_LAYOUT, SAME_AS_SERVICE
 from relay.store.records import CLAIM_FIELDS
-from relay.telemetry.metrics import REDIS_SCRIPT_CALLS
+from relay.telemetry.metrics import REDIS_LIBRARY_REFUSED, REDIS_SCRIPT_CALLS
 
 if TYPE_CHECKING:
     from relay.store.connection import RedisClient
+
+log = structlog.get_logger("relay.queue")
 
 ScriptArg: TypeAlias = str | int | bytes
 
@@ -124,11 +127,13 @@ end
 
 @dataclass(frozen=True, slots=True)
 class LuaScript:
-    """One script: `function` is what FCALL names, in `library`."""
+    """One script: `function` is what FCALL names, in `library`; `eval_source` the same script
+    as one EVAL takes it (flags in its shebang), for a server that refuses to load the library."""
 
     name: str
     function: str
     library: Library
+    eval_source: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +144,32 @@ class Library:
     two relay versions (a rolling upgrade) each call their own and never replace the other's."""
 
     name: str
-    source: str
     digest: str
+    top: str
+    bodies: tuple[tuple[str, str], ...]
+
+    @property
+    def source(self) -> str:
+        functions = [
+            f"redis.register_function{{function_name = '{name}_{self.digest}',"
+            f" flags = {{{ALLOW_OOM if RUNS_AT_MAXMEMORY[name] else ''}}},"
+            f" callback = function(keys, args)\nbind(keys, args)\n{body}\nend}}\n"
+            for name, body in self.bodies
+        ]
+        return "".join((f"#!lua name={self.name}\n", self.top, *functions))
 
     def script(self, name: str) -> LuaScript:
-        return LuaScript(name, f"{name}_{self.digest}", self)
+        shebang = f"#!lua flags={ALLOW_OOM[1:-1]}\n" if RUNS_AT_MAXMEMORY[name] else "#!lua\n"
+        eval_source = "".join(
+            (
+                shebang,
+                "local keys, args = KEYS, ARGV\n",
+                self.top,
+                "bind(keys, args)\n",
+                dict(self.bodies)[name],
+            )
+        )
+        return LuaScript(name, f"{name}_{self.digest}", self, eval_source)
 
 
 def build_library(bodies: dict[str, str] | None = None) -> Library:
@@ -162,14 +188,7 @@ def build_library(bodies: dict[str, str] | None = None) -> Library:
     digest = hashlib.sha1(
         "".join([top, *(f"{n}{RUNS_AT_MAXMEMORY[n]}{t}" for n, t in texts.items())]).encode()
     ).hexdigest()[:16]
-    functions = [
-        f"redis.register_function{{function_name = '{name}_{digest}',"
-        f" flags = {{{ALLOW_OOM if RUNS_AT_MAXMEMORY[name] else ''}}},"
-        f" callback = function(keys, args)\nbind(keys, args)\n{text}\nend}}\n"
-        for name, text in texts.items()
-    ]
-    source = "".join((f"#!lua name=relay_{digest}\n", top, *functions))
-    return Library(f"relay_{digest}", source, digest)
+    return Library(f"relay_{digest}", digest, top, tuple(texts.items()))
 
 
 LIBRARY = build_library()
@@ -200,34 +219,35 @@ def _calls_of(script: str) -> Counter:
     return REDIS_SCRIPT_CALLS.labels(script=script)
 
 
-async def _execute(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+async def _execute(
+    redis: RedisClient, calls: Sequence[ScriptCall], *, as_eval: bool = False
+) -> list[Any]:
     # Counted as sent: with Valkey's commandstats (FCALL calls, not by script) they say which
     # script the store's time goes to (the benchmark's --profile reads both).
     for call in calls:
         _calls_of(call.script.name).inc()
+    commands = [_command(call, as_eval) for call in calls]
     with vanished_as_unreachable():
-        return await _send(redis, calls)
+        if len(commands) == 1:
+            try:
+                return [await redis.execute_command(*commands[0])]
+            except ResponseError as error:
+                # The library missing, or the script's own error: returned as a pipeline
+                # returns it. Anything else (the server refusing, a cluster failing over) is
+                # raised here as before.
+                if is_library_missing(error) or is_script_error(error):
+                    return [error]
+                raise
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
 
 
-async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:
-        call = calls[0]
-        try:
-            return [await redis.execute_command("FCALL", *_fcall_args(call))]
-        except ResponseError as error:
-            # The library missing, or the script's own error: returned as a pipeline returns it.
-            # Anything else (the server refusing, a cluster failing over) is raised here as before.
-            if is_library_missing(error) or is_script_error(error):
-                return [error]
-            raise
-    pipe = redis.pipeline(transaction=False)
-    for call in calls:
-        pipe.execute_command("FCALL", *_fcall_args(call))
-    return await pipe.execute(raise_on_error=False)
-
-
-def _fcall_args(call: ScriptCall) -> tuple[ScriptArg, ...]:
-    return (call.script.function, len(call.keys), *call.keys, *call.args)
+def _command(call: ScriptCall, as_eval: bool) -> tuple[ScriptArg, ...]:
+    script = call.script
+    head = ("EVAL", script.eval_source) if as_eval else ("FCALL", script.function)
+    return (*head, len(call.keys), *call.keys, *call.args)
 
 
 def is_library_missing(error: object) -> bool:
@@ -257,14 +277,24 @@ async def run_scripts(
     REDIS_UNAVAILABLE.cleared()
     missing = [i for i, result in enumerate(results) if is_library_missing(result)]
     if missing:
-        for library in {calls[i].script.library for i in missing}:
-            await cast(Any, redis).function_load(library.source, replace=True)
-        for i, result in zip(
-            missing, await _execute(redis, [calls[i] for i in missing]), strict=True
-        ):
+        again = [calls[i] for i in missing]
+        for i, result in zip(missing, await _load_and_send(redis, again), strict=True):
             results[i] = result
     for result in results:
         kept = script_errors_as_replies and is_script_error(result)
         if isinstance(result, Exception) and not kept:
             raise result
     return results
+
+
+async def _load_and_send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    try:
+        for library in {call.script.library for call in calls}:
+            await cast(Any, redis).function_load(library.source, replace=True)
+    except OutOfMemoryError:
+        # Redis refuses FUNCTION LOAD at maxmemory (a new relay version started while Redis is
+        # full), yet takes EVAL: the calls run as scripts, so what drains a full Redis still runs.
+        REDIS_LIBRARY_REFUSED.inc()
+        log.warning("library_refused_at_maxmemory", library=calls[0].script.library.name)
+        return await _execute(redis, calls, as_eval=True)
+    return await _execute(redis, calls)
