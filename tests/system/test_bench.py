@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from bench import store_cost
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
 from bench.profile import parse_collapsed, script_of, top_frames
@@ -322,3 +323,17 @@ def test_top_frames_counts_own_and_cumulative_samples() -> None:
     cumulative = [row["frame"] for row in top["top_cumulative"]]
     assert cumulative[:2] == ["serve (s.py:5)", "parse (p.py:9)"]
     assert "main (m.py:1)" not in cumulative
+
+
+async def test_store_cost_counts_each_operations_commands_and_valkey_cpu(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in (("BATCH_N", 400), ("DEVICES", 100), ("CALL_SIZE", 100)):
+        monkeypatch.setattr(store_cost, name, value)
+    monkeypatch.setattr(store_cost, "ONE_BY_ONE_N", 50)
+    result = await store_cost.measure(redis_url)
+    # Each notification goes once into its device's list; one at a time, enqueue, claim and
+    # settle are a script call each.
+    assert result["batch: enqueue"]["top"]["rpush"] == pytest.approx(1.0)
+    assert result["one at a time: enqueue + claim + settle"]["top"]["fcall"] == pytest.approx(3.0)
+    assert all(row["commands"] > 1 and row["valkey_us"] > 0 for row in result.values()), result
