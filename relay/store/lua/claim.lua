@@ -73,11 +73,15 @@ end
 
 local claimed, expired, malformed, errors, leased = {}, {}, {}, {}, {}
 local rounds = 0
+-- Whether DUE may hold more due devices than the last look took: unknown until a look comes back
+-- short (nothing this script does after a look makes a device due by `now`).
+local maybe_more = true
 while limit > #claimed and rounds < PARK_ROUNDS do
   rounds = rounds + 1
   local parked_now = 0
-  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
-    limit - #claimed)
+  local wanted = limit - #claimed
+  local due = redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'WITHSCORES', 'LIMIT', 0, wanted)
+  maybe_more = #due == 2 * wanted
   for j = 1, #due, 2 do
     local device = due[j]
     -- A device is "<app>:<token>" and a token is hex: the app is everything before the last colon.
@@ -99,5 +103,8 @@ while limit > #claimed and rounds < PARK_ROUNDS do
   end
 end
 flush(prefix, retention)
-local more = #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1)
+local more = 0
+if maybe_more then
+  more = #redis.call('ZRANGEBYSCORE', DUE, '-inf', now, 'LIMIT', 0, 1)
+end
 return {more, claimed, expired, malformed, errors}
