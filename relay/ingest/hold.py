@@ -173,6 +173,8 @@ class Ingest:
         except Exception as error:  # each member is answered with it, or finds its own
             if len(group) == 1 or isinstance(error, GROUP_WIDE):
                 return [error] * len(group)
+            metrics.INGEST_GROUPS_CUT.inc()
+            log.warning("ingest_group_cut", pushes=len(group), error=repr(error))
             return [GroupCut.PART_WAY] * len(group)
         if self.replicas is not None:
             stored = [o.id for o in outcomes if isinstance(o, Accepted) and not o.duplicate]

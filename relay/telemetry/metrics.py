@@ -167,6 +167,12 @@ INGEST_HELD = Counter(
     " spooled pushes), or refused (no spool)",
     ["outcome"],
 )
+INGEST_GROUPS_CUT = Counter(
+    "apns_relay_ingest_groups_cut_total",
+    "Groups of concurrent pushes whose one enqueue call failed part-way (a record the script"
+    " could not handle, Redis full between two shards' scripts): each member then looked for its"
+    " own record and was stored alone when it was not there",
+)
 
 # Redis
 REDIS_SCRIPT_CALLS = Counter(

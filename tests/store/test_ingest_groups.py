@@ -133,8 +133,10 @@ async def test_a_bad_record_in_a_group_fails_only_its_own_request(
     group = [note(token, body=f"to {token[-4:]}") for token in tokens]
     ids = [queue.new_id(n) for n in group]
     stored_after_a_hold = held("stored")
+    cut = REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") or 0.0
     answers = await accept_all(ingest, group, ids)
     assert "WRONGTYPE" in str(answers[3])
+    assert REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") == cut + 1
     assert held("stored") == stored_after_a_hold  # the others stored at once, not held
     for i in (0, 1, 2, 4, 5):
         assert answers[i] == Accepted(ids[i], duplicate=False)
