@@ -14,8 +14,9 @@ from test_queue import APP, T0, TOKEN_A, TOKEN_B, claim_one_of, note, tokens_in_
 
 from relay.core.model import Failed, Notification
 from relay.ingest.hold import Ingest
+from relay.store.codec import text
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
-from relay.store.keys import DEAD, shard_prefix
+from relay.store.keys import DEAD, QUEUE, shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import Accepted, QueueLimits
 from relay.store.refusals import DeadToken, DeviceQueueFull
@@ -70,6 +71,22 @@ async def test_concurrent_accepts_share_script_calls_and_each_gets_its_own_answe
         assert status is not None
         assert status.device_token == n.device_token
     assert (await queue.totals()).pending == 201
+
+
+async def test_a_devices_concurrent_pushes_are_queued_in_arrival_order(
+    redis: aioredis.Redis,
+) -> None:
+    queue = RelayQueue(redis, QueueLimits())
+    ingest = Ingest(queue, hold_s=1.0)
+    others = pushes(16)
+    mine = [note(TOKEN_A, body=f"mine {i}") for i in range(8)]
+    group = [n for k in range(8) for n in (mine[k], others[2 * k], others[2 * k + 1])]
+    ids = [queue.new_id(n) for n in group]
+    answers = await accept_all(ingest, group, ids)
+    assert answers == [Accepted(i, duplicate=False) for i in ids]
+    device = f"{APP}:{TOKEN_A}"
+    queued = await redis.lrange(shard_prefix(queue.shard_of(APP, TOKEN_A)) + QUEUE + device, 0, -1)
+    assert [text(q) for q in queued] == [i for n, i in zip(group, ids, strict=True) if n in mine]
 
 
 async def test_one_at_a_time_each_accept_is_one_call_as_before(queue: RelayQueue) -> None:
