@@ -90,13 +90,13 @@ async def _enqueue(
 
 def count_enqueued(app: str, accepted: Accepted) -> None:
     if not accepted.duplicate:
-        metrics.NOTIFICATIONS_ENQUEUED.labels(app=app).inc()
+        metrics.series(metrics.NOTIFICATIONS_ENQUEUED, app).inc()
     if accepted.superseded:
-        metrics.NOTIFICATIONS_SUPERSEDED.labels(app=app).inc()
+        metrics.series(metrics.NOTIFICATIONS_SUPERSEDED, app).inc()
 
 
 def count_event(source: str, outcome: str, reason: str = "") -> None:
-    metrics.EVENTS_RECEIVED.labels(source=source, outcome=outcome, reason=reason).inc()
+    metrics.series(metrics.EVENTS_RECEIVED, source, outcome, reason).inc()
 
 
 async def ingest_push(

@@ -115,8 +115,8 @@ async def _in_context(
         structlog.contextvars.unbind_contextvars("request_id")
     response.headers["X-Request-Id"] = request_id
     method = request.method if request.method in KNOWN_METHODS else "other"
-    metrics.HTTP_REQUESTS.labels(route=route, method=method, status=response.status).inc()
-    metrics.HTTP_REQUEST_DURATION.labels(route=route).observe(time.monotonic() - started)
+    metrics.series(metrics.HTTP_REQUESTS, route, method, response.status).inc()
+    metrics.series(metrics.HTTP_REQUEST_DURATION, route).observe(time.monotonic() - started)
     return response
 
 

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay.core.model import DeliveryState, Notification
 from relay.core.redaction import mask_token
+from relay.ingest.group_commit import GroupCommit
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
 from relay.store.memory import MemoryWatch
-from relay.store.queue import RelayQueue
+from relay.store.queue import MAX_BATCH, RelayQueue
 from relay.store.records import Accepted, NotificationStatus
 from relay.store.refusals import QueueRefusal
 from relay.store.spool import Spool, SpoolUnavailable
@@ -37,6 +41,26 @@ REPLAY_MAX_DELAY_S = 0.5
 REPLAY_IDLE_WAKE_S = 1.0  # a device waiting out a refusal is looked at again this often
 # What a later attempt may get past: Redis unreachable or slow, or its replicas behind.
 NOT_YET: tuple[type[Exception], ...] = (*REDIS_ERRORS, TimeoutError, ReplicasBehind)
+# A group's error that says nothing of its members and leaves nothing half done that a retry
+# under the same ids would not mend (Redis away or slow) is each member's own. Any other may have
+# cut the group's call part-way (one member's record the script could not handle, or Redis
+# filling up between two shards' scripts, which it refuses whole): each member finds its own.
+GROUP_WIDE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    TimeoutError,
+    OSError,
+)
+GROUP_MAX = MAX_BATCH  # concurrent requests' enqueues in one enqueue_many call
+
+
+class GroupCut(enum.Enum):
+    """A group's outcome for a member whose own is unknown: its group's call failed part-way."""
+
+    PART_WAY = "part-way"
+
+
+GroupOutcome = Accepted | QueueRefusal | Exception | GroupCut
 
 
 def hold_delay_s(attempt: int, remaining_s: float, jitter: float) -> float | None:
@@ -94,6 +118,7 @@ class Ingest:
         self.memory = memory
         self.lanes = DeviceLanes()
         self._random = random.Random()
+        self._groups = GroupCommit(self._store_group, GROUP_MAX)
 
     async def accept(self, n: Notification, notification_id: str | None = None) -> Accepted:
         """Stored in Redis, or fsync'd in the spool: when Redis stayed unreachable for the whole
@@ -136,6 +161,54 @@ class Ingest:
             await self.replicas.confirm([accepted.id])
         return accepted
 
+    async def _store_group(self, group: Sequence[tuple[Notification, str]]) -> list[GroupOutcome]:
+        """_store for concurrent requests' notifications at once: one enqueue_many, one replica
+        acknowledgement; each member's own outcome (a refusal, or an error to hold it for)."""
+        try:
+            outcomes: list[GroupOutcome] = list(
+                await self.queue.enqueue_many(
+                    [n for n, _ in group], ids=[notification_id for _, notification_id in group]
+                )
+            )
+        except Exception as error:  # each member is answered with it, or finds its own
+            if len(group) == 1 or isinstance(error, GROUP_WIDE):
+                return [error] * len(group)
+            metrics.INGEST_GROUPS_CUT.inc()
+            log.warning("ingest_group_cut", pushes=len(group), error=repr(error))
+            return [GroupCut.PART_WAY] * len(group)
+        if self.replicas is not None:
+            stored = [o.id for o in outcomes if isinstance(o, Accepted) and not o.duplicate]
+            if stored:
+                try:
+                    await self.replicas.confirm(stored)
+                except NOT_YET as error:
+                    outcomes = [
+                        error if isinstance(o, Accepted) and not o.duplicate else o
+                        for o in outcomes
+                    ]
+        return outcomes
+
+    async def _store_first(self, n: Notification, notification_id: str) -> Accepted:
+        """The first attempt of _store: with the enqueues of the requests that arrive meanwhile
+        (relay.ingest.group_commit), alone when none do."""
+        outcome = await self._groups.submit((n, notification_id))
+        if isinstance(outcome, Accepted):
+            return outcome
+        if outcome is GroupCut.PART_WAY:
+            return await self._stored_or_store(n, notification_id)
+        raise outcome
+
+    async def _stored_or_store(self, n: Notification, notification_id: str) -> Accepted:
+        """After a group cut part-way: accepted when the group's call stored it (found under its
+        id; storing it again would be refused at maxmemory, and could store it twice once its
+        final record is evicted), else _store alone, which finds its own refusal or error."""
+        if await self.queue.get(notification_id) is None:
+            return await self._store(n, notification_id)
+        # What it superseded, if anything, is not known now: only that count misses it.
+        if self.replicas is not None:
+            await self.replicas.confirm([notification_id])
+        return Accepted(notification_id, duplicate=False)
+
     async def _store_held(self, n: Notification, notification_id: str, deadline: float) -> Accepted:
         """_store, retried while Redis is unreachable (or its replicas behind) until `deadline`;
         then the last error."""
@@ -143,7 +216,10 @@ class Ingest:
         while True:
             try:
                 async with asyncio.timeout_at(_loop_time_at(deadline)):
-                    accepted = await self._store(n, notification_id)
+                    if attempt == 0:
+                        accepted = await self._store_first(n, notification_id)
+                    else:
+                        accepted = await self._store(n, notification_id)
             except NOT_YET as error:
                 if isinstance(error, OutOfMemoryError) and self.spool is not None:
                     # Full, not away: waiting does not help the way a failover's end does.
