@@ -14,6 +14,7 @@ import time
 import zlib
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from redis.asyncio.client import PubSub
@@ -73,6 +74,7 @@ from relay.store.records import (
     NotificationStatus,
     QueueLimits,
     QueueTotals,
+    Settlement,
     with_received,
 )
 from relay.store.refusals import (
@@ -352,9 +354,16 @@ class RelayQueue:
         now_ms: int | None = None,
         shards: Collection[int] = (),
         routes: Mapping[str, bool] | None = None,
+        settling: Settlement | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` due device heads, shared fairly over the shards (all of them, or
         only `shards`, e.g. the ones a wake-up named).
+
+        `settling`, when given, is written in the same first round trip, ahead of the claims (as
+        write_settlement would, so a device whose head it ends can have its next one claimed
+        here); a script error it meets is in the batch's `settlement_error` (write it again: its
+        scripts ignore what they applied already), any other Redis error is raised as the
+        claim's.
 
         `routes` says for each app whether its route sends (True) or its circuit is open (False):
         an open route's due devices are parked rather than claimed (claim_parked takes its probe),
@@ -376,13 +385,19 @@ class RelayQueue:
         visit = sorted(shards) or range(self.limits.shards)
         order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
         quotas = spread(max(0, limit), order)
+        ahead = self._settlement_calls(settling, now) if settling else []
+        settlement_error: Exception | None = None
         batch = ClaimBatch([], [])
         unsendable: list[tuple[int, list[Any], str]] = []  # (shard, entry, problem)
         for _ in range(MAX_CLAIM_ROUNDS):
             replies = await self.run_scripts(
-                [self._claim_call(s, quota, now, routes) for s, quota in quotas],
+                [*ahead, *(self._claim_call(s, quota, now, routes) for s, quota in quotas)],
                 script_errors_as_replies=True,
             )
+            if ahead:
+                errors = [reply for reply in replies[: len(ahead)] if isinstance(reply, Exception)]
+                settlement_error = errors[0] if errors else None
+                replies, ahead = replies[len(ahead) :], []
             with_more = []
             for (shard, _quota), reply in zip(quotas, replies, strict=True):
                 if isinstance(reply, Exception):
@@ -407,6 +422,8 @@ class RelayQueue:
             quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
         if unsendable:
             batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        if settlement_error is not None:
+            return replace(batch, settlement_error=settlement_error)
         return batch
 
     async def _fail_malformed(
@@ -492,6 +509,49 @@ class RelayQueue:
             )
         return grouped
 
+    def _settle_calls(
+        self, results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]], now_ms: int
+    ) -> list[ScriptCall]:
+        outcomes = {id(claim): outcome_args(claim.id, outcome) for claim, outcome in results}
+        calls = []
+        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now_ms,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+            ]
+            for claim in claims:
+                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
+            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
+        return calls
+
+    def _release_calls(
+        self,
+        claims: Sequence[ClaimedNotification],
+        delay_ms: int,
+        possibly_sent: bool,
+        now_ms: int,
+    ) -> list[ScriptCall]:
+        calls = []
+        sent = 1 if possibly_sent else 0
+        for shard, leased in self._by_shard(claims).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [prefix, now_ms, max(0, delay_ms)]
+            for claim in leased:
+                args += (claim.id, claim.claim_no, _device(claim), sent)
+            calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
+        return calls
+
+    def _settlement_calls(self, settlement: Settlement, now_ms: int) -> list[ScriptCall]:
+        calls = self._settle_calls(settlement.settled, now_ms) if settlement.settled else []
+        released = settlement.released
+        for delay_ms, sent in dict.fromkeys((delay, sent) for _, delay, sent in released):
+            claims = [c for c, d, s in released if (d, s) == (delay_ms, sent)]
+            calls += self._release_calls(claims, delay_ms, sent, now_ms)
+        return calls
+
     async def settle(
         self,
         results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]],
@@ -502,23 +562,8 @@ class RelayQueue:
 
         Delivered/Failed/Expired make the head final and the next one due; Retry makes it due again
         after its delay. A result whose lease was lost (another claim since) is ignored."""
-        if not results:
-            return
-        outcomes = {id(claim): outcome_args(claim.id, outcome) for claim, outcome in results}
-        now = _now_ms(now_ms)
-        calls = []
-        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
-            prefix = shard_prefix(shard)
-            args: list[ScriptArg] = [
-                prefix,
-                now,
-                self.limits.retention_s,
-                self.limits.dead_token_ttl_s,
-            ]
-            for claim in claims:
-                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
-            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
-        await self.run_scripts(calls)
+        if results:
+            await self.run_scripts(self._settle_calls(results, _now_ms(now_ms)))
 
     async def release(
         self,
@@ -535,18 +580,14 @@ class RelayQueue:
         They then keep their place for good (invariant 12: never superseded, never passed by a
         chat line; state `retrying`). Claims that never went out return to `queued` unless they
         were possibly sent before."""
-        if not claims:
-            return
-        now = _now_ms(now_ms)
-        calls = []
-        sent = 1 if possibly_sent else 0
-        for shard, leased in self._by_shard(claims).items():
-            prefix = shard_prefix(shard)
-            args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
-            for claim in leased:
-                args += (claim.id, claim.claim_no, _device(claim), sent)
-            calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
-        await self.run_scripts(calls)
+        if claims:
+            calls = self._release_calls(claims, delay_ms, possibly_sent, _now_ms(now_ms))
+            await self.run_scripts(calls)
+
+    async def write_settlement(self, settlement: Settlement, *, now_ms: int | None = None) -> None:
+        """Its outcomes (as settle) and give-backs (as release) in one pipelined round trip."""
+        if settlement:
+            await self.run_scripts(self._settlement_calls(settlement, _now_ms(now_ms)))
 
     # ---- reading ----
 
