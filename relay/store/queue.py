@@ -8,7 +8,6 @@ enqueue, claim and settle from the shard addressing and fairness they share."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 import zlib
@@ -17,7 +16,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
-from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
@@ -57,7 +55,6 @@ from relay.store.keys import (
     RECEIPTS,
     STAT_COUNTERS,
     STATS,
-    WAKE_CHANNEL,
     shard_keys,
     shard_of_id,
     shard_prefix,
@@ -96,11 +93,11 @@ from relay.store.scripts import (
     ScriptCall,
     run_scripts,
 )
+from relay.store.wakeups import WakeUps
 
 MAX_BATCH = 1000  # notifications per enqueue_many call: one bounded pipeline
 MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards with work
 MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
-SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
@@ -129,7 +126,7 @@ class RelayQueue:
         self._redis = redis
         self.limits = limits
         self._next_first_shard = 0  # rotates which shards get a claim's remainder (fairness)
-        self._wake: PubSub | None = None
+        self._wakeups = WakeUps(redis, self._shards_named)
         self._shard_by_prefix = {shard_prefix(s).encode(): s for s in range(limits.shards)}
 
     # ---- addressing ----
@@ -730,46 +727,23 @@ class RelayQueue:
     async def listen_for_work(self) -> None:
         """Subscribe to wake-ups now: a worker calls it before its first claim, so that no
         enqueue between that claim and its first wait_for_work goes unseen."""
-        await self._wake_subscription()
-
-    async def _wake_subscription(self) -> PubSub:
-        """The wake channel's subscription, confirmed by the server before it is returned, so that
-        every enqueue after the first wait_for_work call is seen."""
-        if self._wake is None:
-            wake = self._redis.pubsub()
-            await wake.subscribe(WAKE_CHANNEL)
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                while True:
-                    message = await wake.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
-                    if message is not None and message["type"] == "subscribe":
-                        break
-            self._wake = wake
-        return self._wake
+        await self._wakeups.listen()
 
     async def wait_for_work(self, timeout_s: float) -> frozenset[int]:
         """As soon as an enqueue or a settle makes a device due: the shards where that happened
-        (every wake-up already queued included, so one claim serves them all); an empty set
-        after `timeout_s` without one.
+        (every wake-up since the last call included, so one claim serves them all); an empty set
+        after `timeout_s` without one. With no time left it still names the shards already
+        woken: a worker whose next due time has passed (a push enqueued between its claim and
+        its look at due times) then claims the shard named, not all of them.
 
         The first call subscribes (unless listen_for_work did); enqueues before the subscription
         are not seen, so subscribe, then claim, then wait."""
-        wake = await self._wake_subscription()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        shards: set[int] = set()
-        while True:
-            # Wake-ups already queued are read even when no time is left: a worker whose next
-            # due time has passed (a push enqueued between its claim and its look at due times)
-            # then claims the shard named, not all of them.
-            remaining = max(0.0, deadline - loop.time())
-            message = await wake.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            while message is not None:
-                shard = self._shard_by_prefix.get(message["data"])
-                # A prefix this queue does not know (another shard count): look everywhere.
-                shards.update(range(self.limits.shards) if shard is None else (shard,))
-                message = await wake.get_message(ignore_subscribe_messages=True, timeout=0.0)
-            if shards or deadline - loop.time() <= 0:
-                return frozenset(shards)
+        return await self._wakeups.wait(timeout_s)
+
+    def _shards_named(self, prefix: bytes) -> range | tuple[int]:
+        shard = self._shard_by_prefix.get(prefix)
+        # A prefix this queue does not know (another shard count): look everywhere.
+        return range(self.limits.shards) if shard is None else (shard,)
 
     @property
     def client(self) -> RedisClient:
@@ -780,6 +754,4 @@ class RelayQueue:
         return bool(await cast(Any, self._redis).ping())
 
     async def aclose(self) -> None:
-        if self._wake is not None:
-            wake, self._wake = self._wake, None
-            await wake.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await self._wakeups.aclose()
