@@ -51,6 +51,9 @@ class SettleBuffer:
         self.batch_max = batch_max
         self.retry_s = retry_s
         self.pending = Settlement()
+        # What Redis refused (a script error, Redis away): written again by run() every
+        # retry_s, never carried by a claim (a settle that fails would fail every claim's trip).
+        self.failed = Settlement()
         self._window: asyncio.TimerHandle | None = None  # runs while something waits unripe
         self._ripe = False  # the oldest entry has waited window_s: write it at the next chance
         # Whether the worker's claim is coming (it claims, or gathers wake-ups for a claim): then
@@ -60,15 +63,15 @@ class SettleBuffer:
         self._closing = False
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + len(self.failed)
 
     @property
     def settled(self) -> list[tuple[ClaimedNotification, DeliveryOutcome]]:
-        return self.pending.settled
+        return self.failed.settled + self.pending.settled
 
     @property
     def released(self) -> list[tuple[ClaimedNotification, int, bool]]:
-        return self.pending.released
+        return self.failed.released + self.pending.released
 
     def settle(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
         self.pending.settled.append((claim, outcome))
@@ -98,7 +101,7 @@ class SettleBuffer:
             self._write.set()
 
     def take(self) -> Settlement:
-        """What is buffered, for a claim to write; the buffer starts empty."""
+        """What is buffered, for a claim to write; the buffer starts empty (but for what failed)."""
         taken, self.pending = self.pending, Settlement()
         if self._window is not None:
             self._window.cancel()
@@ -107,12 +110,20 @@ class SettleBuffer:
         return taken
 
     def restore(self, taken: Settlement) -> None:
-        """Put back what a claim took but could not write, ahead of what came since: written
-        again later (a lease that runs out meanwhile only costs a duplicate send)."""
+        """Put back what a claim took but could not write (the claim failed): carried by the next
+        claim, ahead of what came since (a lease that runs out meanwhile only costs a duplicate
+        send)."""
         if taken:
             self.pending.settled[:0] = taken.settled
             self.pending.released[:0] = taken.released
             self._added()
+
+    def refused(self, taken: Settlement) -> None:
+        """What a claim carried and Redis refused (a settle script's error): run() writes it
+        again, every retry_s until it goes through, apart from the claims."""
+        self.failed.settled += taken.settled
+        self.failed.released += taken.released
+        self._write.set()
 
     async def run(self) -> None:
         """Write what no claim carries once it ripens, or when the buffer is full; after close(),
@@ -132,10 +143,13 @@ class SettleBuffer:
 
     async def flush(self) -> None:
         while self:
-            taken = self.take()
+            taken, self.failed = self.failed, Settlement()
+            pending = self.take()
+            taken.settled += pending.settled
+            taken.released += pending.released
             try:
                 await self.queue.write_settlement(taken)
             except REDIS_ERRORS as exc:
                 REDIS_UNAVAILABLE.occurred("settle", exc)
-                self.restore(taken)
+                self.refused(taken)
                 await asyncio.sleep(self.retry_s)

@@ -164,8 +164,8 @@ class DeliveryWorker:
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
                 if batch.settlement_error is not None:
-                    self.settles.restore(settling)
                     REDIS_UNAVAILABLE.occurred("settle", batch.settlement_error)
+                    self.settles.refused(settling)
                 count_expired(batch)
                 self.claim_faults.record(batch, every_shard=not woken)
                 for claim in batch.claimed:

@@ -134,3 +134,18 @@ async def test_close_writes_what_is_buffered_and_ends_the_run() -> None:
     async with asyncio.timeout(2):
         await runner
     assert queue.calls == [(["id-1"], [])]
+
+
+async def test_what_redis_refused_to_a_claim_is_written_apart_from_the_claims() -> None:
+    queue = RecordingQueue(failures=1)
+    buffer = SettleBuffer(queue, window_s=60, retry_s=0.001)
+    runner = asyncio.create_task(buffer.run())
+    buffer.carried(True)
+    buffer.settle(claim(1), Delivered(None))
+    buffer.refused(buffer.take())  # a claim carried it; its settle script failed
+    buffer.settle(claim(2), Delivered(None))
+    assert [c.id for c in buffer.take().claims()] == ["id-2"]  # the next claim carries only this
+    await until_written(buffer, queue, 1)  # run() wrote it, after one more refusal
+    assert queue.calls == [(["id-1"], [])]
+    buffer.close()
+    await runner
