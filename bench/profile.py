@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import REPO_ROOT, Tracked
 from bench.stack import Relay
-from relay.store.scripts import LUA_DIR, REFUSED_AT_MAXMEMORY, RUNS_AT_MAXMEMORY, load_script
+from relay.store.scripts import RUNS_AT_MAXMEMORY
 
 PY_SPY_DIR = REPO_ROOT / "bench" / ".work" / "py-spy"  # `make bench-setup` installs it here
 PY_SPY_RATE = 100  # samples per second per process
@@ -46,18 +46,10 @@ def find_py_spy() -> str | None:
     return shutil.which("py-spy")
 
 
-def script_names() -> dict[str, str]:
-    """SHA -> script name for every script in relay/store/lua, as relay.store.scripts loads it:
-    shard scripts get the shared prelude and the others do not, and each is refused or run at
-    maxmemory, so every variant of each file is named."""
-    names = {}
-    for path in sorted(LUA_DIR.glob("*.lua")):
-        if path.stem == "shared":
-            continue
-        for shard_script in (True, False):
-            for shebang in (REFUSED_AT_MAXMEMORY, RUNS_AT_MAXMEMORY):
-                names[load_script(path.stem, shebang, shard_script=shard_script).sha] = path.stem
-    return names
+def script_of(function: str) -> str:
+    """The relay/store/lua file an FCALL's function runs: `<name>_<library digest>`."""
+    name, _, digest = function.rpartition("_")
+    return name if name in RUNS_AT_MAXMEMORY and len(digest) == 16 else "unknown script"
 
 
 # --- py-spy's collapsed stacks -----------------------------------------------------------------
@@ -241,15 +233,15 @@ def script_rows(
     ]
 
 
-def slowlog_rows(entries: Iterable[JsonObject], shas: dict[str, str]) -> list[JsonObject]:
+def slowlog_rows(entries: Iterable[JsonObject]) -> list[JsonObject]:
     rows = []
     for entry in entries:
         raw = entry["command"]
         command = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         words = command.split()
         script = None
-        if len(words) > 1 and words[0].upper() == "EVALSHA":
-            script = shas.get(words[1].lower(), "unknown script")
+        if len(words) > 1 and words[0].upper() == "FCALL":
+            script = script_of(words[1])
         rows.append(
             {
                 "duration_us": int(entry["duration"]),
@@ -270,7 +262,6 @@ class Profiler:
     redis_client: redis.Redis
     out_dir: Path
     py_spy: str | None = field(default_factory=find_py_spy)
-    shas: dict[str, str] = field(default_factory=script_names)
 
     def py_spy_absent(self) -> str | None:
         if self.py_spy is None:
@@ -343,7 +334,6 @@ class ProfileSession:
         if not self.stopped:  # the phase failed before its window ended
             self.stop()
         absent = self.profiler.py_spy_absent()
-        shas = self.profiler.shas
         return {
             "delivered": delivered,
             "wall_s": wall_s,
@@ -355,6 +345,6 @@ class ProfileSession:
             },
             "commandstats": commandstats_delta(self.stats_before, self.stats_after, delivered),
             "scripts": script_rows(self.scripts_before, self.scripts_after, delivered),
-            "slowlog": slowlog_rows(self.slowlog, shas),
+            "slowlog": slowlog_rows(self.slowlog),
             "slowlog_slower_than_us": SLOWLOG_SLOWER_THAN_US,
         }

@@ -384,7 +384,7 @@ def markdown(document: JsonObject) -> str:
         "is of the raw aioapns client's CPU per push in this same run (phase 1), so it "
         "compares across runs and machines where absolute µs do not. Redis commands are what "
         "Valkey ran per delivered notification over the phase (INFO commandstats: the commands "
-        "inside scripts and the EVALSHA calls themselves; enqueue, claim and settle together).",
+        "inside scripts and the FCALL calls themselves; enqueue, claim and settle together).",
         "",
         "| phase | api µs | worker µs | Valkey µs | relay roles µs | raw client µs | x client "
         "| Redis commands |",

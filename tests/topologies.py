@@ -181,7 +181,7 @@ class ValkeyCluster:
         for node in self.primaries():
             with client_of(node) as client:
                 client.flushall()
-                client.script_flush()
+                client.function_flush()
 
     def kill_primary(self, primary: EmbeddedServer) -> EmbeddedServer:
         """SIGKILL a primary and wait for its replica to be promoted; returns the new primary."""
@@ -367,7 +367,7 @@ class SentinelTopology:
     def flush(self) -> None:
         with client_of(self.primary()) as client:
             client.flushall()
-            client.script_flush()
+            client.function_flush()
 
     def kill_primary(self) -> EmbeddedServer:
         """SIGKILL the primary and wait for the Sentinels to promote the replica; returns the

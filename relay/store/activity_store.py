@@ -15,7 +15,7 @@ from relay.store.keys import (
     registrations_key,
 )
 from relay.store.queue import RelayQueue
-from relay.store.scripts import REFUSED_AT_MAXMEMORY, ScriptCall, load_script
+from relay.store.scripts import LIBRARY, ScriptCall
 
 # A push-to-start token lives as long as the app's install; the app sends it again at every
 # launch (ActivityKit's pushToStartTokenUpdates), so a month without one means it is gone.
@@ -23,9 +23,9 @@ PUSH_TO_START_TTL_S = 30 * 86_400
 # Compare-and-set rounds: each round one contender wins, so this many events for one activity
 # may race at once (GMS sends a service a handful of events over minutes).
 STAMP_ATTEMPTS = 32
-ACTIVITY_STAMP = load_script("activity_stamp", REFUSED_AT_MAXMEMORY, shard_script=False)
-ACTIVITY_REGISTER = load_script("activity_register", REFUSED_AT_MAXMEMORY, shard_script=False)
-ACTIVITY_BIND = load_script("activity_bind", REFUSED_AT_MAXMEMORY, shard_script=False)
+ACTIVITY_STAMP = LIBRARY.script("activity_stamp")
+ACTIVITY_REGISTER = LIBRARY.script("activity_register")
+ACTIVITY_BIND = LIBRARY.script("activity_bind")
 # The two kinds of registration each app's budget counts.
 ACTIVITIES = "activities"
 PUSH_TO_START_TOKENS = "push-to-start"

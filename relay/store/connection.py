@@ -44,7 +44,13 @@ class _SlotMapFirstPubSub(ClusterPubSub):
 
 
 class RelayRedisCluster(RedisCluster):
-    """RedisCluster whose pub/sub works as the first thing a process does."""
+    """RedisCluster whose pub/sub works as the first thing a process does, and which routes FCALL
+    by its keys itself."""
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        # FCALL spells its keys as EVALSHA does (name, count, keys...); redis-py would ask a node
+        # for them (COMMAND GETKEYS), a round trip per call.
+        return await super()._determine_slot("EVALSHA" if command == "FCALL" else command, *args)
 
     def pubsub(
         self,

@@ -9,10 +9,10 @@ from enum import StrEnum
 from relay.store.history import bucket_of, history_field, id_time_ms
 from relay.store.keys import RECEIPTS, shard_of_id, shard_prefix
 from relay.store.queue import RelayQueue
-from relay.store.scripts import REFUSED_AT_MAXMEMORY, ScriptCall, load_script
+from relay.store.scripts import LIBRARY, ScriptCall
 
 # Adds data: refused whole at maxmemory (a receipt is worth less than the queue's room).
-RECEIPT = load_script("receipt", REFUSED_AT_MAXMEMORY, shard_script=False)
+RECEIPT = LIBRARY.script("receipt")
 
 
 class Recorded(StrEnum):

@@ -13,9 +13,9 @@ from relay.core.model import Route
 from relay.store.codec import text
 from relay.store.keys import route_key
 from relay.store.queue import RelayQueue
-from relay.store.scripts import RUNS_AT_MAXMEMORY, ScriptArg, ScriptCall, load_script
+from relay.store.scripts import LIBRARY, ScriptArg, ScriptCall
 
-ROUTE_WRITE = load_script("route_write", RUNS_AT_MAXMEMORY, shard_script=False)
+ROUTE_WRITE = LIBRARY.script("route_write")
 
 
 def route_for(app: App) -> Route:

@@ -1,5 +1,6 @@
-"""The Lua scripts (relay/store/lua/): loaded once, each with the names it shares with Python
-prepended, and the call of one script with its KEYS and ARGV."""
+"""The Lua scripts (relay/store/lua/): one Redis Functions library holding each as a function
+beside the names it shares with Python, loaded once per server; and the call of one script with
+its KEYS and ARGV (FCALL)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+import structlog
 from prometheus_client import Counter
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from relay.core.model import FINAL_STATES, DeliveryState
 from relay.store.errors import REDIS_UNAVAILABLE, vanished_as_unreachable
@@ -33,10 +35,12 @@ from relay.store.keys import (
 )
 from relay.store.queued import ABSENT, NOTE_STRINGS, QUEUED_LAYOUT, SAME_AS_SERVICE
 from relay.store.records import CLAIM_FIELDS
-from relay.telemetry.metrics import REDIS_SCRIPT_CALLS
+from relay.telemetry.metrics import REDIS_LIBRARY_REFUSED, REDIS_SCRIPT_CALLS
 
 if TYPE_CHECKING:
     from relay.store.connection import RedisClient
+
+log = structlog.get_logger("relay.queue")
 
 ScriptArg: TypeAlias = str | int | bytes
 
@@ -87,38 +91,118 @@ def _lua_prelude() -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True, slots=True)
-class LuaScript:
-    name: str
-    source: str
-    sha: str
-
-
 LUA_DIR = Path(__file__).with_name("lua")
 
-
-# Each script says how it meets Redis at maxmemory (its shebang's flags; Redis 7+, Valkey 7.2+).
-# One that adds work (enqueue, a Live Activity registration) is refused whole before it runs, so a
-# refusal has written nothing (a script is never rolled back). One that keeps delivery going
+# How each script meets Redis at maxmemory (its function's flags; Redis 7+, Valkey 7.2+). One that
+# adds work (enqueue, a Live Activity registration, a receipt) is refused whole before it runs, so
+# a refusal has written nothing (a script is never rolled back). One that keeps delivery going
 # (claim, settle, release, purge, a route's circuit) runs anyway: settling what was sent is what
 # frees memory, and a settle refused at maxmemory is the deadlock of a full Redis.
-REFUSED_AT_MAXMEMORY = "#!lua\n"
-RUNS_AT_MAXMEMORY = "#!lua flags=allow-oom\n"
+RUNS_AT_MAXMEMORY = {
+    "enqueue": False,
+    "activity_stamp": False,
+    "activity_register": False,
+    "activity_bind": False,
+    "receipt": False,
+    "claim": True,
+    "claim_parked": True,
+    "settle": True,
+    "release": True,
+    "clear_device": True,
+    "trim_history": True,
+    "route_write": True,
+}
+
+ALLOW_OOM = "'allow-oom'"
+
+# Each call sets the keys and arguments the library's helpers read, and starts its own counts (a
+# call that failed half-way leaves none behind for the next).
+_BIND = """
+local function bind(keys, args)
+  KEYS, ARGV, DUE, LEASE, HEADS, STATS = keys, args, keys[1], keys[2], keys[3], keys[4]
+  counts, buckets_touched = {}, {}
+end
+"""
 
 
-def load_script(name: str, shebang: str, *, shard_script: bool = True) -> LuaScript:
-    """relay/store/lua/<name>.lua behind its shebang (REFUSED_AT_MAXMEMORY or RUNS_AT_MAXMEMORY);
-    a shard script (one whose KEYS[1..4] are a shard's) gets the shared names and helpers
-    prepended."""
-    parts = (_lua_prelude(), (LUA_DIR / "shared.lua").read_text()) if shard_script else ()
-    source = "".join((shebang, *parts, (LUA_DIR / f"{name}.lua").read_text()))
-    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+@dataclass(frozen=True, slots=True)
+class LuaScript:
+    """One script: `function` is what FCALL names, in `library`; `eval_source` the same script
+    as one EVAL takes it (flags in its shebang), for a server that refuses to load the library."""
+
+    name: str
+    function: str
+    library: Library
+    eval_source: str
 
 
-ENQUEUE = load_script("enqueue", REFUSED_AT_MAXMEMORY)
-CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE, TRIM_HISTORY = (
-    load_script(name, RUNS_AT_MAXMEMORY)
-    for name in ("claim", "claim_parked", "settle", "release", "clear_device", "trim_history")
+@dataclass(frozen=True, slots=True)
+class Library:
+    """Every script as a function of one Redis Functions library. Its top level (the shared names
+    and helpers) runs once, when it is loaded, not on every call as an EVALSHA script's would
+    (~50 µs of Valkey's CPU a call). Its name and its functions' carry a digest of the source, so
+    two relay versions (a rolling upgrade) each call their own and never replace the other's."""
+
+    name: str
+    digest: str
+    top: str
+    bodies: tuple[tuple[str, str], ...]
+
+    @property
+    def source(self) -> str:
+        functions = [
+            f"redis.register_function{{function_name = '{name}_{self.digest}',"
+            f" flags = {{{ALLOW_OOM if RUNS_AT_MAXMEMORY[name] else ''}}},"
+            f" callback = function(keys, args)\nbind(keys, args)\n{body}\nend}}\n"
+            for name, body in self.bodies
+        ]
+        return "".join((f"#!lua name={self.name}\n", self.top, *functions))
+
+    def script(self, name: str) -> LuaScript:
+        shebang = f"#!lua flags={ALLOW_OOM[1:-1]}\n" if RUNS_AT_MAXMEMORY[name] else "#!lua\n"
+        eval_source = "".join(
+            (
+                shebang,
+                "local keys, args = KEYS, ARGV\n",
+                self.top,
+                "bind(keys, args)\n",
+                dict(self.bodies)[name],
+            )
+        )
+        return LuaScript(name, f"{name}_{self.digest}", self, eval_source)
+
+
+def build_library(bodies: dict[str, str] | None = None) -> Library:
+    """The library of relay/store/lua/*.lua (or of `bodies`, name -> a script's text, for the
+    scripts it names): each script's text becomes the body of its function."""
+    texts = {name: (LUA_DIR / f"{name}.lua").read_text() for name in RUNS_AT_MAXMEMORY}
+    texts.update(bodies or {})
+    top = "".join(
+        (
+            _lua_prelude(),
+            "local KEYS, ARGV, DUE, LEASE, HEADS, STATS\n",
+            (LUA_DIR / "shared.lua").read_text(),
+            _BIND,
+        )
+    )
+    digest = hashlib.sha1(
+        "".join([top, *(f"{n}{RUNS_AT_MAXMEMORY[n]}{t}" for n, t in texts.items())]).encode()
+    ).hexdigest()[:16]
+    return Library(f"relay_{digest}", digest, top, tuple(texts.items()))
+
+
+LIBRARY = build_library()
+ENQUEUE, CLAIM, CLAIM_PARKED, SETTLE, RELEASE, CLEAR_DEVICE, TRIM_HISTORY = (
+    LIBRARY.script(name)
+    for name in (
+        "enqueue",
+        "claim",
+        "claim_parked",
+        "settle",
+        "release",
+        "clear_device",
+        "trim_history",
+    )
 )
 
 
@@ -135,37 +219,41 @@ def _calls_of(script: str) -> Counter:
     return REDIS_SCRIPT_CALLS.labels(script=script)
 
 
-async def _execute(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    # Counted as sent: with Valkey's commandstats (EVALSHA calls, not by script) they say which
+async def _execute(
+    redis: RedisClient, calls: Sequence[ScriptCall], *, as_eval: bool = False
+) -> list[Any]:
+    # Counted as sent: with Valkey's commandstats (FCALL calls, not by script) they say which
     # script the store's time goes to (the benchmark's --profile reads both).
     for call in calls:
         _calls_of(call.script.name).inc()
+    commands = [_command(call, as_eval) for call in calls]
     with vanished_as_unreachable():
-        return await _send(redis, calls)
+        if len(commands) == 1:
+            try:
+                return [await redis.execute_command(*commands[0])]
+            except ResponseError as error:
+                # The library missing, or the script's own error: returned as a pipeline
+                # returns it. Anything else (the server refusing, a cluster failing over) is
+                # raised here as before.
+                if is_library_missing(error) or is_script_error(error):
+                    return [error]
+                raise
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute(raise_on_error=False)
 
 
-async def _send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:
-        call = calls[0]
-        try:
-            return [
-                await cast(Any, redis).evalsha(
-                    call.script.sha, len(call.keys), *call.keys, *call.args
-                )
-            ]
-        except ResponseError as error:
-            # NOSCRIPT, or the script's own error: returned as a pipeline returns it. Anything
-            # else (the server refusing, a cluster failing over) is raised here as before.
-            if isinstance(error, NoScriptError) or is_script_error(error):
-                return [error]
-            raise
-    pipe = redis.pipeline(transaction=False)
-    for call in calls:
-        # Spelled as a raw command: redis-py's cluster pipeline blocks its evalsha() helper
-        # (it cannot load missing scripts itself), yet routes EVALSHA by its keys; run_scripts
-        # answers NOSCRIPT.
-        pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-    return await pipe.execute(raise_on_error=False)
+def _command(call: ScriptCall, as_eval: bool) -> tuple[ScriptArg, ...]:
+    script = call.script
+    head = ("EVAL", script.eval_source) if as_eval else ("FCALL", script.function)
+    return (*head, len(call.keys), *call.keys, *call.args)
+
+
+def is_library_missing(error: object) -> bool:
+    """Whether a reply says the server lacks the function (a restart without persistence,
+    FUNCTION FLUSH, a Cluster primary that never had the library)."""
+    return isinstance(error, ResponseError) and str(error).startswith("Function not found")
 
 
 def is_script_error(error: object) -> bool:
@@ -173,7 +261,7 @@ def is_script_error(error: object) -> bool:
     than Redis refusing or failing the call."""
     return (
         isinstance(error, ResponseError)
-        and not isinstance(error, NoScriptError)
+        and not is_library_missing(error)
         and "script" in str(error).lower()
     )
 
@@ -181,22 +269,32 @@ def is_script_error(error: object) -> bool:
 async def run_scripts(
     redis: RedisClient, calls: Sequence[ScriptCall], *, script_errors_as_replies: bool = False
 ) -> list[Any]:
-    """Each call's reply, in one round trip unless the server lacks a script (restart, flush):
-    then the scripts are loaded and only the calls that did not run are sent again. A script's
-    runtime error is raised, or with `script_errors_as_replies` left in its call's place (one
-    shard's error then does not cost the other shards' replies)."""
+    """Each call's reply, in one round trip unless the server lacks the library (restart, flush):
+    then it is loaded (on every primary of a Cluster) and only the calls that did not run are
+    sent again. A script's runtime error is raised, or with `script_errors_as_replies` left in
+    its call's place (one shard's error then does not cost the other shards' replies)."""
     results = await _execute(redis, calls)
     REDIS_UNAVAILABLE.cleared()
-    missing = [i for i, result in enumerate(results) if isinstance(result, NoScriptError)]
+    missing = [i for i, result in enumerate(results) if is_library_missing(result)]
     if missing:
-        for script in {calls[i].script.name: calls[i].script for i in missing}.values():
-            await cast(Any, redis).script_load(script.source)
-        for i, result in zip(
-            missing, await _execute(redis, [calls[i] for i in missing]), strict=True
-        ):
+        again = [calls[i] for i in missing]
+        for i, result in zip(missing, await _load_and_send(redis, again), strict=True):
             results[i] = result
     for result in results:
         kept = script_errors_as_replies and is_script_error(result)
         if isinstance(result, Exception) and not kept:
             raise result
     return results
+
+
+async def _load_and_send(redis: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    try:
+        for library in {call.script.library for call in calls}:
+            await cast(Any, redis).function_load(library.source, replace=True)
+    except OutOfMemoryError:
+        # Redis refuses FUNCTION LOAD at maxmemory (a new relay version started while Redis is
+        # full), yet takes EVAL: the calls run as scripts, so what drains a full Redis still runs.
+        REDIS_LIBRARY_REFUSED.inc()
+        log.warning("library_refused_at_maxmemory", library=calls[0].script.library.name)
+        return await _execute(redis, calls, as_eval=True)
+    return await _execute(redis, calls)

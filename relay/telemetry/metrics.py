@@ -169,9 +169,15 @@ INGEST_HELD = Counter(
 )
 
 # Redis
+REDIS_LIBRARY_REFUSED = Counter(
+    "apns_relay_redis_library_refused_total",
+    "Times Redis refused to load the scripts' library at maxmemory (the calls then ran as EVAL"
+    " scripts: start a new relay version while Redis has room)",
+)
 REDIS_SCRIPT_CALLS = Counter(
     "apns_relay_redis_script_calls_total",
-    "Lua scripts this process sent to Redis (EVALSHA, a NOSCRIPT resend included), by script",
+    "Lua scripts this process sent to Redis (FCALL, a resend after loading the library"
+    " included), by script",
     ["script"],
 )
 

@@ -602,11 +602,11 @@ async def test_enqueue_many_returns_each_items_own_result(redis: aioredis.Redis)
         await queue.enqueue_many([note()] * 1001, now_ms=T0)
 
 
-async def test_scripts_are_loaded_again_after_a_script_flush(
+async def test_scripts_are_loaded_again_after_a_function_flush(
     queue: RelayQueue, redis: aioredis.Redis
 ) -> None:
     await queue.enqueue(note(), now_ms=T0)
-    await redis.script_flush()
+    await redis.function_flush()
     await queue.enqueue_many([note(TOKEN_B), note(TOKEN_B)], now_ms=T0)
     assert (await queue.totals(now_ms=T0)).enqueued == 3
 

@@ -15,6 +15,7 @@ from test_queue import T0, note, snapshot
 from relay.core.model import Delivered, Retry
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
+from relay.telemetry.metrics import REDIS_LIBRARY_REFUSED
 
 DEVICES = 50
 FILL = 1_000  # ~1 MB of queued notifications
@@ -45,18 +46,34 @@ async def full_queue(redis: aioredis.Redis) -> AsyncIterator[RelayQueue]:
         await queue.aclose()
 
 
+# A relay version new to the server finds its library missing, and Redis refuses FUNCTION LOAD at
+# maxmemory: its calls then run as EVAL scripts, under the same rules.
+NEW_VERSION = pytest.mark.parametrize("new_version", [False, True], ids=["loaded", "new-version"])
+
+
+async def arrive_as_new_version(redis: aioredis.Redis, new_version: bool) -> float:
+    """The library gone when `new_version`; the refusals counted so far."""
+    if new_version:
+        await redis.function_flush()
+    return REDIS_LIBRARY_REFUSED._value.get()
+
+
+@NEW_VERSION
 async def test_an_enqueue_at_maxmemory_is_refused_having_written_nothing(
-    full_queue: RelayQueue, redis: aioredis.Redis
+    full_queue: RelayQueue, redis: aioredis.Redis, new_version: bool
 ) -> None:
+    await arrive_as_new_version(redis, new_version)
     before = await snapshot(redis)
     with pytest.raises(OutOfMemoryError):
         await full_queue.enqueue(note("f" * 64, service_id="svc"), now_ms=T0)
     assert await snapshot(redis) == before
 
 
+@NEW_VERSION
 async def test_delivery_drains_at_maxmemory_and_frees_room_for_new_work(
-    full_queue: RelayQueue, redis: aioredis.Redis
+    full_queue: RelayQueue, redis: aioredis.Redis, new_version: bool
 ) -> None:
+    refused = await arrive_as_new_version(redis, new_version)
     pending = (await full_queue.totals()).pending
     # Every draining script runs although Redis is full: a retry, a release, settling.
     batch = await full_queue.claim(DEVICES, now_ms=LATER + 1)
@@ -78,6 +95,7 @@ async def test_delivery_drains_at_maxmemory_and_frees_room_for_new_work(
         )
         delivered += len(batch.claimed)
     assert delivered == pending
+    assert (REDIS_LIBRARY_REFUSED._value.get() > refused) == new_version
     totals = await full_queue.totals()
     assert (totals.pending, totals.leased, totals.delivered) == (0, 0, pending)
     # What delivery freed lets new work in; history gives way when asked.

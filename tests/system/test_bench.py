@@ -13,7 +13,7 @@ import pytest
 
 from bench.loadgen import device_tokens, gms_ids, parse_response_head
 from bench.phases import PhaseResult, percentiles_ms, service_id_of
-from bench.profile import parse_collapsed, script_names, top_frames
+from bench.profile import parse_collapsed, script_of, top_frames
 from bench.report import evaluate_targets, headline
 from relay.store.activity_store import ACTIVITY_STAMP
 from relay.store.routes import ROUTE_WRITE
@@ -141,15 +141,15 @@ def test_quick_run_profiles_each_relay_phase(quick_run: tuple[Path, dict[str, An
         commands = {row["command"]: row for row in profile["commandstats"]}
         scripts = {row["script"]: row["calls"] for row in profile["scripts"]}
         assert scripts.get("claim", 0) > 0, name  # a worker claims, busy or idle
-        assert commands["evalsha"]["calls"] > 0, name
+        assert commands["fcall"]["calls"] > 0, name
         if name != "idle":
             # One per notification, or (enqueue_many) one per shard a batch.
             assert scripts["enqueue"] > 0, name
             assert scripts["settle"] > 0, name
-            assert commands["evalsha"]["calls_per_delivered"] > 0, name
+            assert commands["fcall"]["calls_per_delivered"] > 0, name
             # Every phase counts what Valkey ran, profiled or not (the headline's column).
             assert phases[name]["redis_commands_per_delivered"] > 1, name
-        for row in profile["slowlog"]:  # any EVALSHA here is named after its relay/store/lua file
+        for row in profile["slowlog"]:  # any FCALL here is named after its relay/store/lua file
             assert row["script"] is None or row["script"] in scripts, row
         py_spy = profile["py_spy"]
         if py_spy["status"] == "absent":  # the suite's machine need not have run bench-setup
@@ -299,10 +299,10 @@ def test_headline_is_relay_roles_cpu_as_a_multiple_of_the_raw_client() -> None:
     assert rows["latency"]["x_client"] is None
 
 
-def test_script_shas_name_the_relays_scripts() -> None:
-    names = script_names()
+def test_fcall_function_names_name_the_relays_scripts() -> None:
     for script in (ENQUEUE, CLAIM, SETTLE, ROUTE_WRITE, ACTIVITY_STAMP):
-        assert names[script.sha] == script.name
+        assert script_of(script.function) == script.name
+    assert script_of("claim") == "unknown script"
 
 
 def test_top_frames_counts_own_and_cumulative_samples() -> None:

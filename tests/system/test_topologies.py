@@ -42,6 +42,7 @@ from relay.store.connection import (
 from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import QueueLimits
+from relay.store.scripts import LIBRARY
 
 # The topology fixtures this module's tests ask for by name.
 valkey_cluster = topologies.valkey_cluster
@@ -236,6 +237,33 @@ async def test_shards_spread_over_every_primary(
     # shard_tag spreads 16 shards over the default 3-way slot split as 6/5/5.
     assert sorted(shards_per_primary.values()) == [5, 5, 6]
     assert min(keys.values()) > 0.25 * total, keys
+    await queue.aclose()
+
+
+async def test_each_primary_gets_the_library_and_fcall_is_routed_by_its_keys(
+    cluster: ValkeyCluster, redis: RedisCluster
+) -> None:
+    """A primary without the scripts' library (flushed, or new to the cluster) is given it on
+    the first call that finds it missing, and redis-py routes FCALL by its keys itself rather
+    than asking a node for them (COMMAND GETKEYS: a round trip per call)."""
+    primaries = cluster.primaries()
+    for primary in primaries:
+        with client_of(primary) as client:
+            client.function_flush()
+            client.config_resetstat()
+    queue = RelayQueue(redis, QueueLimits())
+    results = await queue.enqueue_many([note_for(d) for d in range(DEVICES)])
+    assert all(not isinstance(r, Exception) for r in results)
+    assert (await queue.claim(DEVICES)).claimed
+    for primary in primaries:
+        with client_of(primary) as client:
+            libraries = [
+                dict(zip(lib[::2], lib[1::2], strict=True)) for lib in client.function_list()
+            ]
+            assert [lib[b"library_name"] for lib in libraries] == [LIBRARY.name.encode()]
+            stats = client.info("commandstats")
+            assert stats["cmdstat_fcall"]["calls"] > 0, primary.port
+            assert not any("getkeys" in name for name in stats), (primary.port, list(stats))
     await queue.aclose()
 
 

@@ -1,9 +1,8 @@
--- Helpers every script shares: prepended (after the key-name prelude that scripts.py generates)
--- to each script at load time, so a state change is written once. Every script's KEYS[1..4] are its
--- shard's due, lease, heads and stats keys and ARGV[1] the shard's key prefix "relay:{s}:"; keys
--- found at run time (queues, records) are built from that prefix, so they share the {s} hash tag
--- and the script stays in one Cluster slot.
-local DUE, LEASE, HEADS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Helpers every script shares, in the library's top level (after the key-name prelude that
+-- scripts.py generates), so a state change is written once. Every shard script's KEYS[1..4] are its
+-- shard's due, lease, heads and stats keys (DUE, LEASE, HEADS, STATS, bound per call) and ARGV[1]
+-- the shard's key prefix "relay:{s}:"; keys found at run time (queues, records) are built from
+-- that prefix, so they share the {s} hash tag and the script stays in one Cluster slot.
 
 -- Writes that several notifications of one call share, made once at its end (flush): the shard's
 -- counters, and each history bucket's TTL and listing.
