@@ -51,11 +51,29 @@ def mask_token(token: str) -> str:
     return f"{token[: min(8, len(token) // 4)]}…({len(token)})"
 
 
+# Values found to hold nothing, remembered: most of a log line's values (its event, level, app,
+# action, outcome) repeat on every line, and the check costs ~1 µs a value. Emptied when full, so
+# it keeps the values seen since, and never grows past this many.
+_HOLD_NOTHING_MAX = 4096
+_holds_nothing: dict[str, None] = {}
+
+
 def may_hold_secret(text: str) -> bool:
     """False only if no pattern of mask_secrets can match anywhere in `text`: it holds no device
     token and not the literal start of any other pattern. One search and a few substring tests
     instead of six substitutions (a case-insensitive regex of the starts costs 6 times as much);
     most values of a line (event names, ids, UUIDs, masked tokens) hold nothing."""
+    if text in _holds_nothing:
+        return False
+    if _may_hold_secret(text):
+        return True
+    if len(_holds_nothing) >= _HOLD_NOTHING_MAX:
+        _holds_nothing.clear()
+    _holds_nothing[text] = None
+    return False
+
+
+def _may_hold_secret(text: str) -> bool:
     if _HEX_TOKEN.search(text) is not None:
         return True
     if len(text) >= _BASE64_MIN and any(_both_cases(m.group(0)) for m in _BASE64.finditer(text)):

@@ -250,6 +250,9 @@ class PlainHpackEncoder(Encoder):
         self._indexed: dict[tuple[bytes, bytes], bytes] = {}  # a field's indexed representation
         # A never-indexed name's part of its literal, and the values the static table holds for it
         self._never_indexed_names: dict[bytes, tuple[bytes, frozenset[bytes]]] = {}
+        # The table as the last encode left it (its size limit, its entries): another state
+        # at the next one means it changed in between, and what is remembered is stale.
+        self._table_seen = (self.header_table.maxsize, 0)
 
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         table = self.header_table
@@ -257,6 +260,10 @@ class PlainHpackEncoder(Encoder):
         if table.resized:
             parts.append(self._encode_table_size_change())
             table.resized = False
+            self._forget()
+        elif (table.maxsize, len(table.dynamic_entries)) != self._table_seen:
+            # Resized twice to one size between requests: hpack's flag then reads False, yet the
+            # first resize may have evicted entries, moving every index after them.
             self._forget()
         for header in headers:
             name, value = _as_bytes(header[0]), _as_bytes(header[1])
@@ -273,6 +280,7 @@ class PlainHpackEncoder(Encoder):
             else:  # added to the table: every index after it moved
                 self._forget()
             parts.append(encoded)
+        self._table_seen = (table.maxsize, len(table.dynamic_entries))
         return b"".join(parts)
 
     def _never_indexed(self, name: bytes, value: bytes) -> bytes:

@@ -1,25 +1,29 @@
 """Outcomes and give-backs of sends, written to the queue in batches: one round trip per batch.
 
-A notification's settle is buffered, not written at once: writes that arrive within a short,
-bounded window share one round trip (at tens or hundreds of pushes a second each send would
-otherwise pay its own). The window never delays what the worker waits for: it ends as soon as no
-send is in flight (the claimed batch has drained), and a full buffer is written at once.
+A notification's settle is buffered for a short, bounded window rather than written at once: the
+worker's next claim carries what is buffered in its own round trip, ahead of its claims (so a
+device whose head a settle ends can have its next one claimed there), and settles arriving
+within the window share one round trip. At tens or hundreds of pushes a second a send then costs
+one round trip to Redis, not two. While the worker waits for work (no claim is coming), what has
+waited out its window is written alone by run(); a full buffer, and a closed one, at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Sequence
 from typing import Protocol
 
 from relay.core.model import ClaimedNotification, DeliveryOutcome
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
+from relay.store.records import Settlement
 
-# How long a settle may wait for others to share its round trip while sends are still in flight.
-# A device's next notification waits for its settle, so this is bounded well under the latency
-# targets (p50 5 ms, p99 20 ms).
-SETTLE_WINDOW_S = 0.002
+# How long a settle may wait for a claim, or for other settles, to share its round trip. A
+# device's next notification waits for its settle: this is how much later it can be claimed than
+# with every settle written at once (a settle written alone is followed by its wake-up, the
+# worker's claim window and its claim), so it stays well under the latency targets (p50 5 ms,
+# p99 20 ms). As long as the claim window: a push arriving while another is sent is claimed
+# within it, so at a steady few hundred a second most settles ride that claim.
+SETTLE_WINDOW_S = 0.001
 SETTLE_BATCH_MAX = 256  # written at once when this many wait
 REDIS_RETRY_S = 0.5
 
@@ -27,17 +31,12 @@ REDIS_RETRY_S = 0.5
 class SettlingQueue(Protocol):
     """What the buffer writes to (relay.store.queue.RelayQueue)."""
 
-    async def settle(
-        self, results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]]
-    ) -> None: ...
-
-    async def release(
-        self, claims: Sequence[ClaimedNotification], *, delay_ms: int, possibly_sent: bool
-    ) -> None: ...
+    async def write_settlement(self, settlement: Settlement) -> None: ...
 
 
 class SettleBuffer:
-    """Settles and releases waiting for their round trip; run() writes them until close()."""
+    """Settles and releases waiting for their round trip: taken by a claim (take), or written by
+    run() until close()."""
 
     def __init__(
         self,
@@ -51,46 +50,87 @@ class SettleBuffer:
         self.window_s = window_s
         self.batch_max = batch_max
         self.retry_s = retry_s
-        self.settled: list[tuple[ClaimedNotification, DeliveryOutcome]] = []
-        # (claim, due again after ms, whether its request went out: possibly sent)
-        self.released: list[tuple[ClaimedNotification, int, bool]] = []
-        self._ready = asyncio.Event()
-        self._idle = asyncio.Event()  # no send in flight: write now
-        self._idle.set()
+        self.pending = Settlement()
+        # What Redis refused (a script error, Redis away): written again by run() every
+        # retry_s, never carried by a claim (a settle that fails would fail every claim's trip).
+        self.failed = Settlement()
+        self._window: asyncio.TimerHandle | None = None  # runs while something waits unripe
+        self._ripe = False  # the oldest entry has waited window_s: write it at the next chance
+        # Whether the worker's claim is coming (it claims, or gathers wake-ups for a claim): then
+        # that claim carries what ripens; if not, run() writes it.
+        self._carried = False
+        self._write = asyncio.Event()  # run(): write now
         self._closing = False
 
     def __len__(self) -> int:
-        return len(self.settled) + len(self.released)
+        return len(self.pending) + len(self.failed)
+
+    @property
+    def settled(self) -> list[tuple[ClaimedNotification, DeliveryOutcome]]:
+        return self.failed.settled + self.pending.settled
+
+    @property
+    def released(self) -> list[tuple[ClaimedNotification, int, bool]]:
+        return self.failed.released + self.pending.released
 
     def settle(self, claim: ClaimedNotification, outcome: DeliveryOutcome) -> None:
-        self.settled.append((claim, outcome))
+        self.pending.settled.append((claim, outcome))
         self._added()
 
     def release(self, claim: ClaimedNotification, delay_ms: int, *, possibly_sent: bool) -> None:
-        self.released.append((claim, delay_ms, possibly_sent))
+        self.pending.released.append((claim, delay_ms, possibly_sent))
         self._added()
 
     def _added(self) -> None:
-        self._ready.set()
+        if self._window is None and not self._ripe:
+            self._window = asyncio.get_running_loop().call_later(self.window_s, self._ripen)
         if len(self) >= self.batch_max:
-            self._idle.set()
+            self._write.set()
 
-    def sends_in_flight(self, count: int) -> None:
-        """The worker's sends in flight: at 0 the window closes and the buffer is written."""
-        if count == 0:
-            self._idle.set()
-        elif len(self) < self.batch_max:
-            self._idle.clear()
+    def _ripen(self) -> None:
+        self._window = None
+        self._ripe = True
+        if not self._carried:
+            self._write.set()
+
+    def carried(self, by_claim: bool) -> None:
+        """Whether a claim of the worker's is coming, to carry what ripens meanwhile (True), or
+        run() must write it (False: the worker waits for work, or cannot claim)."""
+        self._carried = by_claim
+        if not by_claim and self._ripe:
+            self._write.set()
+
+    def take(self) -> Settlement:
+        """What is buffered, for a claim to write; the buffer starts empty (but for what failed)."""
+        taken, self.pending = self.pending, Settlement()
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        self._ripe = False
+        return taken
+
+    def restore(self, taken: Settlement) -> None:
+        """Put back what a claim took but could not write (the claim failed): carried by the next
+        claim, ahead of what came since (a lease that runs out meanwhile only costs a duplicate
+        send)."""
+        if taken:
+            self.pending.settled[:0] = taken.settled
+            self.pending.released[:0] = taken.released
+            self._added()
+
+    def refused(self, taken: Settlement) -> None:
+        """What a claim carried and Redis refused (a settle script's error): run() writes it
+        again, every retry_s until it goes through, apart from the claims."""
+        self.failed.settled += taken.settled
+        self.failed.released += taken.released
+        self._write.set()
 
     async def run(self) -> None:
-        """Write batches as they fill; after close(), until the buffer is empty."""
+        """Write what no claim carries once it ripens, or when the buffer is full; after close(),
+        until it is empty."""
         while True:
-            await self._ready.wait()
-            if not self._idle.is_set() and not self._closing:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.window_s):
-                        await self._idle.wait()
-            self._ready.clear()
+            await self._write.wait()
+            self._write.clear()
             await self.flush()
             if self._closing and not self:
                 return
@@ -98,25 +138,18 @@ class SettleBuffer:
     def close(self) -> None:
         """No more sends: write what is buffered (run() then ends)."""
         self._closing = True
-        self._idle.set()
-        self._ready.set()
+        self._carried = False
+        self._write.set()
 
     async def flush(self) -> None:
         while self:
-            settled, self.settled = self.settled, []
-            released, self.released = self.released, []
+            taken, self.failed = self.failed, Settlement()
+            pending = self.take()
+            taken.settled += pending.settled
+            taken.released += pending.released
             try:
-                if settled:
-                    await self.queue.settle(settled)
-                for delay_ms, sent in {(delay, sent) for _, delay, sent in released}:
-                    await self.queue.release(
-                        [c for c, d, s in released if (d, s) == (delay_ms, sent)],
-                        delay_ms=delay_ms,
-                        possibly_sent=sent,
-                    )
+                await self.queue.write_settlement(taken)
             except REDIS_ERRORS as exc:
-                # Keep them: a lease that runs out meanwhile only costs a duplicate send.
                 REDIS_UNAVAILABLE.occurred("settle", exc)
-                self.settled[:0] = settled
-                self.released[:0] = released
+                self.refused(taken)
                 await asyncio.sleep(self.retry_s)

@@ -143,20 +143,29 @@ class DeliveryWorker:
             woken: frozenset[int] = frozenset()
             while not self._stopping.is_set():
                 free = self.capacity - len(self.sending)
+                # While it can claim, the loop's claims carry the settles (settle_buffer).
+                self.settles.carried(free > 0)
                 if free <= 0:
                     self._slot_freed.clear()
                     await self._wait_any(self._slot_freed.wait())
                     continue
                 wanted = min(free, self.batch_size)
+                settling = self.settles.take()
                 try:
                     await self.circuits.refresh()
                     self._start_probes()
                     sending = self.circuits.sending_by_app()
-                    batch = await self.queue.claim(wanted, shards=woken, routes=sending)
+                    batch = await self.queue.claim(
+                        wanted, shards=woken, routes=sending, settling=settling
+                    )
                 except REDIS_ERRORS as exc:
+                    self.settles.restore(settling)
                     REDIS_UNAVAILABLE.occurred("claim", exc)
                     await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
                     continue
+                if batch.settlement_error is not None:
+                    REDIS_UNAVAILABLE.occurred("settle", batch.settlement_error)
+                    self.settles.refused(settling)
                 count_expired(batch)
                 self.claim_faults.record(batch, every_shard=not woken)
                 for claim in batch.claimed:
@@ -170,6 +179,7 @@ class DeliveryWorker:
                     woken = await self._wait_for_work()
                     if woken and self.claim_window_s > 0:
                         woken = await self._gather_wakeups(woken)
+            self.settles.carried(False)
             await self._drain(grace_s)
         finally:
             await self._stop_settler(settler)
@@ -199,9 +209,12 @@ class DeliveryWorker:
             await self._wait_any(asyncio.sleep(REDIS_RETRY_S))
 
     async def _wait_for_work(self) -> frozenset[int]:
-        """The shards a wake-up names; empty when the wait ended otherwise (due time, stop)."""
+        """The shards a wake-up names; empty when the wait ended otherwise (due time, stop).
+        No claim is coming meanwhile: the settles that ripen are written alone."""
+        self.settles.carried(False)
         waiting = asyncio.ensure_future(self.queue.wait_for_work(await self._idle_wait_s()))
         await self._wait_any(waiting)
+        self.settles.carried(True)
         if waiting.cancelled() or waiting.exception() is not None:
             return frozenset()
         return waiting.result()
@@ -236,14 +249,12 @@ class DeliveryWorker:
     def _launch(self, claim: ClaimedNotification, *, probe: bool) -> None:
         task = asyncio.create_task(self._deliver(claim, probe=probe))
         self.sending[task] = claim
-        self.settles.sends_in_flight(len(self.sending))
         task.add_done_callback(self._sent)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         claim = self.sending.pop(task, None)
         self.on_wire.discard(task)
         self._slot_freed.set()
-        self.settles.sends_in_flight(len(self.sending))
         if claim is not None and not task.cancelled() and (error := task.exception()):
             # A relay bug: failing the one notification keeps its device from being stuck
             # behind it, claimed and crashing again at every lease.

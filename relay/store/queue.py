@@ -8,15 +8,14 @@ enqueue, claim and settle from the shard addressing and fairness they share."""
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
-from redis.asyncio.client import PubSub
 from redis.exceptions import ResponseError
 
 from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
@@ -56,7 +55,6 @@ from relay.store.keys import (
     RECEIPTS,
     STAT_COUNTERS,
     STATS,
-    WAKE_CHANNEL,
     shard_keys,
     shard_of_id,
     shard_prefix,
@@ -73,6 +71,7 @@ from relay.store.records import (
     NotificationStatus,
     QueueLimits,
     QueueTotals,
+    Settlement,
     with_received,
 )
 from relay.store.refusals import (
@@ -94,11 +93,11 @@ from relay.store.scripts import (
     ScriptCall,
     run_scripts,
 )
+from relay.store.wakeups import WakeUps
 
 MAX_BATCH = 1000  # notifications per enqueue_many call: one bounded pipeline
 MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards with work
 MAX_REAP_PER_SHARD = 100  # run-out leases put back per shard per claim: bounded script time
-SUBSCRIBE_TIMEOUT_S = 5.0
 
 
 def spread(limit: int, shards: Sequence[int]) -> list[tuple[int, int]]:
@@ -127,7 +126,7 @@ class RelayQueue:
         self._redis = redis
         self.limits = limits
         self._next_first_shard = 0  # rotates which shards get a claim's remainder (fairness)
-        self._wake: PubSub | None = None
+        self._wakeups = WakeUps(redis, self._shards_named)
         self._shard_by_prefix = {shard_prefix(s).encode(): s for s in range(limits.shards)}
 
     # ---- addressing ----
@@ -352,9 +351,16 @@ class RelayQueue:
         now_ms: int | None = None,
         shards: Collection[int] = (),
         routes: Mapping[str, bool] | None = None,
+        settling: Settlement | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` due device heads, shared fairly over the shards (all of them, or
         only `shards`, e.g. the ones a wake-up named).
+
+        `settling`, when given, is written in the same first round trip, ahead of the claims (as
+        write_settlement would, so a device whose head it ends can have its next one claimed
+        here); a script error it meets is in the batch's `settlement_error` (write it again: its
+        scripts ignore what they applied already), any other Redis error is raised as the
+        claim's.
 
         `routes` says for each app whether its route sends (True) or its circuit is open (False):
         an open route's due devices are parked rather than claimed (claim_parked takes its probe),
@@ -376,13 +382,19 @@ class RelayQueue:
         visit = sorted(shards) or range(self.limits.shards)
         order = [visit[(first + i) % len(visit)] for i in range(len(visit))]
         quotas = spread(max(0, limit), order)
+        ahead = self._settlement_calls(settling, now) if settling else []
+        settlement_error: Exception | None = None
         batch = ClaimBatch([], [])
         unsendable: list[tuple[int, list[Any], str]] = []  # (shard, entry, problem)
         for _ in range(MAX_CLAIM_ROUNDS):
             replies = await self.run_scripts(
-                [self._claim_call(s, quota, now, routes) for s, quota in quotas],
+                [*ahead, *(self._claim_call(s, quota, now, routes) for s, quota in quotas)],
                 script_errors_as_replies=True,
             )
+            if ahead:
+                errors = [reply for reply in replies[: len(ahead)] if isinstance(reply, Exception)]
+                settlement_error = errors[0] if errors else None
+                replies, ahead = replies[len(ahead) :], []
             with_more = []
             for (shard, _quota), reply in zip(quotas, replies, strict=True):
                 if isinstance(reply, Exception):
@@ -407,6 +419,8 @@ class RelayQueue:
             quotas = [(s, quota) for s, quota in spread(shortfall, with_more) if quota > 0]
         if unsendable:
             batch.malformed.extend(await self._fail_malformed(unsendable, now))
+        if settlement_error is not None:
+            return replace(batch, settlement_error=settlement_error)
         return batch
 
     async def _fail_malformed(
@@ -492,6 +506,49 @@ class RelayQueue:
             )
         return grouped
 
+    def _settle_calls(
+        self, results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]], now_ms: int
+    ) -> list[ScriptCall]:
+        outcomes = {id(claim): outcome_args(claim.id, outcome) for claim, outcome in results}
+        calls = []
+        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [
+                prefix,
+                now_ms,
+                self.limits.retention_s,
+                self.limits.dead_token_ttl_s,
+            ]
+            for claim in claims:
+                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
+            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
+        return calls
+
+    def _release_calls(
+        self,
+        claims: Sequence[ClaimedNotification],
+        delay_ms: int,
+        possibly_sent: bool,
+        now_ms: int,
+    ) -> list[ScriptCall]:
+        calls = []
+        sent = 1 if possibly_sent else 0
+        for shard, leased in self._by_shard(claims).items():
+            prefix = shard_prefix(shard)
+            args: list[ScriptArg] = [prefix, now_ms, max(0, delay_ms)]
+            for claim in leased:
+                args += (claim.id, claim.claim_no, _device(claim), sent)
+            calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
+        return calls
+
+    def _settlement_calls(self, settlement: Settlement, now_ms: int) -> list[ScriptCall]:
+        calls = self._settle_calls(settlement.settled, now_ms) if settlement.settled else []
+        released = settlement.released
+        for delay_ms, sent in dict.fromkeys((delay, sent) for _, delay, sent in released):
+            claims = [c for c, d, s in released if (d, s) == (delay_ms, sent)]
+            calls += self._release_calls(claims, delay_ms, sent, now_ms)
+        return calls
+
     async def settle(
         self,
         results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]],
@@ -502,23 +559,8 @@ class RelayQueue:
 
         Delivered/Failed/Expired make the head final and the next one due; Retry makes it due again
         after its delay. A result whose lease was lost (another claim since) is ignored."""
-        if not results:
-            return
-        outcomes = {id(claim): outcome_args(claim.id, outcome) for claim, outcome in results}
-        now = _now_ms(now_ms)
-        calls = []
-        for shard, claims in self._by_shard([claim for claim, _ in results]).items():
-            prefix = shard_prefix(shard)
-            args: list[ScriptArg] = [
-                prefix,
-                now,
-                self.limits.retention_s,
-                self.limits.dead_token_ttl_s,
-            ]
-            for claim in claims:
-                args += (claim.id, claim.claim_no, _device(claim), *outcomes[id(claim)])
-            calls.append(ScriptCall(SETTLE, shard_keys(prefix), args))
-        await self.run_scripts(calls)
+        if results:
+            await self.run_scripts(self._settle_calls(results, _now_ms(now_ms)))
 
     async def release(
         self,
@@ -535,18 +577,14 @@ class RelayQueue:
         They then keep their place for good (invariant 12: never superseded, never passed by a
         chat line; state `retrying`). Claims that never went out return to `queued` unless they
         were possibly sent before."""
-        if not claims:
-            return
-        now = _now_ms(now_ms)
-        calls = []
-        sent = 1 if possibly_sent else 0
-        for shard, leased in self._by_shard(claims).items():
-            prefix = shard_prefix(shard)
-            args: list[ScriptArg] = [prefix, now, max(0, delay_ms)]
-            for claim in leased:
-                args += (claim.id, claim.claim_no, _device(claim), sent)
-            calls.append(ScriptCall(RELEASE, shard_keys(prefix), args))
-        await self.run_scripts(calls)
+        if claims:
+            calls = self._release_calls(claims, delay_ms, possibly_sent, _now_ms(now_ms))
+            await self.run_scripts(calls)
+
+    async def write_settlement(self, settlement: Settlement, *, now_ms: int | None = None) -> None:
+        """Its outcomes (as settle) and give-backs (as release) in one pipelined round trip."""
+        if settlement:
+            await self.run_scripts(self._settlement_calls(settlement, _now_ms(now_ms)))
 
     # ---- reading ----
 
@@ -689,46 +727,23 @@ class RelayQueue:
     async def listen_for_work(self) -> None:
         """Subscribe to wake-ups now: a worker calls it before its first claim, so that no
         enqueue between that claim and its first wait_for_work goes unseen."""
-        await self._wake_subscription()
-
-    async def _wake_subscription(self) -> PubSub:
-        """The wake channel's subscription, confirmed by the server before it is returned, so that
-        every enqueue after the first wait_for_work call is seen."""
-        if self._wake is None:
-            wake = self._redis.pubsub()
-            await wake.subscribe(WAKE_CHANNEL)
-            async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
-                while True:
-                    message = await wake.get_message(timeout=SUBSCRIBE_TIMEOUT_S)
-                    if message is not None and message["type"] == "subscribe":
-                        break
-            self._wake = wake
-        return self._wake
+        await self._wakeups.listen()
 
     async def wait_for_work(self, timeout_s: float) -> frozenset[int]:
         """As soon as an enqueue or a settle makes a device due: the shards where that happened
-        (every wake-up already queued included, so one claim serves them all); an empty set
-        after `timeout_s` without one.
+        (every wake-up since the last call included, so one claim serves them all); an empty set
+        after `timeout_s` without one. With no time left it still names the shards already
+        woken: a worker whose next due time has passed (a push enqueued between its claim and
+        its look at due times) then claims the shard named, not all of them.
 
         The first call subscribes (unless listen_for_work did); enqueues before the subscription
         are not seen, so subscribe, then claim, then wait."""
-        wake = await self._wake_subscription()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        shards: set[int] = set()
-        while True:
-            # Wake-ups already queued are read even when no time is left: a worker whose next
-            # due time has passed (a push enqueued between its claim and its look at due times)
-            # then claims the shard named, not all of them.
-            remaining = max(0.0, deadline - loop.time())
-            message = await wake.get_message(ignore_subscribe_messages=True, timeout=remaining)
-            while message is not None:
-                shard = self._shard_by_prefix.get(message["data"])
-                # A prefix this queue does not know (another shard count): look everywhere.
-                shards.update(range(self.limits.shards) if shard is None else (shard,))
-                message = await wake.get_message(ignore_subscribe_messages=True, timeout=0.0)
-            if shards or deadline - loop.time() <= 0:
-                return frozenset(shards)
+        return await self._wakeups.wait(timeout_s)
+
+    def _shards_named(self, prefix: bytes) -> range | tuple[int]:
+        shard = self._shard_by_prefix.get(prefix)
+        # A prefix this queue does not know (another shard count): look everywhere.
+        return range(self.limits.shards) if shard is None else (shard,)
 
     @property
     def client(self) -> RedisClient:
@@ -739,6 +754,4 @@ class RelayQueue:
         return bool(await cast(Any, self._redis).ping())
 
     async def aclose(self) -> None:
-        if self._wake is not None:
-            wake, self._wake = self._wake, None
-            await wake.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await self._wakeups.aclose()

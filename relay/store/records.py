@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from relay.core.model import ClaimedNotification, DeliveryState, Notification
+from relay.core.model import ClaimedNotification, DeliveryOutcome, DeliveryState, Notification
 
 # The payload ends the record (relay.store.queued); the request digest lives only beside the
 # idempotency key.
@@ -105,6 +105,25 @@ class ClaimBatch:
     expired: list[ExpiredRecord]  # heads finalised as EXPIRED during the claim
     malformed: list[MalformedRecord] = field(default_factory=list)
     errors: list[ClaimError] = field(default_factory=list)
+    # The settle or release script error that the settlement carried by this claim met (the
+    # settlement is then to be written again); None when it was written, or none was carried.
+    settlement_error: Exception | None = None
+
+
+@dataclass(slots=True)
+class Settlement:
+    """Outcomes and give-backs of sends, written together in one round trip (alone, or ahead of
+    a claim: RelayQueue.write_settlement, RelayQueue.claim)."""
+
+    settled: list[tuple[ClaimedNotification, DeliveryOutcome]] = field(default_factory=list)
+    # (claim, due again after ms, whether its request went out: possibly sent)
+    released: list[tuple[ClaimedNotification, int, bool]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.settled) + len(self.released)
+
+    def claims(self) -> list[ClaimedNotification]:
+        return [claim for claim, _ in self.settled] + [claim for claim, _, _ in self.released]
 
 
 @dataclass(frozen=True, slots=True)

@@ -779,3 +779,15 @@ def test_the_encoder_writes_exactly_hpacks_bytes(requests: list[Any]) -> None:
             for n, v, never in request
         ]
         assert ours.encode(headers) == hpacks.encode(headers, huffman=False)
+
+
+def test_a_table_resized_twice_to_one_size_between_requests_forgets_what_it_evicted() -> None:
+    # Found by the test above: hpack's resized flag reads False after a second resize to the
+    # same size, and the encoder kept the index of an entry the first resize had evicted.
+    ours, hpacks = PlainHpackEncoder(), Encoder()
+    apns_id = (b"apns-id", b"x" * 200)
+    for encoder in (ours, hpacks):
+        encoder.encode([apns_id, (b":path", b""), apns_id])  # the second one found indexed
+        encoder.header_table_size = 256  # evicts apns-id
+        encoder.header_table_size = 256
+    assert ours.encode([apns_id]) == hpacks.encode([apns_id], huffman=False)

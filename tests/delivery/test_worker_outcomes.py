@@ -12,13 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 from eventually import eventually
 
-from relay.core.model import ApnsResponse, DeliveryState, Notification, Route
+from relay.core.model import ApnsResponse, DeliveryState, Notification, Route, apns_id_for
 from relay.core.policy import RetryPolicy
 from relay.delivery.sender import Sender
 from relay.delivery.worker import CLAIMS_FAILING_READY_S, DUE_REREAD_S, DeliveryWorker
 from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
-from relay.store.records import NotificationStatus, QueueLimits
+from relay.store.records import NotificationStatus, QueueLimits, Settlement
 from relay.store.refusals import DeadToken
 
 TOKEN = "cd" * 32
@@ -251,3 +251,50 @@ async def test_a_shard_whose_claims_fail_is_reported_by_readiness_while_the_rest
     finally:
         worker.stop()
         await running
+
+
+async def test_settles_carried_by_the_next_claims_keep_each_device_in_order_and_lose_none(
+    redis: aioredis.Redis,
+) -> None:
+    # A settle window that never ends: every settle reaches Redis only in the round trip of a
+    # claim that follows it. A settle a claim took and dropped leaves its notification SENDING
+    # and its device stuck behind it; one written after the claim it should precede, or twice,
+    # shows in the order or the count of sends.
+    queue = RelayQueue(redis, QueueLimits(shards=16))
+    written_alone = 0
+    write = queue.write_settlement
+
+    async def counted(settlement: Settlement) -> None:
+        nonlocal written_alone
+        written_alone += 1
+        await write(settlement)
+
+    queue.write_settlement = counted  # type: ignore[method-assign,assignment]  # counts its writes
+    ordered = [(await queue.enqueue(notification())).id for _ in range(5)]
+    sender = ScriptedSender([ok()])
+    worker = DeliveryWorker(queue, {APP: sender}, settle_window_s=3600)
+    running = asyncio.create_task(worker.run(grace_s=1))
+    try:
+        others = []
+        for n in range(40):  # other devices' pushes, a steady trickle: claims to carry settles
+            pushed = await queue.enqueue(replace(notification(), device_token=f"{n:064x}"))
+            others.append(pushed.id)
+            await asyncio.sleep(0.005)  # pacing the trickle (the behaviour under test)
+        for notification_id in ordered:
+            await settled(queue, notification_id, lambda s: s.state is DeliveryState.DELIVERED)
+        assert written_alone == 0  # every settle so far went with a claim
+    finally:
+        worker.stop()
+        await running
+    by_apns_id = {apns_id_for(i): i for i in ordered + others}
+    sent = [by_apns_id[apns_id] for apns_id in sender.sent]
+    assert [i for i in sent if i in ordered] == ordered  # the device's order, each sent once
+    assert sorted(sent) == sorted(ordered + others)
+    # What waited at the stop was written then, in one round trip.
+    assert written_alone <= 1
+    states = {(await queue.get(i) or status_missing(i)).state for i in ordered + others}
+    assert states == {DeliveryState.DELIVERED}
+
+
+def status_missing(notification_id: str) -> NotificationStatus:
+    raise AssertionError(f"{notification_id}: no status")

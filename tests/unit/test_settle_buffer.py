@@ -1,16 +1,17 @@
-"""The settle buffer alone (no Redis): what it writes, in how many round trips, and when."""
+"""The settle buffer alone (no Redis): what it writes, in how many round trips, and when; what a
+claim carries (tests/delivery/test_worker_outcomes.py: the same with the worker on Valkey)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import cast
 
 import pytest
 from eventually import eventually
 
-from relay.core.model import ClaimedNotification, Delivered, DeliveryOutcome, Notification
+from relay.core.model import ClaimedNotification, Delivered, Notification
 from relay.delivery.settle_buffer import SettleBuffer
+from relay.store.records import Settlement
 
 
 def claim(number: int) -> ClaimedNotification:
@@ -21,23 +22,19 @@ class RecordingQueue:
     """Each call is one round trip; `failures` calls raise first (Redis away)."""
 
     def __init__(self, failures: int = 0) -> None:
-        self.calls: list[tuple[str, list[str], int, bool]] = []
+        self.calls: list[tuple[list[str], list[tuple[str, int, bool]]]] = []
         self.failures = failures
 
-    def _maybe_fail(self) -> None:
+    async def write_settlement(self, settlement: Settlement) -> None:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("Redis went away")
-
-    async def settle(self, results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]]) -> None:
-        self._maybe_fail()
-        self.calls.append(("settle", [c.id for c, _ in results], 0, False))
-
-    async def release(
-        self, claims: Sequence[ClaimedNotification], *, delay_ms: int, possibly_sent: bool
-    ) -> None:
-        self._maybe_fail()
-        self.calls.append(("release", [c.id for c in claims], delay_ms, possibly_sent))
+        self.calls.append(
+            (
+                [c.id for c, _ in settlement.settled],
+                [(c.id, delay, sent) for c, delay, sent in settlement.released],
+            )
+        )
 
 
 async def until_written(buffer: SettleBuffer, queue: RecordingQueue, calls: int) -> None:
@@ -46,70 +43,75 @@ async def until_written(buffer: SettleBuffer, queue: RecordingQueue, calls: int)
     )
 
 
-async def test_a_settle_with_nothing_in_flight_is_written_at_once() -> None:
+async def test_a_settle_no_claim_carries_is_written_once_its_window_is_over() -> None:
+    queue = RecordingQueue()
+    buffer = SettleBuffer(queue, window_s=0.05)
+    runner = asyncio.create_task(buffer.run())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    buffer.settle(claim(1), Delivered(None))
+    buffer.settle(claim(2), Delivered(None))
+    await until_written(buffer, queue, 1)
+    assert 0.05 <= loop.time() - started < 1
+    assert queue.calls == [(["id-1", "id-2"], [])]  # both in one round trip
+    buffer.close()
+    await runner
+
+
+async def test_while_a_claim_is_coming_it_carries_what_ripens() -> None:
+    queue = RecordingQueue()
+    buffer = SettleBuffer(queue, window_s=0.001)
+    runner = asyncio.create_task(buffer.run())
+    buffer.carried(True)
+    buffer.settle(claim(1), Delivered(None))
+    buffer.release(claim(2), 0, possibly_sent=False)
+    await asyncio.sleep(0.02)  # the behaviour under test: nothing written meanwhile
+    assert queue.calls == []
+    taken = buffer.take()
+    assert [c.id for c in taken.claims()] == ["id-1", "id-2"]
+    assert not buffer
+    buffer.close()
+    await runner
+    assert queue.calls == []
+
+
+async def test_ripe_settles_are_written_alone_when_the_claim_is_not_coming() -> None:
+    queue = RecordingQueue()
+    buffer = SettleBuffer(queue, window_s=0.001)
+    runner = asyncio.create_task(buffer.run())
+    buffer.carried(True)
+    buffer.settle(claim(1), Delivered(None))
+    await asyncio.sleep(0.02)  # ripe, held for the claim
+    assert queue.calls == []
+    buffer.carried(False)  # the worker waits for work instead
+    await until_written(buffer, queue, 1)
+    assert queue.calls == [(["id-1"], [])]
+    buffer.close()
+    await runner
+
+
+async def test_what_a_claim_could_not_write_is_kept_ahead_of_later_settles() -> None:
     queue = RecordingQueue()
     buffer = SettleBuffer(queue, window_s=60)
-    runner = asyncio.create_task(buffer.run())
     buffer.settle(claim(1), Delivered(None))
-    await until_written(buffer, queue, 1)
-    assert queue.calls == [("settle", ["id-1"], 0, False)]
-    buffer.close()
-    await runner
-
-
-async def test_settles_during_sends_share_one_round_trip_when_the_sends_drain() -> None:
-    queue = RecordingQueue()
-    buffer = SettleBuffer(queue, window_s=60)
-    runner = asyncio.create_task(buffer.run())
-    buffer.sends_in_flight(3)
-    for number in range(3):
-        buffer.settle(claim(number), Delivered(None))
-        await asyncio.sleep(0.001)  # the behaviour under test: nothing written meanwhile
-    assert queue.calls == []  # the window holds them while sends are in flight
-    buffer.sends_in_flight(0)
-    await until_written(buffer, queue, 1)
-    assert queue.calls == [("settle", ["id-0", "id-1", "id-2"], 0, False)]
-    buffer.close()
-    await runner
-
-
-async def test_the_window_bounds_the_wait() -> None:
-    queue = RecordingQueue()
-    buffer = SettleBuffer(queue, window_s=0.01)
-    runner = asyncio.create_task(buffer.run())
-    buffer.sends_in_flight(1)  # never drains
-    started = asyncio.get_running_loop().time()
-    buffer.settle(claim(1), Delivered(None))
-    await until_written(buffer, queue, 1)
-    assert asyncio.get_running_loop().time() - started < 1
-    buffer.close()
-    await runner
+    taken = buffer.take()
+    buffer.settle(claim(2), Delivered(None))
+    buffer.restore(taken)
+    await buffer.flush()
+    assert queue.calls == [(["id-1", "id-2"], [])]
 
 
 async def test_a_full_buffer_is_written_without_waiting() -> None:
     queue = RecordingQueue()
     buffer = SettleBuffer(queue, window_s=60, batch_max=2)
     runner = asyncio.create_task(buffer.run())
-    buffer.sends_in_flight(5)
+    buffer.carried(True)
     buffer.settle(claim(1), Delivered(None))
     buffer.settle(claim(2), Delivered(None))
     await until_written(buffer, queue, 1)
-    assert queue.calls == [("settle", ["id-1", "id-2"], 0, False)]
+    assert queue.calls == [(["id-1", "id-2"], [])]
     buffer.close()
     await runner
-
-
-async def test_releases_are_written_by_delay_and_possibly_sent() -> None:
-    queue = RecordingQueue()
-    buffer = SettleBuffer(queue, window_s=60)
-    buffer.release(claim(1), 0, possibly_sent=True)
-    buffer.release(claim(2), 1000, possibly_sent=False)
-    buffer.release(claim(3), 0, possibly_sent=True)
-    await buffer.flush()
-    assert sorted(queue.calls) == [
-        ("release", ["id-1", "id-3"], 0, True),
-        ("release", ["id-2"], 1000, False),
-    ]
 
 
 @pytest.mark.parametrize("failures", [1, 2])
@@ -118,7 +120,7 @@ async def test_what_redis_refused_is_kept_and_written_later(failures: int) -> No
     buffer = SettleBuffer(queue, retry_s=0.001)
     buffer.settle(claim(1), Delivered(None))
     await buffer.flush()
-    assert queue.calls == [("settle", ["id-1"], 0, False)]
+    assert queue.calls == [(["id-1"], [])]
     assert not buffer
 
 
@@ -126,9 +128,24 @@ async def test_close_writes_what_is_buffered_and_ends_the_run() -> None:
     queue = RecordingQueue()
     buffer = SettleBuffer(queue, window_s=60)
     runner = asyncio.create_task(buffer.run())
-    buffer.sends_in_flight(1)
+    buffer.carried(True)
     buffer.settle(claim(1), Delivered(None))
     buffer.close()
     async with asyncio.timeout(2):
         await runner
-    assert queue.calls == [("settle", ["id-1"], 0, False)]
+    assert queue.calls == [(["id-1"], [])]
+
+
+async def test_what_redis_refused_to_a_claim_is_written_apart_from_the_claims() -> None:
+    queue = RecordingQueue(failures=1)
+    buffer = SettleBuffer(queue, window_s=60, retry_s=0.001)
+    runner = asyncio.create_task(buffer.run())
+    buffer.carried(True)
+    buffer.settle(claim(1), Delivered(None))
+    buffer.refused(buffer.take())  # a claim carried it; its settle script failed
+    buffer.settle(claim(2), Delivered(None))
+    assert [c.id for c in buffer.take().claims()] == ["id-2"]  # the next claim carries only this
+    await until_written(buffer, queue, 1)  # run() wrote it, after one more refusal
+    assert queue.calls == [(["id-1"], [])]
+    buffer.close()
+    await runner
