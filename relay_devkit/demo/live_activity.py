@@ -82,11 +82,16 @@ async def callback_live_activity(ends: FlowEnds, report: DemoReport) -> None:
         service, _, started = await new_callback(
             ends, report, "callback-live-activity", options, has(ActivityShown)
         )
+        # The connect alert and the activity's end go to two tokens, each in its own order:
+        # either may be shown first, so both are waited for.
         ended = await follow(
             ends,
             report,
             lambda: ends.simulator.agent_available(service.service_id),
-            lambda t: any(a.change == "ended" for a in entries_of(t, ActivityShown)),
+            lambda t: (
+                any(a.change == "ended" for a in entries_of(t, ActivityShown))
+                and any(a.action == options.connect_action for a in entries_of(t, AlertShown))
+            ),
         )
         gone = await follow(
             ends,
