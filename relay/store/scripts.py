@@ -111,7 +111,7 @@ RUNS_AT_MAXMEMORY = {
     "route_write": True,
 }
 
-ALLOW_OOM = "'allow-oom'"
+ALLOW_OOM = "allow-oom"
 
 # Each call sets the keys and arguments the library's helpers read, and starts its own counts (a
 # call that failed half-way leaves none behind for the next).
@@ -125,21 +125,20 @@ end
 
 @dataclass(frozen=True, slots=True)
 class LuaScript:
-    """One script: `function` is what FCALL names, in `library`; `eval_source` the same script
-    as one EVAL takes it (flags in its shebang), for a server that refuses to load the library."""
+    """One script: `function` is what FCALL names, in `library`."""
 
     name: str
     function: str
     library: Library
-    eval_source: str
 
 
 @dataclass(frozen=True, slots=True)
 class Library:
     """Every script as a function of one Redis Functions library. Its top level (the shared names
     and helpers) runs once, when it is loaded, not on every call as an EVALSHA script's would
-    (~50 µs of Valkey's CPU a call). Its name and its functions' carry a digest of the source, so
-    two relay versions (a rolling upgrade) each call their own and never replace the other's."""
+    (~20 µs of Valkey's CPU a call, bench/results/store_cost.md). Its name and its functions'
+    carry a digest of the source, so two relay versions (a rolling upgrade) each call their own
+    and never replace the other's."""
 
     name: str
     digest: str
@@ -148,26 +147,26 @@ class Library:
 
     @property
     def source(self) -> str:
+        flags = {name: f"'{ALLOW_OOM}'" if runs else "" for name, runs in RUNS_AT_MAXMEMORY.items()}
         functions = [
             f"redis.register_function{{function_name = '{name}_{self.digest}',"
-            f" flags = {{{ALLOW_OOM if RUNS_AT_MAXMEMORY[name] else ''}}},"
+            f" flags = {{{flags[name]}}},"
             f" callback = function(keys, args)\nbind(keys, args)\n{body}\nend}}\n"
             for name, body in self.bodies
         ]
         return "".join((f"#!lua name={self.name}\n", self.top, *functions))
 
     def script(self, name: str) -> LuaScript:
-        shebang = f"#!lua flags={ALLOW_OOM[1:-1]}\n" if RUNS_AT_MAXMEMORY[name] else "#!lua\n"
-        eval_source = "".join(
-            (
-                shebang,
-                "local keys, args = KEYS, ARGV\n",
-                self.top,
-                "bind(keys, args)\n",
-                dict(self.bodies)[name],
-            )
+        return LuaScript(name, f"{name}_{self.digest}", self)
+
+    def eval_source(self, name: str) -> str:
+        """Script `name` as one EVAL takes it (flags in its shebang), for a server that refuses
+        to load the library; built only then."""
+        shebang = f"#!lua flags={ALLOW_OOM}\n" if RUNS_AT_MAXMEMORY[name] else "#!lua\n"
+        body = dict(self.bodies)[name]
+        return "".join(
+            (shebang, "local keys, args = KEYS, ARGV\n", self.top, "bind(keys, args)\n", body)
         )
-        return LuaScript(name, f"{name}_{self.digest}", self, eval_source)
 
 
 def build_library(bodies: dict[str, str] | None = None) -> Library:
@@ -238,7 +237,9 @@ async def _execute(
 
 def _command(call: ScriptCall, as_eval: bool) -> tuple[ScriptArg, ...]:
     script = call.script
-    head = ("EVAL", script.eval_source) if as_eval else ("FCALL", script.function)
+    head = (
+        ("EVAL", script.library.eval_source(script.name)) if as_eval else ("FCALL", script.function)
+    )
     return (*head, len(call.keys), *call.keys, *call.args)
 
 
