@@ -136,7 +136,10 @@ async def test_stall_goaway_and_dropped_connections_end_delivered(
         await relay.control.clear_faults()
         state = await relay.wait_state(first, {"delivered", "failed"})
         assert state["state"] == "delivered"
-        assert state["attempts"] >= 2
+        # Its stalled stream ended with its connection; the attempts it counts depend on how
+        # (a lost connection that opens the route's circuit is released uncounted), so the
+        # proof that it was sent again is the phone's (a fault allows a duplicate).
+        assert await relay.received(stalled)
         stats = await relay.control.stats()
         assert stats["goaways"] >= 1
         assert stats["drops"] >= 1
