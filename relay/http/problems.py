@@ -18,6 +18,7 @@ from relay.store.refusals import (
     IdempotencyKeyReused,
     PendingCapReached,
     QueueRefusal,
+    StoredKeyUnreadable,
 )
 from relay.store.spool import SpoolFull, SpoolUnavailable
 
@@ -33,6 +34,7 @@ REFUSAL_STATUSES: dict[str, int] = {
     ReplicasBehind.reason: 503,
     SpoolFull.reason: 503,
     SpoolUnavailable.reason: 503,
+    StoredKeyUnreadable.reason: 500,
 }
 # Bad input is a 400 invalid-input; a kind of it that is well-formed but cannot be served has a
 # status and problem type of its own (tests/deploy/test_boundary.py checks every kind has one here).

@@ -43,8 +43,9 @@ REPLAY_IDLE_WAKE_S = 1.0  # a device waiting out a refusal is looked at again th
 NOT_YET: tuple[type[Exception], ...] = (*REDIS_ERRORS, TimeoutError, ReplicasBehind)
 # A group's error that says nothing of its members and leaves nothing half done that a retry
 # under the same ids would not mend (Redis away or slow) is each member's own. Any other may have
-# cut the group's call part-way (one member's record the script could not handle, or Redis
-# filling up between two shards' scripts, which it refuses whole): each member finds its own.
+# cut the group's call part-way (Redis filling up between two shards' scripts, which it refuses
+# whole, or a shard's own key the script cannot read; a member's unreadable key is only that
+# member's refusal): each member finds its own.
 GROUP_WIDE: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,

@@ -16,9 +16,11 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
+import structlog
 from redis.exceptions import ResponseError
 
 from relay.core.model import ClaimedNotification, DeliveryOutcome, Notification
+from relay.core.redaction import mask_token
 from relay.store.codec import (
     MalformedRecordError,
     dead_token_from,
@@ -80,6 +82,7 @@ from relay.store.refusals import (
     IdempotencyKeyReused,
     PendingCapReached,
     QueueRefusal,
+    StoredKeyUnreadable,
 )
 from relay.store.scripts import (
     CLAIM,
@@ -94,6 +97,9 @@ from relay.store.scripts import (
     run_scripts,
 )
 from relay.store.wakeups import WakeUps
+from relay.telemetry import metrics
+
+log = structlog.get_logger("relay.queue")
 
 MAX_BATCH = 1000  # notifications per enqueue_many call: one bounded pipeline
 MAX_CLAIM_ROUNDS = 3  # round trips a claim may take when the first left shards with work
@@ -275,7 +281,14 @@ class RelayQueue:
                 self.limits.max_per_device,
                 self.limits.device_full_retry_after_s,
             )
-        return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
+        if verdict == "pending_full":
+            return PendingCapReached(self.limits.max_pending, self.limits.pending_cap_retry_after_s)
+        error = text(reply[1])
+        metrics.MALFORMED_RECORDS.labels(source="redis").inc()
+        log.error(
+            "enqueue_key_unreadable", app=n.app, token=mask_token(n.device_token), error=error
+        )
+        return StoredKeyUnreadable(n.app, n.device_token, error)
 
     async def enqueue(
         self, n: Notification, *, notification_id: str | None = None, now_ms: int | None = None

@@ -67,3 +67,20 @@ class PendingCapReached(QueueRefusal):
             f"the relay holds its maximum of {limit} undelivered notifications; try again later",
             retry_after_s,
         )
+
+
+class StoredKeyUnreadable(QueueRefusal):
+    """A key of the device's in Redis is not of the type this relay writes (written by something
+    else, or by a relay of another layout): its script cannot read it, so this one notification
+    is refused, having stored nothing (invariant 14); waiting does not help, removing the key
+    does."""
+
+    reason = "stored_key_unreadable"
+
+    def __init__(self, app: str, token: str, error: str) -> None:
+        super().__init__(
+            f"device_token: Redis holds a key of {token} of app {app} that this relay cannot read"
+            f" ({error}); nothing was stored. An operator must remove or repair that key",
+            None,
+        )
+        self.error = error

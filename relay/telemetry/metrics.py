@@ -141,7 +141,8 @@ SPOOL_NOTIFICATIONS = Gauge(
 MALFORMED_RECORDS = Counter(
     "apns_relay_malformed_records_total",
     "Records that broke ingest's rules where they were read back, quarantined or failed "
-    "(MalformedRecord) instead of sent: source spool (kept in spool.quarantine) or redis",
+    "(MalformedRecord) instead of sent: source spool (kept in spool.quarantine) or redis (also "
+    "a push refused because a key of its device is of another type)",
     ["source"],
 )
 CLAIM_ERRORS = Counter(

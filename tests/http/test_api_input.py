@@ -21,6 +21,7 @@ from relay.http.limits import ApiLimits
 from relay.http.problems import Problem
 from relay.http.state import RelayState
 from relay.runtime import bound_address
+from relay.store.keys import DEAD, shard_prefix
 from relay.store.queue import MAX_BATCH
 
 TOKEN = "a1" * 32
@@ -279,6 +280,35 @@ async def test_batch_answers_per_item_and_stores_only_the_valid(
         assert len(notes) == 1
         assert len(queued) <= 1
         await relay.wait_state(first["id"], {"delivered"})
+
+
+async def test_a_batch_item_whose_device_key_is_unreadable_is_refused_alone(
+    redis_url: str, state_dir: Path, redis: aioredis.Redis
+) -> None:
+    """A key of one item's device that is not of the relay's type (its dead-token mark a
+    string): that item gets its own problem, the others are stored and counted (invariant 14)."""
+    async with running_relay(redis_url, state_dir) as relay:
+        app = relay.settings.apps[0].name
+        tokens = await relay.device_tokens(3)
+        shard = relay.queue.shard_of(app, tokens[1])
+        await redis.set(f"{shard_prefix(shard)}{DEAD}{app}:{tokens[1]}", "not a hash")
+        items = [{"device_token": t, "alert": "ok"} for t in tokens]
+        status, body, _ = await relay.call(
+            "POST", "/v1/notifications:batch", {"notifications": items}
+        )
+        assert status == 200, body
+        assert (body["accepted"], body["rejected"]) == (2, 1)
+        first, refused_item, last = body["results"]
+        problem = refused_item["problem"]
+        assert (refused_item["status"], problem["type"], problem["field"]) == (
+            500,
+            "urn:gms-apns-relay:problem:stored-key-unreadable",
+            "notifications[1].device_token",
+        )
+        assert "WRONGTYPE" in problem["detail"]
+        for item in (first, last):
+            await relay.wait_state(item["id"], {"delivered"})
+        assert (await relay.queue.totals()).pending == 0
 
 
 async def test_batch_over_the_item_limit_stores_nothing(

@@ -16,10 +16,10 @@ from relay.core.model import Failed, Notification
 from relay.ingest.hold import Ingest
 from relay.store.codec import text
 from relay.store.connection import ReplicaAcknowledgement, ReplicasBehind
-from relay.store.keys import DEAD, QUEUE, shard_prefix
+from relay.store.keys import DEAD, QUEUE, STATS, shard_prefix
 from relay.store.queue import RelayQueue
 from relay.store.records import Accepted, QueueLimits
-from relay.store.refusals import DeadToken, DeviceQueueFull
+from relay.store.refusals import DeadToken, DeviceQueueFull, StoredKeyUnreadable
 
 
 @pytest.fixture
@@ -140,25 +140,51 @@ async def test_a_refusal_in_a_group_answers_only_its_own_request(queue: RelayQue
 async def test_a_bad_record_in_a_group_fails_only_its_own_request(
     queue: RelayQueue, redis: aioredis.Redis
 ) -> None:
-    """A device whose dead-token key is not a hash (a key this relay did not write) makes the
-    enqueue script fail: the one call of its shard carries the others too, which then store
-    alone."""
+    """A device whose dead-token key is not a hash (a key this relay did not write) is refused
+    alone, by the group's one call: the others are stored and counted by it, the group is not
+    cut."""
     tokens = tokens_in_one_shard(queue, 6)
     bad = tokens[3]
     await redis.set(shard_prefix(0) + DEAD + f"{APP}:{bad}", "not a hash")
     ingest = Ingest(queue, hold_s=0.3)
     group = [note(token, body=f"to {token[-4:]}") for token in tokens]
     ids = [queue.new_id(n) for n in group]
-    stored_after_a_hold = held("stored")
     cut = REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") or 0.0
     answers = await accept_all(ingest, group, ids)
+    assert isinstance(answers[3], StoredKeyUnreadable)
     assert "WRONGTYPE" in str(answers[3])
-    assert REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") == cut + 1
-    assert held("stored") == stored_after_a_hold  # the others stored at once, not held
+    assert (REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") or 0.0) == cut
     for i in (0, 1, 2, 4, 5):
         assert answers[i] == Accepted(ids[i], duplicate=False)
         assert await queue.get(ids[i]) is not None
     assert await queue.get(ids[3]) is None
+    assert (await queue.totals()).pending == 5
+
+
+async def test_a_group_cut_part_way_finds_each_members_own_outcome(
+    queue: RelayQueue, redis: aioredis.Redis
+) -> None:
+    """A group over two shards whose second shard's script fails whole (its stats key is not a
+    hash): the first shard's members were stored by the group's call and are found there, not
+    stored again; the second's are tried alone and answered with their own error."""
+    good = tokens_in_one_shard(queue, 3)
+    bad_shard = next(s for s in range(1, queue.limits.shards))
+    bad = [t for t in (f"{i:064x}" for i in range(4000)) if queue.shard_of(APP, t) == bad_shard]
+    await redis.delete(shard_prefix(bad_shard) + STATS)
+    await redis.set(shard_prefix(bad_shard) + STATS, "not a hash")
+    ingest = Ingest(queue, hold_s=0.3)
+    group = [note(token) for token in [*good, bad[0]]]
+    ids = [queue.new_id(n) for n in group]
+    cut = REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") or 0.0
+    stored_after_a_hold = held("stored")
+    answers = await accept_all(ingest, group, ids)
+    assert REGISTRY.get_sample_value("apns_relay_ingest_groups_cut_total") == cut + 1
+    assert held("stored") == stored_after_a_hold  # the stored ones found at once, not held
+    assert answers[:3] == [Accepted(i, duplicate=False) for i in ids[:3]]
+    assert "WRONGTYPE" in str(answers[3])
+    assert await queue.get(ids[3]) is None
+    await redis.delete(shard_prefix(bad_shard) + STATS)
+    assert (await queue.totals()).pending == 3
 
 
 async def test_a_group_waits_once_for_its_replicas(

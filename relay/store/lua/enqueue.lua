@@ -11,7 +11,8 @@
 -- any repeat is a duplicate), and its key count.
 -- Returns per notification {'accepted', id, superseded id or ''} | {'duplicate', id} | {'reused',
 -- id} (the key came with another request digest) | {'dead', reason, invalid_since_ms} |
--- {'device_full'} | {'pending_full'}.
+-- {'device_full'} | {'pending_full'} | {'unreadable', error} (a key of its device that is not of the
+-- type this relay writes; nothing of it stored).
 -- The idempotency key holds "<id>" or "<id> <request digest>".
 -- Keeps: 1 (accepted means stored; every check precedes every write, so a refusal stores nothing),
 -- 2 (appended at the tail; an ordered notification is inserted before the first never-sent one of
@@ -146,8 +147,15 @@ for i = 6, #ARGV, 8 do
   if key_count == 4 then
     idem = KEYS[key + 3]
   end
-  replies[#replies + 1] = enqueue_one(KEYS[key], KEYS[key + 1], KEYS[key + 2], idem, ARGV[i],
+  -- pcall: a key of the device's that a command cannot read (another type) refuses this one
+  -- notification; the others are stored and every stored one counted (the counts are written
+  -- once, below). Every read that can meet such a key precedes the notification's first write.
+  local ok, reply = pcall(enqueue_one, KEYS[key], KEYS[key + 1], KEYS[key + 2], idem, ARGV[i],
     ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
+  if not ok then
+    reply = {'unreadable', tostring(type(reply) == 'table' and reply.err or reply)}
+  end
+  replies[#replies + 1] = reply
   key = key + key_count
 end
 flush(prefix, retention)
