@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,7 +19,7 @@ from relay.delivery.sender import Sender
 from relay.delivery.worker import CLAIMS_FAILING_READY_S, DUE_REREAD_S, DeliveryWorker
 from relay.store.keys import shard_prefix
 from relay.store.queue import RelayQueue
-from relay.store.records import NotificationStatus, QueueLimits, Settlement
+from relay.store.records import NotificationStatus, QueueLimits
 from relay.store.refusals import DeadToken
 
 TOKEN = "cd" * 32
@@ -120,6 +121,19 @@ def notification(expires_in_s: int = 60) -> Notification:
     )
 
 
+def counting(queue: RelayQueue, method: str) -> list[int]:
+    """Count the calls of this one queue's `method` (not the class's): the count is [0]."""
+    calls = [0]
+    original = getattr(queue, method)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await original(*args, **kwargs)
+
+    setattr(queue, method, counted)
+    return calls
+
+
 async def settled(
     queue: RelayQueue, notification_id: str, done: Callable[[NotificationStatus], bool]
 ) -> NotificationStatus:
@@ -194,15 +208,7 @@ async def test_a_trickle_of_pushes_costs_no_due_time_read_per_push(
     # notification at low rates (101 reads for 100 pushes); a read is trusted for DUE_REREAD_S
     # while the time it gave is still ahead.
     queue = RelayQueue(redis, QueueLimits(shards=16))
-    reads = 0
-    read = queue.next_due_ms
-
-    async def counted() -> int | None:
-        nonlocal reads
-        reads += 1
-        return await read()
-
-    queue.next_due_ms = counted  # type: ignore[method-assign]  # counts the reads of this one queue
+    reads = counting(queue, "next_due_ms")
     sender = ScriptedSender([ok()])
     worker = DeliveryWorker(queue, {APP: sender})
     running = asyncio.create_task(worker.run(grace_s=1))
@@ -217,7 +223,7 @@ async def test_a_trickle_of_pushes_costs_no_due_time_read_per_push(
         worker.stop()
         await running
     # About one read per DUE_REREAD_S, and one more after each wait that found its time passed.
-    assert reads <= 3 + 2 * elapsed / DUE_REREAD_S, (reads, elapsed)
+    assert reads[0] <= 3 + 2 * elapsed / DUE_REREAD_S, (reads[0], elapsed)
 
 
 async def test_a_shard_whose_claims_fail_is_reported_by_readiness_while_the_rest_deliver(
@@ -261,15 +267,7 @@ async def test_settles_carried_by_the_next_claims_keep_each_device_in_order_and_
     # and its device stuck behind it; one written after the claim it should precede, or twice,
     # shows in the order or the count of sends.
     queue = RelayQueue(redis, QueueLimits(shards=16))
-    written_alone = 0
-    write = queue.write_settlement
-
-    async def counted(settlement: Settlement) -> None:
-        nonlocal written_alone
-        written_alone += 1
-        await write(settlement)
-
-    queue.write_settlement = counted  # type: ignore[method-assign,assignment]  # counts its writes
+    written_alone = counting(queue, "write_settlement")
     ordered = [(await queue.enqueue(notification())).id for _ in range(5)]
     sender = ScriptedSender([ok()])
     worker = DeliveryWorker(queue, {APP: sender}, settle_window_s=3600)
@@ -282,7 +280,7 @@ async def test_settles_carried_by_the_next_claims_keep_each_device_in_order_and_
             await asyncio.sleep(0.005)  # pacing the trickle (the behaviour under test)
         for notification_id in ordered:
             await settled(queue, notification_id, lambda s: s.state is DeliveryState.DELIVERED)
-        assert written_alone == 0  # every settle so far went with a claim
+        assert written_alone[0] == 0  # every settle so far went with a claim
     finally:
         worker.stop()
         await running
@@ -291,7 +289,7 @@ async def test_settles_carried_by_the_next_claims_keep_each_device_in_order_and_
     assert [i for i in sent if i in ordered] == ordered  # the device's order, each sent once
     assert sorted(sent) == sorted(ordered + others)
     # What waited at the stop was written then, in one round trip.
-    assert written_alone <= 1
+    assert written_alone[0] <= 1
     states = {(await queue.get(i) or status_missing(i)).state for i in ordered + others}
     assert states == {DeliveryState.DELIVERED}
 
