@@ -6,7 +6,7 @@ reads it (ClaimFaults.failing)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
@@ -20,7 +20,7 @@ from relay.core.model import (
     Retry,
 )
 from relay.core.redaction import mask_token
-from relay.store.records import ClaimBatch
+from relay.store.records import ClaimBatch, ClaimError
 from relay.telemetry import metrics
 from relay.telemetry.logs import RepeatedCondition
 
@@ -86,6 +86,14 @@ def log_attempt(
     )
 
 
+def count_set_aside(errors: Iterable[ClaimError]) -> None:
+    """Devices a claim or a settle set aside after a script error on them: counted and said (an
+    episode of claims_failing), never a readiness failure on their own."""
+    for error in errors:
+        metrics.CLAIM_ERRORS.labels(scope="device").inc()
+        CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
+
+
 class ClaimFaults:
     """Invariant 14: what one bad record or script error cost is counted and said, once each.
     A shard whose claim errored is failing until a claim of every shard finds it well (a claim
@@ -109,10 +117,11 @@ class ClaimFaults:
             )
         now = self.clock()
         failed_now = set()
+        count_set_aside(error for error in batch.errors if error.device is not None)
         for error in batch.errors:
-            metrics.CLAIM_ERRORS.labels(scope="shard" if error.device is None else "device").inc()
-            CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
             if error.device is None:
+                metrics.CLAIM_ERRORS.labels(scope="shard").inc()
+                CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
                 failed_now.add(error.shard)
                 self._failing_shards.setdefault(error.shard, (now, error.error))
         if every_shard:

@@ -14,8 +14,9 @@ import asyncio
 from typing import Protocol
 
 from relay.core.model import ClaimedNotification, DeliveryOutcome
+from relay.delivery.delivery_report import count_set_aside
 from relay.store.errors import REDIS_ERRORS, REDIS_UNAVAILABLE
-from relay.store.records import Settlement
+from relay.store.records import ClaimError, Settlement
 
 # How long a settle may wait for a claim, or for other settles, to share its round trip. A
 # device's next notification waits for its settle: this is how much later it can be claimed than
@@ -31,7 +32,7 @@ REDIS_RETRY_S = 0.5
 class SettlingQueue(Protocol):
     """What the buffer writes to (relay.store.queue.RelayQueue)."""
 
-    async def write_settlement(self, settlement: Settlement) -> None: ...
+    async def write_settlement(self, settlement: Settlement) -> list[ClaimError]: ...
 
 
 class SettleBuffer:
@@ -148,8 +149,10 @@ class SettleBuffer:
             taken.settled += pending.settled
             taken.released += pending.released
             try:
-                await self.queue.write_settlement(taken)
+                set_aside = await self.queue.write_settlement(taken)
             except REDIS_ERRORS as exc:
                 REDIS_UNAVAILABLE.occurred("settle", exc)
                 self.refused(taken)
                 await asyncio.sleep(self.retry_s)
+            else:
+                count_set_aside(set_aside)

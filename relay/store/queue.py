@@ -407,6 +407,7 @@ class RelayQueue:
             if ahead:
                 errors = [reply for reply in replies[: len(ahead)] if isinstance(reply, Exception)]
                 settlement_error = errors[0] if errors else None
+                batch.errors.extend(self._set_aside(replies[: len(ahead)]))
                 replies, ahead = replies[len(ahead) :], []
             with_more = []
             for (shard, _quota), reply in zip(quotas, replies, strict=True):
@@ -562,18 +563,32 @@ class RelayQueue:
             calls += self._release_calls(claims, delay_ms, sent, now_ms)
         return calls
 
+    def _set_aside(self, replies: Sequence[Any]) -> list[ClaimError]:
+        """The devices that the settle scripts among `replies` set aside after an error (a
+        release's reply is a count)."""
+        errors = []
+        for reply in replies:
+            if isinstance(reply, list):
+                for device, error in reply[1]:
+                    app, _, token = text(device).rpartition(":")
+                    errors.append(ClaimError(self.shard_of(app, token), text(device), text(error)))
+        return errors
+
     async def settle(
         self,
         results: Sequence[tuple[ClaimedNotification, DeliveryOutcome]],
         *,
         now_ms: int | None = None,
-    ) -> None:
+    ) -> list[ClaimError]:
         """Record a batch of outcomes in one pipelined round trip (one script per shard).
 
         Delivered/Failed/Expired make the head final and the next one due; Retry makes it due again
-        after its delay. A result whose lease was lost (another claim since) is ignored."""
-        if results:
-            await self.run_scripts(self._settle_calls(results, _now_ms(now_ms)))
+        after its delay. A result whose lease was lost (another claim since) is ignored. Returns
+        the devices set aside: one whose settle met a script error (a key of another type) keeps
+        nothing of it, is claimed again in a minute, and costs the other results nothing."""
+        if not results:
+            return []
+        return self._set_aside(await self.run_scripts(self._settle_calls(results, _now_ms(now_ms))))
 
     async def release(
         self,
@@ -594,10 +609,15 @@ class RelayQueue:
             calls = self._release_calls(claims, delay_ms, possibly_sent, _now_ms(now_ms))
             await self.run_scripts(calls)
 
-    async def write_settlement(self, settlement: Settlement, *, now_ms: int | None = None) -> None:
-        """Its outcomes (as settle) and give-backs (as release) in one pipelined round trip."""
-        if settlement:
-            await self.run_scripts(self._settlement_calls(settlement, _now_ms(now_ms)))
+    async def write_settlement(
+        self, settlement: Settlement, *, now_ms: int | None = None
+    ) -> list[ClaimError]:
+        """Its outcomes (as settle) and give-backs (as release) in one pipelined round trip;
+        returns the devices set aside, as settle does."""
+        if not settlement:
+            return []
+        calls = self._settlement_calls(settlement, _now_ms(now_ms))
+        return self._set_aside(await self.run_scripts(calls))
 
     # ---- reading ----
 

@@ -91,8 +91,9 @@ class MalformedRecord:
 
 @dataclass(frozen=True, slots=True)
 class ClaimError:
-    """A script error a claim met: on one device (set aside for a while, the claim went on), or
-    on a whole shard (device None: that shard's claim failed, the other shards' did not)."""
+    """A script error a claim or a settle met: on one device (set aside for a while, the call
+    went on), or on a whole shard (device None: that shard's claim failed, the other shards' did
+    not)."""
 
     shard: int
     device: str | None

@@ -148,7 +148,8 @@ MALFORMED_RECORDS = Counter(
 CLAIM_ERRORS = Counter(
     "apns_relay_claim_errors_total",
     "Claims that met an error in Redis's scripts, by scope: shard (the shard's claim failed; "
-    "the other shards were claimed) or device (one device set aside for a minute)",
+    "the other shards were claimed) or device (one device set aside for a minute, at its claim or "
+    "its settle)",
     ["scope"],
 )
 SPOOL_BYTES = Gauge("apns_relay_spool_bytes", "Size of this api's spool file")

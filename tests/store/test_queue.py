@@ -980,6 +980,64 @@ async def test_a_script_error_on_one_device_sets_it_aside_and_the_claim_goes_on(
     assert [c.id for c in (await queue.claim(10, now_ms=T0 + 60_000)).claimed] == [broken]
 
 
+async def test_a_settle_that_meets_an_error_sets_its_device_aside_and_the_rest_apply(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    """A key of one device's re-typed between its claim and its settle: before, the shard's
+    whole settle script stopped part-way (the settles ahead of it written but never counted,
+    the ones behind it never written) and the worker wrote it again every half second."""
+    first, broken_token, last = tokens_in_one_shard(queue, 3)
+    tokens = (first, broken_token, last)
+    ids = [(await queue.enqueue(note(token), now_ms=T0)).id for token in tokens]
+    behind = (await queue.enqueue(note(broken_token), now_ms=T0)).id
+    claims = (await queue.claim(10, now_ms=T0)).claimed
+    assert sorted(c.id for c in claims) == sorted(ids)
+    key = f"{shard_prefix(0)}{NOTE}{ids[1]}"
+    record = await redis.get(key)
+    assert isinstance(record, bytes)
+    await redis.delete(key)
+    await redis.hset(key, "not", "a string")
+    by_token = {c.notification.device_token: c for c in claims}
+    ordered = [by_token[token] for token in tokens]  # one script call, the broken one between
+    (error,) = await queue.settle([(c, Delivered(None)) for c in ordered], now_ms=T0 + 1)
+    assert (error.shard, error.device, "WRONGTYPE" in error.error) == (
+        0,
+        f"{APP}:{broken_token}",
+        True,
+    )
+    assert [await reason_of(queue, i) for i in (ids[0], ids[2])] == [("delivered", None)] * 2
+    totals = await queue.totals(now_ms=T0 + 1)
+    assert (totals.pending, totals.delivered) == (2, 2)  # the broken one and the one behind it
+    assert (await queue.device(APP, broken_token)).pending == 2
+    # Set aside as a claim sets one aside: claimed again a minute later, nothing of it written.
+    assert (await queue.claim(10, now_ms=T0 + 59_999)).claimed == []
+    await redis.delete(key)
+    await redis.set(key, record)
+    (again,) = (await queue.claim(10, now_ms=T0 + 60_001)).claimed
+    assert again.id == ids[1]
+    assert await queue.settle([(again, Delivered(None))], now_ms=T0 + 60_002) == []
+    (next_one,) = (await queue.claim(10, now_ms=T0 + 60_003)).claimed
+    assert next_one.id == behind
+
+
+async def test_a_dead_token_fails_the_devices_queue_past_a_record_of_another_type(
+    redis: aioredis.Redis, queue: RelayQueue
+) -> None:
+    head = (await queue.enqueue(note(), now_ms=T0)).id
+    broken = (await queue.enqueue(note(), now_ms=T0)).id
+    behind = (await queue.enqueue(note(), now_ms=T0)).id
+    (claim,) = (await queue.claim(10, now_ms=T0)).claimed
+    key = f"{shard_prefix(queue.shard_of(APP, TOKEN_A))}{NOTE}{broken}"
+    await redis.delete(key)
+    await redis.hset(key, "not", "a string")
+    dead = Failed("Unregistered", 410, dead_token=True)
+    assert await queue.settle([(claim, dead)], now_ms=T0 + 1) == []
+    assert await reason_of(queue, head) == ("failed", "Unregistered")
+    assert await reason_of(queue, behind) == ("failed", "Unregistered")
+    assert (await queue.totals(now_ms=T0 + 1)).pending == 0
+    assert (await queue.device(APP, TOKEN_A)).pending == 0
+
+
 async def test_a_script_error_on_one_shard_fails_only_that_shards_claim(
     redis: aioredis.Redis, queue: RelayQueue
 ) -> None:

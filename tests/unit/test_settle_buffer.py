@@ -8,10 +8,11 @@ from typing import cast
 
 import pytest
 from eventually import eventually
+from prometheus_client import REGISTRY
 
 from relay.core.model import ClaimedNotification, Delivered, Notification
 from relay.delivery.settle_buffer import SettleBuffer
-from relay.store.records import Settlement
+from relay.store.records import ClaimError, Settlement
 
 
 def claim(number: int) -> ClaimedNotification:
@@ -21,11 +22,12 @@ def claim(number: int) -> ClaimedNotification:
 class RecordingQueue:
     """Each call is one round trip; `failures` calls raise first (Redis away)."""
 
-    def __init__(self, failures: int = 0) -> None:
+    def __init__(self, failures: int = 0, set_aside: list[ClaimError] | None = None) -> None:
         self.calls: list[tuple[list[str], list[tuple[str, int, bool]]]] = []
         self.failures = failures
+        self.set_aside = set_aside or []  # what each write's scripts report set aside
 
-    async def write_settlement(self, settlement: Settlement) -> None:
+    async def write_settlement(self, settlement: Settlement) -> list[ClaimError]:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("Redis went away")
@@ -35,6 +37,7 @@ class RecordingQueue:
                 [(c.id, delay, sent) for c, delay, sent in settlement.released],
             )
         )
+        return self.set_aside
 
 
 async def until_written(buffer: SettleBuffer, queue: RecordingQueue, calls: int) -> None:
@@ -122,6 +125,20 @@ async def test_what_redis_refused_is_kept_and_written_later(failures: int) -> No
     await buffer.flush()
     assert queue.calls == [(["id-1"], [])]
     assert not buffer
+
+
+async def test_a_device_its_settle_set_aside_is_counted_and_not_written_again() -> None:
+    set_aside = ClaimError(3, "com.example.chat:" + "a1" * 32, "WRONGTYPE Operation against a key")
+    queue = RecordingQueue(set_aside=[set_aside])
+    buffer = SettleBuffer(queue, retry_s=0.001)
+    counted = REGISTRY.get_sample_value("apns_relay_claim_errors_total", {"scope": "device"}) or 0
+    buffer.settle(claim(1), Delivered(None))
+    buffer.settle(claim(2), Delivered(None))
+    await buffer.flush()
+    assert queue.calls == [(["id-1", "id-2"], [])]  # the others applied: nothing to write again
+    assert not buffer
+    after = REGISTRY.get_sample_value("apns_relay_claim_errors_total", {"scope": "device"})
+    assert after == counted + 1
 
 
 async def test_close_writes_what_is_buffered_and_ends_the_run() -> None:

@@ -24,8 +24,6 @@ local lease_ms, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
 -- Parked devices returned to due per app per claim, and rounds of parking per claim: both bound
 -- the script's run time; what is left is done by the next claim.
 local UNPARK_PER_CLAIM, PARK_ROUNDS = 1000, 4
--- How long a device whose claim met an error waits before it is tried again.
-local SET_ASIDE_MS = 60000
 
 local reaped, due_again = {}, {}
 for _, device in ipairs(redis.call('ZRANGEBYSCORE', LEASE, '-inf', now, 'LIMIT', 0, ARGV[6])) do
@@ -91,8 +89,7 @@ while limit > #claimed and rounds < PARK_ROUNDS do
       redis.call('ZREM', DUE, device)
       parked_now = parked_now + 1
     else
-      lease_head_guarded(prefix, device, now, claimed, expired, malformed, leased, errors,
-        SET_ASIDE_MS)
+      lease_head_guarded(prefix, device, now, claimed, expired, malformed, leased, errors)
     end
   end
   -- Before the next round's look at DUE, which must not find these again.

@@ -11,7 +11,6 @@ local prefix, now = ARGV[1], tonumber(ARGV[2])
 local lease_ms, retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 -- Devices looked at per call at most (each with only expired heads): bounded run time.
 local MAX_LOOKED_AT = 100
-local SET_ASIDE_MS = 60000
 local claimed, expired, malformed, errors, leased = {}, {}, {}, {}, {}
 local looked_at = 0
 while #claimed == 0 and looked_at < MAX_LOOKED_AT do
@@ -21,8 +20,7 @@ while #claimed == 0 and looked_at < MAX_LOOKED_AT do
     break
   end
   if not redis.call('ZSCORE', LEASE, first[1]) then
-    lease_head_guarded(prefix, first[1], now, claimed, expired, malformed, leased, errors,
-      SET_ASIDE_MS)
+    lease_head_guarded(prefix, first[1], now, claimed, expired, malformed, leased, errors)
   end
 end
 lease_devices(leased, now + lease_ms)

@@ -119,9 +119,10 @@ end
 
 -- When the record `id` was accepted (ms), read without the rest of it; nil when unreadable.
 local function accepted_at(prefix, id)
-  local raw = redis.call('GETRANGE', prefix .. K_NOTE .. id, NOTE_ACCEPTED_AT,
+  -- pcall: a key of another type reads as unreadable (settle calls this after its first write).
+  local raw = redis.pcall('GETRANGE', prefix .. K_NOTE .. id, NOTE_ACCEPTED_AT,
     NOTE_ACCEPTED_AT + 5)
-  if #raw ~= 6 then
+  if type(raw) ~= 'string' or #raw ~= 6 then
     return nil
   end
   return (struct.unpack('>I6', raw))
@@ -239,7 +240,9 @@ local function fail_queued(prefix, device, first, now, outcome)
   local queue = prefix .. K_QUEUE .. device
   local ids = redis.call('LRANGE', queue, first, -1)
   for _, id in ipairs(ids) do
-    finalise(prefix, device, id, get_note(prefix, id), STATE.FAILED, now, outcome)
+    -- pcall: a record of another type is failed with what its device says (14).
+    local ok, n = pcall(get_note, prefix, id)
+    finalise(prefix, device, id, ok and n or nil, STATE.FAILED, now, outcome)
   end
   if first == 0 then
     redis.call('DEL', queue)
@@ -311,11 +314,25 @@ local function lease_head(prefix, device, now, claimed, expired, malformed, leas
   redis.call('ZREM', LEASE, device)
 end
 
+-- How long a device whose claim or settle met an error (a key no check foresaw) waits before it
+-- is claimed again.
+local SET_ASIDE_MS = 60000
+
+-- Set `device` aside after `problem` (a script error) met it: its lease dropped, due again in
+-- SET_ASIDE_MS; {device, problem} goes to `errors` (invariant 14: the call goes on for the rest).
+local function set_aside(device, now, problem, errors)
+  redis.call('ZREM', LEASE, device)
+  redis.call('ZADD', DUE, now + SET_ASIDE_MS, device)
+  if type(problem) == 'table' then
+    problem = problem.err or 'error'
+  end
+  errors[#errors + 1] = {device, tostring(problem)}
+end
+
 -- lease_head, with any error it meets (a record no check foresaw) kept to its own device: the
--- device is set aside (due again in `set_aside_ms`, its lease dropped), {device, error} goes to
--- `errors`, and the claim goes on for every other device (invariant 14).
+-- device is set aside and the claim goes on for every other device (invariant 14).
 local function lease_head_guarded(prefix, device, now, claimed, expired, malformed, leased,
-    errors, set_aside_ms)
+    errors)
   local before, leased_before = #claimed, #leased
   local ok, problem = pcall(lease_head, prefix, device, now, claimed, expired, malformed, leased)
   if not ok then
@@ -325,12 +342,7 @@ local function lease_head_guarded(prefix, device, now, claimed, expired, malform
     for i = #leased, leased_before + 1, -1 do
       leased[i] = nil
     end
-    redis.call('ZREM', LEASE, device)
-    redis.call('ZADD', DUE, now + set_aside_ms, device)
-    if type(problem) == 'table' then
-      problem = problem.err or 'error'
-    end
-    errors[#errors + 1] = {device, tostring(problem)}
+    set_aside(device, now, problem, errors)
   end
 end
 
