@@ -30,8 +30,9 @@ lint: $(STAMP)
 types: $(STAMP)
 	$(BIN)/mypy relay relay_devkit tests bench
 
-# Two lanes: the tests that mostly wait (marked `beside`: the APNs outage and fault runs, a few
-# requests a second) run in a second pytest beside the rest instead of after it; their report
+# Two lanes: the tests that mostly wait (marked `beside`: the APNs outage and fault runs at a few
+# requests a second, processes killed or restarted, credentials rotated, Redis filled) run in a
+# second pytest beside the rest instead of after it, the two lanes about as long; their report
 # follows the main one, and either lane failing fails the target.
 BESIDE_LOG := .pytest-beside.log
 unit: $(STAMP)

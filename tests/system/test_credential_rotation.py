@@ -30,7 +30,7 @@ from relay_devkit.apns_sim.server import KeySource
 from relay_devkit.dev_mode import simulator_app
 
 # Whole processes: seconds each (`make test-fast` leaves them out).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 
 TEAM_ID = "TEAM123456"
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}

@@ -54,7 +54,7 @@ LEASE_S = 2
 HOLD_S = 1.0
 DELIVERY_WAIT_S = 90.0
 PUSH_ID = re.compile(r"d(\d+)n(\d+)")
-pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(240), pytest.mark.slow, pytest.mark.beside]
 
 
 @dataclass

@@ -20,7 +20,7 @@ from relay.runtime import make_queue
 from relay_devkit.dev_mode import simulator_app
 
 # Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 
 
 async def streams_reach(control: ControlClient, count: int) -> bool:

@@ -26,7 +26,7 @@ from relay_devkit.dev_mode import simulator_app
 from relay_devkit.embedded import EmbeddedServer
 
 # Whole processes, outages or crashes: seconds each (`make test-fast` leaves them out).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.beside]
 
 
 DEVICES = 200
