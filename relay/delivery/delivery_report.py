@@ -88,10 +88,12 @@ def log_attempt(
 
 def count_set_aside(errors: Iterable[ClaimError]) -> None:
     """Devices a claim or a settle set aside after a script error on them: counted and said (an
-    episode of claims_failing), never a readiness failure on their own."""
+    episode of claims_failing naming each device, its token masked), never a readiness failure on
+    their own."""
     for error in errors:
         metrics.CLAIM_ERRORS.labels(scope="device").inc()
-        CLAIMS_FAILING.occurred(f"shard {error.shard}", error.error)
+        app, _, token = (error.device or "").rpartition(":")
+        CLAIMS_FAILING.occurred(f"shard {error.shard} {app}:{mask_token(token)}", error.error)
 
 
 class ClaimFaults:

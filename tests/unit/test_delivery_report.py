@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from relay.delivery.delivery_report import CLAIMS_FAILING_READY_S, ClaimFaults
+import structlog.testing
+
+from relay.core.redaction import mask_token
+from relay.delivery.delivery_report import CLAIMS_FAILING, CLAIMS_FAILING_READY_S, ClaimFaults
 from relay.store.records import ClaimBatch, ClaimError
 
 SHARD_ERROR = ClaimBatch([], [], errors=[ClaimError(3, None, "ERR script")])
-DEVICE_ERROR = ClaimBatch([], [], errors=[ClaimError(3, "app:ab", "ERR script")])
+TOKEN = "ab" * 32
+DEVICE_ERROR = ClaimBatch([], [], errors=[ClaimError(3, f"app:{TOKEN}", "ERR script")])
 
 
 class Clock:
@@ -31,9 +35,14 @@ def test_a_shard_failing_long_enough_is_named_until_a_claim_of_every_shard_finds
     assert faults.failing() is None
 
 
-def test_one_device_set_aside_is_not_a_readiness_failure() -> None:
+def test_one_device_set_aside_is_not_a_readiness_failure_and_the_log_names_it_masked() -> None:
     clock = Clock()
     faults = ClaimFaults(clock)
-    faults.record(DEVICE_ERROR, every_shard=True)
+    CLAIMS_FAILING.cleared()  # an episode another test left open would not start again
+    with structlog.testing.capture_logs() as logs:
+        faults.record(DEVICE_ERROR, every_shard=True)
     clock.now += CLAIMS_FAILING_READY_S * 2
     assert faults.failing() is None
+    (started,) = [line for line in logs if line["event"] == "claims_failing"]
+    assert started["where"] == f"shard 3 app:{mask_token(TOKEN)}"
+    assert TOKEN not in str(logs)
