@@ -15,7 +15,8 @@
 -- Keeps: 2 (the head leaves only when final; the next becomes due), 3 (stale results change nothing),
 -- 5 (retry at now + delay), 6 (a dead token is marked and its queued notifications failed at once),
 -- 14 (an error on one claim is kept to its device; every read that can meet another type precedes
--- the claim's first write, so it writes nothing half-way).
+-- the claim's first write, so it writes nothing half-way, and a dead token's queue is failed one
+-- whole notification at a time).
 local prefix, now, retention, dead_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local applied, next_due, released, errors = 0, false, {}, {}
 

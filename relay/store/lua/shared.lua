@@ -235,19 +235,17 @@ local function end_claim_unsent(prefix, device, id, n, state, due_ms, now, whole
 end
 
 -- Fail the device's queued notifications from list index `first` on with one outcome (dead token,
--- purge) and cut them from the list. Returns how many were failed.
+-- purge) and cut them from the list: newest first, each cut as it is failed, so that an error
+-- part-way (a history bucket of another type) leaves the ones not reached queued as they were and
+-- none failed twice. Returns how many were failed.
 local function fail_queued(prefix, device, first, now, outcome)
   local queue = prefix .. K_QUEUE .. device
   local ids = redis.call('LRANGE', queue, first, -1)
-  for _, id in ipairs(ids) do
+  for i = #ids, 1, -1 do
     -- pcall: a record of another type is failed with what its device says (14).
-    local ok, n = pcall(get_note, prefix, id)
-    finalise(prefix, device, id, ok and n or nil, STATE.FAILED, now, outcome)
-  end
-  if first == 0 then
-    redis.call('DEL', queue)
-  else
-    redis.call('LTRIM', queue, 0, first - 1)
+    local ok, n = pcall(get_note, prefix, ids[i])
+    finalise(prefix, device, ids[i], ok and n or nil, STATE.FAILED, now, outcome)
+    redis.call('RPOP', queue)
   end
   return #ids
 end
