@@ -4,6 +4,7 @@ its KEYS and ARGV (FCALL)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,9 +160,10 @@ class Library:
     def script(self, name: str) -> LuaScript:
         return LuaScript(name, f"{name}_{self.digest}", self)
 
+    @functools.cache  # noqa: B019 (the libraries live as long as the process)
     def eval_source(self, name: str) -> str:
         """Script `name` as one EVAL takes it (flags in its shebang), for a server that refuses
-        to load the library; built only then."""
+        to load the library; built only then, once per script."""
         shebang = f"#!lua flags={ALLOW_OOM}\n" if RUNS_AT_MAXMEMORY[name] else "#!lua\n"
         body = dict(self.bodies)[name]
         return "".join(

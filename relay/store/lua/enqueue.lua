@@ -153,7 +153,7 @@ for i = 6, #ARGV, 8 do
   local ok, reply = pcall(enqueue_one, KEYS[key], KEYS[key + 1], KEYS[key + 2], idem, ARGV[i],
     ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), ARGV[i + 5], ARGV[i + 6])
   if not ok then
-    reply = {'unreadable', tostring(type(reply) == 'table' and reply.err or reply)}
+    reply = {'unreadable', error_text(reply)}
   end
   replies[#replies + 1] = reply
   key = key + key_count

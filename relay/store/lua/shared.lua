@@ -316,15 +316,20 @@ end
 -- is claimed again.
 local SET_ASIDE_MS = 60000
 
+-- The text of an error pcall caught (a Redis error reply is a table holding it in `err`).
+local function error_text(problem)
+  if type(problem) == 'table' then
+    return tostring(problem.err or 'error')
+  end
+  return tostring(problem)
+end
+
 -- Set `device` aside after `problem` (a script error) met it: its lease dropped, due again in
 -- SET_ASIDE_MS; {device, problem} goes to `errors` (invariant 14: the call goes on for the rest).
 local function set_aside(device, now, problem, errors)
   redis.call('ZREM', LEASE, device)
   redis.call('ZADD', DUE, now + SET_ASIDE_MS, device)
-  if type(problem) == 'table' then
-    problem = problem.err or 'error'
-  end
-  errors[#errors + 1] = {device, tostring(problem)}
+  errors[#errors + 1] = {device, error_text(problem)}
 end
 
 -- lease_head, with any error it meets (a record no check foresaw) kept to its own device: the
